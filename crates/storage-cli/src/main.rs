@@ -1,0 +1,2 @@
+//! `prodigy-storage`.
+fn main() {}

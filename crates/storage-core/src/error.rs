@@ -1,0 +1,118 @@
+//! The one error type of every `Storage` implementation.
+//!
+//! Variants are what a caller can act on: retry later (`Locked`), report the
+//! exact file (`Io`, `Corrupt`), upgrade the tool (`UnsupportedLayout`), or fix
+//! its input (`InvalidId`, `InvalidRecord`). Every disk variant carries the
+//! path as a field, and the underlying error as a `#[source]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::id::{IdError, LockKey};
+use crate::record::{LockHolder, RecordError};
+
+/// Errors from storage operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An identifier broke the path-component rules.
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+
+    /// A payload cannot be filed as the record it claims to be.
+    #[error(transparent)]
+    InvalidRecord(#[from] RecordError),
+
+    /// A document's key and its payload disagree (e.g. a session saved under another id).
+    #[error("the {record} payload names `{found}` but is filed as `{expected}`")]
+    KeyMismatch {
+        /// The record type.
+        record: &'static str,
+        /// The id the key gives.
+        expected: String,
+        /// The id the payload gives.
+        found: String,
+    },
+
+    /// Another process holds the lock.
+    #[error("{} is locked{}{}", lock_name(.key), holder_text(.holder.as_ref()), waited_text(*.waited))]
+    Locked {
+        /// The lock.
+        key: LockKey,
+        /// What the holder wrote about itself, if it could be read (a hint only).
+        holder: Option<LockHolder>,
+        /// How long the caller waited before giving up.
+        waited: Option<Duration>,
+    },
+
+    /// A stored file cannot be parsed.
+    #[error("`{}`{} is corrupt: {reason}", .path.display(), line_text(*.line))]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line, for line-oriented files.
+        line: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The store was written by a newer layout than this build understands.
+    #[error(
+        "the store at `{}` has layout version {found}, this build understands up to {supported}; \
+         upgrade prodigy-storage, or point --home / PRODIGY_HOME elsewhere",
+        .path.display()
+    )]
+    UnsupportedLayout {
+        /// The store's root.
+        path: PathBuf,
+        /// The version found on disk.
+        found: u64,
+        /// The newest version this build reads.
+        supported: u64,
+    },
+
+    /// A system call on a path failed.
+    #[error("cannot {op} `{}`", .path.display())]
+    Io {
+        /// What was being done (`"create"`, `"fsync"`, `"rename into"`, ...).
+        op: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn lock_name(key: &LockKey) -> String {
+    format!("`{key}`")
+}
+
+fn holder_text(holder: Option<&LockHolder>) -> String {
+    holder.map_or_else(String::new, |h| format!(" by {h}"))
+}
+
+fn waited_text(waited: Option<Duration>) -> String {
+    waited.map_or_else(
+        || "; try again when it finishes".to_owned(),
+        |w| format!(" (waited {:.1}s); try again when it finishes", w.as_secs_f64()),
+    )
+}
+
+fn line_text(line: Option<u64>) -> String {
+    line.map_or_else(String::new, |l| format!(" at line {l}"))
+}
+
+impl Error {
+    /// Builds an [`Error::Io`].
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

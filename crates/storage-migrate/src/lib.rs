@@ -1,0 +1,1 @@
+//! Legacy import (filled in by the migration work).
