@@ -107,8 +107,11 @@ pub fn documents_round_trip_unknown_fields(s: &dyn Storage) {
 /// A second `put` replaces the first document entirely.
 pub fn put_replaces_the_whole_document(s: &dyn Storage) {
     let key = session_key("proj", "session-1");
-    s.put(&key, &json!({"session_id": "session-1", "old": "x".repeat(10_000)}))
-        .expect("put");
+    s.put(
+        &key,
+        &json!({"session_id": "session-1", "old": "x".repeat(10_000)}),
+    )
+    .expect("put");
     s.put(&key, &json!({"session_id": "session-1", "new": 1}))
         .expect("put");
     assert_eq!(
@@ -125,27 +128,39 @@ pub fn missing_documents_are_none_and_delete_reports_presence(s: &dyn Storage) {
     };
     assert_eq!(s.get(&key).expect("get"), None);
     assert!(!s.delete(&key).expect("delete absent"));
-    s.put(&key, &json!({"workflow_id": "workflow-1"})).expect("put");
+    s.put(&key, &json!({"workflow_id": "workflow-1"}))
+        .expect("put");
     assert!(s.delete(&key).expect("delete present"));
     assert_eq!(s.get(&key).expect("get"), None);
-    assert!(s.list(&Scope::WorkflowCheckpoints(repo("proj"))).expect("list").is_empty());
+    assert!(
+        s.list(&Scope::WorkflowCheckpoints(repo("proj")))
+            .expect("list")
+            .is_empty()
+    );
 }
 
 /// Listings are sorted, stable and limited to their scope.
 pub fn listings_are_sorted_and_scoped(s: &dyn Storage) {
     for id in ["session-c", "session-a", "cook-7", "session-b"] {
-        s.put(&session_key("proj", id), &json!({"session_id": id})).expect("put");
+        s.put(&session_key("proj", id), &json!({"session_id": id}))
+            .expect("put");
     }
-    s.put(&session_key("other", "session-z"), &json!({"session_id": "session-z"}))
-        .expect("put");
+    s.put(
+        &session_key("other", "session-z"),
+        &json!({"session_id": "session-z"}),
+    )
+    .expect("put");
     for v in [10, 2, 1] {
         let key = DocKey::JobCheckpoint {
             repo: repo("proj"),
             job: job("mapreduce-1"),
             version: v,
         };
-        s.put(&key, &json!({"job_id": "mapreduce-1", "checkpoint_version": v}))
-            .expect("put");
+        s.put(
+            &key,
+            &json!({"job_id": "mapreduce-1", "checkpoint_version": v}),
+        )
+        .expect("put");
     }
     for item in ["item_2", "item_10", "item_1"] {
         let key = DocKey::DeadLetter {
@@ -164,7 +179,10 @@ pub fn listings_are_sorted_and_scoped(s: &dyn Storage) {
         })
         .collect();
     assert_eq!(names, ["cook-7", "session-a", "session-b", "session-c"]);
-    assert_eq!(sessions, s.list(&Scope::Sessions(repo("proj"))).expect("list again"));
+    assert_eq!(
+        sessions,
+        s.list(&Scope::Sessions(repo("proj"))).expect("list again")
+    );
 
     let versions: Vec<u64> = s
         .list(&Scope::JobCheckpoints(repo("proj"), job("mapreduce-1")))
@@ -187,23 +205,37 @@ pub fn listings_are_sorted_and_scoped(s: &dyn Storage) {
         })
         .collect();
     assert_eq!(items, ["item_1", "item_10", "item_2"]);
-    assert!(s.list(&Scope::DeadLetters(repo("proj"), job("mapreduce-2"))).expect("list").is_empty());
+    assert!(
+        s.list(&Scope::DeadLetters(repo("proj"), job("mapreduce-2")))
+            .expect("list")
+            .is_empty()
+    );
 }
 
 /// `jobs` lists the jobs that have checkpoints or metadata, sorted.
 pub fn jobs_lists_jobs_with_state(s: &dyn Storage) {
     assert!(s.jobs(&repo("proj")).expect("jobs").is_empty());
     s.put(
-        &DocKey::JobMetadata { repo: repo("proj"), job: job("mapreduce-2") },
+        &DocKey::JobMetadata {
+            repo: repo("proj"),
+            job: job("mapreduce-2"),
+        },
         &json!({"version": 1}),
     )
     .expect("put");
     s.put(
-        &DocKey::JobCheckpoint { repo: repo("proj"), job: job("mapreduce-1"), version: 1 },
+        &DocKey::JobCheckpoint {
+            repo: repo("proj"),
+            job: job("mapreduce-1"),
+            version: 1,
+        },
         &json!({"job_id": "mapreduce-1"}),
     )
     .expect("put");
-    assert_eq!(s.jobs(&repo("proj")).expect("jobs"), [job("mapreduce-1"), job("mapreduce-2")]);
+    assert_eq!(
+        s.jobs(&repo("proj")).expect("jobs"),
+        [job("mapreduce-1"), job("mapreduce-2")]
+    );
     assert!(s.jobs(&repo("other")).expect("jobs").is_empty());
 }
 
@@ -215,7 +247,10 @@ pub fn typed_records_round_trip(s: &dyn Storage) {
     }))
     .expect("valid");
     s.save_session(&r, &sess).expect("save");
-    assert_eq!(s.load_session(&r, &session("session-1")).expect("load"), Some(sess));
+    assert_eq!(
+        s.load_session(&r, &session("session-1")).expect("load"),
+        Some(sess)
+    );
 
     let cp1 = JobCheckpoint::from_json(json!({"job_id": "mapreduce-1", "checkpoint_version": 1}))
         .expect("valid");
@@ -224,7 +259,8 @@ pub fn typed_records_round_trip(s: &dyn Storage) {
     s.save_job_checkpoint(&r, 2, &cp2).expect("save");
     s.save_job_checkpoint(&r, 1, &cp1).expect("save");
     assert_eq!(
-        s.latest_job_checkpoint(&r, &job("mapreduce-1")).expect("load"),
+        s.latest_job_checkpoint(&r, &job("mapreduce-1"))
+            .expect("load"),
         Some((2, cp2))
     );
 
@@ -232,25 +268,41 @@ pub fn typed_records_round_trip(s: &dyn Storage) {
         .expect("valid");
     s.save_workflow_checkpoint(&r, &wf).expect("save");
     let wid = WorkflowId::new("workflow-1").expect("valid");
-    assert_eq!(s.load_workflow_checkpoint(&r, &wid).expect("load"), Some(wf));
+    assert_eq!(
+        s.load_workflow_checkpoint(&r, &wid).expect("load"),
+        Some(wf)
+    );
 
-    let item = DeadLetterItem::from_json(json!({"item_id": "item_1", "failure_count": 3}))
-        .expect("valid");
-    s.save_dead_letter(&r, &job("mapreduce-1"), &item).expect("save");
-    assert_eq!(s.dead_letters(&r, &job("mapreduce-1")).expect("load"), [item]);
+    let item =
+        DeadLetterItem::from_json(json!({"item_id": "item_1", "failure_count": 3})).expect("valid");
+    s.save_dead_letter(&r, &job("mapreduce-1"), &item)
+        .expect("save");
+    assert_eq!(
+        s.dead_letters(&r, &job("mapreduce-1")).expect("load"),
+        [item]
+    );
 
-    let map = SessionJobMapping::from_json(json!({"session_id": "session-1", "job_id": "mapreduce-1"}))
-        .expect("valid");
+    let map =
+        SessionJobMapping::from_json(json!({"session_id": "session-1", "job_id": "mapreduce-1"}))
+            .expect("valid");
     s.save_session_job(&r, &map).expect("save");
-    let back = s.load_session_job(&r, &session("session-1")).expect("load").expect("present");
+    let back = s
+        .load_session_job(&r, &session("session-1"))
+        .expect("load")
+        .expect("present");
     assert_eq!(back.job_id(), Some(job("mapreduce-1")));
 }
 
 /// A session document whose `session_id` differs from its key is refused on load.
 pub fn a_session_filed_under_another_id_is_refused(s: &dyn Storage) {
-    s.put(&session_key("proj", "session-1"), &json!({"session_id": "session-2"}))
-        .expect("put");
-    let err = s.load_session(&repo("proj"), &session("session-1")).expect_err("mismatch");
+    s.put(
+        &session_key("proj", "session-1"),
+        &json!({"session_id": "session-2"}),
+    )
+    .expect("put");
+    let err = s
+        .load_session(&repo("proj"), &session("session-1"))
+        .expect_err("mismatch");
     assert!(matches!(err, Error::KeyMismatch { .. }), "{err:?}");
 }
 
@@ -260,12 +312,13 @@ pub fn events_stream_in_append_order_per_job(s: &dyn Storage) {
     let (a, b) = (job("mapreduce-1"), job("mapreduce-2"));
     let batch: Vec<EventRecord> = (0..50).map(|n| event("mapreduce-1", n)).collect();
     s.append_events(&r, &a, &batch[..20]).expect("append");
-    s.append_events(&r, &b, &[event("mapreduce-2", 0)]).expect("append");
+    s.append_events(&r, &b, &[event("mapreduce-2", 0)])
+        .expect("append");
     s.append_events(&r, &a, &batch[20..]).expect("append");
     let mut seen = Vec::new();
     let summary = s.read_events(&r, &a, &mut |e| seen.push(e)).expect("read");
     assert_eq!(summary.records, 50);
-    assert_eq!(summary.torn_tail, None);
+    assert!(summary.torn_tails.is_empty());
     assert_eq!(seen, batch);
     assert_eq!(s.event_logs(&r).expect("logs"), [a, b]);
     let mut none = 0;
@@ -277,7 +330,8 @@ pub fn events_stream_in_append_order_per_job(s: &dyn Storage) {
 
 /// Appending nothing does not create a log.
 pub fn an_empty_append_creates_no_log(s: &dyn Storage) {
-    s.append_events(&repo("proj"), &job("mapreduce-1"), &[]).expect("append");
+    s.append_events(&repo("proj"), &job("mapreduce-1"), &[])
+        .expect("append");
     assert!(s.event_logs(&repo("proj")).expect("logs").is_empty());
 }
 
@@ -286,12 +340,20 @@ pub fn locks_are_exclusive_until_dropped(s: &dyn Storage) {
     let key = LockKey::new("mapreduce-1").expect("valid");
     let g = s.lock(&key, &holder(1), LockWait::NoWait).expect("first");
     assert_eq!(g.key(), &key);
-    let err = s.lock(&key, &holder(2), LockWait::NoWait).expect_err("held");
+    let err = s
+        .lock(&key, &holder(2), LockWait::NoWait)
+        .expect_err("held");
     assert!(matches!(err, Error::Locked { .. }), "{err:?}");
     let other = LockKey::new("mapreduce-2").expect("valid");
-    drop(s.lock(&other, &holder(3), LockWait::NoWait).expect("other keys are independent"));
+    drop(
+        s.lock(&other, &holder(3), LockWait::NoWait)
+            .expect("other keys are independent"),
+    );
     g.release();
-    drop(s.lock(&key, &holder(2), LockWait::NoWait).expect("released"));
+    drop(
+        s.lock(&key, &holder(2), LockWait::NoWait)
+            .expect("released"),
+    );
 }
 
 /// A caller waiting with a timeout gets the lock once the holder lets go.
@@ -309,7 +371,10 @@ pub fn a_waiting_locker_gets_the_lock_when_it_is_freed(s: &dyn Storage) {
         g.release();
         let (ok, waited) = rx.recv().expect("recv");
         assert!(ok, "the waiter got the lock");
-        assert!(waited >= Duration::from_millis(100), "it waited: {waited:?}");
+        assert!(
+            waited >= Duration::from_millis(100),
+            "it waited: {waited:?}"
+        );
     });
 }
 
@@ -318,10 +383,18 @@ pub fn a_timed_out_locker_names_the_holder(s: &dyn Storage) {
     let key = LockKey::new("session-1").expect("valid");
     let _g = s.lock(&key, &holder(41), LockWait::NoWait).expect("first");
     let err = s
-        .lock(&key, &holder(2), LockWait::Timeout(Duration::from_millis(100)))
+        .lock(
+            &key,
+            &holder(2),
+            LockWait::Timeout(Duration::from_millis(100)),
+        )
         .expect_err("held");
     match err {
-        Error::Locked { holder: Some(h), waited: Some(w), .. } => {
+        Error::Locked {
+            holder: Some(h),
+            waited: Some(w),
+            ..
+        } => {
             assert_eq!(h.process_id, 41);
             assert!(w >= Duration::from_millis(100));
         }

@@ -71,6 +71,12 @@ pub enum Error {
         supported: u64,
     },
 
+    /// No store location could be determined.
+    #[error(
+        "cannot find the home directory to put the store in; set PRODIGY_HOME or pass --home DIR"
+    )]
+    NoStoreLocation,
+
     /// A system call on a path failed.
     #[error("cannot {op} `{}`", .path.display())]
     Io {
@@ -95,7 +101,12 @@ fn holder_text(holder: Option<&LockHolder>) -> String {
 fn waited_text(waited: Option<Duration>) -> String {
     waited.map_or_else(
         || "; try again when it finishes".to_owned(),
-        |w| format!(" (waited {:.1}s); try again when it finishes", w.as_secs_f64()),
+        |w| {
+            format!(
+                " (waited {:.1}s); try again when it finishes",
+                w.as_secs_f64()
+            )
+        },
     )
 }
 

@@ -92,7 +92,8 @@ impl Storage for MemoryStorage {
         let jobs: BTreeSet<JobId> = guard(&self.docs)
             .keys()
             .filter_map(|k| match k {
-                DocKey::JobCheckpoint { repo: r, job, .. } | DocKey::JobMetadata { repo: r, job }
+                DocKey::JobCheckpoint { repo: r, job, .. }
+                | DocKey::JobMetadata { repo: r, job }
                     if r == repo =>
                 {
                     Some(job.clone())

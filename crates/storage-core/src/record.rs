@@ -284,11 +284,20 @@ mod tests {
     #[test]
     fn records_name_the_field_that_is_missing_or_invalid() {
         let err = JobCheckpoint::from_json(json!({"config": {}})).expect_err("no job_id");
-        assert_eq!(err.to_string(), "a job checkpoint needs a string field `job_id`");
+        assert_eq!(
+            err.to_string(),
+            "a job checkpoint needs a string field `job_id`"
+        );
         let err = DeadLetterItem::from_json(json!({"item_id": "../x"})).expect_err("bad id");
-        assert_eq!(err.to_string(), "a dead-letter item has an invalid `item_id`");
+        assert_eq!(
+            err.to_string(),
+            "a dead-letter item has an invalid `item_id`"
+        );
         let err = WorkflowCheckpoint::from_json(json!([1])).expect_err("array");
-        assert_eq!(err.to_string(), "a workflow checkpoint must be a JSON object");
+        assert_eq!(
+            err.to_string(),
+            "a workflow checkpoint must be a JSON object"
+        );
     }
 
     #[test]
@@ -297,8 +306,11 @@ mod tests {
             .expect("object");
         assert_eq!(e.job_id(), None);
         assert_eq!(e.event_type(), Some("x"));
-        let e = EventRecord::from_json(json!({"event": {"job_id": "mapreduce-1"}}))
-            .expect("object");
-        assert_eq!(e.job_id().map(|j| j.to_string()).as_deref(), Some("mapreduce-1"));
+        let e =
+            EventRecord::from_json(json!({"event": {"job_id": "mapreduce-1"}})).expect("object");
+        assert_eq!(
+            e.job_id().map(|j| j.to_string()).as_deref(),
+            Some("mapreduce-1")
+        );
     }
 }

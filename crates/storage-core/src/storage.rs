@@ -20,8 +20,10 @@ use crate::record::{
 };
 
 /// The address of one JSON document in the store.
+///
+/// Deliberately exhaustive: every implementation must store every kind of
+/// document, so a new kind is a breaking change that the compiler points out.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
 pub enum DocKey {
     /// A session's state.
     Session {
@@ -94,9 +96,8 @@ impl DocKey {
     }
 }
 
-/// A family of documents to list; listings are sorted by key.
+/// A family of documents to list; listings are sorted by key. Exhaustive, like [`DocKey`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Scope {
     /// Every session of a repository.
     Sessions(RepoKey),
@@ -125,8 +126,8 @@ pub enum LockWait {
 pub struct EventLogSummary {
     /// Records delivered to the visitor.
     pub records: u64,
-    /// An unterminated, unparsable last line (a writer crashed mid-line), if any.
-    pub torn_tail: Option<TornTail>,
+    /// Unterminated, unparsable last lines (a writer crashed mid-line), one per file at most.
+    pub torn_tails: Vec<TornTail>,
 }
 
 /// An unterminated last line that is not valid JSON: reported, never an error.
@@ -260,7 +261,11 @@ pub trait StorageExt: Storage {
         };
         let rec = typed(self.get(&key)?, SessionRecord::from_json)?;
         if let Some(r) = &rec {
-            check_id(SessionRecord::LABEL, session.as_str(), r.session_id().as_str())?;
+            check_id(
+                SessionRecord::LABEL,
+                session.as_str(),
+                r.session_id().as_str(),
+            )?;
         }
         Ok(rec)
     }

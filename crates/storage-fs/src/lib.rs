@@ -1,1 +1,68 @@
-//! fs
+//! Prodigy's global store on disk (`~/.prodigy`, or `$PRODIGY_HOME`).
+//!
+//! [`FsStorage`] implements [`storage_core::Storage`] on a directory tree
+//! whose every path and format is documented in `docs/storage-layout.md`.
+//!
+//! # Guarantees
+//!
+//! - **Atomic, durable documents**: temp file beside the target (0600,
+//!   `O_EXCL`), `fsync`, `rename`, `fsync` of the directory, then `Ok`. A
+//!   crash leaves the old or the new document ([`fsx`]).
+//! - **Shared event logs**: concurrent appenders from many processes never
+//!   lose or interleave lines; readers stream, report a torn last line, and
+//!   reject a corrupt middle line with its number ([`events`]).
+//! - **Locks that die with their holder**: kernel `flock` on dedicated lock
+//!   files ([`lock`]).
+//! - **One namespace per project**: two checkouts with the same directory
+//!   name get distinct, stable repository keys ([`repo`]).
+//! - **Versioned layout**: `layout.json` records the version; a newer one is
+//!   refused ([`FsStorage::open`]).
+//! - Directories 0700, files 0600, set at creation.
+//!
+//! # Example
+//!
+//! ```
+//! use serde_json::json;
+//! use storage_core::{JobId, EventRecord, Storage};
+//! use storage_fs::FsStorage;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = FsStorage::open(dir.path().join("store"))?;
+//! let repo = store.repo_key(dir.path())?;
+//! let job = JobId::new("mapreduce-1757146800123")?;
+//! let event = EventRecord::from_json(json!({"event": {"event_type": "job_started"}}))?;
+//! store.append_events(&repo, &job, &[event])?;
+//! let mut n = 0;
+//! store.read_events(&repo, &job, &mut |_| n += 1)?;
+//! assert_eq!(n, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Limitations
+//!
+//! Linux and other Unix systems only; `flock` and `rename` semantics on
+//! network file systems are not relied upon to be correct.
+
+pub mod events;
+pub mod fsx;
+pub mod layout;
+pub mod lock;
+pub mod repo;
+mod root;
+mod store;
+pub mod time;
+
+pub use layout::{LAYOUT_VERSION, Layout};
+pub use lock::FileLock;
+pub use repo::RepoRecord;
+pub use root::{RootChoice, RootSource, resolve_root};
+pub use store::{FsStorage, SweepReport, layout_version};
+
+#[cfg(test)]
+mod conformance {
+    storage_core::storage_conformance_tests!(|check: &dyn Fn(&dyn storage_core::Storage)| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::FsStorage::open(dir.path().join("store")).expect("open");
+        check(&store);
+    });
+}

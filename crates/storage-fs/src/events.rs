@@ -1,0 +1,193 @@
+//! JSONL event logs that many processes append to at once.
+//!
+//! # Appending
+//!
+//! An append opens the job's active log (`events.jsonl`) with `O_APPEND`,
+//! takes an exclusive `flock` on it, writes the whole batch with one
+//! `write_all`, `fsync`s, and unlocks. The lock makes each batch contiguous
+//! even when a write is split by the kernel, so lines of concurrent writers
+//! never interleave; `O_APPEND` alone does not promise that for large writes.
+//! The log file is never replaced, so locking it directly is sound.
+//!
+//! If a write fails half-way (disk full), the writer truncates the file back
+//! to where its batch began before reporting the error. If a writer was
+//! killed mid-batch, the file ends in a torn line; the next appender moves
+//! those bytes into a side file `events.jsonl.torn-<offset>` (kept, never
+//! deleted) and truncates the log to its last complete line before appending,
+//! so a torn fragment can never become a corrupt line in the middle of a log.
+//!
+//! # Reading
+//!
+//! Every `*.jsonl` file of the job directory is read in name order, one line
+//! at a time into a reused buffer (memory is bounded by the longest line, not
+//! the log). An unterminated last line that does not parse is reported as a
+//! torn tail and skipped; any other line that does not parse is an
+//! [`Error::Corrupt`] naming the file and line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use storage_core::{Error, EventLogSummary, EventRecord, Result, TornTail};
+
+use crate::fsx;
+use crate::layout::ACTIVE_EVENT_LOG;
+
+/// Serializes `events` as JSONL and appends them to the active log in `dir`.
+pub(crate) fn append(dir: &Path, events: &[EventRecord]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut buf = Vec::with_capacity(events.len() * 320);
+    for e in events {
+        serde_json::to_writer(&mut buf, e.json()).expect("a JSON map always serializes");
+        buf.push(b'\n');
+    }
+    append_lines(&dir.join(ACTIVE_EVENT_LOG), &buf)
+}
+
+/// Appends complete JSONL lines (`buf` must end with `\n`) to `path` under its lock.
+pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
+    debug_assert!(buf.ends_with(b"\n"));
+    let open = |create: bool| {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(create)
+            .mode(fsx::FILE_MODE)
+            .open(path)
+    };
+    let (file, created) = match open(false) {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fsx::create_dir_all(fsx::parent(path))?;
+            (open(true).map_err(|e| Error::io("create", path, e))?, true)
+        }
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    file.lock().map_err(|e| Error::io("lock", path, e))?;
+    let start = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
+    let start = repair_torn_tail(&file, path, start)?;
+    if let Err(e) = (&file).write_all(buf) {
+        // Take our partial batch back out, so the log ends on a whole line.
+        let _ = file.set_len(start);
+        return Err(Error::io("append to", path, e));
+    }
+    file.sync_data().map_err(|e| Error::io("fsync", path, e))?;
+    if created {
+        fsx::fsync_dir(fsx::parent(path))?;
+    }
+    Ok(())
+}
+
+/// If the log does not end in `\n`, saves the torn bytes beside it and cuts
+/// them off; returns the new length. Caller holds the log's lock.
+fn repair_torn_tail(file: &File, path: &Path, len: u64) -> Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)
+        .map_err(|e| Error::io("read", path, e))?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    // Find the start of the torn line, reading backwards in blocks.
+    let mut cut = 0;
+    let mut end = len;
+    let mut block = vec![0u8; 64 * 1024];
+    'search: while end > 0 {
+        let from = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..usize::try_from(end - from).expect("block fits")];
+        file.read_exact_at(chunk, from)
+            .map_err(|e| Error::io("read", path, e))?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            cut = from + i as u64 + 1;
+            break 'search;
+        }
+        end = from;
+    }
+    let mut torn = vec![0u8; usize::try_from(len - cut).expect("torn tail fits in memory")];
+    file.read_exact_at(&mut torn, cut)
+        .map_err(|e| Error::io("read", path, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let side = fsx::parent(path).join(format!("{name}.torn-{cut}"));
+    fsx::write_atomic(&side, &torn)?;
+    tracing::warn!(log = %path.display(), saved = %side.display(), bytes = torn.len(), "moved a torn last line aside");
+    file.set_len(cut)
+        .map_err(|e| Error::io("truncate", path, e))?;
+    file.sync_data().map_err(|e| Error::io("fsync", path, e))?;
+    Ok(cut)
+}
+
+/// Streams every `*.jsonl` file in `dir`, in name order, to `visit`.
+pub(crate) fn read(dir: &Path, visit: &mut dyn FnMut(EventRecord)) -> Result<EventLogSummary> {
+    let mut summary = EventLogSummary::default();
+    for entry in fsx::read_dir_sorted(dir)? {
+        let name = entry.name.to_string_lossy();
+        if !entry.file_type.is_file() || name.starts_with('.') || !name.ends_with(".jsonl") {
+            continue;
+        }
+        read_file(&entry.path, &name, &mut summary, visit)?;
+    }
+    Ok(summary)
+}
+
+fn read_file(
+    path: &Path,
+    name: &str,
+    summary: &mut EventLogSummary,
+    visit: &mut dyn FnMut(EventRecord),
+) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut line = Vec::with_capacity(1024);
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let terminated = line.last() == Some(&b'\n');
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = serde_json::from_slice(body)
+            .map_err(|e| e.to_string())
+            .and_then(|v| EventRecord::from_json(v).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(record) => {
+                summary.records += 1;
+                visit(record);
+            }
+            Err(_) if !terminated => summary.torn_tails.push(TornTail {
+                file: name.to_owned(),
+                line: number,
+                bytes: body.len() as u64,
+            }),
+            Err(reason) => {
+                return Err(Error::Corrupt {
+                    path: path.to_owned(),
+                    line: Some(number),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

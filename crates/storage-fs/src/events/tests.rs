@@ -1,0 +1,80 @@
+use std::fs;
+
+use serde_json::json;
+
+use super::*;
+
+fn ev(n: u64) -> EventRecord {
+    EventRecord::from_json(json!({"id": n, "event": {"job_id": "mapreduce-1"}})).expect("object")
+}
+
+fn collect(dir: &Path) -> Result<(Vec<EventRecord>, EventLogSummary)> {
+    let mut seen = Vec::new();
+    let s = read(dir, &mut |e| seen.push(e))?;
+    Ok((seen, s))
+}
+
+#[test]
+fn a_torn_last_line_is_reported_and_earlier_records_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("events.jsonl"),
+        "{\"id\":1}\n{\"id\":2}\n{\"id\":3,\"eve",
+    )
+    .expect("write");
+    let (seen, summary) = collect(dir.path()).expect("read");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        summary.torn_tails,
+        [TornTail {
+            file: "events.jsonl".into(),
+            line: 3,
+            bytes: 12
+        }]
+    );
+}
+
+#[test]
+fn a_corrupt_middle_line_is_an_error_with_its_line_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.jsonl");
+    fs::write(&log, "{\"id\":1}\nnot json\n{\"id\":3}\n").expect("write");
+    let err = collect(dir.path()).expect_err("corrupt");
+    match &err {
+        Error::Corrupt { path, line, .. } => {
+            assert_eq!(path, &log);
+            assert_eq!(*line, Some(2));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(err.to_string().contains("at line 2 is corrupt"), "{err}");
+}
+
+#[test]
+fn an_append_after_a_crash_moves_the_torn_fragment_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.jsonl");
+    fs::write(&log, "{\"id\":1}\n{\"id\":2,\"tor").expect("write");
+    append(dir.path(), &[ev(3)]).expect("append");
+    let (seen, summary) = collect(dir.path()).expect("read");
+    assert_eq!(seen.len(), 2, "records 1 and 3");
+    assert!(summary.torn_tails.is_empty());
+    let side = dir.path().join("events.jsonl.torn-9");
+    assert_eq!(fs::read(&side).expect("side file kept"), b"{\"id\":2,\"tor");
+}
+
+#[test]
+fn files_are_read_in_name_order_and_others_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("events-20250906_082000.jsonl"),
+        "{\"id\":1}\n",
+    )
+    .expect("w");
+    fs::write(dir.path().join("events.jsonl"), "{\"id\":2}\n").expect("w");
+    fs::write(dir.path().join(".tmp-1-0-x.jsonl"), "garbage").expect("w");
+    fs::write(dir.path().join("events.jsonl.torn-5"), "garbage").expect("w");
+    let (seen, _) = collect(dir.path()).expect("read");
+    let ids: Vec<_> = seen.iter().map(|e| e.json()["id"].clone()).collect();
+    assert_eq!(ids, [json!(1), json!(2)]);
+}

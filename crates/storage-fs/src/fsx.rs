@@ -1,0 +1,224 @@
+//! The file-system wrapper: every call names its path in the error, and the
+//! durable-write protocol lives here once.
+//!
+//! Rules kept here (see `docs/storage-layout.md`, "Durability"):
+//!
+//! - **Atomic replace**: a temp file is created beside the target with
+//!   `O_CREAT|O_EXCL` and mode 0600, written, `fsync`ed, renamed over the
+//!   target, and the directory is `fsync`ed before success is reported. A
+//!   crash at any point leaves the old or the new file, never a torn one.
+//! - A failed `fsync` is reported, never retried (the kernel may have dropped
+//!   the dirty pages already, so a retry could "succeed" over lost data).
+//! - Directories are created 0700, files 0600, at creation (never widened later).
+//! - Temp names start with `.tmp-`, which no identifier can start with, so
+//!   listings never show them; they carry the writer's pid so that a sweep can
+//!   tell a live writer's file from a dead one's.
+
+use std::ffi::OsString;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use storage_core::{Error, Result};
+
+/// Mode of every directory the store creates.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the store creates.
+pub const FILE_MODE: u32 = 0o600;
+/// Prefix of every temp file the store writes.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Creates `dir` and its missing parents with mode 0700.
+pub fn create_dir_all(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|e| Error::io("create directory", dir, e))
+}
+
+/// `fsync`s a directory, making renames and creations in it durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh temp-file name for a write to `target_name`: `.tmp-<pid>-<n>-<target>`.
+#[must_use]
+pub fn temp_name(target_name: &str) -> String {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut short = target_name;
+    while short.len() > 96 {
+        let mut cut = 96;
+        while !short.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        short = &short[..cut];
+    }
+    format!("{TEMP_PREFIX}{}-{n}-{short}", std::process::id())
+}
+
+/// The writer pid encoded in a temp name, if `name` is one of ours.
+#[must_use]
+pub fn temp_owner(name: &str) -> Option<u32> {
+    name.strip_prefix(TEMP_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Creates `path` exclusively with mode 0600 for writing.
+pub fn create_new(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))
+}
+
+/// Replaces `path` with `bytes` atomically and durably (see the module docs).
+///
+/// The parent directory must exist.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(temp_name(&name));
+    let result = (|| {
+        let mut f = create_new(&tmp)?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
+    })();
+    if result.is_err() {
+        // Best effort: the temp file is ours; a sweep removes it if this fails too.
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    fsync_dir(dir)
+}
+
+/// The parent of `path`, or `.` for a bare name.
+#[must_use]
+pub fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The contents of `path`, or `None` if it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match File::open(path) {
+        Ok(mut f) => {
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf)
+                .map_err(|e| Error::io("read", path, e))?;
+            Ok(Some(buf))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("open", path, e)),
+    }
+}
+
+/// Removes `path` and makes the removal durable; `false` if it did not exist.
+pub fn remove_file_durable(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            fsync_dir(parent(path))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug)]
+pub struct Entry {
+    /// The entry's name.
+    pub name: OsString,
+    /// Its full path.
+    pub path: PathBuf,
+    /// Its type, as the directory reports it (links are not followed).
+    pub file_type: fs::FileType,
+}
+
+/// The entries of `dir`, sorted by name; a missing directory is empty.
+pub fn read_dir_sorted(dir: &Path) -> Result<Vec<Entry>> {
+    let rd = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let file_type = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        out.push(Entry {
+            name: entry.file_name(),
+            path: entry.path(),
+            file_type,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing `to`.
+///
+/// Uses `renameat2(RENAME_NOREPLACE)`; where the file system refuses that flag
+/// (some overlay and network file systems), falls back to `link` + `unlink`
+/// for files, which is also no-replace.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+            fs::hard_link(from, to).map_err(|e| Error::io("link into place", to, e))?;
+            fs::remove_file(from).map_err(|e| Error::io("remove", from, e))
+        }
+        Err(e) => Err(Error::io("rename into place", to, e.into())),
+    }
+}
+
+/// Flushes every dirty page of the file system holding `path` (`syncfs`).
+///
+/// One `syncfs` after writing many files is far cheaper than an `fsync` per
+/// file and gives the same guarantee for all of them on Linux.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
+}
+
+/// Whether a process with `pid` exists on this host (for sweeping temp files).
+#[must_use]
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    match rustix::process::Pid::from_raw(raw) {
+        // EPERM means it exists but belongs to someone else.
+        Some(p) => !matches!(
+            rustix::process::test_kill_process(p),
+            Err(rustix::io::Errno::SRCH)
+        ),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,65 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn mode(p: &Path) -> u32 {
+    fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+#[test]
+fn atomic_write_creates_private_files_and_leaves_no_temp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("doc.json");
+    write_atomic(&target, b"one").expect("write");
+    write_atomic(&target, b"two").expect("replace");
+    assert_eq!(fs::read(&target).expect("read"), b"two");
+    assert_eq!(mode(&target), 0o600);
+    let names: Vec<_> = read_dir_sorted(dir.path()).expect("list");
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
+fn created_directories_are_private() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deep = dir.path().join("a/b/c");
+    create_dir_all(&deep).expect("mkdir");
+    for p in ["a", "a/b", "a/b/c"] {
+        assert_eq!(mode(&dir.path().join(p)), 0o700, "{p}");
+    }
+}
+
+#[test]
+fn errors_name_the_path_and_the_operation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-dir/doc.json");
+    let err = write_atomic(&missing, b"x").expect_err("no parent");
+    let text = err.to_string();
+    assert!(text.starts_with("cannot create `"), "{text}");
+    assert!(text.contains("no-such-dir"), "{text}");
+}
+
+#[test]
+fn rename_noreplace_never_replaces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    fs::write(&a, "new").expect("write");
+    fs::write(&b, "old").expect("write");
+    let err = rename_noreplace(&a, &b).expect_err("target exists");
+    assert!(
+        matches!(err, Error::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+    );
+    assert_eq!(fs::read(&b).expect("read"), b"old");
+    fs::remove_file(&b).expect("rm");
+    rename_noreplace(&a, &b).expect("free target");
+    assert_eq!(fs::read(&b).expect("read"), b"new");
+}
+
+#[test]
+fn temp_names_carry_the_writer_pid_and_are_hidden() {
+    let name = temp_name(&"x".repeat(300));
+    assert!(name.starts_with(TEMP_PREFIX));
+    assert!(name.len() < 255);
+    assert_eq!(temp_owner(&name), Some(std::process::id()));
+    assert_eq!(temp_owner("session-1.json"), None);
+    assert!(process_alive(std::process::id()));
+}

@@ -1,0 +1,306 @@
+//! The on-disk layout: the only module that joins path segments.
+//!
+//! Every path in the store is built here from validated identifiers, so a
+//! hostile identifier can never name a path outside its directory, and the
+//! whole layout can be read (and changed) in one place. The layout is
+//! documented, path by path, in `docs/storage-layout.md`; keep the two in step.
+//!
+//! ```text
+//! <root>/layout.json                                       {"layout_version": 1}
+//! <root>/repos/<repo>.json                                 which project owns <repo>
+//! <root>/state/<repo>/sessions/<session>.json
+//! <root>/state/<repo>/mappings/<session>.json              session -> job
+//! <root>/state/<repo>/checkpoints/<workflow>.checkpoint.json
+//! <root>/state/<repo>/mapreduce/jobs/<job>/checkpoint-v<N>.json, metadata.json
+//! <root>/dlq/<repo>/<job>/items/<item>.json, index.json
+//! <root>/events/<repo>/<job>/*.jsonl                       read in name order
+//! <root>/legacy/<repo>/...                                 legacy files kept verbatim
+//! <root>/migrations/<repo>/...                             journal, staging, backups
+//! <root>/resume_locks/<key>.lock                           flock; holder JSON for messages
+//! <root>/locks/<name>.lock                                 the store's own flock locks
+//! ```
+//!
+//! Differences from the layout Prodigy wrote before this crate: dead letters
+//! are no longer nested `dlq/<repo>/<job>/mapreduce/dlq/<job>/`, nothing under
+//! `events/` other than repository directories (no `events/archive`), and
+//! sessions live per repository.
+
+use std::path::{Component, Path, PathBuf};
+
+use storage_core::{DocKey, JobId, LockKey, RepoKey, Scope};
+
+/// The layout version this build writes and reads.
+pub const LAYOUT_VERSION: u64 = 1;
+
+/// The name of the active event log file that appends go to.
+pub const ACTIVE_EVENT_LOG: &str = "events.jsonl";
+
+/// Paths inside a store rooted at one directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// The layout of the store at `root`.
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The store's root.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `layout.json`, which records the layout version.
+    #[must_use]
+    pub fn version_file(&self) -> PathBuf {
+        self.root.join("layout.json")
+    }
+
+    /// The directories directly under the root that belong to this store
+    /// (sweeps and tree walks stay inside these; `worktrees/` is Prodigy's).
+    #[must_use]
+    pub fn owned_dirs(&self) -> Vec<PathBuf> {
+        [
+            "repos",
+            "state",
+            "dlq",
+            "events",
+            "legacy",
+            "migrations",
+            "resume_locks",
+            "locks",
+        ]
+        .iter()
+        .map(|d| self.root.join(d))
+        .collect()
+    }
+
+    fn state(&self, repo: &RepoKey) -> PathBuf {
+        self.root.join("state").join(repo.as_str())
+    }
+
+    /// `state/<repo>/sessions/`.
+    #[must_use]
+    pub fn sessions_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.state(repo).join("sessions")
+    }
+
+    /// `state/<repo>/mappings/`.
+    #[must_use]
+    pub fn mappings_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.state(repo).join("mappings")
+    }
+
+    /// `state/<repo>/checkpoints/`.
+    #[must_use]
+    pub fn workflow_checkpoints_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.state(repo).join("checkpoints")
+    }
+
+    /// `state/<repo>/mapreduce/jobs/`.
+    #[must_use]
+    pub fn jobs_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.state(repo).join("mapreduce").join("jobs")
+    }
+
+    /// `state/<repo>/mapreduce/jobs/<job>/`.
+    #[must_use]
+    pub fn job_dir(&self, repo: &RepoKey, job: &JobId) -> PathBuf {
+        self.jobs_dir(repo).join(job.as_str())
+    }
+
+    /// `dlq/<repo>/`.
+    #[must_use]
+    pub fn dlq_repo_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.root.join("dlq").join(repo.as_str())
+    }
+
+    /// `dlq/<repo>/<job>/` (holds `index.json` and `items/`).
+    #[must_use]
+    pub fn dlq_job_dir(&self, repo: &RepoKey, job: &JobId) -> PathBuf {
+        self.dlq_repo_dir(repo).join(job.as_str())
+    }
+
+    /// `dlq/<repo>/<job>/items/`.
+    #[must_use]
+    pub fn dlq_items_dir(&self, repo: &RepoKey, job: &JobId) -> PathBuf {
+        self.dlq_job_dir(repo, job).join("items")
+    }
+
+    /// `events/<repo>/`.
+    #[must_use]
+    pub fn events_repo_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.root.join("events").join(repo.as_str())
+    }
+
+    /// `events/<repo>/<job>/`: every `*.jsonl` in it is part of the job's log.
+    #[must_use]
+    pub fn events_job_dir(&self, repo: &RepoKey, job: &JobId) -> PathBuf {
+        self.events_repo_dir(repo).join(job.as_str())
+    }
+
+    /// `legacy/<repo>/`: legacy files kept verbatim by the migration.
+    #[must_use]
+    pub fn legacy_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.root.join("legacy").join(repo.as_str())
+    }
+
+    /// `migrations/<repo>/`: the migration's journal, staging area and backups.
+    #[must_use]
+    pub fn migrations_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.root.join("migrations").join(repo.as_str())
+    }
+
+    /// `repos/`.
+    #[must_use]
+    pub fn repos_dir(&self) -> PathBuf {
+        self.root.join("repos")
+    }
+
+    /// `repos/<repo>.json`.
+    #[must_use]
+    pub fn repo_record(&self, repo: &RepoKey) -> PathBuf {
+        self.repos_dir().join(format!("{repo}.json"))
+    }
+
+    /// `resume_locks/<key>.lock`.
+    #[must_use]
+    pub fn resume_lock(&self, key: &LockKey) -> PathBuf {
+        self.root.join("resume_locks").join(format!("{key}.lock"))
+    }
+
+    /// `locks/<name>.lock`, for the store's own locks (`repos`, `migrate-<repo>`).
+    #[must_use]
+    pub fn internal_lock(&self, name: &LockKey) -> PathBuf {
+        self.root.join("locks").join(format!("{name}.lock"))
+    }
+
+    /// The file of a document.
+    #[must_use]
+    pub fn document(&self, key: &DocKey) -> PathBuf {
+        match key {
+            DocKey::Session { repo, session } => {
+                self.sessions_dir(repo).join(format!("{session}.json"))
+            }
+            DocKey::JobCheckpoint { repo, job, version } => self
+                .job_dir(repo, job)
+                .join(format!("checkpoint-v{version}.json")),
+            DocKey::JobMetadata { repo, job } => self.job_dir(repo, job).join("metadata.json"),
+            DocKey::WorkflowCheckpoint { repo, workflow } => self
+                .workflow_checkpoints_dir(repo)
+                .join(format!("{workflow}.checkpoint.json")),
+            DocKey::DeadLetter { repo, job, item } => {
+                self.dlq_items_dir(repo, job).join(format!("{item}.json"))
+            }
+            DocKey::DeadLetterIndex { repo, job } => self.dlq_job_dir(repo, job).join("index.json"),
+            DocKey::SessionJob { repo, session } => {
+                self.mappings_dir(repo).join(format!("{session}.json"))
+            }
+        }
+    }
+
+    /// The directory that holds the documents of `scope`.
+    #[must_use]
+    pub fn scope_dir(&self, scope: &Scope) -> PathBuf {
+        match scope {
+            Scope::Sessions(repo) => self.sessions_dir(repo),
+            Scope::JobCheckpoints(repo, job) => self.job_dir(repo, job),
+            Scope::WorkflowCheckpoints(repo) => self.workflow_checkpoints_dir(repo),
+            Scope::DeadLetters(repo, job) => self.dlq_items_dir(repo, job),
+            Scope::SessionJobs(repo) => self.mappings_dir(repo),
+        }
+    }
+
+    /// `base` joined with `relative`, which must consist of plain names only
+    /// (no `..`, no root, no `.`): used to place legacy files under the store.
+    #[must_use]
+    pub fn under(base: &Path, relative: &Path) -> Option<PathBuf> {
+        let mut out = base.to_path_buf();
+        let mut any = false;
+        for c in relative.components() {
+            match c {
+                Component::Normal(name) => {
+                    out.push(name);
+                    any = true;
+                }
+                _ => return None,
+            }
+        }
+        any.then_some(out)
+    }
+}
+
+/// The key a file name in a scope's directory stands for, or `None` for
+/// anything else (temp files, debris, foreign files).
+#[must_use]
+pub fn key_for_name(scope: &Scope, name: &str) -> Option<DocKey> {
+    use storage_core::{ItemId, SessionId, WorkflowId};
+    match scope {
+        Scope::Sessions(repo) => Some(DocKey::Session {
+            repo: repo.clone(),
+            session: SessionId::new(name.strip_suffix(".json")?).ok()?,
+        }),
+        Scope::SessionJobs(repo) => Some(DocKey::SessionJob {
+            repo: repo.clone(),
+            session: SessionId::new(name.strip_suffix(".json")?).ok()?,
+        }),
+        Scope::JobCheckpoints(repo, job) => Some(DocKey::JobCheckpoint {
+            repo: repo.clone(),
+            job: job.clone(),
+            version: checkpoint_version(name)?,
+        }),
+        Scope::WorkflowCheckpoints(repo) => Some(DocKey::WorkflowCheckpoint {
+            repo: repo.clone(),
+            workflow: WorkflowId::new(name.strip_suffix(".checkpoint.json")?).ok()?,
+        }),
+        Scope::DeadLetters(repo, job) => Some(DocKey::DeadLetter {
+            repo: repo.clone(),
+            job: job.clone(),
+            item: ItemId::new(name.strip_suffix(".json")?).ok()?,
+        }),
+    }
+}
+
+/// `N` of `checkpoint-v<N>.json` (digits only, no sign, no leading `+`).
+#[must_use]
+pub fn checkpoint_version(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("checkpoint-v")?.strip_suffix(".json")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names_parse_strictly() {
+        assert_eq!(checkpoint_version("checkpoint-v12.json"), Some(12));
+        for bad in [
+            "checkpoint-v.json",
+            "checkpoint-v+1.json",
+            "checkpoint-v1.tmp",
+            ".tmp-1-0-checkpoint-v1.json",
+        ] {
+            assert_eq!(checkpoint_version(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn under_refuses_anything_but_plain_names() {
+        let base = Path::new("/store/legacy/p");
+        assert_eq!(
+            Layout::under(base, Path::new("cache/a.json")),
+            Some(PathBuf::from("/store/legacy/p/cache/a.json"))
+        );
+        for bad in ["../x", "/etc/passwd", "a/../../b", "", "."] {
+            assert_eq!(Layout::under(base, Path::new(bad)), None, "{bad}");
+        }
+    }
+}

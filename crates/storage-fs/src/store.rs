@@ -1,0 +1,264 @@
+//! `FsStorage`: the [`Storage`] trait on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use storage_core::{
+    DocKey, Error, EventLogSummary, EventRecord, JobId, LockGuard, LockHolder, LockKey, LockWait,
+    RepoKey, Result, Scope, Storage,
+};
+
+use crate::layout::{self, LAYOUT_VERSION, Layout};
+use crate::lock::{FileLock, this_process};
+use crate::repo::{self, RepoRecord};
+use crate::{events, fsx};
+
+/// The global store on disk, rooted at one directory.
+///
+/// Cheap to clone; holds no open files between calls.
+#[derive(Clone, Debug)]
+pub struct FsStorage {
+    layout: Layout,
+}
+
+/// What [`FsStorage::sweep`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Temp files of dead writers removed.
+    pub removed: Vec<PathBuf>,
+    /// Temp files left because their writer may still be running.
+    pub kept_live: usize,
+}
+
+/// Temp files older than this are debris even if a process with their pid exists
+/// (the pid may have been reused).
+const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
+
+impl FsStorage {
+    /// Opens the store at `root`, creating it (0700) and its `layout.json` if
+    /// needed. A store written by a newer layout is refused with
+    /// [`Error::UnsupportedLayout`], never guessed at.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let layout = Layout::new(root);
+        fsx::create_dir_all(layout.root())?;
+        match read_layout_version(&layout)? {
+            Some(found) if found > LAYOUT_VERSION => Err(Error::UnsupportedLayout {
+                path: layout.root().to_owned(),
+                found,
+                supported: LAYOUT_VERSION,
+            }),
+            Some(_) => Ok(Self { layout }),
+            None => {
+                let doc = serde_json::json!({ "layout_version": LAYOUT_VERSION });
+                let bytes = serde_json::to_vec_pretty(&doc).expect("serializable");
+                fsx::write_atomic(&layout.version_file(), &bytes)?;
+                Ok(Self { layout })
+            }
+        }
+    }
+
+    /// The store's root directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        self.layout.root()
+    }
+
+    /// The store's layout (paths of everything in it).
+    #[must_use]
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The repository key of `project`, registering it on first use
+    /// (see [`crate::repo`] for the rule).
+    pub fn repo_key(&self, project: &Path) -> Result<RepoKey> {
+        repo::register(&self.layout, project)
+    }
+
+    /// The repository key of `project` if it is registered; registers nothing.
+    pub fn find_repo_key(&self, project: &Path) -> Result<Option<RepoKey>> {
+        repo::find(&self.layout, project)
+    }
+
+    /// Every registered repository, sorted by key.
+    pub fn repos(&self) -> Result<Vec<RepoRecord>> {
+        repo::all(&self.layout)
+    }
+
+    /// Takes one of the store's own locks (`locks/<name>.lock`).
+    pub fn lock_internal(&self, name: &LockKey, wait: LockWait) -> Result<FileLock> {
+        FileLock::acquire(
+            &self.layout.internal_lock(name),
+            name,
+            &this_process(name.as_str()),
+            wait,
+        )
+    }
+
+    /// Removes temp files left by writers that died (their pid is gone, or
+    /// they are over a day old). Never touches `worktrees/` or anything that
+    /// is not one of the store's temp files.
+    pub fn sweep(&self) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        let mut stack = self.layout.owned_dirs();
+        while let Some(dir) = stack.pop() {
+            for entry in fsx::read_dir_sorted(&dir)? {
+                if entry.file_type.is_dir() {
+                    stack.push(entry.path);
+                    continue;
+                }
+                let name = entry.name.to_string_lossy();
+                let Some(pid) = fsx::temp_owner(&name) else {
+                    continue;
+                };
+                if !entry.file_type.is_file() {
+                    continue;
+                }
+                let old = std::fs::symlink_metadata(&entry.path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age > STALE_TEMP_AGE);
+                if (pid == std::process::id() || fsx::process_alive(pid)) && !old {
+                    report.kept_live += 1;
+                    continue;
+                }
+                if fsx::remove_file_durable(&entry.path)? {
+                    tracing::info!(path = %entry.path.display(), "swept a dead writer's temp file");
+                    report.removed.push(entry.path);
+                }
+            }
+        }
+        report.removed.sort();
+        Ok(report)
+    }
+}
+
+/// The layout version recorded at `layout`'s root, if any.
+fn read_layout_version(layout: &Layout) -> Result<Option<u64>> {
+    let path = layout.version_file();
+    let Some(bytes) = fsx::read_optional(&path)? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.clone(),
+        line: None,
+        reason,
+    };
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    doc.get("layout_version")
+        .and_then(Value::as_u64)
+        .map(Some)
+        .ok_or_else(|| corrupt("no integer `layout_version`".to_owned()))
+}
+
+/// The layout version of the store at `root`, without creating anything:
+/// `None` if there is no store (or no `layout.json`) there.
+pub fn layout_version(root: &Path) -> Result<Option<u64>> {
+    read_layout_version(&Layout::new(root))
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<fsx::Entry>> {
+    Ok(fsx::read_dir_sorted(dir)?
+        .into_iter()
+        .filter(|e| e.file_type.is_dir())
+        .collect())
+}
+
+impl Storage for FsStorage {
+    fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
+        let path = self.layout.document(key);
+        let bytes = serde_json::to_vec_pretty(doc).expect("a JSON value always serializes");
+        match fsx::write_atomic(&path, &bytes) {
+            // First document in this directory: create it, then write.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                fsx::create_dir_all(fsx::parent(&path))?;
+                fsx::write_atomic(&path, &bytes)
+            }
+            other => other,
+        }
+    }
+
+    fn get(&self, key: &DocKey) -> Result<Option<Value>> {
+        let path = self.layout.document(key);
+        let Some(bytes) = fsx::read_optional(&path)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                path,
+                line: Some(e.line() as u64),
+                reason: e.to_string(),
+            })
+    }
+
+    fn delete(&self, key: &DocKey) -> Result<bool> {
+        fsx::remove_file_durable(&self.layout.document(key))
+    }
+
+    fn list(&self, scope: &Scope) -> Result<Vec<DocKey>> {
+        let mut keys: Vec<DocKey> = fsx::read_dir_sorted(&self.layout.scope_dir(scope))?
+            .into_iter()
+            .filter(|e| e.file_type.is_file())
+            .filter_map(|e| layout::key_for_name(scope, &e.name.to_string_lossy()))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn jobs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        let mut jobs = Vec::new();
+        for dir in subdirs(&self.layout.jobs_dir(repo))? {
+            let Ok(job) = JobId::new(dir.name.to_string_lossy()) else {
+                continue;
+            };
+            let has_state = fsx::read_dir_sorted(&dir.path)?.iter().any(|e| {
+                let n = e.name.to_string_lossy();
+                e.file_type.is_file()
+                    && (n == "metadata.json" || layout::checkpoint_version(&n).is_some())
+            });
+            if has_state {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
+    fn append_events(&self, repo: &RepoKey, job: &JobId, records: &[EventRecord]) -> Result<()> {
+        events::append(&self.layout.events_job_dir(repo, job), records)
+    }
+
+    fn read_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        visit: &mut dyn FnMut(EventRecord),
+    ) -> Result<EventLogSummary> {
+        events::read(&self.layout.events_job_dir(repo, job), visit)
+    }
+
+    fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        let mut jobs = Vec::new();
+        for dir in subdirs(&self.layout.events_repo_dir(repo))? {
+            let Ok(job) = JobId::new(dir.name.to_string_lossy()) else {
+                continue;
+            };
+            let has_log = fsx::read_dir_sorted(&dir.path)?.iter().any(|e| {
+                let n = e.name.to_string_lossy();
+                e.file_type.is_file() && !n.starts_with('.') && n.ends_with(".jsonl")
+            });
+            if has_log {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
+    }
+
+    fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {
+        let lock = FileLock::acquire(&self.layout.resume_lock(key), key, holder, wait)?;
+        Ok(LockGuard::new(key.clone(), Box::new(lock)))
+    }
+}
