@@ -262,3 +262,6 @@ impl Storage for FsStorage {
         Ok(LockGuard::new(key.clone(), Box::new(lock)))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,85 @@
+use std::fs;
+
+use serde_json::json;
+use storage_core::SessionId;
+
+use super::*;
+
+#[test]
+fn a_newer_layout_is_refused_with_the_versions_and_the_next_step() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("layout.json"), r#"{"layout_version": 7}"#).expect("write");
+    let err = FsStorage::open(dir.path()).expect_err("newer");
+    assert!(
+        matches!(
+            err,
+            Error::UnsupportedLayout {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("upgrade prodigy-storage"), "{err}");
+    fs::write(dir.path().join("layout.json"), "{oops").expect("write");
+    let err = FsStorage::open(dir.path()).expect_err("corrupt");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert_eq!(
+        layout_version(&dir.path().join("absent")).expect("absent"),
+        None
+    );
+}
+
+#[test]
+fn listings_skip_temp_files_and_foreign_names_and_sweep_removes_dead_writers_debris() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let repo = RepoKey::new("proj").expect("valid");
+    let key = DocKey::Session {
+        repo: repo.clone(),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    store
+        .put(&key, &json!({"session_id": "session-1"}))
+        .expect("put");
+    let sessions = store.layout().sessions_dir(&repo);
+    // pid 0 is never a live writer; a huge pid cannot exist.
+    let dead = sessions.join(".tmp-4194305-0-session-2.json");
+    let live = sessions.join(format!(".tmp-{}-9-session-3.json", std::process::id()));
+    fs::write(&dead, "{\"session_id\": \"sess").expect("debris");
+    fs::write(&live, "{}").expect("in flight");
+    fs::write(sessions.join("notes.txt"), "user junk").expect("foreign");
+    fs::write(sessions.join("session-4.json.bak"), "{}").expect("foreign");
+    assert_eq!(
+        store.list(&Scope::Sessions(repo.clone())).expect("list"),
+        [key]
+    );
+    let report = store.sweep().expect("sweep");
+    assert_eq!(report.removed, std::slice::from_ref(&dead));
+    assert_eq!(report.kept_live, 1);
+    assert!(!dead.exists() && live.exists());
+    assert!(
+        sessions.join("notes.txt").exists(),
+        "sweep removes only temp files"
+    );
+}
+
+#[test]
+fn a_corrupt_document_names_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let repo = RepoKey::new("proj").expect("valid");
+    let key = DocKey::Session {
+        repo: repo.clone(),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    store.put(&key, &json!({})).expect("put");
+    fs::write(store.layout().document(&key), "{\n  \"session_id\": tor").expect("corrupt");
+    let err = store.get(&key).expect_err("corrupt");
+    assert!(
+        err.to_string()
+            .contains("session-1.json` at line 2 is corrupt"),
+        "{err}"
+    );
+}

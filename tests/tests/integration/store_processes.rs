@@ -1,0 +1,234 @@
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use storage_core::{Error, JobId, LockKey, LockWait, SessionId, Storage, StorageExt};
+use storage_fs::FsStorage;
+use storage_tests::Sandbox;
+
+use crate::worker_bin;
+
+fn worker(args: &[&str]) -> Command {
+    let mut c = Command::new(worker_bin());
+    c.args(args).stdin(Stdio::null()).stderr(Stdio::inherit());
+    c
+}
+
+/// Starts a worker and waits for its first stdout line (`ready`).
+fn start(args: &[&str], ready: &str) -> Child {
+    let mut child = worker(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("read worker");
+    assert_eq!(line.trim(), ready, "worker said {line:?}");
+    child
+}
+
+fn kill(mut child: Child) {
+    // SIGKILL: no destructors, no cleanup; exactly what a crash does.
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
+
+#[test]
+fn eight_processes_appending_a_thousand_events_each_lose_and_interleave_nothing() {
+    let sb = Sandbox::new();
+    let root = sb.store();
+    let project = sb.project();
+    let (root_s, project_s) = (
+        root.to_str().expect("utf8"),
+        project.to_str().expect("utf8"),
+    );
+    // Register first so all workers agree on the key without racing on it.
+    let store = FsStorage::open(&root).expect("open");
+    let repo = store.repo_key(&project).expect("key");
+    let children: Vec<Child> = (0..8)
+        .map(|w| {
+            worker(&[
+                "append",
+                root_s,
+                project_s,
+                "mapreduce-1757146800123",
+                "1000",
+                &w.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn")
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().expect("wait").success(), "a writer failed");
+    }
+    let job = JobId::new("mapreduce-1757146800123").expect("valid");
+    let mut next: BTreeMap<u64, u64> = BTreeMap::new();
+    let summary = store
+        .read_events(&repo, &job, &mut |e| {
+            let ev = &e.json()["event"];
+            let w = ev["writer"].as_u64().expect("writer");
+            let seq = ev["seq"].as_u64().expect("seq");
+            let expected = next.entry(w).or_insert(0);
+            assert_eq!(seq, *expected, "writer {w} out of order");
+            *expected += 1;
+        })
+        .expect("every line parses");
+    assert_eq!(summary.records, 8000);
+    assert!(summary.torn_tails.is_empty());
+    assert_eq!(next.len(), 8);
+    assert!(next.values().all(|n| *n == 1000), "{next:?}");
+    // Byte-level check too: every line is a whole JSON object.
+    let raw = fs_err::read_to_string(
+        store
+            .layout()
+            .events_job_dir(&repo, &job)
+            .join("events.jsonl"),
+    )
+    .expect("log");
+    assert_eq!(raw.lines().count(), 8000);
+    assert!(raw.ends_with('\n'));
+}
+
+#[test]
+fn concurrent_saves_of_one_session_are_never_read_torn() {
+    let sb = Sandbox::new();
+    let root = sb.store();
+    let project = sb.project();
+    let (root_s, project_s) = (
+        root.to_str().expect("utf8"),
+        project.to_str().expect("utf8"),
+    );
+    let store = FsStorage::open(&root).expect("open");
+    let repo = store.repo_key(&project).expect("key");
+    let writers: Vec<Child> = [(1, 10), (2, 100_000), (3, 1_000_000)]
+        .iter()
+        .map(|(w, pad)| {
+            start(
+                &[
+                    "save-loop",
+                    root_s,
+                    project_s,
+                    "session-1",
+                    &w.to_string(),
+                    &pad.to_string(),
+                ],
+                "saving",
+            )
+        })
+        .collect();
+    let session = SessionId::new("session-1").expect("valid");
+    let mut reads = 0;
+    let mut by_writer = BTreeMap::<u64, u64>::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let rec = store
+            .load_session(&repo, &session)
+            .expect("a read never sees a torn document")
+            .expect("present");
+        let pad = rec.json()["pad"].as_str().expect("pad").len();
+        assert_eq!(pad as u64, rec.json()["pad_len"].as_u64().expect("pad_len"));
+        *by_writer
+            .entry(rec.json()["writer"].as_u64().expect("w"))
+            .or_default() += 1;
+        reads += 1;
+    }
+    for w in writers {
+        kill(w);
+    }
+    assert!(reads > 10, "only {reads} reads");
+    assert!(by_writer.len() >= 2, "saw only {by_writer:?}");
+    // The killed writers' temp files are debris; a sweep removes them all.
+    let report = store.sweep().expect("sweep");
+    assert_eq!(report.kept_live, 0);
+    let left: Vec<_> = fs_err::read_dir(store.layout().sessions_dir(&repo))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["session-1.json"]);
+}
+
+#[test]
+fn a_holder_killed_with_sigkill_does_not_block_the_next_holder() {
+    let sb = Sandbox::new();
+    let root = sb.store();
+    let child = start(
+        &["hold-lock", root.to_str().expect("utf8"), "mapreduce-1"],
+        "locked",
+    );
+    let pid = child.id();
+    let store = FsStorage::open(&root).expect("open");
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let me = storage_fs::lock::this_process("mapreduce-1");
+    let err = store
+        .lock(&key, &me, LockWait::NoWait)
+        .expect_err("held by the child");
+    match &err {
+        Error::Locked {
+            holder: Some(h), ..
+        } => assert_eq!(h.process_id, pid),
+        other => panic!("expected Locked naming the child, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&format!("process {pid}")), "{err}");
+    kill(child);
+    let guard = store
+        .lock(&key, &me, LockWait::Timeout(Duration::from_secs(5)))
+        .expect("the kernel released the dead holder's lock");
+    assert_eq!(guard.key(), &key);
+}
+
+#[test]
+fn a_writer_killed_mid_replace_leaves_the_old_or_the_new_document() {
+    let sb = Sandbox::new();
+    let root = sb.store();
+    let project = sb.project();
+    let (root_s, project_s) = (
+        root.to_str().expect("utf8"),
+        project.to_str().expect("utf8"),
+    );
+    let store = FsStorage::open(&root).expect("open");
+    let repo = store.repo_key(&project).expect("key");
+    let session = SessionId::new("session-1").expect("valid");
+    for round in 0..12u64 {
+        // Alternate large and small documents so a torn write would show.
+        let pad = if round % 2 == 0 { 4_000_000 } else { 3 };
+        let child = start(
+            &[
+                "save-loop",
+                root_s,
+                project_s,
+                "session-1",
+                &round.to_string(),
+                &pad.to_string(),
+            ],
+            "saving",
+        );
+        std::thread::sleep(Duration::from_millis(5 + round * 7));
+        kill(child);
+        let rec = store
+            .load_session(&repo, &session)
+            .expect("parses after SIGKILL")
+            .expect("present");
+        let pad_len = rec.json()["pad"].as_str().expect("pad").len() as u64;
+        assert_eq!(pad_len, rec.json()["pad_len"].as_u64().expect("pad_len"));
+        assert_eq!(
+            rec.json()["writer"].as_u64(),
+            Some(round),
+            "the latest writer's whole document"
+        );
+    }
+    store.sweep().expect("sweep");
+    assert_eq!(
+        storage_tests::tree(&store.layout().sessions_dir(&repo)),
+        "session-1.json f600 ".to_owned()
+            + &fs_err::metadata(store.layout().sessions_dir(&repo).join("session-1.json"))
+                .expect("stat")
+                .len()
+                .to_string()
+            + "B\n"
+    );
+}
