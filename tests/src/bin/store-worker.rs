@@ -64,7 +64,7 @@ fn main() -> Result<()> {
             println!("locked");
             std::io::stdout().flush()?;
             loop {
-                std::thread::sleep(Duration::from_hours(1));
+                std::thread::park();
             }
         }
         other => bail!("unknown command {other}"),
