@@ -7,6 +7,8 @@
 //! - The `store-worker` binary in this crate is the other process in
 //!   multi-process tests (`env!("CARGO_BIN_EXE_store-worker")` in tests).
 
+pub mod fixture;
+
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

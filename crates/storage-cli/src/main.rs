@@ -1,2 +1,283 @@
-//! `prodigy-storage`.
-fn main() {}
+//! `prodigy-storage`: the command-line front end of Prodigy's storage.
+//!
+//! This is the only place that reads the environment, the terminal and the
+//! home directory; the libraries take all of that as arguments.
+
+mod cli;
+mod render;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use storage_fs::{FsStorage, RootChoice, resolve_root};
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
+            for cause in e.chain().skip(1) {
+                let _ = writeln!(err, "  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn store_root(cli: &Cli) -> Result<RootChoice> {
+    let env = std::env::var_os("PRODIGY_HOME");
+    let home = dirs::home_dir();
+    let mut choice = resolve_root(cli.home.as_deref(), env.as_deref(), home.as_deref())?;
+    choice.path = std::path::absolute(&choice.path)
+        .with_context(|| format!("cannot resolve the store path `{}`", choice.path.display()))?;
+    Ok(choice)
+}
+
+/// The project: the argument, else the git top level of the current directory, else it.
+fn project_dir(arg: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.to_owned());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let top = std::process::Command::new("git")
+        .args(["rev-parse", "--show-toplevel"])
+        .current_dir(&cwd)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| PathBuf::from(s.trim_end_matches('\n')));
+    Ok(top.unwrap_or(cwd))
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn say(cli: &Cli, text: &str) -> Result<()> {
+    if !cli.quiet {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    let root = store_root(cli)?;
+    match &cli.command {
+        Command::Layout => {
+            say(cli, &render::layout(&root))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { project, json } => {
+            let project = project_dir(project.project.as_deref())?;
+            let store = FsStorage::peek(&root.path)?;
+            status(cli, &root, &store, &project, *json)
+        }
+        #[cfg(feature = "legacy-import")]
+        other => import::run(cli, &root, other),
+        #[cfg(not(feature = "legacy-import"))]
+        _ => anyhow::bail!(
+            "this build of prodigy-storage has no legacy import (built without the `legacy-import` feature); \
+             use a build with it to migrate, verify or roll back per-project `.prodigy/` storage"
+        ),
+    }
+}
+
+#[cfg(not(feature = "legacy-import"))]
+fn status(
+    cli: &Cli,
+    root: &RootChoice,
+    store: &FsStorage,
+    project: &Path,
+    json: bool,
+) -> Result<ExitCode> {
+    let repo = store
+        .find_repo_key(project)
+        .ok()
+        .flatten()
+        .map(|k| k.to_string());
+    if json {
+        print_json(&serde_json::json!({
+            "schema_version": 1,
+            "store": root.path, "store_source": root.source,
+            "layout_version": storage_fs::layout_version(&root.path)?,
+            "project": project, "repo": repo, "legacy_import": false,
+        }))?;
+    } else {
+        say(
+            cli,
+            &render::store_line(root, storage_fs::layout_version(&root.path)?),
+        )?;
+        say(
+            cli,
+            &format!(
+                "project: {}\nrepository key: {}\nthis build has no legacy import\n",
+                project.display(),
+                repo.as_deref().unwrap_or("(not registered)")
+            ),
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "legacy-import")]
+fn status(
+    cli: &Cli,
+    root: &RootChoice,
+    store: &FsStorage,
+    project: &Path,
+    json: bool,
+) -> Result<ExitCode> {
+    let s = storage_migrate::status(store, project)?;
+    let backups: Vec<_> = storage_migrate::backups(store)?
+        .into_iter()
+        .filter(|b| Some(&b.repo) == s.repo.as_ref())
+        .collect();
+    let layout_version = storage_fs::layout_version(&root.path)?;
+    if json {
+        print_json(&serde_json::json!({
+            "schema_version": storage_migrate::REPORT_SCHEMA_VERSION,
+            "store": root.path, "store_source": root.source, "layout_version": layout_version,
+            "legacy_import": true, "project": s, "backups": backups,
+        }))?;
+    } else {
+        say(cli, &render::status(root, layout_version, &s, &backups))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "legacy-import")]
+mod import {
+    //! The commands that need the legacy import.
+
+    use std::process::ExitCode;
+    use std::time::Duration;
+
+    use anyhow::Result;
+    use storage_fs::{FsStorage, RootChoice};
+    use storage_migrate::fault::{self, Fault};
+    use storage_migrate::{MigrateOptions, NoProgress, RollbackOptions};
+
+    use super::{print_json, project_dir, render, say};
+    use crate::cli::{BackupsAction, Cli, Command};
+
+    /// The fault-injection hooks of the test suite (see `docs/reliability.md`).
+    fn arm_test_hooks() {
+        if let Some(point) = std::env::var_os("PRODIGY_STORAGE_CRASH_AT") {
+            fault::arm(Fault::CrashAt(point.to_string_lossy().into_owned()));
+        } else if std::env::var_os("PRODIGY_STORAGE_FAULT").is_some_and(|v| v == "corrupt-staged") {
+            fault::arm(Fault::CorruptStaged);
+        }
+    }
+
+    pub fn run(cli: &Cli, root: &RootChoice, command: &Command) -> Result<ExitCode> {
+        arm_test_hooks();
+        match command {
+            Command::Migrate {
+                project,
+                dry_run,
+                json,
+                wait,
+            } => {
+                let project = project_dir(project.project.as_deref())?;
+                // Refuse before the store is even created.
+                storage_migrate::preflight(&project, &root.path)?;
+                let store = if *dry_run {
+                    FsStorage::peek(&root.path)?
+                } else {
+                    FsStorage::open(&root.path)?
+                };
+                let opts = MigrateOptions {
+                    dry_run: *dry_run,
+                    wait: Duration::from_secs(*wait),
+                    progress: &NoProgress,
+                };
+                let report = storage_migrate::migrate(&store, &project, &opts)?;
+                if *json {
+                    print_json(&report)?;
+                } else {
+                    say(cli, &render::migration(&report))?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Verify { project, json } => {
+                let project = project_dir(project.project.as_deref())?;
+                let store = FsStorage::peek(&root.path)?;
+                let report = storage_migrate::verify(&store, &project)?;
+                if *json {
+                    print_json(&report)?;
+                } else {
+                    say(cli, &render::verify(&report))?;
+                }
+                Ok(if report.problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                })
+            }
+            Command::Rollback {
+                project,
+                force,
+                json,
+                wait,
+            } => {
+                let project = project_dir(project.project.as_deref())?;
+                let store = FsStorage::open(&root.path)?;
+                let opts = RollbackOptions {
+                    txid: None,
+                    force: *force,
+                    wait: Duration::from_secs(*wait),
+                    progress: &NoProgress,
+                };
+                let report = storage_migrate::rollback(&store, &project, &opts)?;
+                if *json {
+                    print_json(&report)?;
+                } else {
+                    say(cli, &render::rollback(&report))?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Backups { action } => {
+                let store = FsStorage::peek(&root.path)?;
+                match action {
+                    BackupsAction::List { json } => {
+                        let list = storage_migrate::backups(&store)?;
+                        if *json {
+                            print_json(&serde_json::json!({"schema_version": 1, "backups": list}))?;
+                        } else {
+                            say(cli, &render::backups(&list))?;
+                        }
+                    }
+                    BackupsAction::Prune {
+                        older_than,
+                        dry_run,
+                        json,
+                    } => {
+                        let pruned = storage_migrate::prune_backups(&store, *older_than, *dry_run)?;
+                        if *json {
+                            print_json(
+                                &serde_json::json!({"schema_version": 1, "dry_run": dry_run, "pruned": pruned}),
+                            )?;
+                        } else {
+                            say(cli, &render::pruned(&pruned, *dry_run))?;
+                        }
+                    }
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Status { .. } | Command::Layout => unreachable!("handled by the caller"),
+        }
+    }
+}

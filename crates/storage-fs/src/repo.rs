@@ -12,7 +12,7 @@
 //!
 //! A base name that is not a valid identifier is mapped to one by a fixed
 //! rule (leading dots dropped, separators and control characters replaced by
-//! `_`, cut to 200 bytes, `root` if nothing is left) before the steps above.
+//! `_`, cut to 160 bytes, `root` if nothing is left) before the steps above.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -65,7 +65,7 @@ pub fn base_key(canonical: &Path) -> RepoKey {
             }
         })
         .collect();
-    while s.len() > 200 {
+    while s.len() > 160 {
         s.pop();
     }
     if s.is_empty() {
@@ -107,6 +107,18 @@ pub(crate) fn find(layout: &Layout, project: &Path) -> Result<Option<RepoKey>> {
         }
     }
     Ok(None)
+}
+
+/// The key [`register`] would give `project`, without writing anything.
+pub(crate) fn proposed(layout: &Layout, project: &Path) -> Result<RepoKey> {
+    let (canonical, id) = identify(project)?;
+    for key in candidates(&base_key(&canonical), &id) {
+        match read_record(layout, &key)? {
+            Some(r) if r.project_id != id => {}
+            _ => return Ok(key),
+        }
+    }
+    Ok(RepoKey::new(format!("{}-{id}", base_key(&canonical))).expect("valid"))
 }
 
 /// The project's key, registering it if it has none.

@@ -59,6 +59,20 @@ impl FsStorage {
         }
     }
 
+    /// A handle on the store at `root` for read-only use (`status`, dry runs):
+    /// checks the layout version if there is one, and creates nothing.
+    pub fn peek(root: impl Into<PathBuf>) -> Result<Self> {
+        let layout = Layout::new(root);
+        match read_layout_version(&layout)? {
+            Some(found) if found > LAYOUT_VERSION => Err(Error::UnsupportedLayout {
+                path: layout.root().to_owned(),
+                found,
+                supported: LAYOUT_VERSION,
+            }),
+            _ => Ok(Self { layout }),
+        }
+    }
+
     /// The store's root directory.
     #[must_use]
     pub fn root(&self) -> &Path {
@@ -80,6 +94,11 @@ impl FsStorage {
     /// The repository key of `project` if it is registered; registers nothing.
     pub fn find_repo_key(&self, project: &Path) -> Result<Option<RepoKey>> {
         repo::find(&self.layout, project)
+    }
+
+    /// The key [`FsStorage::repo_key`] would give `project`; registers nothing.
+    pub fn proposed_repo_key(&self, project: &Path) -> Result<RepoKey> {
+        repo::proposed(&self.layout, project)
     }
 
     /// Every registered repository, sorted by key.

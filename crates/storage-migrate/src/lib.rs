@@ -1,1 +1,606 @@
-//! Legacy import (filled in by the migration work).
+//! One-way, verified, all-or-nothing import of Prodigy's legacy per-project
+//! storage (`<project>/.prodigy/`) into the global store.
+//!
+//! Prodigy's own 2025 migration deleted users' files. This crate exists to
+//! make that impossible: it moves **only** the files on an allow-list of what
+//! Prodigy really wrote ([`legacy`]), copies bytes instead of re-serializing
+//! them, proves the copy before publishing it, publishes without overwriting,
+//! keeps the legacy files in a backup, and can put them back byte for byte.
+//!
+//! # Main entry points
+//!
+//! - [`ensure_migrated`]: what Prodigy calls at start-up. Cheap when there is
+//!   nothing to do, safe when many processes start at once, and it never
+//!   fails the caller: problems come back as [`AutoOutcome::Failed`].
+//! - [`migrate`] (with `dry_run`), [`rollback`], [`verify`], [`status`],
+//!   [`backups`] and [`prune_backups`]: what `prodigy-storage` runs.
+//!
+//! # The protocol
+//!
+//! lock → plan → journal → stage (copy into `migrations/<repo>/<txid>/staging`
+//! on the store's file system, one `syncfs`) → verify (re-hash sources and
+//! staged files; re-split logs) → publish (`RENAME_NOREPLACE`) → retire
+//! (legacy files into the backup) → commit. The journal names the phase; a
+//! crash is recovered by the next run under the same lock: undone before
+//! publishing, finished after. See `docs/migration.md`.
+//!
+//! # Invariants (checked by the fault tests)
+//!
+//! - I1 no loss: every legacy storage byte is in the project, the backup or
+//!   the store, verified. I2 all-or-nothing, I3 idempotent re-runs, I4
+//!   nothing outside the legacy storage files, the backup and the store is
+//!   read through a link, written or deleted, I5 0700/0600, I6 no debris after
+//!   recovery, I7 the tool stays usable.
+//!
+//! # Example
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use storage_migrate::{MigrateOptions, Outcome, migrate};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let project = dir.path().join("api");
+//! std::fs::create_dir_all(project.join(".prodigy"))?;
+//! std::fs::write(project.join(".prodigy/session_state.json"), r#"{"session_id": "session-1"}"#)?;
+//! std::fs::write(project.join(".prodigy/config.yml"), "user: file\n")?;
+//!
+//! let store = storage_fs::FsStorage::open(dir.path().join("store"))?;
+//! let report = migrate(&store, &project, &MigrateOptions::default())?;
+//! assert_eq!(report.outcome, Outcome::Migrated);
+//! assert_eq!(report.user_files_untouched, 1);
+//! assert!(project.join(".prodigy/config.yml").exists());
+//! assert!(!project.join(".prodigy/session_state.json").exists());
+//! # Ok(()) }
+//! ```
+//!
+//! # Limitations
+//!
+//! - Linux (and other Unix) only: it relies on `renameat2`, `syncfs` and `flock`.
+//! - The pre-2025-09-01 `.mmm/` directory is not migrated (it never was).
+
+mod copy;
+mod error;
+pub mod fault;
+pub mod legacy;
+mod manifest;
+mod plan;
+mod progress;
+mod protocol;
+mod report;
+mod split;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use storage_core::RepoKey;
+use storage_fs::FsStorage;
+
+pub use error::{Error, Result};
+pub use manifest::{Category, HistoryEntry, Phase, Special};
+pub use plan::LEGACY_DIR_NAME;
+pub use progress::{NoProgress, Progress, Step};
+pub use report::{
+    CategoryReport, ConflictReport, MigrationReport, Outcome, REPORT_SCHEMA_VERSION,
+    RollbackReport, VerifyReport, shell_quote,
+};
+
+use crate::copy::{AtPath, probe};
+use crate::manifest::Fate;
+use crate::protocol::{Paths, Tx};
+
+/// Options for [`migrate`].
+#[derive(Clone, Copy)]
+pub struct MigrateOptions<'a> {
+    /// Plan only: report what would happen and change nothing.
+    pub dry_run: bool,
+    /// How long to wait for another process migrating the same project.
+    pub wait: Duration,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+}
+
+impl Default for MigrateOptions<'_> {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            wait: Duration::from_secs(120),
+            progress: &NoProgress,
+        }
+    }
+}
+
+/// The refusals that [`migrate`] makes before changing anything, for callers
+/// that must check before even creating the store: a project that does not
+/// exist or is not a directory, a project inside the store (a worktree), a
+/// `.prodigy` that is a link or is the store itself.
+pub fn preflight(project: &Path, store_root: &Path) -> Result<()> {
+    plan::check_project(project, store_root).map(|_| ())
+}
+
+/// Migrates the legacy storage of `project` into `store`.
+///
+/// Returns [`Outcome::NothingToMigrate`] (and changes nothing) when there is
+/// no legacy storage. A crash of an earlier run is recovered first.
+pub fn migrate(
+    store: &FsStorage,
+    project: &Path,
+    opts: &MigrateOptions<'_>,
+) -> Result<MigrationReport> {
+    let (project, legacy) = plan::check_project(project, store.root())?;
+    if opts.dry_run {
+        let repo = store.proposed_repo_key(&project)?;
+        let paths = Paths::new(store.layout(), &repo);
+        let m = plan::plan(&project, &legacy, store.layout(), &repo, &plan::new_txid())?;
+        let outcome = if m.sources.is_empty() {
+            Outcome::NothingToMigrate
+        } else {
+            Outcome::DryRun
+        };
+        let pending = protocol::read_journal(&paths)?.map(|j| {
+            format!(
+                "an interrupted {:?} of {} will be recovered first",
+                j.phase, j.txid
+            )
+        });
+        return Ok(report::from_manifest(store, &paths, &m, outcome, pending));
+    }
+    let repo = store.repo_key(&project)?;
+    let tx = Tx {
+        store,
+        repo: repo.clone(),
+        paths: Paths::new(store.layout(), &repo),
+        progress: opts.progress,
+    };
+    let _lock = tx.lock(opts.wait)?;
+    fault::point("after-lock");
+    let recovered = tx.recover()?;
+    let mut m = plan::plan(&project, &legacy, store.layout(), &repo, &plan::new_txid())?;
+    if m.sources.is_empty() {
+        return Ok(report::from_manifest(
+            store,
+            &tx.paths,
+            &m,
+            Outcome::NothingToMigrate,
+            recovered,
+        ));
+    }
+    tracing::info!(project = %project.display(), files = m.sources.len(), txid = %m.txid, "migrating legacy storage");
+    tx.run(&mut m)?;
+    let report = report::from_manifest(store, &tx.paths, &m, Outcome::Migrated, recovered);
+    tx.commit(&m, &report)?;
+    Ok(report)
+}
+
+/// What [`ensure_migrated`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AutoOutcome {
+    /// No legacy storage and nothing to recover (the common case).
+    NothingToDo,
+    /// Legacy storage was migrated (or an interrupted migration finished).
+    Migrated(Box<MigrationReport>),
+    /// The project is not one to migrate (e.g. a worktree inside the store).
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// Migration failed; everything was left as it was. Prodigy can go on
+    /// using the store and should show this error to the user.
+    Failed(Error),
+}
+
+/// Prodigy's start-up hook: migrates `project` if it has legacy storage.
+///
+/// Cheap when there is nothing to do: a `stat` of `.prodigy`, and when it
+/// exists one directory listing (plus the listing of any storage directory),
+/// and a lookup of the project's repository registration. Several processes
+/// may call it at once: one migrates, the others wait for it and then find
+/// nothing to do. It never returns an error; see [`AutoOutcome`].
+#[must_use]
+pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
+    let legacy = project.join(LEGACY_DIR_NAME);
+    let has_legacy = match plan::has_legacy_storage(&legacy) {
+        Ok(b) => b,
+        Err(e) => return AutoOutcome::Failed(e),
+    };
+    if !has_legacy {
+        // Still finish a migration that a crash interrupted after the legacy
+        // files were moved out.
+        let pending = store
+            .find_repo_key(project)
+            .ok()
+            .flatten()
+            .is_some_and(|repo| Paths::new(store.layout(), &repo).journal().exists());
+        if !pending {
+            return AutoOutcome::NothingToDo;
+        }
+    }
+    if let Err(e @ Error::Refused { .. }) = plan::check_project(project, store.root()) {
+        return AutoOutcome::Skipped {
+            reason: e.to_string(),
+        };
+    }
+    match migrate(store, project, &MigrateOptions::default()) {
+        Ok(r) if r.outcome == Outcome::NothingToMigrate && r.recovered.is_none() => {
+            AutoOutcome::NothingToDo
+        }
+        Ok(r) => AutoOutcome::Migrated(Box::new(r)),
+        Err(e) => AutoOutcome::Failed(e),
+    }
+}
+
+/// Options for [`rollback`].
+#[derive(Clone, Copy)]
+pub struct RollbackOptions<'a> {
+    /// The migration to undo; the latest one if `None` (only the latest can be undone).
+    pub txid: Option<&'a str>,
+    /// Roll back even if published files changed, moving the changed ones aside.
+    pub force: bool,
+    /// How long to wait for another process migrating the same project.
+    pub wait: Duration,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+}
+
+impl Default for RollbackOptions<'_> {
+    fn default() -> Self {
+        Self {
+            txid: None,
+            force: false,
+            wait: Duration::from_secs(120),
+            progress: &NoProgress,
+        }
+    }
+}
+
+fn registered(store: &FsStorage, project: &Path) -> Result<(PathBuf, RepoKey)> {
+    let canonical = std::fs::canonicalize(project).map_err(|e| Error::Refused {
+        path: project.to_owned(),
+        reason: format!("the project directory cannot be read ({e})"),
+    })?;
+    let repo = store
+        .find_repo_key(&canonical)?
+        .ok_or_else(|| Error::Refused {
+            path: canonical.clone(),
+            reason: "this project was never migrated into this store (check --home / PRODIGY_HOME)"
+                .into(),
+        })?;
+    Ok((canonical, repo))
+}
+
+/// The latest migration of a repository that has not been rolled back.
+fn latest_migration(paths: &Paths) -> Result<Option<String>> {
+    let mut live: Vec<String> = Vec::new();
+    for e in protocol::read_history(paths)? {
+        match e.event.as_str() {
+            "migrated" => live.push(e.txid),
+            "rolled_back" => live.retain(|t| *t != e.txid),
+            _ => {}
+        }
+    }
+    Ok(live.pop())
+}
+
+/// Undoes the latest migration of `project`: restores the legacy files
+/// byte-identical (modes and mtimes too) and removes what it published.
+pub fn rollback(
+    store: &FsStorage,
+    project: &Path,
+    opts: &RollbackOptions<'_>,
+) -> Result<RollbackReport> {
+    let (project, repo) = registered(store, project)?;
+    let tx = Tx {
+        store,
+        repo: repo.clone(),
+        paths: Paths::new(store.layout(), &repo),
+        progress: opts.progress,
+    };
+    let _lock = tx.lock(opts.wait)?;
+    let interrupted = protocol::read_journal(&tx.paths)?;
+    let recovered = tx.recover()?;
+    if let Some(j) = interrupted.filter(|j| j.phase == Phase::RollingBack) {
+        // Recovery just finished the rollback this command was asked for.
+        let m = protocol::read_manifest(&tx.paths, &j.txid)?;
+        return Ok(RollbackReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            txid: j.txid.clone(),
+            project,
+            restored_files: m.sources.len() as u64,
+            restored_bytes: m.sources.iter().map(|s| s.size).sum(),
+            removed_from_store: m
+                .outputs
+                .iter()
+                .filter(|o| matches!(o.fate, Fate::Published | Fate::Conflict { .. }))
+                .count() as u64,
+            displaced: Vec::new(),
+            backup: tx.paths.backup(&j.txid),
+            recovered,
+        });
+    }
+    let latest = latest_migration(&tx.paths)?.ok_or_else(|| Error::RollbackRefused {
+        reason: format!("`{}` has no migration to roll back", project.display()),
+        paths: Vec::new(),
+    })?;
+    if let Some(want) = opts.txid
+        && want != latest
+    {
+        return Err(Error::RollbackRefused {
+            reason: format!(
+                "only the latest migration can be rolled back; roll back {latest} first"
+            ),
+            paths: Vec::new(),
+        });
+    }
+    let m = protocol::read_manifest(&tx.paths, &latest)?;
+    let changed = tx.rollback_check(&m)?;
+    if !changed.is_empty() && !opts.force {
+        return Err(Error::RollbackRefused {
+            reason: format!(
+                "{} file(s) that migration {latest} published have changed since (first `{}`), \
+                 probably because Prodigy ran with them. Rolling back would lose those changes. \
+                 To keep them, do not roll back. To roll back anyway, run with --force: the changed \
+                 files are then moved to `{}` instead of being removed",
+                changed.len(),
+                changed[0].display(),
+                store
+                    .layout()
+                    .legacy_dir(&repo)
+                    .join("rollback-displaced")
+                    .join(&latest)
+                    .display()
+            ),
+            paths: changed,
+        });
+    }
+    tx.start_rollback(&m, opts.force)?;
+    let removed = m
+        .outputs
+        .iter()
+        .filter(|o| matches!(o.fate, Fate::Published | Fate::Conflict { .. }))
+        .count() as u64;
+    Ok(RollbackReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        txid: latest.clone(),
+        project,
+        restored_files: m.sources.len() as u64,
+        restored_bytes: m.sources.iter().map(|s| s.size).sum(),
+        removed_from_store: removed - changed.len() as u64,
+        displaced: if opts.force { changed } else { Vec::new() },
+        backup: tx.paths.backup(&latest),
+        recovered,
+    })
+}
+
+/// Checks the latest migration of `project`: its published files, its
+/// backup, and whether legacy storage appeared again.
+pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
+    let canonical = std::fs::canonicalize(project).map_err(|e| Error::Refused {
+        path: project.to_owned(),
+        reason: format!("the project directory cannot be read ({e})"),
+    })?;
+    let mut r = VerifyReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        project: canonical.clone(),
+        ..VerifyReport::default()
+    };
+    let legacy = canonical.join(LEGACY_DIR_NAME);
+    if let Ok((_, legacy_dir)) = plan::check_project(&canonical, store.root()) {
+        let repo = store.proposed_repo_key(&canonical)?;
+        let m = plan::plan(&canonical, &legacy_dir, store.layout(), &repo, "verify")?;
+        r.legacy_files_left = m.sources.len() as u64;
+        if r.legacy_files_left > 0 {
+            r.problems.push(format!(
+                "{} legacy storage file(s) in `{}` are not migrated yet; run `prodigy-storage migrate`",
+                r.legacy_files_left,
+                legacy.display()
+            ));
+        }
+    }
+    let Some(repo) = store.find_repo_key(&canonical)? else {
+        return Ok(r);
+    };
+    r.repo = Some(repo.to_string());
+    let paths = Paths::new(store.layout(), &repo);
+    if let Some(j) = protocol::read_journal(&paths)? {
+        r.problems.push(format!(
+            "migration {} was interrupted ({:?}); run `prodigy-storage migrate` to finish or undo it",
+            j.txid, j.phase
+        ));
+    }
+    let Some(txid) = latest_migration(&paths)? else {
+        return Ok(r);
+    };
+    let m = protocol::read_manifest(&paths, &txid)?;
+    r.txid = Some(txid.clone());
+    for o in &m.outputs {
+        let rel = match &o.fate {
+            Fate::Published | Fate::AlreadyPresent => &o.dest,
+            Fate::Conflict { alt } => alt,
+            Fate::Pending => continue,
+        };
+        let path = Layout::under(store.root(), rel.as_path()).unwrap_or_default();
+        match probe(&path)? {
+            AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => r.published_intact += 1,
+            AtPath::Missing => r.published_missing += 1,
+            _ => r.published_changed += 1,
+        }
+    }
+    let backup = paths.backup(&txid);
+    r.backup_pruned = !backup.exists();
+    if !r.backup_pruned {
+        for s in &m.sources {
+            let path = Layout::under(&backup, s.rel.as_path()).unwrap_or_default();
+            match probe(&path)? {
+                AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash => r.backup_intact += 1,
+                _ => r.backup_damaged.push(path),
+            }
+        }
+        if !r.backup_damaged.is_empty() {
+            r.problems.push(format!(
+                "{} backup file(s) of migration {txid} are missing or damaged, first `{}`; rollback is not possible",
+                r.backup_damaged.len(),
+                r.backup_damaged[0].display()
+            ));
+        }
+    }
+    Ok(r)
+}
+
+use storage_fs::Layout;
+
+/// What `status` shows about one project.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProjectStatus {
+    /// JSON shape version.
+    pub schema_version: u32,
+    /// The project (canonical).
+    pub project: PathBuf,
+    /// Its repository key, if registered.
+    pub repo: Option<String>,
+    /// The key it would get, if not registered yet.
+    pub proposed_repo: Option<String>,
+    /// What a migration would do now (a dry-run report); `None` if refused.
+    pub legacy: Option<MigrationReport>,
+    /// Why the project cannot be migrated, if it cannot.
+    pub refused: Option<String>,
+    /// Migrations and rollbacks so far.
+    pub history: Vec<HistoryEntry>,
+    /// An interrupted migration or rollback, if any.
+    pub pending: Option<String>,
+}
+
+/// The migration state of `project` in `store`; changes nothing.
+pub fn status(store: &FsStorage, project: &Path) -> Result<ProjectStatus> {
+    let mut s = ProjectStatus {
+        schema_version: REPORT_SCHEMA_VERSION,
+        project: std::fs::canonicalize(project).unwrap_or_else(|_| project.to_owned()),
+        repo: None,
+        proposed_repo: None,
+        legacy: None,
+        refused: None,
+        history: Vec::new(),
+        pending: None,
+    };
+    match migrate(
+        store,
+        project,
+        &MigrateOptions {
+            dry_run: true,
+            ..MigrateOptions::default()
+        },
+    ) {
+        Ok(r) => s.legacy = Some(r),
+        Err(e @ Error::Refused { .. }) => s.refused = Some(e.to_string()),
+        Err(e) => return Err(e),
+    }
+    if let Some(repo) = store.find_repo_key(&s.project).ok().flatten() {
+        let paths = Paths::new(store.layout(), &repo);
+        s.history = protocol::read_history(&paths)?;
+        s.pending = protocol::read_journal(&paths)?.map(|j| format!("{:?} of {}", j.phase, j.txid));
+        s.repo = Some(repo.to_string());
+    } else {
+        s.proposed_repo = store
+            .proposed_repo_key(&s.project)
+            .ok()
+            .map(|k| k.to_string());
+    }
+    Ok(s)
+}
+
+/// One backup of legacy files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BackupInfo {
+    /// The repository.
+    pub repo: String,
+    /// The migration it belongs to.
+    pub txid: String,
+    /// Its directory.
+    pub path: PathBuf,
+    /// Files in it.
+    pub files: u64,
+    /// Bytes in it.
+    pub bytes: u64,
+    /// Whether that migration was rolled back since.
+    pub rolled_back: bool,
+    /// Age in seconds (from the backup directory's modification time).
+    pub age_secs: u64,
+}
+
+/// Every backup in the store, oldest first within each repository.
+pub fn backups(store: &FsStorage) -> Result<Vec<BackupInfo>> {
+    let mut out = Vec::new();
+    for entry in storage_fs::fsx::read_dir_sorted(&store.root().join("migrations"))? {
+        let Ok(repo) = RepoKey::new(entry.name.to_string_lossy()) else {
+            continue;
+        };
+        let paths = Paths::new(store.layout(), &repo);
+        let history = protocol::read_history(&paths)?;
+        for tx in storage_fs::fsx::read_dir_sorted(&paths.dir)? {
+            let txid = tx.name.to_string_lossy().into_owned();
+            let backup = paths.backup(&txid);
+            let Ok(meta) = std::fs::symlink_metadata(&backup) else {
+                continue;
+            };
+            let (mut files, mut bytes) = (0, 0);
+            let mut stack = vec![backup.clone()];
+            while let Some(d) = stack.pop() {
+                for e in storage_fs::fsx::read_dir_sorted(&d)? {
+                    if e.file_type.is_dir() {
+                        stack.push(e.path);
+                    } else {
+                        files += 1;
+                        bytes += std::fs::symlink_metadata(&e.path).map_or(0, |m| m.len());
+                    }
+                }
+            }
+            let age_secs = meta
+                .modified()
+                .ok()
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .map_or(0, |d| d.as_secs());
+            out.push(BackupInfo {
+                repo: repo.to_string(),
+                rolled_back: history
+                    .iter()
+                    .any(|h| h.txid == txid && h.event == "rolled_back"),
+                txid,
+                path: backup,
+                files,
+                bytes,
+                age_secs,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Removes backups older than `older_than` (all of them with `Duration::ZERO`),
+/// except one whose migration is in progress. Returns what was (or, with
+/// `dry_run`, would be) removed. After pruning, that migration cannot be rolled back.
+pub fn prune_backups(
+    store: &FsStorage,
+    older_than: Duration,
+    dry_run: bool,
+) -> Result<Vec<BackupInfo>> {
+    let mut pruned = Vec::new();
+    for b in backups(store)? {
+        if b.age_secs < older_than.as_secs() {
+            continue;
+        }
+        let repo = RepoKey::new(b.repo.as_str()).map_err(storage_core::Error::from)?;
+        let paths = Paths::new(store.layout(), &repo);
+        if protocol::read_journal(&paths)?.is_some_and(|j| j.txid == b.txid) {
+            continue;
+        }
+        if !dry_run {
+            protocol::remove_dir_all_if_exists(&b.path)?;
+            storage_fs::fsx::fsync_dir(&paths.tx(&b.txid))?;
+        }
+        pruned.push(b);
+    }
+    Ok(pruned)
+}
+
+/// The crash points of the protocol, for the fault-injection tests.
+pub use fault::CRASH_POINTS;

@@ -1,0 +1,160 @@
+//! The command line, as clap sees it. Help texts here are the user's manual:
+//! keep them true to what the code does (they are snapshot-tested).
+
+// Reason: these doc comments are clap help text, shown to users as written.
+#![allow(clippy::doc_markdown)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Prodigy's storage: one global store, and the import of old per-project data.
+///
+/// Prodigy keeps all its data (sessions, MapReduce job state, event logs,
+/// dead-letter queues, checkpoints) in one global store: `--home`, else
+/// `$PRODIGY_HOME`, else `~/.prodigy`. Older versions wrote the same data
+/// into each project's `.prodigy/` directory; `migrate` moves that data into
+/// the store (verified, all or nothing, with a backup), and `rollback` puts
+/// it back. Your own files in `.prodigy/` (config, docs, scripts) are never
+/// touched.
+#[derive(Debug, Parser)]
+#[command(name = "prodigy-storage", version, max_term_width = 100)]
+pub struct Cli {
+    /// The store's directory [default: $PRODIGY_HOME, else ~/.prodigy]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// Print only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more detail (-v: steps, -vv: every file); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A project directory argument.
+#[derive(Debug, Args)]
+pub struct ProjectArg {
+    /// The project [default: the git top level of the current directory, else the current directory]
+    #[arg(value_name = "PROJECT")]
+    pub project: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show where the store is, the project's key, legacy data found, migrations and backups
+    Status {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the project's legacy `.prodigy/` storage into the store
+    ///
+    /// Only files that older Prodigy versions wrote as storage are moved
+    /// (sessions, MapReduce state, event logs, dead letters, checkpoints and
+    /// a few older caches); everything else in `.prodigy/` stays. Files are
+    /// copied, verified byte for byte, published without overwriting anything,
+    /// and the originals are kept in a backup inside the store until you prune
+    /// it. An interrupted run is finished or undone by the next one. Running it
+    /// again when there is nothing left to move changes nothing.
+    Migrate {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for another process migrating the same project
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
+    /// Check the latest migration: published files, backup, and legacy files left over
+    ///
+    /// Exits non-zero if the backup is damaged, a migration was interrupted,
+    /// or legacy storage files are waiting to be migrated. Files that Prodigy
+    /// changed or removed since the migration are reported but are not errors.
+    Verify {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo the latest migration: restore the legacy files, remove what it published
+    ///
+    /// Restores every migrated file to `.prodigy/` byte for byte, with its mode
+    /// and modification time. Refuses (and changes nothing) if files it would
+    /// remove from the store changed since; `--force` then moves those aside
+    /// instead of removing them. The backup stays until `backups prune`.
+    Rollback {
+        #[command(flatten)]
+        project: ProjectArg,
+        /// Roll back even if published files changed; they are moved aside, not deleted
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for another process migrating the same project
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
+    /// List or prune the backups of legacy files that migrations keep
+    Backups {
+        #[command(subcommand)]
+        action: BackupsAction,
+    },
+    /// Print the store's directory layout, one line per directory
+    Layout,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsAction {
+    /// List every backup, with its size and age
+    List {
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete backups older than a given age (the migration can then no longer be rolled back)
+    Prune {
+        /// Minimum age: a number with a unit, e.g. 30d, 12h, 90m, 0s (all)
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: std::time::Duration,
+        /// Show what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `30d`, `12h`, `90m`, `45s`.
+pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age like 30d, 12h, 90m or 45s"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}` is not an age like 30d, 12h, 90m or 45s"))?;
+    Ok(std::time::Duration::from_secs(secs))
+}

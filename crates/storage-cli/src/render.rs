@@ -1,0 +1,454 @@
+//! Human-readable output. Every function returns the text, so the tests can
+//! snapshot it; `main` decides whether to print it.
+
+use std::fmt::Write as _;
+
+use storage_fs::RootChoice;
+
+/// `1.5 KiB`-style sizes.
+#[cfg(feature = "legacy-import")]
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    // Reason: display only; a rounding error past 2^52 bytes is invisible here.
+    #[allow(clippy::cast_precision_loss)]
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn store_line(root: &RootChoice, layout_version: Option<u64>) -> String {
+    let state = match layout_version {
+        Some(v) => format!("layout version {v}"),
+        None => "not created yet".to_owned(),
+    };
+    format!(
+        "store: {} (chosen by {}; {state})\n",
+        root.path.display(),
+        root.source
+    )
+}
+
+/// The store's layout, one line per directory.
+pub fn layout(root: &RootChoice) -> String {
+    let mut out = store_line(root, storage_fs::layout_version(&root.path).ok().flatten());
+    for (path, what) in [
+        ("layout.json", "the layout version of this store"),
+        (
+            "repos/<repo>.json",
+            "which project directory owns each repository key",
+        ),
+        ("state/<repo>/sessions/<session>.json", "session state"),
+        (
+            "state/<repo>/mappings/<session>.json",
+            "which MapReduce job a session runs",
+        ),
+        (
+            "state/<repo>/checkpoints/<workflow>.checkpoint.json",
+            "workflow checkpoints",
+        ),
+        (
+            "state/<repo>/mapreduce/jobs/<job>/",
+            "MapReduce job state: checkpoint-v<N>.json, metadata.json",
+        ),
+        (
+            "dlq/<repo>/<job>/",
+            "dead-lettered items (items/<item>.json) and index.json",
+        ),
+        (
+            "events/<repo>/<job>/",
+            "the job's event log: every *.jsonl, read in name order",
+        ),
+        (
+            "legacy/<repo>/",
+            "legacy files kept verbatim by migration (and conflicts, unrouted events)",
+        ),
+        (
+            "migrations/<repo>/",
+            "migration journal, history, manifests and backups",
+        ),
+        (
+            "resume_locks/<key>.lock",
+            "resume locks (flock); the holder is written inside for messages",
+        ),
+        (
+            "locks/<name>.lock",
+            "the store's own locks (repository registry, migrations)",
+        ),
+        (
+            "worktrees/<repo>/",
+            "Prodigy's git worktrees (not managed by this tool)",
+        ),
+    ] {
+        let _ = writeln!(out, "  {path:<52} {what}");
+    }
+    out
+}
+
+#[cfg(feature = "legacy-import")]
+pub use with_import::*;
+
+#[cfg(feature = "legacy-import")]
+mod with_import {
+    use std::fmt::Write as _;
+
+    use storage_fs::RootChoice;
+    use storage_migrate::{
+        BackupInfo, MigrationReport, Outcome, ProjectStatus, RollbackReport, VerifyReport,
+    };
+
+    use super::{bytes, store_line};
+
+    fn age(secs: u64) -> String {
+        match secs {
+            s if s < 120 => format!("{s}s"),
+            s if s < 7200 => format!("{}m", s / 60),
+            s if s < 172_800 => format!("{}h", s / 3600),
+            s => format!("{}d", s / 86_400),
+        }
+    }
+
+    pub fn migration(r: &MigrationReport) -> String {
+        let mut out = String::new();
+        let legacy = r.legacy_dir.display();
+        if let Some(rec) = &r.recovered {
+            let _ = writeln!(out, "first, recovery: {rec}");
+        }
+        match r.outcome {
+            Outcome::NothingToMigrate => {
+                let _ = writeln!(out, "No legacy storage in {legacy}; nothing to migrate.");
+                if r.user_files_untouched > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {} file(s) of yours there were left untouched.",
+                        r.user_files_untouched
+                    );
+                }
+                return out;
+            }
+            Outcome::DryRun => {
+                let _ = writeln!(
+                    out,
+                    "Would migrate {} legacy storage file(s), {}, from {legacy}\n  into {} as repository `{}`:",
+                    r.legacy_files,
+                    bytes(r.legacy_bytes),
+                    r.store.display(),
+                    r.repo
+                );
+            }
+            Outcome::Migrated => {
+                let _ = writeln!(
+                    out,
+                    "Migrated {} legacy storage file(s), {}, from {legacy}\n  into {} as repository `{}` (migration {}):",
+                    r.legacy_files,
+                    bytes(r.legacy_bytes),
+                    r.store.display(),
+                    r.repo,
+                    r.txid.as_deref().unwrap_or("?")
+                );
+            }
+        }
+        for c in &r.categories {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>6} file(s) {:>11}  -> {}",
+                c.category_label(),
+                c.files,
+                bytes(c.bytes),
+                c.destination
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  your files in {legacy} left untouched: {}",
+            r.user_files_untouched
+        );
+        if r.duplicates_stored_once > 0 {
+            let _ = writeln!(
+                out,
+                "  identical session copies stored once: {}",
+                r.duplicates_stored_once
+            );
+        }
+        if r.already_present > 0 {
+            let _ = writeln!(
+                out,
+                "  already in the store with the same content: {}",
+                r.already_present
+            );
+        }
+        if !r.specials.is_empty() {
+            let _ = writeln!(
+                out,
+                "  links and special files (not followed, left in place): {}",
+                r.specials.len()
+            );
+            for s in &r.specials {
+                let target = s
+                    .target
+                    .as_deref()
+                    .map(|t| format!(" -> {t}"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "    {}{target} ({})",
+                    s.rel.as_path().display(),
+                    s.kind
+                );
+            }
+        }
+        if !r.conflicts.is_empty() {
+            let _ = writeln!(
+                out,
+                "  conflicts (the store already had other content; both kept): {}",
+                r.conflicts.len()
+            );
+            for c in &r.conflicts {
+                let _ = writeln!(
+                    out,
+                    "    {} -> kept at {}",
+                    c.dest.display(),
+                    c.kept_at.display()
+                );
+            }
+        }
+        if !r.warnings.is_empty() {
+            let _ = writeln!(out, "  warnings:");
+            for w in &r.warnings {
+                let _ = writeln!(out, "    {w}");
+            }
+        }
+        match r.outcome {
+            Outcome::DryRun => {
+                let _ = writeln!(out, "Nothing was changed (dry run).");
+            }
+            Outcome::Migrated => {
+                if let Some(b) = &r.backup {
+                    let _ = writeln!(out, "The original files are in the backup: {}", b.display());
+                }
+                if let Some(cmd) = &r.rollback_command {
+                    let _ = writeln!(out, "To undo this migration: {cmd}");
+                }
+            }
+            Outcome::NothingToMigrate => {}
+        }
+        out
+    }
+
+    trait Label {
+        fn category_label(&self) -> &'static str;
+    }
+
+    impl Label for storage_migrate::CategoryReport {
+        fn category_label(&self) -> &'static str {
+            self.category.label()
+        }
+    }
+
+    pub fn verify(r: &VerifyReport) -> String {
+        let mut out = String::new();
+        let Some(txid) = &r.txid else {
+            let _ = writeln!(
+                out,
+                "{}: no migration recorded in this store.",
+                r.project.display()
+            );
+            for p in &r.problems {
+                let _ = writeln!(out, "problem: {p}");
+            }
+            return out;
+        };
+        let _ = writeln!(
+            out,
+            "{} (repository `{}`), latest migration {txid}:",
+            r.project.display(),
+            r.repo.as_deref().unwrap_or("?")
+        );
+        let _ = writeln!(
+            out,
+            "  published files: {} intact, {} changed since, {} gone since (changes by Prodigy are normal)",
+            r.published_intact, r.published_changed, r.published_missing
+        );
+        if r.backup_pruned {
+            let _ = writeln!(
+                out,
+                "  backup: pruned (this migration can no longer be rolled back)"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "  backup: {} file(s) intact, {} missing or damaged",
+                r.backup_intact,
+                r.backup_damaged.len()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  legacy storage files waiting in the project: {}",
+            r.legacy_files_left
+        );
+        if r.problems.is_empty() {
+            let _ = writeln!(out, "OK");
+        }
+        for p in &r.problems {
+            let _ = writeln!(out, "problem: {p}");
+        }
+        out
+    }
+
+    pub fn rollback(r: &RollbackReport) -> String {
+        let mut out = String::new();
+        if let Some(rec) = &r.recovered {
+            let _ = writeln!(out, "first, recovery: {rec}");
+        }
+        let _ = writeln!(
+            out,
+            "Rolled back migration {} of {}:\n  restored {} legacy file(s), {}, byte for byte with modes and times\n  removed {} file(s) it had published from the store",
+            r.txid,
+            r.project.display(),
+            r.restored_files,
+            bytes(r.restored_bytes),
+            r.removed_from_store
+        );
+        if !r.displaced.is_empty() {
+            let _ = writeln!(
+                out,
+                "  moved aside because they had changed: {}",
+                r.displaced.len()
+            );
+            for d in &r.displaced {
+                let _ = writeln!(out, "    {}", d.display());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "The backup stays at {} until you run `prodigy-storage backups prune`.",
+            r.backup.display()
+        );
+        out
+    }
+
+    pub fn backups(list: &[BackupInfo]) -> String {
+        if list.is_empty() {
+            return "No backups.\n".to_owned();
+        }
+        let mut out = String::new();
+        for b in list {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<24} {:>6} file(s) {:>11}  {:>5} old{}  {}",
+                b.repo,
+                b.txid,
+                b.files,
+                bytes(b.bytes),
+                age(b.age_secs),
+                if b.rolled_back { "  (rolled back)" } else { "" },
+                b.path.display()
+            );
+        }
+        out
+    }
+
+    pub fn pruned(list: &[BackupInfo], dry_run: bool) -> String {
+        let verb = if dry_run { "Would delete" } else { "Deleted" };
+        let mut out = format!("{verb} {} backup(s).\n", list.len());
+        for b in list {
+            let _ = writeln!(
+                out,
+                "  {} {} ({} file(s), {})",
+                b.repo,
+                b.txid,
+                b.files,
+                bytes(b.bytes)
+            );
+        }
+        out
+    }
+
+    pub fn status(
+        root: &RootChoice,
+        layout_version: Option<u64>,
+        s: &ProjectStatus,
+        backups: &[BackupInfo],
+    ) -> String {
+        let mut out = store_line(root, layout_version);
+        let _ = writeln!(out, "project: {}", s.project.display());
+        match (&s.repo, &s.proposed_repo) {
+            (Some(r), _) => {
+                let _ = writeln!(out, "repository key: {r}");
+            }
+            (None, Some(p)) => {
+                let _ = writeln!(out, "repository key: {p} (not registered yet)");
+            }
+            (None, None) => {}
+        }
+        if let Some(reason) = &s.refused {
+            let _ = writeln!(out, "legacy storage: not migratable: {reason}");
+        } else if let Some(l) = &s.legacy {
+            if l.legacy_files == 0 {
+                let _ = writeln!(out, "legacy storage: none in {}", l.legacy_dir.display());
+            } else {
+                let _ = writeln!(
+                    out,
+                    "legacy storage: {} file(s), {} in {} (run `prodigy-storage migrate`)",
+                    l.legacy_files,
+                    bytes(l.legacy_bytes),
+                    l.legacy_dir.display()
+                );
+                for c in &l.categories {
+                    let _ = writeln!(
+                        out,
+                        "  {:<24} {:>6} file(s) {:>11}",
+                        c.category.label(),
+                        c.files,
+                        bytes(c.bytes)
+                    );
+                }
+            }
+        }
+        if let Some(p) = &s.pending {
+            let _ = writeln!(
+                out,
+                "interrupted: {p} (the next migrate or rollback finishes it)"
+            );
+        }
+        if s.history.is_empty() {
+            let _ = writeln!(out, "migrations: none");
+        } else {
+            let _ = writeln!(out, "migrations:");
+            for h in &s.history {
+                let _ = writeln!(
+                    out,
+                    "  {} {:<11} {} ({} file(s), {})",
+                    h.at,
+                    h.event,
+                    h.txid,
+                    h.files,
+                    bytes(h.bytes)
+                );
+            }
+        }
+        if !backups.is_empty() {
+            let _ = writeln!(out, "backups:");
+            for b in backups {
+                let _ = writeln!(
+                    out,
+                    "  {} {} file(s), {}, {} old: {}",
+                    b.txid,
+                    b.files,
+                    bytes(b.bytes),
+                    age(b.age_secs),
+                    b.path.display()
+                );
+            }
+        }
+        out
+    }
+}

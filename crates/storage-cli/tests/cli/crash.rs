@@ -1,0 +1,164 @@
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+
+use crate::support::{
+    Sandbox, assert_same_tree, cmd, files, fixture_sandbox, run, run_json, snapshot,
+};
+
+const MIGRATE_POINTS: &[&str] = &[
+    "after-lock",
+    "after-journal",
+    "mid-staging",
+    "after-staging",
+    "after-verify",
+    "mid-publish",
+    "after-publish",
+    "mid-retire",
+    "after-retire",
+    "after-commit-journal",
+];
+const ROLLBACK_POINTS: &[&str] = &[
+    "mid-rollback-restore",
+    "after-rollback-restore",
+    "mid-rollback-remove",
+    "after-rollback-remove",
+];
+
+fn crash(sb: &Sandbox, args: &[&str], point: &str) {
+    let out = cmd(sb, &sb.project(), args)
+        .env("PRODIGY_STORAGE_CRASH_AT", point)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "{point}: expected an abort, got {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// I1 at the moment of the crash: every legacy storage file is, byte for
+/// byte, in the project or in some backup of the store.
+fn nothing_lost(sb: &Sandbox, original: &BTreeMap<PathBuf, Vec<u8>>, point: &str) {
+    let legacy: BTreeMap<_, _> = files(&sb.project().join(".prodigy")).into_iter().collect();
+    let mut backups: Vec<BTreeMap<PathBuf, Vec<u8>>> = Vec::new();
+    if let Ok(dirs) = fs_err::read_dir(sb.store().join("migrations/project")) {
+        for d in dirs {
+            let b = d.expect("entry").path().join("backup");
+            if b.exists() {
+                backups.push(files(&b).into_iter().collect());
+            }
+        }
+    }
+    for (rel, bytes) in original {
+        let here =
+            legacy.get(rel) == Some(bytes) || backups.iter().any(|b| b.get(rel) == Some(bytes));
+        assert!(
+            here,
+            "{point}: `{}` is neither in the project nor in a backup",
+            rel.display()
+        );
+    }
+}
+
+fn project_without_git(sb: &Sandbox) -> BTreeMap<PathBuf, storage_tests::fixture::Node> {
+    snapshot(&sb.project())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(".git"))
+        .collect()
+}
+
+/// After recovery: migrated, verified, no debris, and rollback gives back the original tree.
+fn converged(
+    sb: &Sandbox,
+    original_tree: &BTreeMap<PathBuf, storage_tests::fixture::Node>,
+    point: &str,
+) {
+    let v = run_json(sb, &["verify"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{point}: {v:#}");
+    let debris: Vec<_> = snapshot(&sb.store())
+        .into_keys()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.contains("/staging") || s.ends_with("journal.json") || s.contains(".tmp-")
+        })
+        .collect();
+    assert!(debris.is_empty(), "{point}: debris {debris:?}");
+    let second = run_json(sb, &["migrate"]);
+    assert_eq!(
+        second["outcome"], "nothing_to_migrate",
+        "{point}: a further run changes nothing"
+    );
+    run(sb, &["rollback"], true);
+    assert_same_tree(&project_without_git(sb), original_tree, point);
+}
+
+#[test]
+fn a_crash_at_every_step_of_migration_is_recovered_by_the_next_run() {
+    for point in MIGRATE_POINTS {
+        let sb = fixture_sandbox();
+        let original = files(&sb.project().join(".prodigy")).into_iter().collect();
+        let original_tree = project_without_git(&sb);
+        crash(&sb, &["migrate"], point);
+        nothing_lost(&sb, &original, point);
+        // I7: the tool still starts and explains the state.
+        let status = String::from_utf8(run(&sb, &["status"], true).stdout).expect("utf8");
+        if *point != "after-lock" {
+            assert!(status.contains("interrupted: "), "{point}: {status}");
+        }
+        let report = run_json(&sb, &["migrate"]);
+        if *point != "after-lock" {
+            assert!(report["recovered"].is_string(), "{point}: {report:#}");
+        }
+        converged(&sb, &original_tree, point);
+    }
+}
+
+#[test]
+fn a_crash_at_every_step_of_rollback_is_finished_by_the_next_run() {
+    for point in ROLLBACK_POINTS {
+        let sb = fixture_sandbox();
+        let original_tree = project_without_git(&sb);
+        run(&sb, &["migrate"], true);
+        crash(&sb, &["rollback"], point);
+        let status = String::from_utf8(run(&sb, &["status"], true).stdout).expect("utf8");
+        assert!(
+            status.contains("interrupted: RollingBack"),
+            "{point}: {status}"
+        );
+        let report = run_json(&sb, &["rollback"]);
+        assert!(report["recovered"].is_string(), "{point}: {report:#}");
+        assert_same_tree(&project_without_git(&sb), &original_tree, point);
+    }
+}
+
+#[test]
+fn a_crash_during_recovery_is_recovered_too() {
+    for (first, second) in [
+        ("after-publish", "mid-retire"),
+        ("mid-publish", "mid-publish"),
+        ("after-verify", "mid-publish"),
+    ] {
+        let sb = fixture_sandbox();
+        let original = files(&sb.project().join(".prodigy")).into_iter().collect();
+        let original_tree = project_without_git(&sb);
+        crash(&sb, &["migrate"], first);
+        crash(&sb, &["migrate"], second);
+        nothing_lost(&sb, &original, second);
+        run(&sb, &["migrate"], true);
+        converged(&sb, &original_tree, second);
+    }
+    let sb = fixture_sandbox();
+    let original_tree = project_without_git(&sb);
+    run(&sb, &["migrate"], true);
+    crash(&sb, &["rollback"], "mid-rollback-restore");
+    crash(&sb, &["rollback"], "mid-rollback-remove");
+    run(&sb, &["rollback"], true);
+    assert_same_tree(
+        &project_without_git(&sb),
+        &original_tree,
+        "rollback after crashes in recovery",
+    );
+}

@@ -1,0 +1,12 @@
+//! The real `prodigy-storage` binary, driven the way people and Prodigy use it.
+
+// Shared helpers: run the binary in a sandbox, redact paths and ids.
+mod support;
+// Migrate a real-shaped legacy project; reports, store tree, rollback, re-runs.
+mod migrate;
+// Refusals: missing projects, worktrees inside the store, the store itself.
+mod refusals;
+// A crash at every named step of migrate, rollback and recovery.
+mod crash;
+// Several processes migrating one project at once; project and store on different file systems.
+mod concurrency;

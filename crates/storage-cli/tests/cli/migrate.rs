@@ -1,0 +1,387 @@
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::support::{
+    Sandbox, assert_same_tree, files, fixture, fixture_sandbox, redact, run, run_json, snapshot,
+    snapshot_without_locks,
+};
+
+/// The store's tree with modes, redacted, without the lock files (their
+/// holder text changes on every run).
+fn store_tree(sb: &Sandbox) -> String {
+    let mut out = String::new();
+    for l in redact(sb, &storage_tests::tree(&sb.store())).lines() {
+        if !l.starts_with("locks/") {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn legacy_storage_files(
+    before: &BTreeMap<PathBuf, Vec<u8>>,
+    after: &BTreeMap<PathBuf, Vec<u8>>,
+) -> Vec<PathBuf> {
+    before
+        .keys()
+        .filter(|k| !after.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn the_fixture_migrates_completely_and_the_users_files_stay() {
+    let sb = fixture_sandbox();
+    let legacy = sb.project().join(".prodigy");
+    let before: BTreeMap<_, _> = files(&legacy).into_iter().collect();
+    let report = run_json(&sb, &["migrate"]);
+    insta::assert_snapshot!(
+        "fixture_report",
+        redact(&sb, &serde_json::to_string_pretty(&report).expect("json"))
+    );
+    insta::assert_snapshot!("fixture_store_tree", store_tree(&sb));
+    insta::assert_snapshot!(
+        "fixture_project_after",
+        redact(&sb, &storage_tests::tree(&sb.project().join(".prodigy")))
+    );
+
+    // The user's files: untouched, byte for byte, with their times.
+    let after: BTreeMap<_, _> = files(&legacy).into_iter().collect();
+    for (rel, bytes) in &after {
+        assert_eq!(before.get(rel), Some(bytes), "{} changed", rel.display());
+    }
+    assert_eq!(report["user_files_untouched"], after.len());
+    let git = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--", ".prodigy"])
+        .current_dir(sb.project())
+        .output()
+        .expect("git");
+    assert!(
+        !String::from_utf8_lossy(&git.stdout).contains(" D "),
+        "git sees deletions"
+    );
+
+    // Every storage file is in the backup, byte for byte (I1).
+    let txid = report["txid"].as_str().expect("txid");
+    let backup = PathBuf::from(report["backup"].as_str().expect("backup"));
+    assert!(backup.ends_with(format!("migrations/project/{txid}/backup")));
+    let moved = legacy_storage_files(&before, &after);
+    assert_eq!(
+        moved.len() as u64,
+        report["legacy_files"].as_u64().expect("n")
+    );
+    for rel in &moved {
+        assert_eq!(
+            &fs_err::read(backup.join(rel)).expect("in backup"),
+            &before[rel],
+            "{}",
+            rel.display()
+        );
+    }
+
+    // Every event line is in exactly one per-job or unrouted file, in order.
+    let store = sb.store();
+    let mut source_lines: Vec<Vec<u8>> = Vec::new();
+    for log in [
+        "mapreduce/events/global/events.20250906_082000.jsonl.gz",
+        "mapreduce/events/global/events.jsonl",
+    ] {
+        source_lines.extend(
+            before[Path::new(log)]
+                .split_inclusive(|&b| b == b'\n')
+                .map(<[u8]>::to_vec),
+        );
+    }
+    let mut migrated_lines: Vec<Vec<u8>> = Vec::new();
+    for (rel, bytes) in files(&store) {
+        let s = rel.to_string_lossy();
+        if (s.starts_with("events/") && s.ends_with(".jsonl")) || s.contains("unrouted-events") {
+            migrated_lines.extend(bytes.split_inclusive(|&b| b == b'\n').map(<[u8]>::to_vec));
+        }
+    }
+    source_lines.sort();
+    migrated_lines.sort();
+    assert_eq!(source_lines, migrated_lines, "every line exactly once");
+
+    // Modification times are preserved; the metadata path now points into the store.
+    let session = store.join(format!(
+        "state/project/sessions/{}.json",
+        fixture::SESSION_A
+    ));
+    assert_eq!(
+        u64::try_from(fs_err::metadata(&session).expect("session").mtime()).expect("positive"),
+        fixture::OLD_MTIME
+    );
+    let meta: serde_json::Value = serde_json::from_slice(
+        &fs_err::read(store.join(format!(
+            "state/project/mapreduce/jobs/{}/metadata.json",
+            fixture::JOB
+        )))
+        .expect("metadata"),
+    )
+    .expect("json");
+    let target = PathBuf::from(meta["path"].as_str().expect("path"));
+    assert!(
+        target.starts_with(store.canonicalize().expect("canonical")),
+        "{}",
+        target.display()
+    );
+    assert!(target.exists());
+
+    // I5: everything the migration created in the store is private.
+    for (rel, node) in snapshot(&store) {
+        let want = if node.kind == "d" { 0o700 } else { 0o600 };
+        assert_eq!(node.mode, want, "{} is {:o}", rel.display(), node.mode);
+    }
+    // I6: no staging area, journal or temp file is left.
+    let leftovers: Vec<_> = snapshot(&store)
+        .into_keys()
+        .filter(|p| {
+            let s = p.to_string_lossy();
+            s.contains("staging") || s.ends_with("journal.json") || s.contains(".tmp-")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_second_run_finds_nothing_and_changes_nothing() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let store_before = store_tree(&sb);
+    let files_before = files(&sb.store());
+    let report = run_json(&sb, &["migrate"]);
+    assert_eq!(report["outcome"], "nothing_to_migrate");
+    assert_eq!(store_tree(&sb), store_before);
+    let files_after: Vec<_> = files(&sb.store())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("locks"))
+        .collect();
+    let files_before: Vec<_> = files_before
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("locks"))
+        .collect();
+    assert_eq!(files_after, files_before);
+    let text = String::from_utf8(run(&sb, &["migrate"], true).stdout).expect("utf8");
+    assert!(text.starts_with("No legacy storage in "), "{text}");
+}
+
+#[test]
+fn rollback_restores_the_exact_legacy_tree_and_empties_the_store() {
+    let sb = fixture_sandbox();
+    let before = snapshot_without_locks(&sb.project());
+    run(&sb, &["migrate"], true);
+    let report = run_json(&sb, &["rollback"]);
+    assert_eq!(
+        report["restored_files"],
+        report["restored_files"].as_u64().expect("n")
+    );
+    let after = snapshot(&sb.project());
+    let strip = |m: &BTreeMap<PathBuf, fixture::Node>| -> BTreeMap<PathBuf, fixture::Node> {
+        m.iter()
+            .filter(|(p, _)| !p.starts_with(".git"))
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect()
+    };
+    assert_same_tree(
+        &strip(&after),
+        &strip(&before),
+        "kinds, modes, sizes, mtimes and bytes",
+    );
+    for dir in ["state/project", "dlq/project", "events/project"] {
+        let left: Vec<_> = files(&sb.store().join(dir));
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    // The backup stays until pruned, and a new migration works again.
+    let list = run_json(&sb, &["backups", "list"]);
+    assert_eq!(list["backups"][0]["rolled_back"], true);
+    let again = run_json(&sb, &["migrate"]);
+    assert_eq!(again["outcome"], "migrated");
+}
+
+#[test]
+fn a_dry_run_changes_nothing_at_all() {
+    let sb = fixture_sandbox();
+    let before = snapshot_without_locks(sb.path());
+    let text = String::from_utf8(run(&sb, &["migrate", "--dry-run"], true).stdout).expect("utf8");
+    assert!(text.contains("Would migrate "), "{text}");
+    assert!(text.ends_with("Nothing was changed (dry run).\n"), "{text}");
+    let report = run_json(&sb, &["migrate", "--dry-run"]);
+    assert_eq!(report["outcome"], "dry_run");
+    assert_same_tree(&snapshot_without_locks(sb.path()), &before, "unchanged");
+    assert!(!sb.store().exists(), "the store is not even created");
+}
+
+#[test]
+fn files_an_old_prodigy_writes_again_are_migrated_additively() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let store = sb.store();
+    let job_dir = format!("state/project/mapreduce/jobs/{}", fixture::JOB);
+    let v3_before = fs_err::read(store.join(&job_dir).join("checkpoint-v3.json")).expect("v3");
+    let legacy = sb.project().join(".prodigy");
+    fs_err::write(
+        legacy.join("session_state.json"),
+        br#"{"session_id": "session-new", "status": "Completed"}"#,
+    )
+    .expect("w");
+    fs_err::create_dir_all(legacy.join(format!("mapreduce/jobs/{}", fixture::JOB))).expect("mkdir");
+    fs_err::write(
+        legacy.join(format!(
+            "mapreduce/jobs/{}/checkpoint-v3.json",
+            fixture::JOB
+        )),
+        b"{\"job_id\": \"other\"}",
+    )
+    .expect("w");
+    fs_err::create_dir_all(legacy.join("mapreduce/events/global")).expect("mkdir");
+    fs_err::write(
+        legacy.join("mapreduce/events/global/events.jsonl"),
+        format!(
+            "{{\"event\":{{\"job_id\":\"{}\",\"event_type\":\"job_started\"}}}}\n",
+            fixture::JOB
+        ),
+    )
+    .expect("w");
+    let report = run_json(&sb, &["migrate"]);
+    assert_eq!(report["outcome"], "migrated");
+    assert_eq!(report["legacy_files"], 3);
+    assert_eq!(
+        report["conflicts"].as_array().expect("list").len(),
+        1,
+        "{report:#}"
+    );
+    assert_eq!(
+        fs_err::read(store.join(&job_dir).join("checkpoint-v3.json")).expect("v3"),
+        v3_before,
+        "never overwritten"
+    );
+    let kept = store.join(report["conflicts"][0]["kept_at"].as_str().expect("kept_at"));
+    assert_eq!(
+        fs_err::read(kept).expect("kept"),
+        b"{\"job_id\": \"other\"}"
+    );
+    assert!(
+        store
+            .join("state/project/sessions/session-new.json")
+            .exists()
+    );
+    let logs: Vec<_> = fs_err::read_dir(store.join("events/project").join(fixture::JOB))
+        .expect("events")
+        .map(|e| e.expect("e").file_name())
+        .collect();
+    assert_eq!(
+        logs.len(),
+        3,
+        "two earlier sources and the new one: {logs:?}"
+    );
+}
+
+#[test]
+fn a_corrupted_staged_byte_is_caught_and_nothing_is_published() {
+    let sb = fixture_sandbox();
+    let before = snapshot_without_locks(&sb.project());
+    let out = crate::support::cmd(&sb, &sb.project(), &["migrate"])
+        .env("PRODIGY_STORAGE_FAULT", "corrupt-staged")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: verification failed for `"), "{err}");
+    assert!(err.contains("/staging/"), "names the staged file: {err}");
+    assert!(
+        err.contains("nothing was published and the legacy files are untouched"),
+        "{err}"
+    );
+    assert_same_tree(&snapshot_without_locks(&sb.project()), &before, "unchanged");
+    for dir in [
+        "state/project",
+        "dlq/project",
+        "events/project",
+        "legacy/project",
+    ] {
+        assert!(!sb.store().join(dir).exists(), "{dir} was published");
+    }
+    assert!(!sb.store().join("migrations/project/journal.json").exists());
+    assert!(
+        files(&sb.store().join("migrations")).is_empty(),
+        "staging removed"
+    );
+    run(&sb, &["migrate"], true);
+}
+
+#[test]
+fn rollback_refuses_when_published_files_changed_and_force_moves_them_aside() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let session = sb.store().join(format!(
+        "state/project/sessions/{}.json",
+        fixture::SESSION_A
+    ));
+    fs_err::write(&session, br#"{"session_id": "changed by prodigy"}"#).expect("w");
+    let before = snapshot_without_locks(sb.path());
+    let out = run(&sb, &["rollback"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("have changed since"), "{err}");
+    assert!(err.contains("run with --force"), "{err}");
+    assert_same_tree(
+        &snapshot_without_locks(sb.path()),
+        &before,
+        "a refused rollback changes nothing",
+    );
+    let report = run_json(&sb, &["rollback", "--force"]);
+    assert_eq!(report["displaced"].as_array().expect("list").len(), 1);
+    let displaced = sb
+        .store()
+        .join("legacy/project/rollback-displaced")
+        .join(report["txid"].as_str().expect("txid"))
+        .join(format!(
+            "state/project/sessions/{}.json",
+            fixture::SESSION_A
+        ));
+    assert_eq!(
+        fs_err::read(displaced).expect("kept"),
+        br#"{"session_id": "changed by prodigy"}"#
+    );
+    assert!(sb.project().join(".prodigy/session_state.json").exists());
+}
+
+#[test]
+fn verify_and_backups_report_what_is_there() {
+    let sb = fixture_sandbox();
+    let out = run(&sb, &["verify", "--json"], false);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json even on failure");
+    assert_eq!(v["legacy_files_left"].as_u64().map(|n| n > 0), Some(true));
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(1));
+    run(&sb, &["migrate"], true);
+    let v = run_json(&sb, &["verify"]);
+    assert_eq!(v["problems"], serde_json::json!([]));
+    assert_eq!(v["published_changed"], 0);
+    assert!(String::from_utf8_lossy(&run(&sb, &["verify"], true).stdout).ends_with("OK\n"));
+    // A damaged backup is a problem: rollback would be impossible.
+    let txid = v["txid"].as_str().expect("txid").to_owned();
+    let backup = sb
+        .store()
+        .join("migrations/project")
+        .join(&txid)
+        .join("backup");
+    fs_err::write(backup.join("state.json"), b"damaged").expect("w");
+    let out = run(&sb, &["verify"], false);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("problem: 1 backup file(s)"));
+    let err = String::from_utf8_lossy(&run(&sb, &["rollback"], false).stderr).into_owned();
+    assert!(err.contains("is missing or damaged"), "{err}");
+    // Pruning: a dry run deletes nothing; 0s prunes everything.
+    let list = run_json(
+        &sb,
+        &["backups", "prune", "--older-than", "0s", "--dry-run"],
+    );
+    assert_eq!(list["pruned"].as_array().expect("list").len(), 1);
+    assert!(backup.exists());
+    run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert!(!backup.exists());
+    assert_eq!(run_json(&sb, &["verify"])["backup_pruned"], true);
+    let none = run_json(&sb, &["backups", "prune", "--older-than", "30d"]);
+    assert_eq!(none["pruned"], serde_json::json!([]));
+}

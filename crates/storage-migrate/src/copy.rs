@@ -1,0 +1,135 @@
+//! Reading legacy files safely, and copying them with their hash and mtime.
+//!
+//! Legacy files are opened with `O_NOFOLLOW | O_NONBLOCK` and checked with
+//! `fstat` on the open descriptor: a symbolic link fails to open, a FIFO does
+//! not block, and anything that is not a regular file is refused before a
+//! byte is read. `std::fs::copy` follows links and blocks on FIFOs, so it is
+//! never used on user trees.
+
+use std::fs::{File, FileTimes, Metadata, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+
+/// Opens a regular file without following links or blocking; errors name the path.
+pub fn open_regular(path: &Path) -> Result<(File, Metadata)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Refused {
+            path: path.to_owned(),
+            reason: "it is not a regular file (it changed while being migrated?)".into(),
+        });
+    }
+    Ok((file, meta))
+}
+
+fn libc_flags() -> i32 {
+    use rustix::fs::OFlags;
+    i32::try_from((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits()).expect("flags fit in i32")
+}
+
+/// The modification time of `meta` as (seconds, nanoseconds).
+#[must_use]
+pub fn mtime_of(meta: &Metadata) -> (i64, u32) {
+    (meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))
+}
+
+/// (seconds, nanoseconds) since the epoch as a `SystemTime`.
+#[must_use]
+pub fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
+    let n = Duration::from_nanos(u64::from(nanos));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs()) + n
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + n
+    }
+}
+
+/// Streams `src` into `dest` (created exclusively, 0600), hashing as it goes,
+/// and sets `dest`'s mtime. Not fsynced: callers make many files durable at
+/// once with `syncfs`. Returns (bytes, hash).
+pub fn copy_new(
+    src: &mut impl Read,
+    src_path: &Path,
+    dest: &Path,
+    mtime: (i64, u32),
+) -> Result<(u64, blake3::Hash)> {
+    let mut out = storage_fs::fsx::create_new(dest)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = src
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", src_path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Error::io("write", dest, e))?;
+        total += n as u64;
+    }
+    set_mtime(&out, dest, mtime)?;
+    Ok((total, hasher.finalize()))
+}
+
+/// Writes `bytes` to a new file `dest` (0600) with `mtime`; not fsynced.
+pub fn write_new(dest: &Path, bytes: &[u8], mtime: (i64, u32)) -> Result<blake3::Hash> {
+    let mut out = storage_fs::fsx::create_new(dest)?;
+    out.write_all(bytes)
+        .map_err(|e| Error::io("write", dest, e))?;
+    set_mtime(&out, dest, mtime)?;
+    Ok(blake3::hash(bytes))
+}
+
+/// Sets the modification time of an open file.
+pub fn set_mtime(file: &File, path: &Path, mtime: (i64, u32)) -> Result<()> {
+    file.set_times(FileTimes::new().set_modified(system_time(mtime)))
+        .map_err(|e| Error::io("set modification time of", path, e))
+}
+
+/// BLAKE3 and size of the regular file at `path` (not following links).
+pub fn hash_file(path: &Path) -> Result<(u64, blake3::Hash)> {
+    let (mut f, _) = open_regular(path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            return Ok((total, hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+}
+
+/// What is at a path, by content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtPath {
+    /// Nothing.
+    Missing,
+    /// A regular file with this BLAKE3 hash.
+    File(blake3::Hash),
+    /// A directory, link or special file.
+    NotAFile,
+}
+
+/// What is at `path` (links are not followed).
+pub fn probe(path: &Path) -> Result<AtPath> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AtPath::Missing),
+        Err(e) => Err(Error::io("stat", path, e)),
+        Ok(m) if !m.is_file() => Ok(AtPath::NotAFile),
+        Ok(_) => hash_file(path).map(|(_, h)| AtPath::File(h)),
+    }
+}

@@ -1,0 +1,67 @@
+//! The migration's error type: what stopped it, with the path and the next step.
+//!
+//! A migration that can partly succeed reports through
+//! [`MigrationReport`](crate::MigrationReport); errors are only for what stops it.
+//! Every error leaves the legacy files where they were (or restorable from a
+//! verified backup) and the store without a half-published migration.
+
+use std::path::PathBuf;
+
+/// Errors from migration, verification and rollback.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store failed (I/O with its path, a lock held, a corrupt file, ...).
+    #[error(transparent)]
+    Store(#[from] storage_core::Error),
+
+    /// The migration will not run for this project; nothing was changed.
+    #[error("refusing to migrate `{}`: {reason}", .path.display())]
+    Refused {
+        /// The path the refusal is about.
+        path: PathBuf,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
+    /// A staged file did not match its source; nothing was published.
+    #[error(
+        "verification failed for `{}`: {what}; nothing was published and the legacy files are untouched",
+        .path.display()
+    )]
+    Verify {
+        /// The file that failed verification.
+        path: PathBuf,
+        /// What did not match.
+        what: String,
+    },
+
+    /// Rollback would lose data, so it did not start; nothing was changed.
+    #[error("cannot roll back: {reason}")]
+    RollbackRefused {
+        /// What is in the way and how to proceed.
+        reason: String,
+        /// The paths concerned.
+        paths: Vec<PathBuf>,
+    },
+
+    /// A migration journal or manifest cannot be read.
+    #[error("cannot read migration record `{}`: {reason}; {next}", .path.display())]
+    Record {
+        /// The journal or manifest.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// What the user can do.
+        next: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Store(storage_core::Error::io(op, path, source))
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

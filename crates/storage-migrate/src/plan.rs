@@ -1,0 +1,539 @@
+//! Planning: walk the legacy tree (never following links), classify every
+//! file, and decide where each storage file goes.
+//!
+//! Planning reads only what routing needs (a session's id, the first bytes of
+//! a `.gz` to tell real gzip from plain text, the job ids of event lines) and
+//! changes nothing, so `migrate --dry-run` and `status` use it as is.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use storage_core::{DocKey, RepoKey, SessionId};
+use storage_fs::Layout;
+
+use crate::copy::{self, open_regular};
+use crate::error::{Error, Result};
+use crate::legacy::{self, Class};
+use crate::manifest::{Category, Fate, Manifest, Output, Produce, RelPath, Source, Special};
+use crate::split;
+
+/// The legacy directory's name inside a project.
+pub const LEGACY_DIR_NAME: &str = ".prodigy";
+
+/// Session files larger than this are not parsed for their id (kept verbatim instead).
+const MAX_SESSION_PARSE: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug)]
+struct Found {
+    rel: PathBuf,
+    class: Class,
+    meta: std::fs::Metadata,
+}
+
+/// What a walk of the legacy tree found.
+#[derive(Debug, Default)]
+struct Walk {
+    files: Vec<Found>,
+    specials: Vec<Special>,
+    user_files: u64,
+    dir_modes: BTreeMap<PathBuf, u32>,
+}
+
+fn components(rel: &Path) -> Vec<Option<&str>> {
+    rel.iter().map(|c| c.to_str()).collect()
+}
+
+fn special_kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_fifo() {
+        "fifo"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "char device"
+    } else {
+        "unknown"
+    }
+}
+
+fn walk(legacy: &Path) -> Result<Walk> {
+    let mut out = Walk::default();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let dir = legacy.join(&rel_dir);
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::Refused {
+            path: dir.clone(),
+            reason: format!("cannot list it ({e}); fix its permissions and run again"),
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let rel = rel_dir.join(entry.file_name());
+            let path = legacy.join(&rel);
+            // `symlink_metadata`: never follow a link out of the tree.
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                out.dir_modes.insert(rel.clone(), meta.mode() & 0o7777);
+                stack.push(rel);
+            } else if ft.is_file() {
+                let class = legacy::classify(&components(&rel));
+                if class.is_storage() {
+                    out.files.push(Found { rel, class, meta });
+                } else {
+                    out.user_files += 1;
+                }
+            } else {
+                let target = ft
+                    .is_symlink()
+                    .then(|| std::fs::read_link(&path).ok())
+                    .flatten()
+                    .map(|t| t.to_string_lossy().into_owned());
+                out.specials.push(Special {
+                    rel: RelPath(rel),
+                    kind: special_kind(ft).to_owned(),
+                    target,
+                });
+            }
+        }
+    }
+    out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    out.specials.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(out)
+}
+
+/// Refusals that must happen before anything changes (see `docs/migration.md`).
+pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let meta = std::fs::metadata(project).map_err(|e| Error::Refused {
+        path: project.to_owned(),
+        reason: format!("the project directory cannot be read ({e})"),
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::Refused {
+            path: project.to_owned(),
+            reason: "it is not a directory; pass the project's directory".into(),
+        });
+    }
+    let project = std::fs::canonicalize(project).map_err(|e| Error::io("resolve", project, e))?;
+    let legacy = project.join(LEGACY_DIR_NAME);
+    let store = std::fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_owned());
+    if project.starts_with(&store) {
+        return Err(Error::Refused {
+            path: project,
+            reason: format!(
+                "it is inside the store `{}` (a Prodigy worktree?); migrate the original project instead",
+                store.display()
+            ),
+        });
+    }
+    if let Ok(m) = std::fs::symlink_metadata(&legacy)
+        && m.file_type().is_symlink()
+    {
+        return Err(Error::Refused {
+            path: legacy,
+            reason: "it is a symbolic link, which migration never follows; replace it with the directory it points to".into(),
+        });
+    }
+    if legacy == store || store.starts_with(&legacy) || legacy.starts_with(&store) {
+        return Err(Error::Refused {
+            path: legacy,
+            reason: format!(
+                "this `.prodigy` is the store itself (`{}`), not a project's legacy storage; run from your project directory",
+                store.display()
+            ),
+        });
+    }
+    Ok((project, legacy))
+}
+
+/// Whether `legacy` holds any legacy storage file, reading as little as
+/// possible: one listing of `.prodigy/`, and listings of storage directories
+/// only. A missing directory is `false`.
+pub fn has_legacy_storage(legacy: &Path) -> Result<bool> {
+    let entries = match std::fs::read_dir(legacy) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(false),
+        Err(e) => return Err(Error::io("list", legacy, e)),
+    };
+    let mut stack = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", legacy, e))?;
+        let name = entry.file_name();
+        let ft = entry
+            .file_type()
+            .map_err(|e| Error::io("stat", entry.path(), e))?;
+        let rel = PathBuf::from(&name);
+        if ft.is_file() && legacy::classify(&components(&rel)).is_storage() {
+            return Ok(true);
+        }
+        if ft.is_dir() && name.to_str().is_some_and(|n| legacy::is_storage_dir(&[n])) {
+            stack.push(rel);
+        }
+    }
+    while let Some(rel_dir) = stack.pop() {
+        let dir = legacy.join(&rel_dir);
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let rel = rel_dir.join(entry.file_name());
+            let ft = entry
+                .file_type()
+                .map_err(|e| Error::io("stat", entry.path(), e))?;
+            if ft.is_dir() {
+                stack.push(rel);
+            } else if ft.is_file() && legacy::classify(&components(&rel)).is_storage() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// A new transaction id: UTC time and a random suffix, sortable by time.
+#[must_use]
+pub fn new_txid() -> String {
+    let now = storage_fs::time::now(); // 2025-09-06T08:31:02.907114Z
+    let compact: String = now[..19]
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let noise = blake3::hash(format!("{now}{}", std::process::id()).as_bytes()).to_hex();
+    format!("{compact}Z-{}", &noise[..6])
+}
+
+fn rel_in_store(layout: &Layout, abs: &Path) -> RelPath {
+    RelPath(
+        abs.strip_prefix(layout.root())
+            .expect("layout paths are under the root")
+            .to_owned(),
+    )
+}
+
+fn session_id_of(path: &Path, size: u64) -> Option<SessionId> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        session_id: Option<String>,
+    }
+    if size > MAX_SESSION_PARSE {
+        return None;
+    }
+    let (mut f, _) = open_regular(path).ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    let p: Probe = serde_json::from_slice(&bytes).ok()?;
+    SessionId::new(p.session_id?).ok()
+}
+
+/// Whether the file is one whole JSON value (cheap: nothing is built).
+fn is_json(path: &Path) -> bool {
+    let Ok((mut f, _)) = open_regular(path) else {
+        return false;
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+}
+
+fn parses_as_object(path: &Path) -> bool {
+    let Ok((mut f, _)) = open_regular(path) else {
+        return false;
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).is_ok()
+        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).is_ok()
+}
+
+fn is_real_gzip(path: &Path) -> Result<bool> {
+    let (mut f, _) = open_regular(path)?;
+    let mut magic = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        let n = f
+            .read(&mut magic[got..])
+            .map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got == 2 && magic == [0x1f, 0x8b])
+}
+
+/// Plans the migration of `legacy` into `repo` of the store at `layout`.
+pub fn plan(
+    project: &Path,
+    legacy: &Path,
+    layout: &Layout,
+    repo: &RepoKey,
+    txid: &str,
+) -> Result<Manifest> {
+    let mut manifest = Manifest {
+        format_version: 1,
+        txid: txid.to_owned(),
+        project: RelPath(project.to_owned()),
+        legacy_dir: RelPath(legacy.to_owned()),
+        repo: repo.to_string(),
+        created_at: storage_fs::time::now(),
+        sources: Vec::new(),
+        outputs: Vec::new(),
+        dirs: Vec::new(),
+        specials: Vec::new(),
+        user_files: 0,
+        warnings: Vec::new(),
+    };
+    if std::fs::symlink_metadata(legacy).is_err() {
+        return Ok(manifest);
+    }
+    let walked = walk(legacy)?;
+    manifest.specials = walked.specials;
+    manifest.user_files = walked.user_files;
+    let preserved = |rel: &Path| -> RelPath {
+        let dir = layout.legacy_dir(repo);
+        rel_in_store(
+            layout,
+            &Layout::under(&dir, rel).expect("walked paths are relative names"),
+        )
+    };
+    let mut session_dests: BTreeMap<RelPath, Vec<usize>> = BTreeMap::new();
+    let mut parents = std::collections::BTreeSet::new();
+    for found in walked.files {
+        let path = legacy.join(&found.rel);
+        // Refuse unreadable files now, before anything changes.
+        drop(open_regular(&path).map_err(|e| match e {
+            Error::Store(storage_core::Error::Io { source, .. }) => Error::Refused {
+                path: path.clone(),
+                reason: format!("it cannot be read ({source}); fix its permissions and run again"),
+            },
+            other => other,
+        })?);
+        let mut p = found.rel.parent();
+        while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
+            parents.insert(dir.to_owned());
+            p = dir.parent();
+        }
+        let index = manifest.sources.len();
+        manifest.sources.push(Source {
+            rel: RelPath(found.rel.clone()),
+            size: found.meta.len(),
+            mtime: copy::mtime_of(&found.meta),
+            mode: found.meta.mode() & 0o7777,
+            hash: None,
+        });
+        let estimate = found.meta.len();
+        let out = |dest: RelPath, produce: Produce, category: Category| Output {
+            dest,
+            source: index,
+            duplicates: Vec::new(),
+            produce,
+            category,
+            // An estimate until staging records the real size.
+            size: Some(estimate),
+            hash: None,
+            lines: None,
+            fate: Fate::Pending,
+        };
+        let doc = |key: DocKey| rel_in_store(layout, &layout.document(&key));
+        let r = repo.clone();
+        let typed_json = matches!(
+            found.class,
+            Class::SessionCopy(_)
+                | Class::JobCheckpoint(..)
+                | Class::JobMetadata(_)
+                | Class::DeadLetter(..)
+                | Class::DeadLetterIndex(_)
+                | Class::WorkflowCheckpoint(_)
+        );
+        let class = if typed_json && !is_json(&path) {
+            // A torn or corrupt document must not sit where Prodigy loads it.
+            manifest.warnings.push(format!(
+                "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
+                found.rel.display()
+            ));
+            Class::Preserved
+        } else {
+            found.class
+        };
+        let output = match class {
+            Class::SessionState | Class::SessionCopy(_) => {
+                let id = match &class {
+                    Class::SessionCopy(id) => Some(id.clone()),
+                    _ => session_id_of(&path, found.meta.len()),
+                };
+                if let Some(session) = id {
+                    let dest = doc(DocKey::Session { repo: r, session });
+                    session_dests.entry(dest).or_default().push(index);
+                    continue;
+                }
+                manifest.warnings.push(format!(
+                    "`{}` has no readable `session_id`; kept verbatim in the legacy area",
+                    found.rel.display()
+                ));
+                out(
+                    preserved(&found.rel),
+                    Produce::Copy,
+                    Category::LegacyPreserved,
+                )
+            }
+            Class::JobCheckpoint(job, version) => out(
+                doc(DocKey::JobCheckpoint {
+                    repo: r,
+                    job,
+                    version,
+                }),
+                Produce::Copy,
+                Category::JobState,
+            ),
+            Class::JobMetadata(job) => out(
+                doc(DocKey::JobMetadata { repo: r, job }),
+                Produce::RewriteMetadataPath,
+                Category::JobState,
+            ),
+            Class::DeadLetter(job, item) => out(
+                doc(DocKey::DeadLetter { repo: r, job, item }),
+                Produce::Copy,
+                Category::DeadLetters,
+            ),
+            Class::DeadLetterIndex(job) => out(
+                doc(DocKey::DeadLetterIndex { repo: r, job }),
+                Produce::Copy,
+                Category::DeadLetters,
+            ),
+            Class::WorkflowCheckpoint(workflow) => out(
+                doc(DocKey::WorkflowCheckpoint { repo: r, workflow }),
+                Produce::Copy,
+                Category::Checkpoints,
+            ),
+            Class::GlobalEventLog if is_real_gzip(&path)? => out(
+                preserved(&found.rel),
+                Produce::Copy,
+                Category::LegacyPreserved,
+            ),
+            Class::GlobalEventLog => {
+                let (file, _) = open_regular(&path)?;
+                let routes = split::for_each_line(file, &path, |_, _| Ok(()))?;
+                for (route, totals) in routes {
+                    let name = path_name(&found.rel);
+                    let dest = match &route {
+                        Some(job) => layout
+                            .events_job_dir(repo, job)
+                            .join(format!("events-0-legacy-{txid}-{index:04}.jsonl")),
+                        None => layout
+                            .legacy_dir(repo)
+                            .join("unrouted-events")
+                            .join(txid)
+                            .join(&name),
+                    };
+                    if route.is_none() {
+                        manifest.warnings.push(format!(
+                            "{} line(s) of `{}` name no valid job (or are not JSON, or torn); kept verbatim at `{}`",
+                            totals.lines,
+                            found.rel.display(),
+                            dest.strip_prefix(layout.root()).unwrap_or(&dest).display()
+                        ));
+                    }
+                    let mut o = out(
+                        rel_in_store(layout, &dest),
+                        Produce::SplitEvents {
+                            job: route.map(|j| j.to_string()),
+                        },
+                        Category::Events,
+                    );
+                    o.lines = Some(totals.lines);
+                    o.size = Some(totals.bytes);
+                    manifest.outputs.push(o);
+                }
+                continue;
+            }
+            Class::Preserved => out(
+                preserved(&found.rel),
+                Produce::Copy,
+                Category::LegacyPreserved,
+            ),
+            Class::User => unreachable!("user files are not in the walk's storage list"),
+        };
+        manifest.outputs.push(output);
+    }
+    add_sessions(legacy, layout, repo, &mut manifest, session_dests)?;
+    manifest.outputs.sort_by(|a, b| a.dest.cmp(&b.dest));
+    manifest.dirs = parents
+        .into_iter()
+        .map(|d| {
+            let mode = walked.dir_modes.get(&d).copied().unwrap_or(0o755);
+            (RelPath(d), mode)
+        })
+        .collect();
+    Ok(manifest)
+}
+
+fn path_name(rel: &Path) -> String {
+    rel.file_name()
+        .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+        .unwrap_or_default()
+}
+
+/// One output per session; identical copies are stored once, differing ones
+/// are all kept (the best in `sessions/`, the others in the legacy area).
+fn add_sessions(
+    legacy: &Path,
+    layout: &Layout,
+    repo: &RepoKey,
+    manifest: &mut Manifest,
+    dests: BTreeMap<RelPath, Vec<usize>>,
+) -> Result<()> {
+    for (dest, mut sources) in dests {
+        // Prefer a file that parses; among those, `session_state.json` (written atomically).
+        sources.sort_by_key(|&i| {
+            let rel = manifest.sources[i].rel.as_path();
+            let parses = parses_as_object(&legacy.join(rel));
+            (
+                !parses,
+                rel != Path::new("session_state.json"),
+                rel.to_owned(),
+            )
+        });
+        let mut groups: Vec<(blake3::Hash, Vec<usize>)> = Vec::new();
+        for &i in &sources {
+            let (_, h) = copy::hash_file(&legacy.join(manifest.sources[i].rel.as_path()))?;
+            match groups.iter_mut().find(|(g, _)| *g == h) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((h, vec![i])),
+            }
+        }
+        for (n, (_, members)) in groups.into_iter().enumerate() {
+            let (first, rest) = members.split_first().expect("a group has a member");
+            let (out_dest, category) = if n == 0 {
+                (dest.clone(), Category::Sessions)
+            } else {
+                let rel = manifest.sources[*first].rel.as_path().to_owned();
+                let moved = Layout::under(&layout.legacy_dir(repo), &rel).expect("relative");
+                manifest.warnings.push(format!(
+                    "`{}` differs from the session kept at `{}`; kept both (this one at `{}`)",
+                    rel.display(),
+                    dest.as_path().display(),
+                    moved
+                        .strip_prefix(layout.root())
+                        .unwrap_or(&moved)
+                        .display()
+                ));
+                (rel_in_store(layout, &moved), Category::LegacyPreserved)
+            };
+            manifest.outputs.push(Output {
+                dest: out_dest,
+                source: *first,
+                duplicates: rest.to_vec(),
+                produce: Produce::Copy,
+                category,
+                size: Some(manifest.sources[*first].size),
+                hash: None,
+                lines: None,
+                fate: Fate::Pending,
+            });
+        }
+    }
+    Ok(())
+}

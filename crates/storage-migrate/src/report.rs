@@ -1,0 +1,231 @@
+//! Reports: what a migration, rollback or verification did, for people
+//! (the CLI renders them) and for machines (`--json`, documented in `docs/cli.md`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use storage_fs::FsStorage;
+
+use crate::manifest::{Category, Fate, Manifest, Special};
+use crate::protocol::{self, Paths};
+
+/// The version of the JSON shape of reports.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// How a migration ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Legacy storage was moved into the store.
+    Migrated,
+    /// There was no legacy storage to move.
+    NothingToMigrate,
+    /// A dry run: the plan only; nothing changed.
+    DryRun,
+}
+
+/// Files and bytes of one category, and where they went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CategoryReport {
+    /// The category.
+    pub category: Category,
+    /// Files written to the store (per-job logs count one each).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Where in the store they went (relative to the store root).
+    pub destination: String,
+}
+
+/// A store file that existed with other content: both were kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictReport {
+    /// Where the migrated file would have gone (relative to the store root).
+    pub dest: PathBuf,
+    /// Where it was kept instead (relative to the store root).
+    pub kept_at: PathBuf,
+}
+
+/// What a migration did (or, in a dry run, would do).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MigrationReport {
+    /// JSON shape version.
+    pub schema_version: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The transaction id, when one ran (or would run).
+    pub txid: Option<String>,
+    /// The project (canonical).
+    pub project: PathBuf,
+    /// The legacy directory.
+    pub legacy_dir: PathBuf,
+    /// The repository key in the store.
+    pub repo: String,
+    /// The store's root.
+    pub store: PathBuf,
+    /// Legacy storage files found.
+    pub legacy_files: u64,
+    /// Their bytes.
+    pub legacy_bytes: u64,
+    /// Per category: files and bytes and where they went.
+    pub categories: Vec<CategoryReport>,
+    /// The user's own files in `.prodigy/`, left untouched.
+    pub user_files_untouched: u64,
+    /// Links and special files: reported, not followed, left in place.
+    pub specials: Vec<Special>,
+    /// Store files that already existed with other content.
+    pub conflicts: Vec<ConflictReport>,
+    /// Outputs whose identical content was already in the store.
+    pub already_present: u64,
+    /// Session files stored once because another copy was identical.
+    pub duplicates_stored_once: u64,
+    /// Things worth knowing that did not stop the migration.
+    pub warnings: Vec<String>,
+    /// Where the legacy files were moved (the backup).
+    pub backup: Option<PathBuf>,
+    /// The command that undoes this migration.
+    pub rollback_command: Option<String>,
+    /// What recovery of an earlier interrupted run did first, if anything.
+    pub recovered: Option<String>,
+}
+
+/// Quotes `p` for a POSIX shell.
+#[must_use]
+pub fn shell_quote(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn destination(category: Category, repo: &str) -> String {
+    match category {
+        Category::Sessions => format!("state/{repo}/sessions/"),
+        Category::Events => format!("events/{repo}/<job>/"),
+        Category::JobState => format!("state/{repo}/mapreduce/jobs/"),
+        Category::DeadLetters => format!("dlq/{repo}/<job>/"),
+        Category::Checkpoints => format!("state/{repo}/checkpoints/"),
+        Category::LegacyPreserved => format!("legacy/{repo}/"),
+    }
+}
+
+pub(crate) fn from_manifest(
+    store: &FsStorage,
+    paths: &Paths,
+    m: &Manifest,
+    outcome: Outcome,
+    recovered: Option<String>,
+) -> MigrationReport {
+    let totals = protocol::category_totals(m);
+    let categories = Category::ALL
+        .iter()
+        .filter_map(|c| {
+            totals.get(c).map(|(files, bytes)| CategoryReport {
+                category: *c,
+                files: *files,
+                bytes: *bytes,
+                destination: destination(*c, &m.repo),
+            })
+        })
+        .collect();
+    let conflicts = m
+        .outputs
+        .iter()
+        .filter_map(|o| match &o.fate {
+            Fate::Conflict { alt } => Some(ConflictReport {
+                dest: o.dest.0.clone(),
+                kept_at: alt.0.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let migrated = outcome == Outcome::Migrated;
+    MigrationReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        outcome,
+        txid: (outcome != Outcome::NothingToMigrate).then(|| m.txid.clone()),
+        project: m.project.0.clone(),
+        legacy_dir: m.legacy_dir.0.clone(),
+        repo: m.repo.clone(),
+        store: store.root().to_owned(),
+        legacy_files: m.sources.len() as u64,
+        legacy_bytes: m.sources.iter().map(|s| s.size).sum(),
+        categories,
+        user_files_untouched: m.user_files,
+        specials: protocol::specials(m),
+        conflicts,
+        already_present: m
+            .outputs
+            .iter()
+            .filter(|o| o.fate == Fate::AlreadyPresent)
+            .count() as u64,
+        duplicates_stored_once: m.outputs.iter().map(|o| o.duplicates.len() as u64).sum(),
+        warnings: m.warnings.clone(),
+        backup: migrated.then(|| paths.backup(&m.txid)),
+        rollback_command: migrated.then(|| {
+            format!(
+                "prodigy-storage --home {} rollback {}",
+                shell_quote(store.root()),
+                shell_quote(&m.project.0)
+            )
+        }),
+        recovered,
+    }
+}
+
+/// What a rollback did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RollbackReport {
+    /// JSON shape version.
+    pub schema_version: u32,
+    /// The migration that was undone.
+    pub txid: String,
+    /// The project.
+    pub project: PathBuf,
+    /// Legacy files restored (byte-identical, with modes and mtimes).
+    pub restored_files: u64,
+    /// Their bytes.
+    pub restored_bytes: u64,
+    /// Files the migration had published that were removed from the store.
+    pub removed_from_store: u64,
+    /// With `--force`: changed files moved aside instead of removed.
+    pub displaced: Vec<PathBuf>,
+    /// The backup, which stays until pruned.
+    pub backup: PathBuf,
+    /// What recovery of an earlier interrupted run did first, if anything.
+    pub recovered: Option<String>,
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// JSON shape version.
+    pub schema_version: u32,
+    /// The project.
+    pub project: PathBuf,
+    /// Its repository key, if it was ever registered.
+    pub repo: Option<String>,
+    /// The latest migration checked.
+    pub txid: Option<String>,
+    /// Published files still byte-identical to what was migrated.
+    pub published_intact: u64,
+    /// Published files changed since (normal once Prodigy has run).
+    pub published_changed: u64,
+    /// Published files gone since (normal when Prodigy prunes old checkpoints).
+    pub published_missing: u64,
+    /// Backup files intact.
+    pub backup_intact: u64,
+    /// Backup files missing or damaged (a problem unless pruned).
+    pub backup_damaged: Vec<PathBuf>,
+    /// Whether the backup was pruned on purpose.
+    pub backup_pruned: bool,
+    /// Legacy storage files still in the project (run `migrate`).
+    pub legacy_files_left: u64,
+    /// Problems: a non-empty list makes `verify` fail.
+    pub problems: Vec<String>,
+}
