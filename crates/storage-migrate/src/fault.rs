@@ -1,6 +1,6 @@
 //! Named crash points and injected faults, for the fault-injection tests.
 //!
-//! Every step of the protocol calls [`point`] with its name. When the test
+//! Every step of the protocol calls `point` with its name. When the test
 //! harness has armed that name (the CLI arms it from
 //! `PRODIGY_STORAGE_CRASH_AT`), the process aborts right there, as a power cut
 //! or `SIGKILL` would stop it: no destructors, no cleanup. The tests then run
