@@ -313,3 +313,141 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
     }
     out
 }
+
+/// What [`large_legacy_project`] wrote.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LargeTree {
+    /// Regular files under `.prodigy/`.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Lines of the global event log.
+    pub event_lines: u64,
+}
+
+/// A large legacy project for benchmarks: at `scale` 1, about 3,000 files and
+/// 30 MB under `.prodigy/`, with a 60,000-line global event log across 24
+/// jobs; every count grows linearly with `scale`.
+///
+/// # Panics
+/// If a file cannot be written.
+#[must_use]
+pub fn large_legacy_project(project: &Path, scale: u64) -> LargeTree {
+    use std::fmt::Write as _;
+    use std::io::Write as _;
+    let p = project.join(".prodigy");
+    let mut t = LargeTree::default();
+    let mut put = |rel: String, bytes: &[u8]| {
+        let path = p.join(rel);
+        fs_err::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs_err::write(&path, bytes).expect("write");
+        t.files += 1;
+        t.bytes += bytes.len() as u64;
+    };
+    let filler = |n: usize, seed: u64| -> String {
+        let mut s = String::with_capacity(n);
+        let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        while s.len() < n {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let _ = write!(s, "{x:016x}");
+        }
+        s.truncate(n);
+        s
+    };
+    let jobs: Vec<String> = (0..24 * scale)
+        .map(|j| format!("mapreduce-17571468{j:05}"))
+        .collect();
+    for (j, job) in jobs.iter().enumerate() {
+        let j = j as u64;
+        for v in 1..=3 {
+            let body = format!(
+                r#"{{"job_id": "{job}", "checkpoint_version": {v}, "work_items": "{}"}}"#,
+                filler(100_000, j * 10 + v)
+            );
+            put(
+                format!("mapreduce/jobs/{job}/checkpoint-v{v}.json"),
+                body.as_bytes(),
+            );
+        }
+        let meta = format!(
+            r#"{{"path": "{}/mapreduce/jobs/{job}/checkpoint-v3.json", "version": 3}}"#,
+            p.display()
+        );
+        put(
+            format!("mapreduce/jobs/{job}/metadata.json"),
+            meta.as_bytes(),
+        );
+        for i in 0..40 {
+            let item = format!(
+                r#"{{"item_id": "item_{i}", "item_data": "{}", "failure_count": 1}}"#,
+                filler(900, j * 1000 + i)
+            );
+            put(
+                format!("mapreduce/dlq/{job}/items/item_{i}.json"),
+                item.as_bytes(),
+            );
+        }
+        put(
+            format!("mapreduce/dlq/{job}/index.json"),
+            br#"{"item_count": 40}"#,
+        );
+        put(format!("progress/{job}.json"), br#"{"done": 1}"#);
+        put(format!("progress/{job}_history.json"), b"[]");
+    }
+    for i in 0..200 * scale {
+        let id = format!("session-{i:08x}-6f2d-4d57-a3c4-5a8e2b1d7f10");
+        let body = format!(
+            r#"{{"session_id": "{id}", "status": "Completed", "notes": "{}"}}"#,
+            filler(2_000, i)
+        );
+        put(format!("{id}.json"), body.as_bytes());
+    }
+    for i in 0..600 * scale {
+        put(
+            format!("history/20250906_{:06}_{i:08x}.json", i % 1_000_000),
+            filler(1_000, i + 7).as_bytes(),
+        );
+        put(
+            format!("cache/key-{i}.json"),
+            filler(4_000, i + 9).as_bytes(),
+        );
+    }
+    for i in 0..100 * scale {
+        let body = format!(
+            r#"{{"workflow_id": "workflow-{i}", "variable_state": "{}"}}"#,
+            filler(20_000, i + 11)
+        );
+        put(
+            format!("checkpoints/workflow-{i}.checkpoint.json"),
+            body.as_bytes(),
+        );
+    }
+    for i in 0..500 * scale {
+        put(
+            format!("context/analysis-{i}.json"),
+            filler(2_000, i + 13).as_bytes(),
+        );
+    }
+    // The global event log: 60,000 lines per scale unit across the jobs.
+    let path = p.join("mapreduce/events/global/events.jsonl");
+    fs_err::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let mut w = std::io::BufWriter::new(fs_err::File::create(&path).expect("create"));
+    let mut bytes = 0u64;
+    for n in 0..60_000 * scale {
+        let job = &jobs[usize::try_from(n).expect("fits in memory") % jobs.len()];
+        let line = format!(
+            "{{\"id\":\"evt-{n}\",\"timestamp\":\"2025-09-06T08:31:02.907114Z\",\"correlation_id\":\"c-1\",\"event\":{{\"event_type\":\"agent_completed\",\"job_id\":\"{job}\",\"agent_id\":\"agent_{}\",\"duration\":[12,5000],\"pad\":\"{}\"}},\"metadata\":{{\"host\":\"build-3\",\"pid\":4711}}}}\n",
+            n % 16,
+            &filler(80, n)[..80]
+        );
+        w.write_all(line.as_bytes()).expect("write");
+        bytes += line.len() as u64;
+    }
+    w.flush().expect("flush");
+    t.files += 1;
+    t.bytes += bytes;
+    t.event_lines = 60_000 * scale;
+    t
+}

@@ -109,6 +109,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     fsync_dir(dir)
 }
 
+/// Like [`write_atomic`], but the content is streamed by `fill` through a
+/// buffered writer, so a large document is never held in memory whole.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<()> {
+    let dir = parent(path);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(temp_name(&name));
+    let result = (|| {
+        let f = create_new(&tmp)?;
+        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+        fill(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        let f = w
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    fsync_dir(dir)
+}
+
 /// The parent of `path`, or `.` for a bare name.
 #[must_use]
 pub fn parent(path: &Path) -> &Path {

@@ -14,6 +14,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
+/// Size of the one reusable I/O buffer per thread.
+const BUF_SIZE: usize = 256 * 1024;
+
+thread_local! {
+    // Reused for every file: allocating (and zeroing) a fresh buffer per
+    // file cost more than the copying itself on trees of small files.
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF_SIZE]);
+}
+
+/// Runs `f` with this thread's I/O buffer.
+fn with_buf<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUF.with(|b| f(&mut b.borrow_mut()))
+}
+
 /// Opens a regular file without following links or blocking; errors name the path.
 pub fn open_regular(path: &Path) -> Result<(File, Metadata)> {
     let file = OpenOptions::new()
@@ -101,16 +115,17 @@ pub fn set_mtime(file: &File, path: &Path, mtime: (i64, u32)) -> Result<()> {
 pub fn hash_file(path: &Path) -> Result<(u64, blake3::Hash)> {
     let (mut f, _) = open_regular(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
-            return Ok((total, hasher.finalize()));
+    with_buf(|buf| {
+        loop {
+            let n = f.read(buf).map_err(|e| Error::io("read", path, e))?;
+            if n == 0 {
+                return Ok((total, hasher.finalize()));
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
         }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
+    })
 }
 
 /// What is at a path, by content.
@@ -132,4 +147,11 @@ pub fn probe(path: &Path) -> Result<AtPath> {
         Ok(m) if !m.is_file() => Ok(AtPath::NotAFile),
         Ok(_) => hash_file(path).map(|(_, h)| AtPath::File(h)),
     }
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode_of(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("set permissions of", path, e))
 }

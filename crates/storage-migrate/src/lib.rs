@@ -131,7 +131,14 @@ pub fn migrate(
     if opts.dry_run {
         let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
-        let m = plan::plan(&project, &legacy, store.layout(), &repo, &plan::new_txid())?;
+        let m = plan::plan(
+            &project,
+            &legacy,
+            store.layout(),
+            &repo,
+            &plan::new_txid(),
+            true,
+        )?;
         let outcome = if m.sources.is_empty() {
             Outcome::NothingToMigrate
         } else {
@@ -155,7 +162,14 @@ pub fn migrate(
     let _lock = tx.lock(opts.wait)?;
     fault::point("after-lock");
     let recovered = tx.recover()?;
-    let mut m = plan::plan(&project, &legacy, store.layout(), &repo, &plan::new_txid())?;
+    let mut m = plan::plan(
+        &project,
+        &legacy,
+        store.layout(),
+        &repo,
+        &plan::new_txid(),
+        false,
+    )?;
     if m.sources.is_empty() {
         return Ok(report::from_manifest(
             store,
@@ -387,7 +401,14 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
     let legacy = canonical.join(LEGACY_DIR_NAME);
     if let Ok((_, legacy_dir)) = plan::check_project(&canonical, store.root()) {
         let repo = store.proposed_repo_key(&canonical)?;
-        let m = plan::plan(&canonical, &legacy_dir, store.layout(), &repo, "verify")?;
+        let m = plan::plan(
+            &canonical,
+            &legacy_dir,
+            store.layout(),
+            &repo,
+            "verify",
+            false,
+        )?;
         r.legacy_files_left = m.sources.len() as u64;
         if r.legacy_files_left > 0 {
             r.problems.push(format!(

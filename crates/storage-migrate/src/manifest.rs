@@ -114,6 +114,43 @@ pub struct Source {
     pub mode: u32,
     /// BLAKE3 of the content, filled in while staging.
     pub hash: Option<String>,
+    /// Whether this is a global event log that is split per job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split: bool,
+    /// For a split log: its lines, counted while staging (or previewing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_lines: Option<u64>,
+    /// Inode, size and change time at planning: any write changes the
+    /// change time, so an equal fingerprint after staging proves the file
+    /// was not written while it was copied.
+    pub fingerprint: Fingerprint,
+}
+
+/// What identifies one version of a file without reading it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size.
+    pub size: u64,
+    /// Change time (seconds, nanoseconds); no user call can set it back.
+    pub ctime: (i64, i64),
+}
+
+impl Fingerprint {
+    /// The fingerprint of `meta`.
+    #[must_use]
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 /// How an output is produced from its source.

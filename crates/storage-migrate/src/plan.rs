@@ -17,7 +17,9 @@ use storage_fs::Layout;
 use crate::copy::{self, open_regular};
 use crate::error::{Error, Result};
 use crate::legacy::{self, Class};
-use crate::manifest::{Category, Fate, Manifest, Output, Produce, RelPath, Source, Special};
+use crate::manifest::{
+    Category, Fate, Fingerprint, Manifest, Output, Produce, RelPath, Source, Special,
+};
 use crate::split;
 
 /// The legacy directory's name inside a project.
@@ -30,7 +32,10 @@ const MAX_SESSION_PARSE: u64 = 256 * 1024 * 1024;
 struct Found {
     rel: PathBuf,
     class: Class,
-    meta: std::fs::Metadata,
+    size: u64,
+    mtime: (i64, u32),
+    mode: u32,
+    fingerprint: Fingerprint,
 }
 
 /// What a walk of the legacy tree found.
@@ -75,16 +80,25 @@ fn walk(legacy: &Path) -> Result<Walk> {
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
             let rel = rel_dir.join(entry.file_name());
             let path = legacy.join(&rel);
-            // `symlink_metadata`: never follow a link out of the tree.
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-            let ft = meta.file_type();
+            // The directory entry's type never follows a link out of the tree;
+            // only storage files and directories need a `stat`.
+            let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
+            let stat = || std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e));
             if ft.is_dir() {
-                out.dir_modes.insert(rel.clone(), meta.mode() & 0o7777);
+                out.dir_modes.insert(rel.clone(), stat()?.mode() & 0o7777);
                 stack.push(rel);
             } else if ft.is_file() {
                 let class = legacy::classify(&components(&rel));
                 if class.is_storage() {
-                    out.files.push(Found { rel, class, meta });
+                    let meta = stat()?;
+                    out.files.push(Found {
+                        rel,
+                        class,
+                        size: meta.len(),
+                        mtime: copy::mtime_of(&meta),
+                        mode: meta.mode() & 0o7777,
+                        fingerprint: Fingerprint::of(&meta),
+                    });
                 } else {
                     out.user_files += 1;
                 }
@@ -229,6 +243,19 @@ fn session_id_of(path: &Path, size: u64) -> Option<SessionId> {
     SessionId::new(p.session_id?).ok()
 }
 
+/// Whether this process may read `path` (one `faccessat` with the effective
+/// ids; an open and close where the kernel lacks that flag).
+fn readable(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    match accessat(CWD, path, Access::READ_OK, AtFlags::EACCESS) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::INVAL => {
+            std::fs::File::open(path).map(drop)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Whether the file is one whole JSON value (cheap: nothing is built).
 fn is_json(path: &Path) -> bool {
     let Ok((mut f, _)) = open_regular(path) else {
@@ -265,12 +292,17 @@ fn is_real_gzip(path: &Path) -> Result<bool> {
 }
 
 /// Plans the migration of `legacy` into `repo` of the store at `layout`.
+///
+/// With `preview` (dry runs, status) it also reads what staging would read
+/// to finish the plan: the job ids in event logs and the validity of JSON
+/// documents. A real run leaves both to staging, which reads the files anyway.
 pub fn plan(
     project: &Path,
     legacy: &Path,
     layout: &Layout,
     repo: &RepoKey,
     txid: &str,
+    preview: bool,
 ) -> Result<Manifest> {
     let mut manifest = Manifest {
         format_version: 1,
@@ -304,13 +336,10 @@ pub fn plan(
     for found in walked.files {
         let path = legacy.join(&found.rel);
         // Refuse unreadable files now, before anything changes.
-        drop(open_regular(&path).map_err(|e| match e {
-            Error::Store(storage_core::Error::Io { source, .. }) => Error::Refused {
-                path: path.clone(),
-                reason: format!("it cannot be read ({source}); fix its permissions and run again"),
-            },
-            other => other,
-        })?);
+        readable(&path).map_err(|e| Error::Refused {
+            path: path.clone(),
+            reason: format!("it cannot be read ({e}); fix its permissions and run again"),
+        })?;
         let mut p = found.rel.parent();
         while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
             parents.insert(dir.to_owned());
@@ -319,12 +348,15 @@ pub fn plan(
         let index = manifest.sources.len();
         manifest.sources.push(Source {
             rel: RelPath(found.rel.clone()),
-            size: found.meta.len(),
-            mtime: copy::mtime_of(&found.meta),
-            mode: found.meta.mode() & 0o7777,
+            size: found.size,
+            mtime: found.mtime,
+            mode: found.mode,
             hash: None,
+            split: false,
+            split_lines: None,
+            fingerprint: found.fingerprint,
         });
-        let estimate = found.meta.len();
+        let estimate = found.size;
         let out = |dest: RelPath, produce: Produce, category: Category| Output {
             dest,
             source: index,
@@ -339,15 +371,16 @@ pub fn plan(
         };
         let doc = |key: DocKey| rel_in_store(layout, &layout.document(&key));
         let r = repo.clone();
-        let typed_json = matches!(
-            found.class,
-            Class::SessionCopy(_)
-                | Class::JobCheckpoint(..)
-                | Class::JobMetadata(_)
-                | Class::DeadLetter(..)
-                | Class::DeadLetterIndex(_)
-                | Class::WorkflowCheckpoint(_)
-        );
+        let typed_json = matches!(found.class, Class::SessionCopy(_))
+            || preview
+                && matches!(
+                    found.class,
+                    Class::JobCheckpoint(..)
+                        | Class::JobMetadata(_)
+                        | Class::DeadLetter(..)
+                        | Class::DeadLetterIndex(_)
+                        | Class::WorkflowCheckpoint(_)
+                );
         let class = if typed_json && !is_json(&path) {
             // A torn or corrupt document must not sit where Prodigy loads it.
             manifest.warnings.push(format!(
@@ -362,7 +395,7 @@ pub fn plan(
             Class::SessionState | Class::SessionCopy(_) => {
                 let id = match &class {
                     Class::SessionCopy(id) => Some(id.clone()),
-                    _ => session_id_of(&path, found.meta.len()),
+                    _ => session_id_of(&path, found.size),
                 };
                 if let Some(session) = id {
                     let dest = doc(DocKey::Session { repo: r, session });
@@ -414,8 +447,13 @@ pub fn plan(
                 Category::LegacyPreserved,
             ),
             Class::GlobalEventLog => {
+                manifest.sources[index].split = true;
+                if !preview {
+                    continue; // staging routes the lines and creates the outputs
+                }
                 let (file, _) = open_regular(&path)?;
                 let routes = split::for_each_line(file, &path, |_, _| Ok(()))?;
+                manifest.sources[index].split_lines = Some(routes.values().map(|t| t.lines).sum());
                 for (route, totals) in routes {
                     let name = path_name(&found.rel);
                     let dest = match &route {
@@ -486,6 +524,21 @@ fn add_sessions(
     dests: BTreeMap<RelPath, Vec<usize>>,
 ) -> Result<()> {
     for (dest, mut sources) in dests {
+        if let [only] = sources[..] {
+            // One file for this session: nothing to compare or choose.
+            manifest.outputs.push(Output {
+                dest,
+                source: only,
+                duplicates: Vec::new(),
+                produce: Produce::Copy,
+                category: Category::Sessions,
+                size: Some(manifest.sources[only].size),
+                hash: None,
+                lines: None,
+                fate: Fate::Pending,
+            });
+            continue;
+        }
         // Prefer a file that parses; among those, `session_state.json` (written atomically).
         sources.sort_by_key(|&i| {
             let rel = manifest.sources[i].rel.as_path();

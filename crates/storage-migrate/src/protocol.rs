@@ -30,7 +30,8 @@ use crate::copy::{self, AtPath, open_regular, probe};
 use crate::error::{Error, Result};
 use crate::fault::{self, Fault};
 use crate::manifest::{
-    Category, Fate, HistoryEntry, Journal, Manifest, Output, Phase, Produce, RelPath, Special,
+    Category, Fate, Fingerprint, HistoryEntry, Journal, Manifest, Output, Phase, Produce, RelPath,
+    Special,
 };
 use crate::progress::{Progress, Step};
 use crate::split;
@@ -93,15 +94,20 @@ fn conflict_alt(layout: &Layout, repo: &RepoKey, txid: &str, dest: &RelPath) -> 
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fsx::create_dir_all(fsx::parent(path))?;
-    let bytes = serde_json::to_vec_pretty(value).expect("migration records serialize");
-    Ok(fsx::write_atomic(path, &bytes)?)
+    // Streamed: a manifest of a large tree is never built in memory.
+    Ok(fsx::write_atomic_with(path, |w| {
+        serde_json::to_writer_pretty(w, value).map_err(std::io::Error::other)
+    })?)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, next: &str) -> Result<Option<T>> {
-    let Some(bytes) = fsx::read_optional(path)? else {
-        return Ok(None);
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
-    serde_json::from_slice(&bytes)
+    let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    serde_json::from_reader(reader)
         .map(Some)
         .map_err(|e| Error::Record {
             path: path.to_owned(),
@@ -186,6 +192,108 @@ fn same_device(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Directories known to exist, so that creating the parents of thousands
+/// of files costs one `mkdir` per directory, not per file.
+#[derive(Default)]
+struct Dirs(std::collections::HashSet<PathBuf>);
+
+impl Dirs {
+    fn ensure(&mut self, dir: &Path) -> Result<()> {
+        if !self.0.contains(dir) {
+            fsx::create_dir_all(dir)?;
+            self.0.insert(dir.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Typed documents larger than this are copied without the JSON check.
+const MAX_VALIDATE: u64 = 64 * 1024 * 1024;
+
+/// What staging one source produced (applied to the manifest afterwards).
+struct StagedSource {
+    src: usize,
+    src_hash: blake3::Hash,
+    dup_hashes: Vec<(usize, blake3::Hash)>,
+    done: Vec<(usize, u64, blake3::Hash)>,
+    new_outputs: Vec<Output>,
+    retarget: Option<(usize, RelPath)>,
+    split_lines: Option<u64>,
+    warnings: Vec<String>,
+}
+
+/// Where a legacy file kept verbatim goes (relative to the store root).
+pub(crate) fn preserved_dest(layout: &Layout, repo: &RepoKey, rel: &Path) -> RelPath {
+    let abs =
+        Layout::under(&layout.legacy_dir(repo), rel).expect("walked paths are relative names");
+    RelPath(
+        abs.strip_prefix(layout.root())
+            .expect("under root")
+            .to_owned(),
+    )
+}
+
+/// Runs `f` over `items` on up to four threads (each with its own `init()`
+/// state), returning the results in item order, or the first error.
+fn par_map<I: Sync, S, T: Send>(
+    items: &[I],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, 4)
+        .min(items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut parts: Vec<Vec<(usize, Result<T>)>> = Vec::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = init();
+                    let mut out = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        let r = f(&mut state, item);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        out.push((i, r));
+                    }
+                    out
+                })
+            })
+            .collect();
+        for h in handles {
+            parts.push(
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+    });
+    let mut all: Vec<(usize, Result<T>)> = parts.into_iter().flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// What retiring one legacy file did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retired {
+    /// Renamed into the backup.
+    Moved,
+    /// Renamed, but it had changed since verification (warned).
+    ChangedAfterVerify,
+    /// Copied into the backup; the source is removed after the `syncfs`.
+    CopiedKeepSource,
+    /// Already in the backup (a re-run after a crash).
+    Already,
+    /// In both places with different content: both kept (warned).
+    DiffersFromBackup,
+}
+
 /// Everything one protocol run needs.
 pub(crate) struct Tx<'a> {
     pub store: &'a FsStorage,
@@ -213,141 +321,225 @@ impl Tx<'_> {
 
     // ---- staging -------------------------------------------------------
 
-    /// Copies every source into staging, filling in sizes and hashes.
+    /// Copies every source into staging, filling in sizes and hashes, on
+    /// all cores: the big event logs start first, small files fill in.
     pub fn stage(&self, m: &mut Manifest) -> Result<()> {
-        let legacy = m.legacy_dir.0.clone();
         let staging = self.paths.staging(&m.txid);
         fsx::create_dir_all(&staging)?;
         let total_bytes: u64 = m.sources.iter().map(|s| s.size).sum();
         self.progress
             .start(Step::Copy, m.sources.len() as u64, total_bytes);
-        // Outputs grouped by source: a split log produces several from one pass.
+        // Planned outputs grouped by source; split logs get theirs while staging.
         let mut by_source: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (i, o) in m.outputs.iter().enumerate() {
             by_source.entry(o.source).or_default().push(i);
         }
-        let mut first = true;
-        for (src, outs) in by_source {
-            let rel = m.sources[src].rel.clone();
-            let path = join(&legacy, &rel)?;
-            let mtime = m.sources[src].mtime;
-            let src_hash = match &m.outputs[outs[0]].produce {
-                Produce::Copy => {
-                    let dest = join(&staging, &m.outputs[outs[0]].dest)?;
-                    fsx::create_dir_all(fsx::parent(&dest))?;
-                    let (mut f, _) = open_regular(&path)?;
-                    let (size, hash) = copy::copy_new(&mut f, &path, &dest, mtime)?;
-                    let o = &mut m.outputs[outs[0]];
-                    o.size = Some(size);
-                    o.hash = Some(hash.to_hex().to_string());
-                    hash
-                }
-                Produce::RewriteMetadataPath => {
-                    let (mut f, _) = open_regular(&path)?;
-                    let mut bytes = Vec::new();
-                    f.read_to_end(&mut bytes)
-                        .map_err(|e| Error::io("read", &path, e))?;
-                    let out = &m.outputs[outs[0]];
-                    let new_dir = fsx::parent(&join(self.layout().root(), &out.dest)?).to_owned();
-                    let (rewritten, warning) = rewrite_metadata_path(&bytes, &new_dir);
-                    if let Some(w) = warning {
-                        m.warnings.push(format!(
-                            "`{}`: {w}; copied verbatim",
-                            rel.as_path().display()
-                        ));
-                    }
-                    let dest = join(&staging, &out.dest)?;
-                    fsx::create_dir_all(fsx::parent(&dest))?;
-                    let hash = copy::write_new(&dest, &rewritten, mtime)?;
-                    let o = &mut m.outputs[outs[0]];
-                    o.size = Some(rewritten.len() as u64);
-                    o.hash = Some(hash.to_hex().to_string());
-                    blake3::hash(&bytes)
-                }
-                Produce::SplitEvents { .. } => Self::stage_split(m, &path, &staging, &outs, mtime)?,
-            };
-            m.sources[src].hash = Some(src_hash.to_hex().to_string());
-            // Identical duplicates (sessions) are hashed so verification covers them.
-            for o in &outs {
-                for d in m.outputs[*o].duplicates.clone() {
-                    let dpath = join(&legacy, &m.sources[d].rel)?;
-                    let (_, h) = copy::hash_file(&dpath)?;
-                    m.sources[d].hash = Some(h.to_hex().to_string());
-                }
-            }
-            self.progress.advance(1, m.sources[src].size);
-            if first {
-                fault::point("mid-staging");
-                first = false;
+        for (i, s) in m.sources.iter().enumerate() {
+            if s.split {
+                by_source.entry(i).or_default();
             }
         }
+        let mut work: Vec<(usize, Vec<usize>)> = by_source.into_iter().collect();
+        work.sort_by_key(|(src, _)| std::cmp::Reverse(m.sources[*src].size));
+        let first = std::sync::Once::new();
+        let shared: &Manifest = m;
+        let results = par_map(&work, Dirs::default, |dirs, (src, outs)| {
+            let r = self.stage_one(shared, &staging, dirs, *src, outs)?;
+            self.progress.advance(1, shared.sources[*src].size);
+            first.call_once(|| fault::point("mid-staging"));
+            Ok(r)
+        })?;
+        let mut results = results;
+        // Apply in source order, so warnings and outputs do not depend on scheduling.
+        results.sort_by_key(|r| r.src);
+        for r in results {
+            m.sources[r.src].hash = Some(r.src_hash.to_hex().to_string());
+            for (d, h) in r.dup_hashes {
+                m.sources[d].hash = Some(h.to_hex().to_string());
+            }
+            for (o, size, hash) in r.done {
+                m.outputs[o].size = Some(size);
+                m.outputs[o].hash = Some(hash.to_hex().to_string());
+            }
+            if let Some((o, dest)) = r.retarget {
+                m.outputs[o].dest = dest;
+                m.outputs[o].category = Category::LegacyPreserved;
+            }
+            if let Some(lines) = r.split_lines {
+                m.sources[r.src].split_lines = Some(lines);
+            }
+            m.outputs.extend(r.new_outputs);
+            m.warnings.extend(r.warnings);
+        }
+        m.outputs.sort_by(|a, b| a.dest.cmp(&b.dest));
         self.progress.finish(Step::Copy);
         Ok(())
     }
 
-    fn stage_split(
-        m: &mut Manifest,
-        path: &Path,
+    fn stage_one(
+        &self,
+        m: &Manifest,
         staging: &Path,
+        dirs: &mut Dirs,
+        src: usize,
         outs: &[usize],
-        mtime: (i64, u32),
-    ) -> Result<blake3::Hash> {
-        let mut dests: BTreeMap<Option<String>, (usize, PathBuf)> = BTreeMap::new();
-        for &o in outs {
-            if let Produce::SplitEvents { job } = &m.outputs[o].produce {
-                dests.insert(job.clone(), (o, join(staging, &m.outputs[o].dest)?));
+    ) -> Result<StagedSource> {
+        let legacy = &m.legacy_dir.0;
+        let source = &m.sources[src];
+        let path = join(legacy, &source.rel)?;
+        let mut r = StagedSource {
+            src,
+            src_hash: blake3::hash(b""),
+            dup_hashes: Vec::new(),
+            done: Vec::new(),
+            new_outputs: Vec::new(),
+            retarget: None,
+            split_lines: None,
+            warnings: Vec::new(),
+        };
+        if source.split {
+            self.stage_split(m, src, &path, staging, dirs, &mut r)?;
+            return Ok(r);
+        }
+        let oi = outs[0];
+        let out = &m.outputs[oi];
+        let (mut file, meta) = open_regular(&path)?;
+        match &out.produce {
+            Produce::Copy
+                if out.category == Category::LegacyPreserved || meta.len() > MAX_VALIDATE =>
+            {
+                let dest = join(staging, &out.dest)?;
+                dirs.ensure(fsx::parent(&dest))?;
+                let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
+                r.src_hash = hash;
+                r.done.push((oi, size, hash));
+            }
+            produce => {
+                // Typed documents are read whole: a torn or corrupt one must not
+                // land where Prodigy loads it, so it goes to the legacy area.
+                let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+                file.read_to_end(&mut bytes)
+                    .map_err(|e| Error::io("read", &path, e))?;
+                r.src_hash = blake3::hash(&bytes);
+                let valid = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+                let mut dest_rel = out.dest.clone();
+                let mut content = std::borrow::Cow::Borrowed(&bytes[..]);
+                if !valid {
+                    dest_rel = preserved_dest(self.layout(), &self.repo, source.rel.as_path());
+                    r.warnings.push(format!(
+                        "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
+                        source.rel.as_path().display()
+                    ));
+                    r.retarget = Some((oi, dest_rel.clone()));
+                } else if *produce == Produce::RewriteMetadataPath {
+                    let new_dir = fsx::parent(&join(self.layout().root(), &out.dest)?).to_owned();
+                    let (rewritten, warning) = rewrite_metadata_path(&bytes, &new_dir);
+                    if let Some(w) = warning {
+                        r.warnings.push(format!(
+                            "`{}`: {w}; copied verbatim",
+                            source.rel.as_path().display()
+                        ));
+                    }
+                    content = std::borrow::Cow::Owned(rewritten);
+                }
+                let dest = join(staging, &dest_rel)?;
+                dirs.ensure(fsx::parent(&dest))?;
+                let hash = copy::write_new(&dest, &content, source.mtime)?;
+                r.done.push((oi, content.len() as u64, hash));
             }
         }
-        let mut writers: BTreeMap<Option<String>, BufWriter<std::fs::File>> = BTreeMap::new();
+        // Identical duplicates (sessions) are hashed so verification covers them.
+        for d in &out.duplicates {
+            let (_, h) = copy::hash_file(&join(legacy, &m.sources[*d].rel)?)?;
+            r.dup_hashes.push((*d, h));
+        }
+        Ok(r)
+    }
+
+    /// Routes every line of a global event log to its job's staged log.
+    fn stage_split(
+        &self,
+        m: &Manifest,
+        src: usize,
+        path: &Path,
+        staging: &Path,
+        dirs: &mut Dirs,
+        r: &mut StagedSource,
+    ) -> Result<()> {
+        let source = &m.sources[src];
+        let name = source
+            .rel
+            .as_path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dest_of = |route: &split::Route| -> RelPath {
+            let abs = match route {
+                Some(job) => self
+                    .layout()
+                    .events_job_dir(&self.repo, job)
+                    .join(format!("events-0-legacy-{}-{src:04}.jsonl", m.txid)),
+                None => self
+                    .layout()
+                    .legacy_dir(&self.repo)
+                    .join("unrouted-events")
+                    .join(&m.txid)
+                    .join(&name),
+            };
+            RelPath(
+                abs.strip_prefix(self.layout().root())
+                    .expect("under root")
+                    .to_owned(),
+            )
+        };
+        let mut writers: BTreeMap<split::Route, (PathBuf, BufWriter<std::fs::File>)> =
+            BTreeMap::new();
         let mut whole = blake3::Hasher::new();
         let (file, _) = open_regular(path)?;
         let totals = split::for_each_line(file, path, |route, line| {
             whole.update(line);
-            let key = route.as_ref().map(ToString::to_string);
-            let (_, dest) = dests.get(&key).ok_or_else(|| Error::Verify {
-                path: path.to_owned(),
-                what: "a line routes to a job that planning did not see (the log changed during migration)".into(),
-            })?;
-            if !writers.contains_key(&key) {
-                fsx::create_dir_all(fsx::parent(dest))?;
-                writers.insert(
-                    key.clone(),
-                    BufWriter::with_capacity(64 * 1024, fsx::create_new(dest)?),
-                );
+            if !writers.contains_key(route) {
+                let dest = join(staging, &dest_of(route))?;
+                dirs.ensure(fsx::parent(&dest))?;
+                // Small buffers: a log may fan out to hundreds of jobs at once.
+                let w = BufWriter::with_capacity(8 * 1024, fsx::create_new(&dest)?);
+                writers.insert(route.clone(), (dest, w));
             }
-            let w = writers.get_mut(&key).expect("inserted above");
-            w.write_all(line).map_err(|e| Error::io("write", dest, e))
+            let (dest, w) = writers.get_mut(route).expect("inserted above");
+            w.write_all(line).map_err(|e| Error::io("write", &*dest, e))
         })?;
-        for (key, w) in writers {
-            let dest = &dests[&key].1;
+        for (_, (dest, w)) in writers {
             let f = w
                 .into_inner()
-                .map_err(|e| Error::io("write", dest, e.into_error()))?;
-            copy::set_mtime(&f, dest, mtime)?;
+                .map_err(|e| Error::io("write", &dest, e.into_error()))?;
+            copy::set_mtime(&f, &dest, source.mtime)?;
         }
+        r.src_hash = whole.finalize();
+        r.split_lines = Some(totals.values().map(|t| t.lines).sum());
         for (route, t) in totals {
-            let key = route.map(|j| j.to_string());
-            let (o, _) = dests.get(&key).ok_or_else(|| Error::Verify {
-                path: path.to_owned(),
-                what: "the log changed during migration".into(),
-            })?;
-            let out = &mut m.outputs[*o];
-            out.size = Some(t.bytes);
-            out.lines = Some(t.lines);
-            out.hash = t.hash.map(|h| h.to_hex().to_string());
-        }
-        // A planned route with no lines now means the log changed under us.
-        if m.outputs
-            .iter()
-            .enumerate()
-            .any(|(i, o)| outs.contains(&i) && o.hash.is_none())
-        {
-            return Err(Error::Verify {
-                path: path.to_owned(),
-                what: "the log changed during migration".into(),
+            if route.is_none() {
+                r.warnings.push(format!(
+                    "{} line(s) of `{}` name no valid job (or are not JSON, or torn); kept verbatim at `{}`",
+                    t.lines,
+                    source.rel.as_path().display(),
+                    dest_of(&route).as_path().display()
+                ));
+            }
+            r.new_outputs.push(Output {
+                dest: dest_of(&route),
+                source: src,
+                duplicates: Vec::new(),
+                produce: Produce::SplitEvents {
+                    job: route.map(|j| j.to_string()),
+                },
+                category: Category::Events,
+                size: Some(t.bytes),
+                hash: t.hash.map(|h| h.to_hex().to_string()),
+                lines: Some(t.lines),
+                fate: Fate::Pending,
             });
         }
-        Ok(whole.finalize())
+        Ok(())
     }
 
     // ---- verification --------------------------------------------------
@@ -369,45 +561,55 @@ impl Tx<'_> {
             corrupt_one_byte(&join(&staging, &o.dest)?)?;
         }
         for s in &m.sources {
+            // The bytes staged were hashed as they were read; an unchanged
+            // fingerprint proves no one wrote the file meanwhile.
             let path = join(legacy, &s.rel)?;
-            let (size, hash) = copy::hash_file(&path)?;
-            if Some(hash.to_hex().to_string()) != s.hash {
+            let now = std::fs::symlink_metadata(&path)
+                .map(|meta| Fingerprint::of(&meta))
+                .map_err(|e| Error::io("stat", &path, e))?;
+            if now != s.fingerprint || s.hash.is_none() {
                 return Err(Error::Verify {
                     path,
                     what: format!(
-                        "the legacy file changed while it was being migrated (size {} then {size}); \
+                        "the legacy file changed while it was being migrated (size {} then {}); \
                          stop the Prodigy process that writes it and run again",
-                        s.size
+                        s.size, now.size
                     ),
                 });
             }
-            self.progress.advance(1, size);
+            self.progress.advance(1, 0);
         }
-        for o in &m.outputs {
-            let path = join(&staging, &o.dest)?;
-            let (size, hash) = copy::hash_file(&path)?;
-            if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
-                return Err(Error::Verify {
-                    path,
-                    what: "the staged copy does not match what was read from the legacy file"
-                        .into(),
-                });
-            }
-            if o.produce == Produce::Copy && o.hash != m.sources[o.source].hash {
-                return Err(Error::Verify {
-                    path,
-                    what: "the staged copy differs from its legacy file".into(),
-                });
-            }
-            self.progress.advance(1, size);
-        }
+        par_map(
+            &m.outputs,
+            || (),
+            |(), o| {
+                let path = join(&staging, &o.dest)?;
+                let (size, hash) = copy::hash_file(&path)?;
+                if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
+                    return Err(Error::Verify {
+                        path,
+                        what: "the staged copy does not match what was read from the legacy file"
+                            .into(),
+                    });
+                }
+                if o.produce == Produce::Copy && o.hash != m.sources[o.source].hash {
+                    return Err(Error::Verify {
+                        path,
+                        what: "the staged copy differs from its legacy file".into(),
+                    });
+                }
+                self.progress.advance(1, size);
+                Ok(())
+            },
+        )?;
         self.verify_transforms(m)?;
         self.progress.finish(Step::Verify);
         Ok(())
     }
 
-    /// Re-runs the metadata rewrite and the log split over the sources and
-    /// compares with what was staged: every log line accounted for exactly once.
+    /// Re-runs the metadata rewrite over its source, and checks that the
+    /// per-job logs of each split hold every byte and line of their source
+    /// exactly once (their hashes were checked against the staged files above).
     fn verify_transforms(&self, m: &Manifest) -> Result<()> {
         let legacy = &m.legacy_dir.0;
         let mut splits: BTreeMap<usize, Vec<&Output>> = BTreeMap::new();
@@ -430,26 +632,17 @@ impl Tx<'_> {
             }
         }
         for (src, outs) in splits {
-            let path = join(legacy, &m.sources[src].rel)?;
-            let (file, _) = open_regular(&path)?;
-            let totals = split::for_each_line(file, &path, |_, _| Ok(()))?;
-            let lines: u64 = totals.values().map(|t| t.lines).sum();
-            let staged_lines: u64 = outs.iter().filter_map(|o| o.lines).sum();
-            let all_match = totals.len() == outs.len()
-                && outs.iter().all(|o| {
-                    let Produce::SplitEvents { job } = &o.produce else {
-                        return false;
-                    };
-                    totals.iter().any(|(r, t)| {
-                        r.as_ref().map(ToString::to_string) == *job
-                            && t.hash.map(|h| h.to_hex().to_string()) == o.hash
-                    })
-                });
-            if !all_match || lines != staged_lines {
+            let source = &m.sources[src];
+            let bytes: u64 = outs.iter().filter_map(|o| o.size).sum();
+            let lines: u64 = outs.iter().filter_map(|o| o.lines).sum();
+            let planned = source.split_lines;
+            if bytes != source.size || Some(lines) != planned {
                 return Err(Error::Verify {
-                    path,
+                    path: join(legacy, &source.rel)?,
                     what: format!(
-                        "the per-job logs do not account for every line exactly once ({lines} source lines, {staged_lines} staged)"
+                        "the per-job logs do not account for every line exactly once \
+                         ({} bytes and {planned:?} lines in the source, {bytes} bytes and {lines} lines staged)",
+                        source.size
                     ),
                 });
             }
@@ -460,11 +653,22 @@ impl Tx<'_> {
     // ---- publishing ----------------------------------------------------
 
     /// Moves every staged output into the store without overwriting anything.
+    ///
+    /// A staged directory whose target does not exist yet is moved with one
+    /// `RENAME_NOREPLACE` (a new repository's `state/<repo>/` is one rename);
+    /// elsewhere files are published one by one. Either way a file's fate is
+    /// read back from the disk, so a crash half-way is finished the same way.
     pub fn publish(&self, m: &mut Manifest) -> Result<()> {
         let staging = self.paths.staging(&m.txid);
         let root = self.layout().root().to_owned();
         self.progress
             .start(Step::Publish, m.outputs.len() as u64, 0);
+        let mut moved = Vec::new();
+        publish_dirs(&staging, &root, Path::new(""), &mut moved)?;
+        if !moved.is_empty() {
+            fault::point("mid-publish");
+        }
+        let mut dirs = Dirs::default();
         for i in 0..m.outputs.len() {
             let o = &m.outputs[i];
             let staged = join(&staging, &o.dest)?;
@@ -474,10 +678,13 @@ impl Tx<'_> {
             let want = o.hash.clone();
             let same =
                 |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == want);
-            let fate = if std::fs::symlink_metadata(&staged).is_ok() {
+            let fate = if moved.iter().any(|d| o.dest.as_path().starts_with(d)) {
+                // Moved with its whole directory just now.
+                Fate::Published
+            } else if std::fs::symlink_metadata(&staged).is_ok() {
                 match probe(&target)? {
                     AtPath::Missing => {
-                        fsx::create_dir_all(fsx::parent(&target))?;
+                        dirs.ensure(fsx::parent(&target))?;
                         fsx::rename_noreplace(&staged, &target)?;
                         Fate::Published
                     }
@@ -505,7 +712,7 @@ impl Tx<'_> {
             };
             m.outputs[i].fate = fate;
             self.progress.advance(1, 0);
-            if i == 0 {
+            if i == 0 && moved.is_empty() {
                 fault::point("mid-publish");
             }
         }
@@ -523,75 +730,43 @@ impl Tx<'_> {
         fsx::create_dir_all(&backup)?;
         let cross_device = !same_device(&legacy, &backup);
         self.progress.start(Step::Retire, m.sources.len() as u64, 0);
-        for i in 0..m.sources.len() {
-            let s = m.sources[i].clone();
-            let src = join(&legacy, &s.rel)?;
-            let bak = join(&backup, &s.rel)?;
-            fsx::create_dir_all(fsx::parent(&bak))?;
-            let src_here = std::fs::symlink_metadata(&src).is_ok();
-            let bak_here = std::fs::symlink_metadata(&bak).is_ok();
-            match (src_here, bak_here) {
-                (true, false) if !cross_device => match fsx::rename_noreplace(&src, &bak) {
-                    Ok(()) => {
-                        let meta = std::fs::symlink_metadata(&bak)
-                            .map_err(|e| Error::io("stat", &bak, e))?;
-                        if meta.len() != s.size || copy::mtime_of(&meta) != s.mtime {
-                            m.warnings.push(format!(
-                                "`{}` changed after it was verified; the store holds the verified version, the backup the newer one",
-                                s.rel.as_path().display()
-                            ));
-                        }
-                    }
-                    Err(storage_core::Error::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::CrossesDevices =>
-                    {
-                        Self::copy_to_backup(&src, &bak, &s)?;
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                (true, false) => Self::copy_to_backup(&src, &bak, &s)?,
-                (false, true) => {}
-                (true, true) => {
-                    // A crash after the backup copy was complete: the backup is
-                    // whole (renamed into place); drop the source only if equal.
-                    let (_, hb) = copy::hash_file(&bak)?;
-                    let (_, hs) = copy::hash_file(&src)?;
-                    if hb == hs {
-                        fsx::remove_file_durable(&src)?;
-                    } else {
-                        m.warnings.push(format!(
-                            "`{}` differs from its backup; both kept",
-                            s.rel.as_path().display()
-                        ));
-                    }
-                }
-                (false, false) => {
-                    return Err(Error::Record {
-                        path: src,
-                        reason: "it is neither in the project nor in the backup".into(),
-                        next: format!(
-                            "the store holds its verified copy (see `{}`); report this as a bug",
-                            self.paths.manifest(&m.txid).display()
-                        ),
-                    });
+        let first = std::sync::Once::new();
+        let shared: &Manifest = m;
+        // Across file systems every file is copied first and the copies made
+        // durable with one `syncfs`; only then are the sources removed.
+        let outcomes = par_map(&shared.sources, Dirs::default, |dirs, s| {
+            let r = self.retire_one(shared, &legacy, &backup, dirs, s, cross_device)?;
+            self.progress.advance(1, s.size);
+            first.call_once(|| fault::point("mid-retire"));
+            Ok(r)
+        })?;
+        if cross_device {
+            sync(&backup)?;
+            for (s, outcome) in m.sources.iter().zip(&outcomes) {
+                if *outcome == Retired::CopiedKeepSource {
+                    fsx::remove_file_durable(&join(&legacy, &s.rel)?)?;
                 }
             }
-            set_private(&bak)?;
-            self.progress.advance(1, s.size);
-            if i == 0 {
-                fault::point("mid-retire");
+        }
+        for (s, outcome) in m.sources.clone().iter().zip(outcomes) {
+            match outcome {
+                Retired::ChangedAfterVerify => m.warnings.push(format!(
+                    "`{}` changed after it was verified; the store holds the verified version, the backup the newer one",
+                    s.rel.as_path().display()
+                )),
+                Retired::DiffersFromBackup => m.warnings.push(format!(
+                    "`{}` differs from its backup; both kept",
+                    s.rel.as_path().display()
+                )),
+                Retired::Moved | Retired::CopiedKeepSource | Retired::Already => {}
             }
         }
         // Remove the storage directories that this emptied, deepest first.
         let mut dirs: Vec<&RelPath> = m.dirs.iter().map(|(d, _)| d).collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.as_path().components().count()));
         for d in dirs {
-            if crate::legacy::is_storage_dir(
-                &d.as_path()
-                    .iter()
-                    .filter_map(|c| c.to_str())
-                    .collect::<Vec<_>>(),
-            ) {
+            let parts: Vec<&str> = d.as_path().iter().filter_map(|c| c.to_str()).collect();
+            if crate::legacy::is_storage_dir(&parts) {
                 let _ = std::fs::remove_dir(join(&legacy, d)?);
             }
         }
@@ -603,13 +778,82 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Moves (or, across file systems, copies) one legacy file into the backup.
+    fn retire_one(
+        &self,
+        m: &Manifest,
+        legacy: &Path,
+        backup: &Path,
+        dirs: &mut Dirs,
+        s: &crate::manifest::Source,
+        cross_device: bool,
+    ) -> Result<Retired> {
+        let src = join(legacy, &s.rel)?;
+        let bak = join(backup, &s.rel)?;
+        dirs.ensure(fsx::parent(&bak))?;
+        if !cross_device {
+            match fsx::rename_noreplace(&src, &bak) {
+                Ok(()) => {
+                    let now =
+                        std::fs::symlink_metadata(&bak).map_err(|e| Error::io("stat", &bak, e))?;
+                    // A rename changes the change time, so compare the rest.
+                    let same = std::os::unix::fs::MetadataExt::ino(&now) == s.fingerprint.ino
+                        && now.len() == s.size
+                        && copy::mtime_of(&now) == s.mtime;
+                    return Ok(if same {
+                        Retired::Moved
+                    } else {
+                        Retired::ChangedAfterVerify
+                    });
+                }
+                Err(storage_core::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::CrossesDevices => {}
+                Err(storage_core::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound
+                        || source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let src_here = std::fs::symlink_metadata(&src).is_ok();
+        let bak_here = std::fs::symlink_metadata(&bak).is_ok();
+        match (src_here, bak_here) {
+            (true, false) => {
+                Self::copy_to_backup(&src, &bak, s)?;
+                Ok(Retired::CopiedKeepSource)
+            }
+            (false, true) => Ok(Retired::Already),
+            (true, true) => {
+                // A crash after the backup was complete (it is renamed into
+                // place whole): the source goes only if it is equal.
+                let (_, hb) = copy::hash_file(&bak)?;
+                let (_, hs) = copy::hash_file(&src)?;
+                if hb == hs {
+                    if cross_device {
+                        return Ok(Retired::CopiedKeepSource);
+                    }
+                    fsx::remove_file_durable(&src)?;
+                    Ok(Retired::Already)
+                } else {
+                    Ok(Retired::DiffersFromBackup)
+                }
+            }
+            (false, false) => Err(Error::Record {
+                path: src,
+                reason: "it is neither in the project nor in the backup".into(),
+                next: format!(
+                    "the store holds its verified copy (see `{}`); report this as a bug",
+                    self.paths.manifest(&m.txid).display()
+                ),
+            }),
+        }
+    }
+
+    /// Copies a legacy file into the backup (temp file, verified hash,
+    /// no-replace rename); the caller makes it durable and removes the source.
     fn copy_to_backup(src: &Path, bak: &Path, s: &crate::manifest::Source) -> Result<()> {
         let tmp = fsx::parent(bak).join(fsx::temp_name("backup"));
         let (mut f, _) = open_regular(src)?;
         let (_, hash) = copy::copy_new(&mut f, src, &tmp, s.mtime)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io("fsync", &tmp, e))?;
         if Some(hash.to_hex().to_string()) != s.hash {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::Verify {
@@ -618,9 +862,8 @@ impl Tx<'_> {
                     .into(),
             });
         }
+        copy::set_mode_of(&tmp, s.mode)?;
         fsx::rename_noreplace(&tmp, bak)?;
-        fsx::fsync_dir(fsx::parent(bak))?;
-        fsx::remove_file_durable(src)?;
         Ok(())
     }
 
@@ -881,6 +1124,34 @@ impl Tx<'_> {
     }
 }
 
+/// Moves staged directories whose target does not exist into the store,
+/// each with one no-replace rename; descends where the target exists.
+/// Records the directories it moved (relative to the store root) in `moved`.
+fn publish_dirs(staging: &Path, root: &Path, rel: &Path, moved: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fsx::read_dir_sorted(&staging.join(rel))? {
+        if !entry.file_type.is_dir() {
+            continue;
+        }
+        let sub = rel.join(&entry.name);
+        let target = root.join(&sub);
+        if std::fs::symlink_metadata(&target).is_err() {
+            match fsx::rename_noreplace(&entry.path, &target) {
+                Ok(()) => {
+                    moved.push(sub);
+                    continue;
+                }
+                // Someone created it meanwhile: publish inside it instead.
+                Err(storage_core::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists
+                        || source.kind() == std::io::ErrorKind::DirectoryNotEmpty => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        publish_dirs(staging, root, &sub, moved)?;
+    }
+    Ok(())
+}
+
 /// Points `path` in a legacy `metadata.json` at `new_dir`; returns the new
 /// bytes and a warning when the file had to be copied verbatim instead.
 pub(crate) fn rewrite_metadata_path(bytes: &[u8], new_dir: &Path) -> (Vec<u8>, Option<String>) {
@@ -912,10 +1183,6 @@ fn corrupt_one_byte(path: &Path) -> Result<()> {
         None => bytes.push(b'!'),
     }
     std::fs::write(path, bytes).map_err(|e| Error::io("write", path, e))
-}
-
-fn set_private(path: &Path) -> Result<()> {
-    set_mode(path, fsx::FILE_MODE)
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {

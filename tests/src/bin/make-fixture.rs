@@ -3,18 +3,25 @@
 //!
 //! ```text
 //! cargo run -p storage-tests --bin make-fixture -- DIR
+//! cargo run -p storage-tests --bin make-fixture -- --large SCALE DIR   # the benchmark's tree
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
+const USAGE: &str = "usage: make-fixture [--large SCALE] DIR";
+
 fn main() -> Result<()> {
-    let dir = PathBuf::from(
-        std::env::args_os()
-            .nth(1)
-            .context("usage: make-fixture DIR")?,
-    );
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (scale, dir) = match args.as_slice() {
+        [flag, scale, dir] if flag == "--large" => {
+            (Some(scale.parse::<u64>().context(USAGE)?), dir)
+        }
+        [dir] if !dir.starts_with('-') => (None, dir),
+        _ => bail!(USAGE),
+    };
+    let dir = PathBuf::from(dir);
     if dir.exists() && fs_err::read_dir(&dir)?.next().is_some() {
         bail!(
             "`{}` is not empty; give a new or empty directory",
@@ -22,7 +29,18 @@ fn main() -> Result<()> {
         );
     }
     fs_err::create_dir_all(&dir)?;
-    storage_tests::fixture::legacy_project(&dir);
-    println!("wrote a legacy Prodigy project to {}", dir.display());
+    if let Some(scale) = scale {
+        let t = storage_tests::fixture::large_legacy_project(&dir, scale);
+        println!(
+            "wrote {} files, {} bytes, {} event lines to {}",
+            t.files,
+            t.bytes,
+            t.event_lines,
+            dir.display()
+        );
+    } else {
+        storage_tests::fixture::legacy_project(&dir);
+        println!("wrote a legacy Prodigy project to {}", dir.display());
+    }
     Ok(())
 }

@@ -12,10 +12,17 @@ use crate::support::{
 fn store_tree(sb: &Sandbox) -> String {
     let mut out = String::new();
     for l in redact(sb, &storage_tests::tree(&sb.store())).lines() {
-        if !l.starts_with("locks/") {
-            out.push_str(l);
-            out.push('\n');
+        if l.starts_with("locks/") {
+            continue;
         }
+        // Records holding times, inodes and paths vary in size: keep name and mode.
+        let varies =
+            (l.starts_with("migrations/") && !l.contains("/backup/")) || l.starts_with("repos/");
+        match l.rsplit_once(' ') {
+            Some((head, size)) if varies && size.ends_with('B') => out.push_str(head),
+            _ => out.push_str(l),
+        }
+        out.push('\n');
     }
     out
 }
@@ -132,6 +139,11 @@ fn the_fixture_migrates_completely_and_the_users_files_stay() {
 
     // I5: everything the migration created in the store is private.
     for (rel, node) in snapshot(&store) {
+        if node.kind != "d" && rel.components().any(|c| c.as_os_str() == "backup") {
+            // Backup files are the legacy files moved, with their own modes
+            // (rollback restores them); their directories are still 0700.
+            continue;
+        }
         let want = if node.kind == "d" { 0o700 } else { 0o600 };
         assert_eq!(node.mode, want, "{} is {:o}", rel.display(), node.mode);
     }
