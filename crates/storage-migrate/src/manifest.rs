@@ -244,6 +244,9 @@ pub struct Manifest {
     pub outputs: Vec<Output>,
     /// Modes of the legacy directories that held sources (to recreate on rollback).
     pub dirs: Vec<(RelPath, u32)>,
+    /// Storage directories holding only storage files, moved whole when retiring.
+    #[serde(default)]
+    pub pure_dirs: Vec<RelPath>,
     /// Links and special files, reported and left in place.
     pub specials: Vec<Special>,
     /// How many of the user's own files were left untouched.

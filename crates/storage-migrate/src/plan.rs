@@ -45,6 +45,9 @@ struct Walk {
     specials: Vec<Special>,
     user_files: u64,
     dir_modes: BTreeMap<PathBuf, u32>,
+    /// Directories that directly hold something other than storage files
+    /// (a user file, a link, a special file) or nothing at all.
+    impure: std::collections::BTreeSet<PathBuf>,
 }
 
 fn components(rel: &Path) -> Vec<Option<&str>> {
@@ -76,7 +79,9 @@ fn walk(legacy: &Path) -> Result<Walk> {
             path: dir.clone(),
             reason: format!("cannot list it ({e}); fix its permissions and run again"),
         })?;
+        let mut empty = true;
         for entry in entries {
+            empty = false;
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
             let rel = rel_dir.join(entry.file_name());
             let path = legacy.join(&rel);
@@ -101,8 +106,10 @@ fn walk(legacy: &Path) -> Result<Walk> {
                     });
                 } else {
                     out.user_files += 1;
+                    out.impure.insert(rel_dir.clone());
                 }
             } else {
+                out.impure.insert(rel_dir.clone());
                 let target = ft
                     .is_symlink()
                     .then(|| std::fs::read_link(&path).ok())
@@ -114,6 +121,9 @@ fn walk(legacy: &Path) -> Result<Walk> {
                     target,
                 });
             }
+        }
+        if empty {
+            out.impure.insert(rel_dir.clone());
         }
     }
     out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
@@ -314,6 +324,7 @@ pub fn plan(
         sources: Vec::new(),
         outputs: Vec::new(),
         dirs: Vec::new(),
+        pure_dirs: Vec::new(),
         specials: Vec::new(),
         user_files: 0,
         warnings: Vec::new(),
@@ -498,6 +509,7 @@ pub fn plan(
     }
     add_sessions(legacy, layout, repo, &mut manifest, session_dests)?;
     manifest.outputs.sort_by(|a, b| a.dest.cmp(&b.dest));
+    manifest.pure_dirs = pure_dirs(&walked.dir_modes, &walked.impure);
     manifest.dirs = parents
         .into_iter()
         .map(|d| {
@@ -506,6 +518,30 @@ pub fn plan(
         })
         .collect();
     Ok(manifest)
+}
+
+/// The top-most storage directories that hold nothing but storage files
+/// (at any depth): retiring moves each of them into the backup whole.
+fn pure_dirs(
+    all: &BTreeMap<PathBuf, u32>,
+    impure: &std::collections::BTreeSet<PathBuf>,
+) -> Vec<RelPath> {
+    let mut tainted: std::collections::BTreeSet<&Path> = std::collections::BTreeSet::new();
+    for d in impure {
+        let mut p = Some(d.as_path());
+        while let Some(dir) = p {
+            tainted.insert(dir);
+            p = dir.parent();
+        }
+    }
+    let pure = |d: &Path| {
+        let parts: Vec<&str> = d.iter().filter_map(|c| c.to_str()).collect();
+        parts.len() == d.iter().count() && legacy::is_storage_dir(&parts) && !tainted.contains(d)
+    };
+    all.keys()
+        .filter(|d| pure(d) && d.parent().is_none_or(|p| p.as_os_str().is_empty() || !pure(p)))
+        .map(|d| RelPath(d.clone()))
+        .collect()
 }
 
 fn path_name(rel: &Path) -> String {

@@ -732,9 +732,18 @@ impl Tx<'_> {
         self.progress.start(Step::Retire, m.sources.len() as u64, 0);
         let first = std::sync::Once::new();
         let shared: &Manifest = m;
+        let moved = if cross_device {
+            Vec::new()
+        } else {
+            retire_dirs(shared, &legacy, &backup)?
+        };
         // Across file systems every file is copied first and the copies made
         // durable with one `syncfs`; only then are the sources removed.
         let outcomes = par_map(&shared.sources, Dirs::default, |dirs, s| {
+            if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
+                self.progress.advance(1, s.size);
+                return Ok(Retired::Moved);
+            }
             let r = self.retire_one(shared, &legacy, &backup, dirs, s, cross_device)?;
             self.progress.advance(1, s.size);
             first.call_once(|| fault::point("mid-retire"));
@@ -1122,6 +1131,54 @@ impl Tx<'_> {
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
     }
+}
+
+/// Moves each storage directory that still holds exactly its planned
+/// storage files (listed again now, so a file an old Prodigy wrote meanwhile
+/// is never swept into the backup unseen) into the backup with one rename.
+/// Returns the directories moved, relative to the legacy directory.
+fn retire_dirs(m: &Manifest, legacy: &Path, backup: &Path) -> Result<Vec<PathBuf>> {
+    let mut moved = Vec::new();
+    for d in &m.pure_dirs {
+        let src = join(legacy, d)?;
+        let bak = join(backup, d)?;
+        if std::fs::symlink_metadata(&bak).is_ok() {
+            continue; // a re-run: the per-file pass finishes what is left
+        }
+        let planned: std::collections::BTreeSet<&Path> = m
+            .sources
+            .iter()
+            .map(|s| s.rel.as_path())
+            .filter(|r| r.starts_with(d.as_path()))
+            .collect();
+        let mut found = std::collections::BTreeSet::new();
+        let mut only_planned = true;
+        let mut stack = vec![d.as_path().to_owned()];
+        while let Some(rel) = stack.pop() {
+            let Ok(entries) = fsx::read_dir_sorted(&legacy.join(&rel)) else {
+                only_planned = false;
+                break;
+            };
+            for e in entries {
+                let r = rel.join(&e.name);
+                if e.file_type.is_dir() {
+                    stack.push(r);
+                } else if e.file_type.is_file() && planned.contains(r.as_path()) {
+                    found.insert(r);
+                } else {
+                    only_planned = false;
+                }
+            }
+        }
+        if !only_planned || found.len() != planned.len() {
+            continue;
+        }
+        fsx::create_dir_all(fsx::parent(&bak))?;
+        if fsx::rename_noreplace(&src, &bak).is_ok() {
+            moved.push(d.as_path().to_owned());
+        }
+    }
+    Ok(moved)
 }
 
 /// Moves staged directories whose target does not exist into the store,
