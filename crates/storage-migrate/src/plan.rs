@@ -539,7 +539,11 @@ fn pure_dirs(
         parts.len() == d.iter().count() && legacy::is_storage_dir(&parts) && !tainted.contains(d)
     };
     all.keys()
-        .filter(|d| pure(d) && d.parent().is_none_or(|p| p.as_os_str().is_empty() || !pure(p)))
+        .filter(|d| {
+            pure(d)
+                && d.parent()
+                    .is_none_or(|p| p.as_os_str().is_empty() || !pure(p))
+        })
         .map(|d| RelPath(d.clone()))
         .collect()
 }

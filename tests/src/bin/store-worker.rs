@@ -4,6 +4,7 @@
 //! store-worker append    <root> <project> <job> <count> <writer>   one event per append
 //! store-worker save-loop <root> <project> <session> <writer> <pad-bytes>  forever
 //! store-worker hold-lock <root> <key>     prints `locked` once held, then sleeps
+//! store-worker ensure    <root> <project> prints what Prodigy's start-up hook did
 //! ```
 
 use std::io::Write;
@@ -67,6 +68,13 @@ fn main() -> Result<()> {
                 std::thread::park();
             }
         }
+        "ensure" => match storage_migrate::ensure_migrated(&store, &PathBuf::from(arg(2)?)) {
+            storage_migrate::AutoOutcome::NothingToDo => println!("nothing"),
+            storage_migrate::AutoOutcome::Migrated(r) => println!("migrated {}", r.legacy_files),
+            storage_migrate::AutoOutcome::Skipped { reason } => println!("skipped {reason}"),
+            storage_migrate::AutoOutcome::Failed(e) => println!("failed {e}"),
+            _ => println!("other"),
+        },
         other => bail!("unknown command {other}"),
     }
     Ok(())

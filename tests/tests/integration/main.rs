@@ -8,6 +8,10 @@ mod identifiers;
 mod repo_identity;
 // The store tree after a scenario, as an insta snapshot.
 mod store_tree;
+// Prodigy's start-up hook: cheap, concurrent, never failing the caller.
+mod auto_migration;
+// Random legacy trees: migrate keeps every byte, rollback restores the exact tree.
+mod random_trees;
 
 /// The path of the `store-worker` helper binary.
 fn worker_bin() -> std::path::PathBuf {

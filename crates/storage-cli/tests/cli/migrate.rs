@@ -139,7 +139,11 @@ fn the_fixture_migrates_completely_and_the_users_files_stay() {
 
     // I5: everything the migration created in the store is private.
     for (rel, node) in snapshot(&store) {
-        let in_backup = rel.components().skip_while(|c| c.as_os_str() != "backup").nth(1).is_some();
+        let in_backup = rel
+            .components()
+            .skip_while(|c| c.as_os_str() != "backup")
+            .nth(1)
+            .is_some();
         if in_backup {
             // The backup holds the legacy files and directories as they were
             // moved, with their own modes, inside the store's 0700 tree.
