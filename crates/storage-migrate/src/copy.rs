@@ -38,6 +38,7 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata)> {
     let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
     if !meta.is_file() {
         return Err(Error::Refused {
+            action: "migrate",
             path: path.to_owned(),
             reason: "it is not a regular file (it changed while being migrated?)".into(),
         });

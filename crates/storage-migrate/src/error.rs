@@ -15,9 +15,11 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] storage_core::Error),
 
-    /// The migration will not run for this project; nothing was changed.
-    #[error("refusing to migrate `{}`: {reason}", .path.display())]
+    /// The command will not run for this project; nothing was changed.
+    #[error("refusing to {action} `{}`: {reason}", .path.display())]
     Refused {
+        /// What was refused: `migrate`, `roll back`, `verify`.
+        action: &'static str,
         /// The path the refusal is about.
         path: PathBuf,
         /// Why, and what to do instead.

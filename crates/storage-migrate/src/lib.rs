@@ -270,12 +270,14 @@ impl Default for RollbackOptions<'_> {
 
 fn registered(store: &FsStorage, project: &Path) -> Result<(PathBuf, RepoKey)> {
     let canonical = std::fs::canonicalize(project).map_err(|e| Error::Refused {
+        action: "roll back",
         path: project.to_owned(),
         reason: format!("the project directory cannot be read ({e})"),
     })?;
     let repo = store
         .find_repo_key(&canonical)?
         .ok_or_else(|| Error::Refused {
+            action: "roll back",
             path: canonical.clone(),
             reason: "this project was never migrated into this store (check --home / PRODIGY_HOME)"
                 .into(),
@@ -390,6 +392,7 @@ pub fn rollback(
 /// backup, and whether legacy storage appeared again.
 pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
     let canonical = std::fs::canonicalize(project).map_err(|e| Error::Refused {
+        action: "verify",
         path: project.to_owned(),
         reason: format!("the project directory cannot be read ({e})"),
     })?;

@@ -76,6 +76,7 @@ fn walk(legacy: &Path) -> Result<Walk> {
     while let Some(rel_dir) = stack.pop() {
         let dir = legacy.join(&rel_dir);
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::Refused {
+            action: "migrate",
             path: dir.clone(),
             reason: format!("cannot list it ({e}); fix its permissions and run again"),
         })?;
@@ -134,11 +135,13 @@ fn walk(legacy: &Path) -> Result<Walk> {
 /// Refusals that must happen before anything changes (see `docs/migration.md`).
 pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, PathBuf)> {
     let meta = std::fs::metadata(project).map_err(|e| Error::Refused {
+        action: "migrate",
         path: project.to_owned(),
         reason: format!("the project directory cannot be read ({e})"),
     })?;
     if !meta.is_dir() {
         return Err(Error::Refused {
+            action: "migrate",
             path: project.to_owned(),
             reason: "it is not a directory; pass the project's directory".into(),
         });
@@ -148,6 +151,7 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
     let store = std::fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_owned());
     if project.starts_with(&store) {
         return Err(Error::Refused {
+            action: "migrate",
             path: project,
             reason: format!(
                 "it is inside the store `{}` (a Prodigy worktree?); migrate the original project instead",
@@ -159,12 +163,14 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
         && m.file_type().is_symlink()
     {
         return Err(Error::Refused {
+            action: "migrate",
             path: legacy,
             reason: "it is a symbolic link, which migration never follows; replace it with the directory it points to".into(),
         });
     }
     if legacy == store || store.starts_with(&legacy) || legacy.starts_with(&store) {
         return Err(Error::Refused {
+            action: "migrate",
             path: legacy,
             reason: format!(
                 "this `.prodigy` is the store itself (`{}`), not a project's legacy storage; run from your project directory",
@@ -348,6 +354,7 @@ pub fn plan(
         let path = legacy.join(&found.rel);
         // Refuse unreadable files now, before anything changes.
         readable(&path).map_err(|e| Error::Refused {
+            action: "migrate",
             path: path.clone(),
             reason: format!("it cannot be read ({e}); fix its permissions and run again"),
         })?;
