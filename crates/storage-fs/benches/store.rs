@@ -131,7 +131,7 @@ fn bench_append(base: &Path) -> (Duration, Duration, Duration) {
     (median(ours), median(raw), median(bytes_only))
 }
 
-fn bench_save(base: &Path) -> (Duration, Duration) {
+fn bench_save(base: &Path) -> (Duration, Duration, Duration, u32) {
     let doc = json!({
         "session_id": "session-0b9f3c9e-6f2d-4d57-a3c4-5a8e2b1d7f10", "status": "InProgress",
         "started_at": "2025-09-06T08:31:02.907114Z", "iterations_completed": 3,
@@ -145,8 +145,23 @@ fn bench_save(base: &Path) -> (Duration, Duration) {
         repo,
         session: SessionId::new("session-0b9f3c9e-6f2d-4d57-a3c4-5a8e2b1d7f10").expect("valid"),
     };
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let (mut ours, mut raw, mut aw) = (Vec::new(), Vec::new(), Vec::new());
+    let mut aw_mode = 0;
     for _ in 0..ROUNDS {
+        // The `atomicwrites` crate, for comparison: it also fsyncs file and
+        // directory, but creates a temp directory per write and leaves 0644.
+        let dir = scratch(base, "save-atomicwrites");
+        let target = dir.join("session.json");
+        let t = Instant::now();
+        for _ in 0..SAVES {
+            atomicwrites::AtomicFile::new(&target, atomicwrites::AllowOverwrite)
+                .write(|f| f.write_all(&bytes))
+                .expect("atomicwrites");
+        }
+        aw.push(t.elapsed());
+        aw_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&target).expect("stat").permissions(),
+        ) & 0o777;
         let dir = scratch(base, "save-store");
         let store = FsStorage::open(&dir).expect("open");
         store
@@ -179,7 +194,7 @@ fn bench_save(base: &Path) -> (Duration, Duration) {
         }
         raw.push(t.elapsed());
     }
-    (median(ours), median(raw))
+    (median(ours), median(raw), median(aw), aw_mode)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -262,19 +277,21 @@ fn main() {
             ms(bytes)
         );
     }
-    let (ours, raw) = bench_save(&base);
+    let (ours, raw, aw, aw_mode) = bench_save(&base);
     let ratio = ours.as_secs_f64() / raw.as_secs_f64();
     if json {
         println!(
-            r#"{{"bench":"store-save","ours_ms":{:.1},"baseline_ms":{:.1},"ratio":{ratio:.3},"target":1.2}}"#,
+            r#"{{"bench":"store-save","ours_ms":{:.1},"baseline_ms":{:.1},"ratio":{ratio:.3},"target":1.2,"atomicwrites_ms":{:.1},"atomicwrites_mode":"{aw_mode:o}"}}"#,
             ms(ours),
-            ms(raw)
+            ms(raw),
+            ms(aw)
         );
     } else {
         println!(
-            "store save x{SAVES}           FsStorage {:>9.1} ms   raw tmp+fsync+rename+fsync {:>6.1} ms   ratio {ratio:.2}x (target <= 1.2x)",
+            "store save x{SAVES}           FsStorage {:>9.1} ms   raw tmp+fsync+rename+fsync {:>6.1} ms   ratio {ratio:.2}x (target <= 1.2x); atomicwrites crate {:.1} ms, leaves mode {aw_mode:o}",
             ms(ours),
-            ms(raw)
+            ms(raw),
+            ms(aw)
         );
     }
     let rss = bench_read_rss(&base);

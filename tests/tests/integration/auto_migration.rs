@@ -1,3 +1,5 @@
+//! Prodigy's start-up hook: cheap when idle, once under concurrency, failures reported.
+
 use std::process::{Command, Stdio};
 
 use storage_fs::FsStorage;

@@ -1,3 +1,5 @@
+//! Hostile identifiers never become paths; odd valid ones stay in their directory.
+
 use serde_json::json;
 use storage_core::{DocKey, JobId, RepoKey, SessionId, Storage, check_component};
 use storage_fs::FsStorage;

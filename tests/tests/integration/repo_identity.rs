@@ -1,3 +1,5 @@
+//! Repository keys: same-named checkouts get distinct, stable keys.
+
 use storage_fs::FsStorage;
 use storage_tests::Sandbox;
 

@@ -1,3 +1,5 @@
+//! Real processes appending, saving, locking and being killed with SIGKILL.
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,3 +1,5 @@
+//! The store tree after a typical session, as an insta snapshot.
+
 use serde_json::json;
 use storage_core::{
     DocKey, EventRecord, ItemId, JobId, LockKey, LockWait, SessionId, Storage, WorkflowId,

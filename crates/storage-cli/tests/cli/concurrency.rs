@@ -1,3 +1,5 @@
+//! Four migrations of one project at once; a project on another file system.
+
 use std::process::Stdio;
 
 use crate::support::{

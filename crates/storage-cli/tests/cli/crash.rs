@@ -1,3 +1,5 @@
+//! A crash (abort) at every named step of migrate, rollback and recovery, then the invariants.
+
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;

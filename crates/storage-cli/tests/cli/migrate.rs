@@ -1,3 +1,5 @@
+//! The fixture project migrated by the real binary: reports, store tree, rollback, re-runs.
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

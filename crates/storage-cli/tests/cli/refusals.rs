@@ -1,3 +1,5 @@
+//! What migrate refuses before changing anything.
+
 use crate::support::{Sandbox, assert_same_tree, cmd, fixture, run, snapshot_without_locks};
 
 fn stderr_of(sb: &Sandbox, cwd: &std::path::Path, args: &[&str]) -> String {

@@ -1,3 +1,5 @@
+//! Running the binary in a sandbox, redactions, tree comparisons.
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

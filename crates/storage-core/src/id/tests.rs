@@ -1,3 +1,5 @@
+//! Identifier validation: real ids pass, hostile ones fail with their rule.
+
 use super::*;
 
 #[test]

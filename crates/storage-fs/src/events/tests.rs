@@ -1,3 +1,5 @@
+//! Event logs: torn tails, corrupt lines, repair before append, file order.
+
 use std::fs;
 
 use serde_json::json;

@@ -1,3 +1,5 @@
+//! The file-system wrapper: modes, atomic replace, no-replace rename, errors with paths.
+
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;

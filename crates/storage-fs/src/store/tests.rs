@@ -1,3 +1,5 @@
+//! `FsStorage` specifics: layout versions, debris in listings, sweeping, corrupt documents.
+
 use std::fs;
 
 use serde_json::json;
