@@ -22,6 +22,7 @@ tasks:
                              release binary size with and without the legacy import
   tidy                       dependency edges, module docs, no unwrap, reasons on allows
   bench [--json]             the store and migration benchmarks, one table of ratios
+  assets [DIR]               shell completions and the man page (default: target/assets)
 ";
 
 fn main() -> Result<()> {
@@ -44,6 +45,23 @@ fn main() -> Result<()> {
             }
         }
         Some("bench") => bench::run_bench(rest),
+        Some("assets") => {
+            let root = root();
+            let dir = rest
+                .first()
+                .map_or_else(|| target_dir(&root).join("assets"), PathBuf::from);
+            run(cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "--package",
+                    "storage-cli",
+                    "--",
+                    "generate",
+                ])
+                .arg(&dir)
+                .current_dir(&root))
+        }
         Some("help" | "--help" | "-h") | None => {
             println!("{}", HELP.trim());
             Ok(())

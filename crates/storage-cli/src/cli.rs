@@ -18,7 +18,12 @@ use clap::{Args, Parser, Subcommand};
 /// it back. Your own files in `.prodigy/` (config, docs, scripts) are never
 /// touched.
 #[derive(Debug, Parser)]
-#[command(name = "prodigy-storage", version, max_term_width = 100)]
+#[command(
+    name = "prodigy-storage",
+    version,
+    max_term_width = 100,
+    verbatim_doc_comment
+)]
 pub struct Cli {
     /// The store's directory [default: $PRODIGY_HOME, else ~/.prodigy]
     #[arg(long, global = true, value_name = "DIR")]
@@ -28,7 +33,7 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// Print more detail (-v: steps, -vv: every file); RUST_LOG overrides
+    /// Print diagnostics on stderr (-v: what is being done, -vv: every file); RUST_LOG=<level> overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
@@ -63,6 +68,7 @@ pub enum Command {
     /// and the originals are kept in a backup inside the store until you prune
     /// it. An interrupted run is finished or undone by the next one. Running it
     /// again when there is nothing left to move changes nothing.
+    #[command(verbatim_doc_comment)]
     Migrate {
         #[command(flatten)]
         project: ProjectArg,
@@ -81,6 +87,7 @@ pub enum Command {
     /// Exits non-zero if the backup is damaged, a migration was interrupted,
     /// or legacy storage files are waiting to be migrated. Files that Prodigy
     /// changed or removed since the migration are reported but are not errors.
+    #[command(verbatim_doc_comment)]
     Verify {
         #[command(flatten)]
         project: ProjectArg,
@@ -94,6 +101,7 @@ pub enum Command {
     /// and modification time. Refuses (and changes nothing) if files it would
     /// remove from the store changed since; `--force` then moves those aside
     /// instead of removing them. The backup stays until `backups prune`.
+    #[command(verbatim_doc_comment)]
     Rollback {
         #[command(flatten)]
         project: ProjectArg,

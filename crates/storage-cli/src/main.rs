@@ -4,6 +4,8 @@
 //! home directory; the libraries take all of that as arguments.
 
 mod cli;
+#[cfg(feature = "legacy-import")]
+mod progress;
 mod render;
 
 use std::io::Write;
@@ -18,17 +20,46 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli);
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {e}");
+            let mut err = anstream::stderr().lock();
+            let red = anstyle::AnsiColor::Red.on_default().bold();
+            let _ = writeln!(err, "{red}error:{red:#} {e}");
             for cause in e.chain().skip(1) {
                 let _ = writeln!(err, "  caused by: {cause}");
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Diagnostics on stderr: warnings by default, `-v` info, `-vv` debug (every
+/// file), `-q` errors only; `RUST_LOG=<level>` overrides all of them.
+fn init_logging(cli: &Cli) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::LevelFilter;
+    let from_flags = match (cli.quiet, cli.verbose) {
+        (true, _) => LevelFilter::ERROR,
+        (false, 0) => LevelFilter::WARN,
+        (false, 1) => LevelFilter::INFO,
+        (false, 2) => LevelFilter::DEBUG,
+        (false, _) => LevelFilter::TRACE,
+    };
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<LevelFilter>().ok())
+        .unwrap_or(from_flags);
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 fn store_root(cli: &Cli) -> Result<RootChoice> {
@@ -65,10 +96,12 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints a human report: colour on a terminal only, never with `NO_COLOR`
+/// (`anstream` strips the styles otherwise); nothing with `-q`.
 fn say(cli: &Cli, text: &str) -> Result<()> {
     if !cli.quiet {
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())?;
+        let mut out = anstream::stdout().lock();
+        out.write_all(render::paint(text).as_bytes())?;
     }
     Ok(())
 }
@@ -168,7 +201,9 @@ mod import {
     use anyhow::Result;
     use storage_fs::{FsStorage, RootChoice};
     use storage_migrate::fault::{self, Fault};
-    use storage_migrate::{MigrateOptions, NoProgress, RollbackOptions};
+    use storage_migrate::{MigrateOptions, RollbackOptions};
+
+    use crate::progress::Display;
 
     use super::{print_json, project_dir, render, say};
     use crate::cli::{BackupsAction, Cli, Command};
@@ -199,10 +234,11 @@ mod import {
                 } else {
                     FsStorage::open(&root.path)?
                 };
+                let display = Display::choose(cli.quiet || *json);
                 let opts = MigrateOptions {
                     dry_run: *dry_run,
                     wait: Duration::from_secs(*wait),
-                    progress: &NoProgress,
+                    progress: &display,
                 };
                 let report = storage_migrate::migrate(&store, &project, &opts)?;
                 if *json {
@@ -235,11 +271,12 @@ mod import {
             } => {
                 let project = project_dir(project.project.as_deref())?;
                 let store = FsStorage::open(&root.path)?;
+                let display = Display::choose(cli.quiet || *json);
                 let opts = RollbackOptions {
                     txid: None,
                     force: *force,
                     wait: Duration::from_secs(*wait),
-                    progress: &NoProgress,
+                    progress: &display,
                 };
                 let report = storage_migrate::rollback(&store, &project, &opts)?;
                 if *json {

@@ -5,6 +5,43 @@ use std::fmt::Write as _;
 
 use storage_fs::RootChoice;
 
+/// Adds colour to a report's key lines (headline green, warnings yellow,
+/// problems red); `anstream` removes it where colour is not wanted.
+pub fn paint(text: &str) -> String {
+    use anstyle::AnsiColor::{Green, Red, Yellow};
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.split_inclusive('\n') {
+        let style = if ["Migrated ", "Rolled back ", "OK"]
+            .iter()
+            .any(|p| line.starts_with(p))
+        {
+            Some(Green.on_default().bold())
+        } else if line.starts_with("Would migrate ") || line.starts_with("No legacy storage") {
+            Some(anstyle::Style::new().bold())
+        } else if line.starts_with("problem:") {
+            Some(Red.on_default().bold())
+        } else if line.trim_start().starts_with("warnings:")
+            || line.trim_start().starts_with("conflicts ")
+            || line.starts_with("interrupted:")
+        {
+            Some(Yellow.on_default())
+        } else {
+            None
+        };
+        match style {
+            Some(s) => {
+                let body = line.trim_end_matches('\n');
+                let _ = write!(out, "{s}{body}{s:#}");
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
 /// `1.5 KiB`-style sizes.
 #[cfg(feature = "legacy-import")]
 pub fn bytes(n: u64) -> String {

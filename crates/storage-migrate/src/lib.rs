@@ -162,6 +162,7 @@ pub fn migrate(
     let _lock = tx.lock(opts.wait)?;
     fault::point("after-lock");
     let recovered = tx.recover()?;
+    opts.progress.start(Step::Plan, 0, 0);
     let mut m = plan::plan(
         &project,
         &legacy,
@@ -170,6 +171,7 @@ pub fn migrate(
         &plan::new_txid(),
         false,
     )?;
+    opts.progress.finish(Step::Plan);
     if m.sources.is_empty() {
         return Ok(report::from_manifest(
             store,

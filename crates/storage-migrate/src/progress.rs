@@ -4,6 +4,8 @@
 /// A step of a migration or rollback that reports progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// Walking the legacy tree and deciding where every file goes (no totals).
+    Plan,
     /// Copying legacy files into the staging area.
     Copy,
     /// Re-reading sources and staged files to compare them.
@@ -21,6 +23,7 @@ impl Step {
     #[must_use]
     pub fn label(self) -> &'static str {
         match self {
+            Step::Plan => "planning",
             Step::Copy => "copying",
             Step::Verify => "verifying",
             Step::Publish => "publishing",

@@ -345,6 +345,7 @@ impl Tx<'_> {
         let shared: &Manifest = m;
         let results = par_map(&work, Dirs::default, |dirs, (src, outs)| {
             let r = self.stage_one(shared, &staging, dirs, *src, outs)?;
+            tracing::debug!(file = %shared.sources[*src].rel.as_path().display(), "staged");
             self.progress.advance(1, shared.sources[*src].size);
             first.call_once(|| fault::point("mid-staging"));
             Ok(r)
@@ -548,8 +549,7 @@ impl Tx<'_> {
     pub fn verify_staged(&self, m: &Manifest) -> Result<()> {
         let legacy = &m.legacy_dir.0;
         let staging = self.paths.staging(&m.txid);
-        let total: u64 = m.sources.iter().map(|s| s.size).sum::<u64>()
-            + m.outputs.iter().filter_map(|o| o.size).sum::<u64>();
+        let total: u64 = m.outputs.iter().filter_map(|o| o.size).sum::<u64>();
         self.progress.start(
             Step::Verify,
             (m.sources.len() + m.outputs.len()) as u64,
@@ -745,6 +745,7 @@ impl Tx<'_> {
                 return Ok(Retired::Moved);
             }
             let r = self.retire_one(shared, &legacy, &backup, dirs, s, cross_device)?;
+            tracing::debug!(file = %s.rel.as_path().display(), outcome = ?r, "moved into the backup");
             self.progress.advance(1, s.size);
             first.call_once(|| fault::point("mid-retire"));
             Ok(r)

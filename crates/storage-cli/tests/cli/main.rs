@@ -10,3 +10,5 @@ mod refusals;
 mod crash;
 // Several processes migrating one project at once; project and store on different file systems.
 mod concurrency;
+// What a person sees: help texts, progress on a terminal, plain logs, JSON documents.
+mod ux;

@@ -308,7 +308,11 @@ fn a_corrupted_staged_byte_is_caught_and_nothing_is_published() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: verification failed for `"), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: verification failed for `")),
+        "{err}"
+    );
     assert!(err.contains("/staging/"), "names the staged file: {err}");
     assert!(
         err.contains("nothing was published and the legacy files are untouched"),

@@ -1,0 +1,227 @@
+//! What a person sees: `--help` for every command (snapshots, so the help
+//! cannot drift from the code), progress bars in a real pseudo-terminal,
+//! plain lines when not on a terminal, colour rules, and the JSON documents.
+
+use std::process::Command;
+
+use crate::support::{Sandbox, bin, cmd, fixture_sandbox, redact, run, run_json};
+
+fn help(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--help")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{args:?} --help failed");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn every_command_documents_itself_truthfully() {
+    for args in [
+        &[][..],
+        &["status"],
+        &["migrate"],
+        &["verify"],
+        &["rollback"],
+        &["backups"],
+        &["backups", "list"],
+        &["backups", "prune"],
+        &["layout"],
+    ] {
+        let name = if args.is_empty() {
+            "help".to_owned()
+        } else {
+            format!("help_{}", args.join("_"))
+        };
+        insta::assert_snapshot!(name, help(args));
+    }
+    let top = help(&[]);
+    assert!(
+        top.contains("~/.prodigy"),
+        "the help names the global store"
+    );
+}
+
+/// Runs `prodigy-storage` inside a pseudo-terminal with `script`; `None` where `script` is missing.
+fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!(
+            "SKIP: `script` (util-linux) is not installed; the pseudo-terminal test did not run"
+        );
+        return None;
+    }
+    let log = sb.path().join("typescript");
+    let line = format!(
+        "{} --home {} {args} {}",
+        bin().display(),
+        sb.store().display(),
+        sb.project().display()
+    );
+    let mut c = Command::new("script");
+    c.args(["-qec", &line])
+        .arg(&log)
+        .env("TERM", "xterm-256color")
+        .env("HOME", sb.home());
+    if no_color {
+        c.env("NO_COLOR", "1");
+    } else {
+        c.env_remove("NO_COLOR");
+    }
+    let status = c.output().expect("script");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    Some(String::from_utf8_lossy(&fs_err::read(&log).expect("typescript")).into_owned())
+}
+
+#[test]
+fn on_a_terminal_progress_bars_render_and_the_report_is_coloured() {
+    let sb = fixture_sandbox();
+    let Some(screen) = in_pty(&sb, "migrate", false) else {
+        return;
+    };
+    for label in [
+        "planning",
+        "copying [",
+        "verifying [",
+        "publishing [",
+        "backing up [",
+    ] {
+        assert!(screen.contains(label), "no `{label}` bar in:\n{screen}");
+    }
+    assert!(
+        screen.contains("\u{1b}[1m\u{1b}[32mMigrated 25 legacy storage file(s)"),
+        "green bold headline:\n{screen}"
+    );
+    assert!(
+        screen.contains("To undo this migration: prodigy-storage --home"),
+        "{screen}"
+    );
+}
+
+#[test]
+fn no_color_means_no_colour_even_on_a_terminal() {
+    let sb = fixture_sandbox();
+    let Some(screen) = in_pty(&sb, "migrate --dry-run", true) else {
+        return;
+    };
+    let report = screen
+        .lines()
+        .skip_while(|l| !l.contains("Would migrate"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!report.is_empty(), "{screen}");
+    assert!(
+        !report.contains("\u{1b}[3"),
+        "colour despite NO_COLOR:\n{report}"
+    );
+}
+
+#[test]
+fn off_a_terminal_progress_is_plain_lines_and_the_report_has_no_escapes() {
+    let sb = fixture_sandbox();
+    let out = cmd(&sb, &sb.project(), &["migrate"])
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).expect("utf8");
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        stderr.contains("copying: 25 file(s), 6.7 KiB\n"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("copying: done in "), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
+        "escape codes off a terminal"
+    );
+    assert!(
+        stdout.starts_with("Migrated 25 legacy storage file(s)"),
+        "{stdout}"
+    );
+    // -q: errors only.
+    let sb = fixture_sandbox();
+    let out = cmd(&sb, &sb.project(), &["-q", "migrate"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "-q printed something"
+    );
+}
+
+#[test]
+fn verbose_and_rust_log_show_diagnostics_on_stderr() {
+    let sb = fixture_sandbox();
+    let out = cmd(&sb, &sb.project(), &["-vv", "migrate"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG staged file="), "{stderr}");
+    assert!(stderr.contains("INFO migrating legacy storage"), "{stderr}");
+    let sb = fixture_sandbox();
+    let out = cmd(&sb, &sb.project(), &["migrate"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("INFO migrating legacy storage"), "{stderr}");
+    assert!(!stderr.contains("DEBUG"), "{stderr}");
+}
+
+#[test]
+fn the_json_documents_have_their_documented_shape() {
+    let sb = fixture_sandbox();
+    let status = run_json(&sb, &["status"]);
+    insta::assert_snapshot!(
+        "status_json_before",
+        redact(&sb, &serde_json::to_string_pretty(&status).expect("json"))
+    );
+    run(&sb, &["migrate"], true);
+    let verify = run_json(&sb, &["verify"]);
+    insta::assert_snapshot!(
+        "verify_json",
+        redact(&sb, &serde_json::to_string_pretty(&verify).expect("json"))
+    );
+    let rollback = run_json(&sb, &["rollback"]);
+    insta::assert_snapshot!(
+        "rollback_json",
+        redact(&sb, &serde_json::to_string_pretty(&rollback).expect("json"))
+    );
+    let list = run_json(&sb, &["backups", "list"]);
+    assert_eq!(list["schema_version"], 1);
+    assert_eq!(list["backups"][0]["rolled_back"], true);
+    let layout = String::from_utf8(run(&sb, &["layout"], true).stdout).expect("utf8");
+    insta::assert_snapshot!("layout", redact(&sb, &layout));
+}
+
+#[test]
+fn generated_completions_and_man_page_exist() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("assets");
+    let out = Command::new(bin())
+        .arg("generate")
+        .arg(&dir)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in [
+        "prodigy-storage.bash",
+        "_prodigy-storage",
+        "prodigy-storage.fish",
+        "prodigy-storage.1",
+    ] {
+        let text = fs_err::read_to_string(dir.join(f)).expect(f);
+        assert!(text.contains("migrate"), "{f} lacks the migrate command");
+    }
+}
