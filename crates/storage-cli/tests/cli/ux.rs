@@ -205,11 +205,8 @@ fn the_json_documents_have_their_documented_shape() {
 fn generated_completions_and_man_page_exist() {
     let sb = Sandbox::new();
     let dir = sb.path().join("assets");
-    let out = Command::new(bin())
-        .arg("generate")
-        .arg(&dir)
-        .output()
-        .expect("run");
+    let assets = std::path::PathBuf::from(env!("CARGO_BIN_EXE_prodigy-storage-assets"));
+    let out = Command::new(assets).arg(&dir).output().expect("run");
     assert!(
         out.status.success(),
         "{}",
