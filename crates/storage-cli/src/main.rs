@@ -227,13 +227,8 @@ mod import {
                 wait,
             } => {
                 let project = project_dir(project.project.as_deref())?;
-                // Refuse before the store is even created.
-                storage_migrate::preflight(&project, &root.path)?;
-                let store = if *dry_run {
-                    FsStorage::peek(&root.path)?
-                } else {
-                    FsStorage::open(&root.path)?
-                };
+                // `migrate` creates the store only once its refusals have passed.
+                let store = FsStorage::peek(&root.path)?;
                 let display = Display::choose(cli.quiet || *json);
                 let opts = MigrateOptions {
                     dry_run: *dry_run,
@@ -270,7 +265,7 @@ mod import {
                 wait,
             } => {
                 let project = project_dir(project.project.as_deref())?;
-                let store = FsStorage::open(&root.path)?;
+                let store = FsStorage::peek(&root.path)?;
                 let display = Display::choose(cli.quiet || *json);
                 let opts = RollbackOptions {
                     txid: None,

@@ -236,6 +236,50 @@ pub fn syncfs(path: &Path) -> Result<()> {
     rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
 }
 
+/// Removes the store's temp files under `dir` (recursively) whose writer is
+/// gone (see [`process_alive`]) or that are older than `stale`; returns them.
+pub fn sweep_temp_files(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
+    sweep(dir, stale, true)
+}
+
+/// Like [`sweep_temp_files`], for `dir` itself only (not its subdirectories).
+pub fn sweep_temp_files_here(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
+    sweep(dir, stale, false)
+}
+
+fn sweep(dir: &Path, stale: std::time::Duration, recursive: bool) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in read_dir_sorted(&d)? {
+            if entry.file_type.is_dir() {
+                if recursive {
+                    stack.push(entry.path);
+                }
+                continue;
+            }
+            let name = entry.name.to_string_lossy();
+            let Some(pid) = temp_owner(&name) else {
+                continue;
+            };
+            if !entry.file_type.is_file() {
+                continue;
+            }
+            let old = fs::symlink_metadata(&entry.path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age > stale);
+            let live = pid == std::process::id() || process_alive(pid);
+            if (!live || old) && remove_file_durable(&entry.path)? {
+                removed.push(entry.path);
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Whether a process with `pid` exists on this host (for sweeping temp files).
 #[must_use]
 pub fn process_alive(pid: u32) -> bool {

@@ -1,7 +1,7 @@
 //! `FsStorage`: the [`Storage`] trait on disk.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::Value;
 use storage_core::{
@@ -41,20 +41,35 @@ impl FsStorage {
     /// needed. A store written by a newer layout is refused with
     /// [`Error::UnsupportedLayout`], never guessed at.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
-        let layout = Layout::new(root);
-        fsx::create_dir_all(layout.root())?;
-        match read_layout_version(&layout)? {
+        let store = Self::peek(root)?;
+        store.create()?;
+        Ok(store)
+    }
+
+    /// Creates the store's root (0700) and `layout.json` if they do not
+    /// exist yet; does nothing to an existing store. [`FsStorage::open`]
+    /// does this; a handle from [`FsStorage::peek`] does it on demand, so a
+    /// caller can refuse a request before creating anything.
+    pub fn create(&self) -> Result<()> {
+        fsx::create_dir_all(self.layout.root())?;
+        // A writer killed while creating the store or registering a project
+        // leaves its temp file here; nothing else sweeps these two places.
+        for dir in [self.layout.root().to_owned(), self.layout.repos_dir()] {
+            for path in fsx::sweep_temp_files_here(&dir, STALE_TEMP_AGE)? {
+                tracing::info!(path = %path.display(), "swept a dead writer's temp file");
+            }
+        }
+        match read_layout_version(&self.layout)? {
             Some(found) if found > LAYOUT_VERSION => Err(Error::UnsupportedLayout {
-                path: layout.root().to_owned(),
+                path: self.layout.root().to_owned(),
                 found,
                 supported: LAYOUT_VERSION,
             }),
-            Some(_) => Ok(Self { layout }),
+            Some(_) => Ok(()),
             None => {
                 let doc = serde_json::json!({ "layout_version": LAYOUT_VERSION });
                 let bytes = serde_json::to_vec_pretty(&doc).expect("serializable");
-                fsx::write_atomic(&layout.version_file(), &bytes)?;
-                Ok(Self { layout })
+                fsx::write_atomic(&self.layout.version_file(), &bytes)
             }
         }
     }
@@ -121,38 +136,40 @@ impl FsStorage {
     /// is not one of the store's temp files.
     pub fn sweep(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        let mut stack = self.layout.owned_dirs();
-        while let Some(dir) = stack.pop() {
-            for entry in fsx::read_dir_sorted(&dir)? {
-                if entry.file_type.is_dir() {
-                    stack.push(entry.path);
-                    continue;
-                }
-                let name = entry.name.to_string_lossy();
-                let Some(pid) = fsx::temp_owner(&name) else {
-                    continue;
-                };
-                if !entry.file_type.is_file() {
-                    continue;
-                }
-                let old = std::fs::symlink_metadata(&entry.path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age > STALE_TEMP_AGE);
-                if (pid == std::process::id() || fsx::process_alive(pid)) && !old {
-                    report.kept_live += 1;
-                    continue;
-                }
-                if fsx::remove_file_durable(&entry.path)? {
-                    tracing::info!(path = %entry.path.display(), "swept a dead writer's temp file");
-                    report.removed.push(entry.path);
-                }
-            }
+        report.removed.extend(fsx::sweep_temp_files_here(
+            self.layout.root(),
+            STALE_TEMP_AGE,
+        )?);
+        for dir in self.layout.owned_dirs() {
+            report
+                .removed
+                .extend(fsx::sweep_temp_files(&dir, STALE_TEMP_AGE)?);
+        }
+        for dir in self.layout.owned_dirs() {
+            report.kept_live += count_temp_files(&dir)?;
         }
         report.removed.sort();
+        for path in &report.removed {
+            tracing::info!(path = %path.display(), "swept a dead writer's temp file");
+        }
         Ok(report)
     }
+}
+
+/// How many of the store's temp files are under `dir` (after a sweep: live ones).
+fn count_temp_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in fsx::read_dir_sorted(&d)? {
+            if entry.file_type.is_dir() {
+                stack.push(entry.path);
+            } else if fsx::temp_owner(&entry.name.to_string_lossy()).is_some() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// The layout version recorded at `layout`'s root, if any.

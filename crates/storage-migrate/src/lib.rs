@@ -110,14 +110,6 @@ impl Default for MigrateOptions<'_> {
     }
 }
 
-/// The refusals that [`migrate`] makes before changing anything, for callers
-/// that must check before even creating the store: a project that does not
-/// exist or is not a directory, a project inside the store (a worktree), a
-/// `.prodigy` that is a link or is the store itself.
-pub fn preflight(project: &Path, store_root: &Path) -> Result<()> {
-    plan::check_project(project, store_root).map(|_| ())
-}
-
 /// Migrates the legacy storage of `project` into `store`.
 ///
 /// Returns [`Outcome::NothingToMigrate`] (and changes nothing) when there is
@@ -152,6 +144,27 @@ pub fn migrate(
         });
         return Ok(report::from_manifest(store, &paths, &m, outcome, pending));
     }
+    // Nothing to migrate and nothing to recover: answer without writing
+    // anything (not even the store's own directory or a registration).
+    let registered = store.find_repo_key(&project)?;
+    let pending = registered
+        .as_ref()
+        .is_some_and(|r| Paths::new(store.layout(), r).journal().exists());
+    if !pending && !plan::has_legacy_storage(&legacy)? {
+        let repo = registered.map_or_else(|| store.proposed_repo_key(&project), Ok)?;
+        let paths = Paths::new(store.layout(), &repo);
+        let m = plan::plan(&project, &legacy, store.layout(), &repo, "none", false)?;
+        return Ok(report::from_manifest(
+            store,
+            &paths,
+            &m,
+            Outcome::NothingToMigrate,
+            None,
+        ));
+    }
+    // Refuse unreadable or unmovable legacy files before anything changes.
+    plan::check_access(&legacy)?;
+    store.create()?;
     let repo = store.repo_key(&project)?;
     let tx = Tx {
         store,

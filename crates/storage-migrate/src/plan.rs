@@ -45,9 +45,80 @@ struct Walk {
     specials: Vec<Special>,
     user_files: u64,
     dir_modes: BTreeMap<PathBuf, u32>,
+    /// User directories that could not be listed (warnings).
+    unlisted: Vec<String>,
     /// Directories that directly hold something other than storage files
     /// (a user file, a link, a special file) or nothing at all.
     impure: std::collections::BTreeSet<PathBuf>,
+}
+
+/// Whether the directory at `rel` (relative to `.prodigy/`) is a storage directory.
+fn storage_dir(rel: &Path) -> bool {
+    let parts: Vec<&str> = rel.iter().filter_map(|c| c.to_str()).collect();
+    parts.len() == rel.iter().count() && legacy::is_storage_dir(&parts)
+}
+
+/// Refuses, before anything changes, a legacy tree whose storage files
+/// cannot be read or whose storage directories cannot be written (the files
+/// must be moved out of them): permissions, a read-only file system.
+pub fn check_access(legacy: &Path) -> Result<()> {
+    use rustix::fs::Access;
+    let refuse = |path: &Path, what: &str, e: std::io::Error| Error::Refused {
+        action: "migrate",
+        path: path.to_owned(),
+        reason: format!("{what} ({e}); fix its permissions (or mount) and run again"),
+    };
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let dir = legacy.join(&rel_dir);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            if rel_dir.as_os_str().is_empty() || storage_dir(&rel_dir) {
+                let e = std::fs::read_dir(&dir)
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("unlistable"));
+                return Err(refuse(&dir, "it cannot be listed", e));
+            }
+            continue;
+        };
+        let mut dir_checked = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let rel = rel_dir.join(entry.file_name());
+            let ft = entry
+                .file_type()
+                .map_err(|e| Error::io("stat", entry.path(), e))?;
+            if ft.is_dir() {
+                stack.push(rel);
+            } else if ft.is_file() && legacy::classify(&components(&rel)).is_storage() {
+                let path = legacy.join(&rel);
+                access(&path, Access::READ_OK)
+                    .map_err(|e| refuse(&path, "it cannot be read", e))?;
+                if !dir_checked {
+                    access(&dir, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+                        refuse(&dir, "its storage files cannot be moved out of it", e)
+                    })?;
+                    dir_checked = true;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `faccessat` with the effective ids; an open where the kernel lacks that flag.
+fn access(path: &Path, mode: rustix::fs::Access) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, accessat};
+    match accessat(CWD, path, mode, AtFlags::EACCESS) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::INVAL => {
+            if mode.contains(rustix::fs::Access::WRITE_OK) {
+                Ok(()) // cannot tell without trying; retiring reports it
+            } else {
+                std::fs::File::open(path).map(drop)
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn components(rel: &Path) -> Vec<Option<&str>> {
@@ -75,11 +146,26 @@ fn walk(legacy: &Path) -> Result<Walk> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
         let dir = legacy.join(&rel_dir);
-        let entries = std::fs::read_dir(&dir).map_err(|e| Error::Refused {
-            action: "migrate",
-            path: dir.clone(),
-            reason: format!("cannot list it ({e}); fix its permissions and run again"),
-        })?;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // A directory of the user's that we cannot list holds no storage:
+            // note it and go on. A storage directory must be readable.
+            Err(e) if !rel_dir.as_os_str().is_empty() && !storage_dir(&rel_dir) => {
+                out.unlisted.push(format!(
+                    "`{}` could not be listed ({e}); it was left alone",
+                    rel_dir.display()
+                ));
+                out.impure.insert(rel_dir.clone());
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::Refused {
+                    action: "migrate",
+                    path: dir.clone(),
+                    reason: format!("cannot list it ({e}); fix its permissions and run again"),
+                });
+            }
+        };
         let mut empty = true;
         for entry in entries {
             empty = false;
@@ -259,19 +345,6 @@ fn session_id_of(path: &Path, size: u64) -> Option<SessionId> {
     SessionId::new(p.session_id?).ok()
 }
 
-/// Whether this process may read `path` (one `faccessat` with the effective
-/// ids; an open and close where the kernel lacks that flag).
-fn readable(path: &Path) -> std::io::Result<()> {
-    use rustix::fs::{Access, AtFlags, CWD, accessat};
-    match accessat(CWD, path, Access::READ_OK, AtFlags::EACCESS) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::INVAL => {
-            std::fs::File::open(path).map(drop)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether the file is one whole JSON value (cheap: nothing is built).
 fn is_json(path: &Path) -> bool {
     let Ok((mut f, _)) = open_regular(path) else {
@@ -340,6 +413,7 @@ pub fn plan(
     }
     let walked = walk(legacy)?;
     manifest.specials = walked.specials;
+    manifest.warnings.extend(walked.unlisted);
     manifest.user_files = walked.user_files;
     let preserved = |rel: &Path| -> RelPath {
         let dir = layout.legacy_dir(repo);
@@ -352,12 +426,7 @@ pub fn plan(
     let mut parents = std::collections::BTreeSet::new();
     for found in walked.files {
         let path = legacy.join(&found.rel);
-        // Refuse unreadable files now, before anything changes.
-        readable(&path).map_err(|e| Error::Refused {
-            action: "migrate",
-            path: path.clone(),
-            reason: format!("it cannot be read ({e}); fix its permissions and run again"),
-        })?;
+
         let mut p = found.rel.parent();
         while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
             parents.insert(dir.to_owned());

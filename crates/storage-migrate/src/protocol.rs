@@ -909,7 +909,7 @@ impl Tx<'_> {
     /// Finishes or undoes the transaction a crash left behind; returns what it did.
     pub fn recover(&self) -> Result<Option<String>> {
         let Some(journal) = read_journal(&self.paths)? else {
-            return Ok(None);
+            return self.sweep_debris();
         };
         let txid = journal.txid.clone();
         let what = match journal.phase {
@@ -951,6 +951,37 @@ impl Tx<'_> {
                 format!("finished interrupted rollback of {txid}")
             }
         };
+        tracing::warn!("{what}");
+        Ok(Some(what))
+    }
+
+    /// With no transaction in progress, removes what only a crash can leave:
+    /// staging areas (a journal always names the one in use) and temp files
+    /// of dead writers under `migrations/<repo>/`. Backups are never touched.
+    fn sweep_debris(&self) -> Result<Option<String>> {
+        let mut swept = Vec::new();
+        for tx in fsx::read_dir_sorted(&self.paths.dir)? {
+            if !tx.file_type.is_dir() {
+                continue;
+            }
+            let staging = tx.path.join("staging");
+            if std::fs::symlink_metadata(&staging).is_ok() {
+                remove_dir_all_if_exists(&staging)?;
+                swept.push(staging);
+            }
+        }
+        swept.extend(fsx::sweep_temp_files(
+            &self.paths.dir,
+            std::time::Duration::from_secs(24 * 3600),
+        )?);
+        if swept.is_empty() {
+            return Ok(None);
+        }
+        let what = format!(
+            "removed {} leftover(s) of an earlier crash, first `{}`",
+            swept.len(),
+            swept[0].display()
+        );
         tracing::warn!("{what}");
         Ok(Some(what))
     }

@@ -27,7 +27,7 @@ const ROLLBACK_POINTS: &[&str] = &[
     "after-rollback-remove",
 ];
 
-fn crash(sb: &Sandbox, args: &[&str], point: &str) {
+pub fn crash(sb: &Sandbox, args: &[&str], point: &str) {
     let out = cmd(sb, &sb.project(), args)
         .env("PRODIGY_STORAGE_CRASH_AT", point)
         .output()
@@ -43,7 +43,7 @@ fn crash(sb: &Sandbox, args: &[&str], point: &str) {
 
 /// I1 at the moment of the crash: every legacy storage file is, byte for
 /// byte, in the project or in some backup of the store.
-fn nothing_lost(sb: &Sandbox, original: &BTreeMap<PathBuf, Vec<u8>>, point: &str) {
+pub fn nothing_lost(sb: &Sandbox, original: &BTreeMap<PathBuf, Vec<u8>>, point: &str) {
     let legacy: BTreeMap<_, _> = files(&sb.project().join(".prodigy")).into_iter().collect();
     let mut backups: Vec<BTreeMap<PathBuf, Vec<u8>>> = Vec::new();
     if let Ok(dirs) = fs_err::read_dir(sb.store().join("migrations/project")) {
@@ -65,7 +65,7 @@ fn nothing_lost(sb: &Sandbox, original: &BTreeMap<PathBuf, Vec<u8>>, point: &str
     }
 }
 
-fn project_without_git(sb: &Sandbox) -> BTreeMap<PathBuf, storage_tests::fixture::Node> {
+pub fn project_without_git(sb: &Sandbox) -> BTreeMap<PathBuf, storage_tests::fixture::Node> {
     snapshot(&sb.project())
         .into_iter()
         .filter(|(p, _)| !p.starts_with(".git"))
@@ -73,7 +73,7 @@ fn project_without_git(sb: &Sandbox) -> BTreeMap<PathBuf, storage_tests::fixture
 }
 
 /// After recovery: migrated, verified, no debris, and rollback gives back the original tree.
-fn converged(
+pub fn converged(
     sb: &Sandbox,
     original_tree: &BTreeMap<PathBuf, storage_tests::fixture::Node>,
     point: &str,

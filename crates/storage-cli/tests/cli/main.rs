@@ -10,5 +10,7 @@ mod refusals;
 mod crash;
 // Several processes migrating one project at once; project and store on different file systems.
 mod concurrency;
+// The fault matrix: injected kills and I/O errors, full and read-only disks, real permission denials.
+mod faults;
 // What a person sees: help texts, progress on a terminal, plain logs, JSON documents.
 mod ux;

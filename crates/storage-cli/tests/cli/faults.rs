@@ -1,0 +1,532 @@
+//! The fault matrix of `safety.md`, produced for real against the built
+//! binary, each followed by the invariant checks (I1 no loss, I2
+//! all-or-nothing, I3 idempotent re-run, I5 modes, I6 no debris, I7 usable).
+//!
+//! Quick tier (plain `cargo test`): a sample of syscall indices and kills.
+//! Exhaustive tier (`PRODIGY_FAULTS_EXHAUSTIVE=1`, or `cargo xtask faults`):
+//! every index of every traced syscall and many random kills. Tests that
+//! need `strace`, root, `mount` or `unshare` print `SKIP:` and return where
+//! the machine cannot do it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::crash::{converged, nothing_lost, project_without_git};
+use crate::support::{
+    Sandbox, assert_same_tree, bin, cmd, files, fixture_sandbox, run, snapshot_without_locks,
+};
+
+fn exhaustive() -> bool {
+    std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some()
+}
+
+fn have(tool: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP: `{tool}` is not available here; the tests that need it did not run");
+    }
+    ok
+}
+
+/// `strace` wrapped around `prodigy-storage --home <store> <args> <project>`.
+fn strace(sb: &Sandbox, extra: &[String], args: &[&str]) -> Command {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq"])
+        .args(extra)
+        .arg("--")
+        .arg(bin())
+        .arg("--home")
+        .arg(sb.store())
+        .args(args)
+        .arg(sb.project());
+    c.env("HOME", sb.home())
+        .env("NO_COLOR", "1")
+        .env_remove("PRODIGY_HOME");
+    c
+}
+
+/// How many times `migrate` makes the syscalls in `set` on the fixture.
+fn count_calls(set: &str) -> u64 {
+    let sb = fixture_sandbox();
+    let log = sb.path().join("strace-count");
+    let out = strace(
+        &sb,
+        &[
+            "-c".into(),
+            "-o".into(),
+            log.display().to_string(),
+            "-e".into(),
+            format!("trace={set}"),
+        ],
+        &["migrate"],
+    )
+    .output()
+    .expect("strace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = fs_err::read_to_string(&log).expect("strace summary");
+    // "% time  seconds  usecs/call  calls  [errors]  total": calls is the fourth number.
+    text.lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(3).and_then(|w| w.parse().ok()))
+        .expect("a total line")
+}
+
+/// The indices to sweep: all of them, or a spread sample.
+fn indices(total: u64) -> Vec<u64> {
+    if exhaustive() {
+        return (1..=total).collect();
+    }
+    let mut v = vec![1, 2, 3, total / 2, total.saturating_sub(1), total];
+    v.retain(|n| (1..=total).contains(n));
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+struct Original {
+    legacy_files: BTreeMap<PathBuf, Vec<u8>>,
+    tree: BTreeMap<PathBuf, storage_tests::fixture::Node>,
+}
+
+fn original(sb: &Sandbox) -> Original {
+    Original {
+        legacy_files: files(&sb.project().join(".prodigy")).into_iter().collect(),
+        tree: project_without_git(sb),
+    }
+}
+
+/// After any fault: the tool starts and explains (I7), nothing is lost (I1),
+/// a clean re-run finishes, and everything converges (I2, I3, I6, rollback exact).
+fn survives(sb: &Sandbox, o: &Original, what: &str) {
+    nothing_lost(sb, &o.legacy_files, what);
+    run(sb, &["status"], true);
+    let out = cmd(sb, &sb.project(), &["migrate"])
+        .output()
+        .expect("re-run");
+    assert!(
+        out.status.success(),
+        "{what}: the re-run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    converged(sb, &o.tree, what);
+}
+
+fn sweep_signal(set: &str, label: &str) {
+    if !have("strace", &["-V"]) {
+        return;
+    }
+    let total = count_calls(set);
+    let picks = indices(total);
+    for n in &picks {
+        let sb = fixture_sandbox();
+        let o = original(&sb);
+        let inject = format!("inject={set}:signal=KILL:when={n}");
+        let out = strace(
+            &sb,
+            &[
+                "-o".into(),
+                "/dev/null".into(),
+                "-e".into(),
+                format!("trace={set}"),
+                "-e".into(),
+                inject,
+            ],
+            &["migrate"],
+        )
+        .output()
+        .expect("strace");
+        let _ = out; // killed, or finished if this run made fewer calls
+        survives(&sb, &o, &format!("SIGKILL at {label} #{n}"));
+    }
+    eprintln!(
+        "faults: SIGKILL at {label}: swept {} of {total} indices",
+        picks.len()
+    );
+}
+
+#[test]
+fn sigkill_at_the_nth_rename() {
+    sweep_signal("rename,renameat,renameat2", "rename");
+}
+
+#[test]
+fn sigkill_at_the_nth_fsync() {
+    sweep_signal("fsync,fdatasync,syncfs", "fsync/syncfs");
+}
+
+#[test]
+fn sigkill_at_the_nth_unlink() {
+    sweep_signal("unlink,unlinkat,rmdir", "unlink");
+}
+
+fn sweep_error(set: &str, errno: &str, label: &str) {
+    if !have("strace", &["-V"]) {
+        return;
+    }
+    let total = count_calls(set);
+    let picks = indices(total);
+    let mut failed = 0;
+    for n in &picks {
+        let sb = fixture_sandbox();
+        let o = original(&sb);
+        let out: Output = strace(
+            &sb,
+            &[
+                "-o".into(),
+                "/dev/null".into(),
+                "-e".into(),
+                format!("trace={set}"),
+                "-e".into(),
+                format!("inject={set}:error={errno}:when={n}"),
+            ],
+            &["migrate"],
+        )
+        .output()
+        .expect("strace");
+        if !out.status.success() {
+            failed += 1;
+            let err = String::from_utf8_lossy(&out.stderr);
+            // The injected error may hit the write of the message itself
+            // (stderr is written with `write` too), so require only the
+            // absence of a panic here; the re-run below must succeed.
+            assert!(!err.contains("panicked"), "{label} #{n}: a panic: {err}");
+        }
+        survives(&sb, &o, &format!("{errno} at {label} #{n}"));
+    }
+    eprintln!(
+        "faults: {errno} at {label}: swept {} of {total} indices, {failed} reported a failure",
+        picks.len()
+    );
+}
+
+#[test]
+fn eio_at_the_nth_fsync_is_reported_and_recovered() {
+    sweep_error("fsync,fdatasync,syncfs", "EIO", "fsync/syncfs");
+}
+
+#[test]
+fn eio_and_enospc_at_the_nth_write_are_reported_and_recovered() {
+    sweep_error("write", "EIO", "write");
+    sweep_error("write", "ENOSPC", "write");
+}
+
+/// A tmpfs for the test's lifetime, or `None` (printed) where mounting is not allowed.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Option<Self> {
+        fs_err::create_dir_all(at).expect("mkdir");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_owned())).or_else(|| {
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+            None
+        })
+    }
+
+    fn read_only_bind(src: &Path, at: &Path) -> Option<Self> {
+        fs_err::create_dir_all(at).expect("mkdir");
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(src)
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(at)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if ok {
+            Some(Self(at.to_owned()))
+        } else {
+            let _ = Command::new("umount").arg(at).status();
+            eprintln!("SKIP: cannot make a read-only bind mount here (needs root)");
+            None
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_mid_copy_is_a_clean_error_and_publishes_nothing() {
+    let sb = fixture_sandbox();
+    // Enough legacy data that the staging copy cannot fit.
+    fs_err::write(
+        sb.project().join(".prodigy/cache/big.json"),
+        vec![b'x'; 3 << 20],
+    )
+    .expect("w");
+    let Some(_m) = Mount::tmpfs(&sb.store(), "1m") else {
+        return;
+    };
+    let before = snapshot_without_locks(&sb.project());
+    let out = cmd(&sb, &sb.project(), &["migrate"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(&sb.store().display().to_string()),
+        "names a path in the store: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_same_tree(
+        &snapshot_without_locks(&sb.project()),
+        &before,
+        "legacy untouched",
+    );
+    for dir in [
+        "state/project",
+        "dlq/project",
+        "events/project",
+        "legacy/project",
+        "migrations/project/journal.json",
+    ] {
+        assert!(
+            !sb.store().join(dir).exists(),
+            "{dir} exists after a failed migration"
+        );
+    }
+    let leftovers: Vec<_> = files(&sb.store().join("migrations"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert!(leftovers.is_empty(), "no staging debris: {leftovers:?}");
+    run(&sb, &["status"], true);
+}
+
+#[test]
+fn a_read_only_project_is_refused_before_anything_changes() {
+    let sb = fixture_sandbox();
+    let ro = sb.path().join("ro-project");
+    let Some(_m) = Mount::read_only_bind(&sb.project(), &ro) else {
+        return;
+    };
+    let before = snapshot_without_locks(sb.path());
+    let out = cmd(&sb, &ro, &["migrate", "."]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("its storage files cannot be moved out of it"),
+        "{err}"
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_same_tree(
+        &snapshot_without_locks(sb.path()),
+        &before,
+        "nothing changed, not even the store",
+    );
+}
+
+#[test]
+fn a_read_only_store_is_a_clean_error() {
+    let sb = fixture_sandbox();
+    fs_err::create_dir_all(sb.store()).expect("mkdir");
+    run(&sb, &["status"], true);
+    let Some(_m) = Mount::read_only_bind(&sb.store(), &sb.store()) else {
+        return;
+    };
+    let before = snapshot_without_locks(&sb.project());
+    let out = cmd(&sb, &sb.project(), &["migrate"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Read-only file system") && err.contains(&sb.store().display().to_string()),
+        "{err}"
+    );
+    assert_same_tree(
+        &snapshot_without_locks(&sb.project()),
+        &before,
+        "legacy untouched",
+    );
+}
+
+/// Runs the binary as an unprivileged, unmapped user (`unshare -U`).
+fn as_nobody(sb: &Sandbox, args: &[&str]) -> Option<Output> {
+    if !have("unshare", &["-U", "true"]) {
+        return None;
+    }
+    Some(
+        Command::new("unshare")
+            .arg("-U")
+            .arg(bin())
+            .arg("--home")
+            .arg(sb.store())
+            .args(args)
+            .arg(sb.project())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("unshare"),
+    )
+}
+
+#[test]
+fn permission_denied_for_a_real_unprivileged_user_is_refused_before_any_change() {
+    use std::os::unix::fs::PermissionsExt;
+    // Under `unshare -U` the process still owns root's files, but without
+    // DAC override in the new namespace a mode of 000 really denies it.
+    let sb = fixture_sandbox();
+    fs_err::set_permissions(
+        sb.project().join(".prodigy/state.json"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .expect("chmod");
+    let before = snapshot_without_locks(sb.path());
+    let Some(out) = as_nobody(&sb, &["migrate"]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("state.json`: it cannot be read (Permission denied"),
+        "{err}"
+    );
+    assert_same_tree(
+        &snapshot_without_locks(sb.path()),
+        &before,
+        "refused before any change",
+    );
+
+    // Readable files in a directory the user may not write: they cannot be moved out.
+    let sb = fixture_sandbox();
+    fs_err::set_permissions(
+        sb.project().join(".prodigy"),
+        std::fs::Permissions::from_mode(0o555),
+    )
+    .expect("chmod");
+    let before = snapshot_without_locks(sb.path());
+    let Some(out) = as_nobody(&sb, &["migrate"]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("its storage files cannot be moved out of it (Permission denied"),
+        "{err}"
+    );
+    assert_same_tree(
+        &snapshot_without_locks(sb.path()),
+        &before,
+        "refused before any change",
+    );
+}
+
+#[test]
+fn sigkill_at_random_moments_on_a_large_tree() {
+    let rounds = if exhaustive() { 60 } else { 4 };
+    let template = Sandbox::new();
+    let _ = storage_tests::fixture::large_legacy_project(&template.project(), 1);
+    let mut seed: u64 = std::env::var("PRODIGY_FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("faults: random kills, seed {seed} (set PRODIGY_FAULTS_SEED to repeat)");
+    let mut killed = 0;
+    for round in 0..rounds {
+        let sb = Sandbox::new();
+        fs_err::remove_dir_all(sb.project()).expect("rm");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(template.project())
+            .arg(sb.project())
+            .status()
+            .expect("cp");
+        assert!(ok.success());
+        let o = original(&sb);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis((seed >> 33) % 1500);
+        let mut child = cmd(&sb, &sb.project(), &["migrate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(delay);
+        if child.try_wait().expect("poll").is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        survives(
+            &sb,
+            &o,
+            &format!("random kill round {round} after {delay:?}"),
+        );
+    }
+    eprintln!(
+        "faults: random kills: {rounds} rounds on {} files, {killed} killed mid-run, all recovered",
+        o_files(&template)
+    );
+}
+
+fn o_files(sb: &Sandbox) -> usize {
+    files(&sb.project().join(".prodigy")).len()
+}
+
+#[test]
+fn leftovers_of_an_earlier_crash_are_swept_and_nothing_else() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let m = sb.store().join("migrations/project");
+    let stale_staging = m.join("20250101T000000Z-abcdef/staging/state/project/sessions");
+    fs_err::create_dir_all(&stale_staging).expect("mkdir");
+    fs_err::write(stale_staging.join("session-z.json"), "{}").expect("w");
+    let dead_temp = m.join(".tmp-4194305-0-journal.json");
+    fs_err::write(&dead_temp, "{\"txid\": \"x\", \"pha").expect("w");
+    let backups_before = files(&m);
+    // An old Prodigy wrote a legacy file again, so the next run migrates (and recovers first).
+    fs_err::write(sb.project().join(".prodigy/state.json"), "{}").expect("w");
+    let out = cmd(&sb, &sb.project(), &["migrate", "--json"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        report["recovered"]
+            .as_str()
+            .is_some_and(|r| r.contains("leftover")),
+        "{report:#}"
+    );
+    assert!(!stale_staging.exists() && !dead_temp.exists());
+    for (p, bytes) in backups_before {
+        if p.components().any(|c| c.as_os_str() == "backup") {
+            assert_eq!(
+                fs_err::read(m.join(&p)).expect("backup kept"),
+                bytes,
+                "{}",
+                p.display()
+            );
+        }
+    }
+}
