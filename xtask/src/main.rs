@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod faults;
 mod size;
 mod tidy;
 
@@ -23,6 +24,8 @@ tasks:
   tidy                       dependency edges, module docs, no unwrap, reasons on allows
   bench [--json]             the store and migration benchmarks, one table of ratios
   assets [DIR]               shell completions and the man page (default: target/assets)
+  faults                     the exhaustive fault tier (every syscall index, many kills, 500 random trees)
+  fuzz [SECONDS]             each fuzz target for SECONDS (default 60); needs cargo-fuzz and nightly
 ";
 
 fn main() -> Result<()> {
@@ -45,6 +48,8 @@ fn main() -> Result<()> {
             }
         }
         Some("bench") => bench::run_bench(rest),
+        Some("faults") => faults::run_faults(),
+        Some("fuzz") => faults::run_fuzz(rest),
         Some("assets") => {
             let root = root();
             let dir = rest

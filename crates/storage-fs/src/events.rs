@@ -140,6 +140,15 @@ pub(crate) fn read(dir: &Path, visit: &mut dyn FnMut(EventRecord)) -> Result<Eve
     Ok(summary)
 }
 
+/// [`read`] for the fuzz targets (not a stable API).
+#[doc(hidden)]
+pub fn read_dir_for_fuzzing(
+    dir: &Path,
+    visit: &mut dyn FnMut(EventRecord),
+) -> Result<EventLogSummary> {
+    read(dir, visit)
+}
+
 fn read_file(
     path: &Path,
     name: &str,

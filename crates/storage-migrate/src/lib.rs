@@ -61,6 +61,8 @@
 mod copy;
 mod error;
 pub mod fault;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod legacy;
 mod manifest;
 mod plan;

@@ -908,8 +908,12 @@ impl Tx<'_> {
 
     /// Finishes or undoes the transaction a crash left behind; returns what it did.
     pub fn recover(&self) -> Result<Option<String>> {
+        // Under the migration lock no live writer has temp files here: any
+        // are a crashed writer's (e.g. a journal replaced half-way).
+        let temps =
+            fsx::sweep_temp_files(&self.paths.dir, std::time::Duration::from_secs(24 * 3600))?;
         let Some(journal) = read_journal(&self.paths)? else {
-            return self.sweep_debris();
+            return self.sweep_debris(temps);
         };
         let txid = journal.txid.clone();
         let what = match journal.phase {
@@ -956,10 +960,10 @@ impl Tx<'_> {
     }
 
     /// With no transaction in progress, removes what only a crash can leave:
-    /// staging areas (a journal always names the one in use) and temp files
-    /// of dead writers under `migrations/<repo>/`. Backups are never touched.
-    fn sweep_debris(&self) -> Result<Option<String>> {
-        let mut swept = Vec::new();
+    /// staging areas (a journal always names the one in use), besides the
+    /// temp files `recover` swept already. Backups are never touched.
+    fn sweep_debris(&self, temps: Vec<PathBuf>) -> Result<Option<String>> {
+        let mut swept = temps;
         for tx in fsx::read_dir_sorted(&self.paths.dir)? {
             if !tx.file_type.is_dir() {
                 continue;
@@ -970,10 +974,6 @@ impl Tx<'_> {
                 swept.push(staging);
             }
         }
-        swept.extend(fsx::sweep_temp_files(
-            &self.paths.dir,
-            std::time::Duration::from_secs(24 * 3600),
-        )?);
         if swept.is_empty() {
             return Ok(None);
         }

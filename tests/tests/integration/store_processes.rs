@@ -81,6 +81,7 @@ fn eight_processes_appending_a_thousand_events_each_lose_and_interleave_nothing(
         })
         .expect("every line parses");
     assert_eq!(summary.records, 8000);
+    eprintln!("faults: 8 processes x 1000 appends: 8000 records, none lost or interleaved");
     assert!(summary.torn_tails.is_empty());
     assert_eq!(next.len(), 8);
     assert!(next.values().all(|n| *n == 1000), "{next:?}");
@@ -195,7 +196,12 @@ fn a_writer_killed_mid_replace_leaves_the_old_or_the_new_document() {
     let store = FsStorage::open(&root).expect("open");
     let repo = store.repo_key(&project).expect("key");
     let session = SessionId::new("session-1").expect("valid");
-    for round in 0..12u64 {
+    let rounds: u64 = if std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some() {
+        100
+    } else {
+        12
+    };
+    for round in 0..rounds {
         // Alternate large and small documents so a torn write would show.
         let pad = if round % 2 == 0 { 4_000_000 } else { 3 };
         let child = start(
@@ -223,6 +229,9 @@ fn a_writer_killed_mid_replace_leaves_the_old_or_the_new_document() {
             "the latest writer's whole document"
         );
     }
+    eprintln!(
+        "faults: {rounds} writers killed mid-replace with SIGKILL; every read found a whole document"
+    );
     store.sweep().expect("sweep");
     assert_eq!(
         storage_tests::tree(&store.layout().sessions_dir(&repo)),

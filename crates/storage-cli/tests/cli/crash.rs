@@ -164,3 +164,19 @@ fn a_crash_during_recovery_is_recovered_too() {
         "rollback after crashes in recovery",
     );
 }
+
+#[test]
+fn the_tests_cover_every_crash_point_the_protocol_has() {
+    let mut tested: Vec<&str> = MIGRATE_POINTS
+        .iter()
+        .chain(ROLLBACK_POINTS)
+        .copied()
+        .collect();
+    let mut all: Vec<&str> = storage_migrate::CRASH_POINTS.to_vec();
+    tested.sort_unstable();
+    all.sort_unstable();
+    assert_eq!(
+        tested, all,
+        "a crash point without a test (or a test of a point that no longer exists)"
+    );
+}

@@ -444,7 +444,7 @@ fn sigkill_at_random_moments_on_a_large_tree() {
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
+                .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()))
         });
     eprintln!("faults: random kills, seed {seed} (set PRODIGY_FAULTS_SEED to repeat)");
     let mut killed = 0;
@@ -529,4 +529,36 @@ fn leftovers_of_an_earlier_crash_are_swept_and_nothing_else() {
             );
         }
     }
+}
+
+/// Found by the exhaustive tier (SIGKILL at rename #6 and fsync #11): a
+/// kill while the journal was being replaced left its temp file, and
+/// recovery, following the old journal, never swept it.
+#[test]
+fn a_kill_while_replacing_the_journal_leaves_no_debris_after_recovery() {
+    let sb = fixture_sandbox();
+    let o = original(&sb);
+    crate::crash::crash(&sb, &["migrate"], "after-verify");
+    let m = sb.store().join("migrations/project");
+    assert!(m.join("journal.json").exists(), "a journal to recover from");
+    // What a writer killed between writing the new journal and renaming it leaves.
+    fs_err::write(
+        m.join(".tmp-4194305-7-journal.json"),
+        "{\"txid\": \"x\", \"pha",
+    )
+    .expect("w");
+    survives(&sb, &o, "a half-replaced journal");
+}
+
+/// Found by the quick tier (SIGKILL at the first rename and fsync): a kill
+/// while creating the store left `.tmp-*-layout.json` at its root, where no
+/// sweep looked; the same for a registration in `repos/`.
+#[test]
+fn a_kill_while_creating_the_store_or_registering_leaves_no_debris() {
+    let sb = fixture_sandbox();
+    let o = original(&sb);
+    fs_err::create_dir_all(sb.store().join("repos")).expect("mkdir");
+    fs_err::write(sb.store().join(".tmp-4194305-0-layout.json"), "{\"layout_").expect("w");
+    fs_err::write(sb.store().join("repos/.tmp-4194305-1-project.json"), "{").expect("w");
+    survives(&sb, &o, "a half-created store");
 }

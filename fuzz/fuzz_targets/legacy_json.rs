@@ -1,0 +1,15 @@
+//! Legacy documents: `metadata.json` rewriting and path classification.
+//! A rewritten metadata file is still one JSON object; an untouched one is
+//! returned byte for byte.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let (out, rewritten) = storage_migrate::fuzzing::rewrite_metadata(data);
+    if rewritten {
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("rewritten metadata is JSON");
+        assert!(v.get("path").is_some_and(serde_json::Value::is_string));
+    } else {
+        assert_eq!(out, data, "a file that is not rewritten is copied verbatim");
+    }
+    let _ = storage_migrate::fuzzing::classify(data);
+});
