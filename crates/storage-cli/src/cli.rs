@@ -33,7 +33,7 @@ pub struct Cli {
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
-    /// Print diagnostics on stderr (-v: what is being done, -vv: every file); RUST_LOG=<level> overrides
+    /// Print diagnostics on stderr (-v: what is being done, -vv: every file); RUST_LOG=LEVEL overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
