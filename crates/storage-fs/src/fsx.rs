@@ -87,33 +87,14 @@ pub fn create_new(path: &Path) -> Result<File> {
 ///
 /// The parent directory must exist.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent(path);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(temp_name(&name));
-    let result = (|| {
-        let mut f = create_new(&tmp)?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
-    })();
-    if result.is_err() {
-        // Best effort: the temp file is ours; a sweep removes it if this fails too.
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    fsync_dir(dir)
+    write_atomic_with(path, |f| f.write_all(bytes))
 }
 
-/// Like [`write_atomic`], but the content is streamed by `fill` through a
-/// buffered writer, so a large document is never held in memory whole.
+/// Like [`write_atomic`], but `fill` writes the content into the temp file
+/// (wrap it in a `BufWriter` to stream a large document).
 pub fn write_atomic_with(
     path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<()> {
     let dir = parent(path);
     let name = path
@@ -122,19 +103,14 @@ pub fn write_atomic_with(
         .unwrap_or_default();
     let tmp = dir.join(temp_name(&name));
     let result = (|| {
-        let f = create_new(&tmp)?;
-        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
-        fill(&mut w)
-            .and_then(|()| w.flush())
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        let mut f = create_new(&tmp)?;
+        fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         drop(f);
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
     })();
     if result.is_err() {
+        // Best effort: the temp file is ours; a sweep removes it if this fails too.
         let _ = fs::remove_file(&tmp);
         return result;
     }

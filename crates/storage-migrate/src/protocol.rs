@@ -95,8 +95,10 @@ fn conflict_alt(layout: &Layout, repo: &RepoKey, txid: &str, dest: &RelPath) -> 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fsx::create_dir_all(fsx::parent(path))?;
     // Streamed: a manifest of a large tree is never built in memory.
-    Ok(fsx::write_atomic_with(path, |w| {
-        serde_json::to_writer_pretty(w, value).map_err(std::io::Error::other)
+    Ok(fsx::write_atomic_with(path, |f| {
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+        serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
+        w.flush()
     })?)
 }
 

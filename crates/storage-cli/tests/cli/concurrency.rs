@@ -3,7 +3,7 @@
 use std::process::Stdio;
 
 use crate::support::{
-    Sandbox, assert_same_tree, cmd, files, fixture, fixture_sandbox, run, run_json, snapshot,
+    Mount, Sandbox, assert_same_tree, cmd, files, fixture, fixture_sandbox, run, run_json, snapshot,
 };
 
 #[test]
@@ -49,43 +49,11 @@ fn four_concurrent_migrations_of_one_project_migrate_it_exactly_once() {
     );
 }
 
-/// Mounts a tmpfs for the test's lifetime; `None` (with the reason printed) where mounting is not allowed.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path) -> Option<Self> {
-        fs_err::create_dir_all(at).expect("mkdir");
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            Some(Self(at.to_owned()))
-        } else {
-            eprintln!(
-                "SKIP: cannot mount a tmpfs here (needs root); the cross-device test did not run"
-            );
-            None
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_project_on_another_file_system_takes_the_copy_path_with_the_same_result() {
     let sb = Sandbox::new();
     let mnt = sb.path().join("tmpfs");
-    let Some(_tmpfs) = Tmpfs::mount(&mnt) else {
+    let Some(_tmpfs) = Mount::tmpfs(&mnt, "64m") else {
         return;
     };
     let project = mnt.join("api");

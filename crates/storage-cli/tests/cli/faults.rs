@@ -9,13 +9,13 @@
 //! the machine cannot do it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::crash::{converged, nothing_lost, project_without_git};
 use crate::support::{
-    Sandbox, assert_same_tree, bin, cmd, files, fixture_sandbox, run, snapshot_without_locks,
+    Mount, Sandbox, assert_same_tree, bin, cmd, files, fixture_sandbox, run, snapshot_without_locks,
 };
 
 fn exhaustive() -> bool {
@@ -219,55 +219,6 @@ fn eio_at_the_nth_fsync_is_reported_and_recovered() {
 fn eio_and_enospc_at_the_nth_write_are_reported_and_recovered() {
     sweep_error("write", "EIO", "write");
     sweep_error("write", "ENOSPC", "write");
-}
-
-/// A tmpfs for the test's lifetime, or `None` (printed) where mounting is not allowed.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Option<Self> {
-        fs_err::create_dir_all(at).expect("mkdir");
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Self(at.to_owned())).or_else(|| {
-            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
-            None
-        })
-    }
-
-    fn read_only_bind(src: &Path, at: &Path) -> Option<Self> {
-        fs_err::create_dir_all(at).expect("mkdir");
-        let ok = Command::new("mount")
-            .arg("--bind")
-            .arg(src)
-            .arg(at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new("mount")
-                .args(["-o", "remount,bind,ro"])
-                .arg(at)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if ok {
-            Some(Self(at.to_owned()))
-        } else {
-            let _ = Command::new("umount").arg(at).status();
-            eprintln!("SKIP: cannot make a read-only bind mount here (needs root)");
-            None
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -147,3 +147,55 @@ pub fn snapshot_without_locks(root: &Path) -> std::collections::BTreeMap<PathBuf
         .filter(|(p, _)| !p.components().any(|c| c.as_os_str() == "locks"))
         .collect()
 }
+
+/// A tmpfs for the test's lifetime, or `None` (printed) where mounting is not allowed.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    pub fn tmpfs(at: &Path, size: &str) -> Option<Self> {
+        fs_err::create_dir_all(at).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_owned())).or_else(|| {
+            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+            None
+        })
+    }
+
+    pub fn read_only_bind(src: &Path, at: &Path) -> Option<Self> {
+        fs_err::create_dir_all(at).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(src)
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && std::process::Command::new("mount")
+                .args(["-o", "remount,bind,ro"])
+                .arg(at)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if ok {
+            Some(Self(at.to_owned()))
+        } else {
+            let _ = std::process::Command::new("umount").arg(at).status();
+            eprintln!("SKIP: cannot make a read-only bind mount here (needs root)");
+            None
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
