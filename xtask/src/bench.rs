@@ -66,10 +66,15 @@ fn render(rows: &[serde_json::Value]) -> String {
             );
             continue;
         }
+        // `Value` ignores width flags: format each to a string first.
+        let cell = |k: &str| r[k].to_string();
         let _ = writeln!(
             out,
             "{name:<16} {:>12} {:>12} {:>7}x {:>7}x",
-            r["ours_ms"], r["baseline_ms"], r["ratio"], r["target"]
+            cell("ours_ms"),
+            cell("baseline_ms"),
+            cell("ratio"),
+            cell("target")
         );
         if name == "migrate" {
             let _ = writeln!(

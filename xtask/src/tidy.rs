@@ -6,7 +6,10 @@
 //!   `xtask` on none);
 //! - a `//!` doc at the top of every Rust file;
 //! - no `.unwrap()` outside tests;
-//! - every clippy `allow` carries a `Reason:`, in code and in `Cargo.toml`.
+//! - every clippy `allow` carries a `Reason:`, in code and in `Cargo.toml`;
+//! - in `storage-fs`, only `layout.rs` joins path segments (a temp file's
+//!   name beside its target is marked `// sibling:`);
+//! - `storage-core` does no I/O (no `std::fs`, no `std::process`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -125,12 +128,29 @@ fn check_file(rel: &str, text: &str) -> Vec<String> {
     }
     let test_file =
         rel.ends_with("/tests.rs") || rel.contains("/tests/") || rel.contains("/benches/");
+    let layout_rule =
+        rel.starts_with("crates/storage-fs/src/") && !rel.ends_with("/layout.rs") && !test_file;
+    let no_io_rule = rel.starts_with("crates/storage-core/src/");
     let lines: Vec<&str> = text.lines().collect();
     for (i, line) in lines.iter().enumerate() {
         if line.trim_start().starts_with("#[cfg(test)]") {
             break; // the rest of the file is tests
         }
         let code = line.split("//").next().unwrap_or_default();
+        if layout_rule
+            && outside_strings(code, ".join(")
+            && !line.contains("// sibling:")
+            && !line.trim_start().starts_with("//")
+        {
+            problems.push(format!(
+                "{rel}:{}: joins a path outside layout.rs; add a `Layout` method",
+                i + 1
+            ));
+        }
+        if no_io_rule && (outside_strings(code, "std::fs") || outside_strings(code, "std::process"))
+        {
+            problems.push(format!("{rel}:{}: storage-core does no I/O", i + 1));
+        }
         if !test_file && outside_strings(code, ".unwrap()") {
             problems.push(format!(
                 "{rel}:{}: `.unwrap()` outside tests; return the error or `expect` the invariant",
@@ -214,6 +234,22 @@ mod tests {
                 "//! T.\nfn t() { a.unwrap(); }\n"
             )
             .is_empty()
+        );
+        let p = check_file(
+            "crates/storage-fs/src/store.rs",
+            "//! S.\nfn f() {\n    a.join(x);\n    b.join(c); // sibling: ok\n}\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            check_file(
+                "crates/storage-fs/src/layout.rs",
+                "//! L.\nfn f() { a.join(b); }\n"
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            check_file("crates/storage-core/src/x.rs", "//! X.\nuse std::fs;\n").len(),
+            1
         );
         let manifest = "[workspace.lints.clippy]\npedantic = { level = \"warn\" }\nfoo = \"allow\"\n# Reason: fine.\nbar = \"allow\"\n";
         let p = check_manifest_allows(manifest);

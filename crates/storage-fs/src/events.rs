@@ -32,10 +32,9 @@ use std::path::Path;
 use storage_core::{Error, EventLogSummary, EventRecord, Result, TornTail};
 
 use crate::fsx;
-use crate::layout::ACTIVE_EVENT_LOG;
 
-/// Serializes `events` as JSONL and appends them to the active log in `dir`.
-pub(crate) fn append(dir: &Path, events: &[EventRecord]) -> Result<()> {
+/// Serializes `events` as JSONL and appends them to the log file `log`.
+pub(crate) fn append(log: &Path, events: &[EventRecord]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
@@ -44,7 +43,7 @@ pub(crate) fn append(dir: &Path, events: &[EventRecord]) -> Result<()> {
         serde_json::to_writer(&mut buf, e.json()).expect("a JSON map always serializes");
         buf.push(b'\n');
     }
-    append_lines(&dir.join(ACTIVE_EVENT_LOG), &buf)
+    append_lines(log, &buf)
 }
 
 /// Appends complete JSONL lines (`buf` must end with `\n`) to `path` under its lock.
@@ -114,11 +113,7 @@ fn repair_torn_tail(file: &File, path: &Path, len: u64) -> Result<u64> {
     let mut torn = vec![0u8; usize::try_from(len - cut).expect("torn tail fits in memory")];
     file.read_exact_at(&mut torn, cut)
         .map_err(|e| Error::io("read", path, e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let side = fsx::parent(path).join(format!("{name}.torn-{cut}"));
+    let side = crate::layout::torn_tail_file(path, cut);
     fsx::write_atomic(&side, &torn)?;
     tracing::warn!(log = %path.display(), saved = %side.display(), bytes = torn.len(), "moved a torn last line aside");
     file.set_len(cut)

@@ -101,7 +101,7 @@ pub fn write_atomic_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(temp_name(&name));
+    let tmp = dir.join(temp_name(&name)); // sibling: the temp file beside its target
     let result = (|| {
         let mut f = create_new(&tmp)?;
         fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;

@@ -20,6 +20,11 @@
 //! <root>/locks/<name>.lock                                 the store's own flock locks
 //! ```
 //!
+//! The only other names in the store are siblings that the file-system
+//! wrapper gives a file it writes: `.tmp-<pid>-<n>-<name>` temp files
+//! (`fsx::temp_name`) and a log's `<log>.torn-<offset>` side file
+//! ([`torn_tail_file`]).
+//!
 //! Differences from the layout Prodigy wrote before this crate: dead letters
 //! are no longer nested `dlq/<repo>/<job>/mapreduce/dlq/<job>/`, nothing under
 //! `events/` other than repository directories (no `events/archive`), and
@@ -135,6 +140,18 @@ impl Layout {
     #[must_use]
     pub fn events_repo_dir(&self, repo: &RepoKey) -> PathBuf {
         self.root.join("events").join(repo.as_str())
+    }
+
+    /// `events/<repo>/<job>/events.jsonl`: the file new events are appended to.
+    #[must_use]
+    pub fn active_event_log(&self, repo: &RepoKey, job: &JobId) -> PathBuf {
+        self.events_job_dir(repo, job).join(ACTIVE_EVENT_LOG)
+    }
+
+    /// The default store root for a home directory: `<home>/.prodigy`.
+    #[must_use]
+    pub fn default_root(home: &Path) -> PathBuf {
+        home.join(".prodigy")
     }
 
     /// `events/<repo>/<job>/`: every `*.jsonl` in it is part of the job's log.
@@ -263,6 +280,17 @@ pub fn key_for_name(scope: &Scope, name: &str) -> Option<DocKey> {
             item: ItemId::new(name.strip_suffix(".json")?).ok()?,
         }),
     }
+}
+
+/// Where the torn last line of `log` (starting at byte `offset`) is kept
+/// when an appender cuts it off: `<log>.torn-<offset>`, beside the log.
+#[must_use]
+pub fn torn_tail_file(log: &Path, offset: u64) -> PathBuf {
+    let name = log
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    log.with_file_name(format!("{name}.torn-{offset}"))
 }
 
 /// `N` of `checkpoint-v<N>.json` (digits only, no sign, no leading `+`).

@@ -63,7 +63,7 @@ pub fn resolve_root(
     }
     match home_dir {
         Some(h) => Ok(RootChoice {
-            path: h.join(".prodigy"),
+            path: crate::Layout::default_root(h),
             source: RootSource::Default,
         }),
         None => Err(Error::NoStoreLocation),

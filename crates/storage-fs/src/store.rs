@@ -264,7 +264,7 @@ impl Storage for FsStorage {
     }
 
     fn append_events(&self, repo: &RepoKey, job: &JobId, records: &[EventRecord]) -> Result<()> {
-        events::append(&self.layout.events_job_dir(repo, job), records)
+        events::append(&self.layout.active_event_log(repo, job), records)
     }
 
     fn read_events(

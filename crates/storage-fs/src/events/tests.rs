@@ -57,7 +57,7 @@ fn an_append_after_a_crash_moves_the_torn_fragment_aside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("events.jsonl");
     fs::write(&log, "{\"id\":1}\n{\"id\":2,\"tor").expect("write");
-    append(dir.path(), &[ev(3)]).expect("append");
+    append(&dir.path().join("events.jsonl"), &[ev(3)]).expect("append");
     let (seen, summary) = collect(dir.path()).expect("read");
     assert_eq!(seen.len(), 2, "records 1 and 3");
     assert!(summary.torn_tails.is_empty());
