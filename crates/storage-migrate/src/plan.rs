@@ -68,19 +68,53 @@ pub fn check_access(legacy: &Path) -> Result<()> {
         path: path.to_owned(),
         reason: format!("{what} ({e}); fix its permissions (or mount) and run again"),
     };
+    let mut checked_dirs = std::collections::BTreeSet::new();
+    each_storage_file(legacy, false, |path| {
+        access(path, Access::READ_OK).map_err(|e| refuse(path, "it cannot be read", e))?;
+        let dir = fsx_parent(path);
+        if checked_dirs.insert(dir.to_owned()) {
+            access(dir, Access::WRITE_OK | Access::EXEC_OK)
+                .map_err(|e| refuse(dir, "its storage files cannot be moved out of it", e))?;
+        }
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+}
+
+/// Calls `visit` with the path of every regular legacy storage file under
+/// `legacy`, never following links, until it breaks. With
+/// `storage_dirs_only`, user directories are not even listed. A missing
+/// `legacy` has no files; an unlistable storage directory is a refusal; an
+/// unlistable directory of the user's is skipped.
+fn each_storage_file(
+    legacy: &Path,
+    storage_dirs_only: bool,
+    mut visit: impl FnMut(&Path) -> Result<std::ops::ControlFlow<()>>,
+) -> Result<()> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel_dir) = stack.pop() {
         let dir = legacy.join(&rel_dir);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            if rel_dir.as_os_str().is_empty() || storage_dir(&rel_dir) {
-                let e = std::fs::read_dir(&dir)
-                    .err()
-                    .unwrap_or_else(|| std::io::Error::other("unlistable"));
-                return Err(refuse(&dir, "it cannot be listed", e));
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e)
+                if rel_dir.as_os_str().is_empty()
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+            {
+                return Ok(());
             }
-            continue;
+            Err(e) if rel_dir.as_os_str().is_empty() || storage_dir(&rel_dir) => {
+                return Err(Error::Refused {
+                    action: "migrate",
+                    path: dir,
+                    reason: format!(
+                        "it cannot be listed ({e}); fix its permissions (or mount) and run again"
+                    ),
+                });
+            }
+            Err(_) => continue,
         };
-        let mut dir_checked = false;
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
             let rel = rel_dir.join(entry.file_name());
@@ -88,21 +122,22 @@ pub fn check_access(legacy: &Path) -> Result<()> {
                 .file_type()
                 .map_err(|e| Error::io("stat", entry.path(), e))?;
             if ft.is_dir() {
-                stack.push(rel);
-            } else if ft.is_file() && legacy::classify(&components(&rel)).is_storage() {
-                let path = legacy.join(&rel);
-                access(&path, Access::READ_OK)
-                    .map_err(|e| refuse(&path, "it cannot be read", e))?;
-                if !dir_checked {
-                    access(&dir, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
-                        refuse(&dir, "its storage files cannot be moved out of it", e)
-                    })?;
-                    dir_checked = true;
+                if !storage_dirs_only || storage_dir(&rel) {
+                    stack.push(rel);
                 }
+            } else if ft.is_file()
+                && legacy::classify(&components(&rel)).is_storage()
+                && visit(&legacy.join(&rel))?.is_break()
+            {
+                return Ok(());
             }
         }
     }
     Ok(())
+}
+
+fn fsx_parent(path: &Path) -> &Path {
+    storage_fs::fsx::parent(path)
 }
 
 /// `faccessat` with the effective ids; an open where the kernel lacks that flag.
@@ -271,43 +306,12 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
 /// possible: one listing of `.prodigy/`, and listings of storage directories
 /// only. A missing directory is `false`.
 pub fn has_legacy_storage(legacy: &Path) -> Result<bool> {
-    let entries = match std::fs::read_dir(legacy) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Ok(false),
-        Err(e) => return Err(Error::io("list", legacy, e)),
-    };
-    let mut stack = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("list", legacy, e))?;
-        let name = entry.file_name();
-        let ft = entry
-            .file_type()
-            .map_err(|e| Error::io("stat", entry.path(), e))?;
-        let rel = PathBuf::from(&name);
-        if ft.is_file() && legacy::classify(&components(&rel)).is_storage() {
-            return Ok(true);
-        }
-        if ft.is_dir() && name.to_str().is_some_and(|n| legacy::is_storage_dir(&[n])) {
-            stack.push(rel);
-        }
-    }
-    while let Some(rel_dir) = stack.pop() {
-        let dir = legacy.join(&rel_dir);
-        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-            let rel = rel_dir.join(entry.file_name());
-            let ft = entry
-                .file_type()
-                .map_err(|e| Error::io("stat", entry.path(), e))?;
-            if ft.is_dir() {
-                stack.push(rel);
-            } else if ft.is_file() && legacy::classify(&components(&rel)).is_storage() {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
+    let mut found = false;
+    each_storage_file(legacy, true, |_| {
+        found = true;
+        Ok(std::ops::ControlFlow::Break(()))
+    })?;
+    Ok(found)
 }
 
 /// A new transaction id: UTC time and a random suffix, sortable by time.

@@ -337,51 +337,39 @@ fn as_nobody(sb: &Sandbox, args: &[&str]) -> Option<Output> {
 fn permission_denied_for_a_real_unprivileged_user_is_refused_before_any_change() {
     use std::os::unix::fs::PermissionsExt;
     // Under `unshare -U` the process still owns root's files, but without
-    // DAC override in the new namespace a mode of 000 really denies it.
-    let sb = fixture_sandbox();
-    fs_err::set_permissions(
-        sb.project().join(".prodigy/state.json"),
-        std::fs::Permissions::from_mode(0o000),
-    )
-    .expect("chmod");
-    let before = snapshot_without_locks(sb.path());
-    let Some(out) = as_nobody(&sb, &["migrate"]) else {
-        return;
-    };
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("state.json`: it cannot be read (Permission denied"),
-        "{err}"
-    );
-    assert_same_tree(
-        &snapshot_without_locks(sb.path()),
-        &before,
-        "refused before any change",
-    );
-
-    // Readable files in a directory the user may not write: they cannot be moved out.
-    let sb = fixture_sandbox();
-    fs_err::set_permissions(
-        sb.project().join(".prodigy"),
-        std::fs::Permissions::from_mode(0o555),
-    )
-    .expect("chmod");
-    let before = snapshot_without_locks(sb.path());
-    let Some(out) = as_nobody(&sb, &["migrate"]) else {
-        return;
-    };
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("its storage files cannot be moved out of it (Permission denied"),
-        "{err}"
-    );
-    assert_same_tree(
-        &snapshot_without_locks(sb.path()),
-        &before,
-        "refused before any change",
-    );
+    // DAC override in the new namespace a mode of 000 (or 555 on a
+    // directory) really denies it.
+    for (path, mode, expected) in [
+        (
+            ".prodigy/state.json",
+            0o000,
+            "state.json`: it cannot be read (Permission denied",
+        ),
+        (
+            ".prodigy",
+            0o555,
+            "its storage files cannot be moved out of it (Permission denied",
+        ),
+    ] {
+        let sb = fixture_sandbox();
+        fs_err::set_permissions(
+            sb.project().join(path),
+            std::fs::Permissions::from_mode(mode),
+        )
+        .expect("chmod");
+        let before = snapshot_without_locks(sb.path());
+        let Some(out) = as_nobody(&sb, &["migrate"]) else {
+            return;
+        };
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+        assert_same_tree(
+            &snapshot_without_locks(sb.path()),
+            &before,
+            "refused before any change",
+        );
+    }
 }
 
 #[test]
