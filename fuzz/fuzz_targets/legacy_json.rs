@@ -1,4 +1,5 @@
-//! Legacy documents: `metadata.json` rewriting and path classification.
+//! Legacy documents: the session-id probe, `metadata.json` rewriting and
+//! path classification. A session id found is a valid identifier.
 //! A rewritten metadata file is still one JSON object; an untouched one is
 //! returned byte for byte.
 #![no_main]
@@ -12,4 +13,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         assert_eq!(out, data, "a file that is not rewritten is copied verbatim");
     }
     let _ = storage_migrate::fuzzing::classify(data);
+    if let Some(id) = storage_migrate::fuzzing::session_id(data) {
+        assert!(!id.is_empty() && !id.contains('/') && !id.starts_with('.'), "{id:?}");
+    }
 });

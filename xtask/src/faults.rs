@@ -88,9 +88,13 @@ pub fn run_fuzz(args: &[String]) -> Result<()> {
     let fuzz = root().join("fuzz");
     for target in ["event_lines", "legacy_json", "records", "store_events"] {
         eprintln!("== fuzz {target} for {seconds}s");
+        // New inputs go to a scratch corpus; the committed one stays small.
+        let scratch = crate::target_dir(&root()).join("fuzz-corpus").join(target);
+        fs_err::create_dir_all(&scratch)?;
         let corpus = fuzz.join("corpus").join(target);
         let status = Command::new("cargo")
             .args(["+nightly", "fuzz", "run", target])
+            .arg(&scratch)
             .arg(&corpus)
             .args([
                 "--",

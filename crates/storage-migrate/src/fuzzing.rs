@@ -34,6 +34,12 @@ pub fn rewrite_metadata(bytes: &[u8]) -> (Vec<u8>, bool) {
     (out, warning.is_none())
 }
 
+/// The session id a `session_state.json` would be filed under, if any.
+#[must_use]
+pub fn session_id(bytes: &[u8]) -> Option<String> {
+    crate::plan::session_id_in(bytes).map(|s| s.to_string())
+}
+
 /// Classifies a legacy path (components separated by `/`).
 #[must_use]
 pub fn classify(path: &[u8]) -> bool {

@@ -335,17 +335,22 @@ fn rel_in_store(layout: &Layout, abs: &Path) -> RelPath {
 }
 
 fn session_id_of(path: &Path, size: u64) -> Option<SessionId> {
-    #[derive(serde::Deserialize)]
-    struct Probe {
-        session_id: Option<String>,
-    }
     if size > MAX_SESSION_PARSE {
         return None;
     }
     let (mut f, _) = open_regular(path).ok()?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes).ok()?;
-    let p: Probe = serde_json::from_slice(&bytes).ok()?;
+    session_id_in(&bytes)
+}
+
+/// The valid `session_id` of a `session_state.json`'s bytes, if any.
+pub(crate) fn session_id_in(bytes: &[u8]) -> Option<SessionId> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        session_id: Option<String>,
+    }
+    let p: Probe = serde_json::from_slice(bytes).ok()?;
     SessionId::new(p.session_id?).ok()
 }
 
