@@ -220,6 +220,8 @@ struct StagedSource {
     done: Vec<(usize, u64, blake3::Hash)>,
     new_outputs: Vec<Output>,
     retarget: Option<(usize, RelPath)>,
+    /// The output was copied verbatim instead of transformed.
+    as_copy: bool,
     split_lines: Option<u64>,
     warnings: Vec<String>,
 }
@@ -360,6 +362,11 @@ impl Tx<'_> {
             for (d, h) in r.dup_hashes {
                 m.sources[d].hash = Some(h.to_hex().to_string());
             }
+            if r.as_copy
+                && let Some((o, ..)) = r.done.first()
+            {
+                m.outputs[*o].produce = Produce::Copy;
+            }
             for (o, size, hash) in r.done {
                 m.outputs[o].size = Some(size);
                 m.outputs[o].hash = Some(hash.to_hex().to_string());
@@ -397,6 +404,7 @@ impl Tx<'_> {
             done: Vec::new(),
             new_outputs: Vec::new(),
             retarget: None,
+            as_copy: false,
             split_lines: None,
             warnings: Vec::new(),
         };
@@ -408,10 +416,37 @@ impl Tx<'_> {
         let out = &m.outputs[oi];
         let (mut file, meta) = open_regular(&path)?;
         match &out.produce {
-            Produce::Copy
-                if out.category == Category::LegacyPreserved || meta.len() > MAX_VALIDATE =>
-            {
+            Produce::Copy if out.category == Category::LegacyPreserved => {
                 let dest = join(staging, &out.dest)?;
+                dirs.ensure(fsx::parent(&dest))?;
+                let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
+                r.src_hash = hash;
+                r.done.push((oi, size, hash));
+            }
+            produce if meta.len() > MAX_VALIDATE => {
+                // Too large to hold in memory: check the JSON by streaming it,
+                // then stream the bytes; never rewritten at this size.
+                let valid = serde_json::from_reader::<_, serde::de::IgnoredAny>(
+                    std::io::BufReader::with_capacity(256 * 1024, &mut file),
+                )
+                .is_ok();
+                std::io::Seek::rewind(&mut file).map_err(|e| Error::io("read", &path, e))?;
+                let mut dest_rel = out.dest.clone();
+                if !valid {
+                    dest_rel = preserved_dest(self.layout(), &self.repo, source.rel.as_path());
+                    r.warnings.push(format!(
+                        "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
+                        source.rel.as_path().display()
+                    ));
+                    r.retarget = Some((oi, dest_rel.clone()));
+                } else if *produce == Produce::RewriteMetadataPath {
+                    r.warnings.push(format!(
+                        "`{}` is too large to rewrite its `path`; copied verbatim",
+                        source.rel.as_path().display()
+                    ));
+                }
+                r.as_copy = *produce != Produce::Copy;
+                let dest = join(staging, &dest_rel)?;
                 dirs.ensure(fsx::parent(&dest))?;
                 let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
                 r.src_hash = hash;

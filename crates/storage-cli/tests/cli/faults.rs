@@ -501,3 +501,83 @@ fn a_kill_while_creating_the_store_or_registering_leaves_no_debris() {
     fs_err::write(sb.store().join("repos/.tmp-4194305-1-project.json"), "{").expect("w");
     survives(&sb, &o, "a half-created store");
 }
+
+/// Huge legacy documents (over the 64 MiB in-memory limit) are checked as
+/// JSON by streaming: a whole one goes to its typed place, a torn one to the
+/// legacy area, and the process never holds either in memory.
+#[test]
+fn huge_typed_legacy_files_are_validated_by_streaming() {
+    let sb = fixture_sandbox();
+    let job = sb
+        .project()
+        .join(".prodigy/mapreduce/jobs/mapreduce-1757146800123");
+    let mut whole = br#"{"job_id": "mapreduce-1757146800123", "work_items": ""#.to_vec();
+    whole.extend(std::iter::repeat_n(b'a', 70 << 20));
+    whole.extend(br#""}"#);
+    fs_err::write(job.join("checkpoint-v8.json"), &whole).expect("w");
+    fs_err::write(job.join("checkpoint-v9.json"), &whole[..whole.len() - 5]).expect("w");
+    let o_big = original(&sb);
+    let timed = Command::new("/usr/bin/time")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut c = if timed {
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "maxrss_kib=%M"]).arg(bin());
+        c
+    } else {
+        eprintln!("SKIP: GNU time is not installed; the peak-memory check did not run");
+        Command::new(bin())
+    };
+    let out = c
+        .arg("--home")
+        .arg(sb.store())
+        .args(["migrate", "--json"])
+        .arg(sb.project())
+        .env("HOME", sb.home())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("checkpoint-v9.json` is not valid JSON"),
+        "{warnings}"
+    );
+    let store = sb.store();
+    let typed = store.join("state/project/mapreduce/jobs/mapreduce-1757146800123");
+    assert_eq!(
+        fs_err::read(typed.join("checkpoint-v8.json")).expect("v8"),
+        whole
+    );
+    assert!(
+        !typed.join("checkpoint-v9.json").exists(),
+        "a torn document is not filed where Prodigy loads it"
+    );
+    let kept =
+        store.join("legacy/project/mapreduce/jobs/mapreduce-1757146800123/checkpoint-v9.json");
+    assert_eq!(
+        fs_err::metadata(kept).expect("v9 kept").len(),
+        whole.len() as u64 - 5
+    );
+    if timed {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let kib: u64 = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("maxrss_kib="))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("GNU time output");
+        assert!(
+            kib < 48 * 1024,
+            "peak {kib} KiB: a 70 MiB file was held in memory"
+        );
+        eprintln!("faults: two 70 MiB legacy checkpoints migrated with a peak of {kib} KiB");
+    }
+    // Nothing lost, and rollback gives back the exact tree with both files.
+    converged(&sb, &o_big.tree, "huge files");
+}
