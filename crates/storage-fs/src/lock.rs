@@ -15,11 +15,12 @@
 //!
 //! # Modes and order
 //!
-//! All locks are exclusive. A process that needs several takes them in this
-//! order: the migration lock of a repository (`locks/migrate-<repo>.lock`),
-//! then the repository registry (`locks/repos.lock`), then resume locks.
-//! Nothing takes them in another order, so there is no deadlock between
-//! processes of this crate.
+//! All locks are exclusive. Today no code path holds two of them at once:
+//! registering a repository takes and releases `locks/repos.lock` before a
+//! migration takes `locks/migrate-<repo>.lock`, and resume locks are
+//! Prodigy's, taken on their own. Code that ever needs several must take
+//! them in this order: migration lock, registry, resume locks; then no two
+//! processes can deadlock.
 //!
 //! # Limitations
 //!
