@@ -76,7 +76,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use storage_core::RepoKey;
-use storage_fs::FsStorage;
+use storage_fs::{FsStorage, Layout};
 
 pub use error::{Error, Result};
 pub use manifest::{Category, HistoryEntry, Phase, Special};
@@ -487,8 +487,6 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
     }
     Ok(r)
 }
-
-use storage_fs::Layout;
 
 /// What `status` shows about one project.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -31,7 +31,6 @@ use crate::error::{Error, Result};
 use crate::fault::{self, Fault};
 use crate::manifest::{
     Category, Fate, Fingerprint, HistoryEntry, Journal, Manifest, Output, Phase, Produce, RelPath,
-    Special,
 };
 use crate::progress::{Progress, Step};
 use crate::split;
@@ -1338,11 +1337,6 @@ pub(crate) fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
     }
-}
-
-/// The specials of a manifest, for reports.
-pub(crate) fn specials(m: &Manifest) -> Vec<Special> {
-    m.specials.clone()
 }
 
 /// Totals per category, from the manifest's outputs.

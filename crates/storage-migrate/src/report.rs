@@ -157,7 +157,7 @@ pub(crate) fn from_manifest(
         legacy_bytes: m.sources.iter().map(|s| s.size).sum(),
         categories,
         user_files_untouched: m.user_files,
-        specials: protocol::specials(m),
+        specials: m.specials.clone(),
         conflicts,
         already_present: m
             .outputs
