@@ -243,3 +243,65 @@ fn a_writer_killed_mid_replace_leaves_the_old_or_the_new_document() {
             + "B\n"
     );
 }
+
+/// A batch that hits a full disk half-way is cut back off before the error
+/// is returned: the log still ends on a whole line and every earlier batch
+/// is intact. Produced for real on a tiny tmpfs.
+#[test]
+fn an_append_that_fills_the_disk_leaves_only_whole_batches() {
+    let sb = Sandbox::new();
+    fs_err::create_dir_all(sb.store()).expect("mkdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(sb.store())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "SKIP: cannot mount a tmpfs here (needs root); the disk-full append test did not run"
+        );
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let store = FsStorage::open(sb.store()).expect("open");
+        let repo = storage_core::RepoKey::new("proj").expect("valid");
+        let job = JobId::new("mapreduce-1").expect("valid");
+        let batch: Vec<_> = (0..50)
+            .map(|n| {
+                storage_core::EventRecord::from_json(serde_json::json!({
+                    "id": n, "event": {"job_id": "mapreduce-1", "pad": "p".repeat(300)}
+                }))
+                .expect("object")
+            })
+            .collect();
+        let mut ok_batches = 0u64;
+        let err = loop {
+            match store.append_events(&repo, &job, &batch) {
+                Ok(()) => ok_batches += 1,
+                Err(e) => break e,
+            }
+            assert!(ok_batches < 1000, "the disk never filled");
+        };
+        match &err {
+            Error::Io { source, .. } => {
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}")
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        let summary = store
+            .read_events(&repo, &job, &mut |_| {})
+            .expect("the log parses");
+        assert!(
+            summary.torn_tails.is_empty(),
+            "a partial batch was left: {:?}",
+            summary.torn_tails
+        );
+        assert_eq!(summary.records, ok_batches * 50);
+        assert!(ok_batches > 0);
+    });
+    let _ = Command::new("umount").arg("-l").arg(sb.store()).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
