@@ -285,7 +285,7 @@ fn an_append_that_fills_the_disk_leaves_only_whole_batches() {
         };
         match &err {
             Error::Io { source, .. } => {
-                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}")
+                assert_eq!(source.kind(), std::io::ErrorKind::StorageFull, "{err}");
             }
             other => panic!("expected an I/O error, got {other:?}"),
         }
