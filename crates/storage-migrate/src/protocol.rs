@@ -430,15 +430,8 @@ impl Tx<'_> {
                 )
                 .is_ok();
                 std::io::Seek::rewind(&mut file).map_err(|e| Error::io("read", &path, e))?;
-                let mut dest_rel = out.dest.clone();
-                if !valid {
-                    dest_rel = preserved_dest(self.layout(), &self.repo, source.rel.as_path());
-                    r.warnings.push(format!(
-                        "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
-                        source.rel.as_path().display()
-                    ));
-                    r.retarget = Some((oi, dest_rel.clone()));
-                } else if *produce == Produce::RewriteMetadataPath {
+                let dest_rel = self.typed_dest(&mut r, (oi, out), source.rel.as_path(), valid);
+                if valid && *produce == Produce::RewriteMetadataPath {
                     r.warnings.push(format!(
                         "`{}` is too large to rewrite its `path`; copied verbatim",
                         source.rel.as_path().display()
@@ -459,16 +452,9 @@ impl Tx<'_> {
                     .map_err(|e| Error::io("read", &path, e))?;
                 r.src_hash = blake3::hash(&bytes);
                 let valid = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
-                let mut dest_rel = out.dest.clone();
+                let dest_rel = self.typed_dest(&mut r, (oi, out), source.rel.as_path(), valid);
                 let mut content = std::borrow::Cow::Borrowed(&bytes[..]);
-                if !valid {
-                    dest_rel = preserved_dest(self.layout(), &self.repo, source.rel.as_path());
-                    r.warnings.push(format!(
-                        "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
-                        source.rel.as_path().display()
-                    ));
-                    r.retarget = Some((oi, dest_rel.clone()));
-                } else if *produce == Produce::RewriteMetadataPath {
+                if valid && *produce == Produce::RewriteMetadataPath {
                     let new_dir = fsx::parent(&join(self.layout().root(), &out.dest)?).to_owned();
                     let (rewritten, warning) = rewrite_metadata_path(&bytes, &new_dir);
                     if let Some(w) = warning {
@@ -491,6 +477,28 @@ impl Tx<'_> {
             r.dup_hashes.push((*d, h));
         }
         Ok(r)
+    }
+
+    /// Where a typed document is staged: its typed place when it is whole
+    /// JSON; otherwise the legacy area (a torn or corrupt document must not
+    /// land where Prodigy loads it), with a warning and the output re-targeted.
+    fn typed_dest(
+        &self,
+        r: &mut StagedSource,
+        (oi, out): (usize, &Output),
+        rel: &Path,
+        valid: bool,
+    ) -> RelPath {
+        if valid {
+            return out.dest.clone();
+        }
+        let dest = preserved_dest(self.layout(), &self.repo, rel);
+        r.warnings.push(format!(
+            "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
+            rel.display()
+        ));
+        r.retarget = Some((oi, dest.clone()));
+        dest
     }
 
     /// Routes every line of a global event log to its job's staged log.
