@@ -96,6 +96,21 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// Prints `value` as the one JSON document of `--json`, or `human()` as the
+/// human report.
+fn emit(
+    cli: &Cli,
+    json: bool,
+    value: &impl serde::Serialize,
+    human: impl FnOnce() -> String,
+) -> Result<()> {
+    if json {
+        print_json(value)
+    } else {
+        say(cli, &human())
+    }
+}
+
 /// Prints a human report: colour on a terminal only, never with `NO_COLOR`
 /// (`anstream` strips the styles otherwise); nothing with `-q`.
 fn say(cli: &Cli, text: &str) -> Result<()> {
@@ -141,27 +156,20 @@ fn status(
         .ok()
         .flatten()
         .map(|k| k.to_string());
-    if json {
-        print_json(&serde_json::json!({
-            "schema_version": 1,
-            "store": root.path, "store_source": root.source,
-            "layout_version": storage_fs::layout_version(&root.path)?,
-            "project": project, "repo": repo, "legacy_import": false,
-        }))?;
-    } else {
-        say(
-            cli,
-            &render::store_line(root, storage_fs::layout_version(&root.path)?),
-        )?;
-        say(
-            cli,
-            &format!(
-                "project: {}\nrepository key: {}\nthis build has no legacy import\n",
-                project.display(),
-                repo.as_deref().unwrap_or("(not registered)")
-            ),
-        )?;
-    }
+    let layout_version = storage_fs::layout_version(&root.path)?;
+    let value = serde_json::json!({
+        "schema_version": 1,
+        "store": root.path, "store_source": root.source, "layout_version": layout_version,
+        "project": project, "repo": repo, "legacy_import": false,
+    });
+    emit(cli, json, &value, || {
+        format!(
+            "{}project: {}\nrepository key: {}\nthis build has no legacy import\n",
+            render::store_line(root, layout_version),
+            project.display(),
+            repo.as_deref().unwrap_or("(not registered)")
+        )
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -179,15 +187,16 @@ fn status(
         .filter(|b| Some(&b.repo) == s.repo.as_ref())
         .collect();
     let layout_version = storage_fs::layout_version(&root.path)?;
-    if json {
-        print_json(&serde_json::json!({
+    emit(
+        cli,
+        json,
+        &serde_json::json!({
             "schema_version": storage_migrate::REPORT_SCHEMA_VERSION,
             "store": root.path, "store_source": root.source, "layout_version": layout_version,
             "legacy_import": true, "project": s, "backups": backups,
-        }))?;
-    } else {
-        say(cli, &render::status(root, layout_version, &s, &backups))?;
-    }
+        }),
+        || render::status(root, layout_version, &s, &backups),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -205,7 +214,7 @@ mod import {
 
     use crate::progress::Display;
 
-    use super::{print_json, project_dir, render, say};
+    use super::{emit, project_dir, render};
     use crate::cli::{BackupsAction, Cli, Command};
 
     /// The fault-injection hooks of the test suite (see `docs/reliability.md`).
@@ -236,22 +245,14 @@ mod import {
                     progress: &display,
                 };
                 let report = storage_migrate::migrate(&store, &project, &opts)?;
-                if *json {
-                    print_json(&report)?;
-                } else {
-                    say(cli, &render::migration(&report))?;
-                }
+                emit(cli, *json, &report, || render::migration(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Verify { project, json } => {
                 let project = project_dir(project.project.as_deref())?;
                 let store = FsStorage::peek(&root.path)?;
                 let report = storage_migrate::verify(&store, &project)?;
-                if *json {
-                    print_json(&report)?;
-                } else {
-                    say(cli, &render::verify(&report))?;
-                }
+                emit(cli, *json, &report, || render::verify(&report))?;
                 Ok(if report.problems.is_empty() {
                     ExitCode::SUCCESS
                 } else {
@@ -274,11 +275,7 @@ mod import {
                     progress: &display,
                 };
                 let report = storage_migrate::rollback(&store, &project, &opts)?;
-                if *json {
-                    print_json(&report)?;
-                } else {
-                    say(cli, &render::rollback(&report))?;
-                }
+                emit(cli, *json, &report, || render::rollback(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Backups { action } => {
@@ -286,11 +283,12 @@ mod import {
                 match action {
                     BackupsAction::List { json } => {
                         let list = storage_migrate::backups(&store)?;
-                        if *json {
-                            print_json(&serde_json::json!({"schema_version": 1, "backups": list}))?;
-                        } else {
-                            say(cli, &render::backups(&list))?;
-                        }
+                        emit(
+                            cli,
+                            *json,
+                            &serde_json::json!({"schema_version": 1, "backups": list}),
+                            || render::backups(&list),
+                        )?;
                     }
                     BackupsAction::Prune {
                         older_than,
@@ -298,13 +296,12 @@ mod import {
                         json,
                     } => {
                         let pruned = storage_migrate::prune_backups(&store, *older_than, *dry_run)?;
-                        if *json {
-                            print_json(
-                                &serde_json::json!({"schema_version": 1, "dry_run": dry_run, "pruned": pruned}),
-                            )?;
-                        } else {
-                            say(cli, &render::pruned(&pruned, *dry_run))?;
-                        }
+                        emit(
+                            cli,
+                            *json,
+                            &serde_json::json!({"schema_version": 1, "dry_run": dry_run, "pruned": pruned}),
+                            || render::pruned(&pruned, *dry_run),
+                        )?;
                     }
                 }
                 Ok(ExitCode::SUCCESS)
