@@ -38,18 +38,43 @@ fn kill(mut child: Child) {
     child.wait().expect("reap");
 }
 
+/// A store with the sandbox's project registered, shared by the processes
+/// of a test (registered first, so that workers agree on the key without
+/// racing on it); the paths as strings for the workers' command lines.
+/// Bind `sb` to a name (`sb: _sb`) to keep the sandbox for the whole test.
+struct Shared {
+    sb: Sandbox,
+    store: FsStorage,
+    repo: storage_core::RepoKey,
+    root: String,
+    project: String,
+}
+
+fn shared() -> Shared {
+    let sb = Sandbox::new();
+    let store = FsStorage::open(sb.store()).expect("open");
+    let repo = store.repo_key(&sb.project()).expect("key");
+    let root = sb.store().to_str().expect("utf8").to_owned();
+    let project = sb.project().to_str().expect("utf8").to_owned();
+    Shared {
+        sb,
+        store,
+        repo,
+        root,
+        project,
+    }
+}
+
 #[test]
 fn eight_processes_appending_a_thousand_events_each_lose_and_interleave_nothing() {
-    let sb = Sandbox::new();
-    let root = sb.store();
-    let project = sb.project();
-    let (root_s, project_s) = (
-        root.to_str().expect("utf8"),
-        project.to_str().expect("utf8"),
-    );
-    // Register first so all workers agree on the key without racing on it.
-    let store = FsStorage::open(&root).expect("open");
-    let repo = store.repo_key(&project).expect("key");
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root: root_s,
+        project: project_s,
+    } = shared();
+    let (root_s, project_s) = (root_s.as_str(), project_s.as_str());
     let children: Vec<Child> = (0..8)
         .map(|w| {
             worker(&[
@@ -99,15 +124,14 @@ fn eight_processes_appending_a_thousand_events_each_lose_and_interleave_nothing(
 
 #[test]
 fn concurrent_saves_of_one_session_are_never_read_torn() {
-    let sb = Sandbox::new();
-    let root = sb.store();
-    let project = sb.project();
-    let (root_s, project_s) = (
-        root.to_str().expect("utf8"),
-        project.to_str().expect("utf8"),
-    );
-    let store = FsStorage::open(&root).expect("open");
-    let repo = store.repo_key(&project).expect("key");
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root: root_s,
+        project: project_s,
+    } = shared();
+    let (root_s, project_s) = (root_s.as_str(), project_s.as_str());
     let writers: Vec<Child> = [(1, 10), (2, 100_000), (3, 1_000_000)]
         .iter()
         .map(|(w, pad)| {
@@ -186,15 +210,14 @@ fn a_holder_killed_with_sigkill_does_not_block_the_next_holder() {
 
 #[test]
 fn a_writer_killed_mid_replace_leaves_the_old_or_the_new_document() {
-    let sb = Sandbox::new();
-    let root = sb.store();
-    let project = sb.project();
-    let (root_s, project_s) = (
-        root.to_str().expect("utf8"),
-        project.to_str().expect("utf8"),
-    );
-    let store = FsStorage::open(&root).expect("open");
-    let repo = store.repo_key(&project).expect("key");
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root: root_s,
+        project: project_s,
+    } = shared();
+    let (root_s, project_s) = (root_s.as_str(), project_s.as_str());
     let session = SessionId::new("session-1").expect("valid");
     let rounds: u64 = if std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some() {
         100

@@ -3,7 +3,8 @@
 use std::process::Stdio;
 
 use crate::support::{
-    Mount, Sandbox, assert_same_tree, cmd, files, fixture, fixture_sandbox, run, run_json, snapshot,
+    Mount, Sandbox, assert_same_tree, cmd, files, fixture, fixture_sandbox, json_of, run, run_json,
+    snapshot,
 };
 
 #[test]
@@ -20,13 +21,7 @@ fn four_concurrent_migrations_of_one_project_migrate_it_exactly_once() {
         .collect();
     let mut outcomes = Vec::new();
     for c in children {
-        let out = c.wait_with_output().expect("wait");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let v = json_of(&c.wait_with_output().expect("wait"));
         outcomes.push(v["outcome"].as_str().expect("outcome").to_owned());
     }
     outcomes.sort();
@@ -67,12 +62,7 @@ fn a_project_on_another_file_system_takes_the_copy_path_with_the_same_result() {
     let out = cmd(&sb, &project, &["migrate", "--json", "."])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let report = json_of(&out);
     assert_eq!(report["outcome"], "migrated");
     let backup = std::path::PathBuf::from(report["backup"].as_str().expect("backup"));
     let backed_up: std::collections::BTreeMap<_, _> = files(&backup).into_iter().collect();

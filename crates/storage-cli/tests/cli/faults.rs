@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use crate::crash::{converged, nothing_lost, project_without_git};
 use crate::support::{
-    Mount, Sandbox, assert_same_tree, bin, cmd, files, fixture_sandbox, run, snapshot_without_locks,
+    Mount, Sandbox, assert_same_tree, bin, cmd, files, fixture_sandbox, json_of, run, run_json,
+    snapshot_without_locks,
 };
 
 fn exhaustive() -> bool {
@@ -442,15 +443,7 @@ fn leftovers_of_an_earlier_crash_are_swept_and_nothing_else() {
     let backups_before = files(&m);
     // An old Prodigy wrote a legacy file again, so the next run migrates (and recovers first).
     fs_err::write(sb.project().join(".prodigy/state.json"), "{}").expect("w");
-    let out = cmd(&sb, &sb.project(), &["migrate", "--json"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let report = run_json(&sb, &["migrate"]);
     assert!(
         report["recovered"]
             .as_str()
@@ -538,12 +531,7 @@ fn huge_typed_legacy_files_are_validated_by_streaming() {
         .env("NO_COLOR", "1")
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let report = json_of(&out);
     let warnings = report["warnings"].to_string();
     assert!(
         warnings.contains("checkpoint-v9.json` is not valid JSON"),

@@ -47,7 +47,16 @@ pub fn run(sb: &Sandbox, args: &[&str], ok: bool) -> Output {
 pub fn run_json(sb: &Sandbox, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.push("--json");
-    let out = run(sb, &all, true);
+    json_of(&run(sb, &all, true))
+}
+
+/// The one JSON document of a successful run (panics with its stderr otherwise).
+pub fn json_of(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON document")
 }
 
