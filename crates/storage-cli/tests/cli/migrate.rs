@@ -408,3 +408,36 @@ fn verify_and_backups_report_what_is_there() {
     let none = run_json(&sb, &["backups", "prune", "--older-than", "30d"]);
     assert_eq!(none["pruned"], serde_json::json!([]));
 }
+
+#[test]
+fn rolling_back_a_later_migration_leaves_what_an_earlier_one_published() {
+    let sb = fixture_sandbox();
+    let legacy = sb.project().join(".prodigy");
+    let session_state = fs_err::read(legacy.join("session_state.json")).expect("fixture");
+    run(&sb, &["migrate"], true);
+    let published = sb.store().join(format!(
+        "state/project/sessions/{}.json",
+        fixture::SESSION_A
+    ));
+    // An old Prodigy writes the very same session file again.
+    fs_err::write(legacy.join("session_state.json"), &session_state).expect("w");
+    let second = run_json(&sb, &["migrate"]);
+    assert_eq!(second["outcome"], "migrated");
+    assert_eq!(second["already_present"], 1, "{second:#}");
+    run(&sb, &["rollback"], true);
+    // The legacy file is back, and the store keeps the first migration's copy.
+    assert_eq!(
+        fs_err::read(legacy.join("session_state.json")).expect("restored"),
+        session_state
+    );
+    assert_eq!(
+        fs_err::read(&published).expect("still published"),
+        session_state
+    );
+    // `verify` now checks the first migration: nothing it published is
+    // missing, and the restored legacy file is waiting to be migrated again.
+    let out = run(&sb, &["verify", "--json"], false);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["published_missing"], 0, "{v:#}");
+    assert_eq!(v["legacy_files_left"], 1, "{v:#}");
+}

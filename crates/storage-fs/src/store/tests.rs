@@ -85,3 +85,29 @@ fn a_corrupt_document_names_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn a_temp_file_over_a_day_old_is_swept_even_if_its_pid_is_alive() {
+    // A pid can be reused: age alone marks a temp file as debris eventually.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let sessions = store
+        .layout()
+        .sessions_dir(&RepoKey::new("proj").expect("valid"));
+    fs::create_dir_all(&sessions).expect("mkdir");
+    let ours = std::process::id();
+    let old = sessions.join(format!(".tmp-{ours}-1-session-1.json"));
+    let fresh = sessions.join(format!(".tmp-{ours}-2-session-2.json"));
+    fs::write(&old, "{").expect("w");
+    fs::write(&fresh, "{").expect("w");
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .and_then(|f| f.set_times(fs::FileTimes::new().set_modified(two_days_ago)))
+        .expect("age it");
+    let report = store.sweep().expect("sweep");
+    assert_eq!(report.removed, std::slice::from_ref(&old));
+    assert_eq!(report.kept_live, 1);
+    assert!(fresh.exists(), "a live writer's fresh temp file stays");
+}
