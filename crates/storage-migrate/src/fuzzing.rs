@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::manifest::{HistoryEntry, Journal, Manifest};
+use crate::manifest::{Entry, HistoryEntry, Journal, Manifest};
 
 /// Splits a global event log; returns (total bytes routed, lines).
 #[must_use]
@@ -49,9 +49,10 @@ pub fn classify(path: &[u8]) -> bool {
     crate::legacy::classify(&parts).is_storage()
 }
 
-/// Parses a manifest, a journal and a history line from the same bytes.
+/// Parses a manifest, an entry, a journal and a history line from the same bytes.
 pub fn parse_records(bytes: &[u8]) {
     let _ = serde_json::from_slice::<Manifest>(bytes);
+    let _ = serde_json::from_slice::<Entry>(bytes);
     let _ = serde_json::from_slice::<Journal>(bytes);
     let _ = serde_json::from_slice::<HistoryEntry>(bytes);
 }

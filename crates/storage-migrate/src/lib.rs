@@ -88,7 +88,7 @@ pub use report::{
 };
 
 use crate::copy::{AtPath, probe};
-use crate::manifest::Fate;
+use crate::manifest::{Fate, Summary};
 use crate::protocol::{Paths, Tx};
 
 /// Options for [`migrate`].
@@ -125,15 +125,8 @@ pub fn migrate(
     if opts.dry_run {
         let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
-        let m = plan::plan(
-            &project,
-            &legacy,
-            store.layout(),
-            &repo,
-            &plan::new_txid(),
-            true,
-        )?;
-        let outcome = if m.sources.is_empty() {
+        let (m, summary) = plan_summary(&project, &legacy, store, &repo, &plan::new_txid(), true)?;
+        let outcome = if summary.sources == 0 {
             Outcome::NothingToMigrate
         } else {
             Outcome::DryRun
@@ -144,7 +137,9 @@ pub fn migrate(
                 j.phase, j.txid
             )
         });
-        return Ok(report::from_manifest(store, &paths, &m, outcome, pending));
+        return Ok(report::from_manifest(
+            store, &paths, &m, &summary, outcome, pending,
+        ));
     }
     // Nothing to migrate and nothing to recover: answer without writing
     // anything (not even the store's own directory or a registration).
@@ -155,11 +150,12 @@ pub fn migrate(
     if !pending && !plan::has_legacy_storage(&legacy)? {
         let repo = registered.map_or_else(|| store.proposed_repo_key(&project), Ok)?;
         let paths = Paths::new(store.layout(), &repo);
-        let m = plan::plan(&project, &legacy, store.layout(), &repo, "none", false)?;
+        let (m, summary) = plan_summary(&project, &legacy, store, &repo, "none", false)?;
         return Ok(report::from_manifest(
             store,
             &paths,
             &m,
+            &summary,
             Outcome::NothingToMigrate,
             None,
         ));
@@ -177,30 +173,50 @@ pub fn migrate(
     let _lock = tx.lock(opts.wait)?;
     fault::point("after-lock");
     let recovered = tx.recover()?;
-    opts.progress.start(Step::Plan, 0, 0);
-    let mut m = plan::plan(
-        &project,
-        &legacy,
-        store.layout(),
-        &repo,
-        &plan::new_txid(),
-        false,
-    )?;
-    opts.progress.finish(Step::Plan);
-    if m.sources.is_empty() {
+    let txid = plan::new_txid();
+    let done = tx.run(&txid, |sink| {
+        plan::plan(&project, &legacy, store.layout(), &repo, &txid, false, sink)
+    })?;
+    let Some((m, summary)) = done else {
+        let (m, summary) = plan_summary(&project, &legacy, store, &repo, &txid, false)?;
         return Ok(report::from_manifest(
             store,
             &tx.paths,
             &m,
+            &summary,
             Outcome::NothingToMigrate,
             recovered,
         ));
-    }
-    tracing::info!(project = %project.display(), files = m.sources.len(), txid = %m.txid, "migrating legacy storage");
-    tx.run(&mut m)?;
-    let report = report::from_manifest(store, &tx.paths, &m, Outcome::Migrated, recovered);
-    tx.commit(&m, &report)?;
+    };
+    let report =
+        report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered);
+    tx.commit(&m, &summary, &report)?;
     Ok(report)
+}
+
+/// Plans without writing anything, counting the entries instead.
+fn plan_summary(
+    project: &Path,
+    legacy: &Path,
+    store: &FsStorage,
+    repo: &RepoKey,
+    txid: &str,
+    preview: bool,
+) -> Result<(manifest::Manifest, Summary)> {
+    let mut summary = Summary::default();
+    let m = plan::plan(
+        project,
+        legacy,
+        store.layout(),
+        repo,
+        txid,
+        preview,
+        &mut |e| {
+            summary.add(e);
+            Ok(())
+        },
+    )?;
+    Ok((m, summary))
 }
 
 /// What [`ensure_migrated`] did.
@@ -334,18 +350,14 @@ pub fn rollback(
     let recovered = tx.recover()?;
     if let Some(j) = interrupted.filter(|j| j.phase == Phase::RollingBack) {
         // Recovery just finished the rollback this command was asked for.
-        let m = protocol::read_manifest(&tx.paths, &j.txid)?;
+        let summary = manifest::summarize(&tx.paths.entries(&j.txid))?;
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             txid: j.txid.clone(),
             project,
-            restored_files: m.sources.len() as u64,
-            restored_bytes: m.sources.iter().map(|s| s.size).sum(),
-            removed_from_store: m
-                .outputs
-                .iter()
-                .filter(|o| matches!(o.fate, Fate::Published | Fate::Conflict { .. }))
-                .count() as u64,
+            restored_files: summary.sources,
+            restored_bytes: summary.source_bytes,
+            removed_from_store: summary.published,
             displaced: Vec::new(),
             backup: tx.paths.backup(&j.txid),
             recovered,
@@ -387,18 +399,14 @@ pub fn rollback(
         });
     }
     tx.start_rollback(&m, opts.force)?;
-    let removed = m
-        .outputs
-        .iter()
-        .filter(|o| matches!(o.fate, Fate::Published | Fate::Conflict { .. }))
-        .count() as u64;
+    let summary = manifest::summarize(&tx.paths.entries(&latest))?;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
         txid: latest.clone(),
         project,
-        restored_files: m.sources.len() as u64,
-        restored_bytes: m.sources.iter().map(|s| s.size).sum(),
-        removed_from_store: removed - changed.len() as u64,
+        restored_files: summary.sources,
+        restored_bytes: summary.source_bytes,
+        removed_from_store: summary.published - changed.len() as u64,
         displaced: if opts.force { changed } else { Vec::new() },
         backup: tx.paths.backup(&latest),
         recovered,
@@ -421,15 +429,8 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
     let legacy = canonical.join(LEGACY_DIR_NAME);
     if let Ok((_, legacy_dir)) = plan::check_project(&canonical, store.root()) {
         let repo = store.proposed_repo_key(&canonical)?;
-        let m = plan::plan(
-            &canonical,
-            &legacy_dir,
-            store.layout(),
-            &repo,
-            "verify",
-            false,
-        )?;
-        r.legacy_files_left = m.sources.len() as u64;
+        let (_, summary) = plan_summary(&canonical, &legacy_dir, store, &repo, "verify", false)?;
+        r.legacy_files_left = summary.sources;
         if r.legacy_files_left > 0 {
             r.problems.push(format!(
                 "{} legacy storage file(s) in `{}` are not migrated yet; run `prodigy-storage migrate`",
@@ -452,38 +453,45 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
     let Some(txid) = latest_migration(&paths)? else {
         return Ok(r);
     };
-    let m = protocol::read_manifest(&paths, &txid)?;
+    protocol::read_manifest(&paths, &txid)?;
     r.txid = Some(txid.clone());
-    for o in &m.outputs {
-        let rel = match &o.fate {
-            Fate::Published | Fate::AlreadyPresent => &o.dest,
-            Fate::Conflict { alt } => alt,
-            Fate::Pending => continue,
-        };
-        let path = Layout::under(store.root(), rel.as_path()).unwrap_or_default();
-        match probe(&path)? {
-            AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => r.published_intact += 1,
-            AtPath::Missing => r.published_missing += 1,
-            _ => r.published_changed += 1,
-        }
-    }
     let backup = paths.backup(&txid);
     r.backup_pruned = !backup.exists();
-    if !r.backup_pruned {
-        for s in &m.sources {
-            let path = Layout::under(&backup, s.rel.as_path()).unwrap_or_default();
+    manifest::for_each_chunk(&paths.entries(&txid), |chunk| {
+        for o in chunk.iter().flat_map(|e| &e.outputs) {
+            let rel = match &o.fate {
+                Fate::Published | Fate::AlreadyPresent => &o.dest,
+                Fate::Conflict { alt } => alt,
+                Fate::Pending => continue,
+            };
+            let path = Layout::under(store.root(), rel.as_path()).unwrap_or_default();
             match probe(&path)? {
-                AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash => r.backup_intact += 1,
-                _ => r.backup_damaged.push(path),
+                AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
+                    r.published_intact += 1;
+                }
+                AtPath::Missing => r.published_missing += 1,
+                _ => r.published_changed += 1,
             }
         }
-        if !r.backup_damaged.is_empty() {
-            r.problems.push(format!(
-                "{} backup file(s) of migration {txid} are missing or damaged, first `{}`; rollback is not possible",
-                r.backup_damaged.len(),
-                r.backup_damaged[0].display()
-            ));
+        if !r.backup_pruned {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                let path = Layout::under(&backup, s.rel.as_path()).unwrap_or_default();
+                match probe(&path)? {
+                    AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash => {
+                        r.backup_intact += 1;
+                    }
+                    _ => r.backup_damaged.push(path),
+                }
+            }
         }
+        Ok(())
+    })?;
+    if !r.backup_damaged.is_empty() {
+        r.problems.push(format!(
+            "{} backup file(s) of migration {txid} are missing or damaged, first `{}`; rollback is not possible",
+            r.backup_damaged.len(),
+            r.backup_damaged[0].display()
+        ));
     }
     Ok(r)
 }

@@ -3,16 +3,39 @@
 //! The **journal** (`migrations/<repo>/journal.json`) is tiny and names the
 //! one transaction in progress and its state; it is replaced atomically at
 //! each state change, so a crash leaves the previous or the next state. The
-//! **manifest** (`migrations/<repo>/<txid>/manifest.json`) lists every legacy
-//! source file (size, mtime, mode, hash) and every output (where it goes, its
-//! hash, what became of it). Both are JSON; paths relative to the legacy
-//! directory or the store root are stored losslessly, non-UTF-8 ones as hex.
+//! **manifest** is two files in `migrations/<repo>/<txid>/`: `manifest.json`
+//! holds what is small (the project, the directories, links, warnings) and
+//! `entries.jsonl` one line per legacy file (size, mtime, mode, hash) with the
+//! outputs made from it (where each goes, its hash, what became of it).
+//!
+//! # Why the entries are a file, not a vector
+//!
+//! Every phase streams the entries in chunks of [`CHUNK`] and rewrites the
+//! file atomically when it changed them, so a migration's memory does not
+//! grow with the number of legacy files: a tree ten times larger costs ten
+//! times the disk reads, not ten times the memory. Paths relative to the
+//! legacy directory or the store root are stored losslessly, non-UTF-8 ones
+//! as hex.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::io::{BufRead, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use storage_fs::fsx;
+
+use crate::error::{Error, Result};
+
+/// How many entries a phase holds in memory at once.
+pub(crate) const CHUNK: usize = 1024;
+
+/// How many warnings (and conflicts) a manifest or report lists; the rest are counted.
+pub(crate) const MAX_LISTED: usize = 1000;
+
+/// The manifest format this version writes and reads.
+pub(crate) const MANIFEST_VERSION: u32 = 2;
 
 /// A relative path, stored as a string, or as hex bytes when not UTF-8.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -185,16 +208,11 @@ pub enum Fate {
     },
 }
 
-/// One file to publish into the store.
+/// One file to publish into the store, made from its entry's first source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Output {
     /// Destination relative to the store root.
     pub dest: RelPath,
-    /// Index of the source in [`Manifest::sources`].
-    pub source: usize,
-    /// Other sources with identical content that this output also stands for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub duplicates: Vec<usize>,
     /// How it is produced.
     pub produce: Produce,
     /// Report category.
@@ -222,7 +240,27 @@ pub struct Special {
     pub target: Option<String>,
 }
 
-/// Everything about one migration transaction.
+/// One line of `entries.jsonl`: a legacy file and what is published from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its place in the walk of the legacy tree (names a split log's outputs).
+    pub index: usize,
+    /// The legacy file read; after it, identical copies (sessions) stored once with it.
+    pub sources: Vec<Source>,
+    /// The files published from the first source (split logs get theirs while staging).
+    pub outputs: Vec<Output>,
+}
+
+impl Entry {
+    /// The legacy file the outputs are made from.
+    #[must_use]
+    pub fn source(&self) -> &Source {
+        &self.sources[0]
+    }
+}
+
+/// The small part of a transaction's records (`manifest.json`); the legacy
+/// files and outputs are in `entries.jsonl` beside it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// Format version of this file.
@@ -238,10 +276,6 @@ pub struct Manifest {
     pub repo: String,
     /// When it was planned (RFC 3339).
     pub created_at: String,
-    /// Every legacy storage file.
-    pub sources: Vec<Source>,
-    /// Every file published into the store.
-    pub outputs: Vec<Output>,
     /// Modes of the legacy directories that held sources (to recreate on rollback).
     pub dirs: Vec<(RelPath, u32)>,
     /// Storage directories holding only storage files, moved whole when retiring.
@@ -251,8 +285,208 @@ pub struct Manifest {
     pub specials: Vec<Special>,
     /// How many of the user's own files were left untouched.
     pub user_files: u64,
-    /// Things worth knowing that did not stop the migration.
+    /// Things worth knowing that did not stop the migration (the first [`MAX_LISTED`]).
     pub warnings: Vec<String>,
+    /// Warnings beyond those listed.
+    #[serde(default)]
+    pub warnings_omitted: u64,
+}
+
+impl Manifest {
+    /// Records a warning, listing at most [`MAX_LISTED`] of them.
+    pub fn warn(&mut self, warning: String) {
+        if self.warnings.len() < MAX_LISTED {
+            self.warnings.push(warning);
+        } else {
+            self.warnings_omitted += 1;
+        }
+    }
+}
+
+/// Totals over a manifest's entries, gathered in one pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Legacy storage files.
+    pub sources: u64,
+    /// Their bytes.
+    pub source_bytes: u64,
+    /// Outputs.
+    pub outputs: u64,
+    /// Files and bytes per category.
+    pub categories: BTreeMap<Category, (u64, u64)>,
+    /// Outputs published at their destination or beside it (conflicts).
+    pub published: u64,
+    /// Outputs whose destination already held the same content.
+    pub already_present: u64,
+    /// Identical copies stored once with another file.
+    pub duplicates: u64,
+    /// Conflicts as (destination, where this output went instead), the first [`MAX_LISTED`].
+    pub conflicts: Vec<(RelPath, RelPath)>,
+    /// Conflicts beyond those listed.
+    pub conflicts_omitted: u64,
+}
+
+impl Summary {
+    /// Adds one entry.
+    pub fn add(&mut self, e: &Entry) {
+        self.sources += e.sources.len() as u64;
+        self.source_bytes += e.sources.iter().map(|s| s.size).sum::<u64>();
+        self.duplicates += e.sources.len().saturating_sub(1) as u64;
+        for o in &e.outputs {
+            self.outputs += 1;
+            let c = self.categories.entry(o.category).or_default();
+            c.0 += 1;
+            c.1 += o.size.unwrap_or(0);
+            match &o.fate {
+                Fate::Published => self.published += 1,
+                Fate::AlreadyPresent => self.already_present += 1,
+                Fate::Conflict { alt } => {
+                    self.published += 1;
+                    if self.conflicts.len() < MAX_LISTED {
+                        self.conflicts.push((o.dest.clone(), alt.clone()));
+                    } else {
+                        self.conflicts_omitted += 1;
+                    }
+                }
+                Fate::Pending => {}
+            }
+        }
+    }
+}
+
+fn damaged(path: &Path, reason: String) -> Error {
+    Error::Record {
+        path: path.to_owned(),
+        reason,
+        next: "the migration's records are damaged; the backup directory beside them holds the legacy files".into(),
+    }
+}
+
+/// Reads `entries.jsonl` a chunk at a time.
+pub(crate) struct EntryReader {
+    path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+    line: Vec<u8>,
+    number: u64,
+}
+
+impl EntryReader {
+    /// Opens the entries at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => damaged(path, "it does not exist".into()),
+            _ => Error::io("open", path, e),
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            reader: std::io::BufReader::with_capacity(64 * 1024, file),
+            line: Vec::new(),
+            number: 0,
+        })
+    }
+
+    /// The next entries, at most `max`; empty at the end.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            self.line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.line)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+            if n == 0 {
+                break;
+            }
+            self.number += 1;
+            // Written whole and renamed into place: a bad line is damage, never a torn write.
+            let entry = serde_json::from_slice(&self.line)
+                .map_err(|e| damaged(&self.path, format!("line {}: {e}", self.number)))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
+
+/// Calls `f` with each chunk of the entries at `path`, in order.
+pub(crate) fn for_each_chunk(path: &Path, mut f: impl FnMut(&[Entry]) -> Result<()>) -> Result<()> {
+    let mut reader = EntryReader::open(path)?;
+    loop {
+        let chunk = reader.next_chunk(CHUNK)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        f(&chunk)?;
+    }
+}
+
+/// The totals of the entries at `path`.
+pub(crate) fn summarize(path: &Path) -> Result<Summary> {
+    let mut s = Summary::default();
+    for_each_chunk(path, |chunk| {
+        for e in chunk {
+            s.add(e);
+        }
+        Ok(())
+    })?;
+    Ok(s)
+}
+
+/// Writes entries to `path` atomically and durably: `fill` gets a function
+/// that appends one entry. Returns what `fill` returned.
+pub(crate) fn write_entries<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<T>,
+) -> Result<T> {
+    fsx::create_dir_all(fsx::parent(path))?;
+    let mut outcome: Option<Result<T>> = None;
+    let written = fsx::write_atomic_with(path, |file| {
+        let mut w = BufWriter::with_capacity(64 * 1024, file);
+        let mut push = |e: &Entry| -> Result<()> {
+            serde_json::to_writer(&mut w, e)
+                .map_err(|e| Error::io("write", path, std::io::Error::other(e)))?;
+            w.write_all(b"\n").map_err(|e| Error::io("write", path, e))
+        };
+        let r = fill(&mut push);
+        let failed = r.is_err();
+        outcome = Some(r);
+        if failed {
+            return Err(std::io::Error::other("stopped"));
+        }
+        w.flush()
+    });
+    let written = written.map_err(Error::from);
+    match outcome {
+        Some(Ok(t)) => written.map(|()| t),
+        Some(Err(e)) => Err(e),
+        // `fill` never ran: creating the temp file failed.
+        None => written.and_then(|()| {
+            Err(Error::io(
+                "write",
+                path,
+                std::io::Error::other("nothing was written"),
+            ))
+        }),
+    }
+}
+
+/// Rewrites the entries at `path` a chunk at a time through `f`, atomically.
+pub(crate) fn rewrite_entries(
+    path: &Path,
+    mut f: impl FnMut(&mut [Entry]) -> Result<()>,
+) -> Result<()> {
+    let mut reader = EntryReader::open(path)?;
+    write_entries(path, |push| {
+        loop {
+            let mut chunk = reader.next_chunk(CHUNK)?;
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            f(&mut chunk)?;
+            for e in &chunk {
+                push(e)?;
+            }
+        }
+    })
 }
 
 /// The state of the one transaction in progress for a repository.

@@ -18,7 +18,7 @@ use crate::copy::{self, open_regular};
 use crate::error::{Error, Result};
 use crate::legacy::{self, Class};
 use crate::manifest::{
-    Category, Fate, Fingerprint, Manifest, Output, Produce, RelPath, Source, Special,
+    Category, Entry, Fate, Fingerprint, Manifest, Output, Produce, RelPath, Source, Special,
 };
 use crate::split;
 
@@ -38,10 +38,11 @@ struct Found {
     fingerprint: Fingerprint,
 }
 
-/// What a walk of the legacy tree found.
+/// What a walk of the legacy tree found besides its storage files (which
+/// it hands over one at a time). Its size grows with the number of
+/// directories, links and special files, never with the number of files.
 #[derive(Debug, Default)]
 struct Walk {
-    files: Vec<Found>,
     specials: Vec<Special>,
     user_files: u64,
     dir_modes: BTreeMap<PathBuf, u32>,
@@ -176,80 +177,101 @@ fn special_kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
-fn walk(legacy: &Path) -> Result<Walk> {
+/// One directory's entries, sorted by name, so that the walk visits paths
+/// in [`Path`] order (component by component).
+type Listing = std::vec::IntoIter<(std::ffi::OsString, std::fs::FileType)>;
+
+fn list(dir: &Path) -> std::io::Result<Listing> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        out.push((entry.file_name(), entry.file_type()?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter())
+}
+
+/// Walks `legacy` depth first in path order, never following links, and
+/// calls `visit` with each storage file. Only the listings of the
+/// directories on the current path are held in memory.
+fn walk(legacy: &Path, mut visit: impl FnMut(Found) -> Result<()>) -> Result<Walk> {
     let mut out = Walk::default();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel_dir) = stack.pop() {
-        let dir = legacy.join(&rel_dir);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            // A directory of the user's that we cannot list holds no storage:
-            // note it and go on. A storage directory must be readable.
-            Err(e) if !rel_dir.as_os_str().is_empty() && !storage_dir(&rel_dir) => {
-                out.unlisted.push(format!(
-                    "`{}` could not be listed ({e}); it was left alone",
-                    rel_dir.display()
-                ));
-                out.impure.insert(rel_dir.clone());
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::Refused {
-                    action: "migrate",
-                    path: dir.clone(),
-                    reason: format!("cannot list it ({e}); fix its permissions and run again"),
-                });
-            }
+    let root = list(legacy).map_err(|e| Error::Refused {
+        action: "migrate",
+        path: legacy.to_owned(),
+        reason: format!("cannot list it ({e}); fix its permissions and run again"),
+    })?;
+    if root.len() == 0 {
+        out.impure.insert(PathBuf::new());
+    }
+    let mut stack: Vec<(PathBuf, Listing)> = vec![(PathBuf::new(), root)];
+    while let Some((rel_dir, entries)) = stack.last_mut() {
+        let Some((name, ft)) = entries.next() else {
+            stack.pop();
+            continue;
         };
-        let mut empty = true;
-        for entry in entries {
-            empty = false;
-            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-            let rel = rel_dir.join(entry.file_name());
-            let path = legacy.join(&rel);
-            // The directory entry's type never follows a link out of the tree;
-            // only storage files and directories need a `stat`.
-            let ft = entry.file_type().map_err(|e| Error::io("stat", &path, e))?;
-            let stat = || std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e));
-            if ft.is_dir() {
-                out.dir_modes.insert(rel.clone(), stat()?.mode() & 0o7777);
-                stack.push(rel);
-            } else if ft.is_file() {
-                let class = legacy::classify(&components(&rel));
-                if class.is_storage() {
-                    let meta = stat()?;
-                    out.files.push(Found {
-                        rel,
-                        class,
-                        size: meta.len(),
-                        mtime: copy::mtime_of(&meta),
-                        mode: meta.mode() & 0o7777,
-                        fingerprint: Fingerprint::of(&meta),
-                    });
-                } else {
-                    out.user_files += 1;
-                    out.impure.insert(rel_dir.clone());
+        let rel_dir = rel_dir.clone();
+        let rel = rel_dir.join(&name);
+        let path = legacy.join(&rel);
+        // The directory entry's type never follows a link out of the tree;
+        // only storage files and directories need a `stat`.
+        let stat = || std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e));
+        if ft.is_dir() {
+            out.dir_modes.insert(rel.clone(), stat()?.mode() & 0o7777);
+            match list(&path) {
+                Ok(sub) => {
+                    if sub.len() == 0 {
+                        out.impure.insert(rel.clone());
+                    }
+                    stack.push((rel, sub));
                 }
-            } else {
-                out.impure.insert(rel_dir.clone());
-                let target = ft
-                    .is_symlink()
-                    .then(|| std::fs::read_link(&path).ok())
-                    .flatten()
-                    .map(|t| t.to_string_lossy().into_owned());
-                out.specials.push(Special {
-                    rel: RelPath(rel),
-                    kind: special_kind(ft).to_owned(),
-                    target,
-                });
+                // A directory of the user's that we cannot list holds no
+                // storage: note it and go on. A storage directory must be readable.
+                Err(e) if !storage_dir(&rel) => {
+                    out.unlisted.push(format!(
+                        "`{}` could not be listed ({e}); it was left alone",
+                        rel.display()
+                    ));
+                    out.impure.insert(rel);
+                }
+                Err(e) => {
+                    return Err(Error::Refused {
+                        action: "migrate",
+                        path,
+                        reason: format!("cannot list it ({e}); fix its permissions and run again"),
+                    });
+                }
             }
-        }
-        if empty {
-            out.impure.insert(rel_dir.clone());
+        } else if ft.is_file() {
+            let class = legacy::classify(&components(&rel));
+            if class.is_storage() {
+                let meta = stat()?;
+                visit(Found {
+                    rel,
+                    class,
+                    size: meta.len(),
+                    mtime: copy::mtime_of(&meta),
+                    mode: meta.mode() & 0o7777,
+                    fingerprint: Fingerprint::of(&meta),
+                })?;
+            } else {
+                out.user_files += 1;
+                out.impure.insert(rel_dir);
+            }
+        } else {
+            out.impure.insert(rel_dir);
+            let target = ft
+                .is_symlink()
+                .then(|| std::fs::read_link(&path).ok())
+                .flatten()
+                .map(|t| t.to_string_lossy().into_owned());
+            out.specials.push(Special {
+                rel: RelPath(rel),
+                kind: special_kind(ft).to_owned(),
+                target,
+            });
         }
     }
-    out.files.sort_by(|a, b| a.rel.cmp(&b.rel));
-    out.specials.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok(out)
 }
 
@@ -389,7 +411,9 @@ fn is_real_gzip(path: &Path) -> Result<bool> {
     Ok(got == 2 && magic == [0x1f, 0x8b])
 }
 
-/// Plans the migration of `legacy` into `repo` of the store at `layout`.
+/// Plans the migration of `legacy` into `repo` of the store at `layout`,
+/// handing each [`Entry`] to `sink` as the walk finds it (a real run writes
+/// them to `entries.jsonl`; a dry run only counts them), and returns the rest.
 ///
 /// With `preview` (dry runs, status) it also reads what staging would read
 /// to finish the plan: the job ids in event logs and the validity of JSON
@@ -401,29 +425,25 @@ pub fn plan(
     repo: &RepoKey,
     txid: &str,
     preview: bool,
+    sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<Manifest> {
     let mut manifest = Manifest {
-        format_version: 1,
+        format_version: crate::manifest::MANIFEST_VERSION,
         txid: txid.to_owned(),
         project: RelPath(project.to_owned()),
         legacy_dir: RelPath(legacy.to_owned()),
         repo: repo.to_string(),
         created_at: storage_fs::time::now(),
-        sources: Vec::new(),
-        outputs: Vec::new(),
         dirs: Vec::new(),
         pure_dirs: Vec::new(),
         specials: Vec::new(),
         user_files: 0,
         warnings: Vec::new(),
+        warnings_omitted: 0,
     };
     if std::fs::symlink_metadata(legacy).is_err() {
         return Ok(manifest);
     }
-    let walked = walk(legacy)?;
-    manifest.specials = walked.specials;
-    manifest.warnings.extend(walked.unlisted);
-    manifest.user_files = walked.user_files;
     let preserved = |rel: &Path| -> RelPath {
         let dir = layout.legacy_dir(repo);
         rel_in_store(
@@ -431,18 +451,34 @@ pub fn plan(
             &Layout::under(&dir, rel).expect("walked paths are relative names"),
         )
     };
-    let mut session_dests: BTreeMap<RelPath, Vec<usize>> = BTreeMap::new();
+    let doc = |key: DocKey| rel_in_store(layout, &layout.document(&key));
+    // Only `session_state.json` can share a destination with another file
+    // (the `session-<id>.json` of its own session); those few are held back
+    // and stored once if identical. Every other file goes straight to `sink`.
+    let state = legacy.join("session_state.json");
+    let shared_dest = std::fs::symlink_metadata(&state)
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .and_then(|meta| session_id_of(&state, meta.len()))
+        .map(|session| {
+            doc(DocKey::Session {
+                repo: repo.clone(),
+                session,
+            })
+        });
+    let mut held: Vec<(usize, Source)> = Vec::new();
     let mut parents = std::collections::BTreeSet::new();
-    for found in walked.files {
+    let mut index = 0usize;
+    let walked = walk(legacy, |found| {
         let path = legacy.join(&found.rel);
-
         let mut p = found.rel.parent();
         while let Some(dir) = p.filter(|d| !d.as_os_str().is_empty()) {
-            parents.insert(dir.to_owned());
+            if !parents.insert(dir.to_owned()) {
+                break;
+            }
             p = dir.parent();
         }
-        let index = manifest.sources.len();
-        manifest.sources.push(Source {
+        let source = Source {
             rel: RelPath(found.rel.clone()),
             size: found.size,
             mtime: found.mtime,
@@ -451,12 +487,17 @@ pub fn plan(
             split: false,
             split_lines: None,
             fingerprint: found.fingerprint,
-        });
+        };
+        let this = index;
+        index += 1;
+        let mut entry = Entry {
+            index: this,
+            sources: vec![source],
+            outputs: Vec::new(),
+        };
         let estimate = found.size;
         let out = |dest: RelPath, produce: Produce, category: Category| Output {
             dest,
-            source: index,
-            duplicates: Vec::new(),
             produce,
             category,
             // An estimate until staging records the real size.
@@ -465,7 +506,6 @@ pub fn plan(
             lines: None,
             fate: Fate::Pending,
         };
-        let doc = |key: DocKey| rel_in_store(layout, &layout.document(&key));
         let r = repo.clone();
         let typed_json = matches!(found.class, Class::SessionCopy(_))
             || preview
@@ -479,7 +519,7 @@ pub fn plan(
                 );
         let class = if typed_json && !is_json(&path) {
             // A torn or corrupt document must not sit where Prodigy loads it.
-            manifest.warnings.push(format!(
+            manifest.warn(format!(
                 "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
                 found.rel.display()
             ));
@@ -495,18 +535,23 @@ pub fn plan(
                 };
                 if let Some(session) = id {
                     let dest = doc(DocKey::Session { repo: r, session });
-                    session_dests.entry(dest).or_default().push(index);
-                    continue;
+                    if shared_dest.as_ref() == Some(&dest) {
+                        let source = entry.sources.pop().expect("one source");
+                        held.push((this, source));
+                        return Ok(());
+                    }
+                    out(dest, Produce::Copy, Category::Sessions)
+                } else {
+                    manifest.warn(format!(
+                        "`{}` has no readable `session_id`; kept verbatim in the legacy area",
+                        found.rel.display()
+                    ));
+                    out(
+                        preserved(&found.rel),
+                        Produce::Copy,
+                        Category::LegacyPreserved,
+                    )
                 }
-                manifest.warnings.push(format!(
-                    "`{}` has no readable `session_id`; kept verbatim in the legacy area",
-                    found.rel.display()
-                ));
-                out(
-                    preserved(&found.rel),
-                    Produce::Copy,
-                    Category::LegacyPreserved,
-                )
             }
             Class::JobCheckpoint(job, version) => out(
                 doc(DocKey::JobCheckpoint {
@@ -543,45 +588,31 @@ pub fn plan(
                 Category::LegacyPreserved,
             ),
             Class::GlobalEventLog => {
-                manifest.sources[index].split = true;
-                if !preview {
-                    continue; // staging routes the lines and creates the outputs
-                }
-                let (file, _) = open_regular(&path)?;
-                let routes = split::for_each_line(file, &path, |_, _| Ok(()))?;
-                manifest.sources[index].split_lines = Some(routes.values().map(|t| t.lines).sum());
-                for (route, totals) in routes {
-                    let name = path_name(&found.rel);
-                    let dest = match &route {
-                        Some(job) => layout
-                            .events_job_dir(repo, job)
-                            .join(format!("events-0-legacy-{txid}-{index:04}.jsonl")),
-                        None => layout
-                            .legacy_dir(repo)
-                            .join("unrouted-events")
-                            .join(txid)
-                            .join(&name),
-                    };
-                    if route.is_none() {
-                        manifest.warnings.push(format!(
-                            "{} line(s) of `{}` name no valid job (or are not JSON, or torn); kept verbatim at `{}`",
-                            totals.lines,
-                            found.rel.display(),
-                            dest.strip_prefix(layout.root()).unwrap_or(&dest).display()
-                        ));
+                entry.sources[0].split = true;
+                if preview {
+                    // Staging routes the lines and creates the outputs; a
+                    // preview routes them now to show where they would go.
+                    let (file, _) = open_regular(&path)?;
+                    let routes = split::for_each_line(file, &path, |_, _| Ok(()))?;
+                    entry.sources[0].split_lines = Some(routes.values().map(|t| t.lines).sum());
+                    for (route, totals) in routes {
+                        let dest = split_dest(layout, repo, txid, this, &found.rel, route.as_ref());
+                        if route.is_none() {
+                            manifest.warn(unrouted_warning(totals.lines, &found.rel, &dest));
+                        }
+                        let mut o = out(
+                            dest,
+                            Produce::SplitEvents {
+                                job: route.map(|j| j.to_string()),
+                            },
+                            Category::Events,
+                        );
+                        o.lines = Some(totals.lines);
+                        o.size = Some(totals.bytes);
+                        entry.outputs.push(o);
                     }
-                    let mut o = out(
-                        rel_in_store(layout, &dest),
-                        Produce::SplitEvents {
-                            job: route.map(|j| j.to_string()),
-                        },
-                        Category::Events,
-                    );
-                    o.lines = Some(totals.lines);
-                    o.size = Some(totals.bytes);
-                    manifest.outputs.push(o);
                 }
-                continue;
+                return sink(&entry);
             }
             Class::Preserved => out(
                 preserved(&found.rel),
@@ -590,10 +621,19 @@ pub fn plan(
             ),
             Class::User => unreachable!("user files are not in the walk's storage list"),
         };
-        manifest.outputs.push(output);
+        entry.outputs.push(output);
+        sink(&entry)
+    })?;
+    if let Some(dest) = shared_dest
+        && !held.is_empty()
+    {
+        add_sessions(legacy, layout, repo, &mut manifest, &dest, held, sink)?;
     }
-    add_sessions(legacy, layout, repo, &mut manifest, session_dests)?;
-    manifest.outputs.sort_by(|a, b| a.dest.cmp(&b.dest));
+    manifest.specials = walked.specials;
+    for w in walked.unlisted {
+        manifest.warn(w);
+    }
+    manifest.user_files = walked.user_files;
     manifest.pure_dirs = pure_dirs(&walked.dir_modes, &walked.impure);
     manifest.dirs = parents
         .into_iter()
@@ -603,6 +643,39 @@ pub fn plan(
         })
         .collect();
     Ok(manifest)
+}
+
+/// Where the lines of split log `rel` (entry `index`) for `route` go,
+/// relative to the store root: the job's event directory, or the legacy
+/// area for lines that name no job.
+pub(crate) fn split_dest(
+    layout: &Layout,
+    repo: &RepoKey,
+    txid: &str,
+    index: usize,
+    rel: &Path,
+    route: Option<&storage_core::JobId>,
+) -> RelPath {
+    let abs = match route {
+        Some(job) => layout
+            .events_job_dir(repo, job)
+            .join(format!("events-0-legacy-{txid}-{index:04}.jsonl")),
+        None => layout
+            .legacy_dir(repo)
+            .join("unrouted-events")
+            .join(txid)
+            .join(path_name(rel)),
+    };
+    rel_in_store(layout, &abs)
+}
+
+/// The warning for the lines of a split log that name no job.
+pub(crate) fn unrouted_warning(lines: u64, rel: &Path, dest: &RelPath) -> String {
+    format!(
+        "{lines} line(s) of `{}` name no valid job (or are not JSON, or torn); kept verbatim at `{}`",
+        rel.display(),
+        dest.as_path().display()
+    )
 }
 
 /// The top-most storage directories that hold nothing but storage files
@@ -639,79 +712,69 @@ fn path_name(rel: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// One output per session; identical copies are stored once, differing ones
-/// are all kept (the best in `sessions/`, the others in the legacy area).
+/// One output per distinct content among the files of one session (at most
+/// `session_state.json` and its `session-<id>.json`): identical copies are
+/// stored once, differing ones are all kept (the best in `sessions/`, the
+/// others in the legacy area).
 fn add_sessions(
     legacy: &Path,
     layout: &Layout,
     repo: &RepoKey,
     manifest: &mut Manifest,
-    dests: BTreeMap<RelPath, Vec<usize>>,
+    dest: &RelPath,
+    mut sources: Vec<(usize, Source)>,
+    sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<()> {
-    for (dest, mut sources) in dests {
-        if let [only] = sources[..] {
-            // One file for this session: nothing to compare or choose.
-            manifest.outputs.push(Output {
-                dest,
-                source: only,
-                duplicates: Vec::new(),
-                produce: Produce::Copy,
-                category: Category::Sessions,
-                size: Some(manifest.sources[only].size),
-                hash: None,
-                lines: None,
-                fate: Fate::Pending,
-            });
-            continue;
+    // Prefer a file that parses; among those, `session_state.json` (written atomically).
+    sources.sort_by_key(|(_, s)| {
+        let rel = s.rel.as_path();
+        let parses = parses_as_object(&legacy.join(rel));
+        (
+            !parses,
+            rel != Path::new("session_state.json"),
+            rel.to_owned(),
+        )
+    });
+    let mut groups: Vec<(blake3::Hash, Vec<(usize, Source)>)> = Vec::new();
+    for (i, s) in sources {
+        let (_, h) = copy::hash_file(&legacy.join(s.rel.as_path()))?;
+        match groups.iter_mut().find(|(g, _)| *g == h) {
+            Some((_, members)) => members.push((i, s)),
+            None => groups.push((h, vec![(i, s)])),
         }
-        // Prefer a file that parses; among those, `session_state.json` (written atomically).
-        sources.sort_by_key(|&i| {
-            let rel = manifest.sources[i].rel.as_path();
-            let parses = parses_as_object(&legacy.join(rel));
-            (
-                !parses,
-                rel != Path::new("session_state.json"),
-                rel.to_owned(),
-            )
-        });
-        let mut groups: Vec<(blake3::Hash, Vec<usize>)> = Vec::new();
-        for &i in &sources {
-            let (_, h) = copy::hash_file(&legacy.join(manifest.sources[i].rel.as_path()))?;
-            match groups.iter_mut().find(|(g, _)| *g == h) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((h, vec![i])),
-            }
-        }
-        for (n, (_, members)) in groups.into_iter().enumerate() {
-            let (first, rest) = members.split_first().expect("a group has a member");
-            let (out_dest, category) = if n == 0 {
-                (dest.clone(), Category::Sessions)
-            } else {
-                let rel = manifest.sources[*first].rel.as_path().to_owned();
-                let moved = Layout::under(&layout.legacy_dir(repo), &rel).expect("relative");
-                manifest.warnings.push(format!(
-                    "`{}` differs from the session kept at `{}`; kept both (this one at `{}`)",
-                    rel.display(),
-                    dest.as_path().display(),
-                    moved
-                        .strip_prefix(layout.root())
-                        .unwrap_or(&moved)
-                        .display()
-                ));
-                (rel_in_store(layout, &moved), Category::LegacyPreserved)
-            };
-            manifest.outputs.push(Output {
+    }
+    for (n, (_, members)) in groups.into_iter().enumerate() {
+        let index = members[0].0;
+        let first = members[0].1.clone();
+        let (out_dest, category) = if n == 0 {
+            (dest.clone(), Category::Sessions)
+        } else {
+            let rel = first.rel.as_path();
+            let moved = Layout::under(&layout.legacy_dir(repo), rel).expect("relative");
+            manifest.warn(format!(
+                "`{}` differs from the session kept at `{}`; kept both (this one at `{}`)",
+                rel.display(),
+                dest.as_path().display(),
+                moved
+                    .strip_prefix(layout.root())
+                    .unwrap_or(&moved)
+                    .display()
+            ));
+            (rel_in_store(layout, &moved), Category::LegacyPreserved)
+        };
+        sink(&Entry {
+            index,
+            sources: members.into_iter().map(|(_, s)| s).collect(),
+            outputs: vec![Output {
                 dest: out_dest,
-                source: *first,
-                duplicates: rest.to_vec(),
                 produce: Produce::Copy,
                 category,
-                size: Some(manifest.sources[*first].size),
+                size: Some(first.size),
                 hash: None,
                 lines: None,
                 fate: Fate::Pending,
-            });
-        }
+            }],
+        })?;
     }
     Ok(())
 }

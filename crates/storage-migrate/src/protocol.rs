@@ -30,7 +30,8 @@ use crate::copy::{self, AtPath, open_regular, probe};
 use crate::error::{Error, Result};
 use crate::fault::{self, Fault};
 use crate::manifest::{
-    Category, Fate, Fingerprint, HistoryEntry, Journal, Manifest, Output, Phase, Produce, RelPath,
+    self, Category, Entry, Fate, Fingerprint, HistoryEntry, Journal, Manifest, Output, Phase,
+    Produce, RelPath, Source, Summary,
 };
 use crate::progress::{Progress, Step};
 use crate::split;
@@ -58,6 +59,9 @@ impl Paths {
     }
     pub fn manifest(&self, txid: &str) -> PathBuf {
         self.tx(txid).join("manifest.json")
+    }
+    pub fn entries(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("entries.jsonl")
     }
     pub fn report(&self, txid: &str) -> PathBuf {
         self.tx(txid).join("report.json")
@@ -125,12 +129,25 @@ pub(crate) fn read_journal(paths: &Paths) -> Result<Option<Journal>> {
 }
 
 pub(crate) fn read_manifest(paths: &Paths, txid: &str) -> Result<Manifest> {
-    read_json(&paths.manifest(txid), "the migration's records are damaged; the backup directory beside it holds the legacy files")?
+    let path = paths.manifest(txid);
+    let m: Manifest = read_json(&path, "the migration's records are damaged; the backup directory beside it holds the legacy files")?
         .ok_or_else(|| Error::Record {
-            path: paths.manifest(txid),
+            path: path.clone(),
             reason: "it does not exist".into(),
             next: "the migration's records were removed; nothing can be done automatically".into(),
-        })
+        })?;
+    if m.format_version != manifest::MANIFEST_VERSION {
+        return Err(Error::Record {
+            path,
+            reason: format!(
+                "it has format version {}; this prodigy-storage reads version {}",
+                m.format_version,
+                manifest::MANIFEST_VERSION
+            ),
+            next: "use the prodigy-storage that wrote it".into(),
+        });
+    }
+    Ok(m)
 }
 
 fn set_journal(paths: &Paths, txid: &str, phase: Phase, force: bool) -> Result<()> {
@@ -211,11 +228,12 @@ impl Dirs {
 /// Typed documents larger than this are copied without the JSON check.
 const MAX_VALIDATE: u64 = 64 * 1024 * 1024;
 
-/// What staging one source produced (applied to the manifest afterwards).
-struct StagedSource {
-    src: usize,
+/// What staging one entry produced (applied to the entry afterwards).
+struct Staged {
     src_hash: blake3::Hash,
-    dup_hashes: Vec<(usize, blake3::Hash)>,
+    /// Hashes of the identical copies (`sources[1..]`).
+    dup_hashes: Vec<blake3::Hash>,
+    /// (output, size, hash) of each output written.
     done: Vec<(usize, u64, blake3::Hash)>,
     new_outputs: Vec<Output>,
     retarget: Option<(usize, RelPath)>,
@@ -223,6 +241,32 @@ struct StagedSource {
     as_copy: bool,
     split_lines: Option<u64>,
     warnings: Vec<String>,
+}
+
+impl Staged {
+    fn apply(self, e: &mut Entry) {
+        e.sources[0].hash = Some(self.src_hash.to_hex().to_string());
+        for (s, h) in e.sources[1..].iter_mut().zip(self.dup_hashes) {
+            s.hash = Some(h.to_hex().to_string());
+        }
+        if self.as_copy
+            && let Some((o, ..)) = self.done.first()
+        {
+            e.outputs[*o].produce = Produce::Copy;
+        }
+        for (o, size, hash) in self.done {
+            e.outputs[o].size = Some(size);
+            e.outputs[o].hash = Some(hash.to_hex().to_string());
+        }
+        if let Some((o, dest)) = self.retarget {
+            e.outputs[o].dest = dest;
+            e.outputs[o].category = Category::LegacyPreserved;
+        }
+        if let Some(lines) = self.split_lines {
+            e.sources[0].split_lines = Some(lines);
+        }
+        e.outputs.extend(self.new_outputs);
+    }
 }
 
 /// Where a legacy file kept verbatim goes (relative to the store root).
@@ -325,79 +369,59 @@ impl Tx<'_> {
     // ---- staging -------------------------------------------------------
 
     /// Copies every source into staging, filling in sizes and hashes, on
-    /// all cores: the big event logs start first, small files fill in.
-    pub fn stage(&self, m: &mut Manifest) -> Result<()> {
+    /// all cores, a chunk of entries at a time (the biggest of each chunk
+    /// start first, small files fill in). Returns the new totals.
+    pub fn stage(&self, m: &mut Manifest, planned: &Summary) -> Result<Summary> {
         let staging = self.paths.staging(&m.txid);
         fsx::create_dir_all(&staging)?;
-        let total_bytes: u64 = m.sources.iter().map(|s| s.size).sum();
         self.progress
-            .start(Step::Copy, m.sources.len() as u64, total_bytes);
-        // Planned outputs grouped by source; split logs get theirs while staging.
-        let mut by_source: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, o) in m.outputs.iter().enumerate() {
-            by_source.entry(o.source).or_default().push(i);
-        }
-        for (i, s) in m.sources.iter().enumerate() {
-            if s.split {
-                by_source.entry(i).or_default();
-            }
-        }
-        let mut work: Vec<(usize, Vec<usize>)> = by_source.into_iter().collect();
-        work.sort_by_key(|(src, _)| std::cmp::Reverse(m.sources[*src].size));
+            .start(Step::Copy, planned.sources, planned.source_bytes);
+        let legacy = m.legacy_dir.0.clone();
+        let txid = m.txid.clone();
         let first = std::sync::Once::new();
-        let shared: &Manifest = m;
-        let results = par_map(&work, Dirs::default, |dirs, (src, outs)| {
-            let r = self.stage_one(shared, &staging, dirs, *src, outs)?;
-            tracing::debug!(file = %shared.sources[*src].rel.as_path().display(), "staged");
-            self.progress.advance(1, shared.sources[*src].size);
-            first.call_once(|| fault::point("mid-staging"));
-            Ok(r)
+        let mut staged = Summary::default();
+        manifest::rewrite_entries(&self.paths.entries(&txid), |chunk| {
+            let mut order: Vec<usize> = (0..chunk.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(chunk[i].source().size));
+            let shared: &[Entry] = chunk;
+            let results = par_map(&order, Dirs::default, |dirs, &i| {
+                let e = &shared[i];
+                let r = self.stage_one(&legacy, &txid, &staging, dirs, e)?;
+                tracing::debug!(file = %e.source().rel.as_path().display(), "staged");
+                self.progress.advance(
+                    e.sources.len() as u64,
+                    e.sources.iter().map(|s| s.size).sum(),
+                );
+                first.call_once(|| fault::point("mid-staging"));
+                Ok(r)
+            })?;
+            // Applied in entry order, so warnings do not depend on scheduling.
+            let mut results: Vec<(usize, Staged)> = order.into_iter().zip(results).collect();
+            results.sort_by_key(|(i, _)| *i);
+            for (i, r) in results {
+                for w in &r.warnings {
+                    m.warn(w.clone());
+                }
+                r.apply(&mut chunk[i]);
+                staged.add(&chunk[i]);
+            }
+            Ok(())
         })?;
-        let mut results = results;
-        // Apply in source order, so warnings and outputs do not depend on scheduling.
-        results.sort_by_key(|r| r.src);
-        for r in results {
-            m.sources[r.src].hash = Some(r.src_hash.to_hex().to_string());
-            for (d, h) in r.dup_hashes {
-                m.sources[d].hash = Some(h.to_hex().to_string());
-            }
-            if r.as_copy
-                && let Some((o, ..)) = r.done.first()
-            {
-                m.outputs[*o].produce = Produce::Copy;
-            }
-            for (o, size, hash) in r.done {
-                m.outputs[o].size = Some(size);
-                m.outputs[o].hash = Some(hash.to_hex().to_string());
-            }
-            if let Some((o, dest)) = r.retarget {
-                m.outputs[o].dest = dest;
-                m.outputs[o].category = Category::LegacyPreserved;
-            }
-            if let Some(lines) = r.split_lines {
-                m.sources[r.src].split_lines = Some(lines);
-            }
-            m.outputs.extend(r.new_outputs);
-            m.warnings.extend(r.warnings);
-        }
-        m.outputs.sort_by(|a, b| a.dest.cmp(&b.dest));
         self.progress.finish(Step::Copy);
-        Ok(())
+        Ok(staged)
     }
 
     fn stage_one(
         &self,
-        m: &Manifest,
+        legacy: &Path,
+        txid: &str,
         staging: &Path,
         dirs: &mut Dirs,
-        src: usize,
-        outs: &[usize],
-    ) -> Result<StagedSource> {
-        let legacy = &m.legacy_dir.0;
-        let source = &m.sources[src];
+        e: &Entry,
+    ) -> Result<Staged> {
+        let source = e.source();
         let path = join(legacy, &source.rel)?;
-        let mut r = StagedSource {
-            src,
+        let mut r = Staged {
             src_hash: blake3::hash(b""),
             dup_hashes: Vec::new(),
             done: Vec::new(),
@@ -408,11 +432,15 @@ impl Tx<'_> {
             warnings: Vec::new(),
         };
         if source.split {
-            self.stage_split(m, src, &path, staging, dirs, &mut r)?;
+            self.stage_split(txid, e, &path, staging, dirs, &mut r)?;
             return Ok(r);
         }
-        let oi = outs[0];
-        let out = &m.outputs[oi];
+        let oi = 0;
+        let out = e.outputs.first().ok_or_else(|| Error::Record {
+            path: self.paths.entries(txid),
+            reason: format!("`{}` has no output", source.rel.as_path().display()),
+            next: "the migration's records are damaged; run migrate again".into(),
+        })?;
         let (mut file, meta) = open_regular(&path)?;
         match &out.produce {
             Produce::Copy if out.category == Category::LegacyPreserved => {
@@ -472,9 +500,9 @@ impl Tx<'_> {
             }
         }
         // Identical duplicates (sessions) are hashed so verification covers them.
-        for d in &out.duplicates {
-            let (_, h) = copy::hash_file(&join(legacy, &m.sources[*d].rel)?)?;
-            r.dup_hashes.push((*d, h));
+        for d in &e.sources[1..] {
+            let (_, h) = copy::hash_file(&join(legacy, &d.rel)?)?;
+            r.dup_hashes.push(h);
         }
         Ok(r)
     }
@@ -484,7 +512,7 @@ impl Tx<'_> {
     /// land where Prodigy loads it), with a warning and the output re-targeted.
     fn typed_dest(
         &self,
-        r: &mut StagedSource,
+        r: &mut Staged,
         (oi, out): (usize, &Output),
         rel: &Path,
         valid: bool,
@@ -504,37 +532,22 @@ impl Tx<'_> {
     /// Routes every line of a global event log to its job's staged log.
     fn stage_split(
         &self,
-        m: &Manifest,
-        src: usize,
+        txid: &str,
+        e: &Entry,
         path: &Path,
         staging: &Path,
         dirs: &mut Dirs,
-        r: &mut StagedSource,
+        r: &mut Staged,
     ) -> Result<()> {
-        let source = &m.sources[src];
-        let name = source
-            .rel
-            .as_path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let source = e.source();
         let dest_of = |route: &split::Route| -> RelPath {
-            let abs = match route {
-                Some(job) => self
-                    .layout()
-                    .events_job_dir(&self.repo, job)
-                    .join(format!("events-0-legacy-{}-{src:04}.jsonl", m.txid)),
-                None => self
-                    .layout()
-                    .legacy_dir(&self.repo)
-                    .join("unrouted-events")
-                    .join(&m.txid)
-                    .join(&name),
-            };
-            RelPath(
-                abs.strip_prefix(self.layout().root())
-                    .expect("under root")
-                    .to_owned(),
+            crate::plan::split_dest(
+                self.layout(),
+                &self.repo,
+                txid,
+                e.index,
+                source.rel.as_path(),
+                route.as_ref(),
             )
         };
         let mut writers: BTreeMap<split::Route, (PathBuf, BufWriter<std::fs::File>)> =
@@ -563,17 +576,14 @@ impl Tx<'_> {
         r.split_lines = Some(totals.values().map(|t| t.lines).sum());
         for (route, t) in totals {
             if route.is_none() {
-                r.warnings.push(format!(
-                    "{} line(s) of `{}` name no valid job (or are not JSON, or torn); kept verbatim at `{}`",
+                r.warnings.push(crate::plan::unrouted_warning(
                     t.lines,
-                    source.rel.as_path().display(),
-                    dest_of(&route).as_path().display()
+                    source.rel.as_path(),
+                    &dest_of(&route),
                 ));
             }
             r.new_outputs.push(Output {
                 dest: dest_of(&route),
-                source: src,
-                duplicates: Vec::new(),
                 produce: Produce::SplitEvents {
                     job: route.map(|j| j.to_string()),
                 },
@@ -590,95 +600,85 @@ impl Tx<'_> {
     // ---- verification --------------------------------------------------
 
     /// Proves the staged files equal to the legacy files (see the module docs).
-    pub fn verify_staged(&self, m: &Manifest) -> Result<()> {
+    pub fn verify_staged(&self, m: &Manifest, staged: &Summary) -> Result<()> {
         let legacy = &m.legacy_dir.0;
         let staging = self.paths.staging(&m.txid);
-        let total: u64 = m.outputs.iter().filter_map(|o| o.size).sum::<u64>();
-        self.progress.start(
-            Step::Verify,
-            (m.sources.len() + m.outputs.len()) as u64,
-            total,
-        );
-        if fault::armed(&Fault::CorruptStaged)
-            && let Some(o) = m.outputs.first()
-        {
-            corrupt_one_byte(&join(&staging, &o.dest)?)?;
-        }
-        for s in &m.sources {
-            // The bytes staged were hashed as they were read; an unchanged
-            // fingerprint proves no one wrote the file meanwhile.
-            let path = join(legacy, &s.rel)?;
-            let now = std::fs::symlink_metadata(&path)
-                .map(|meta| Fingerprint::of(&meta))
-                .map_err(|e| Error::io("stat", &path, e))?;
-            if now != s.fingerprint || s.hash.is_none() {
-                return Err(Error::Verify {
-                    path,
-                    what: format!(
-                        "the legacy file changed while it was being migrated (size {} then {}); \
-                         stop the Prodigy process that writes it and run again",
-                        s.size, now.size
-                    ),
-                });
+        let total: u64 = staged.categories.values().map(|(_, bytes)| bytes).sum();
+        self.progress
+            .start(Step::Verify, staged.sources + staged.outputs, total);
+        let mut corrupt = fault::armed(&Fault::CorruptStaged);
+        manifest::for_each_chunk(&self.paths.entries(&m.txid), |chunk| {
+            if corrupt && let Some(o) = chunk.iter().find_map(|e| e.outputs.first()) {
+                corrupt_one_byte(&join(&staging, &o.dest)?)?;
+                corrupt = false;
             }
-            self.progress.advance(1, 0);
-        }
-        par_map(
-            &m.outputs,
-            || (),
-            |(), o| {
-                let path = join(&staging, &o.dest)?;
-                let (size, hash) = copy::hash_file(&path)?;
-                if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                // The bytes staged were hashed as they were read; an unchanged
+                // fingerprint proves no one wrote the file meanwhile.
+                let path = join(legacy, &s.rel)?;
+                let now = std::fs::symlink_metadata(&path)
+                    .map(|meta| Fingerprint::of(&meta))
+                    .map_err(|e| Error::io("stat", &path, e))?;
+                if now != s.fingerprint || s.hash.is_none() {
                     return Err(Error::Verify {
                         path,
-                        what: "the staged copy does not match what was read from the legacy file"
-                            .into(),
+                        what: format!(
+                            "the legacy file changed while it was being migrated (size {} then {}); \
+                             stop the Prodigy process that writes it and run again",
+                            s.size, now.size
+                        ),
                     });
                 }
-                if o.produce == Produce::Copy && o.hash != m.sources[o.source].hash {
+                self.progress.advance(1, 0);
+            }
+            par_map(chunk, || (), |(), e| self.verify_entry(legacy, &staging, e))?;
+            Ok(())
+        })?;
+        self.progress.finish(Step::Verify);
+        Ok(())
+    }
+
+    /// Re-hashes an entry's staged outputs; re-runs the metadata rewrite
+    /// over its source; checks that the per-job logs of a split hold every
+    /// byte and line of their source exactly once.
+    fn verify_entry(&self, legacy: &Path, staging: &Path, e: &Entry) -> Result<()> {
+        let source = e.source();
+        for o in &e.outputs {
+            let path = join(staging, &o.dest)?;
+            let (size, hash) = copy::hash_file(&path)?;
+            if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
+                return Err(Error::Verify {
+                    path,
+                    what: "the staged copy does not match what was read from the legacy file"
+                        .into(),
+                });
+            }
+            match &o.produce {
+                Produce::Copy if o.hash != source.hash => {
                     return Err(Error::Verify {
                         path,
                         what: "the staged copy differs from its legacy file".into(),
                     });
                 }
-                self.progress.advance(1, size);
-                Ok(())
-            },
-        )?;
-        self.verify_transforms(m)?;
-        self.progress.finish(Step::Verify);
-        Ok(())
-    }
-
-    /// Re-runs the metadata rewrite over its source, and checks that the
-    /// per-job logs of each split hold every byte and line of their source
-    /// exactly once (their hashes were checked against the staged files above).
-    fn verify_transforms(&self, m: &Manifest) -> Result<()> {
-        let legacy = &m.legacy_dir.0;
-        let mut splits: BTreeMap<usize, Vec<&Output>> = BTreeMap::new();
-        for o in &m.outputs {
-            match &o.produce {
-                Produce::SplitEvents { .. } => splits.entry(o.source).or_default().push(o),
                 Produce::RewriteMetadataPath => {
-                    let path = join(legacy, &m.sources[o.source].rel)?;
-                    let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+                    let src = join(legacy, &source.rel)?;
+                    let bytes = std::fs::read(&src).map_err(|e| Error::io("read", &src, e))?;
                     let new_dir = fsx::parent(&join(self.layout().root(), &o.dest)?).to_owned();
                     let (expected, _) = rewrite_metadata_path(&bytes, &new_dir);
                     if Some(blake3::hash(&expected).to_hex().to_string()) != o.hash {
                         return Err(Error::Verify {
-                            path: join(&self.paths.staging(&m.txid), &o.dest)?,
+                            path,
                             what: "the rewritten metadata does not match its legacy file".into(),
                         });
                     }
                 }
-                Produce::Copy => {}
+                Produce::Copy | Produce::SplitEvents { .. } => {}
             }
+            self.progress.advance(1, size);
         }
-        for (src, outs) in splits {
-            let source = &m.sources[src];
-            let bytes: u64 = outs.iter().filter_map(|o| o.size).sum();
-            let lines: u64 = outs.iter().filter_map(|o| o.lines).sum();
+        if source.split {
+            let bytes: u64 = e.outputs.iter().filter_map(|o| o.size).sum();
+            let lines: u64 = e.outputs.iter().filter_map(|o| o.lines).sum();
             let planned = source.split_lines;
             if bytes != source.size || Some(lines) != planned {
                 return Err(Error::Verify {
@@ -702,119 +702,142 @@ impl Tx<'_> {
     /// `RENAME_NOREPLACE` (a new repository's `state/<repo>/` is one rename);
     /// elsewhere files are published one by one. Either way a file's fate is
     /// read back from the disk, so a crash half-way is finished the same way.
-    pub fn publish(&self, m: &mut Manifest) -> Result<()> {
+    pub fn publish(&self, m: &Manifest, staged: &Summary) -> Result<Summary> {
         let staging = self.paths.staging(&m.txid);
         let root = self.layout().root().to_owned();
-        self.progress
-            .start(Step::Publish, m.outputs.len() as u64, 0);
+        self.progress.start(Step::Publish, staged.outputs, 0);
         let mut moved = Vec::new();
         publish_dirs(&staging, &root, Path::new(""), &mut moved)?;
         if !moved.is_empty() {
             fault::point("mid-publish");
         }
         let mut dirs = Dirs::default();
-        for i in 0..m.outputs.len() {
-            let o = &m.outputs[i];
-            let staged = join(&staging, &o.dest)?;
-            let target = join(&root, &o.dest)?;
-            let alt_rel = conflict_alt(self.layout(), &self.repo, &m.txid, &o.dest);
-            let alt = join(&root, &alt_rel)?;
-            let want = o.hash.clone();
-            let same =
-                |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == want);
-            let fate = if moved.iter().any(|d| o.dest.as_path().starts_with(d)) {
-                // Moved with its whole directory just now.
-                Fate::Published
-            } else if std::fs::symlink_metadata(&staged).is_ok() {
-                match probe(&target)? {
-                    AtPath::Missing => {
-                        dirs.ensure(fsx::parent(&target))?;
-                        fsx::rename_noreplace(&staged, &target)?;
-                        Fate::Published
-                    }
-                    at if same(at) => Fate::AlreadyPresent,
-                    _ => {
-                        if !same(probe(&alt)?) {
-                            fsx::create_dir_all(fsx::parent(&alt))?;
-                            fsx::rename_noreplace(&staged, &alt)?;
-                        }
-                        Fate::Conflict { alt: alt_rel }
+        let mut first = moved.is_empty();
+        let mut published = Summary::default();
+        manifest::rewrite_entries(&self.paths.entries(&m.txid), |chunk| {
+            for e in chunk.iter_mut() {
+                for o in &mut e.outputs {
+                    o.fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
+                    self.progress.advance(1, 0);
+                    if first {
+                        first = false;
+                        fault::point("mid-publish");
                     }
                 }
-            } else if same(probe(&target)?) {
-                Fate::Published
-            } else if same(probe(&alt)?) {
-                Fate::Conflict { alt: alt_rel }
-            } else {
-                return Err(Error::Record {
-                    path: target,
-                    reason: "its staged copy is gone but it was not published".into(),
-                    next:
-                        "the legacy files are untouched; remove the journal and run migrate again"
-                            .into(),
-                });
-            };
-            m.outputs[i].fate = fate;
-            self.progress.advance(1, 0);
-            if i == 0 && moved.is_empty() {
-                fault::point("mid-publish");
+                published.add(e);
             }
-        }
+            Ok(())
+        })?;
         sync(&root)?;
         self.progress.finish(Step::Publish);
-        Ok(())
+        Ok(published)
+    }
+
+    /// Publishes one output (or finds where an earlier run published it).
+    fn publish_one(
+        &self,
+        m: &Manifest,
+        staging: &Path,
+        root: &Path,
+        moved: &[PathBuf],
+        dirs: &mut Dirs,
+        o: &Output,
+    ) -> Result<Fate> {
+        let staged = join(staging, &o.dest)?;
+        let target = join(root, &o.dest)?;
+        let alt_rel = conflict_alt(self.layout(), &self.repo, &m.txid, &o.dest);
+        let alt = join(root, &alt_rel)?;
+        let same =
+            |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash);
+        Ok(if moved.iter().any(|d| o.dest.as_path().starts_with(d)) {
+            // Moved with its whole directory just now.
+            Fate::Published
+        } else if std::fs::symlink_metadata(&staged).is_ok() {
+            match probe(&target)? {
+                AtPath::Missing => {
+                    dirs.ensure(fsx::parent(&target))?;
+                    fsx::rename_noreplace(&staged, &target)?;
+                    Fate::Published
+                }
+                at if same(at) => Fate::AlreadyPresent,
+                _ => {
+                    if !same(probe(&alt)?) {
+                        fsx::create_dir_all(fsx::parent(&alt))?;
+                        fsx::rename_noreplace(&staged, &alt)?;
+                    }
+                    Fate::Conflict { alt: alt_rel }
+                }
+            }
+        } else if same(probe(&target)?) {
+            Fate::Published
+        } else if same(probe(&alt)?) {
+            Fate::Conflict { alt: alt_rel }
+        } else {
+            return Err(Error::Record {
+                path: target,
+                reason: "its staged copy is gone but it was not published".into(),
+                next: "the legacy files are untouched; remove the journal and run migrate again"
+                    .into(),
+            });
+        })
     }
 
     // ---- retiring ------------------------------------------------------
 
     /// Moves the legacy storage files into the backup (verified when copied).
-    pub fn retire(&self, m: &mut Manifest) -> Result<()> {
+    pub fn retire(&self, m: &mut Manifest, published: &Summary) -> Result<()> {
         let legacy = m.legacy_dir.0.clone();
-        let backup = self.paths.backup(&m.txid);
+        let txid = m.txid.clone();
+        let backup = self.paths.backup(&txid);
+        let entries = self.paths.entries(&txid);
         fsx::create_dir_all(&backup)?;
         let cross_device = !same_device(&legacy, &backup);
-        self.progress.start(Step::Retire, m.sources.len() as u64, 0);
+        self.progress
+            .start(Step::Retire, published.sources, published.source_bytes);
         let first = std::sync::Once::new();
-        let shared: &Manifest = m;
         let moved = if cross_device {
             Vec::new()
         } else {
-            retire_dirs(shared, &legacy, &backup)?
+            retire_dirs(m, &entries, &legacy, &backup)?
         };
-        // Across file systems every file is copied first and the copies made
-        // durable with one `syncfs`; only then are the sources removed.
-        let outcomes = par_map(&shared.sources, Dirs::default, |dirs, s| {
-            if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
+        manifest::for_each_chunk(&entries, |chunk| {
+            let sources: Vec<&Source> = chunk.iter().flat_map(|e| &e.sources).collect();
+            let outcomes = par_map(&sources, Dirs::default, |dirs, s| {
+                if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
+                    self.progress.advance(1, s.size);
+                    return Ok(Retired::Moved);
+                }
+                let r = self.retire_one(&txid, &legacy, &backup, dirs, s, cross_device)?;
+                tracing::debug!(file = %s.rel.as_path().display(), outcome = ?r, "moved into the backup");
                 self.progress.advance(1, s.size);
-                return Ok(Retired::Moved);
-            }
-            let r = self.retire_one(shared, &legacy, &backup, dirs, s, cross_device)?;
-            tracing::debug!(file = %s.rel.as_path().display(), outcome = ?r, "moved into the backup");
-            self.progress.advance(1, s.size);
-            first.call_once(|| fault::point("mid-retire"));
-            Ok(r)
-        })?;
-        if cross_device {
-            sync(&backup)?;
-            for (s, outcome) in m.sources.iter().zip(&outcomes) {
-                if *outcome == Retired::CopiedKeepSource {
-                    fsx::remove_file_durable(&join(&legacy, &s.rel)?)?;
+                first.call_once(|| fault::point("mid-retire"));
+                Ok(r)
+            })?;
+            // Across file systems each chunk is copied first and the copies
+            // made durable with one `syncfs`; only then are the sources removed.
+            if cross_device && outcomes.contains(&Retired::CopiedKeepSource) {
+                sync(&backup)?;
+                for (s, outcome) in sources.iter().zip(&outcomes) {
+                    if *outcome == Retired::CopiedKeepSource {
+                        fsx::remove_file_durable(&join(&legacy, &s.rel)?)?;
+                    }
                 }
             }
-        }
-        for (s, outcome) in m.sources.clone().iter().zip(outcomes) {
-            match outcome {
-                Retired::ChangedAfterVerify => m.warnings.push(format!(
-                    "`{}` changed after it was verified; the store holds the verified version, the backup the newer one",
-                    s.rel.as_path().display()
-                )),
-                Retired::DiffersFromBackup => m.warnings.push(format!(
-                    "`{}` differs from its backup; both kept",
-                    s.rel.as_path().display()
-                )),
-                Retired::Moved | Retired::CopiedKeepSource | Retired::Already => {}
+            for (s, outcome) in sources.iter().zip(outcomes) {
+                match outcome {
+                    Retired::ChangedAfterVerify => m.warn(format!(
+                        "`{}` changed after it was verified; the store holds the verified version, the backup the newer one",
+                        s.rel.as_path().display()
+                    )),
+                    Retired::DiffersFromBackup => m.warn(format!(
+                        "`{}` differs from its backup; both kept",
+                        s.rel.as_path().display()
+                    )),
+                    Retired::Moved | Retired::CopiedKeepSource | Retired::Already => {}
+                }
             }
-        }
+            Ok(())
+        })?;
         // Remove the storage directories that this emptied, deepest first.
         let mut dirs: Vec<&RelPath> = m.dirs.iter().map(|(d, _)| d).collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.as_path().components().count()));
@@ -835,7 +858,7 @@ impl Tx<'_> {
     /// Moves (or, across file systems, copies) one legacy file into the backup.
     fn retire_one(
         &self,
-        m: &Manifest,
+        txid: &str,
         legacy: &Path,
         backup: &Path,
         dirs: &mut Dirs,
@@ -896,7 +919,7 @@ impl Tx<'_> {
                 reason: "it is neither in the project nor in the backup".into(),
                 next: format!(
                     "the store holds its verified copy (see `{}`); report this as a bug",
-                    self.paths.manifest(&m.txid).display()
+                    self.paths.entries(txid).display()
                 ),
             }),
         }
@@ -923,13 +946,23 @@ impl Tx<'_> {
 
     // ---- commit --------------------------------------------------------
 
-    pub fn commit(&self, m: &Manifest, report: &crate::MigrationReport) -> Result<()> {
+    pub fn commit(
+        &self,
+        m: &Manifest,
+        summary: &Summary,
+        report: &crate::MigrationReport,
+    ) -> Result<()> {
         set_journal(&self.paths, &m.txid, Phase::Committed, false)?;
         fault::point("after-commit-journal");
-        self.finish_commit(m, Some(report))
+        self.finish_commit(m, summary, Some(report))
     }
 
-    fn finish_commit(&self, m: &Manifest, report: Option<&crate::MigrationReport>) -> Result<()> {
+    fn finish_commit(
+        &self,
+        m: &Manifest,
+        summary: &Summary,
+        report: Option<&crate::MigrationReport>,
+    ) -> Result<()> {
         if let Some(r) = report {
             write_json(&self.paths.report(&m.txid), r)?;
         }
@@ -939,8 +972,8 @@ impl Tx<'_> {
                 txid: m.txid.clone(),
                 event: "migrated".into(),
                 at: storage_fs::time::now(),
-                files: m.outputs.len() as u64,
-                bytes: m.sources.iter().map(|s| s.size).sum(),
+                files: summary.outputs,
+                bytes: summary.source_bytes,
             },
         )?;
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
@@ -970,27 +1003,29 @@ impl Tx<'_> {
             }
             Phase::Publishing | Phase::Retiring => {
                 let mut m = read_manifest(&self.paths, &txid)?;
+                let mut summary = manifest::summarize(&self.paths.entries(&txid))?;
                 if journal.phase == Phase::Publishing {
-                    self.publish(&mut m)?;
-                    write_json(&self.paths.manifest(&txid), &m)?;
+                    summary = self.publish(&m, &summary)?;
                     set_journal(&self.paths, &txid, Phase::Retiring, false)?;
                 }
-                self.retire(&mut m)?;
+                self.retire(&mut m, &summary)?;
                 write_json(&self.paths.manifest(&txid), &m)?;
                 let report = crate::report::from_manifest(
                     self.store,
                     &self.paths,
                     &m,
+                    &summary,
                     crate::Outcome::Migrated,
                     None,
                 );
                 set_journal(&self.paths, &txid, Phase::Committed, false)?;
-                self.finish_commit(&m, Some(&report))?;
+                self.finish_commit(&m, &summary, Some(&report))?;
                 format!("finished interrupted migration {txid}")
             }
             Phase::Committed => {
                 let m = read_manifest(&self.paths, &txid)?;
-                self.finish_commit(&m, None)?;
+                let summary = manifest::summarize(&self.paths.entries(&txid))?;
+                self.finish_commit(&m, &summary, None)?;
                 format!("cleaned up after migration {txid}")
             }
             Phase::RollingBack => {
@@ -1032,33 +1067,62 @@ impl Tx<'_> {
 
     // ---- the whole migration -------------------------------------------
 
-    pub fn run(&self, m: &mut Manifest) -> Result<()> {
-        set_journal(&self.paths, &m.txid, Phase::Staging, false)?;
-        write_json(&self.paths.manifest(&m.txid), &*m)?;
-        fault::point("after-journal");
+    /// Plans (through `plan`, which hands each entry to the function it is
+    /// given) and migrates. Returns `None`, with nothing left behind, when
+    /// the plan holds no legacy file.
+    pub fn run(
+        &self,
+        txid: &str,
+        plan: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<Manifest>,
+    ) -> Result<Option<(Manifest, Summary)>> {
+        // The journal comes first: everything under `<txid>/` is covered by it.
+        set_journal(&self.paths, txid, Phase::Staging, false)?;
         let staged = (|| {
-            self.stage(m)?;
+            let mut planned = Summary::default();
+            self.progress.start(Step::Plan, 0, 0);
+            let mut m = manifest::write_entries(&self.paths.entries(txid), |push| {
+                plan(&mut |e| {
+                    planned.add(e);
+                    push(e)
+                })
+            })?;
+            self.progress.finish(Step::Plan);
+            if planned.sources == 0 {
+                return Ok(None);
+            }
+            tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
+            write_json(&self.paths.manifest(txid), &m)?;
+            fault::point("after-journal");
+            let staged = self.stage(&mut m, &planned)?;
             sync(self.layout().root())?;
-            write_json(&self.paths.manifest(&m.txid), &*m)?;
+            write_json(&self.paths.manifest(txid), &m)?;
             fault::point("after-staging");
-            self.verify_staged(m)
+            self.verify_staged(&m, &staged)?;
+            Ok(Some((m, staged)))
         })();
-        if let Err(e) = staged {
+        let (mut m, staged) = match staged {
+            Ok(Some(done)) => done,
             // Nothing is published: undo the staging area, keep the legacy tree.
-            let _ = remove_dir_all_if_exists(&self.paths.tx(&m.txid));
-            let _ = fsx::remove_file_durable(&self.paths.journal());
-            return Err(e);
-        }
+            Ok(None) => {
+                remove_dir_all_if_exists(&self.paths.tx(txid))?;
+                fsx::remove_file_durable(&self.paths.journal())?;
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = remove_dir_all_if_exists(&self.paths.tx(txid));
+                let _ = fsx::remove_file_durable(&self.paths.journal());
+                return Err(e);
+            }
+        };
         fault::point("after-verify");
-        set_journal(&self.paths, &m.txid, Phase::Publishing, false)?;
-        self.publish(m)?;
-        write_json(&self.paths.manifest(&m.txid), &*m)?;
+        set_journal(&self.paths, txid, Phase::Publishing, false)?;
+        let published = self.publish(&m, &staged)?;
         fault::point("after-publish");
-        set_journal(&self.paths, &m.txid, Phase::Retiring, false)?;
-        self.retire(m)?;
-        write_json(&self.paths.manifest(&m.txid), &*m)?;
+        set_journal(&self.paths, txid, Phase::Retiring, false)?;
+        self.retire(&mut m, &published)?;
+        write_json(&self.paths.manifest(txid), &m)?;
         fault::point("after-retire");
-        Ok(())
+        Ok(Some((m, published)))
     }
 
     // ---- rollback ------------------------------------------------------
@@ -1067,22 +1131,39 @@ impl Tx<'_> {
     pub fn rollback_check(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
         let backup = self.paths.backup(&m.txid);
         let legacy = &m.legacy_dir.0;
+        let root = self.layout().root();
         let mut missing = Vec::new();
         let mut blocked = Vec::new();
-        for s in &m.sources {
-            let bak = join(&backup, &s.rel)?;
-            let at_legacy = probe(&join(legacy, &s.rel)?)?;
-            let same = |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
-            if same(at_legacy) {
-                continue; // already restored
+        let mut changed = Vec::new();
+        manifest::for_each_chunk(&self.paths.entries(&m.txid), |chunk| {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                let bak = join(&backup, &s.rel)?;
+                let at_legacy = probe(&join(legacy, &s.rel)?)?;
+                let same = |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
+                if same(at_legacy) {
+                    continue; // already restored
+                }
+                if at_legacy != AtPath::Missing {
+                    blocked.push(join(legacy, &s.rel)?);
+                }
+                if !same(probe(&bak)?) {
+                    missing.push(bak);
+                }
             }
-            if at_legacy != AtPath::Missing {
-                blocked.push(join(legacy, &s.rel)?);
+            for o in chunk.iter().flat_map(|e| &e.outputs) {
+                let rel = match &o.fate {
+                    Fate::Published => &o.dest,
+                    Fate::Conflict { alt } => alt,
+                    Fate::AlreadyPresent | Fate::Pending => continue,
+                };
+                let path = join(root, rel)?;
+                if !matches!(probe(&path)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash)
+                {
+                    changed.push(path);
+                }
             }
-            if !same(probe(&bak)?) {
-                missing.push(bak);
-            }
-        }
+            Ok(())
+        })?;
         if !missing.is_empty() {
             return Err(Error::RollbackRefused {
                 reason: format!(
@@ -1106,19 +1187,6 @@ impl Tx<'_> {
                 paths: blocked,
             });
         }
-        let root = self.layout().root();
-        let mut changed = Vec::new();
-        for o in &m.outputs {
-            let rel = match &o.fate {
-                Fate::Published => &o.dest,
-                Fate::Conflict { alt } => alt,
-                Fate::AlreadyPresent | Fate::Pending => continue,
-            };
-            let path = join(root, rel)?;
-            if !matches!(probe(&path)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash) {
-                changed.push(path);
-            }
-        }
         Ok(changed)
     }
 
@@ -1129,35 +1197,37 @@ impl Tx<'_> {
 
     fn finish_rollback(&self, m: &Manifest, force: bool) -> Result<()> {
         let backup = self.paths.backup(&m.txid);
+        let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
         let modes: BTreeMap<&Path, u32> = m
             .dirs
             .iter()
             .map(|(d, mode)| (d.as_path(), *mode))
             .collect();
-        self.progress.start(
-            Step::Restore,
-            m.sources.len() as u64,
-            m.sources.iter().map(|s| s.size).sum(),
-        );
-        for (i, s) in m.sources.iter().enumerate() {
-            let dest = join(&legacy, &s.rel)?;
-            let same =
-                matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
-            if !same {
-                make_dirs(&legacy, s.rel.as_path().parent(), &modes)?;
-                let bak = join(&backup, &s.rel)?;
-                let tmp = fsx::parent(&dest).join(fsx::temp_name("restore"));
-                let (mut f, _) = open_regular(&bak)?;
-                copy::copy_new(&mut f, &bak, &tmp, s.mtime)?;
-                set_mode(&tmp, s.mode)?;
-                fsx::rename_noreplace(&tmp, &dest)?;
+        let summary = manifest::summarize(&entries)?;
+        self.progress
+            .start(Step::Restore, summary.sources, summary.source_bytes);
+        let mut first = true;
+        manifest::for_each_chunk(&entries, |chunk| {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                let dest = join(&legacy, &s.rel)?;
+                let same = matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
+                if !same {
+                    make_dirs(&legacy, s.rel.as_path().parent(), &modes)?;
+                    let bak = join(&backup, &s.rel)?;
+                    let tmp = fsx::parent(&dest).join(fsx::temp_name("restore"));
+                    let (mut f, _) = open_regular(&bak)?;
+                    copy::copy_new(&mut f, &bak, &tmp, s.mtime)?;
+                    set_mode(&tmp, s.mode)?;
+                    fsx::rename_noreplace(&tmp, &dest)?;
+                }
+                self.progress.advance(1, s.size);
+                if std::mem::take(&mut first) {
+                    fault::point("mid-rollback-restore");
+                }
             }
-            self.progress.advance(1, s.size);
-            if i == 0 {
-                fault::point("mid-rollback-restore");
-            }
-        }
+            Ok(())
+        })?;
         sync(&legacy)?;
         self.progress.finish(Step::Restore);
         fault::point("after-rollback-restore");
@@ -1167,31 +1237,35 @@ impl Tx<'_> {
             .legacy_dir(&self.repo)
             .join("rollback-displaced")
             .join(&m.txid);
-        for (i, o) in m.outputs.iter().enumerate() {
-            let rel = match &o.fate {
-                Fate::Published => &o.dest,
-                Fate::Conflict { alt } => alt,
-                Fate::AlreadyPresent | Fate::Pending => continue,
-            };
-            let path = join(&root, rel)?;
-            match probe(&path)? {
-                AtPath::Missing => {}
-                AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
-                    fsx::remove_file_durable(&path)?;
+        let mut first = true;
+        manifest::for_each_chunk(&entries, |chunk| {
+            for o in chunk.iter().flat_map(|e| &e.outputs) {
+                let rel = match &o.fate {
+                    Fate::Published => &o.dest,
+                    Fate::Conflict { alt } => alt,
+                    Fate::AlreadyPresent | Fate::Pending => continue,
+                };
+                let path = join(&root, rel)?;
+                match probe(&path)? {
+                    AtPath::Missing => {}
+                    AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
+                        fsx::remove_file_durable(&path)?;
+                    }
+                    _ if force => {
+                        let aside = join(&displaced, rel)?;
+                        fsx::create_dir_all(fsx::parent(&aside))?;
+                        fsx::rename_noreplace(&path, &aside)?;
+                    }
+                    _ => {
+                        tracing::warn!(path = %path.display(), "changed since migration; left in place");
+                    }
                 }
-                _ if force => {
-                    let aside = join(&displaced, rel)?;
-                    fsx::create_dir_all(fsx::parent(&aside))?;
-                    fsx::rename_noreplace(&path, &aside)?;
-                }
-                _ => {
-                    tracing::warn!(path = %path.display(), "changed since migration; left in place");
+                if std::mem::take(&mut first) {
+                    fault::point("mid-rollback-remove");
                 }
             }
-            if i == 0 {
-                fault::point("mid-rollback-remove");
-            }
-        }
+            Ok(())
+        })?;
         sync(&root)?;
         fault::point("after-rollback-remove");
         append_history(
@@ -1200,8 +1274,8 @@ impl Tx<'_> {
                 txid: m.txid.clone(),
                 event: "rolled_back".into(),
                 at: storage_fs::time::now(),
-                files: m.sources.len() as u64,
-                bytes: m.sources.iter().map(|s| s.size).sum(),
+                files: summary.sources,
+                bytes: summary.source_bytes,
             },
         )?;
         fsx::remove_file_durable(&self.paths.journal())?;
@@ -1213,40 +1287,62 @@ impl Tx<'_> {
 /// storage files (listed again now, so a file an old Prodigy wrote meanwhile
 /// is never swept into the backup unseen) into the backup with one rename.
 /// Returns the directories moved, relative to the legacy directory.
-fn retire_dirs(m: &Manifest, legacy: &Path, backup: &Path) -> Result<Vec<PathBuf>> {
+///
+/// "Exactly" is checked without holding the names: the count of files and
+/// an order-independent sum of their names' hashes must match the plan's.
+fn retire_dirs(m: &Manifest, entries: &Path, legacy: &Path, backup: &Path) -> Result<Vec<PathBuf>> {
+    if m.pure_dirs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
+    manifest::for_each_chunk(entries, |chunk| {
+        for s in chunk.iter().flat_map(|e| &e.sources) {
+            if let Some(k) = m
+                .pure_dirs
+                .iter()
+                .position(|d| s.rel.as_path().starts_with(d.as_path()))
+            {
+                planned[k].0 += 1;
+                planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
+            }
+        }
+        Ok(())
+    })?;
     let mut moved = Vec::new();
-    for d in &m.pure_dirs {
+    for (d, want) in m.pure_dirs.iter().zip(planned) {
         let src = join(legacy, d)?;
         let bak = join(backup, d)?;
         if std::fs::symlink_metadata(&bak).is_ok() {
             continue; // a re-run: the per-file pass finishes what is left
         }
-        let planned: std::collections::BTreeSet<&Path> = m
-            .sources
-            .iter()
-            .map(|s| s.rel.as_path())
-            .filter(|r| r.starts_with(d.as_path()))
-            .collect();
-        let mut found = std::collections::BTreeSet::new();
-        let mut only_planned = true;
+        let mut found = (0u64, 0u128);
+        let mut only_files = true;
         let mut stack = vec![d.as_path().to_owned()];
-        while let Some(rel) = stack.pop() {
-            let Ok(entries) = fsx::read_dir_sorted(&legacy.join(&rel)) else {
-                only_planned = false;
+        'walk: while let Some(rel) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(legacy.join(&rel)) else {
+                only_files = false;
                 break;
             };
             for e in entries {
-                let r = rel.join(&e.name);
-                if e.file_type.is_dir() {
-                    stack.push(r);
-                } else if e.file_type.is_file() && planned.contains(r.as_path()) {
-                    found.insert(r);
-                } else {
-                    only_planned = false;
+                let Ok(e) = e else {
+                    only_files = false;
+                    break 'walk;
+                };
+                let r = rel.join(e.file_name());
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(r),
+                    Ok(t) if t.is_file() => {
+                        found.0 += 1;
+                        found.1 = found.1.wrapping_add(name_digest(&r));
+                    }
+                    _ => {
+                        only_files = false;
+                        break 'walk;
+                    }
                 }
             }
         }
-        if !only_planned || found.len() != planned.len() {
+        if !only_files || found != want {
             continue;
         }
         fsx::create_dir_all(fsx::parent(&bak))?;
@@ -1255,6 +1351,15 @@ fn retire_dirs(m: &Manifest, legacy: &Path, backup: &Path) -> Result<Vec<PathBuf
         }
     }
     Ok(moved)
+}
+
+/// 128 bits of the BLAKE3 hash of a relative path.
+fn name_digest(rel: &Path) -> u128 {
+    use std::os::unix::ffi::OsStrExt;
+    let h = blake3::hash(rel.as_os_str().as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(first)
 }
 
 /// Moves staged directories whose target does not exist into the store,
@@ -1345,15 +1450,4 @@ pub(crate) fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
     }
-}
-
-/// Totals per category, from the manifest's outputs.
-pub(crate) fn category_totals(m: &Manifest) -> BTreeMap<Category, (u64, u64)> {
-    let mut t: BTreeMap<Category, (u64, u64)> = BTreeMap::new();
-    for o in &m.outputs {
-        let e = t.entry(o.category).or_default();
-        e.0 += 1;
-        e.1 += o.size.unwrap_or(0);
-    }
-    t
 }

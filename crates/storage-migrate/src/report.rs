@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use storage_fs::FsStorage;
 
-use crate::manifest::{Category, Fate, Manifest, Special};
-use crate::protocol::{self, Paths};
+use crate::manifest::{Category, Manifest, Special, Summary};
+use crate::protocol::Paths;
 
 /// The version of the JSON shape of reports.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -118,32 +118,46 @@ pub(crate) fn from_manifest(
     store: &FsStorage,
     paths: &Paths,
     m: &Manifest,
+    summary: &Summary,
     outcome: Outcome,
     recovered: Option<String>,
 ) -> MigrationReport {
-    let totals = protocol::category_totals(m);
     let categories = Category::ALL
         .iter()
         .filter_map(|c| {
-            totals.get(c).map(|(files, bytes)| CategoryReport {
-                category: *c,
-                files: *files,
-                bytes: *bytes,
-                destination: destination(*c, &m.repo),
-            })
+            summary
+                .categories
+                .get(c)
+                .map(|(files, bytes)| CategoryReport {
+                    category: *c,
+                    files: *files,
+                    bytes: *bytes,
+                    destination: destination(*c, &m.repo),
+                })
         })
         .collect();
-    let conflicts = m
-        .outputs
+    let mut conflicts: Vec<ConflictReport> = summary
+        .conflicts
         .iter()
-        .filter_map(|o| match &o.fate {
-            Fate::Conflict { alt } => Some(ConflictReport {
-                dest: o.dest.0.clone(),
-                kept_at: alt.0.clone(),
-            }),
-            _ => None,
+        .map(|(dest, alt)| ConflictReport {
+            dest: dest.0.clone(),
+            kept_at: alt.0.clone(),
         })
         .collect();
+    conflicts.sort_by(|a, b| a.dest.cmp(&b.dest));
+    let mut warnings = m.warnings.clone();
+    if m.warnings_omitted > 0 {
+        warnings.push(format!(
+            "{} more warning(s) like these are not listed",
+            m.warnings_omitted
+        ));
+    }
+    if summary.conflicts_omitted > 0 {
+        warnings.push(format!(
+            "{} more conflict(s) are not listed; each is kept under `legacy/{}/conflicts/`",
+            summary.conflicts_omitted, m.repo
+        ));
+    }
     let migrated = outcome == Outcome::Migrated;
     MigrationReport {
         schema_version: REPORT_SCHEMA_VERSION,
@@ -153,19 +167,15 @@ pub(crate) fn from_manifest(
         legacy_dir: m.legacy_dir.0.clone(),
         repo: m.repo.clone(),
         store: store.root().to_owned(),
-        legacy_files: m.sources.len() as u64,
-        legacy_bytes: m.sources.iter().map(|s| s.size).sum(),
+        legacy_files: summary.sources,
+        legacy_bytes: summary.source_bytes,
         categories,
         user_files_untouched: m.user_files,
         specials: m.specials.clone(),
         conflicts,
-        already_present: m
-            .outputs
-            .iter()
-            .filter(|o| o.fate == Fate::AlreadyPresent)
-            .count() as u64,
-        duplicates_stored_once: m.outputs.iter().map(|o| o.duplicates.len() as u64).sum(),
-        warnings: m.warnings.clone(),
+        already_present: summary.already_present,
+        duplicates_stored_once: summary.duplicates,
+        warnings,
         backup: migrated.then(|| paths.backup(&m.txid)),
         rollback_command: migrated.then(|| {
             format!(
