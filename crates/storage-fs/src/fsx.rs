@@ -215,22 +215,35 @@ pub fn syncfs(path: &Path) -> Result<()> {
 /// Removes the store's temp files under `dir` (recursively) whose writer is
 /// gone (see [`process_alive`]) or that are older than `stale`; returns them.
 pub fn sweep_temp_files(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, true)
+    sweep(dir, stale, None)
 }
 
 /// Like [`sweep_temp_files`], for `dir` itself only (not its subdirectories).
 pub fn sweep_temp_files_here(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, false)
+    sweep(dir, stale, Some(0))
 }
 
-fn sweep(dir: &Path, stale: std::time::Duration, recursive: bool) -> Result<Vec<PathBuf>> {
+/// Like [`sweep_temp_files`], looking at most `levels` directories below
+/// `dir` (0: `dir` itself only): for trees whose deeper levels hold files
+/// under names that are not the store's (see [`Layout::temp_file_dirs`]).
+///
+/// [`Layout::temp_file_dirs`]: crate::Layout::temp_file_dirs
+pub fn sweep_temp_files_within(
+    dir: &Path,
+    stale: std::time::Duration,
+    levels: usize,
+) -> Result<Vec<PathBuf>> {
+    sweep(dir, stale, Some(levels))
+}
+
+fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
+    let mut stack = vec![(dir.to_owned(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
         for entry in read_dir_sorted(&d)? {
             if entry.file_type.is_dir() {
-                if recursive {
-                    stack.push(entry.path);
+                if levels.is_none_or(|max| depth < max) {
+                    stack.push((entry.path, depth + 1));
                 }
                 continue;
             }

@@ -65,23 +65,26 @@ impl Layout {
         self.root.join("layout.json")
     }
 
-    /// The directories directly under the root that belong to this store
-    /// (sweeps and tree walks stay inside these; `worktrees/` is Prodigy's).
+    /// Where the store's own temp files can be, and how many directory
+    /// levels below each a sweep may look (`None`: all of them).
+    ///
+    /// Two places hold other people's bytes under their own names, and a
+    /// legacy file may well be called `.tmp-<pid>-…`: `legacy/` (legacy
+    /// files kept verbatim) and the `staging/` and `backup/` trees of
+    /// `migrations/<repo>/<txid>/`. Sweeps never enter them: `legacy/` is
+    /// not listed, and `migrations/` is swept two levels deep only (the
+    /// migration writes its temp files in `<repo>/` and `<txid>/`). Every
+    /// other directory holds validated names only, which never start with
+    /// `.`. `worktrees/` is Prodigy's.
     #[must_use]
-    pub fn owned_dirs(&self) -> Vec<PathBuf> {
-        [
-            "repos",
-            "state",
-            "dlq",
-            "events",
-            "legacy",
-            "migrations",
-            "resume_locks",
-            "locks",
-        ]
-        .iter()
-        .map(|d| self.root.join(d))
-        .collect()
+    pub fn temp_file_dirs(&self) -> Vec<(PathBuf, Option<usize>)> {
+        let mut out: Vec<(PathBuf, Option<usize>)> =
+            ["repos", "state", "dlq", "events", "resume_locks", "locks"]
+                .iter()
+                .map(|d| (self.root.join(d), None))
+                .collect();
+        out.push((self.root.join("migrations"), Some(2)));
+        out
     }
 
     fn state(&self, repo: &RepoKey) -> PathBuf {

@@ -140,13 +140,14 @@ impl FsStorage {
             self.layout.root(),
             STALE_TEMP_AGE,
         )?);
-        for dir in self.layout.owned_dirs() {
-            report
-                .removed
-                .extend(fsx::sweep_temp_files(&dir, STALE_TEMP_AGE)?);
+        for (dir, levels) in self.layout.temp_file_dirs() {
+            report.removed.extend(match levels {
+                None => fsx::sweep_temp_files(&dir, STALE_TEMP_AGE)?,
+                Some(levels) => fsx::sweep_temp_files_within(&dir, STALE_TEMP_AGE, levels)?,
+            });
         }
-        for dir in self.layout.owned_dirs() {
-            report.kept_live += count_temp_files(&dir)?;
+        for (dir, levels) in self.layout.temp_file_dirs() {
+            report.kept_live += count_temp_files(&dir, levels)?;
         }
         report.removed.sort();
         for path in &report.removed {
@@ -156,14 +157,17 @@ impl FsStorage {
     }
 }
 
-/// How many of the store's temp files are under `dir` (after a sweep: live ones).
-fn count_temp_files(dir: &Path) -> Result<usize> {
+/// How many of the store's temp files are under `dir`, at most `levels`
+/// directories down (after a sweep: live ones).
+fn count_temp_files(dir: &Path, levels: Option<usize>) -> Result<usize> {
     let mut n = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
+    let mut stack = vec![(dir.to_owned(), 0usize)];
+    while let Some((d, depth)) = stack.pop() {
         for entry in fsx::read_dir_sorted(&d)? {
             if entry.file_type.is_dir() {
-                stack.push(entry.path);
+                if levels.is_none_or(|max| depth < max) {
+                    stack.push((entry.path, depth + 1));
+                }
             } else if fsx::temp_owner(&entry.name.to_string_lossy()).is_some() {
                 n += 1;
             }

@@ -895,7 +895,7 @@ impl Tx<'_> {
         let bak_here = std::fs::symlink_metadata(&bak).is_ok();
         match (src_here, bak_here) {
             (true, false) => {
-                Self::copy_to_backup(&src, &bak, s)?;
+                Self::copy_to_backup(&self.paths.tx(txid), &src, &bak, s)?;
                 Ok(Retired::CopiedKeepSource)
             }
             (false, true) => Ok(Retired::Already),
@@ -925,10 +925,16 @@ impl Tx<'_> {
         }
     }
 
-    /// Copies a legacy file into the backup (temp file, verified hash,
-    /// no-replace rename); the caller makes it durable and removes the source.
-    fn copy_to_backup(src: &Path, bak: &Path, s: &crate::manifest::Source) -> Result<()> {
-        let tmp = fsx::parent(bak).join(fsx::temp_name("backup"));
+    /// Copies a legacy file into the backup (temp file in the transaction's
+    /// directory, where sweeps look, then verified hash and no-replace
+    /// rename); the caller makes it durable and removes the source.
+    fn copy_to_backup(
+        tx_dir: &Path,
+        src: &Path,
+        bak: &Path,
+        s: &crate::manifest::Source,
+    ) -> Result<()> {
+        let tmp = tx_dir.join(fsx::temp_name("backup"));
         let (mut f, _) = open_regular(src)?;
         let (_, hash) = copy::copy_new(&mut f, src, &tmp, s.mtime)?;
         if Some(hash.to_hex().to_string()) != s.hash {
@@ -987,8 +993,14 @@ impl Tx<'_> {
     pub fn recover(&self) -> Result<Option<String>> {
         // Under the migration lock no live writer has temp files here: any
         // are a crashed writer's (e.g. a journal replaced half-way).
-        let temps =
-            fsx::sweep_temp_files(&self.paths.dir, std::time::Duration::from_secs(24 * 3600))?;
+        // Only `migrations/<repo>/` and `<txid>/` hold them: `staging/` and
+        // `backup/` hold legacy files under their own names, which may look
+        // like temp files.
+        let temps = fsx::sweep_temp_files_within(
+            &self.paths.dir,
+            std::time::Duration::from_secs(24 * 3600),
+            1,
+        )?;
         let Some(journal) = read_journal(&self.paths)? else {
             return self.sweep_debris(temps);
         };

@@ -10,6 +10,8 @@ mod repo_identity;
 mod store_tree;
 // Prodigy's start-up hook: cheap, concurrent, never failing the caller.
 mod auto_migration;
+// Legacy files named like the store's temp files are never swept.
+mod temp_like_names;
 // Random legacy trees: migrate keeps every byte, rollback restores the exact tree.
 mod random_trees;
 
