@@ -287,10 +287,22 @@ fn par_map<I: Sync, S, T: Send>(
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, &I) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
+    par_map_beside(0, items, init, f)
+}
+
+/// [`par_map`], leaving `busy` cores to threads that run beside it.
+fn par_map_beside<I: Sync, S, T: Send>(
+    busy: usize,
+    items: &[I],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .clamp(1, 4)
+        .saturating_sub(busy)
+        .max(1)
         .min(items.len().max(1));
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -369,8 +381,11 @@ impl Tx<'_> {
     // ---- staging -------------------------------------------------------
 
     /// Copies every source into staging, filling in sizes and hashes, on
-    /// all cores, a chunk of entries at a time (the biggest of each chunk
-    /// start first, small files fill in). Returns the new totals.
+    /// all cores. The global event logs, the big files, are split on a
+    /// thread of their own from the start (their entries go at the end of
+    /// the rewritten file); the other files stream through a chunk of
+    /// entries at a time, the biggest of each chunk first. Returns the new
+    /// totals.
     pub fn stage(&self, m: &mut Manifest, planned: &Summary) -> Result<Summary> {
         let staging = self.paths.staging(&m.txid);
         fsx::create_dir_all(&staging)?;
@@ -378,34 +393,75 @@ impl Tx<'_> {
             .start(Step::Copy, planned.sources, planned.source_bytes);
         let legacy = m.legacy_dir.0.clone();
         let txid = m.txid.clone();
-        let first = std::sync::Once::new();
-        let mut staged = Summary::default();
-        manifest::rewrite_entries(&self.paths.entries(&txid), |chunk| {
-            let mut order: Vec<usize> = (0..chunk.len()).collect();
-            order.sort_by_key(|&i| std::cmp::Reverse(chunk[i].source().size));
-            let shared: &[Entry] = chunk;
-            let results = par_map(&order, Dirs::default, |dirs, &i| {
-                let e = &shared[i];
-                let r = self.stage_one(&legacy, &txid, &staging, dirs, e)?;
-                tracing::debug!(file = %e.source().rel.as_path().display(), "staged");
-                self.progress.advance(
-                    e.sources.len() as u64,
-                    e.sources.iter().map(|s| s.size).sum(),
-                );
-                first.call_once(|| fault::point("mid-staging"));
-                Ok(r)
-            })?;
-            // Applied in entry order, so warnings do not depend on scheduling.
-            let mut results: Vec<(usize, Staged)> = order.into_iter().zip(results).collect();
-            results.sort_by_key(|(i, _)| *i);
-            for (i, r) in results {
-                for w in &r.warnings {
-                    m.warn(w.clone());
-                }
-                r.apply(&mut chunk[i]);
-                staged.add(&chunk[i]);
-            }
+        let entries = self.paths.entries(&txid);
+        let mut splits = Vec::new();
+        manifest::for_each_chunk(&entries, |chunk| {
+            splits.extend(chunk.iter().filter(|e| e.source().split).cloned());
             Ok(())
+        })?;
+        let first = std::sync::Once::new();
+        let stage_entry = |dirs: &mut Dirs, e: &Entry| -> Result<Staged> {
+            let r = self.stage_one(&legacy, &txid, &staging, dirs, e)?;
+            tracing::debug!(file = %e.source().rel.as_path().display(), "staged");
+            self.progress.advance(
+                e.sources.len() as u64,
+                e.sources.iter().map(|s| s.size).sum(),
+            );
+            first.call_once(|| fault::point("mid-staging"));
+            Ok(r)
+        };
+        let mut staged = Summary::default();
+        let mut reader = manifest::EntryReader::open(&entries)?;
+        let splitting = std::sync::atomic::AtomicBool::new(!splits.is_empty());
+        std::thread::scope(|scope| {
+            let logs = scope.spawn(|| -> Result<Vec<(Entry, Staged)>> {
+                let mut dirs = Dirs::default();
+                let r = splits
+                    .into_iter()
+                    .map(|e| stage_entry(&mut dirs, &e).map(|r| (e, r)))
+                    .collect();
+                splitting.store(false, std::sync::atomic::Ordering::Relaxed);
+                r
+            });
+            manifest::write_entries(&entries, |push| {
+                let mut done = |m: &mut Manifest, e: &mut Entry, r: Staged| -> Result<()> {
+                    for w in &r.warnings {
+                        m.warn(w.clone());
+                    }
+                    r.apply(e);
+                    staged.add(e);
+                    push(e)
+                };
+                loop {
+                    let mut chunk = reader.next_chunk(manifest::CHUNK)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    chunk.retain(|e| !e.source().split);
+                    let mut order: Vec<usize> = (0..chunk.len()).collect();
+                    order.sort_by_key(|&i| std::cmp::Reverse(chunk[i].source().size));
+                    let shared: &[Entry] = &chunk;
+                    // One core stays with the logs while they are being split.
+                    let busy = usize::from(splitting.load(std::sync::atomic::Ordering::Relaxed));
+                    let results = par_map_beside(busy, &order, Dirs::default, |dirs, &i| {
+                        stage_entry(dirs, &shared[i])
+                    })?;
+                    // Applied in entry order, so warnings do not depend on scheduling.
+                    let mut results: Vec<(usize, Staged)> =
+                        order.into_iter().zip(results).collect();
+                    results.sort_by_key(|(i, _)| *i);
+                    for (i, r) in results {
+                        done(m, &mut chunk[i], r)?;
+                    }
+                }
+                let logs = logs
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                for (mut e, r) in logs {
+                    done(m, &mut e, r)?;
+                }
+                Ok(())
+            })
         })?;
         self.progress.finish(Step::Copy);
         Ok(staged)
@@ -631,66 +687,63 @@ impl Tx<'_> {
                 }
                 self.progress.advance(1, 0);
             }
-            par_map(chunk, || (), |(), e| self.verify_entry(legacy, &staging, e))?;
+            // Output by output, so a split log's big per-job files spread over the cores.
+            let outputs: Vec<(&Entry, &Output)> = chunk
+                .iter()
+                .flat_map(|e| e.outputs.iter().map(move |o| (e, o)))
+                .collect();
+            par_map(
+                &outputs,
+                || (),
+                |(), (e, o)| self.verify_output(legacy, &staging, e.source(), o),
+            )?;
+            for e in chunk {
+                verify_split(legacy, e)?;
+            }
             Ok(())
         })?;
         self.progress.finish(Step::Verify);
         Ok(())
     }
 
-    /// Re-hashes an entry's staged outputs; re-runs the metadata rewrite
-    /// over its source; checks that the per-job logs of a split hold every
-    /// byte and line of their source exactly once.
-    fn verify_entry(&self, legacy: &Path, staging: &Path, e: &Entry) -> Result<()> {
-        let source = e.source();
-        for o in &e.outputs {
-            let path = join(staging, &o.dest)?;
-            let (size, hash) = copy::hash_file(&path)?;
-            if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
+    /// Re-hashes a staged output, and re-runs the metadata rewrite over its source.
+    fn verify_output(
+        &self,
+        legacy: &Path,
+        staging: &Path,
+        source: &Source,
+        o: &Output,
+    ) -> Result<()> {
+        let path = join(staging, &o.dest)?;
+        let (size, hash) = copy::hash_file(&path)?;
+        if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
+            return Err(Error::Verify {
+                path,
+                what: "the staged copy does not match what was read from the legacy file".into(),
+            });
+        }
+        match &o.produce {
+            Produce::Copy if o.hash != source.hash => {
                 return Err(Error::Verify {
                     path,
-                    what: "the staged copy does not match what was read from the legacy file"
-                        .into(),
+                    what: "the staged copy differs from its legacy file".into(),
                 });
             }
-            match &o.produce {
-                Produce::Copy if o.hash != source.hash => {
+            Produce::RewriteMetadataPath => {
+                let src = join(legacy, &source.rel)?;
+                let bytes = std::fs::read(&src).map_err(|e| Error::io("read", &src, e))?;
+                let new_dir = fsx::parent(&join(self.layout().root(), &o.dest)?).to_owned();
+                let (expected, _) = rewrite_metadata_path(&bytes, &new_dir);
+                if Some(blake3::hash(&expected).to_hex().to_string()) != o.hash {
                     return Err(Error::Verify {
                         path,
-                        what: "the staged copy differs from its legacy file".into(),
+                        what: "the rewritten metadata does not match its legacy file".into(),
                     });
                 }
-                Produce::RewriteMetadataPath => {
-                    let src = join(legacy, &source.rel)?;
-                    let bytes = std::fs::read(&src).map_err(|e| Error::io("read", &src, e))?;
-                    let new_dir = fsx::parent(&join(self.layout().root(), &o.dest)?).to_owned();
-                    let (expected, _) = rewrite_metadata_path(&bytes, &new_dir);
-                    if Some(blake3::hash(&expected).to_hex().to_string()) != o.hash {
-                        return Err(Error::Verify {
-                            path,
-                            what: "the rewritten metadata does not match its legacy file".into(),
-                        });
-                    }
-                }
-                Produce::Copy | Produce::SplitEvents { .. } => {}
             }
-            self.progress.advance(1, size);
+            Produce::Copy | Produce::SplitEvents { .. } => {}
         }
-        if source.split {
-            let bytes: u64 = e.outputs.iter().filter_map(|o| o.size).sum();
-            let lines: u64 = e.outputs.iter().filter_map(|o| o.lines).sum();
-            let planned = source.split_lines;
-            if bytes != source.size || Some(lines) != planned {
-                return Err(Error::Verify {
-                    path: join(legacy, &source.rel)?,
-                    what: format!(
-                        "the per-job logs do not account for every line exactly once \
-                         ({} bytes and {planned:?} lines in the source, {bytes} bytes and {lines} lines staged)",
-                        source.size
-                    ),
-                });
-            }
-        }
+        self.progress.advance(1, size);
         Ok(())
     }
 
@@ -1293,6 +1346,29 @@ impl Tx<'_> {
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
     }
+}
+
+/// Checks that the per-job logs of a split log hold every byte and line of
+/// it exactly once (their hashes were checked against the staged files).
+fn verify_split(legacy: &Path, e: &Entry) -> Result<()> {
+    let source = e.source();
+    if !source.split {
+        return Ok(());
+    }
+    let bytes: u64 = e.outputs.iter().filter_map(|o| o.size).sum();
+    let lines: u64 = e.outputs.iter().filter_map(|o| o.lines).sum();
+    let planned = source.split_lines;
+    if bytes != source.size || Some(lines) != planned {
+        return Err(Error::Verify {
+            path: join(legacy, &source.rel)?,
+            what: format!(
+                "the per-job logs do not account for every line exactly once \
+                 ({} bytes and {planned:?} lines in the source, {bytes} bytes and {lines} lines staged)",
+                source.size
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Moves each storage directory that still holds exactly its planned

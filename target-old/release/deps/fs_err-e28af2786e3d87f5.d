@@ -1,0 +1,14 @@
+/work/main/target-old/release/deps/fs_err-e28af2786e3d87f5.d: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/dir.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/errors.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/file.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/open_options.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os/unix.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/path.rs
+
+/work/main/target-old/release/deps/libfs_err-e28af2786e3d87f5.rlib: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/dir.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/errors.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/file.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/open_options.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os/unix.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/path.rs
+
+/work/main/target-old/release/deps/libfs_err-e28af2786e3d87f5.rmeta: /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/lib.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/dir.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/errors.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/file.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/open_options.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os/unix.rs /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/path.rs
+
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/lib.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/dir.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/errors.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/file.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/open_options.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/os/unix.rs:
+/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/fs-err-3.3.2/src/path.rs:
