@@ -551,3 +551,160 @@ mod tests {
         assert_eq!(plain.0, PathBuf::from("a/b.json"));
     }
 }
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    fn entry(index: usize, fate: Fate) -> Entry {
+        Entry {
+            index,
+            sources: vec![Source {
+                rel: RelPath(PathBuf::from(format!("cache/{index}.json"))),
+                size: 3,
+                mtime: (1, 2),
+                mode: 0o644,
+                hash: None,
+                split: false,
+                split_lines: None,
+                fingerprint: Fingerprint::default(),
+            }],
+            outputs: vec![Output {
+                dest: RelPath(PathBuf::from(format!("legacy/r/cache/{index}.json"))),
+                produce: Produce::Copy,
+                category: Category::LegacyPreserved,
+                size: Some(3),
+                hash: None,
+                lines: None,
+                fate,
+            }],
+        }
+    }
+
+    #[test]
+    fn entries_stream_across_chunks_and_rewrite_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("entries.jsonl");
+        let n = CHUNK * 2 + 7;
+        write_entries(&path, |push| {
+            for i in 0..n {
+                push(&entry(i, Fate::Pending))?;
+            }
+            Ok(())
+        })
+        .expect("write");
+        let mut chunks = Vec::new();
+        rewrite_entries(&path, |chunk| {
+            chunks.push(chunk.len());
+            for e in chunk.iter_mut() {
+                e.outputs[0].fate = Fate::Published;
+            }
+            Ok(())
+        })
+        .expect("rewrite");
+        assert_eq!(chunks, [CHUNK, CHUNK, 7]);
+        let s = summarize(&path).expect("summary");
+        assert_eq!(
+            (s.sources, s.outputs, s.published),
+            (n as u64, n as u64, n as u64)
+        );
+        let mut seen = Vec::new();
+        for_each_chunk(&path, |chunk| {
+            seen.extend(chunk.iter().map(|e| e.index));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(seen, (0..n).collect::<Vec<_>>(), "order kept");
+    }
+
+    #[test]
+    fn a_failed_rewrite_leaves_the_entries_as_they_were() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("entries.jsonl");
+        write_entries(&path, |push| push(&entry(0, Fate::Pending))).expect("write");
+        let before = std::fs::read(&path).expect("read");
+        let err = rewrite_entries(&path, |chunk| {
+            chunk[0].outputs[0].fate = Fate::Published;
+            Err(Error::io("stop at", &path, std::io::Error::other("test")))
+        })
+        .expect_err("fails");
+        assert!(
+            err.to_string().contains("stop at"),
+            "the callback's error: {err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["entries.jsonl"], "no temp file left");
+    }
+
+    #[test]
+    fn a_damaged_entry_is_an_error_that_names_the_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("entries.jsonl");
+        let mut text = serde_json::to_string(&entry(0, Fate::Pending)).expect("ser");
+        text.push_str("\n{\"index\": 1, \"sources\": [\n");
+        std::fs::write(&path, text).expect("write");
+        let err = summarize(&path).expect_err("damaged");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("entries.jsonl") && msg.contains("line 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn warnings_and_conflicts_past_the_limit_are_counted_not_listed() {
+        let mut m = Manifest {
+            format_version: MANIFEST_VERSION,
+            txid: "t".into(),
+            project: RelPath(PathBuf::from("/p")),
+            legacy_dir: RelPath(PathBuf::from("/p/.prodigy")),
+            repo: "r".into(),
+            created_at: "now".into(),
+            dirs: Vec::new(),
+            pure_dirs: Vec::new(),
+            specials: Vec::new(),
+            user_files: 0,
+            warnings: Vec::new(),
+            warnings_omitted: 0,
+        };
+        for i in 0..MAX_LISTED + 5 {
+            m.warn(format!("warning {i}"));
+        }
+        assert_eq!((m.warnings.len(), m.warnings_omitted), (MAX_LISTED, 5));
+        let mut s = Summary::default();
+        for i in 0..MAX_LISTED + 3 {
+            s.add(&entry(
+                i,
+                Fate::Conflict {
+                    alt: RelPath(PathBuf::from("alt")),
+                },
+            ));
+        }
+        assert_eq!((s.conflicts.len(), s.conflicts_omitted), (MAX_LISTED, 3));
+        assert_eq!(s.published, (MAX_LISTED + 3) as u64);
+    }
+
+    #[test]
+    fn a_manifest_of_another_format_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = crate::protocol::Paths {
+            dir: dir.path().to_owned(),
+        };
+        std::fs::create_dir_all(paths.tx("t")).expect("mkdir");
+        let mut doc = serde_json::json!({
+            "manifest_version": 1, "txid": "t", "project": "/p", "legacy_dir": "/p/.prodigy",
+            "repo": "r", "created_at": "now", "dirs": [], "specials": [], "user_files": 0,
+            "warnings": [], "sources": [], "outputs": []
+        });
+        std::fs::write(paths.manifest("t"), doc.to_string()).expect("write");
+        let err = crate::protocol::read_manifest(&paths, "t").expect_err("old format");
+        assert!(err.to_string().contains("format version 1"), "{err}");
+        doc["manifest_version"] = MANIFEST_VERSION.into();
+        std::fs::write(paths.manifest("t"), doc.to_string()).expect("write");
+        crate::protocol::read_manifest(&paths, "t").expect("this format");
+    }
+}
