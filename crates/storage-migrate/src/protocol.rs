@@ -1272,19 +1272,28 @@ impl Tx<'_> {
         let summary = manifest::summarize(&entries)?;
         self.progress
             .start(Step::Restore, summary.sources, summary.source_bytes);
+        // Restored copies are written in a directory of this rollback's own,
+        // then renamed into place: a crash leaves them there, where the next
+        // run removes them whole, never beside the user's files (whose names
+        // could look like ours).
+        let restoring = legacy.join(format!(".prodigy-storage-restoring-{}", m.txid));
+        remove_dir_all_if_exists(&restoring)?;
+        fsx::create_dir_all(&restoring)?;
         let mut first = true;
+        let mut n = 0u64;
         manifest::for_each_chunk(&entries, |chunk| {
             for s in chunk.iter().flat_map(|e| &e.sources) {
                 let dest = join(&legacy, &s.rel)?;
                 let same = matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
                 if !same {
                     make_dirs(&legacy, s.rel.as_path().parent(), &modes)?;
-                    let bak = join(&backup, &s.rel)?;
-                    let tmp = fsx::parent(&dest).join(fsx::temp_name("restore"));
-                    let (mut f, _) = open_regular(&bak)?;
-                    copy::copy_new(&mut f, &bak, &tmp, s.mtime)?;
-                    set_mode(&tmp, s.mode)?;
-                    fsx::rename_noreplace(&tmp, &dest)?;
+                    n += 1;
+                    restore_one(
+                        &join(&backup, &s.rel)?,
+                        &restoring.join(n.to_string()),
+                        &dest,
+                        s,
+                    )?;
                 }
                 self.progress.advance(1, s.size);
                 if std::mem::take(&mut first) {
@@ -1294,6 +1303,8 @@ impl Tx<'_> {
             Ok(())
         })?;
         sync(&legacy)?;
+        std::fs::remove_dir(&restoring).map_err(|e| Error::io("remove", &restoring, e))?;
+        fsx::fsync_dir(&legacy)?;
         self.progress.finish(Step::Restore);
         fault::point("after-rollback-restore");
         let root = self.layout().root().to_owned();
@@ -1345,6 +1356,30 @@ impl Tx<'_> {
         )?;
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
+    }
+}
+
+/// Copies the backup `bak` to `tmp`, with the source's mode and mtime, and
+/// renames it to `dest` without replacing anything. Where `dest` is on
+/// another file system than `tmp` (a mount inside `.prodigy/`), the copy is
+/// made beside `dest` instead.
+fn restore_one(bak: &Path, tmp: &Path, dest: &Path, s: &Source) -> Result<()> {
+    let copy_to = |tmp: &Path| -> Result<()> {
+        let (mut f, _) = open_regular(bak)?;
+        copy::copy_new(&mut f, bak, tmp, s.mtime)?;
+        set_mode(tmp, s.mode)
+    };
+    copy_to(tmp)?;
+    match fsx::rename_noreplace(tmp, dest) {
+        Err(storage_core::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::CrossesDevices =>
+        {
+            fsx::remove_file_durable(tmp)?;
+            let beside = fsx::parent(dest).join(fsx::temp_name("restore"));
+            copy_to(&beside)?;
+            Ok(fsx::rename_noreplace(&beside, dest)?)
+        }
+        other => Ok(other?),
     }
 }
 

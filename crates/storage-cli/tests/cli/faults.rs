@@ -55,7 +55,14 @@ fn strace(sb: &Sandbox, extra: &[String], args: &[&str]) -> Command {
 
 /// How many times `migrate` makes the syscalls in `set` on the fixture.
 fn count_calls(set: &str) -> u64 {
+    count_calls_of(set, &["migrate"], |_| {})
+}
+
+/// How many times the command `args` makes the syscalls in `set` on the
+/// fixture, after `prepare`.
+fn count_calls_of(set: &str, args: &[&str], prepare: impl Fn(&Sandbox)) -> u64 {
     let sb = fixture_sandbox();
+    prepare(&sb);
     let log = sb.path().join("strace-count");
     let out = strace(
         &sb,
@@ -66,7 +73,7 @@ fn count_calls(set: &str) -> u64 {
             "-e".into(),
             format!("trace={set}"),
         ],
-        &["migrate"],
+        args,
     )
     .output()
     .expect("strace");
@@ -169,6 +176,62 @@ fn sigkill_at_the_nth_fsync() {
 #[test]
 fn sigkill_at_the_nth_unlink() {
     sweep_signal("unlink,unlinkat,rmdir", "unlink");
+}
+
+/// A rollback killed at any rename (a restored file's temp copy is complete
+/// but not in place yet) is finished by the next `rollback`, which leaves
+/// the project exactly as it was before the migration: no temp file of
+/// the dead run in the user's `.prodigy/`.
+#[test]
+fn sigkill_at_the_nth_rename_of_a_rollback() {
+    if !have("strace", &["-V"]) {
+        return;
+    }
+    let set = "rename,renameat,renameat2";
+    let migrated = |sb: &Sandbox| {
+        run(sb, &["migrate"], true);
+    };
+    let total = count_calls_of(set, &["rollback"], migrated);
+    let picks = indices(total);
+    for n in &picks {
+        let sb = fixture_sandbox();
+        let o = original(&sb);
+        migrated(&sb);
+        let _killed = strace(
+            &sb,
+            &[
+                "-o".into(),
+                "/dev/null".into(),
+                "-e".into(),
+                format!("trace={set}"),
+                "-e".into(),
+                format!("inject={set}:signal=KILL:when={n}"),
+            ],
+            &["rollback"],
+        )
+        .output()
+        .expect("strace");
+        let what = format!("SIGKILL at rollback rename #{n}");
+        run(&sb, &["status"], true);
+        let again = cmd(&sb, &sb.project(), &["rollback"])
+            .output()
+            .expect("re-run");
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            again.status.success() || stderr.contains("no migration to roll back"),
+            "{what}: the re-run failed: {stderr}"
+        );
+        assert_same_tree(&project_without_git(&sb), &o.tree, &what);
+        let debris: Vec<_> = snapshot_without_locks(&sb.store())
+            .into_keys()
+            .filter(|p| p.to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(debris.is_empty(), "{what}: debris in the store {debris:?}");
+    }
+    eprintln!(
+        "faults: SIGKILL at rollback rename: swept {} of {total} indices",
+        picks.len()
+    );
 }
 
 fn sweep_error(set: &str, errno: &str, label: &str) {
