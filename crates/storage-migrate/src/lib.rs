@@ -174,9 +174,15 @@ pub fn migrate(
     fault::point("after-lock");
     let recovered = tx.recover()?;
     let txid = plan::new_txid();
-    let done = tx.run(&txid, |sink| {
-        plan::plan(&project, &legacy, store.layout(), &repo, &txid, false, sink)
-    })?;
+    // A process that waited for the lock usually finds the work done: it
+    // answers without writing a journal.
+    let done = if plan::has_legacy_storage(&legacy)? {
+        tx.run(&txid, |sink| {
+            plan::plan(&project, &legacy, store.layout(), &repo, &txid, false, sink)
+        })?
+    } else {
+        None
+    };
     let Some((m, summary)) = done else {
         let (m, summary) = plan_summary(&project, &legacy, store, &repo, &txid, false)?;
         return Ok(report::from_manifest(
