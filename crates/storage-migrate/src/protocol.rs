@@ -615,8 +615,11 @@ impl Tx<'_> {
             if !writers.contains_key(route) {
                 let dest = join(staging, &dest_of(route))?;
                 dirs.ensure(fsx::parent(&dest))?;
-                // Small buffers: a log may fan out to hundreds of jobs at once.
-                let w = BufWriter::with_capacity(8 * 1024, fsx::create_new(&dest)?);
+                // A log may fan out to hundreds of jobs at once: 8 KiB
+                // buffers for the first 64, 1 KiB for the rest, so memory
+                // hardly grows with the number of jobs.
+                let capacity = if writers.len() < 64 { 8 * 1024 } else { 1024 };
+                let w = BufWriter::with_capacity(capacity, fsx::create_new(&dest)?);
                 writers.insert(route.clone(), (dest, w));
             }
             let (dest, w) = writers.get_mut(route).expect("inserted above");
