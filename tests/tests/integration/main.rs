@@ -12,6 +12,8 @@ mod store_tree;
 mod auto_migration;
 // Legacy files named like the store's temp files are never swept.
 mod temp_like_names;
+// A global event log naming many jobs is split completely.
+mod many_jobs;
 // Random legacy trees: migrate keeps every byte, rollback restores the exact tree.
 mod random_trees;
 
