@@ -1,6 +1,8 @@
 //! A global event log that names more jobs than the split keeps big write
 //! buffers for is still split completely, line for line.
 
+use std::fmt::Write as _;
+
 use storage_fs::FsStorage;
 use storage_migrate::{MigrateOptions, Outcome, migrate};
 use storage_tests::Sandbox;
@@ -15,10 +17,11 @@ fn a_log_naming_two_hundred_jobs_is_split_line_for_line() {
     let jobs = 200;
     let mut text = String::new();
     for n in 0..jobs * 5 {
-        text.push_str(&format!(
-            "{{\"id\":\"evt-{n}\",\"event\":{{\"job_id\":\"mapreduce-{:05}\"}}}}\n",
+        let _ = writeln!(
+            text,
+            "{{\"id\":\"evt-{n}\",\"event\":{{\"job_id\":\"mapreduce-{:05}\"}}}}",
             n % jobs
-        ));
+        );
     }
     fs_err::write(&log, &text).expect("write");
     let store = FsStorage::open(sb.store()).expect("open");
@@ -35,12 +38,11 @@ fn a_log_naming_two_hundred_jobs_is_split_line_for_line() {
             .collect();
         assert_eq!(files.len(), 1, "{files:?}");
         let body = fs_err::read_to_string(&files[0]).expect("read");
-        let want: String = text
-            .lines()
-            .filter(|l| l.contains(&format!("\"mapreduce-{j:05}\"")))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        assert_eq!(body, want, "job {j}: its lines, in order");
+        let job = format!("\"mapreduce-{j:05}\"");
+        let want: Vec<&str> = text.lines().filter(|l| l.contains(&job)).collect();
+        let got: Vec<&str> = body.lines().collect();
+        assert!(body.ends_with('\n'), "job {j}: whole lines");
+        assert_eq!(got, want, "job {j}: its lines, in order");
         found += body.lines().count();
     }
     assert_eq!(found, jobs * 5);
