@@ -239,3 +239,57 @@ pub struct VerifyReport {
     /// Problems: a non-empty list makes `verify` fail.
     pub problems: Vec<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::manifest::{MAX_LISTED, RelPath};
+
+    #[test]
+    fn a_report_says_how_many_warnings_and_conflicts_it_does_not_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStorage::peek(dir.path().join("store")).expect("store");
+        let paths = Paths {
+            dir: dir.path().join("migrations/r"),
+        };
+        let mut m = Manifest {
+            format_version: crate::manifest::MANIFEST_VERSION,
+            txid: "t".into(),
+            project: RelPath(PathBuf::from("/p")),
+            legacy_dir: RelPath(PathBuf::from("/p/.prodigy")),
+            repo: "r".into(),
+            created_at: "now".into(),
+            dirs: Vec::new(),
+            pure_dirs: Vec::new(),
+            specials: Vec::new(),
+            user_files: 0,
+            warnings: Vec::new(),
+            warnings_omitted: 0,
+        };
+        for i in 0..MAX_LISTED + 2 {
+            m.warn(format!("w{i}"));
+        }
+        let summary = Summary {
+            conflicts: vec![
+                (RelPath(PathBuf::from("b")), RelPath(PathBuf::from("alt/b"))),
+                (RelPath(PathBuf::from("a")), RelPath(PathBuf::from("alt/a"))),
+            ],
+            conflicts_omitted: 7,
+            ..Summary::default()
+        };
+        let r = from_manifest(&store, &paths, &m, &summary, Outcome::Migrated, None);
+        assert_eq!(r.warnings.len(), MAX_LISTED + 2);
+        assert_eq!(
+            r.warnings[MAX_LISTED..],
+            [
+                "2 more warning(s) like these are not listed".to_owned(),
+                "7 more conflict(s) are not listed; each is kept under `legacy/r/conflicts/`"
+                    .to_owned()
+            ]
+        );
+        let listed: Vec<_> = r.conflicts.iter().map(|c| c.dest.clone()).collect();
+        assert_eq!(listed, [PathBuf::from("a"), PathBuf::from("b")], "sorted");
+    }
+}
