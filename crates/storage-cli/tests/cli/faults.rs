@@ -130,6 +130,25 @@ fn survives(sb: &Sandbox, o: &Original, what: &str) {
     converged(sb, &o.tree, what);
 }
 
+/// Runs `prodigy-storage <args>` under `strace`, killed with `SIGKILL` at
+/// its `n`th call in `set` (or finishing, if it makes fewer).
+fn kill_at_call(sb: &Sandbox, set: &str, n: u64, args: &[&str]) {
+    let _killed = strace(
+        sb,
+        &[
+            "-o".into(),
+            "/dev/null".into(),
+            "-e".into(),
+            format!("trace={set}"),
+            "-e".into(),
+            format!("inject={set}:signal=KILL:when={n}"),
+        ],
+        args,
+    )
+    .output()
+    .expect("strace");
+}
+
 fn sweep_signal(set: &str, label: &str) {
     if !have("strace", &["-V"]) {
         return;
@@ -139,22 +158,7 @@ fn sweep_signal(set: &str, label: &str) {
     for n in &picks {
         let sb = fixture_sandbox();
         let o = original(&sb);
-        let inject = format!("inject={set}:signal=KILL:when={n}");
-        let out = strace(
-            &sb,
-            &[
-                "-o".into(),
-                "/dev/null".into(),
-                "-e".into(),
-                format!("trace={set}"),
-                "-e".into(),
-                inject,
-            ],
-            &["migrate"],
-        )
-        .output()
-        .expect("strace");
-        let _ = out; // killed, or finished if this run made fewer calls
+        kill_at_call(&sb, set, *n, &["migrate"]);
         survives(&sb, &o, &format!("SIGKILL at {label} #{n}"));
     }
     eprintln!(
@@ -197,20 +201,7 @@ fn sigkill_at_the_nth_rename_of_a_rollback() {
         let sb = fixture_sandbox();
         let o = original(&sb);
         migrated(&sb);
-        let _killed = strace(
-            &sb,
-            &[
-                "-o".into(),
-                "/dev/null".into(),
-                "-e".into(),
-                format!("trace={set}"),
-                "-e".into(),
-                format!("inject={set}:signal=KILL:when={n}"),
-            ],
-            &["rollback"],
-        )
-        .output()
-        .expect("strace");
+        kill_at_call(&sb, set, *n, &["rollback"]);
         let what = format!("SIGKILL at rollback rename #{n}");
         run(&sb, &["status"], true);
         let again = cmd(&sb, &sb.project(), &["rollback"])
