@@ -293,6 +293,25 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The manifest of a new transaction, with nothing planned yet.
+    #[must_use]
+    pub fn new(txid: &str, project: &Path, legacy_dir: &Path, repo: &str) -> Self {
+        Self {
+            format_version: MANIFEST_VERSION,
+            txid: txid.to_owned(),
+            project: RelPath(project.to_owned()),
+            legacy_dir: RelPath(legacy_dir.to_owned()),
+            repo: repo.to_owned(),
+            created_at: storage_fs::time::now(),
+            dirs: Vec::new(),
+            pure_dirs: Vec::new(),
+            specials: Vec::new(),
+            user_files: 0,
+            warnings: Vec::new(),
+            warnings_omitted: 0,
+        }
+    }
+
     /// Records a warning, listing at most [`MAX_LISTED`] of them.
     pub fn warn(&mut self, warning: String) {
         if self.warnings.len() < MAX_LISTED {
@@ -657,20 +676,7 @@ mod entry_tests {
 
     #[test]
     fn warnings_and_conflicts_past_the_limit_are_counted_not_listed() {
-        let mut m = Manifest {
-            format_version: MANIFEST_VERSION,
-            txid: "t".into(),
-            project: RelPath(PathBuf::from("/p")),
-            legacy_dir: RelPath(PathBuf::from("/p/.prodigy")),
-            repo: "r".into(),
-            created_at: "now".into(),
-            dirs: Vec::new(),
-            pure_dirs: Vec::new(),
-            specials: Vec::new(),
-            user_files: 0,
-            warnings: Vec::new(),
-            warnings_omitted: 0,
-        };
+        let mut m = Manifest::new("t", Path::new("/p"), Path::new("/p/.prodigy"), "r");
         for i in 0..MAX_LISTED + 5 {
             m.warn(format!("warning {i}"));
         }

@@ -427,20 +427,7 @@ pub fn plan(
     preview: bool,
     sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<Manifest> {
-    let mut manifest = Manifest {
-        format_version: crate::manifest::MANIFEST_VERSION,
-        txid: txid.to_owned(),
-        project: RelPath(project.to_owned()),
-        legacy_dir: RelPath(legacy.to_owned()),
-        repo: repo.to_string(),
-        created_at: storage_fs::time::now(),
-        dirs: Vec::new(),
-        pure_dirs: Vec::new(),
-        specials: Vec::new(),
-        user_files: 0,
-        warnings: Vec::new(),
-        warnings_omitted: 0,
-    };
+    let mut manifest = Manifest::new(txid, project, legacy, repo.as_str());
     if std::fs::symlink_metadata(legacy).is_err() {
         return Ok(manifest);
     }

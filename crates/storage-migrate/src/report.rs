@@ -242,7 +242,7 @@ pub struct VerifyReport {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     use super::*;
     use crate::manifest::{MAX_LISTED, RelPath};
@@ -254,20 +254,7 @@ mod tests {
         let paths = Paths {
             dir: dir.path().join("migrations/r"),
         };
-        let mut m = Manifest {
-            format_version: crate::manifest::MANIFEST_VERSION,
-            txid: "t".into(),
-            project: RelPath(PathBuf::from("/p")),
-            legacy_dir: RelPath(PathBuf::from("/p/.prodigy")),
-            repo: "r".into(),
-            created_at: "now".into(),
-            dirs: Vec::new(),
-            pure_dirs: Vec::new(),
-            specials: Vec::new(),
-            user_files: 0,
-            warnings: Vec::new(),
-            warnings_omitted: 0,
-        };
+        let mut m = Manifest::new("t", Path::new("/p"), Path::new("/p/.prodigy"), "r");
         for i in 0..MAX_LISTED + 2 {
             m.warn(format!("w{i}"));
         }
