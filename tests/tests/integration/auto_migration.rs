@@ -139,3 +139,43 @@ fn a_damaged_journal_fails_the_hook_with_its_path_and_changes_nothing() {
     }
     assert_eq!(storage_tests::tree(&sb.project()), before);
 }
+
+/// A process that waited for another's migration finds the work done and
+/// answers without writing anything: not even a journal (which would leave
+/// `migrations/<repo>/` behind for a project that has nothing there).
+#[test]
+fn a_migrate_that_waited_and_finds_the_work_done_writes_no_journal() {
+    use storage_core::{LockKey, LockWait};
+    let sb = Sandbox::new();
+    let legacy = sb.project().join(".prodigy");
+    fs_err::create_dir_all(&legacy).expect("mkdir");
+    fs_err::write(
+        legacy.join("session_state.json"),
+        br#"{"session_id": "s-1"}"#,
+    )
+    .expect("write");
+    let store = FsStorage::open(sb.store()).expect("open");
+    let repo = store.repo_key(&sb.project()).expect("register");
+    // Stand in for the process that is migrating: hold its lock.
+    let key = LockKey::new(format!("migrate-{repo}")).expect("key");
+    let held = store.lock_internal(&key, LockWait::NoWait).expect("lock");
+    let project = sb.project();
+    let waiter = std::thread::spawn(move || {
+        let store = FsStorage::open(sb.store()).expect("open");
+        let r = storage_migrate::migrate(
+            &store,
+            &project,
+            &storage_migrate::MigrateOptions::default(),
+        );
+        (sb, r)
+    });
+    // Let it pass the unlocked check and block on the lock, then "finish".
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    fs_err::remove_file(legacy.join("session_state.json")).expect("remove");
+    drop(held);
+    let (sb, r) = waiter.join().expect("no panic");
+    let r = r.expect("migrate");
+    assert_eq!(r.outcome, storage_migrate::Outcome::NothingToMigrate);
+    let dir = sb.store().join("migrations").join(repo.as_str());
+    assert!(!dir.exists(), "nothing written under {}", dir.display());
+}
