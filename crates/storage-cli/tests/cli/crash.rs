@@ -154,3 +154,27 @@ fn a_crash_during_recovery_is_recovered_too() {
         "rollback after crashes in recovery",
     );
 }
+
+/// A directory of storage files is moved into the backup whole only if it
+/// still holds exactly the files planned: one an old Prodigy wrote after
+/// planning (here: between a crash and the recovery) is never swept into
+/// the backup unseen; it stays, and the next plan migrates it.
+#[test]
+fn a_file_written_into_a_storage_directory_after_planning_is_not_swept_away() {
+    let sb = Sandbox::new();
+    let cache = sb.project().join(".prodigy/cache");
+    fs_err::create_dir_all(&cache).expect("mkdir");
+    fs_err::write(cache.join("a.json"), b"{\"a\": 1}").expect("write");
+    fs_err::write(cache.join("b.json"), b"{\"b\": 2}").expect("write");
+    crash(&sb, &["migrate"], "after-publish");
+    fs_err::write(cache.join("late.json"), b"{\"late\": 3}").expect("write");
+    let report = run_json(&sb, &["migrate"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert!(report["recovered"].is_string(), "{report:#}");
+    assert_eq!(report["legacy_files"], 1, "the late file, planned now: {report:#}");
+    assert_eq!(
+        fs_err::read(sb.store().join("legacy/project/cache/late.json")).expect("migrated"),
+        b"{\"late\": 3}"
+    );
+    run(&sb, &["verify"], true);
+}
