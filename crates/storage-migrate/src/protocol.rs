@@ -384,9 +384,14 @@ impl Tx<'_> {
     /// all cores. The global event logs, the big files, are split on a
     /// thread of their own from the start (their entries go at the end of
     /// the rewritten file); the other files stream through a chunk of
-    /// entries at a time, the biggest of each chunk first. Returns the new
-    /// totals.
-    pub fn stage(&self, m: &mut Manifest, planned: &Summary) -> Result<Summary> {
+    /// entries at a time, the biggest of each chunk first. `splits` are the
+    /// entries of the logs to split, as planned. Returns the new totals.
+    pub fn stage(
+        &self,
+        m: &mut Manifest,
+        planned: &Summary,
+        splits: Vec<Entry>,
+    ) -> Result<Summary> {
         let staging = self.paths.staging(&m.txid);
         fsx::create_dir_all(&staging)?;
         self.progress
@@ -394,11 +399,6 @@ impl Tx<'_> {
         let legacy = m.legacy_dir.0.clone();
         let txid = m.txid.clone();
         let entries = self.paths.entries(&txid);
-        let mut splits = Vec::new();
-        manifest::for_each_chunk(&entries, |chunk| {
-            splits.extend(chunk.iter().filter(|e| e.source().split).cloned());
-            Ok(())
-        })?;
         let first = std::sync::Once::new();
         let stage_entry = |dirs: &mut Dirs, e: &Entry| -> Result<Staged> {
             let r = self.stage_one(&legacy, &txid, &staging, dirs, e)?;
@@ -1147,10 +1147,15 @@ impl Tx<'_> {
         set_journal(&self.paths, txid, Phase::Staging, false)?;
         let staged = (|| {
             let mut planned = Summary::default();
+            // The few logs to split are staged first, on their own thread.
+            let mut splits = Vec::new();
             self.progress.start(Step::Plan, 0, 0);
             let mut m = manifest::write_entries(&self.paths.entries(txid), |push| {
                 plan(&mut |e| {
                     planned.add(e);
+                    if e.source().split {
+                        splits.push(e.clone());
+                    }
                     push(e)
                 })
             })?;
@@ -1161,7 +1166,7 @@ impl Tx<'_> {
             tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
             write_json(&self.paths.manifest(txid), &m)?;
             fault::point("after-journal");
-            let staged = self.stage(&mut m, &planned)?;
+            let staged = self.stage(&mut m, &planned, splits)?;
             sync(self.layout().root())?;
             write_json(&self.paths.manifest(txid), &m)?;
             fault::point("after-staging");

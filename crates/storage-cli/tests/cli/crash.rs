@@ -171,7 +171,10 @@ fn a_file_written_into_a_storage_directory_after_planning_is_not_swept_away() {
     let report = run_json(&sb, &["migrate"]);
     assert_eq!(report["outcome"], "migrated", "{report:#}");
     assert!(report["recovered"].is_string(), "{report:#}");
-    assert_eq!(report["legacy_files"], 1, "the late file, planned now: {report:#}");
+    assert_eq!(
+        report["legacy_files"], 1,
+        "the late file, planned now: {report:#}"
+    );
     assert_eq!(
         fs_err::read(sb.store().join("legacy/project/cache/late.json")).expect("migrated"),
         b"{\"late\": 3}"
