@@ -348,12 +348,20 @@ pub fn new_txid() -> String {
     format!("{compact}Z-{}", &noise[..6])
 }
 
-fn rel_in_store(layout: &Layout, abs: &Path) -> RelPath {
+/// `abs`, a path the layout made, relative to the store root.
+pub(crate) fn rel_in_store(layout: &Layout, abs: &Path) -> RelPath {
     RelPath(
         abs.strip_prefix(layout.root())
             .expect("layout paths are under the root")
             .to_owned(),
     )
+}
+
+/// Where a legacy file kept verbatim goes (relative to the store root).
+pub(crate) fn preserved_dest(layout: &Layout, repo: &RepoKey, rel: &Path) -> RelPath {
+    let abs =
+        Layout::under(&layout.legacy_dir(repo), rel).expect("walked paths are relative names");
+    rel_in_store(layout, &abs)
 }
 
 fn session_id_of(path: &Path, size: u64) -> Option<SessionId> {
@@ -431,13 +439,7 @@ pub fn plan(
     if std::fs::symlink_metadata(legacy).is_err() {
         return Ok(manifest);
     }
-    let preserved = |rel: &Path| -> RelPath {
-        let dir = layout.legacy_dir(repo);
-        rel_in_store(
-            layout,
-            &Layout::under(&dir, rel).expect("walked paths are relative names"),
-        )
-    };
+    let preserved = |rel: &Path| preserved_dest(layout, repo, rel);
     let doc = |key: DocKey| rel_in_store(layout, &layout.document(&key));
     // Only `session_state.json` can share a destination with another file
     // (the `session-<id>.json` of its own session); those few are held back
@@ -737,17 +739,14 @@ fn add_sessions(
             (dest.clone(), Category::Sessions)
         } else {
             let rel = first.rel.as_path();
-            let moved = Layout::under(&layout.legacy_dir(repo), rel).expect("relative");
+            let moved = preserved_dest(layout, repo, rel);
             manifest.warn(format!(
                 "`{}` differs from the session kept at `{}`; kept both (this one at `{}`)",
                 rel.display(),
                 dest.as_path().display(),
-                moved
-                    .strip_prefix(layout.root())
-                    .unwrap_or(&moved)
-                    .display()
+                moved.as_path().display()
             ));
-            (rel_in_store(layout, &moved), Category::LegacyPreserved)
+            (moved, Category::LegacyPreserved)
         };
         sink(&Entry {
             index,

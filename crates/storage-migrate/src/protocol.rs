@@ -33,6 +33,7 @@ use crate::manifest::{
     self, Category, Entry, Fate, Fingerprint, HistoryEntry, Journal, Manifest, Output, Phase,
     Produce, RelPath, Source, Summary,
 };
+use crate::plan::{preserved_dest, rel_in_store};
 use crate::progress::{Progress, Step};
 use crate::split;
 
@@ -88,11 +89,7 @@ fn conflict_alt(layout: &Layout, repo: &RepoKey, txid: &str, dest: &RelPath) -> 
         .join("conflicts")
         .join(txid)
         .join(dest.as_path());
-    RelPath(
-        alt.strip_prefix(layout.root())
-            .expect("under root")
-            .to_owned(),
-    )
+    rel_in_store(layout, &alt)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -267,17 +264,6 @@ impl Staged {
         }
         e.outputs.extend(self.new_outputs);
     }
-}
-
-/// Where a legacy file kept verbatim goes (relative to the store root).
-pub(crate) fn preserved_dest(layout: &Layout, repo: &RepoKey, rel: &Path) -> RelPath {
-    let abs =
-        Layout::under(&layout.legacy_dir(repo), rel).expect("walked paths are relative names");
-    RelPath(
-        abs.strip_prefix(layout.root())
-            .expect("under root")
-            .to_owned(),
-    )
 }
 
 /// Runs `f` over `items` on up to four threads (each with its own `init()`
