@@ -373,11 +373,15 @@ impl Summary {
     }
 }
 
+/// The next step for damaged records of a transaction.
+pub(crate) const DAMAGED: &str =
+    "the migration's records are damaged; the backup directory beside them holds the legacy files";
+
 fn damaged(path: &Path, reason: String) -> Error {
     Error::Record {
         path: path.to_owned(),
         reason,
-        next: "the migration's records are damaged; the backup directory beside them holds the legacy files".into(),
+        next: DAMAGED.into(),
     }
 }
 

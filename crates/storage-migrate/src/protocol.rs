@@ -127,12 +127,11 @@ pub(crate) fn read_journal(paths: &Paths) -> Result<Option<Journal>> {
 
 pub(crate) fn read_manifest(paths: &Paths, txid: &str) -> Result<Manifest> {
     let path = paths.manifest(txid);
-    let m: Manifest = read_json(&path, "the migration's records are damaged; the backup directory beside it holds the legacy files")?
-        .ok_or_else(|| Error::Record {
-            path: path.clone(),
-            reason: "it does not exist".into(),
-            next: "the migration's records were removed; nothing can be done automatically".into(),
-        })?;
+    let m: Manifest = read_json(&path, manifest::DAMAGED)?.ok_or_else(|| Error::Record {
+        path: path.clone(),
+        reason: "it does not exist".into(),
+        next: "the migration's records were removed; nothing can be done automatically".into(),
+    })?;
     if m.format_version != manifest::MANIFEST_VERSION {
         return Err(Error::Record {
             path,
