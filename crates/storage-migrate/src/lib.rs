@@ -404,8 +404,7 @@ pub fn rollback(
             paths: changed,
         });
     }
-    tx.start_rollback(&m, opts.force)?;
-    let summary = manifest::summarize(&tx.paths.entries(&latest))?;
+    let summary = tx.start_rollback(&m, opts.force)?;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
         txid: latest.clone(),

@@ -1248,12 +1248,13 @@ impl Tx<'_> {
         Ok(changed)
     }
 
-    pub fn start_rollback(&self, m: &Manifest, force: bool) -> Result<()> {
+    /// Rolls `m` back; returns the totals of its entries.
+    pub fn start_rollback(&self, m: &Manifest, force: bool) -> Result<Summary> {
         set_journal(&self.paths, &m.txid, Phase::RollingBack, force)?;
         self.finish_rollback(m, force)
     }
 
-    fn finish_rollback(&self, m: &Manifest, force: bool) -> Result<()> {
+    fn finish_rollback(&self, m: &Manifest, force: bool) -> Result<Summary> {
         let backup = self.paths.backup(&m.txid);
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
@@ -1348,7 +1349,7 @@ impl Tx<'_> {
             },
         )?;
         fsx::remove_file_durable(&self.paths.journal())?;
-        Ok(())
+        Ok(summary)
     }
 }
 
