@@ -47,6 +47,40 @@ pub enum Error {
         paths: Vec<PathBuf>,
     },
 
+    /// The migration stopped after it began publishing. Nothing is lost:
+    /// the store holds verified copies, and each legacy file is in the
+    /// project or in the backup. Both ways out are named.
+    #[error(
+        "migration {txid} of `{}` stopped half-way (it had begun publishing); nothing is lost. \
+         To finish it, run `{finish}`; to undo it, run `{undo}`",
+        .project.display()
+    )]
+    Unfinished {
+        /// The migration.
+        txid: String,
+        /// The project.
+        project: PathBuf,
+        /// The command that finishes it.
+        finish: String,
+        /// The command that undoes it.
+        undo: String,
+        /// What stopped it.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A link (or a file) stands where the legacy storage had a directory;
+    /// nothing is ever written through it.
+    #[error(
+        "`{}` is a symbolic link or not a directory, where the legacy storage had a directory; \
+         prodigy-storage never writes through links: move it away and run the command again",
+        .path.display()
+    )]
+    Link {
+        /// The link.
+        path: PathBuf,
+    },
+
     /// A migration journal or manifest cannot be read.
     #[error("cannot read migration record `{}`: {reason}; {next}", .path.display())]
     Record {

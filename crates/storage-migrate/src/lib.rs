@@ -65,6 +65,7 @@ pub mod fault;
 pub mod fuzzing;
 pub mod legacy;
 mod manifest;
+mod marker;
 mod plan;
 mod progress;
 mod protocol;
@@ -141,14 +142,15 @@ pub fn migrate(
             store, &paths, &m, &summary, outcome, pending,
         ));
     }
-    // Nothing to migrate and nothing to recover: answer without writing
-    // anything (not even the store's own directory or a registration).
+    // Another store's unfinished migration of this project comes first.
+    marker::check(store, &legacy, "migrate")?;
+    // A project never registered here, with no legacy storage: answer
+    // without writing anything (not even the store's own directory). A
+    // registered one is decided under its lock: a rollback or migration
+    // running now is waited for, and a crash's leftovers are swept.
     let registered = store.find_repo_key(&project)?;
-    let pending = registered
-        .as_ref()
-        .is_some_and(|r| Paths::new(store.layout(), r).journal().exists());
-    if !pending && !plan::has_legacy_storage(&legacy)? {
-        let repo = registered.map_or_else(|| store.proposed_repo_key(&project), Ok)?;
+    if registered.is_none() && !plan::has_legacy_storage(&legacy)? {
+        let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
         let (m, summary) = plan_summary(&project, &legacy, store, &repo, "none", false)?;
         return Ok(report::from_manifest(
@@ -160,7 +162,8 @@ pub fn migrate(
             None,
         ));
     }
-    // Refuse unreadable or unmovable legacy files before anything changes.
+    // Refuse unreadable or unmovable legacy files before anything changes
+    // (a file moved away meanwhile by a concurrent migration is no refusal).
     plan::check_access(&legacy)?;
     store.create()?;
     let repo = store.repo_key(&project)?;
@@ -351,8 +354,17 @@ pub fn rollback(
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
     };
+    marker::check(store, &project.join(LEGACY_DIR_NAME), "roll back")?;
     let _lock = tx.lock(opts.wait)?;
     let interrupted = protocol::read_journal(&tx.paths)?;
+    if let Some(j) = interrupted
+        .as_ref()
+        .filter(|j| matches!(j.phase, Phase::Publishing | Phase::Retiring))
+    {
+        // A migration that stopped half-way is undone, not finished first:
+        // undoing needs no space in the store (finishing may be what failed).
+        return undo_unfinished(&tx, &project, &j.txid, opts);
+    }
     let recovered = tx.recover()?;
     if let Some(j) = interrupted.filter(|j| j.phase == Phase::RollingBack) {
         // Recovery just finished the rollback this command was asked for.
@@ -418,6 +430,44 @@ pub fn rollback(
     })
 }
 
+/// Rolls back a migration that stopped after it began publishing.
+fn undo_unfinished(
+    tx: &Tx<'_>,
+    project: &Path,
+    txid: &str,
+    opts: &RollbackOptions<'_>,
+) -> Result<RollbackReport> {
+    tx.sweep_temps()?;
+    let m = protocol::read_manifest(&tx.paths, txid)?;
+    let changed = tx.rollback_check(&m)?;
+    if !changed.is_empty() && !opts.force {
+        return Err(Error::RollbackRefused {
+            reason: format!(
+                "{} file(s) that the unfinished migration {txid} published have changed since (first `{}`); \
+                 rolling back would lose those changes. Run `prodigy-storage migrate` to finish the migration \
+                 instead, or roll back with --force to move the changed files aside",
+                changed.len(),
+                changed[0].display()
+            ),
+            paths: changed,
+        });
+    }
+    let summary = tx.start_rollback(&m, opts.force)?;
+    Ok(RollbackReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        txid: txid.to_owned(),
+        project: project.to_owned(),
+        restored_files: summary.sources,
+        restored_bytes: summary.source_bytes,
+        removed_from_store: summary.published.saturating_sub(changed.len() as u64),
+        displaced: if opts.force { changed } else { Vec::new() },
+        backup: tx.paths.backup(txid),
+        recovered: Some(format!(
+            "undid unfinished migration {txid} (it had begun publishing)"
+        )),
+    })
+}
+
 /// Checks the latest migration of `project`: its published files, its
 /// backup, and whether legacy storage appeared again.
 pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
@@ -480,6 +530,21 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
         }
         if !r.backup_pruned {
             for s in chunk.iter().flat_map(|e| &e.sources) {
+                match &s.left {
+                    None => {}
+                    // Still in the project: counted among the legacy files left.
+                    Some(manifest::Left::InProject | manifest::Left::Gone) => continue,
+                    Some(manifest::Left::Displaced { at }) => {
+                        let path = Layout::under(store.root(), at.as_path()).unwrap_or_default();
+                        if std::fs::symlink_metadata(&path).is_err() {
+                            r.problems.push(format!(
+                                "`{}`, kept there because it changed during migration {txid}, is missing",
+                                path.display()
+                            ));
+                        }
+                        continue;
+                    }
+                }
                 let path = Layout::under(&backup, s.rel.as_path()).unwrap_or_default();
                 match probe(&path)? {
                     AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash => {

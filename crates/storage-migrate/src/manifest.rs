@@ -147,6 +147,28 @@ pub struct Source {
     /// change time, so an equal fingerprint after staging proves the file
     /// was not written while it was copied.
     pub fingerprint: Fingerprint,
+    /// Where retiring left it, when that is not the backup (`None`: in the
+    /// backup, as verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Left>,
+}
+
+/// Where a legacy file that did not go into the backup as verified is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "left", rename_all = "snake_case")]
+pub enum Left {
+    /// It changed after verification (an older Prodigy still writing): the
+    /// newer version stays in the project, the store holds the verified one.
+    InProject,
+    /// It changed after verification and the project has a new file of that
+    /// name: the changed version was put at `at` (relative to the store root).
+    Displaced {
+        /// Where it is.
+        at: RelPath,
+    },
+    /// It left the project before it could be backed up (another store or a
+    /// person moved it): the store holds its verified copy.
+    Gone,
 }
 
 /// What identifies one version of a file without reading it.
@@ -591,6 +613,7 @@ mod entry_tests {
                 split: false,
                 split_lines: None,
                 fingerprint: Fingerprint::default(),
+                left: None,
             }],
             outputs: vec![Output {
                 dest: RelPath(PathBuf::from(format!("legacy/r/cache/{index}.json"))),

@@ -25,6 +25,14 @@ use crate::split;
 /// The legacy directory's name inside a project.
 pub const LEGACY_DIR_NAME: &str = ".prodigy";
 
+/// The prefix of this tool's own names inside `.prodigy/`.
+pub(crate) const OWN_PREFIX: &str = ".prodigy-storage-";
+
+/// The marker of a migration that has begun publishing and is not finished
+/// (`.prodigy/.prodigy-storage-migration.json`): it names the store, so
+/// that no other store starts a migration of the same project meanwhile.
+pub(crate) const MARKER: &str = ".prodigy-storage-migration.json";
+
 /// Session files larger than this are not parsed for their id (kept verbatim instead).
 const MAX_SESSION_PARSE: u64 = 256 * 1024 * 1024;
 
@@ -70,12 +78,22 @@ pub fn check_access(legacy: &Path) -> Result<()> {
         reason: format!("{what} ({e}); fix its permissions (or mount) and run again"),
     };
     let mut checked_dirs = std::collections::BTreeSet::new();
+    // A file or directory that vanishes meanwhile (another process moving
+    // it into its backup) is no reason to refuse.
+    let gone =
+        |r: &std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
     each_storage_file(legacy, false, |path| {
-        access(path, Access::READ_OK).map_err(|e| refuse(path, "it cannot be read", e))?;
+        let r = access(path, Access::READ_OK);
+        if gone(&r) {
+            return Ok(std::ops::ControlFlow::Continue(()));
+        }
+        r.map_err(|e| refuse(path, "it cannot be read", e))?;
         let dir = fsx_parent(path);
         if checked_dirs.insert(dir.to_owned()) {
-            access(dir, Access::WRITE_OK | Access::EXEC_OK)
-                .map_err(|e| refuse(dir, "its storage files cannot be moved out of it", e))?;
+            let r = access(dir, Access::WRITE_OK | Access::EXEC_OK);
+            if !gone(&r) {
+                r.map_err(|e| refuse(dir, "its storage files cannot be moved out of it", e))?;
+            }
         }
         Ok(std::ops::ControlFlow::Continue(()))
     })
@@ -105,6 +123,8 @@ fn each_storage_file(
             {
                 return Ok(());
             }
+            // Moved away meanwhile (a concurrent migration retiring it).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) if rel_dir.as_os_str().is_empty() || storage_dir(&rel_dir) => {
                 return Err(Error::Refused {
                     action: "migrate",
@@ -119,9 +139,11 @@ fn each_storage_file(
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
             let rel = rel_dir.join(entry.file_name());
-            let ft = entry
-                .file_type()
-                .map_err(|e| Error::io("stat", entry.path(), e))?;
+            let ft = match entry.file_type() {
+                Ok(ft) => ft,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", entry.path(), e)),
+            };
             if ft.is_dir() {
                 if !storage_dirs_only || storage_dir(&rel) {
                     stack.push(rel);
@@ -201,6 +223,12 @@ fn walk(legacy: &Path, mut visit: impl FnMut(Found) -> Result<()>) -> Result<Wal
         path: legacy.to_owned(),
         reason: format!("cannot list it ({e}); fix its permissions and run again"),
     })?;
+    // This tool's own files in `.prodigy/` (the pending-migration marker, a
+    // rollback's restoring directory) are neither storage nor the user's.
+    let root: Listing = root
+        .filter(|(name, _)| !name.as_encoded_bytes().starts_with(OWN_PREFIX.as_bytes()))
+        .collect::<Vec<_>>()
+        .into_iter();
     if root.len() == 0 {
         out.impure.insert(PathBuf::new());
     }
@@ -476,6 +504,7 @@ pub fn plan(
             split: false,
             split_lines: None,
             fingerprint: found.fingerprint,
+            left: None,
         };
         let this = index;
         index += 1;

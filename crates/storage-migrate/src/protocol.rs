@@ -30,9 +30,10 @@ use crate::copy::{self, AtPath, open_regular, probe};
 use crate::error::{Error, Result};
 use crate::fault::{self, Fault};
 use crate::manifest::{
-    self, Category, Entry, Fate, Fingerprint, HistoryEntry, Journal, Manifest, Output, Phase,
+    self, Category, Entry, Fate, Fingerprint, HistoryEntry, Journal, Left, Manifest, Output, Phase,
     Produce, RelPath, Source, Summary,
 };
+use crate::marker;
 use crate::plan::{preserved_dest, rel_in_store};
 use crate::progress::{Progress, Step};
 use crate::split;
@@ -198,14 +199,6 @@ fn sync(path: &Path) -> Result<()> {
     Ok(fsx::syncfs(path)?)
 }
 
-fn same_device(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev(),
-        _ => false,
-    }
-}
-
 /// Directories known to exist, so that creating the parents of thousands
 /// of files costs one `mkdir` per directory, not per file.
 #[derive(Default)]
@@ -324,18 +317,50 @@ fn par_map_beside<I: Sync, S, T: Send>(
 }
 
 /// What retiring one legacy file did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Retired {
-    /// Renamed into the backup.
+    /// In the backup as verified (renamed now, or by an earlier run).
     Moved,
-    /// Renamed, but it had changed since verification (warned).
-    ChangedAfterVerify,
-    /// Copied into the backup; the source is removed after the `syncfs`.
+    /// Copied into the backup; the source is removed after the `syncfs` if
+    /// it is still unchanged then.
     CopiedKeepSource,
-    /// Already in the backup (a re-run after a crash).
-    Already,
-    /// In both places with different content: both kept (warned).
-    DiffersFromBackup,
+    /// Not in the backup as verified: see [`Left`].
+    Left(Left),
+}
+
+/// A legacy file now, compared with its verified fingerprint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Now {
+    Missing,
+    Unchanged,
+    Changed,
+}
+
+/// Compares `path` with the fingerprint taken when it was planned: any
+/// write changes the change time, which no user call can set back.
+fn now_of(path: &Path, s: &Source) -> Result<Now> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && Fingerprint::of(&meta) == s.fingerprint => Ok(Now::Unchanged),
+        Ok(_) => Ok(Now::Changed),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Now::Missing),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// Whether a file renamed into the backup is still the version verified:
+/// same inode, size and modification time (a rename changes the change time).
+fn moved_as_verified(meta: &std::fs::Metadata, s: &Source) -> bool {
+    std::os::unix::fs::MetadataExt::ino(meta) == s.fingerprint.ino
+        && meta.len() == s.size
+        && copy::mtime_of(meta) == s.mtime
+}
+
+fn crosses_devices(e: &storage_core::Error) -> bool {
+    matches!(e, storage_core::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::CrossesDevices)
+}
+
+fn is_kind(e: &storage_core::Error, kind: std::io::ErrorKind) -> bool {
+    matches!(e, storage_core::Error::Io { source, .. } if source.kind() == kind)
 }
 
 /// Everything one protocol run needs.
@@ -825,60 +850,81 @@ impl Tx<'_> {
 
     // ---- retiring ------------------------------------------------------
 
-    /// Moves the legacy storage files into the backup (verified when copied).
+    /// Moves the legacy storage files into the backup.
+    ///
+    /// Each move is decided by trying: a rename (whole storage directories
+    /// first, then file by file), and where the rename says "another file
+    /// system" (a bind mount, a docker volume, another disk) a copy that is
+    /// hashed against the verified hash, made durable with one `syncfs` per
+    /// chunk, and only then is the source removed. A source that changed
+    /// after verification (an older Prodigy still writing) is never moved
+    /// or removed: it stays in the project, is recorded ([`Left`]) and
+    /// reported, and the store keeps the verified version.
     pub fn retire(&self, m: &mut Manifest, published: &Summary) -> Result<()> {
         let legacy = m.legacy_dir.0.clone();
         let txid = m.txid.clone();
         let backup = self.paths.backup(&txid);
         let entries = self.paths.entries(&txid);
         fsx::create_dir_all(&backup)?;
-        let cross_device = !same_device(&legacy, &backup);
         self.progress
             .start(Step::Retire, published.sources, published.source_bytes);
         let first = std::sync::Once::new();
-        let moved = if cross_device {
-            Vec::new()
-        } else {
-            retire_dirs(m, &entries, &legacy, &backup)?
-        };
-        manifest::for_each_chunk(&entries, |chunk| {
+        let moved = self.retire_dirs(m, &entries, &legacy, &backup)?;
+        let modes = dir_modes(m);
+        let mut copied_any = false;
+        let mut warnings = Vec::new();
+        manifest::rewrite_entries(&entries, |chunk| {
             let sources: Vec<&Source> = chunk.iter().flat_map(|e| &e.sources).collect();
-            let outcomes = par_map(&sources, Dirs::default, |dirs, s| {
-                if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
-                    self.progress.advance(1, s.size);
-                    return Ok(Retired::Moved);
-                }
-                let r = self.retire_one(&txid, &legacy, &backup, dirs, s, cross_device)?;
+            let mut outcomes = par_map(&sources, Dirs::default, |dirs, s| {
+                let r = if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
+                    self.check_moved(&txid, &legacy, &backup, &modes, s)?
+                } else {
+                    self.retire_one(&txid, &legacy, &backup, &modes, dirs, s)?
+                };
                 tracing::debug!(file = %s.rel.as_path().display(), outcome = ?r, "moved into the backup");
                 self.progress.advance(1, s.size);
                 first.call_once(|| fault::point("mid-retire"));
                 Ok(r)
             })?;
-            // Across file systems each chunk is copied first and the copies
-            // made durable with one `syncfs`; only then are the sources removed.
-            if cross_device && outcomes.contains(&Retired::CopiedKeepSource) {
+            // Copies are made durable with one `syncfs`; a source is removed
+            // only after it, and only if it is still the version verified.
+            if outcomes.contains(&Retired::CopiedKeepSource) {
+                copied_any = true;
                 sync(&backup)?;
-                for (s, outcome) in sources.iter().zip(&outcomes) {
-                    if *outcome == Retired::CopiedKeepSource {
-                        fsx::remove_file_durable(&join(&legacy, &s.rel)?)?;
+                for (s, outcome) in sources.iter().zip(outcomes.iter_mut()) {
+                    if *outcome != Retired::CopiedKeepSource {
+                        continue;
                     }
+                    let src = join(&legacy, &s.rel)?;
+                    *outcome = match now_of(&src, s)? {
+                        Now::Unchanged => {
+                            fsx::remove_file_durable(&src)?;
+                            Retired::Moved
+                        }
+                        Now::Missing => Retired::Moved,
+                        Now::Changed => Retired::Left(Left::InProject),
+                    };
                 }
             }
-            for (s, outcome) in sources.iter().zip(outcomes) {
-                match outcome {
-                    Retired::ChangedAfterVerify => m.warn(format!(
-                        "`{}` changed after it was verified; the store holds the verified version, the backup the newer one",
-                        s.rel.as_path().display()
-                    )),
-                    Retired::DiffersFromBackup => m.warn(format!(
-                        "`{}` differs from its backup; both kept",
-                        s.rel.as_path().display()
-                    )),
-                    Retired::Moved | Retired::CopiedKeepSource | Retired::Already => {}
+            let outcomes: Vec<Option<Left>> = outcomes
+                .into_iter()
+                .map(|o| match o {
+                    Retired::Left(l) => Some(l),
+                    Retired::Moved | Retired::CopiedKeepSource => None,
+                })
+                .collect();
+            let mut outcomes = outcomes.into_iter();
+            for s in chunk.iter_mut().flat_map(|e| &mut e.sources) {
+                s.left = outcomes.next().expect("one outcome per source");
+                if let Some(left) = &s.left {
+                    warnings.push(left_warning(&s.rel, left));
                 }
             }
             Ok(())
         })?;
+        for w in warnings {
+            m.warn(w);
+        }
         // Remove the storage directories that this emptied, deepest first.
         let mut dirs: Vec<&RelPath> = m.dirs.iter().map(|(d, _)| d).collect();
         dirs.sort_by_key(|d| std::cmp::Reverse(d.as_path().components().count()));
@@ -889,105 +935,256 @@ impl Tx<'_> {
             }
         }
         sync(self.layout().root())?;
-        if cross_device {
+        if copied_any {
             sync(&legacy)?;
         }
         self.progress.finish(Step::Retire);
         Ok(())
     }
 
-    /// Moves (or, across file systems, copies) one legacy file into the backup.
+    /// Moves (or, where a rename cannot, copies) one legacy file into the backup.
     fn retire_one(
         &self,
         txid: &str,
         legacy: &Path,
         backup: &Path,
+        modes: &BTreeMap<PathBuf, u32>,
         dirs: &mut Dirs,
-        s: &crate::manifest::Source,
-        cross_device: bool,
+        s: &Source,
     ) -> Result<Retired> {
         let src = join(legacy, &s.rel)?;
         let bak = join(backup, &s.rel)?;
         dirs.ensure(fsx::parent(&bak))?;
-        if !cross_device {
-            match fsx::rename_noreplace(&src, &bak) {
+        let bak_meta = std::fs::symlink_metadata(&bak).ok();
+        match (now_of(&src, s)?, bak_meta) {
+            (Now::Changed, _) => Ok(Retired::Left(Left::InProject)),
+            (Now::Missing, Some(meta)) => {
+                // An earlier run moved it. A renamed file keeps its inode; a
+                // copy has another one, and was hashed before it was renamed in.
+                if std::os::unix::fs::MetadataExt::ino(&meta) == s.fingerprint.ino
+                    && !moved_as_verified(&meta, s)
+                {
+                    return self.put_back(txid, legacy, &bak, modes, s);
+                }
+                Ok(Retired::Moved)
+            }
+            (Now::Missing, None) => Ok(Retired::Left(Left::Gone)),
+            (Now::Unchanged, Some(_)) => {
+                // An earlier run's copy whose `syncfs` may have failed: a
+                // retried sync proves nothing (the kernel may have dropped the
+                // pages and cleared the error), so the copy is made again.
+                fsx::remove_file_durable(&bak)?;
+                self.copy_to_backup(txid, &src, &bak, s)
+            }
+            (Now::Unchanged, None) => match fsx::rename_noreplace(&src, &bak) {
                 Ok(()) => {
-                    let now =
+                    let meta =
                         std::fs::symlink_metadata(&bak).map_err(|e| Error::io("stat", &bak, e))?;
-                    // A rename changes the change time, so compare the rest.
-                    let same = std::os::unix::fs::MetadataExt::ino(&now) == s.fingerprint.ino
-                        && now.len() == s.size
-                        && copy::mtime_of(&now) == s.mtime;
-                    return Ok(if same {
-                        Retired::Moved
+                    if moved_as_verified(&meta, s) {
+                        Ok(Retired::Moved)
                     } else {
-                        Retired::ChangedAfterVerify
-                    });
-                }
-                Err(storage_core::Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::CrossesDevices => {}
-                Err(storage_core::Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound
-                        || source.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let src_here = std::fs::symlink_metadata(&src).is_ok();
-        let bak_here = std::fs::symlink_metadata(&bak).is_ok();
-        match (src_here, bak_here) {
-            (true, false) => {
-                Self::copy_to_backup(&self.paths.tx(txid), &src, &bak, s)?;
-                Ok(Retired::CopiedKeepSource)
-            }
-            (false, true) => Ok(Retired::Already),
-            (true, true) => {
-                // A crash after the backup was complete (it is renamed into
-                // place whole): the source goes only if it is equal.
-                let (_, hb) = copy::hash_file(&bak)?;
-                let (_, hs) = copy::hash_file(&src)?;
-                if hb == hs {
-                    if cross_device {
-                        return Ok(Retired::CopiedKeepSource);
+                        // Written between the check and the rename.
+                        self.put_back(txid, legacy, &bak, modes, s)
                     }
-                    fsx::remove_file_durable(&src)?;
-                    Ok(Retired::Already)
-                } else {
-                    Ok(Retired::DiffersFromBackup)
                 }
-            }
-            (false, false) => Err(Error::Record {
-                path: src,
-                reason: "it is neither in the project nor in the backup".into(),
-                next: format!(
-                    "the store holds its verified copy (see `{}`); report this as a bug",
-                    self.paths.entries(txid).display()
-                ),
-            }),
+                Err(e) if crosses_devices(&e) => self.copy_to_backup(txid, &src, &bak, s),
+                Err(e) if is_kind(&e, std::io::ErrorKind::NotFound) => {
+                    Ok(Retired::Left(Left::Gone))
+                }
+                Err(e) => Err(e.into()),
+            },
         }
     }
 
-    /// Copies a legacy file into the backup (temp file in the transaction's
-    /// directory, where sweeps look, then verified hash and no-replace
-    /// rename); the caller makes it durable and removes the source.
-    fn copy_to_backup(
-        tx_dir: &Path,
-        src: &Path,
+    /// A file moved into the backup with its whole directory: still the
+    /// version verified, or put back into the project.
+    fn check_moved(
+        &self,
+        txid: &str,
+        legacy: &Path,
+        backup: &Path,
+        modes: &BTreeMap<PathBuf, u32>,
+        s: &Source,
+    ) -> Result<Retired> {
+        let bak = join(backup, &s.rel)?;
+        match std::fs::symlink_metadata(&bak) {
+            Ok(meta) if moved_as_verified(&meta, s) => Ok(Retired::Moved),
+            Ok(_) => self.put_back(txid, legacy, &bak, modes, s),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Retired::Left(Left::Gone)),
+            Err(e) => Err(Error::io("stat", &bak, e)),
+        }
+    }
+
+    /// Puts a file that changed after verification back into the project
+    /// (it is the newest version of the user's data); where the project
+    /// has a new file of that name, into the store's legacy area instead.
+    fn put_back(
+        &self,
+        txid: &str,
+        legacy: &Path,
         bak: &Path,
-        s: &crate::manifest::Source,
-    ) -> Result<()> {
-        let tmp = tx_dir.join(fsx::temp_name("backup"));
+        modes: &BTreeMap<PathBuf, u32>,
+        s: &Source,
+    ) -> Result<Retired> {
+        let src = join(legacy, &s.rel)?;
+        make_dirs(
+            legacy,
+            s.rel.as_path().parent(),
+            modes,
+            project_owner(legacy),
+        )?;
+        match move_file(bak, &src) {
+            Ok(()) => Ok(Retired::Left(Left::InProject)),
+            Err(e) if is_kind(&e, std::io::ErrorKind::AlreadyExists) => {
+                let at = self.displaced(txid, s.rel.as_path());
+                let abs = join(self.layout().root(), &at)?;
+                fsx::create_dir_all(fsx::parent(&abs))?;
+                move_file(bak, &abs)?;
+                Ok(Retired::Left(Left::Displaced { at }))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Where a changed legacy file that cannot go back into the project is kept.
+    fn displaced(&self, txid: &str, rel: &Path) -> RelPath {
+        let abs = self
+            .layout()
+            .legacy_dir(&self.repo)
+            .join("changed-during-migration")
+            .join(txid)
+            .join(rel);
+        rel_in_store(self.layout(), &abs)
+    }
+
+    /// Copies a legacy file into the backup (temp file in the transaction's
+    /// directory, where sweeps look, then hashed and renamed in without
+    /// replacing); the caller makes it durable and removes the source. A
+    /// source whose bytes are no longer the verified ones stays where it is.
+    fn copy_to_backup(&self, txid: &str, src: &Path, bak: &Path, s: &Source) -> Result<Retired> {
+        let tmp = self.paths.tx(txid).join(fsx::temp_name("backup"));
         let (mut f, _) = open_regular(src)?;
         let (_, hash) = copy::copy_new(&mut f, src, &tmp, s.mtime)?;
         if Some(hash.to_hex().to_string()) != s.hash {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Verify {
-                path: src.to_owned(),
-                what: "it changed after verification; it was left in place, run migrate again"
-                    .into(),
-            });
+            fsx::remove_file_durable(&tmp)?;
+            return Ok(Retired::Left(Left::InProject));
         }
         copy::set_mode_of(&tmp, s.mode)?;
         fsx::rename_noreplace(&tmp, bak)?;
+        Ok(Retired::CopiedKeepSource)
+    }
+
+    /// Moves each storage directory that holds exactly its planned storage
+    /// files into the backup with one rename. Returns the directories moved,
+    /// relative to the legacy directory.
+    ///
+    /// "Exactly" is checked without holding the names: the count of files
+    /// and an order-independent sum of their names' hashes must match the
+    /// plan's, before the rename and again after it, inside the backup: a
+    /// file written in between is put back into the project (its content is
+    /// checked file by file by [`Tx::check_moved`]).
+    fn retire_dirs(
+        &self,
+        m: &mut Manifest,
+        entries: &Path,
+        legacy: &Path,
+        backup: &Path,
+    ) -> Result<Vec<PathBuf>> {
+        if m.pure_dirs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
+        manifest::for_each_chunk(entries, |chunk| {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                if let Some(k) = m
+                    .pure_dirs
+                    .iter()
+                    .position(|d| s.rel.as_path().starts_with(d.as_path()))
+                {
+                    planned[k].0 += 1;
+                    planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
+                }
+            }
+            Ok(())
+        })?;
+        let mut moved = Vec::new();
+        let pure: Vec<RelPath> = m.pure_dirs.clone();
+        for (d, want) in pure.iter().zip(planned) {
+            let src = join(legacy, d)?;
+            let bak = join(backup, d)?;
+            if std::fs::symlink_metadata(&bak).is_ok() {
+                continue; // a re-run: the per-file pass finishes what is left
+            }
+            if files_digest(legacy, d.as_path()) != Some(want) {
+                continue;
+            }
+            fsx::create_dir_all(fsx::parent(&bak))?;
+            if fsx::rename_noreplace(&src, &bak).is_err() {
+                continue; // another file system, or in use: file by file
+            }
+            moved.push(d.as_path().to_owned());
+            if files_digest(backup, d.as_path()) != Some(want) {
+                self.put_back_extras(m, entries, legacy, backup, d)?;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Puts back into the project every entry of the moved directory `d`
+    /// that the plan does not name (written while it was being moved).
+    fn put_back_extras(
+        &self,
+        m: &mut Manifest,
+        entries: &Path,
+        legacy: &Path,
+        backup: &Path,
+        d: &RelPath,
+    ) -> Result<()> {
+        let mut names = std::collections::HashSet::new();
+        manifest::for_each_chunk(entries, |chunk| {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                if s.rel.as_path().starts_with(d.as_path()) {
+                    names.insert(s.rel.0.clone());
+                }
+            }
+            Ok(())
+        })?;
+        let modes = dir_modes(m);
+        let owner = project_owner(legacy);
+        let mut stack = vec![d.as_path().to_owned()];
+        while let Some(rel) = stack.pop() {
+            for e in fsx::read_dir_sorted(&backup.join(&rel))? {
+                let r = rel.join(&e.name);
+                if e.file_type.is_dir() {
+                    stack.push(r);
+                    continue;
+                }
+                if names.contains(&r) {
+                    continue;
+                }
+                make_dirs(legacy, r.parent(), &modes, owner)?;
+                let to = legacy.join(&r);
+                let warning = match move_file(&e.path, &to) {
+                    Ok(()) => format!(
+                        "`{}` was written while its directory was being moved into the backup; put back into the project",
+                        r.display()
+                    ),
+                    Err(err) if is_kind(&err, std::io::ErrorKind::AlreadyExists) => {
+                        let at = self.displaced(&m.txid, &r);
+                        let abs = join(self.layout().root(), &at)?;
+                        fsx::create_dir_all(fsx::parent(&abs))?;
+                        move_file(&e.path, &abs)?;
+                        format!(
+                            "`{}` was written while its directory was being moved into the backup; kept at `{}`",
+                            r.display(),
+                            at.as_path().display()
+                        )
+                    }
+                    Err(err) => return Err(err.into()),
+                };
+                m.warn(warning);
+            }
+        }
         Ok(())
     }
 
@@ -1024,6 +1221,7 @@ impl Tx<'_> {
             },
         )?;
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
+        marker::remove(self.store, &m.legacy_dir.0)?;
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
     }
@@ -1037,17 +1235,17 @@ impl Tx<'_> {
         // Only `migrations/<repo>/` and `<txid>/` hold them: `staging/` and
         // `backup/` hold legacy files under their own names, which may look
         // like temp files.
-        let temps = fsx::sweep_temp_files_within(
-            &self.paths.dir,
-            std::time::Duration::from_secs(24 * 3600),
-            1,
-        )?;
+        let temps = self.sweep_temps()?;
         let Some(journal) = read_journal(&self.paths)? else {
             return self.sweep_debris(temps);
         };
         let txid = journal.txid.clone();
         let what = match journal.phase {
             Phase::Staging => {
+                // The marker is written at the end of this phase.
+                if let Ok(m) = read_manifest(&self.paths, &txid) {
+                    marker::remove(self.store, &m.legacy_dir.0)?;
+                }
                 remove_dir_all_if_exists(&self.paths.tx(&txid))?;
                 fsx::remove_file_durable(&self.paths.journal())?;
                 format!(
@@ -1056,13 +1254,15 @@ impl Tx<'_> {
             }
             Phase::Publishing | Phase::Retiring => {
                 let mut m = read_manifest(&self.paths, &txid)?;
+                let project = m.project.0.clone();
+                let wrap = |e| self.unfinished(&txid, &project, e);
                 let mut summary = manifest::summarize(&self.paths.entries(&txid))?;
                 if journal.phase == Phase::Publishing {
-                    summary = self.publish(&m, &summary)?;
-                    set_journal(&self.paths, &txid, Phase::Retiring, false)?;
+                    summary = self.publish(&m, &summary).map_err(wrap)?;
+                    set_journal(&self.paths, &txid, Phase::Retiring, false).map_err(wrap)?;
                 }
-                self.retire(&mut m, &summary)?;
-                write_json(&self.paths.manifest(&txid), &m)?;
+                self.retire(&mut m, &summary).map_err(wrap)?;
+                write_json(&self.paths.manifest(&txid), &m).map_err(wrap)?;
                 let report = crate::report::from_manifest(
                     self.store,
                     &self.paths,
@@ -1089,6 +1289,16 @@ impl Tx<'_> {
         };
         tracing::warn!("{what}");
         Ok(Some(what))
+    }
+
+    /// Removes crashed writers' temp files from `migrations/<repo>/` and
+    /// `<txid>/` (call under the migration lock).
+    pub fn sweep_temps(&self) -> Result<Vec<PathBuf>> {
+        Ok(fsx::sweep_temp_files_within(
+            &self.paths.dir,
+            std::time::Duration::from_secs(24 * 3600),
+            1,
+        )?)
     }
 
     /// With no transaction in progress, removes what only a crash can leave:
@@ -1130,6 +1340,7 @@ impl Tx<'_> {
     ) -> Result<Option<(Manifest, Summary)>> {
         // The journal comes first: everything under `<txid>/` is covered by it.
         set_journal(&self.paths, txid, Phase::Staging, false)?;
+        let mut legacy = PathBuf::new();
         let staged = (|| {
             let mut planned = Summary::default();
             // The few logs to split are staged first, on their own thread.
@@ -1145,6 +1356,7 @@ impl Tx<'_> {
                 })
             })?;
             self.progress.finish(Step::Plan);
+            legacy.clone_from(&m.legacy_dir.0);
             if planned.sources == 0 {
                 return Ok(None);
             }
@@ -1156,6 +1368,20 @@ impl Tx<'_> {
             write_json(&self.paths.manifest(txid), &m)?;
             fault::point("after-staging");
             self.verify_staged(&m, &staged)?;
+            // The marker names this store in the project before anything is
+            // published; writing it shows whether renames reach the project.
+            let owner = project_owner(&m.legacy_dir.0);
+            let renames = marker::write(
+                self.store,
+                &self.paths.tx(txid),
+                &m.legacy_dir.0,
+                self.repo.as_str(),
+                txid,
+                owner,
+            )?;
+            if !renames {
+                self.check_space(&m, &staged)?;
+            }
             Ok(Some((m, staged)))
         })();
         let (mut m, staged) = match staged {
@@ -1167,6 +1393,7 @@ impl Tx<'_> {
                 return Ok(None);
             }
             Err(e) => {
+                let _ = marker::remove(self.store, &legacy);
                 let _ = remove_dir_all_if_exists(&self.paths.tx(txid));
                 let _ = fsx::remove_file_durable(&self.paths.journal());
                 return Err(e);
@@ -1174,13 +1401,51 @@ impl Tx<'_> {
         };
         fault::point("after-verify");
         set_journal(&self.paths, txid, Phase::Publishing, false)?;
-        let published = self.publish(&m, &staged)?;
+        let project = m.project.0.clone();
+        let wrap = |e| self.unfinished(txid, &project, e);
+        let published = self.publish(&m, &staged).map_err(wrap)?;
         fault::point("after-publish");
-        set_journal(&self.paths, txid, Phase::Retiring, false)?;
-        self.retire(&mut m, &published)?;
-        write_json(&self.paths.manifest(txid), &m)?;
+        set_journal(&self.paths, txid, Phase::Retiring, false).map_err(wrap)?;
+        self.retire(&mut m, &published).map_err(wrap)?;
+        write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
         fault::point("after-retire");
         Ok(Some((m, published)))
+    }
+
+    /// The error for a migration that stopped after it began publishing:
+    /// it names both ways out.
+    fn unfinished(&self, txid: &str, project: &Path, source: Error) -> Error {
+        let home = crate::shell_quote(self.layout().root());
+        let project_q = crate::shell_quote(project);
+        Error::Unfinished {
+            txid: txid.to_owned(),
+            project: project.to_owned(),
+            finish: format!("prodigy-storage --home {home} migrate {project_q}"),
+            undo: format!("prodigy-storage --home {home} rollback {project_q}"),
+            source: Box::new(source),
+        }
+    }
+
+    /// Refuses to publish when the backup copies (needed where legacy files
+    /// cannot be renamed into the store) would not fit, with a margin, on
+    /// the store's file system.
+    fn check_space(&self, m: &Manifest, staged: &Summary) -> Result<()> {
+        let tx = self.paths.tx(&m.txid);
+        let need = staged.source_bytes + (staged.source_bytes / 100).max(16 << 20);
+        let free = marker::free_bytes(&tx)?;
+        if free < need {
+            return Err(Error::Refused {
+                action: "migrate",
+                path: m.project.0.clone(),
+                reason: format!(
+                    "its legacy files must be copied into the backup (they are on another file system \
+                     than the store), which needs {need} bytes with a margin on the store's file system \
+                     (`{}`), and only {free} are free; nothing was changed: free some space and run again",
+                    self.layout().root().display()
+                ),
+            });
+        }
+        Ok(())
     }
 
     // ---- rollback ------------------------------------------------------
@@ -1189,12 +1454,16 @@ impl Tx<'_> {
     pub fn rollback_check(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
         let backup = self.paths.backup(&m.txid);
         let legacy = &m.legacy_dir.0;
+        real_dir(legacy)?;
         let root = self.layout().root();
         let mut missing = Vec::new();
         let mut blocked = Vec::new();
         let mut changed = Vec::new();
         manifest::for_each_chunk(&self.paths.entries(&m.txid), |chunk| {
             for s in chunk.iter().flat_map(|e| &e.sources) {
+                if s.left.is_some() {
+                    continue; // not in the backup; not restored (see `Left`)
+                }
                 let bak = join(&backup, &s.rel)?;
                 let at_legacy = probe(&join(legacy, &s.rel)?)?;
                 let same = |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
@@ -1258,11 +1527,9 @@ impl Tx<'_> {
         let backup = self.paths.backup(&m.txid);
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
-        let modes: BTreeMap<&Path, u32> = m
-            .dirs
-            .iter()
-            .map(|(d, mode)| (d.as_path(), *mode))
-            .collect();
+        real_dir(&legacy)?;
+        let modes = dir_modes(m);
+        let owner = project_owner(&legacy);
         let summary = manifest::summarize(&entries)?;
         self.progress
             .start(Step::Restore, summary.sources, summary.source_bytes);
@@ -1277,16 +1544,23 @@ impl Tx<'_> {
         let mut n = 0u64;
         manifest::for_each_chunk(&entries, |chunk| {
             for s in chunk.iter().flat_map(|e| &e.sources) {
+                // What did not go into the backup is not restored from it
+                // (a newer version stays in the project; see `Left`).
+                if s.left.is_some() {
+                    self.progress.advance(1, s.size);
+                    continue;
+                }
                 let dest = join(&legacy, &s.rel)?;
+                make_dirs(&legacy, s.rel.as_path().parent(), &modes, owner)?;
                 let same = matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
                 if !same {
-                    make_dirs(&legacy, s.rel.as_path().parent(), &modes)?;
                     n += 1;
                     restore_one(
                         &join(&backup, &s.rel)?,
                         &restoring.join(n.to_string()),
                         &dest,
                         s,
+                        owner,
                     )?;
                 }
                 self.progress.advance(1, s.size);
@@ -1302,6 +1576,7 @@ impl Tx<'_> {
         self.progress.finish(Step::Restore);
         fault::point("after-rollback-restore");
         let root = self.layout().root().to_owned();
+        let staging = self.paths.staging(&m.txid);
         let displaced = self
             .layout()
             .legacy_dir(&self.repo)
@@ -1309,12 +1584,38 @@ impl Tx<'_> {
             .join(&m.txid);
         let mut first = true;
         manifest::for_each_chunk(&entries, |chunk| {
-            for o in chunk.iter().flat_map(|e| &e.outputs) {
+            // The store keeps what a source that is not in the backup was
+            // verified as: it may hold bytes found nowhere else.
+            let outputs = chunk
+                .iter()
+                .filter(|e| e.sources.iter().all(|s| s.left.is_none()))
+                .flat_map(|e| &e.outputs);
+            for o in outputs {
                 let rel = match &o.fate {
-                    Fate::Published => &o.dest,
-                    Fate::Conflict { alt } => alt,
-                    Fate::AlreadyPresent | Fate::Pending => continue,
+                    Fate::Published => o.dest.clone(),
+                    Fate::Conflict { alt } => alt.clone(),
+                    Fate::AlreadyPresent => continue,
+                    // An unfinished migration being undone: what left staging was published.
+                    Fate::Pending => {
+                        if std::fs::symlink_metadata(join(&staging, &o.dest)?).is_ok() {
+                            continue;
+                        }
+                        let alt = conflict_alt(self.layout(), &self.repo, &m.txid, &o.dest);
+                        let ours = |rel: &RelPath| -> Result<bool> {
+                            Ok(
+                                matches!(probe(&join(&root, rel)?)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash),
+                            )
+                        };
+                        if ours(&o.dest)? {
+                            o.dest.clone()
+                        } else if ours(&alt)? {
+                            alt
+                        } else {
+                            continue;
+                        }
+                    }
                 };
+                let rel = &rel;
                 let path = join(&root, rel)?;
                 match probe(&path)? {
                     AtPath::Missing => {}
@@ -1336,8 +1637,10 @@ impl Tx<'_> {
             }
             Ok(())
         })?;
+        remove_dir_all_if_exists(&staging)?;
         sync(&root)?;
         fault::point("after-rollback-remove");
+        marker::remove(self.store, &legacy)?;
         append_history(
             &self.paths,
             &HistoryEntry {
@@ -1357,11 +1660,18 @@ impl Tx<'_> {
 /// renames it to `dest` without replacing anything. Where `dest` is on
 /// another file system than `tmp` (a mount inside `.prodigy/`), the copy is
 /// made beside `dest` instead.
-fn restore_one(bak: &Path, tmp: &Path, dest: &Path, s: &Source) -> Result<()> {
+fn restore_one(
+    bak: &Path,
+    tmp: &Path,
+    dest: &Path,
+    s: &Source,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let copy_to = |tmp: &Path| -> Result<()> {
         let (mut f, _) = open_regular(bak)?;
         copy::copy_new(&mut f, bak, tmp, s.mtime)?;
-        set_mode(tmp, s.mode)
+        set_mode(tmp, s.mode)?;
+        chown(tmp, owner)
     };
     copy_to(tmp)?;
     match fsx::rename_noreplace(tmp, dest) {
@@ -1400,74 +1710,27 @@ fn verify_split(legacy: &Path, e: &Entry) -> Result<()> {
     Ok(())
 }
 
-/// Moves each storage directory that still holds exactly its planned
-/// storage files (listed again now, so a file an old Prodigy wrote meanwhile
-/// is never swept into the backup unseen) into the backup with one rename.
-/// Returns the directories moved, relative to the legacy directory.
-///
-/// "Exactly" is checked without holding the names: the count of files and
-/// an order-independent sum of their names' hashes must match the plan's.
-fn retire_dirs(m: &Manifest, entries: &Path, legacy: &Path, backup: &Path) -> Result<Vec<PathBuf>> {
-    if m.pure_dirs.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
-    manifest::for_each_chunk(entries, |chunk| {
-        for s in chunk.iter().flat_map(|e| &e.sources) {
-            if let Some(k) = m
-                .pure_dirs
-                .iter()
-                .position(|d| s.rel.as_path().starts_with(d.as_path()))
-            {
-                planned[k].0 += 1;
-                planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
+/// The count of regular files under `base/d` and the sum of their names'
+/// digests; `None` if it holds anything else or cannot be listed.
+fn files_digest(base: &Path, d: &Path) -> Option<(u64, u128)> {
+    let mut found = (0u64, 0u128);
+    let mut stack = vec![d.to_owned()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(base.join(&rel)).ok()? {
+            let e = e.ok()?;
+            let r = rel.join(e.file_name());
+            let t = e.file_type().ok()?;
+            if t.is_dir() {
+                stack.push(r);
+            } else if t.is_file() {
+                found.0 += 1;
+                found.1 = found.1.wrapping_add(name_digest(&r));
+            } else {
+                return None;
             }
         }
-        Ok(())
-    })?;
-    let mut moved = Vec::new();
-    for (d, want) in m.pure_dirs.iter().zip(planned) {
-        let src = join(legacy, d)?;
-        let bak = join(backup, d)?;
-        if std::fs::symlink_metadata(&bak).is_ok() {
-            continue; // a re-run: the per-file pass finishes what is left
-        }
-        let mut found = (0u64, 0u128);
-        let mut only_files = true;
-        let mut stack = vec![d.as_path().to_owned()];
-        'walk: while let Some(rel) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(legacy.join(&rel)) else {
-                only_files = false;
-                break;
-            };
-            for e in entries {
-                let Ok(e) = e else {
-                    only_files = false;
-                    break 'walk;
-                };
-                let r = rel.join(e.file_name());
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(r),
-                    Ok(t) if t.is_file() => {
-                        found.0 += 1;
-                        found.1 = found.1.wrapping_add(name_digest(&r));
-                    }
-                    _ => {
-                        only_files = false;
-                        break 'walk;
-                    }
-                }
-            }
-        }
-        if !only_files || found != want {
-            continue;
-        }
-        fsx::create_dir_all(fsx::parent(&bak))?;
-        if fsx::rename_noreplace(&src, &bak).is_ok() {
-            moved.push(d.as_path().to_owned());
-        }
     }
-    Ok(moved)
+    Some(found)
 }
 
 /// 128 bits of the BLAKE3 hash of a relative path.
@@ -1546,19 +1809,139 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .map_err(|e| Error::io("set permissions of", path, e))
 }
 
-/// Creates the missing ancestors of `rel` under `base` with their recorded modes.
-fn make_dirs(base: &Path, rel: Option<&Path>, modes: &BTreeMap<&Path, u32>) -> Result<()> {
+/// The recorded mode of each legacy directory.
+fn dir_modes(m: &Manifest) -> BTreeMap<PathBuf, u32> {
+    m.dirs
+        .iter()
+        .map(|(d, mode)| (d.0.clone(), *mode))
+        .collect()
+}
+
+/// Checks that `dir` is a directory and not a link to one.
+fn real_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Link {
+            path: dir.to_owned(),
+        }),
+        Err(e) => Err(Error::io("stat", dir, e)),
+    }
+}
+
+/// Creates the missing ancestors of `rel` under `base` with their recorded
+/// modes (and, when run as root, the owner of `base`). Never follows a
+/// link: a link (or a file) where a directory belongs is refused by name.
+fn make_dirs(
+    base: &Path,
+    rel: Option<&Path>,
+    modes: &BTreeMap<PathBuf, u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    real_dir(base)?;
     let Some(rel) = rel else { return Ok(()) };
     let mut cur = PathBuf::new();
     for c in rel.components() {
         cur.push(c);
         let dir = base.join(&cur);
-        if std::fs::symlink_metadata(&dir).is_err() {
-            std::fs::create_dir(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
-            set_mode(&dir, modes.get(cur.as_path()).copied().unwrap_or(0o755))?;
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => continue,
+            Ok(_) => return Err(Error::Link { path: dir }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                set_mode(&dir, modes.get(&cur).copied().unwrap_or(0o755))?;
+                chown(&dir, owner)?;
+                fsx::fsync_dir(fsx::parent(&dir))?;
+            }
+            // Created meanwhile: checked again (a link is refused).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => real_dir(&dir)?,
+            Err(e) => return Err(Error::io("create directory", &dir, e)),
         }
     }
     Ok(())
+}
+
+/// The owner that files created in the project must get: `Some` only when
+/// this process runs as root and the legacy directory belongs to someone
+/// else (a root-owned file in a user's project breaks their old Prodigy).
+pub(crate) fn project_owner(legacy: &Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(legacy).ok()?;
+    (meta.uid() != 0).then(|| (meta.uid(), meta.gid()))
+}
+
+/// Gives `path` (not following a link) to `owner`, if any.
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| Error::io("change the owner of", path, e))
+}
+
+/// Moves a file to `to` without replacing anything, by trying a rename
+/// first; where the rename says "another file system", by a durable copy
+/// beside `to` (mode and mtime kept), a no-replace rename, then removing
+/// `from`.
+fn move_file(from: &Path, to: &Path) -> storage_core::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fn io<'a>(
+        op: &'static str,
+        p: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> storage_core::Error + 'a {
+        move |e| storage_core::Error::io(op, p, e)
+    }
+    match fsx::rename_noreplace(from, to) {
+        Err(e) if crosses_devices(&e) => {}
+        other => return other,
+    }
+    let meta = std::fs::symlink_metadata(from).map_err(io("stat", from))?;
+    let tmp = fsx::parent(to).join(fsx::temp_name("move"));
+    let copied = (|| {
+        let (mut f, _) = open_regular(from).map_err(|e| match e {
+            Error::Store(e) => e,
+            other => {
+                storage_core::Error::io("open", from, std::io::Error::other(other.to_string()))
+            }
+        })?;
+        let mut out = fsx::create_new(&tmp)?;
+        std::io::copy(&mut f, &mut out).map_err(io("copy into", &tmp))?;
+        out.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))
+            .map_err(io("set permissions of", &tmp))?;
+        out.set_modified(meta.modified().map_err(io("stat", from))?)
+            .map_err(io("set the modification time of", &tmp))?;
+        out.sync_all().map_err(io("fsync", &tmp))?;
+        fsx::rename_noreplace(&tmp, to)
+    })();
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fsx::fsync_dir(fsx::parent(to))?;
+    fsx::remove_file_durable(from)?;
+    Ok(())
+}
+
+/// The warning for a legacy file that did not go into the backup.
+fn left_warning(rel: &RelPath, left: &Left) -> String {
+    let rel = rel.as_path().display();
+    match left {
+        Left::InProject => format!(
+            "`{rel}` changed after it was verified (is an older Prodigy still running?); the newer version stays in the project, the store holds the verified one: run migrate again to import the newer one"
+        ),
+        Left::Displaced { at } => format!(
+            "`{rel}` changed after it was verified and the project has a new file of that name; the changed version is kept at `{}`",
+            at.as_path().display()
+        ),
+        Left::Gone => format!(
+            "`{rel}` left the project before it could be backed up (another store or a person moved it); the store holds its verified copy, which a rollback keeps"
+        ),
+    }
 }
 
 pub(crate) fn remove_dir_all_if_exists(path: &Path) -> Result<()> {

@@ -14,3 +14,6 @@ mod concurrency;
 mod faults;
 // What a person sees: help texts, progress on a terminal, plain logs, JSON documents.
 mod ux;
+// The environments users really have: bind mounts, mounts inside the store, an
+// old Prodigy writing during the run, two stores, links planted before rollback.
+mod environments;

@@ -175,6 +175,24 @@ impl Mount {
         })
     }
 
+    /// A read-write bind mount of `src` at `at`: the same file system
+    /// reached through another mount, where `rename` across says `EXDEV`
+    /// although `st_dev` is equal (docker volumes, bind-mounted projects).
+    pub fn bind(src: &Path, at: &Path) -> Option<Self> {
+        fs_err::create_dir_all(at).expect("mkdir");
+        let ok = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(src)
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_owned())).or_else(|| {
+            eprintln!("SKIP: cannot make a bind mount here (needs root)");
+            None
+        })
+    }
+
     pub fn read_only_bind(src: &Path, at: &Path) -> Option<Self> {
         fs_err::create_dir_all(at).expect("mkdir");
         let ok = std::process::Command::new("mount")
