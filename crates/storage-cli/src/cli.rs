@@ -140,6 +140,10 @@ pub enum BackupsAction {
         /// Show what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
+        /// Also delete backups that hold bytes found nowhere else (a split
+        /// event log, a rewritten metadata.json); kept without it
+        #[arg(long)]
+        force: bool,
         /// Print one JSON document (see docs/cli.md)
         #[arg(long)]
         json: bool,

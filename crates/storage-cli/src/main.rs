@@ -293,14 +293,21 @@ mod import {
                     BackupsAction::Prune {
                         older_than,
                         dry_run,
+                        force,
                         json,
                     } => {
-                        let pruned = storage_migrate::prune_backups(&store, *older_than, *dry_run)?;
+                        let r =
+                            storage_migrate::prune_backups(&store, *older_than, *dry_run, *force)?;
                         emit(
                             cli,
                             *json,
-                            &serde_json::json!({"schema_version": 1, "dry_run": dry_run, "pruned": pruned}),
-                            || render::pruned(&pruned, *dry_run),
+                            &serde_json::json!({
+                                "schema_version": 1,
+                                "dry_run": dry_run,
+                                "pruned": r.pruned,
+                                "kept": r.kept,
+                            }),
+                            || render::pruned(&r, *dry_run),
                         )?;
                     }
                 }

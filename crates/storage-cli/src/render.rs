@@ -138,7 +138,8 @@ mod with_import {
 
     use storage_fs::RootChoice;
     use storage_migrate::{
-        BackupInfo, MigrationReport, Outcome, ProjectStatus, RollbackReport, VerifyReport,
+        BackupInfo, MigrationReport, Outcome, ProjectStatus, PruneReport, RollbackReport,
+        VerifyReport,
     };
 
     use super::{bytes, store_line};
@@ -393,10 +394,10 @@ mod with_import {
         out
     }
 
-    pub fn pruned(list: &[BackupInfo], dry_run: bool) -> String {
+    pub fn pruned(r: &PruneReport, dry_run: bool) -> String {
         let verb = if dry_run { "Would delete" } else { "Deleted" };
-        let mut out = format!("{verb} {} backup(s).\n", list.len());
-        for b in list {
+        let mut out = format!("{verb} {} backup(s).\n", r.pruned.len());
+        for b in &r.pruned {
             let _ = writeln!(
                 out,
                 "  {} {} ({} file(s), {})",
@@ -405,6 +406,12 @@ mod with_import {
                 b.files,
                 bytes(b.bytes)
             );
+        }
+        if !r.kept.is_empty() {
+            let _ = writeln!(out, "Kept {} backup(s):", r.kept.len());
+            for k in &r.kept {
+                let _ = writeln!(out, "  {} {}: {}", k.backup.repo, k.backup.txid, k.reason);
+            }
         }
         out
     }

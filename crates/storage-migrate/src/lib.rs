@@ -175,7 +175,8 @@ pub fn migrate(
     };
     let _lock = tx.lock(opts.wait)?;
     fault::point("after-lock");
-    let recovered = tx.recover()?;
+    let recovery = tx.recover_tx()?;
+    let recovered = recovery.as_ref().map(|r| r.what.clone());
     let txid = plan::new_txid();
     // A process that waited for the lock usually finds the work done: it
     // answers without writing a journal.
@@ -187,6 +188,20 @@ pub fn migrate(
         None
     };
     let Some((m, summary)) = done else {
+        // The migration that recovery just finished is what this run did:
+        // its report, not "nothing to migrate".
+        if let Some(finished) = recovery.and_then(|r| r.finished) {
+            let m = protocol::read_manifest(&tx.paths, &finished)?;
+            let summary = manifest::summarize(&tx.paths.entries(&finished))?;
+            return Ok(report::from_manifest(
+                store,
+                &tx.paths,
+                &m,
+                &summary,
+                Outcome::Migrated,
+                recovered,
+            ));
+        }
         let (m, summary) = plan_summary(&project, &legacy, store, &repo, &txid, false)?;
         return Ok(report::from_manifest(
             store,
@@ -437,7 +452,9 @@ fn undo_unfinished(
     txid: &str,
     opts: &RollbackOptions<'_>,
 ) -> Result<RollbackReport> {
+    // Space first: what a crash left half-copied, and the reserve.
     tx.sweep_temps()?;
+    tx.release_reserve(txid)?;
     let m = protocol::read_manifest(&tx.paths, txid)?;
     let changed = tx.rollback_check(&m)?;
     if !changed.is_empty() && !opts.force {
@@ -692,31 +709,80 @@ pub fn backups(store: &FsStorage) -> Result<Vec<BackupInfo>> {
     Ok(out)
 }
 
-/// Removes backups older than `older_than` (all of them with `Duration::ZERO`),
-/// except one whose migration is in progress. Returns what was (or, with
-/// `dry_run`, would be) removed. After pruning, that migration cannot be rolled back.
+/// A backup that [`prune_backups`] kept, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeptBackup {
+    /// The backup.
+    #[serde(flatten)]
+    pub backup: BackupInfo,
+    /// Why it was kept.
+    pub reason: String,
+}
+
+/// What [`prune_backups`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    /// Removed (or, with `dry_run`, to be removed).
+    pub pruned: Vec<BackupInfo>,
+    /// Old enough, but kept.
+    pub kept: Vec<KeptBackup>,
+}
+
+/// Removes backups older than `older_than` (all of them with `Duration::ZERO`).
+///
+/// Each repository's migration lock is taken before anything is decided,
+/// so no migration or rollback is using a backup while it goes. Kept: the
+/// backup of a migration in progress, and, unless `force`, a backup that
+/// holds bytes found nowhere else (legacy files whose content is neither in
+/// the project nor published unchanged in the store: a split event log,
+/// a rewritten `metadata.json`, a file changed since in the store). After
+/// pruning, that migration cannot be rolled back.
 pub fn prune_backups(
     store: &FsStorage,
     older_than: Duration,
     dry_run: bool,
-) -> Result<Vec<BackupInfo>> {
-    let mut pruned = Vec::new();
+    force: bool,
+) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
     for b in backups(store)? {
         if b.age_secs < older_than.as_secs() {
             continue;
         }
         let repo = RepoKey::new(b.repo.as_str()).map_err(storage_core::Error::from)?;
-        let paths = Paths::new(store.layout(), &repo);
-        if protocol::read_journal(&paths)?.is_some_and(|j| j.txid == b.txid) {
+        let tx = Tx {
+            store,
+            repo: repo.clone(),
+            paths: Paths::new(store.layout(), &repo),
+            progress: &NoProgress,
+        };
+        let _lock = tx.lock(Duration::from_secs(120))?;
+        if protocol::read_journal(&tx.paths)?.is_some_and(|j| j.txid == b.txid) {
+            report.kept.push(KeptBackup {
+                backup: b,
+                reason: "its migration is in progress".into(),
+            });
             continue;
+        }
+        if !force {
+            let only_here = tx.files_only_in_backup(&b.txid)?;
+            if only_here > 0 {
+                report.kept.push(KeptBackup {
+                    backup: b,
+                    reason: format!(
+                        "{only_here} file(s) in it are found nowhere else (not in the project, not unchanged in the store); \
+                         prune with --force to delete them anyway"
+                    ),
+                });
+                continue;
+            }
         }
         if !dry_run {
             protocol::remove_dir_all_if_exists(&b.path)?;
-            storage_fs::fsx::fsync_dir(&paths.tx(&b.txid))?;
+            storage_fs::fsx::fsync_dir(&tx.paths.tx(&b.txid))?;
         }
-        pruned.push(b);
+        report.pruned.push(b);
     }
-    Ok(pruned)
+    Ok(report)
 }
 
 /// The crash points of the protocol, for the fault-injection tests.

@@ -73,8 +73,8 @@ pub(crate) fn check(store: &FsStorage, legacy: &Path, action: &'static str) -> R
     }
     let other = m.store.as_path();
     let project = legacy.parent().unwrap_or(legacy);
-    let gone = std::fs::metadata(other)
-        .map_or(true, |meta| (meta.dev(), meta.ino()) != (m.dev, m.ino));
+    let gone =
+        std::fs::metadata(other).map_or(true, |meta| (meta.dev(), meta.ino()) != (m.dev, m.ino));
     let next = if gone {
         format!(
             "that store is no longer at `{}`: reach it again (mount it, set PRODIGY_HOME) and finish \

@@ -320,7 +320,14 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
     let project = std::fs::canonicalize(project).map_err(|e| Error::io("resolve", project, e))?;
     let legacy = project.join(LEGACY_DIR_NAME);
     let store = std::fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_owned());
-    if project.starts_with(&store) {
+    // Identity by device and inode, never by path: a bind mount or a
+    // second volume shows one directory under two paths.
+    let store_id = identity(&store);
+    let legacy_id = identity(&legacy);
+    let within = |path: &Path, id: Option<(u64, u64)>| {
+        id.is_some() && path.ancestors().any(|a| identity(a) == id)
+    };
+    if project.starts_with(&store) || within(&project, store_id) {
         return Err(Error::Refused {
             action: "migrate",
             path: project,
@@ -339,7 +346,12 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
             reason: "it is a symbolic link, which migration never follows; replace it with the directory it points to".into(),
         });
     }
-    if legacy == store || store.starts_with(&legacy) || legacy.starts_with(&store) {
+    if legacy == store
+        || store.starts_with(&legacy)
+        || legacy.starts_with(&store)
+        || within(&store, legacy_id)
+        || within(&legacy, store_id)
+    {
         return Err(Error::Refused {
             action: "migrate",
             path: legacy,
@@ -350,6 +362,11 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
         });
     }
     Ok((project, legacy))
+}
+
+/// Device and inode of `path` (following links, as a path lookup does).
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Whether `legacy` holds any legacy storage file, reading as little as

@@ -74,7 +74,13 @@ impl Paths {
     pub fn backup(&self, txid: &str) -> PathBuf {
         self.tx(txid).join("backup")
     }
+    pub fn reserve(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("undo-reserve")
+    }
 }
+
+/// Bytes set aside in the store while a migration publishes (see `Tx::reserve`).
+const UNDO_RESERVE: usize = 256 * 1024;
 
 fn join(base: &Path, rel: &RelPath) -> Result<PathBuf> {
     Layout::under(base, rel.as_path()).ok_or_else(|| Error::Record {
@@ -361,6 +367,14 @@ fn crosses_devices(e: &storage_core::Error) -> bool {
 
 fn is_kind(e: &storage_core::Error, kind: std::io::ErrorKind) -> bool {
     matches!(e, storage_core::Error::Io { source, .. } if source.kind() == kind)
+}
+
+/// What recovery did.
+pub(crate) struct Recovered {
+    /// In words, for reports.
+    pub what: String,
+    /// The migration it finished (rolled forward), if any.
+    pub finished: Option<String>,
 }
 
 /// Everything one protocol run needs.
@@ -819,17 +833,19 @@ impl Tx<'_> {
             // Moved with its whole directory just now.
             Fate::Published
         } else if std::fs::symlink_metadata(&staged).is_ok() {
+            // A rename, or where a part of the store is another mount, a
+            // verified durable copy (see `move_file`).
             match probe(&target)? {
                 AtPath::Missing => {
                     dirs.ensure(fsx::parent(&target))?;
-                    fsx::rename_noreplace(&staged, &target)?;
+                    move_file(&staged, &target, o.hash.as_deref())?;
                     Fate::Published
                 }
                 at if same(at) => Fate::AlreadyPresent,
                 _ => {
                     if !same(probe(&alt)?) {
                         fsx::create_dir_all(fsx::parent(&alt))?;
-                        fsx::rename_noreplace(&staged, &alt)?;
+                        move_file(&staged, &alt, o.hash.as_deref())?;
                     }
                     Fate::Conflict { alt: alt_rel }
                 }
@@ -1033,13 +1049,13 @@ impl Tx<'_> {
             modes,
             project_owner(legacy),
         )?;
-        match move_file(bak, &src) {
+        match move_file(bak, &src, None) {
             Ok(()) => Ok(Retired::Left(Left::InProject)),
             Err(e) if is_kind(&e, std::io::ErrorKind::AlreadyExists) => {
                 let at = self.displaced(txid, s.rel.as_path());
                 let abs = join(self.layout().root(), &at)?;
                 fsx::create_dir_all(fsx::parent(&abs))?;
-                move_file(bak, &abs)?;
+                move_file(bak, &abs, None)?;
                 Ok(Retired::Left(Left::Displaced { at }))
             }
             Err(e) => Err(e.into()),
@@ -1164,7 +1180,7 @@ impl Tx<'_> {
                 }
                 make_dirs(legacy, r.parent(), &modes, owner)?;
                 let to = legacy.join(&r);
-                let warning = match move_file(&e.path, &to) {
+                let warning = match move_file(&e.path, &to, None) {
                     Ok(()) => format!(
                         "`{}` was written while its directory was being moved into the backup; put back into the project",
                         r.display()
@@ -1173,7 +1189,7 @@ impl Tx<'_> {
                         let at = self.displaced(&m.txid, &r);
                         let abs = join(self.layout().root(), &at)?;
                         fsx::create_dir_all(fsx::parent(&abs))?;
-                        move_file(&e.path, &abs)?;
+                        move_file(&e.path, &abs, None)?;
                         format!(
                             "`{}` was written while its directory was being moved into the backup; kept at `{}`",
                             r.display(),
@@ -1221,6 +1237,7 @@ impl Tx<'_> {
             },
         )?;
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
+        self.release_reserve(&m.txid)?;
         marker::remove(self.store, &m.legacy_dir.0)?;
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
@@ -1228,8 +1245,14 @@ impl Tx<'_> {
 
     // ---- recovery ------------------------------------------------------
 
-    /// Finishes or undoes the transaction a crash left behind; returns what it did.
+    /// Finishes or undoes the transaction a crash left behind; returns what
+    /// it did.
     pub fn recover(&self) -> Result<Option<String>> {
+        Ok(self.recover_tx()?.map(|r| r.what))
+    }
+
+    /// [`Tx::recover`], also naming the migration it finished, if it did.
+    pub fn recover_tx(&self) -> Result<Option<Recovered>> {
         // Under the migration lock no live writer has temp files here: any
         // are a crashed writer's (e.g. a journal replaced half-way).
         // Only `migrations/<repo>/` and `<txid>/` hold them: `staging/` and
@@ -1237,8 +1260,12 @@ impl Tx<'_> {
         // like temp files.
         let temps = self.sweep_temps()?;
         let Some(journal) = read_journal(&self.paths)? else {
-            return self.sweep_debris(temps);
+            return Ok(self.sweep_debris(temps)?.map(|what| Recovered {
+                what,
+                finished: None,
+            }));
         };
+        let mut finished = None;
         let txid = journal.txid.clone();
         let what = match journal.phase {
             Phase::Staging => {
@@ -1273,6 +1300,7 @@ impl Tx<'_> {
                 );
                 set_journal(&self.paths, &txid, Phase::Committed, false)?;
                 self.finish_commit(&m, &summary, Some(&report))?;
+                finished = Some(txid.clone());
                 format!("finished interrupted migration {txid}")
             }
             Phase::Committed => {
@@ -1288,7 +1316,7 @@ impl Tx<'_> {
             }
         };
         tracing::warn!("{what}");
-        Ok(Some(what))
+        Ok(Some(Recovered { what, finished }))
     }
 
     /// Removes crashed writers' temp files from `migrations/<repo>/` and
@@ -1382,6 +1410,7 @@ impl Tx<'_> {
             if !renames {
                 self.check_space(&m, &staged)?;
             }
+            self.reserve(txid)?;
             Ok(Some((m, staged)))
         })();
         let (mut m, staged) = match staged {
@@ -1410,6 +1439,25 @@ impl Tx<'_> {
         write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
         fault::point("after-retire");
         Ok(Some((m, published)))
+    }
+
+    /// Sets aside a little space in the store before publishing, which an
+    /// undo frees first: undoing must work when finishing failed because
+    /// the store's disk is full (it needs a journal and a history line).
+    fn reserve(&self, txid: &str) -> Result<()> {
+        let path = self.paths.reserve(txid);
+        let _ = std::fs::remove_file(&path);
+        let mut f = fsx::create_new(&path)?;
+        f.write_all(&vec![0u8; UNDO_RESERVE])
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write", &path, e))?;
+        Ok(())
+    }
+
+    /// Frees the space [`Tx::reserve`] set aside.
+    pub fn release_reserve(&self, txid: &str) -> Result<()> {
+        fsx::remove_file_durable(&self.paths.reserve(txid))?;
+        Ok(())
     }
 
     /// The error for a migration that stopped after it began publishing:
@@ -1449,6 +1497,51 @@ impl Tx<'_> {
     }
 
     // ---- rollback ------------------------------------------------------
+
+    /// How many files of migration `txid`'s backup hold bytes found nowhere
+    /// else: neither in the project at their place nor published unchanged
+    /// (as a byte-for-byte copy) in the store.
+    pub fn files_only_in_backup(&self, txid: &str) -> Result<u64> {
+        let Ok(m) = read_manifest(&self.paths, txid) else {
+            // No records to compare with: everything counts as unique.
+            return Ok(1);
+        };
+        let backup = self.paths.backup(txid);
+        let root = self.layout().root();
+        let mut only = 0;
+        manifest::for_each_chunk(&self.paths.entries(txid), |chunk| {
+            for e in chunk {
+                let copies: Vec<&RelPath> = e
+                    .outputs
+                    .iter()
+                    .filter(|o| o.produce == Produce::Copy)
+                    .filter_map(|o| match &o.fate {
+                        Fate::Published | Fate::AlreadyPresent => Some(&o.dest),
+                        Fate::Conflict { alt } => Some(alt),
+                        Fate::Pending => None,
+                    })
+                    .collect();
+                for s in &e.sources {
+                    let bak = join(&backup, &s.rel)?;
+                    let AtPath::File(h) = probe(&bak)? else {
+                        continue;
+                    };
+                    let here = |p: &Path| -> Result<bool> {
+                        Ok(matches!(probe(p)?, AtPath::File(x) if x == h))
+                    };
+                    let mut found = here(&join(&m.legacy_dir.0, &s.rel)?)?;
+                    for c in &copies {
+                        found = found || here(&join(root, c)?)?;
+                    }
+                    if !found {
+                        only += 1;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(only)
+    }
 
     /// Checks that rolling `m` back loses nothing; returns changed published files.
     pub fn rollback_check(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
@@ -1638,6 +1731,7 @@ impl Tx<'_> {
             Ok(())
         })?;
         remove_dir_all_if_exists(&staging)?;
+        self.release_reserve(&m.txid)?;
         sync(&root)?;
         fault::point("after-rollback-remove");
         marker::remove(self.store, &legacy)?;
@@ -1762,6 +1856,9 @@ fn publish_dirs(staging: &Path, root: &Path, rel: &Path, moved: &mut Vec<PathBuf
                 Err(storage_core::Error::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::AlreadyExists
                         || source.kind() == std::io::ErrorKind::DirectoryNotEmpty => {}
+                // Its parent is another mount: create it there and publish
+                // inside it, file by file.
+                Err(e) if crosses_devices(&e) => fsx::create_dir_all(&target)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -1886,9 +1983,9 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
 
 /// Moves a file to `to` without replacing anything, by trying a rename
 /// first; where the rename says "another file system", by a durable copy
-/// beside `to` (mode and mtime kept), a no-replace rename, then removing
-/// `from`.
-fn move_file(from: &Path, to: &Path) -> storage_core::Result<()> {
+/// beside `to` (mode and mtime kept; its BLAKE3 checked against `expect`
+/// when given), a no-replace rename, then removing `from`.
+fn move_file(from: &Path, to: &Path, expect: Option<&str>) -> storage_core::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fn io<'a>(
         op: &'static str,
@@ -1910,7 +2007,23 @@ fn move_file(from: &Path, to: &Path) -> storage_core::Result<()> {
             }
         })?;
         let mut out = fsx::create_new(&tmp)?;
-        std::io::copy(&mut f, &mut out).map_err(io("copy into", &tmp))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(io("read", from))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io("write", &tmp))?;
+        }
+        if expect.is_some_and(|want| hasher.finalize().to_hex().as_str() != want) {
+            return Err(storage_core::Error::io(
+                "copy into",
+                &tmp,
+                std::io::Error::other("the copy does not match the verified hash"),
+            ));
+        }
         out.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))
             .map_err(io("set permissions of", &tmp))?;
         out.set_modified(meta.modified().map_err(io("stat", from))?)

@@ -363,3 +363,392 @@ fn after_a_failed_backup_sync_the_copies_are_made_again() {
         "the backup copy made before the failed sync was trusted"
     );
 }
+
+fn crash_at(sb: &Sandbox, project: &Path, args: &[&str], point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = cmd(sb, project, args)
+        .env("PRODIGY_STORAGE_CRASH_AT", point)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.signal(),
+        Some(6),
+        "{point}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Item 7: across file systems, a legacy file changed after a crash in the
+/// publish phase. Recovery used to stop for good with a verification error
+/// claiming "nothing was published"; now the changed file stays in the
+/// project, the migration finishes, and the next run imports it.
+#[test]
+fn a_file_changed_after_a_crash_while_publishing_does_not_block_recovery() {
+    let sb = Sandbox::new();
+    let mnt = sb.path().join("tmpfs");
+    let Some(_tmpfs) = Mount::tmpfs(&mnt, "64m") else {
+        return;
+    };
+    let project = mnt.join("api");
+    small_project(&project);
+    crash_at(&sb, &project, &["migrate", "."], "after-publish");
+    let a = project.join(".prodigy/cache/a.json");
+    fs_err::write(&a, b"{\"a\": \"changed\"}\n").expect("write");
+    let out = cmd(&sb, &project, &["migrate", "--json", "."])
+        .output()
+        .expect("run");
+    let report = json_of(&out);
+    // The interrupted migration is finished (the changed file left in the
+    // project), then the same run migrates the changed file.
+    assert!(report["recovered"].is_string(), "{report:#}");
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert!(!holders(&sb.store(), b"\"changed\"").is_empty());
+    assert!(!holders(&sb.store(), b"{\"a\": 1}").is_empty());
+    assert!(!a.exists());
+    let v = cmd(&sb, &project, &["verify", "."]).output().expect("run");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+}
+
+/// Item 8: a part of the store (`events/`, where the split log goes) is
+/// another mount. Publishing used to rename only, fail with `EXDEV`, and
+/// stay in `publishing` for good; now it copies there, verified.
+#[test]
+fn a_mount_inside_the_store_is_published_into() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    let before = snapshot(&sb.project());
+    let Some(_tmpfs) = Mount::tmpfs(&sb.store().join("events"), "64m") else {
+        return;
+    };
+    let report = json_of(
+        &cmd(&sb, &sb.project(), &["migrate", "--json"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    let lines: usize = files(&sb.store().join("events"))
+        .iter()
+        .map(|(_, b)| b.split(|&c| c == b'\n').filter(|l| !l.is_empty()).count())
+        .sum();
+    assert_eq!(lines, 20);
+    let v = cmd(&sb, &sb.project(), &["verify"]).output().expect("run");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let r = cmd(&sb, &sb.project(), &["rollback"])
+        .output()
+        .expect("run");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same_tree(&snapshot(&sb.project()), &before, "rollback");
+}
+
+/// Item 9: two stores and one project (sudo with another home, a changed
+/// `PRODIGY_HOME`). While store B's migration is unfinished, store A refuses
+/// and names B; and B's recovery is never stuck when the files are gone.
+#[test]
+fn a_second_store_refuses_a_project_with_an_unfinished_migration_elsewhere() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    let other = sb.path().join("other-home/.prodigy");
+    let with = |store: &Path, args: &[&str]| with_home(&sb, store, args);
+    let out = with(&other, &["migrate"])
+        .env("PRODIGY_STORAGE_CRASH_AT", "after-publish")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let out = cmd(&sb, &sb.project(), &["migrate"]).output().expect("run");
+    assert!(!out.status.success(), "store A must refuse");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unfinished") && err.contains(&*other.to_string_lossy()),
+        "{err}"
+    );
+    // B finishes; then A has nothing to do.
+    let out = with(&other, &["migrate", "--json"]).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = json_of(
+        &cmd(&sb, &sb.project(), &["migrate", "--json"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(a["outcome"], "nothing_to_migrate", "{a:#}");
+}
+
+/// Item 9, the state older versions left: store B crashed after publishing
+/// (no marker), store A then migrated the project. B's recovery used to
+/// fail for ever ("neither in the project nor in the backup"); now it
+/// finishes and says where the files are.
+#[test]
+fn recovery_finishes_when_another_store_took_the_files() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    let other = sb.path().join("other-home/.prodigy");
+    let with = |store: &Path, args: &[&str]| with_home(&sb, store, args);
+    let out = with(&other, &["migrate"])
+        .env("PRODIGY_STORAGE_CRASH_AT", "after-publish")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    fs_err::remove_file(
+        sb.project()
+            .join(".prodigy/.prodigy-storage-migration.json"),
+    )
+    .expect("the marker");
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let out = with(&other, &["migrate", "--json"]).output().expect("run");
+    let report = json_of(&out);
+    assert!(report["recovered"].is_string(), "{report:#}");
+    assert_eq!(
+        report["outcome"], "migrated",
+        "the finished migration's report: {report:#}"
+    );
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("left the project before it could be backed up"),
+        "{report:#}"
+    );
+}
+
+/// `prodigy-storage --home <store> <args>` in the project, like `cmd` with another store.
+fn with_home(sb: &Sandbox, store: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("--home")
+        .arg(store)
+        .args(args)
+        .current_dir(sb.project())
+        .env("HOME", sb.home())
+        .env_remove("PRODIGY_HOME")
+        .env_remove("PRODIGY_STORAGE_CRASH_AT")
+        .env_remove("PRODIGY_STORAGE_FAULT")
+        .env("NO_COLOR", "1");
+    c
+}
+
+fn run_ok(mut c: Command) -> std::process::Output {
+    let out = c.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Item 10: the store's disk is full while legacy files are being copied
+/// into the backup (a crash mid-backup, then the disk filled up). Rollback
+/// used to finish the backup first and fail with ENOSPC; undoing needs no
+/// space in the store, so it now works, and restores the exact tree.
+#[test]
+fn an_unfinished_migration_is_undone_on_a_full_store() {
+    let sb = Sandbox::new();
+    let a = sb.path().join("a");
+    let b = sb.home();
+    let Some(_project_fs) = Mount::tmpfs(&a, "64m") else {
+        return;
+    };
+    let Some(_store_fs) = Mount::tmpfs(&b, "64m") else {
+        return;
+    };
+    let project = a.join("api");
+    small_project(&project);
+    let before = snapshot(&project);
+    crash_at(&sb, &project, &["migrate", "."], "mid-retire");
+    // Fill the store's file system to the last byte.
+    {
+        use std::io::Write;
+        let mut filler = fs_err::File::create(b.join("filler")).expect("create");
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        while filler.write_all(&[0u8; 512]).is_ok() {}
+    }
+    let out = cmd(&sb, &project, &["migrate", "."]).output().expect("run");
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("rollback"), "names the way back: {err}");
+    }
+    let r = cmd(&sb, &project, &["rollback", "--json", "."])
+        .output()
+        .expect("run");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_same_tree(&snapshot(&project), &before, "undone on a full store");
+}
+
+/// Item 10, before anything is published: across file systems, a store
+/// without room for the backup copies is refused, and nothing changes.
+#[test]
+fn a_store_without_room_for_the_backup_is_refused_before_publishing() {
+    let sb = Sandbox::new();
+    let a = sb.path().join("a");
+    let Some(_project_fs) = Mount::tmpfs(&a, "64m") else {
+        return;
+    };
+    let Some(_store_fs) = Mount::tmpfs(&sb.home(), "24m") else {
+        return;
+    };
+    let project = a.join("api");
+    small_project(&project);
+    // 10 MiB of legacy data: staging fits, staging plus backup do not.
+    fs_err::write(project.join(".prodigy/cache/big.json"), {
+        let mut v = b"[".to_vec();
+        v.extend(std::iter::repeat_n(b'0', 10 << 20));
+        v.extend(b"]");
+        v
+    })
+    .expect("write");
+    let before = snapshot(&project);
+    let out = cmd(&sb, &project, &["migrate", "."]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("free"), "{err}");
+    assert_same_tree(&snapshot(&project), &before, "nothing changed");
+    assert!(!sb.store().join("state").exists() && !sb.store().join("legacy").exists());
+}
+
+/// Item 11: `--home` at a bind mount of the project's own `.prodigy`. The
+/// paths differ, the directory is the same: refused.
+#[test]
+fn a_store_that_is_the_projects_legacy_directory_by_another_path_is_refused() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    let alias = sb.path().join("alias");
+    let Some(_bind) = Mount::bind(&sb.project().join(".prodigy"), &alias) else {
+        return;
+    };
+    let out = with_home(&sb, &alias, &["migrate"]).output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the store itself"), "{err}");
+    assert!(!sb.project().join(".prodigy/layout.json").exists());
+}
+
+/// Item 12: a `migrate` started while a rollback holds the lock but has not
+/// written its journal yet (every rename slowed down by 1 s; the migrate
+/// starts when the journal's temp file appears) waits for the rollback,
+/// then migrates what it restored; it used to answer "nothing to migrate"
+/// at once.
+#[test]
+fn a_migrate_during_a_rollback_waits_for_it() {
+    if !have_strace() {
+        return;
+    }
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let rollback = traced(
+        &sb,
+        "rename,renameat,renameat2:delay_enter=1000000",
+        &["rollback"],
+        &sb.project(),
+    )
+    .spawn()
+    .expect("spawn");
+    let dir = sb.store().join("migrations/project");
+    wait_for("the rollback's journal temp file", || {
+        std::fs::read_dir(&dir).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(".tmp-") && name.ends_with("journal.json")
+            })
+        })
+    });
+    let m = json_of(
+        &cmd(&sb, &sb.project(), &["migrate", "--json"])
+            .output()
+            .expect("run"),
+    );
+    let r = finish(rollback);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(m["outcome"], "migrated", "{m:#}");
+}
+
+/// Item 13: run as root on a project owned by another user, migrate and
+/// rollback leave every entry of `.prodigy` owned by that user (a
+/// root-owned file makes their old Prodigy fail with "Permission denied").
+#[test]
+fn root_restores_files_with_the_projects_owner() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP: not root; the ownership test did not run");
+        return;
+    }
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    let legacy = sb.project().join(".prodigy");
+    let chown_all = |dir: &Path| {
+        for (p, _) in snapshot(dir) {
+            std::os::unix::fs::lchown(dir.join(p), Some(65534), Some(65534)).expect("chown");
+        }
+        std::os::unix::fs::lchown(dir, Some(65534), Some(65534)).expect("chown");
+    };
+    chown_all(&legacy);
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    run_ok(cmd(&sb, &sb.project(), &["rollback"]));
+    let wrong: Vec<PathBuf> = snapshot(&legacy)
+        .into_keys()
+        .filter(|p| {
+            std::fs::symlink_metadata(legacy.join(p))
+                .map(|m| m.uid())
+                .ok()
+                != Some(65534)
+        })
+        .collect();
+    assert!(wrong.is_empty(), "owned by someone else now: {wrong:?}");
+}
+
+/// Item 14: a rollback killed while writing its journal leaves a temp file
+/// in `migrations/<repo>/`; the next `migrate`, with nothing to migrate,
+/// used to answer without sweeping it.
+#[test]
+fn a_journal_temp_file_of_a_killed_rollback_is_swept_by_the_next_migrate() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let temp = sb
+        .store()
+        .join("migrations/project/.tmp-999999-0-journal.json");
+    fs_err::write(&temp, b"{\"txid\": ").expect("write");
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    assert!(
+        !temp.exists(),
+        "the killed rollback's temp file is still there"
+    );
+}
+
+/// Item 6: after a migration, `.prodigy/cache` no longer exists; a link
+/// planted there (a `git pull` of a repository that tracks one) must not
+/// be written through by rollback.
+#[test]
+fn rollback_never_writes_through_a_planted_link() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let outside = sb.path().join("outside");
+    fs_err::create_dir_all(&outside).expect("mkdir");
+    let cache = sb.project().join(".prodigy/cache");
+    assert!(
+        !cache.exists(),
+        "the migration removed the emptied directory"
+    );
+    std::os::unix::fs::symlink(&outside, &cache).expect("link");
+    let out = cmd(&sb, &sb.project(), &["rollback"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cache"), "names the link: {err}");
+    assert_eq!(
+        fs_err::read_dir(&outside).expect("list").count(),
+        0,
+        "nothing written outside the project"
+    );
+    // The way out the message names: move the link away, roll back.
+    fs_err::remove_file(&cache).expect("unlink");
+    run_ok(cmd(&sb, &sb.project(), &["rollback"]));
+    assert_eq!(
+        fs_err::read(cache.join("a.json")).expect("restored"),
+        b"{\"a\": 1}\n"
+    );
+}

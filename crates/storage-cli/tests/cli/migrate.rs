@@ -395,14 +395,34 @@ fn verify_and_backups_report_what_is_there() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("problem: 1 backup file(s)"));
     let err = String::from_utf8_lossy(&run(&sb, &["rollback"], false).stderr).into_owned();
     assert!(err.contains("is missing or damaged"), "{err}");
-    // Pruning: a dry run deletes nothing; 0s prunes everything.
+    // Pruning: a backup holding bytes found nowhere else (the damaged file
+    // here; a split log, a rewritten metadata.json) is kept without
+    // --force; a dry run deletes nothing; 0s --force prunes everything.
+    let kept = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(kept["pruned"], serde_json::json!([]), "{kept:#}");
+    assert_eq!(kept["kept"].as_array().expect("kept").len(), 1, "{kept:#}");
+    assert!(
+        kept["kept"][0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("found nowhere else"),
+        "{kept:#}"
+    );
+    assert!(backup.exists());
     let list = run_json(
         &sb,
-        &["backups", "prune", "--older-than", "0s", "--dry-run"],
+        &[
+            "backups",
+            "prune",
+            "--older-than",
+            "0s",
+            "--dry-run",
+            "--force",
+        ],
     );
     assert_eq!(list["pruned"].as_array().expect("list").len(), 1);
     assert!(backup.exists());
-    run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    run_json(&sb, &["backups", "prune", "--older-than", "0s", "--force"]);
     assert!(!backup.exists());
     assert_eq!(run_json(&sb, &["verify"])["backup_pruned"], true);
     let none = run_json(&sb, &["backups", "prune", "--older-than", "30d"]);
