@@ -25,7 +25,8 @@ impl Serialize for Lossless<'_> {
 }
 
 /// [`lossless`] for an optional path.
-#[allow(clippy::ref_option, reason = "the signature `serialize_with` calls")]
+// Reason: `serialize_with` calls it with a reference to the field's type.
+#[allow(clippy::ref_option)]
 pub(crate) fn lossless_option<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
     p.as_deref().map(Lossless).serialize(s)
 }
