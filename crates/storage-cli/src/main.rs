@@ -239,8 +239,13 @@ mod import {
     use super::{emit, project_dir, render};
     use crate::cli::{BackupsAction, Cli, Command};
 
-    /// The fault-injection hooks of the test suite (see `docs/reliability.md`).
+    /// The fault-injection hooks of the test suite (see `docs/reliability.md`),
+    /// read only by a build with them (`storage_migrate::fault::ENABLED`: test
+    /// builds); the binary users get ignores the variables.
     fn arm_test_hooks() {
+        if !fault::ENABLED {
+            return;
+        }
         if let Some(point) = std::env::var_os("PRODIGY_STORAGE_CRASH_AT") {
             fault::arm(Fault::CrashAt(point.to_string_lossy().into_owned()));
         } else if std::env::var_os("PRODIGY_STORAGE_FAULT").is_some_and(|v| v == "corrupt-staged") {
