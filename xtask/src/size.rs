@@ -6,7 +6,9 @@
 //! from the symbol table: a symbol belongs to the first workspace crate its
 //! demangled name mentions). `--baseline REV` builds another revision in a
 //! temporary git worktree and compares; `--check` fails when the stripped
-//! binary grows past the budget in `xtask/size-budget.json`.
+//! binary grows past the budget in `xtask/size-budget.json`. Every run also
+//! checks that the binary it measures, the one users get, has no test hooks
+//! (see `check_no_test_hooks`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,7 +51,9 @@ pub fn run_size(args: &[String]) -> Result<()> {
         .transpose()?;
     let root = root();
     let target = target_dir(&root);
-    let with = measure(&build(&root, &target, true, "with")?)?;
+    let shipped = build(&root, &target, true, "with")?;
+    check_no_test_hooks(&shipped, &target.join("xtask-size/hooks-check"))?;
+    let with = measure(&shipped)?;
     let without = measure(&build(&root, &target, false, "without")?)?;
     let base = match baseline {
         Some(rev) => Some((rev.clone(), measure_revision(&root, &target, rev)?)),
@@ -71,6 +75,64 @@ pub fn run_size(args: &[String]) -> Result<()> {
         }
         println!("size check: {} <= budget {budget} bytes", with.stripped);
     }
+    Ok(())
+}
+
+/// The test hooks' environment variables (`docs/reliability.md`).
+const TEST_HOOKS: [(&str, &str); 2] = [
+    ("PRODIGY_STORAGE_CRASH_AT", "after-verify"),
+    ("PRODIGY_STORAGE_FAULT", "corrupt-staged"),
+];
+
+/// The binary users get must not obey the test hooks, which only test
+/// builds have (`storage-migrate/fault-injection`): neither variable's name
+/// is in it (the code that reads them compiled to nothing), and with each
+/// one set, a tiny legacy project in `scratch` still migrates normally.
+fn check_no_test_hooks(bin: &Path, scratch: &Path) -> Result<()> {
+    let bytes = fs_err::read(bin)?;
+    for (name, _) in TEST_HOOKS {
+        if bytes.windows(name.len()).any(|w| w == name.as_bytes()) {
+            bail!(
+                "`{}` reads the test hook `{name}`: the release build has the \
+                 `fault-injection` feature of storage-migrate; find what turns it on \
+                 (`cargo tree -e features -i storage-migrate`)",
+                bin.display()
+            );
+        }
+    }
+    if scratch.exists() {
+        fs_err::remove_dir_all(scratch)?;
+    }
+    for (name, value) in TEST_HOOKS {
+        let project = scratch.join(name);
+        let log = project.join(".prodigy/mapreduce/events/global/events.jsonl");
+        fs_err::create_dir_all(log.parent().context("a parent")?)?;
+        fs_err::write(&log, "{\"event\":{\"job_id\":\"mapreduce-1\"}}\n")?;
+        let out = Command::new(bin)
+            .arg("--home")
+            .arg(scratch.join("store"))
+            .args(["migrate", "--json"])
+            .arg(&project)
+            .env(name, value)
+            .env("HOME", scratch)
+            .env_remove("PRODIGY_HOME")
+            .output()
+            .with_context(|| format!("cannot run `{}`", bin.display()))?;
+        let report: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+        if !out.status.success()
+            || report.as_ref().map(|r| &r["outcome"]) != Some(&"migrated".into())
+        {
+            bail!(
+                "`{}` obeyed the test hook {name}={value} (exit {}): the binary users get \
+                 must ignore it\n{}",
+                bin.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    fs_err::remove_dir_all(scratch)?;
+    eprintln!("test hooks: absent from the release binary and ignored at run time");
     Ok(())
 }
 

@@ -89,6 +89,28 @@ fn project_dir(arg: Option<&Path>) -> Result<PathBuf> {
     Ok(top.unwrap_or(cwd))
 }
 
+/// A path for a JSON document, lossless: a string when it is UTF-8, else
+/// `hex:` and its bytes, the form the library's reports use (`docs/cli.md`).
+/// `serde_json::json!` would panic on a non-UTF-8 `PathBuf`.
+fn json_path(p: &Path) -> serde_json::Value {
+    use std::os::unix::ffi::OsStrExt;
+    p.to_str().map_or_else(
+        || {
+            let hex = p
+                .as_os_str()
+                .as_bytes()
+                .iter()
+                .fold(String::from("hex:"), |mut s, b| {
+                    use std::fmt::Write as _;
+                    let _ = write!(s, "{b:02x}");
+                    s
+                });
+            serde_json::Value::String(hex)
+        },
+        |s| serde_json::Value::String(s.to_owned()),
+    )
+}
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
@@ -159,8 +181,8 @@ fn status(
     let layout_version = storage_fs::layout_version(&root.path)?;
     let value = serde_json::json!({
         "schema_version": 1,
-        "store": root.path, "store_source": root.source, "layout_version": layout_version,
-        "project": project, "repo": repo, "legacy_import": false,
+        "store": json_path(&root.path), "store_source": root.source, "layout_version": layout_version,
+        "project": json_path(project), "repo": repo, "legacy_import": false,
     });
     emit(cli, json, &value, || {
         format!(
@@ -192,7 +214,7 @@ fn status(
         json,
         &serde_json::json!({
             "schema_version": storage_migrate::REPORT_SCHEMA_VERSION,
-            "store": root.path, "store_source": root.source, "layout_version": layout_version,
+            "store": json_path(&root.path), "store_source": root.source, "layout_version": layout_version,
             "legacy_import": true, "project": s, "backups": backups,
         }),
         || render::status(root, layout_version, &s, &backups),
@@ -217,8 +239,13 @@ mod import {
     use super::{emit, project_dir, render};
     use crate::cli::{BackupsAction, Cli, Command};
 
-    /// The fault-injection hooks of the test suite (see `docs/reliability.md`).
+    /// The fault-injection hooks of the test suite (see `docs/reliability.md`),
+    /// read only by a build with them (`storage_migrate::fault::ENABLED`: test
+    /// builds); the binary users get ignores the variables.
     fn arm_test_hooks() {
+        if !fault::ENABLED {
+            return;
+        }
         if let Some(point) = std::env::var_os("PRODIGY_STORAGE_CRASH_AT") {
             fault::arm(Fault::CrashAt(point.to_string_lossy().into_owned()));
         } else if std::env::var_os("PRODIGY_STORAGE_FAULT").is_some_and(|v| v == "corrupt-staged") {

@@ -231,8 +231,8 @@ mod with_import {
             for s in &r.specials {
                 let target = s
                     .target
-                    .as_deref()
-                    .map(|t| format!(" -> {t}"))
+                    .as_ref()
+                    .map(|t| format!(" -> {}", t.as_path().display()))
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,

@@ -589,6 +589,7 @@ pub struct ProjectStatus {
     /// JSON shape version.
     pub schema_version: u32,
     /// The project (canonical).
+    #[serde(serialize_with = "report::lossless")]
     pub project: PathBuf,
     /// Its repository key, if registered.
     pub repo: Option<String>,
@@ -650,6 +651,7 @@ pub struct BackupInfo {
     /// The migration it belongs to.
     pub txid: String,
     /// Its directory.
+    #[serde(serialize_with = "report::lossless")]
     pub path: PathBuf,
     /// Files in it.
     pub files: u64,

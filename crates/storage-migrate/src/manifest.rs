@@ -43,16 +43,27 @@ pub struct RelPath(pub PathBuf);
 
 impl Serialize for RelPath {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if let Some(text) = self.0.to_str() {
-            return s.serialize_str(text);
-        }
-        let mut hex = String::from("hex:");
-        for b in self.0.as_os_str().as_bytes() {
-            use std::fmt::Write as _;
-            let _ = write!(hex, "{b:02x}");
-        }
-        s.serialize_str(&hex)
+        serialize_path(&self.0, s)
     }
+}
+
+/// Writes a path losslessly: as a string when it is UTF-8, else as `hex:`
+/// and its bytes in lowercase hex. Records and reports use this form for
+/// every path, so no path fails to serialise.
+pub(crate) fn serialize_path<P: AsRef<Path>, S: serde::Serializer>(
+    p: &P,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let p = p.as_ref();
+    if let Some(text) = p.to_str() {
+        return s.serialize_str(text);
+    }
+    let mut hex = String::from("hex:");
+    for b in p.as_os_str().as_bytes() {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+    }
+    s.serialize_str(&hex)
 }
 
 impl<'de> Deserialize<'de> for RelPath {
@@ -257,9 +268,9 @@ pub struct Special {
     pub rel: RelPath,
     /// `symlink`, `fifo`, `socket`, `block device`, `char device`.
     pub kind: String,
-    /// A link's target, as stored in the link.
+    /// A link's target, as stored in the link (any path, kept losslessly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
+    pub target: Option<RelPath>,
 }
 
 /// One line of `entries.jsonl`: a legacy file and what is published from it.

@@ -292,7 +292,7 @@ fn walk(legacy: &Path, mut visit: impl FnMut(Found) -> Result<()>) -> Result<Wal
                 .is_symlink()
                 .then(|| std::fs::read_link(&path).ok())
                 .flatten()
-                .map(|t| t.to_string_lossy().into_owned());
+                .map(RelPath);
             out.specials.push(Special {
                 rel: RelPath(rel),
                 kind: special_kind(ft).to_owned(),

@@ -3,11 +3,38 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use storage_fs::FsStorage;
 
 use crate::manifest::{Category, Manifest, Special, Summary};
 use crate::protocol::Paths;
+
+// Every path in a report is written by `manifest::serialize_path`: a
+// string when it is UTF-8, else `hex:<bytes>` (documented in `docs/cli.md`),
+// so a report never fails on a path's encoding, even after the migration
+// has moved the originals.
+pub(crate) use crate::manifest::serialize_path as lossless;
+
+/// A path serialised by [`lossless`].
+struct Lossless<'a>(&'a Path);
+
+impl Serialize for Lossless<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        lossless(&self.0, s)
+    }
+}
+
+/// [`lossless`] for an optional path.
+// Reason: `serialize_with` calls it with a reference to the field's type.
+#[allow(clippy::ref_option)]
+pub(crate) fn lossless_option<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    p.as_deref().map(Lossless).serialize(s)
+}
+
+/// [`lossless`] for a list of paths.
+pub(crate) fn lossless_list<S: Serializer>(p: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(p.iter().map(|p| Lossless(p)))
+}
 
 /// The version of the JSON shape of reports.
 pub const REPORT_SCHEMA_VERSION: u32 = 1;
@@ -41,8 +68,10 @@ pub struct CategoryReport {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConflictReport {
     /// Where the migrated file would have gone (relative to the store root).
+    #[serde(serialize_with = "lossless")]
     pub dest: PathBuf,
     /// Where it was kept instead (relative to the store root).
+    #[serde(serialize_with = "lossless")]
     pub kept_at: PathBuf,
 }
 
@@ -56,12 +85,15 @@ pub struct MigrationReport {
     /// The transaction id, when one ran (or would run).
     pub txid: Option<String>,
     /// The project (canonical).
+    #[serde(serialize_with = "lossless")]
     pub project: PathBuf,
     /// The legacy directory.
+    #[serde(serialize_with = "lossless")]
     pub legacy_dir: PathBuf,
     /// The repository key in the store.
     pub repo: String,
     /// The store's root.
+    #[serde(serialize_with = "lossless")]
     pub store: PathBuf,
     /// Legacy storage files found.
     pub legacy_files: u64,
@@ -82,6 +114,7 @@ pub struct MigrationReport {
     /// Things worth knowing that did not stop the migration.
     pub warnings: Vec<String>,
     /// Where the legacy files were moved (the backup).
+    #[serde(serialize_with = "lossless_option")]
     pub backup: Option<PathBuf>,
     /// The command that undoes this migration.
     pub rollback_command: Option<String>,
@@ -89,15 +122,34 @@ pub struct MigrationReport {
     pub recovered: Option<String>,
 }
 
-/// Quotes `p` for a POSIX shell.
+/// Quotes `p` for a POSIX shell, losslessly: a path that is not UTF-8 is
+/// written as `$'…'` with `\xHH` escapes (POSIX.1-2024, bash, zsh, ksh).
 #[must_use]
 pub fn shell_quote(p: &Path) -> String {
-    let s = p.to_string_lossy();
+    let Some(s) = p.to_str() else {
+        use std::fmt::Write as _;
+        use std::os::unix::ffi::OsStrExt;
+        let mut out = String::from("$'");
+        for &b in p.as_os_str().as_bytes() {
+            match b {
+                b'\'' | b'\\' => {
+                    out.push('\\');
+                    out.push(char::from(b));
+                }
+                0x20..=0x7e => out.push(char::from(b)),
+                _ => {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            }
+        }
+        out.push('\'');
+        return out;
+    };
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
     {
-        s.into_owned()
+        s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
@@ -196,6 +248,7 @@ pub struct RollbackReport {
     /// The migration that was undone.
     pub txid: String,
     /// The project.
+    #[serde(serialize_with = "lossless")]
     pub project: PathBuf,
     /// Legacy files restored (byte-identical, with modes and mtimes).
     pub restored_files: u64,
@@ -204,8 +257,10 @@ pub struct RollbackReport {
     /// Files the migration had published that were removed from the store.
     pub removed_from_store: u64,
     /// With `--force`: changed files moved aside instead of removed.
+    #[serde(serialize_with = "lossless_list")]
     pub displaced: Vec<PathBuf>,
     /// The backup, which stays until pruned.
+    #[serde(serialize_with = "lossless")]
     pub backup: PathBuf,
     /// What recovery of an earlier interrupted run did first, if anything.
     pub recovered: Option<String>,
@@ -217,6 +272,7 @@ pub struct VerifyReport {
     /// JSON shape version.
     pub schema_version: u32,
     /// The project.
+    #[serde(serialize_with = "lossless")]
     pub project: PathBuf,
     /// Its repository key, if it was ever registered.
     pub repo: Option<String>,
@@ -231,6 +287,7 @@ pub struct VerifyReport {
     /// Backup files intact.
     pub backup_intact: u64,
     /// Backup files missing or damaged (a problem unless pruned).
+    #[serde(serialize_with = "lossless_list")]
     pub backup_damaged: Vec<PathBuf>,
     /// Whether the backup was pruned on purpose.
     pub backup_pruned: bool,
@@ -278,5 +335,28 @@ mod tests {
         );
         let listed: Vec<_> = r.conflicts.iter().map(|c| c.dest.clone()).collect();
         assert_eq!(listed, [PathBuf::from("a"), PathBuf::from("b")], "sorted");
+    }
+
+    #[test]
+    fn paths_in_reports_and_commands_survive_any_encoding() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new(OsStr::from_bytes(b"/tmp/proj-\xff's"));
+        assert_eq!(shell_quote(odd), r"$'/tmp/proj-\xff\'s'");
+        assert_eq!(shell_quote(Path::new("/tmp/a b")), "'/tmp/a b'");
+        let r = RollbackReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            txid: "t".into(),
+            project: odd.to_owned(),
+            restored_files: 0,
+            restored_bytes: 0,
+            removed_from_store: 0,
+            displaced: vec![odd.to_owned(), PathBuf::from("plain")],
+            backup: PathBuf::from("b"),
+            recovered: None,
+        };
+        let v = serde_json::to_value(&r).expect("a non-UTF-8 path serialises");
+        assert_eq!(v["project"], "hex:2f746d702f70726f6a2dff2773");
+        assert_eq!(v["displaced"][1], "plain");
     }
 }

@@ -9,12 +9,20 @@
 //! nothing is dropped. Routing is a pure function of the line, so
 //! verification re-runs it over the source and compares hashes: every source
 //! line is then accounted for exactly once.
+//!
+//! Memory is bounded whatever the input: a line is never held whole. A line
+//! of up to [`PREFIX`] bytes is routed by parsing it; a longer one (a run of
+//! NUL bytes after a power loss, a huge payload) is routed by its first
+//! [`PREFIX`] bytes when they reach its `event.job_id`, and to "unrouted"
+//! otherwise, and its bytes are streamed through in pieces.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::fmt;
+use std::io::{BufRead, BufReader, ErrorKind, Read};
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use storage_core::JobId;
 
 use crate::error::{Error, Result};
@@ -40,6 +48,69 @@ pub fn route(line: &[u8]) -> Route {
     JobId::new(probe.event?.job_id?).ok()
 }
 
+/// Lines longer than this many bytes (newline included) are routed by their
+/// first `PREFIX` bytes and streamed through without being held whole.
+pub const PREFIX: usize = 64 * 1024;
+
+/// The route of a line longer than [`PREFIX`], from its first bytes: the
+/// `event.job_id` when the prefix reaches it, else unrouted.
+fn route_prefix(prefix: &[u8]) -> Route {
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_slice(prefix);
+    // The prefix is cut mid-line, so the parse always ends in an error: what
+    // matters is whether it met the job id first.
+    let _ = Probing::Line(&mut found).deserialize(&mut de);
+    JobId::new(found?).ok()
+}
+
+/// A partial parse of a line's prefix that records the first
+/// `event.job_id` it meets and then stops.
+enum Probing<'a> {
+    /// The top-level object.
+    Line(&'a mut Option<String>),
+    /// The value of its `event` field.
+    Event(&'a mut Option<String>),
+}
+
+impl<'de> DeserializeSeed<'de> for Probing<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Probing<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let (found, top) = match self {
+            Probing::Line(found) => (found, true),
+            Probing::Event(found) => (found, false),
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match (top, key.as_str()) {
+                (true, "event") => {
+                    map.next_value_seed(Probing::Event(&mut *found))?;
+                    return Err(de::Error::custom("stop: the event was probed"));
+                }
+                (false, "job_id") => {
+                    *found = map.next_value::<Option<String>>()?;
+                    return Err(de::Error::custom("stop: the job id was found"));
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Per-route totals of one pass over a log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RouteTotals {
@@ -51,8 +122,11 @@ pub struct RouteTotals {
     pub hash: Option<blake3::Hash>,
 }
 
-/// Streams `reader` line by line, calling `sink(route, line)` for each line
-/// in order, and returns per-route totals. Memory is bounded by the longest line.
+/// Streams `reader` line by line, calling `sink(route, bytes)` with every
+/// byte of every line exactly once and in order, and returns per-route totals.
+/// A line of up to [`PREFIX`] bytes comes in one call; a longer one in
+/// several consecutive calls with the same route. Memory is bounded: at most
+/// [`PREFIX`] bytes of a line are held, plus a fixed read buffer.
 pub fn for_each_line(
     reader: impl Read,
     path: &Path,
@@ -60,23 +134,45 @@ pub fn for_each_line(
 ) -> Result<BTreeMap<Route, RouteTotals>> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     let mut hashers: BTreeMap<Route, (u64, u64, blake3::Hasher)> = BTreeMap::new();
-    let mut line = Vec::with_capacity(1024);
+    let mut head = Vec::with_capacity(1024);
     loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::io("read", path, e))?;
-        if n == 0 {
+        head.clear();
+        let whole = read_head(&mut reader, &mut head, path)?;
+        if head.is_empty() {
             break;
         }
-        let r = route(&line);
-        sink(&r, &line)?;
+        let r = if whole {
+            route(&head)
+        } else {
+            route_prefix(&head)
+        };
         let entry = hashers
-            .entry(r)
+            .entry(r.clone())
             .or_insert_with(|| (0, 0, blake3::Hasher::new()));
         entry.0 += 1;
-        entry.1 += line.len() as u64;
-        entry.2.update(&line);
+        sink(&r, &head)?;
+        entry.1 += head.len() as u64;
+        entry.2.update(&head);
+        // The rest of a long line, one read buffer at a time.
+        if !whole {
+            loop {
+                let buf = fill(&mut reader, path)?;
+                if buf.is_empty() {
+                    break;
+                }
+                let (n, end) = match buf.iter().position(|&b| b == b'\n') {
+                    Some(i) => (i + 1, true),
+                    None => (buf.len(), false),
+                };
+                sink(&r, &buf[..n])?;
+                entry.1 += n as u64;
+                entry.2.update(&buf[..n]);
+                reader.consume(n);
+                if end {
+                    break;
+                }
+            }
+        }
     }
     Ok(hashers
         .into_iter()
@@ -91,6 +187,42 @@ pub fn for_each_line(
             )
         })
         .collect())
+}
+
+/// Reads the next line into `head`, up to [`PREFIX`] bytes. Returns whether
+/// `head` holds the whole line (it ended with a newline or the input within
+/// [`PREFIX`] bytes); an empty `head` is the end of the input.
+fn read_head(reader: &mut impl BufRead, head: &mut Vec<u8>, path: &Path) -> Result<bool> {
+    loop {
+        let buf = fill(reader, path)?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        let room = PREFIX - head.len();
+        if room == 0 {
+            return Ok(false);
+        }
+        let take = room.min(buf.len());
+        if let Some(i) = buf[..take].iter().position(|&b| b == b'\n') {
+            head.extend_from_slice(&buf[..=i]);
+            reader.consume(i + 1);
+            return Ok(true);
+        }
+        head.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+    }
+}
+
+/// The buffered bytes of `reader`, reading more if none are (empty at the end).
+fn fill<'r>(reader: &'r mut impl BufRead, path: &Path) -> Result<&'r [u8]> {
+    loop {
+        match reader.fill_buf() {
+            Ok(_) => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    reader.fill_buf().map_err(|e| Error::io("read", path, e))
 }
 
 #[cfg(test)]
@@ -129,5 +261,79 @@ mod tests {
         assert_eq!(all, log.as_bytes(), "every byte, in order");
         let total: u64 = totals.values().map(|t| t.bytes).sum();
         assert_eq!(total, log.len() as u64);
+    }
+
+    /// Collects the pieces `for_each_line` hands out, checking that no piece
+    /// is larger than the prefix or the read buffer (no line held whole).
+    type Pieces = Vec<(Route, Vec<u8>)>;
+
+    fn split_all(log: &[u8]) -> (BTreeMap<Route, RouteTotals>, Pieces) {
+        let mut seen: Vec<(Route, Vec<u8>)> = Vec::new();
+        let totals = for_each_line(log, Path::new("events.jsonl"), |r, piece| {
+            assert!(
+                piece.len() <= 256 * 1024,
+                "a piece of {} bytes",
+                piece.len()
+            );
+            seen.push((r.clone(), piece.to_vec()));
+            Ok(())
+        })
+        .expect("split");
+        (totals, seen)
+    }
+
+    #[test]
+    fn a_line_longer_than_the_prefix_is_routed_by_its_prefix_and_streamed_in_pieces() {
+        let mut log = br#"{"id":"1","event":{"job_id":"mapreduce-1","data":""#.to_vec();
+        log.extend(std::iter::repeat_n(b'a', 3 << 20));
+        log.extend(b"\"}}\n");
+        let first_line = log.len();
+        log.extend(br#"{"id":"2","event":{"job_id":"mapreduce-2"}}"#);
+        log.push(b'\n');
+        // A power-loss tail: NULs, no newline, no job id.
+        log.extend(std::iter::repeat_n(0u8, PREFIX * 5 + 17));
+        let (totals, seen) = split_all(&log);
+        let j1 = Some(JobId::new("mapreduce-1").expect("v"));
+        let j2 = Some(JobId::new("mapreduce-2").expect("v"));
+        assert_eq!(totals[&j1].lines, 1);
+        assert_eq!(totals[&j1].bytes, first_line as u64);
+        assert_eq!(totals[&j1].hash, Some(blake3::hash(&log[..first_line])));
+        assert_eq!(totals[&j2].lines, 1);
+        assert_eq!(totals[&None].lines, 1, "the NUL tail is one unrouted line");
+        assert_eq!(totals[&None].bytes, PREFIX as u64 * 5 + 17);
+        assert!(
+            seen.iter().filter(|(r, _)| *r == j1).count() > 1,
+            "streamed in pieces"
+        );
+        let all: Vec<u8> = seen.iter().flat_map(|(_, l)| l.clone()).collect();
+        assert_eq!(all, log, "every byte once, in order");
+    }
+
+    #[test]
+    fn the_prefix_bound_is_exact_and_a_long_line_without_a_job_id_in_its_prefix_is_unrouted() {
+        let line = |len: usize| {
+            let mut l = br#"{"event":{"job_id":"mapreduce-1"},"pad":""#.to_vec();
+            l.resize(len - 3, b'x');
+            l.extend(b"\"}\n");
+            l
+        };
+        let j1 = Some(JobId::new("mapreduce-1").expect("v"));
+        for len in [PREFIX - 1, PREFIX, PREFIX + 1, PREFIX + 2] {
+            let (totals, _) = split_all(&line(len));
+            assert_eq!(totals[&j1].bytes, len as u64, "a line of {len} bytes");
+        }
+        // The job id only after the first PREFIX bytes: not found, kept unrouted.
+        let mut late = br#"{"pad":""#.to_vec();
+        late.resize(PREFIX + 10, b'x');
+        late.extend(br#"","event":{"job_id":"mapreduce-1"}}"#);
+        late.push(b'\n');
+        let (totals, _) = split_all(&late);
+        assert_eq!(totals.keys().collect::<Vec<_>>(), [&None]);
+        assert_eq!(totals[&None].bytes, late.len() as u64);
+        // The same fields within the bound route by a full parse.
+        let mut short = late.clone();
+        short.drain(10..PREFIX);
+        let (totals, _) = split_all(&short);
+        assert_eq!(totals[&j1].lines, 1);
     }
 }

@@ -549,6 +549,32 @@ fn a_kill_while_creating_the_store_or_registering_leaves_no_debris() {
     survives(&sb, &o, "a half-created store");
 }
 
+/// The binary under GNU `time -f maxrss_kib=%M` and `true`, or the bare
+/// binary and `false` (printed `SKIP:`) where GNU time is not installed.
+fn timed_bin() -> (bool, Command) {
+    let timed = Command::new("/usr/bin/time")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if timed {
+        let mut c = Command::new("/usr/bin/time");
+        c.args(["-f", "maxrss_kib=%M"]).arg(bin());
+        (true, c)
+    } else {
+        eprintln!("SKIP: GNU time is not installed; the peak-memory check did not run");
+        (false, Command::new(bin()))
+    }
+}
+
+/// The peak resident set size GNU time printed for a run of [`timed_bin`], in KiB.
+fn peak_kib(out: &Output) -> u64 {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("GNU time output")
+}
+
 /// Huge legacy documents (over the 64 MiB in-memory limit) are checked as
 /// JSON by streaming: a whole one goes to its typed place, a torn one to the
 /// legacy area, and the process never holds either in memory.
@@ -564,18 +590,7 @@ fn huge_typed_legacy_files_are_validated_by_streaming() {
     fs_err::write(job.join("checkpoint-v8.json"), &whole).expect("w");
     fs_err::write(job.join("checkpoint-v9.json"), &whole[..whole.len() - 5]).expect("w");
     let o_big = original(&sb);
-    let timed = Command::new("/usr/bin/time")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let mut c = if timed {
-        let mut c = Command::new("/usr/bin/time");
-        c.args(["-f", "maxrss_kib=%M"]).arg(bin());
-        c
-    } else {
-        eprintln!("SKIP: GNU time is not installed; the peak-memory check did not run");
-        Command::new(bin())
-    };
+    let (timed, mut c) = timed_bin();
     let out = c
         .arg("--home")
         .arg(sb.store())
@@ -608,12 +623,7 @@ fn huge_typed_legacy_files_are_validated_by_streaming() {
         whole.len() as u64 - 5
     );
     if timed {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let kib: u64 = stderr
-            .lines()
-            .find_map(|l| l.strip_prefix("maxrss_kib="))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("GNU time output");
+        let kib = peak_kib(&out);
         assert!(
             kib < 48 * 1024,
             "peak {kib} KiB: a 70 MiB file was held in memory"
@@ -622,4 +632,120 @@ fn huge_typed_legacy_files_are_validated_by_streaming() {
     }
     // Nothing lost, and rollback gives back the exact tree with both files.
     converged(&sb, &o_big.tree, "huge files");
+}
+
+/// A global event log with a few good lines and then `tail` bytes of NULs
+/// without a newline (what a power loss leaves) is split in bounded memory:
+/// the tail is one unrouted line streamed through, never held whole. It once
+/// cost as much memory as the tail (1 GiB for 1 GiB).
+fn a_nul_tail_of_the_event_log_is_migrated_in_bounded_memory(tail: u64) {
+    use std::hash::Hasher;
+    use std::io::Read;
+    // The same hash over the same fixed-size reads: equal files, equal sums.
+    let digest = |path: &std::path::Path| {
+        let mut f = fs_err::File::open(path).expect("open");
+        let mut h = std::hash::DefaultHasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = f.read(&mut buf).expect("read");
+            if n == 0 {
+                break (len, h.finish());
+            }
+            h.write(&buf[..n]);
+            len += n as u64;
+        }
+    };
+    let sb = Sandbox::new();
+    let log = sb
+        .project()
+        .join(".prodigy/mapreduce/events/global/events.jsonl");
+    fs_err::create_dir_all(log.parent().expect("parent")).expect("mkdir");
+    let good = concat!(
+        r#"{"id":"1","event":{"event_type":"job_started","job_id":"mapreduce-1"}}"#,
+        "\n",
+        r#"{"id":"2","event":{"event_type":"agent_completed","job_id":"mapreduce-1"}}"#,
+        "\n",
+    );
+    fs_err::write(&log, good).expect("write");
+    // Sparse: costs no disk until the migration copies it.
+    let f = fs_err::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .expect("open");
+    f.set_len(good.len() as u64 + tail).expect("extend");
+    drop(f);
+    let before = digest(&log);
+    let tree = project_without_git_or_content(&sb);
+    let (timed, mut c) = timed_bin();
+    let out = c
+        .arg("--home")
+        .arg(sb.store())
+        .args(["migrate", "--json"])
+        .arg(sb.project())
+        .env("HOME", sb.home())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    let report = json_of(&out);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    let job = sb.store().join("events/project/mapreduce-1");
+    let routed: u64 = files(&job).iter().map(|(_, b)| b.len() as u64).sum();
+    assert_eq!(
+        routed,
+        good.len() as u64,
+        "the good lines reach their job's log"
+    );
+    if timed {
+        let kib = peak_kib(&out);
+        eprintln!(
+            "faults: an event log with a {tail}-byte NUL tail migrated with a peak of {kib} KiB"
+        );
+        assert!(
+            kib < 64 * 1024,
+            "peak {kib} KiB: the NUL tail was held in memory"
+        );
+    }
+    let v = run_json(&sb, &["verify"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{v:#}");
+    run(&sb, &["rollback"], true);
+    assert_eq!(digest(&log), before, "rollback gives back every byte");
+    assert_eq!(project_without_git_or_content(&sb), tree);
+}
+
+/// The project's tree (kinds, sizes, modes, times) without file contents,
+/// which would put the huge log in the test's own memory.
+fn project_without_git_or_content(sb: &Sandbox) -> Vec<(PathBuf, u64, bool)> {
+    let mut out = Vec::new();
+    let mut stack = vec![sb.project()];
+    while let Some(dir) = stack.pop() {
+        for e in fs_err::read_dir(&dir).expect("read dir") {
+            let e = e.expect("entry");
+            let m = fs_err::symlink_metadata(e.path()).expect("stat");
+            if m.is_dir() && e.file_name() != ".git" {
+                stack.push(e.path());
+            }
+            out.push((e.path(), m.len() * u64::from(m.is_file()), m.is_dir()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_100_mib_nul_tail_of_the_event_log_is_migrated_in_bounded_memory() {
+    a_nul_tail_of_the_event_log_is_migrated_in_bounded_memory(100 << 20);
+}
+
+/// The 1 GiB case of the adversarial review; exhaustive tier only, as it
+/// writes and reads back a gigabyte.
+#[test]
+fn a_1_gib_nul_tail_of_the_event_log_is_migrated_in_bounded_memory() {
+    if !exhaustive() {
+        eprintln!(
+            "SKIP: the 1 GiB NUL tail runs in the exhaustive tier (PRODIGY_FAULTS_EXHAUSTIVE=1)"
+        );
+        return;
+    }
+    a_nul_tail_of_the_event_log_is_migrated_in_bounded_memory(1 << 30);
 }

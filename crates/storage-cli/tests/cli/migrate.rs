@@ -461,3 +461,108 @@ fn rolling_back_a_later_migration_leaves_what_an_earlier_one_published() {
     assert_eq!(v["published_missing"], 0, "{v:#}");
     assert_eq!(v["legacy_files_left"], 1, "{v:#}");
 }
+
+/// A project directory whose name is not UTF-8: reports carry the path
+/// losslessly (`hex:<bytes>` in JSON), human output shows it escaped, and
+/// nothing fails on the encoding. Writing the report once failed after the
+/// originals had been moved, and `status` panicked.
+#[test]
+fn a_project_whose_directory_name_is_not_utf8_migrates_reports_and_rolls_back() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let sb = Sandbox::new();
+    let name = OsStr::from_bytes(b"proj-\xff");
+    let project = sb.path().join(name);
+    fixture::legacy_project(&project);
+    let before = snapshot(&project);
+    let hex = |p: &Path| {
+        let bytes = p.as_os_str().as_bytes();
+        bytes.iter().fold(String::from("hex:"), |mut s, b| {
+            use std::fmt::Write as _;
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    };
+    let canonical = fs_err::canonicalize(&project).expect("canonical");
+    let run_on = |args: &[&str]| {
+        let out = crate::support::cmd(&sb, sb.path(), args)
+            .arg(&project)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&run_on(args).stdout).expect("one JSON document")
+    };
+
+    let status = json(&["status", "--json"]);
+    assert_eq!(status["project"]["project"], hex(&canonical), "{status:#}");
+    let human = String::from_utf8_lossy(&run_on(&["status"]).stdout).into_owned();
+    assert!(human.contains("proj-\u{fffd}"), "escaped lossily: {human}");
+
+    let report = json(&["migrate", "--json"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert_eq!(report["project"], hex(&canonical));
+    assert_eq!(report["legacy_dir"], hex(&canonical.join(".prodigy")));
+    let backup = report["backup"].as_str().expect("backup");
+    let backup = backup.strip_prefix("hex:").map_or_else(
+        || PathBuf::from(backup),
+        |h| {
+            let bytes: Vec<u8> = (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).expect("hex"))
+                .collect();
+            PathBuf::from(OsStr::from_bytes(&bytes))
+        },
+    );
+    assert!(
+        backup.is_dir(),
+        "the report's backup path round-trips: {backup:?}"
+    );
+    let rollback_command = report["rollback_command"].as_str().expect("command");
+    assert!(
+        rollback_command.ends_with(r"/proj-\xff'"),
+        "{rollback_command}"
+    );
+
+    let verify = json(&["verify", "--json"]);
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify:#}");
+    assert_eq!(verify["project"], hex(&canonical));
+    run_on(&["verify"]);
+    run_on(&["status"]);
+    let listed = json(&["status", "--json"]);
+    assert_eq!(listed["backups"][0]["path"], report["backup"]);
+
+    // The report's rollback command, run as printed, names the project exactly.
+    let bin_dir = crate::support::bin().parent().expect("dir").to_owned();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("{rollback_command} --json"))
+        .env("PATH", path)
+        .env("HOME", sb.home())
+        .env_remove("PRODIGY_HOME")
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rolled: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(rolled["project"], hex(&canonical), "{rolled:#}");
+    assert_same_tree(
+        &snapshot(&project),
+        &before,
+        "rollback restores the exact tree",
+    );
+}
