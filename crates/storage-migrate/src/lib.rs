@@ -215,7 +215,46 @@ pub fn migrate(
     let report =
         report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered);
     tx.commit(&m, &summary, &report)?;
+    give_store_to_its_owner(store)?;
     Ok(report)
+}
+
+/// Run as root on a store that belongs to someone else (`sudo` with the
+/// user's `PRODIGY_HOME`), gives what this run created there (owned by
+/// root) to the store's owner: a root-owned file in a user's store makes
+/// their Prodigy fail with "Permission denied". Never follows a link, and
+/// leaves `worktrees/` (git's, not ours) alone.
+fn give_store_to_its_owner(store: &FsStorage) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let root = store.root();
+    let Ok(meta) = std::fs::symlink_metadata(root) else {
+        return Ok(());
+    };
+    let (uid, gid) = (meta.uid(), meta.gid());
+    if uid == 0 {
+        return Ok(());
+    }
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in storage_fs::fsx::read_dir_sorted(&dir)? {
+            if dir == root && e.name == "worktrees" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&e.path)
+                .map_err(|err| Error::io("stat", &e.path, err))?;
+            if m.uid() == 0 {
+                std::os::unix::fs::lchown(&e.path, Some(uid), Some(gid))
+                    .map_err(|err| Error::io("change the owner of", &e.path, err))?;
+            }
+            if e.file_type.is_dir() {
+                stack.push(e.path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Plans without writing anything, counting the entries instead.
@@ -432,6 +471,7 @@ pub fn rollback(
         });
     }
     let summary = tx.start_rollback(&m, opts.force)?;
+    give_store_to_its_owner(store)?;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
         txid: latest.clone(),

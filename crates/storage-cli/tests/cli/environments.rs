@@ -665,9 +665,10 @@ fn a_migrate_during_a_rollback_waits_for_it() {
     assert_eq!(m["outcome"], "migrated", "{m:#}");
 }
 
-/// Item 13: run as root on a project owned by another user, migrate and
-/// rollback leave every entry of `.prodigy` owned by that user (a
-/// root-owned file makes their old Prodigy fail with "Permission denied").
+/// Item 13: run as root on a project and a store owned by another user,
+/// migrate and rollback leave every entry of `.prodigy` and of the store
+/// owned by that user (a root-owned file makes their Prodigy fail with
+/// "Permission denied").
 #[test]
 fn root_restores_files_with_the_projects_owner() {
     if !rustix::process::geteuid().is_root() {
@@ -684,8 +685,30 @@ fn root_restores_files_with_the_projects_owner() {
         std::os::unix::fs::lchown(dir, Some(65534), Some(65534)).expect("chown");
     };
     chown_all(&legacy);
+    // The user's store, reached by root (`sudo` keeping PRODIGY_HOME).
+    fs_err::create_dir_all(sb.store()).expect("mkdir");
+    chown_all(&sb.store());
     run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let root_owned = |dir: &Path| -> Vec<PathBuf> {
+        snapshot(dir)
+            .into_keys()
+            .filter(|p| {
+                !p.starts_with("worktrees")
+                    && std::fs::symlink_metadata(dir.join(p)).map(|m| m.uid()).ok() != Some(65534)
+            })
+            .collect()
+    };
+    let in_store = root_owned(&sb.store());
+    assert!(
+        in_store.is_empty(),
+        "root-owned in the user's store: {in_store:?}"
+    );
     run_ok(cmd(&sb, &sb.project(), &["rollback"]));
+    let in_store = root_owned(&sb.store());
+    assert!(
+        in_store.is_empty(),
+        "root-owned in the user's store after rollback: {in_store:?}"
+    );
     let wrong: Vec<PathBuf> = snapshot(&legacy)
         .into_keys()
         .filter(|p| {
