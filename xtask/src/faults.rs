@@ -1,6 +1,8 @@
 //! `cargo xtask faults`: the exhaustive tier of the fault suite. Sweeps every
 //! index of every traced syscall (kills, EIO, ENOSPC), every crash point,
-//! many random kills on a large tree, and 500 random legacy trees; then
+//! many random kills on a large tree, the environments (bind mounts, mounts
+//! inside the store, two stores, an old Prodigy writing during the run),
+//! and 500 random legacy trees; then
 //! prints the counts that `docs/reliability.md` quotes.
 //!
 //! `cargo xtask fuzz [SECONDS]` runs each fuzz target (nightly `cargo fuzz`)
@@ -26,6 +28,12 @@ pub fn run_faults() -> Result<()> {
             "storage-cli",
             "cli",
             "crash",
+            ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
+        ),
+        (
+            "storage-cli",
+            "cli",
+            "environments",
             ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
         ),
         (
