@@ -795,7 +795,7 @@ fn an_old_prodigy_appending_at_random_moments_loses_nothing() {
     let rounds = if exhaustive() { 10 } else { 2 };
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
+        .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20)
         | 1;
     eprintln!("faults: random appends seed {seed}");
     let mut rng = seed;
