@@ -844,13 +844,12 @@ fn an_old_prodigy_appending_at_random_moments_loses_nothing() {
                 }
                 let id = format!("w-{round}-{k}");
                 let line = format!("{{\"id\":\"{id}\",\"event\":{{\"job_id\":\"{JOB}\"}}}}\n");
-                use std::io::Write;
                 if std::fs::create_dir_all(log.parent().expect("parent")).is_ok()
                     && std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(&log)
-                        .and_then(|mut f| f.write_all(line.as_bytes()))
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
                         .is_ok()
                 {
                     ids.push(id);
