@@ -1557,6 +1557,8 @@ impl Tx<'_> {
                 if s.left.is_some() {
                     continue; // not in the backup; not restored (see `Left`)
                 }
+                // Refused before anything changes: a link where a directory was.
+                no_links(legacy, s.rel.as_path().parent())?;
                 let bak = join(&backup, &s.rel)?;
                 let at_legacy = probe(&join(legacy, &s.rel)?)?;
                 let same = |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
@@ -1923,6 +1925,23 @@ fn real_dir(dir: &Path) -> Result<()> {
         }),
         Err(e) => Err(Error::io("stat", dir, e)),
     }
+}
+
+/// Checks that every existing ancestor of `rel` under `base` is a real
+/// directory (a missing one is created later, without following links).
+fn no_links(base: &Path, rel: Option<&Path>) -> Result<()> {
+    let Some(rel) = rel else { return Ok(()) };
+    let mut dir = base.to_owned();
+    for c in rel.components() {
+        dir.push(c);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(Error::Link { path: dir }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the missing ancestors of `rel` under `base` with their recorded

@@ -762,6 +762,10 @@ fn rollback_never_writes_through_a_planted_link() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cache"), "names the link: {err}");
+    assert!(
+        !sb.store().join("migrations/project/journal.json").exists(),
+        "refused before anything changed"
+    );
     assert_eq!(
         fs_err::read_dir(&outside).expect("list").count(),
         0,
