@@ -111,3 +111,48 @@ fn a_temp_file_over_a_day_old_is_swept_even_if_its_pid_is_alive() {
     assert_eq!(report.kept_live, 1);
     assert!(fresh.exists(), "a live writer's fresh temp file stays");
 }
+
+#[test]
+fn directories_created_by_puts_registrations_and_locks_are_fsynced_in_their_parents() {
+    use crate::fsx::tests::take_dir_fsyncs;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("home/store");
+    take_dir_fsyncs();
+    let store = FsStorage::open(&root).expect("open");
+    let synced = take_dir_fsyncs();
+    for d in [dir.path().to_owned(), dir.path().join("home")] {
+        assert!(
+            synced.contains(&d),
+            "{} not fsynced: {synced:?}",
+            d.display()
+        );
+    }
+    let project = dir.path().join("proj");
+    fs::create_dir(&project).expect("mkdir");
+    let repo = store.repo_key(&project).expect("register");
+    let synced = take_dir_fsyncs();
+    // `locks/` (for `repos.lock`) and `repos/` are new entries of the root.
+    assert!(
+        synced.iter().filter(|d| **d == root).count() >= 2,
+        "{synced:?}"
+    );
+    let key = DocKey::Session {
+        repo: repo.clone(),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    store
+        .put(&key, &json!({"session_id": "session-1"}))
+        .expect("put");
+    let synced = take_dir_fsyncs();
+    for d in [
+        root.clone(),
+        root.join("state"),
+        root.join("state").join(repo.as_str()),
+    ] {
+        assert!(
+            synced.contains(&d),
+            "{} not fsynced: {synced:?}",
+            d.display()
+        );
+    }
+}
