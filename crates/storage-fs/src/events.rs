@@ -13,7 +13,9 @@
 //! to where its batch began before reporting the error. If a writer was
 //! killed mid-batch, the file ends in a torn line; the next appender moves
 //! those bytes into a side file `events.jsonl.torn-<offset>` (kept, never
-//! deleted) and truncates the log to its last complete line before appending,
+//! deleted or replaced: a different fragment torn at the same offset later
+//! goes to `events.jsonl.torn-<offset>-2`, `-3`, …; the same bytes again are
+//! not stored twice) and truncates the log to its last complete line before appending,
 //! so a torn fragment can never become a corrupt line in the middle of a log.
 //!
 //! # Reading
@@ -113,8 +115,12 @@ fn repair_torn_tail(file: &File, path: &Path, len: u64) -> Result<u64> {
     let mut torn = vec![0u8; usize::try_from(len - cut).expect("torn tail fits in memory")];
     file.read_exact_at(&mut torn, cut)
         .map_err(|e| Error::io("read", path, e))?;
-    let side = crate::layout::torn_tail_file(path, cut);
-    fsx::write_atomic(&side, &torn)?;
+    // Never over an earlier fragment: a later crash can tear a line at the
+    // same offset again, and every fragment is kept.
+    let (side, _) = fsx::write_new_unique(
+        |n| crate::layout::torn_tail_file(path, cut, n),
+        |f| f.write_all(&torn),
+    )?;
     tracing::warn!(log = %path.display(), saved = %side.display(), bytes = torn.len(), "moved a torn last line aside");
     file.set_len(cut)
         .map_err(|e| Error::io("truncate", path, e))?;

@@ -159,6 +159,102 @@ pub fn write_atomic_with(
     fsync_dir(dir)
 }
 
+/// Writes a new file durably under the first free name of `name(1)`,
+/// `name(2)`, …, never replacing an existing file: a temp file beside them
+/// is filled by `fill`, `fsync`ed, and renamed into place with
+/// [`rename_noreplace`]; the directory is `fsync`ed before success.
+///
+/// If a file under one of the names already holds exactly the same bytes,
+/// nothing new is kept (the same bytes need not be stored twice). Returns
+/// the path that holds the bytes and whether it was written now. All names
+/// must be in one directory.
+pub fn write_new_unique(
+    name: impl Fn(u32) -> PathBuf,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(PathBuf, bool)> {
+    let first = name(1);
+    let dir = parent(&first);
+    let base = first
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(temp_name(&base));
+    let result = (|| {
+        let mut f = create_new(&tmp)?;
+        fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        drop(f);
+        let mut n = 1;
+        loop {
+            let target = name(n);
+            match rename_noreplace(&tmp, &target) {
+                Ok(()) => return Ok((target, true)),
+                Err(Error::Io { ref source, .. })
+                    if source.kind() == io::ErrorKind::AlreadyExists =>
+                {
+                    if same_contents(&tmp, &target)? {
+                        remove_file_durable(&tmp)?;
+                        return Ok((target, false));
+                    }
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })();
+    match result {
+        Ok((path, true)) => {
+            fsync_dir(dir)?;
+            Ok((path, true))
+        }
+        Ok(done) => Ok(done),
+        Err(e) => {
+            // Best effort: the temp file is ours; a sweep removes it if this fails too.
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Whether the files `a` and `b` hold the same bytes (compared in bounded blocks).
+fn same_contents(a: &Path, b: &Path) -> Result<bool> {
+    let open = |p: &Path| File::open(p).map_err(|e| Error::io("open", p, e));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let len = |f: &File, p: &Path| {
+        f.metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", p, e))
+    };
+    if len(&fa, a)? != len(&fb, b)? {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(&mut fa, &mut ba).map_err(|e| Error::io("read", a, e))?;
+        let m = read_full(&mut fb, &mut bb).map_err(|e| Error::io("read", b, e))?;
+        if ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the file; returns how much was read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// The parent of `path`, or `.` for a bare name.
 #[must_use]
 pub fn parent(path: &Path) -> &Path {

@@ -80,3 +80,36 @@ fn files_are_read_in_name_order_and_others_ignored() {
     let ids: Vec<_> = seen.iter().map(|e| e.json()["id"].clone()).collect();
     assert_eq!(ids, [json!(1), json!(2)]);
 }
+
+#[test]
+fn a_later_torn_fragment_at_the_same_offset_never_replaces_a_kept_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.jsonl");
+    let side = |name: &str| fs::read(dir.path().join(name)).expect(name);
+    // Crash 1 tears a line at offset 9; the next append moves it aside.
+    fs::write(&log, "{\"id\":1}\n{\"id\":2,\"first").expect("write");
+    append(&log, &[ev(3)]).expect("append");
+    // Crash 2 tears a different line at the same offset (the log was cut back
+    // to 9 bytes by hand, as a restore from backup would).
+    fs::write(&log, "{\"id\":1}\n{\"id\":4,\"second").expect("write");
+    append(&log, &[ev(5)]).expect("append");
+    // Crash 3 leaves the same bytes as crash 1: kept once is enough.
+    fs::write(&log, "{\"id\":1}\n{\"id\":2,\"first").expect("write");
+    append(&log, &[ev(6)]).expect("append");
+    assert_eq!(side("events.jsonl.torn-9"), b"{\"id\":2,\"first");
+    assert_eq!(side("events.jsonl.torn-9-2"), b"{\"id\":4,\"second");
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "events.jsonl",
+            "events.jsonl.torn-9",
+            "events.jsonl.torn-9-2"
+        ],
+        "no temp file left, no duplicate of the same fragment"
+    );
+}
