@@ -328,3 +328,86 @@ fn an_append_that_fills_the_disk_leaves_only_whole_batches() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Runs the worker with `STORE_WORKER_PEAK=1`; returns its other stdout
+/// lines and its peak resident set in KiB.
+fn run_measured(args: &[&str]) -> (Vec<String>, u64) {
+    let out = worker(args)
+        .env("STORE_WORKER_PEAK", "1")
+        .output()
+        .expect("run worker");
+    assert!(out.status.success(), "worker {args:?} failed");
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let peak = lines
+        .pop()
+        .and_then(|l| l.strip_prefix("peak-rss-kib ")?.parse().ok())
+        .expect("the worker reports its peak");
+    (lines, peak)
+}
+
+/// A power loss often leaves a long run of NUL bytes, without a newline, at
+/// the end of a log. Reading the log and repairing it before an append must
+/// not load that run: both stay within a bounded buffer. The gigabyte is a
+/// sparse file (`set_len`), so it costs no disk space, and the side file it
+/// is moved to stays sparse too.
+#[test]
+fn a_gigabyte_of_nuls_at_the_end_of_a_log_is_read_and_moved_aside_in_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    const LIMIT_KIB: u64 = 64 * 1024;
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root,
+        project,
+    } = shared();
+    let job = JobId::new("mapreduce-1").expect("valid");
+    let one = storage_core::EventRecord::from_json(serde_json::json!({
+        "id": "first", "event": {"job_id": "mapreduce-1"}
+    }))
+    .expect("object");
+    store.append_events(&repo, &job, &[one]).expect("append");
+    let log = store.layout().active_event_log(&repo, &job);
+    let good = fs_err::metadata(&log).expect("stat").len();
+    fs_err::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .and_then(|f| f.set_len(good + GIB))
+        .expect("a sparse gigabyte of NULs");
+
+    let started = Instant::now();
+    let (lines, peak) = run_measured(&["read", &root, &project, "mapreduce-1"]);
+    eprintln!(
+        "faults: read a log ending in 1 GiB of NULs: peak RSS {peak} KiB in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lines, [format!("records 1 torn {GIB}")]);
+    assert!(peak < LIMIT_KIB, "reading held {peak} KiB");
+
+    let started = Instant::now();
+    let (_, peak) = run_measured(&["append", &root, &project, "mapreduce-1", "1", "7"]);
+    eprintln!(
+        "faults: append after 1 GiB of NULs: peak RSS {peak} KiB in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(peak < LIMIT_KIB, "repairing held {peak} KiB");
+    let summary = store
+        .read_events(&repo, &job, &mut |_| {})
+        .expect("the log parses");
+    assert_eq!((summary.records, summary.torn_tails.len()), (2, 0));
+    let side = store
+        .layout()
+        .events_job_dir(&repo, &job)
+        .join(format!("events.jsonl.torn-{good}"));
+    let meta = fs_err::metadata(&side).expect("the NULs are kept aside");
+    assert_eq!(meta.len(), GIB);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20,
+        "the side file is sparse ({} blocks)",
+        std::os::unix::fs::MetadataExt::blocks(&meta)
+    );
+}

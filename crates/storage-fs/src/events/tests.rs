@@ -113,3 +113,34 @@ fn a_later_torn_fragment_at_the_same_offset_never_replaces_a_kept_one() {
         "no temp file left, no duplicate of the same fragment"
     );
 }
+
+#[test]
+fn lines_over_the_limit_are_never_loaded_and_never_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.jsonl");
+    let huge = "x".repeat(MAX_LINE_BYTES + 10);
+    // As a torn tail: skipped and counted, earlier records kept.
+    fs::write(&log, format!("{{\"id\":1}}\n{{\"id\":2,\"p\":\"{huge}")).expect("write");
+    let (seen, summary) = collect(dir.path()).expect("read");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(summary.torn_tails.len(), 1);
+    assert_eq!(summary.torn_tails[0].bytes, huge.len() as u64 + 13);
+    // As a whole line in the middle: corrupt, with its line number.
+    fs::write(&log, format!("{{\"id\":1}}\n{huge}\n{{\"id\":3}}\n")).expect("write");
+    let err = collect(dir.path()).expect_err("over-huge line");
+    assert!(
+        matches!(err, Error::Corrupt { line: Some(2), .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("move it out of the log"), "{err}");
+    // Exactly at the limit (newline included) is a normal line.
+    let fits = format!("{{\"p\":\"{}\"}}\n", "y".repeat(MAX_LINE_BYTES - 9));
+    assert_eq!(fits.len(), MAX_LINE_BYTES);
+    fs::write(&log, &fits).expect("write");
+    assert_eq!(collect(dir.path()).expect("read").0.len(), 1);
+    // The appender refuses what a reader would not load.
+    let big = EventRecord::from_json(json!({"p": huge})).expect("object");
+    let err = append(&log, &[big]).expect_err("too huge");
+    assert!(err.to_string().contains("cannot append to"), "{err}");
+    assert_eq!(fs::read(&log).expect("read"), fits.as_bytes());
+}
