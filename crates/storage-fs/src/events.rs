@@ -9,8 +9,12 @@
 //! never interleave; `O_APPEND` alone does not promise that for large writes.
 //! The log file is never replaced, so locking it directly is sound.
 //!
-//! If a write fails half-way (disk full), the writer truncates the file back
-//! to where its batch began before reporting the error. If a writer was
+//! If the write fails half-way (disk full), or the `fdatasync` after it
+//! fails (I/O error), the writer truncates the file back to where its batch
+//! began and syncs that before reporting the error, so the log never keeps
+//! a batch whose append reported failure and a retry never duplicates it. If
+//! that cut-back fails too, the error says so (the log may then hold part of
+//! the batch; read it before appending the batch again). If a writer was
 //! killed mid-batch, the file ends in a torn line; the next appender moves
 //! those bytes into a side file `events.jsonl.torn-<offset>` (kept, never
 //! deleted or replaced: a different fragment torn at the same offset later
@@ -84,6 +88,13 @@ pub(crate) fn append(log: &Path, events: &[EventRecord]) -> Result<()> {
     append_lines(log, &buf)
 }
 
+/// The operation named when a failed append cannot be undone: the log may
+/// then hold the batch, whole or in part, and the caller must look before
+/// appending it again.
+const CUT_BACK_FAILED: &str = "cut a failed append back off (the log may still hold part or all \
+     of that batch, and the next append moves a torn end aside: read the log before appending \
+     the batch again)";
+
 /// Appends complete JSONL lines (`buf` must end with `\n`) to `path` under its lock.
 pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
     debug_assert!(buf.ends_with(b"\n"));
@@ -109,12 +120,24 @@ pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("stat", path, e))?
         .len();
     let start = repair_torn_tail(&file, path, start)?;
-    if let Err(e) = (&file).write_all(buf) {
-        // Take our partial batch back out, so the log ends on a whole line.
-        let _ = file.set_len(start);
-        return Err(Error::io("append to", path, e));
+    let written = (&file)
+        .write_all(buf)
+        .map_err(|e| Error::io("append to", path, e))
+        .and_then(|()| file.sync_data().map_err(|e| Error::io("fsync", path, e)));
+    if let Err(failed) = written {
+        // Take the batch (or the part written) back out, so the log ends on a
+        // whole line and a retry of the same batch cannot duplicate it. The
+        // cut-back is synced on its own: its metadata change is new, so an
+        // error on it is reported afresh (the failed sync is never retried
+        // for the data itself, which this removes).
+        return match file.set_len(start).and_then(|()| file.sync_data()) {
+            Ok(()) => Err(failed),
+            Err(e) => {
+                tracing::error!(log = %path.display(), error = %failed, "an append failed and its batch could not be cut back off");
+                Err(Error::io(CUT_BACK_FAILED, path, e))
+            }
+        };
     }
-    file.sync_data().map_err(|e| Error::io("fsync", path, e))?;
     if created {
         fsx::fsync_dir(fsx::parent(path))?;
     }

@@ -411,3 +411,110 @@ fn a_gigabyte_of_nuls_at_the_end_of_a_log_is_read_and_moved_aside_in_bounded_mem
         std::os::unix::fs::MetadataExt::blocks(&meta)
     );
 }
+
+/// Whether `strace` can trace a child here; prints why not.
+fn have_strace() -> bool {
+    let ok = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP: `strace` cannot trace a process here; the fault-injection test did not run"
+        );
+    }
+    ok
+}
+
+/// The worker under `strace -f` with the given `-e inject=…` rules;
+/// returns whether it succeeded and its stderr.
+fn run_injected(inject: &[&str], args: &[&str]) -> (bool, String) {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null"]);
+    for rule in inject {
+        c.arg("-e").arg(format!("inject={rule}"));
+    }
+    let out = c
+        .arg("--")
+        .arg(worker_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An append whose `fdatasync` fails (EIO, injected for real into the
+/// worker process) takes its batch back out before reporting: the log holds
+/// no trace of it, and retrying the batch gives exactly one copy. If the
+/// cut-back fails too, the error says the log may hold the batch.
+#[test]
+fn an_append_whose_fdatasync_fails_leaves_no_trace_and_a_retry_one_copy() {
+    if !have_strace() {
+        return;
+    }
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root,
+        project,
+    } = shared();
+    let job = JobId::new("mapreduce-1").expect("valid");
+    let first = storage_core::EventRecord::from_json(serde_json::json!({
+        "id": "first", "event": {"job_id": "mapreduce-1"}
+    }))
+    .expect("object");
+    store.append_events(&repo, &job, &[first]).expect("append");
+    let log = store.layout().active_event_log(&repo, &job);
+    let before = fs_err::read_to_string(&log).expect("log");
+    let args = ["append", &root, &project, "mapreduce-1", "1", "5"];
+
+    let (ok, stderr) = run_injected(&["fdatasync:error=EIO:when=1"], &args);
+    assert!(!ok, "the append must report the failed fdatasync");
+    assert!(stderr.contains("cannot fsync"), "{stderr}");
+    assert_eq!(
+        fs_err::read_to_string(&log).expect("log"),
+        before,
+        "the failed batch was left in the log"
+    );
+    eprintln!(
+        "faults: fdatasync EIO on append: reported, log back to {} bytes",
+        before.len()
+    );
+
+    let ids = || {
+        let mut ids = Vec::new();
+        store
+            .read_events(&repo, &job, &mut |e| {
+                ids.push(e.json()["id"].as_str().expect("id").to_owned());
+            })
+            .expect("the log parses");
+        ids
+    };
+    let (ok, stderr) = run_injected(&[], &args);
+    assert!(ok, "the retry succeeds: {stderr}");
+    assert_eq!(ids(), ["first", "w5-0"], "exactly one copy after the retry");
+
+    // The cut-back (ftruncate) fails as well: the error must say so.
+    let (ok, stderr) = run_injected(
+        &["fdatasync:error=EIO:when=1", "ftruncate:error=EIO"],
+        &args,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot cut a failed append back off")
+            && stderr.contains("read the log before appending the batch again")
+            && stderr.contains("events.jsonl"),
+        "{stderr}"
+    );
+    eprintln!(
+        "faults: fdatasync and ftruncate EIO on append: {}",
+        stderr.trim()
+    );
+}
