@@ -15,8 +15,14 @@
 //!   it, but the directory's own entry in its parent would otherwise be
 //!   durable only on file systems that order metadata.
 //! - Temp names start with `.tmp-`, which no identifier can start with, so
-//!   listings never show them; they carry the writer's pid so that a sweep can
-//!   tell a live writer's file from a dead one's.
+//!   listings never show them. They carry the writer's pid, as a hint for
+//!   people only.
+//! - **Abandoned is decided by a lock, not a pid**: a writer holds an
+//!   exclusive `flock` on its temp file for as long as it writes it
+//!   ([`create_temp`]), and a sweep removes a temp file only if it can take
+//!   that lock without waiting. Pids are per namespace (two containers
+//!   sharing one store see different ones) and get reused; a lock is
+//!   released by the kernel exactly when its writer is gone or done.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -125,6 +131,29 @@ pub fn create_new(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
+/// Creates a fresh temp file in `dir` for a write to `target_name` (see
+/// [`temp_name`]) and takes an exclusive `flock` on it, held until the
+/// returned file is closed: while it is held, no sweep removes the file.
+///
+/// A sweep may take the file between its creation and the lock; then the
+/// file is gone by the time the lock is ours (no links left), and a new one
+/// is made.
+pub fn create_temp(dir: &Path, target_name: &str) -> Result<(PathBuf, File)> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let tmp = dir.join(temp_name(target_name));
+        let f = create_new(&tmp)?;
+        f.lock().map_err(|e| Error::io("lock", &tmp, e))?;
+        let links = f
+            .metadata()
+            .map_err(|e| Error::io("stat", &tmp, e))?
+            .nlink();
+        if links > 0 {
+            return Ok((tmp, f));
+        }
+    }
+}
+
 /// Replaces `path` with `bytes` atomically and durably (see the module docs).
 ///
 /// The parent directory must exist.
@@ -143,14 +172,14 @@ pub fn write_atomic_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(temp_name(&name)); // sibling: the temp file beside its target
+    // Sibling: the temp file beside its target, locked until renamed.
+    let (tmp, mut f) = create_temp(dir, &name)?;
     let result = (|| {
-        let mut f = create_new(&tmp)?;
         fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(f);
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
     })();
+    drop(f);
     if result.is_err() {
         // Best effort: the temp file is ours; a sweep removes it if this fails too.
         let _ = fs::remove_file(&tmp);
@@ -178,12 +207,11 @@ pub fn write_new_unique(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(temp_name(&base));
+    // Locked until it is renamed into place or removed (dropped at the end).
+    let (tmp, mut f) = create_temp(dir, &base)?;
     let result = (|| {
-        let mut f = create_new(&tmp)?;
         fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(f);
         let mut n = 1;
         loop {
             let target = name(n);
@@ -202,6 +230,7 @@ pub fn write_new_unique(
             }
         }
     })();
+    drop(f);
     match result {
         Ok((path, true)) => {
             fsync_dir(dir)?;
@@ -350,15 +379,15 @@ pub fn syncfs(path: &Path) -> Result<()> {
     rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
 }
 
-/// Removes the store's temp files under `dir` (recursively) whose writer is
-/// gone (see [`process_alive`]) or that are older than `stale`; returns them.
-pub fn sweep_temp_files(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, None)
+/// Removes the store's temp files under `dir` (recursively) that no writer
+/// holds (see [`create_temp`]); returns them.
+pub fn sweep_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    sweep(dir, None)
 }
 
 /// Like [`sweep_temp_files`], for `dir` itself only (not its subdirectories).
-pub fn sweep_temp_files_here(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, Some(0))
+pub fn sweep_temp_files_here(dir: &Path) -> Result<Vec<PathBuf>> {
+    sweep(dir, Some(0))
 }
 
 /// Like [`sweep_temp_files`], looking at most `levels` directories below
@@ -366,15 +395,11 @@ pub fn sweep_temp_files_here(dir: &Path, stale: std::time::Duration) -> Result<V
 /// under names that are not the store's (see [`Layout::temp_file_dirs`]).
 ///
 /// [`Layout::temp_file_dirs`]: crate::Layout::temp_file_dirs
-pub fn sweep_temp_files_within(
-    dir: &Path,
-    stale: std::time::Duration,
-    levels: usize,
-) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, Some(levels))
+pub fn sweep_temp_files_within(dir: &Path, levels: usize) -> Result<Vec<PathBuf>> {
+    sweep(dir, Some(levels))
 }
 
-fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Result<Vec<PathBuf>> {
+fn sweep(dir: &Path, levels: Option<usize>) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let mut stack = vec![(dir.to_owned(), 0usize)];
     while let Some((d, depth)) = stack.pop() {
@@ -386,19 +411,13 @@ fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Resul
                 continue;
             }
             let name = entry.name.to_string_lossy();
-            let Some(pid) = temp_owner(&name) else {
-                continue;
-            };
-            if !entry.file_type.is_file() {
+            if temp_owner(&name).is_none() || !entry.file_type.is_file() {
                 continue;
             }
-            let old = fs::symlink_metadata(&entry.path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-                .is_some_and(|age| age > stale);
-            let live = pid == std::process::id() || process_alive(pid);
-            if (!live || old) && remove_file_durable(&entry.path)? {
+            // Removed while we hold its lock, so no writer can be using it.
+            if let Some(_claimed) = claim_abandoned(&entry.path)?
+                && remove_file_durable(&entry.path)?
+            {
                 removed.push(entry.path);
             }
         }
@@ -407,20 +426,42 @@ fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Resul
     Ok(removed)
 }
 
-/// Whether a process with `pid` exists on this host (for sweeping temp files).
-#[must_use]
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
+/// Opens the temp file `path` and takes its lock without waiting: `Some`
+/// (holding the lock) if no writer holds it and `path` still names the file
+/// locked, `None` if a writer holds it or it is gone.
+fn claim_abandoned(path: &Path) -> Result<Option<File>> {
+    use std::fs::TryLockError;
+    use std::os::unix::fs::MetadataExt;
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow_nonblock())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
-    match rustix::process::Pid::from_raw(raw) {
-        // EPERM means it exists but belongs to someone else.
-        Some(p) => !matches!(
-            rustix::process::test_kill_process(p),
-            Err(rustix::io::Errno::SRCH)
-        ),
-        None => false,
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
     }
+    // The writer may have renamed it into place, and a new temp file taken
+    // the name, between our listing and our lock.
+    let held = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+    match fs::symlink_metadata(path) {
+        Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => Ok(Some(f)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK`: a sweep never follows a link or waits on a FIFO.
+fn nofollow_nonblock() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK)
+        .bits()
+        .cast_signed()
 }
 
 #[cfg(test)]

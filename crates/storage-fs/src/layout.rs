@@ -22,7 +22,7 @@
 //!
 //! The only other names in the store are siblings that the file-system
 //! wrapper gives a file it writes: `.tmp-<pid>-<n>-<name>` temp files
-//! (`fsx::temp_name`) and a log's `<log>.torn-<offset>[-<n>]` side files
+//! (`fsx::temp_name`; `flock`ed by their writer, see `fsx::create_temp`) and a log's `<log>.torn-<offset>[-<n>]` side files
 //! ([`torn_tail_file`]).
 //!
 //! Differences from the layout Prodigy wrote before this crate: dead letters

@@ -975,9 +975,10 @@ impl Tx<'_> {
         bak: &Path,
         s: &crate::manifest::Source,
     ) -> Result<()> {
-        let tmp = tx_dir.join(fsx::temp_name("backup"));
+        // Locked until renamed: a concurrent sweep leaves it alone.
+        let (tmp, mut out) = fsx::create_temp(tx_dir, "backup")?;
         let (mut f, _) = open_regular(src)?;
-        let (_, hash) = copy::copy_new(&mut f, src, &tmp, s.mtime)?;
+        let (_, hash) = copy::copy_into(&mut f, src, &mut out, &tmp, s.mtime)?;
         if Some(hash.to_hex().to_string()) != s.hash {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::Verify {
@@ -1037,11 +1038,7 @@ impl Tx<'_> {
         // Only `migrations/<repo>/` and `<txid>/` hold them: `staging/` and
         // `backup/` hold legacy files under their own names, which may look
         // like temp files.
-        let temps = fsx::sweep_temp_files_within(
-            &self.paths.dir,
-            std::time::Duration::from_secs(24 * 3600),
-            1,
-        )?;
+        let temps = fsx::sweep_temp_files_within(&self.paths.dir, 1)?;
         let Some(journal) = read_journal(&self.paths)? else {
             return self.sweep_debris(temps);
         };

@@ -6,6 +6,8 @@
 //! store-worker hold-lock <root> <key>     prints `locked` once held, then sleeps
 //! store-worker ensure    <root> <project> prints what Prodigy's start-up hook did
 //! store-worker read      <root> <project> <job>   prints `records <n> torn <bytes>...`
+//! store-worker hold-temp <root> <dir> <name>  a locked temp file in <dir>, renamed to
+//!                                   <name>; prints `holding` then sleeps
 //! ```
 //!
 //! With `STORE_WORKER_PEAK=1` in its environment, the worker prints
@@ -89,6 +91,18 @@ fn main() -> Result<()> {
                 .map(|t| t.bytes.to_string())
                 .collect();
             println!("records {} torn {}", summary.records, torn.join(" "));
+        }
+        "hold-temp" => {
+            // A writer in the middle of a write: its temp file stays locked
+            // (under whatever name, e.g. one with a pid not alive here).
+            let dir = PathBuf::from(arg(2)?);
+            let (tmp, _writing) = storage_fs::fsx::create_temp(&dir, "session-9.json")?;
+            std::fs::rename(&tmp, dir.join(arg(3)?))?;
+            println!("holding");
+            std::io::stdout().flush()?;
+            loop {
+                std::thread::park();
+            }
         }
         other => bail!("unknown command {other}"),
     }

@@ -518,3 +518,50 @@ fn an_append_whose_fdatasync_fails_leaves_no_trace_and_a_retry_one_copy() {
         stderr.trim()
     );
 }
+
+/// Abandoned is decided by a lock, not a pid: a temp file that a live
+/// writer in another process holds is kept even under a name whose pid is
+/// not alive here (pids are per namespace: a writer in another container),
+/// and an unlocked one is swept even under this process's own pid.
+#[test]
+fn a_sweep_keeps_a_locked_temp_file_whatever_its_pid_and_removes_an_unlocked_one() {
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root,
+        project: _,
+    } = shared();
+    let sessions = store.layout().sessions_dir(&repo);
+    fs_err::create_dir_all(&sessions).expect("mkdir");
+    let held = sessions.join(".tmp-4194305-0-session-9.json");
+    let writer = start(
+        &[
+            "hold-temp",
+            &root,
+            sessions.to_str().expect("utf8"),
+            ".tmp-4194305-0-session-9.json",
+        ],
+        "holding",
+    );
+    let unlocked = sessions.join(format!(".tmp-{}-77-session-8.json", std::process::id()));
+    fs_err::write(&unlocked, "{\"session_id\": \"sess").expect("debris");
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let report = store.sweep().expect("sweep");
+        assert_eq!(report.removed, std::slice::from_ref(&unlocked));
+        assert_eq!(report.kept_live, 1);
+        assert!(held.exists(), "a live writer's temp file was swept");
+    }));
+    // Killed whatever happened, so a failure cannot leave it running.
+    kill(writer);
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+    let report = store.sweep().expect("sweep");
+    assert_eq!(
+        report.removed,
+        [held],
+        "the kernel dropped the dead writer's lock"
+    );
+    assert_eq!(report.kept_live, 0);
+}

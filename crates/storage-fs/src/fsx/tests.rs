@@ -102,5 +102,20 @@ fn temp_names_carry_the_writer_pid_and_are_hidden() {
     assert!(name.len() < 255);
     assert_eq!(temp_owner(&name), Some(std::process::id()));
     assert_eq!(temp_owner("session-1.json"), None);
-    assert!(process_alive(std::process::id()));
+}
+
+#[test]
+fn a_temp_file_is_swept_only_when_no_writer_holds_its_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Named with this process's pid (alive-looking) but not locked: abandoned.
+    let unlocked = dir.path().join(temp_name("a.json"));
+    fs::write(&unlocked, "{").expect("debris");
+    // A writer's temp file, renamed to a dead-looking pid: still written.
+    let (tmp, held) = create_temp(dir.path(), "b.json").expect("temp");
+    let dead_looking = dir.path().join(".tmp-4194305-0-b.json");
+    fs::rename(&tmp, &dead_looking).expect("rename");
+    assert_eq!(sweep_temp_files(dir.path()).expect("sweep"), [unlocked]);
+    assert!(dead_looking.exists(), "a held temp file is never swept");
+    drop(held);
+    assert_eq!(sweep_temp_files(dir.path()).expect("sweep"), [dead_looking]);
 }
