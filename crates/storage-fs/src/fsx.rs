@@ -439,6 +439,8 @@ fn claim_abandoned(path: &Path) -> Result<Option<File>> {
     {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // Another user's file: we cannot tell whether it is in use, so it stays.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
         Err(e) => return Err(Error::io("open", path, e)),
     };
     match f.try_lock() {
