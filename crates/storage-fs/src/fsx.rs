@@ -10,9 +10,19 @@
 //! - A failed `fsync` is reported, never retried (the kernel may have dropped
 //!   the dirty pages already, so a retry could "succeed" over lost data).
 //! - Directories are created 0700, files 0600, at creation (never widened later).
+//! - A created directory is made durable by an `fsync` of its parent
+//!   ([`create_dir_all`]): the entries written into it later are fsynced with
+//!   it, but the directory's own entry in its parent would otherwise be
+//!   durable only on file systems that order metadata.
 //! - Temp names start with `.tmp-`, which no identifier can start with, so
-//!   listings never show them; they carry the writer's pid so that a sweep can
-//!   tell a live writer's file from a dead one's.
+//!   listings never show them. They carry the writer's pid, as a hint for
+//!   people only.
+//! - **Abandoned is decided by a lock, not a pid**: a writer holds an
+//!   exclusive `flock` on its temp file for as long as it writes it
+//!   ([`create_temp`]), and a sweep removes a temp file only if it can take
+//!   that lock without waiting. Pids are per namespace (two containers
+//!   sharing one store see different ones) and get reused; a lock is
+//!   released by the kernel exactly when its writer is gone or done.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -30,17 +40,55 @@ pub const FILE_MODE: u32 = 0o600;
 /// Prefix of every temp file the store writes.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
-/// Creates `dir` and its missing parents with mode 0700.
+/// Creates `dir` and its missing parents with mode 0700, durably: after
+/// each directory it creates, it `fsync`s that directory's parent, so the
+/// new entry survives a power loss on any file system (not only on those
+/// that order metadata). Existing directories cost one `stat` each and no
+/// `fsync`.
+///
+/// It walks up to the first existing ancestor and creates downwards; a
+/// directory another process creates meanwhile is taken as it is (its
+/// creator makes it durable).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(|e| Error::io("create directory", dir, e))
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    loop {
+        match fs::metadata(cur) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(Error::io(
+                    "create directory",
+                    cur,
+                    io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        "it exists and is not a directory",
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(cur);
+                match cur.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => cur = p,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(Error::io("stat", cur, e)),
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => fsync_dir(parent(d))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
+            Err(e) => return Err(Error::io("create directory", d, e)),
+        }
+    }
+    Ok(())
 }
 
 /// `fsync`s a directory, making renames and creations in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
+    #[cfg(test)]
+    tests::note_dir_fsync(dir);
     File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io("fsync directory", dir, e))
@@ -83,6 +131,29 @@ pub fn create_new(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
+/// Creates a fresh temp file in `dir` for a write to `target_name` (see
+/// [`temp_name`]) and takes an exclusive `flock` on it, held until the
+/// returned file is closed: while it is held, no sweep removes the file.
+///
+/// A sweep may take the file between its creation and the lock; then the
+/// file is gone by the time the lock is ours (no links left), and a new one
+/// is made.
+pub fn create_temp(dir: &Path, target_name: &str) -> Result<(PathBuf, File)> {
+    use std::os::unix::fs::MetadataExt;
+    loop {
+        let tmp = dir.join(temp_name(target_name));
+        let f = create_new(&tmp)?;
+        f.lock().map_err(|e| Error::io("lock", &tmp, e))?;
+        let links = f
+            .metadata()
+            .map_err(|e| Error::io("stat", &tmp, e))?
+            .nlink();
+        if links > 0 {
+            return Ok((tmp, f));
+        }
+    }
+}
+
 /// Replaces `path` with `bytes` atomically and durably (see the module docs).
 ///
 /// The parent directory must exist.
@@ -101,20 +172,116 @@ pub fn write_atomic_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(temp_name(&name)); // sibling: the temp file beside its target
+    // Sibling: the temp file beside its target, locked until renamed.
+    let (tmp, mut f) = create_temp(dir, &name)?;
     let result = (|| {
-        let mut f = create_new(&tmp)?;
         fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(f);
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
     })();
+    drop(f);
     if result.is_err() {
         // Best effort: the temp file is ours; a sweep removes it if this fails too.
         let _ = fs::remove_file(&tmp);
         return result;
     }
     fsync_dir(dir)
+}
+
+/// Writes a new file durably under the first free name of `name(1)`,
+/// `name(2)`, …, never replacing an existing file: a temp file beside them
+/// is filled by `fill`, `fsync`ed, and renamed into place with
+/// [`rename_noreplace`]; the directory is `fsync`ed before success.
+///
+/// If a file under one of the names already holds exactly the same bytes,
+/// nothing new is kept (the same bytes need not be stored twice). Returns
+/// the path that holds the bytes and whether it was written now. All names
+/// must be in one directory.
+pub fn write_new_unique(
+    name: impl Fn(u32) -> PathBuf,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(PathBuf, bool)> {
+    let first = name(1);
+    let dir = parent(&first);
+    let base = first
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // Locked until it is renamed into place or removed (dropped at the end).
+    let (tmp, mut f) = create_temp(dir, &base)?;
+    let result = (|| {
+        fill(&mut f).map_err(|e| Error::io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        let mut n = 1;
+        loop {
+            let target = name(n);
+            match rename_noreplace(&tmp, &target) {
+                Ok(()) => return Ok((target, true)),
+                Err(Error::Io { ref source, .. })
+                    if source.kind() == io::ErrorKind::AlreadyExists =>
+                {
+                    if same_contents(&tmp, &target)? {
+                        remove_file_durable(&tmp)?;
+                        return Ok((target, false));
+                    }
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })();
+    drop(f);
+    match result {
+        Ok((path, true)) => {
+            fsync_dir(dir)?;
+            Ok((path, true))
+        }
+        Ok(done) => Ok(done),
+        Err(e) => {
+            // Best effort: the temp file is ours; a sweep removes it if this fails too.
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Whether the files `a` and `b` hold the same bytes (compared in bounded blocks).
+fn same_contents(a: &Path, b: &Path) -> Result<bool> {
+    let open = |p: &Path| File::open(p).map_err(|e| Error::io("open", p, e));
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let len = |f: &File, p: &Path| {
+        f.metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", p, e))
+    };
+    if len(&fa, a)? != len(&fb, b)? {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(&mut fa, &mut ba).map_err(|e| Error::io("read", a, e))?;
+        let m = read_full(&mut fb, &mut bb).map_err(|e| Error::io("read", b, e))?;
+        if ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end of the file; returns how much was read.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 /// The parent of `path`, or `.` for a bare name.
@@ -212,15 +379,15 @@ pub fn syncfs(path: &Path) -> Result<()> {
     rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
 }
 
-/// Removes the store's temp files under `dir` (recursively) whose writer is
-/// gone (see [`process_alive`]) or that are older than `stale`; returns them.
-pub fn sweep_temp_files(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, None)
+/// Removes the store's temp files under `dir` (recursively) that no writer
+/// holds (see [`create_temp`]); returns them.
+pub fn sweep_temp_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    sweep(dir, None)
 }
 
 /// Like [`sweep_temp_files`], for `dir` itself only (not its subdirectories).
-pub fn sweep_temp_files_here(dir: &Path, stale: std::time::Duration) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, Some(0))
+pub fn sweep_temp_files_here(dir: &Path) -> Result<Vec<PathBuf>> {
+    sweep(dir, Some(0))
 }
 
 /// Like [`sweep_temp_files`], looking at most `levels` directories below
@@ -228,15 +395,11 @@ pub fn sweep_temp_files_here(dir: &Path, stale: std::time::Duration) -> Result<V
 /// under names that are not the store's (see [`Layout::temp_file_dirs`]).
 ///
 /// [`Layout::temp_file_dirs`]: crate::Layout::temp_file_dirs
-pub fn sweep_temp_files_within(
-    dir: &Path,
-    stale: std::time::Duration,
-    levels: usize,
-) -> Result<Vec<PathBuf>> {
-    sweep(dir, stale, Some(levels))
+pub fn sweep_temp_files_within(dir: &Path, levels: usize) -> Result<Vec<PathBuf>> {
+    sweep(dir, Some(levels))
 }
 
-fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Result<Vec<PathBuf>> {
+fn sweep(dir: &Path, levels: Option<usize>) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let mut stack = vec![(dir.to_owned(), 0usize)];
     while let Some((d, depth)) = stack.pop() {
@@ -248,19 +411,13 @@ fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Resul
                 continue;
             }
             let name = entry.name.to_string_lossy();
-            let Some(pid) = temp_owner(&name) else {
-                continue;
-            };
-            if !entry.file_type.is_file() {
+            if temp_owner(&name).is_none() || !entry.file_type.is_file() {
                 continue;
             }
-            let old = fs::symlink_metadata(&entry.path)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
-                .is_some_and(|age| age > stale);
-            let live = pid == std::process::id() || process_alive(pid);
-            if (!live || old) && remove_file_durable(&entry.path)? {
+            // Removed while we hold its lock, so no writer can be using it.
+            if let Some(_claimed) = claim_abandoned(&entry.path)?
+                && remove_file_durable(&entry.path)?
+            {
                 removed.push(entry.path);
             }
         }
@@ -269,21 +426,45 @@ fn sweep(dir: &Path, stale: std::time::Duration, levels: Option<usize>) -> Resul
     Ok(removed)
 }
 
-/// Whether a process with `pid` exists on this host (for sweeping temp files).
-#[must_use]
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return false;
+/// Opens the temp file `path` and takes its lock without waiting: `Some`
+/// (holding the lock) if no writer holds it and `path` still names the file
+/// locked, `None` if a writer holds it or it is gone.
+fn claim_abandoned(path: &Path) -> Result<Option<File>> {
+    use std::fs::TryLockError;
+    use std::os::unix::fs::MetadataExt;
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow_nonblock())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // Another user's file: we cannot tell whether it is in use, so it stays.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
     };
-    match rustix::process::Pid::from_raw(raw) {
-        // EPERM means it exists but belongs to someone else.
-        Some(p) => !matches!(
-            rustix::process::test_kill_process(p),
-            Err(rustix::io::Errno::SRCH)
-        ),
-        None => false,
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+    }
+    // The writer may have renamed it into place, and a new temp file taken
+    // the name, between our listing and our lock.
+    let held = f.metadata().map_err(|e| Error::io("stat", path, e))?;
+    match fs::symlink_metadata(path) {
+        Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => Ok(Some(f)),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", path, e)),
     }
 }
 
+/// `O_NOFOLLOW | O_NONBLOCK`: a sweep never follows a link or waits on a FIFO.
+fn nofollow_nonblock() -> i32 {
+    (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK)
+        .bits()
+        .cast_signed()
+}
+
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

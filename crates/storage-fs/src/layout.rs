@@ -22,7 +22,7 @@
 //!
 //! The only other names in the store are siblings that the file-system
 //! wrapper gives a file it writes: `.tmp-<pid>-<n>-<name>` temp files
-//! (`fsx::temp_name`) and a log's `<log>.torn-<offset>` side file
+//! (`fsx::temp_name`; `flock`ed by their writer, see `fsx::create_temp`) and a log's `<log>.torn-<offset>[-<n>]` side files
 //! ([`torn_tail_file`]).
 //!
 //! Differences from the layout Prodigy wrote before this crate: dead letters
@@ -286,14 +286,21 @@ pub fn key_for_name(scope: &Scope, name: &str) -> Option<DocKey> {
 }
 
 /// Where the torn last line of `log` (starting at byte `offset`) is kept
-/// when an appender cuts it off: `<log>.torn-<offset>`, beside the log.
+/// when an appender cuts it off: `<log>.torn-<offset>` beside the log for
+/// the first fragment at that offset (`n` = 1), `<log>.torn-<offset>-<n>`
+/// for the `n`th different one (a later crash can tear a line at the same
+/// offset again; a side file is never replaced).
 #[must_use]
-pub fn torn_tail_file(log: &Path, offset: u64) -> PathBuf {
+pub fn torn_tail_file(log: &Path, offset: u64, n: u32) -> PathBuf {
     let name = log
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    log.with_file_name(format!("{name}.torn-{offset}"))
+    if n <= 1 {
+        log.with_file_name(format!("{name}.torn-{offset}"))
+    } else {
+        log.with_file_name(format!("{name}.torn-{offset}-{n}"))
+    }
 }
 
 /// `N` of `checkpoint-v<N>.json` (digits only, no sign, no leading `+`).

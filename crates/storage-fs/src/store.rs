@@ -1,7 +1,6 @@
 //! `FsStorage`: the [`Storage`] trait on disk.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde_json::Value;
 use storage_core::{
@@ -26,15 +25,11 @@ pub struct FsStorage {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SweepReport {
-    /// Temp files of dead writers removed.
+    /// Abandoned temp files removed (no writer held their lock).
     pub removed: Vec<PathBuf>,
-    /// Temp files left because their writer may still be running.
+    /// Temp files left because a writer holds their lock (it is writing them).
     pub kept_live: usize,
 }
-
-/// Temp files older than this are debris even if a process with their pid exists
-/// (the pid may have been reused).
-const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
 
 impl FsStorage {
     /// Opens the store at `root`, creating it (0700) and its `layout.json` if
@@ -55,7 +50,7 @@ impl FsStorage {
         // A writer killed while creating the store or registering a project
         // leaves its temp file here; nothing else sweeps these two places.
         for dir in [self.layout.root().to_owned(), self.layout.repos_dir()] {
-            for path in fsx::sweep_temp_files_here(&dir, STALE_TEMP_AGE)? {
+            for path in fsx::sweep_temp_files_here(&dir)? {
                 tracing::info!(path = %path.display(), "swept a dead writer's temp file");
             }
         }
@@ -131,19 +126,20 @@ impl FsStorage {
         )
     }
 
-    /// Removes temp files left by writers that died (their pid is gone, or
-    /// they are over a day old). Never touches `worktrees/` or anything that
-    /// is not one of the store's temp files.
+    /// Removes abandoned temp files: those whose `flock` no writer holds
+    /// (a writer holds it for as long as it writes; the kernel drops it when
+    /// the writer dies). Never decided by pid, which is per namespace. Never
+    /// touches `worktrees/` or anything that is not one of the store's temp
+    /// files.
     pub fn sweep(&self) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        report.removed.extend(fsx::sweep_temp_files_here(
-            self.layout.root(),
-            STALE_TEMP_AGE,
-        )?);
+        report
+            .removed
+            .extend(fsx::sweep_temp_files_here(self.layout.root())?);
         for (dir, levels) in self.layout.temp_file_dirs() {
             report.removed.extend(match levels {
-                None => fsx::sweep_temp_files(&dir, STALE_TEMP_AGE)?,
-                Some(levels) => fsx::sweep_temp_files_within(&dir, STALE_TEMP_AGE, levels)?,
+                None => fsx::sweep_temp_files(&dir)?,
+                Some(levels) => fsx::sweep_temp_files_within(&dir, levels)?,
             });
         }
         for (dir, levels) in self.layout.temp_file_dirs() {

@@ -78,6 +78,18 @@ pub fn copy_new(
     mtime: (i64, u32),
 ) -> Result<(u64, blake3::Hash)> {
     let mut out = storage_fs::fsx::create_new(dest)?;
+    copy_into(src, src_path, &mut out, dest, mtime)
+}
+
+/// Like [`copy_new`], into the already open new file `out` at `dest` (a
+/// locked temp file from `fsx::create_temp`, say).
+pub fn copy_into(
+    src: &mut impl Read,
+    src_path: &Path,
+    out: &mut File,
+    dest: &Path,
+    mtime: (i64, u32),
+) -> Result<(u64, blake3::Hash)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -93,7 +105,7 @@ pub fn copy_new(
             .map_err(|e| Error::io("write", dest, e))?;
         total += n as u64;
     }
-    set_mtime(&out, dest, mtime)?;
+    set_mtime(out, dest, mtime)?;
     Ok((total, hasher.finalize()))
 }
 

@@ -1078,9 +1078,10 @@ impl Tx<'_> {
     /// replacing); the caller makes it durable and removes the source. A
     /// source whose bytes are no longer the verified ones stays where it is.
     fn copy_to_backup(&self, txid: &str, src: &Path, bak: &Path, s: &Source) -> Result<Retired> {
-        let tmp = self.paths.tx(txid).join(fsx::temp_name("backup"));
+        // Locked until renamed: a concurrent sweep leaves it alone.
+        let (tmp, mut out) = fsx::create_temp(&self.paths.tx(txid), "backup")?;
         let (mut f, _) = open_regular(src)?;
-        let (_, hash) = copy::copy_new(&mut f, src, &tmp, s.mtime)?;
+        let (_, hash) = copy::copy_into(&mut f, src, &mut out, &tmp, s.mtime)?;
         if Some(hash.to_hex().to_string()) != s.hash {
             fsx::remove_file_durable(&tmp)?;
             return Ok(Retired::Left(Left::InProject));
@@ -1322,11 +1323,7 @@ impl Tx<'_> {
     /// Removes crashed writers' temp files from `migrations/<repo>/` and
     /// `<txid>/` (call under the migration lock).
     pub fn sweep_temps(&self) -> Result<Vec<PathBuf>> {
-        Ok(fsx::sweep_temp_files_within(
-            &self.paths.dir,
-            std::time::Duration::from_secs(24 * 3600),
-            1,
-        )?)
+        Ok(fsx::sweep_temp_files_within(&self.paths.dir, 1)?)
     }
 
     /// With no transaction in progress, removes what only a crash can leave:

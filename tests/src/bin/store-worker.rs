@@ -5,7 +5,13 @@
 //! store-worker save-loop <root> <project> <session> <writer> <pad-bytes>  forever
 //! store-worker hold-lock <root> <key>     prints `locked` once held, then sleeps
 //! store-worker ensure    <root> <project> prints what Prodigy's start-up hook did
+//! store-worker read      <root> <project> <job>   prints `records <n> torn <bytes>...`
+//! store-worker hold-temp <root> <dir> <name>  a locked temp file in <dir>, renamed to
+//!                                   <name>; prints `holding` then sleeps
 //! ```
+//!
+//! With `STORE_WORKER_PEAK=1` in its environment, the worker prints
+//! `peak-rss-kib <VmHWM>` as its last stdout line (from `/proc/self/status`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -75,7 +81,38 @@ fn main() -> Result<()> {
             storage_migrate::AutoOutcome::Failed(e) => println!("failed {e}"),
             _ => println!("other"),
         },
+        "read" => {
+            let repo = store.repo_key(&PathBuf::from(arg(2)?))?;
+            let job = JobId::new(arg(3)?)?;
+            let summary = store.read_events(&repo, &job, &mut |_| {})?;
+            let torn: Vec<String> = summary
+                .torn_tails
+                .iter()
+                .map(|t| t.bytes.to_string())
+                .collect();
+            println!("records {} torn {}", summary.records, torn.join(" "));
+        }
+        "hold-temp" => {
+            // A writer in the middle of a write: its temp file stays locked
+            // (under whatever name, e.g. one with a pid not alive here).
+            let dir = PathBuf::from(arg(2)?);
+            let (tmp, _writing) = storage_fs::fsx::create_temp(&dir, "session-9.json")?;
+            std::fs::rename(&tmp, dir.join(arg(3)?))?;
+            println!("holding");
+            std::io::stdout().flush()?;
+            loop {
+                std::thread::park();
+            }
+        }
         other => bail!("unknown command {other}"),
+    }
+    if std::env::var_os("STORE_WORKER_PEAK").is_some() {
+        let status = std::fs::read_to_string("/proc/self/status")?;
+        let peak = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .context("no VmHWM in /proc/self/status")?;
+        println!("peak-rss-kib {}", peak.trim().trim_end_matches("kB").trim());
     }
     Ok(())
 }

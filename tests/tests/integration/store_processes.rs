@@ -328,3 +328,240 @@ fn an_append_that_fills_the_disk_leaves_only_whole_batches() {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// Runs the worker with `STORE_WORKER_PEAK=1`; returns its other stdout
+/// lines and its peak resident set in KiB.
+fn run_measured(args: &[&str]) -> (Vec<String>, u64) {
+    let out = worker(args)
+        .env("STORE_WORKER_PEAK", "1")
+        .output()
+        .expect("run worker");
+    assert!(out.status.success(), "worker {args:?} failed");
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let peak = lines
+        .pop()
+        .and_then(|l| l.strip_prefix("peak-rss-kib ")?.parse().ok())
+        .expect("the worker reports its peak");
+    (lines, peak)
+}
+
+/// A power loss often leaves a long run of NUL bytes, without a newline, at
+/// the end of a log. Reading the log and repairing it before an append must
+/// not load that run: both stay within a bounded buffer. The gigabyte is a
+/// sparse file (`set_len`), so it costs no disk space, and the side file it
+/// is moved to stays sparse too.
+#[test]
+fn a_gigabyte_of_nuls_at_the_end_of_a_log_is_read_and_moved_aside_in_bounded_memory() {
+    const GIB: u64 = 1 << 30;
+    const LIMIT_KIB: u64 = 64 * 1024;
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root,
+        project,
+    } = shared();
+    let job = JobId::new("mapreduce-1").expect("valid");
+    let one = storage_core::EventRecord::from_json(serde_json::json!({
+        "id": "first", "event": {"job_id": "mapreduce-1"}
+    }))
+    .expect("object");
+    store.append_events(&repo, &job, &[one]).expect("append");
+    let log = store.layout().active_event_log(&repo, &job);
+    let good = fs_err::metadata(&log).expect("stat").len();
+    fs_err::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .and_then(|f| f.set_len(good + GIB))
+        .expect("a sparse gigabyte of NULs");
+
+    let started = Instant::now();
+    let (lines, peak) = run_measured(&["read", &root, &project, "mapreduce-1"]);
+    eprintln!(
+        "faults: read a log ending in 1 GiB of NULs: peak RSS {peak} KiB in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lines, [format!("records 1 torn {GIB}")]);
+    assert!(peak < LIMIT_KIB, "reading held {peak} KiB");
+
+    let started = Instant::now();
+    let (_, peak) = run_measured(&["append", &root, &project, "mapreduce-1", "1", "7"]);
+    eprintln!(
+        "faults: append after 1 GiB of NULs: peak RSS {peak} KiB in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(peak < LIMIT_KIB, "repairing held {peak} KiB");
+    let summary = store
+        .read_events(&repo, &job, &mut |_| {})
+        .expect("the log parses");
+    assert_eq!((summary.records, summary.torn_tails.len()), (2, 0));
+    let side = store
+        .layout()
+        .events_job_dir(&repo, &job)
+        .join(format!("events.jsonl.torn-{good}"));
+    let meta = fs_err::metadata(&side).expect("the NULs are kept aside");
+    assert_eq!(meta.len(), GIB);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&meta) * 512 < 1 << 20,
+        "the side file is sparse ({} blocks)",
+        std::os::unix::fs::MetadataExt::blocks(&meta)
+    );
+}
+
+/// Whether `strace` can trace a child here; prints why not.
+fn have_strace() -> bool {
+    let ok = Command::new("strace")
+        .args(["-qq", "-o", "/dev/null", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP: `strace` cannot trace a process here; the fault-injection test did not run"
+        );
+    }
+    ok
+}
+
+/// The worker under `strace -f` with the given `-e inject=…` rules;
+/// returns whether it succeeded and its stderr.
+fn run_injected(inject: &[&str], args: &[&str]) -> (bool, String) {
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null"]);
+    for rule in inject {
+        c.arg("-e").arg(format!("inject={rule}"));
+    }
+    let out = c
+        .arg("--")
+        .arg(worker_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An append whose `fdatasync` fails (EIO, injected for real into the
+/// worker process) takes its batch back out before reporting: the log holds
+/// no trace of it, and retrying the batch gives exactly one copy. If the
+/// cut-back fails too, the error says the log may hold the batch.
+#[test]
+fn an_append_whose_fdatasync_fails_leaves_no_trace_and_a_retry_one_copy() {
+    if !have_strace() {
+        return;
+    }
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root,
+        project,
+    } = shared();
+    let job = JobId::new("mapreduce-1").expect("valid");
+    let first = storage_core::EventRecord::from_json(serde_json::json!({
+        "id": "first", "event": {"job_id": "mapreduce-1"}
+    }))
+    .expect("object");
+    store.append_events(&repo, &job, &[first]).expect("append");
+    let log = store.layout().active_event_log(&repo, &job);
+    let before = fs_err::read_to_string(&log).expect("log");
+    let args = ["append", &root, &project, "mapreduce-1", "1", "5"];
+
+    let (ok, stderr) = run_injected(&["fdatasync:error=EIO:when=1"], &args);
+    assert!(!ok, "the append must report the failed fdatasync");
+    assert!(stderr.contains("cannot fsync"), "{stderr}");
+    assert_eq!(
+        fs_err::read_to_string(&log).expect("log"),
+        before,
+        "the failed batch was left in the log"
+    );
+    eprintln!(
+        "faults: fdatasync EIO on append: reported, log back to {} bytes",
+        before.len()
+    );
+
+    let ids = || {
+        let mut ids = Vec::new();
+        store
+            .read_events(&repo, &job, &mut |e| {
+                ids.push(e.json()["id"].as_str().expect("id").to_owned());
+            })
+            .expect("the log parses");
+        ids
+    };
+    let (ok, stderr) = run_injected(&[], &args);
+    assert!(ok, "the retry succeeds: {stderr}");
+    assert_eq!(ids(), ["first", "w5-0"], "exactly one copy after the retry");
+
+    // The cut-back (ftruncate) fails as well: the error must say so.
+    let (ok, stderr) = run_injected(
+        &["fdatasync:error=EIO:when=1", "ftruncate:error=EIO"],
+        &args,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot cut a failed append back off")
+            && stderr.contains("read the log before appending the batch again")
+            && stderr.contains("events.jsonl"),
+        "{stderr}"
+    );
+    eprintln!(
+        "faults: fdatasync and ftruncate EIO on append: {}",
+        stderr.trim()
+    );
+}
+
+/// Abandoned is decided by a lock, not a pid: a temp file that a live
+/// writer in another process holds is kept even under a name whose pid is
+/// not alive here (pids are per namespace: a writer in another container),
+/// and an unlocked one is swept even under this process's own pid.
+#[test]
+fn a_sweep_keeps_a_locked_temp_file_whatever_its_pid_and_removes_an_unlocked_one() {
+    let Shared {
+        sb: _sb,
+        store,
+        repo,
+        root,
+        project: _,
+    } = shared();
+    let sessions = store.layout().sessions_dir(&repo);
+    fs_err::create_dir_all(&sessions).expect("mkdir");
+    let held = sessions.join(".tmp-4194305-0-session-9.json");
+    let writer = start(
+        &[
+            "hold-temp",
+            &root,
+            sessions.to_str().expect("utf8"),
+            ".tmp-4194305-0-session-9.json",
+        ],
+        "holding",
+    );
+    let unlocked = sessions.join(format!(".tmp-{}-77-session-8.json", std::process::id()));
+    fs_err::write(&unlocked, "{\"session_id\": \"sess").expect("debris");
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let report = store.sweep().expect("sweep");
+        assert_eq!(report.removed, std::slice::from_ref(&unlocked));
+        assert_eq!(report.kept_live, 1);
+        assert!(held.exists(), "a live writer's temp file was swept");
+    }));
+    // Killed whatever happened, so a failure cannot leave it running.
+    kill(writer);
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
+    let report = store.sweep().expect("sweep");
+    assert_eq!(
+        report.removed,
+        [held],
+        "the kernel dropped the dead writer's lock"
+    );
+    assert_eq!(report.kept_live, 0);
+}

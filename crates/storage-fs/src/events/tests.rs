@@ -80,3 +80,67 @@ fn files_are_read_in_name_order_and_others_ignored() {
     let ids: Vec<_> = seen.iter().map(|e| e.json()["id"].clone()).collect();
     assert_eq!(ids, [json!(1), json!(2)]);
 }
+
+#[test]
+fn a_later_torn_fragment_at_the_same_offset_never_replaces_a_kept_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.jsonl");
+    let side = |name: &str| fs::read(dir.path().join(name)).expect(name);
+    // Crash 1 tears a line at offset 9; the next append moves it aside.
+    fs::write(&log, "{\"id\":1}\n{\"id\":2,\"first").expect("write");
+    append(&log, &[ev(3)]).expect("append");
+    // Crash 2 tears a different line at the same offset (the log was cut back
+    // to 9 bytes by hand, as a restore from backup would).
+    fs::write(&log, "{\"id\":1}\n{\"id\":4,\"second").expect("write");
+    append(&log, &[ev(5)]).expect("append");
+    // Crash 3 leaves the same bytes as crash 1: kept once is enough.
+    fs::write(&log, "{\"id\":1}\n{\"id\":2,\"first").expect("write");
+    append(&log, &[ev(6)]).expect("append");
+    assert_eq!(side("events.jsonl.torn-9"), b"{\"id\":2,\"first");
+    assert_eq!(side("events.jsonl.torn-9-2"), b"{\"id\":4,\"second");
+    let mut names: Vec<_> = fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "events.jsonl",
+            "events.jsonl.torn-9",
+            "events.jsonl.torn-9-2"
+        ],
+        "no temp file left, no duplicate of the same fragment"
+    );
+}
+
+#[test]
+fn lines_over_the_limit_are_never_loaded_and_never_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("events.jsonl");
+    let huge = "x".repeat(MAX_LINE_BYTES + 10);
+    // As a torn tail: skipped and counted, earlier records kept.
+    fs::write(&log, format!("{{\"id\":1}}\n{{\"id\":2,\"p\":\"{huge}")).expect("write");
+    let (seen, summary) = collect(dir.path()).expect("read");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(summary.torn_tails.len(), 1);
+    assert_eq!(summary.torn_tails[0].bytes, huge.len() as u64 + 13);
+    // As a whole line in the middle: corrupt, with its line number.
+    fs::write(&log, format!("{{\"id\":1}}\n{huge}\n{{\"id\":3}}\n")).expect("write");
+    let err = collect(dir.path()).expect_err("over-huge line");
+    assert!(
+        matches!(err, Error::Corrupt { line: Some(2), .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("move it out of the log"), "{err}");
+    // Exactly at the limit (newline included) is a normal line.
+    let fits = format!("{{\"p\":\"{}\"}}\n", "y".repeat(MAX_LINE_BYTES - 9));
+    assert_eq!(fits.len(), MAX_LINE_BYTES);
+    fs::write(&log, &fits).expect("write");
+    assert_eq!(collect(dir.path()).expect("read").0.len(), 1);
+    // The appender refuses what a reader would not load.
+    let big = EventRecord::from_json(json!({"p": huge})).expect("object");
+    let err = append(&log, &[big]).expect_err("too huge");
+    assert!(err.to_string().contains("cannot append to"), "{err}");
+    assert_eq!(fs::read(&log).expect("read"), fits.as_bytes());
+}

@@ -1,8 +1,24 @@
 //! The file-system wrapper: modes, atomic replace, no-replace rename, errors with paths.
 
+use std::cell::RefCell;
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
+
+thread_local! {
+    /// Every directory this thread `fsync`ed (a seam for durability tests).
+    static DIR_FSYNCS: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records a directory `fsync` (called by [`fsync_dir`] in test builds).
+pub(crate) fn note_dir_fsync(dir: &Path) {
+    DIR_FSYNCS.with(|v| v.borrow_mut().push(dir.to_owned()));
+}
+
+/// The directories this thread `fsync`ed since the last call.
+pub(crate) fn take_dir_fsyncs() -> Vec<PathBuf> {
+    DIR_FSYNCS.with(|v| std::mem::take(&mut *v.borrow_mut()))
+}
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).expect("stat").permissions().mode() & 0o777
@@ -28,6 +44,29 @@ fn created_directories_are_private() {
     for p in ["a", "a/b", "a/b/c"] {
         assert_eq!(mode(&dir.path().join(p)), 0o700, "{p}");
     }
+}
+
+#[test]
+fn every_created_directory_is_made_durable_in_its_parent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    take_dir_fsyncs();
+    create_dir_all(&root.join("a/b/c")).expect("mkdir");
+    assert_eq!(
+        take_dir_fsyncs(),
+        [root.to_owned(), root.join("a"), root.join("a/b")],
+        "each new directory's parent is fsynced once it holds the new entry"
+    );
+    create_dir_all(&root.join("a/b/c")).expect("exists");
+    create_dir_all(&root.join("a/x")).expect("one more");
+    assert_eq!(
+        take_dir_fsyncs(),
+        [root.join("a")],
+        "only for what was created"
+    );
+    fs::write(root.join("file"), "x").expect("write");
+    let err = create_dir_all(&root.join("file/sub")).expect_err("a file is in the way");
+    assert!(err.to_string().contains("file"), "{err}");
 }
 
 #[test]
@@ -63,5 +102,20 @@ fn temp_names_carry_the_writer_pid_and_are_hidden() {
     assert!(name.len() < 255);
     assert_eq!(temp_owner(&name), Some(std::process::id()));
     assert_eq!(temp_owner("session-1.json"), None);
-    assert!(process_alive(std::process::id()));
+}
+
+#[test]
+fn a_temp_file_is_swept_only_when_no_writer_holds_its_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Named with this process's pid (alive-looking) but not locked: abandoned.
+    let unlocked = dir.path().join(temp_name("a.json"));
+    fs::write(&unlocked, "{").expect("debris");
+    // A writer's temp file, renamed to a dead-looking pid: still written.
+    let (tmp, held) = create_temp(dir.path(), "b.json").expect("temp");
+    let dead_looking = dir.path().join(".tmp-4194305-0-b.json");
+    fs::rename(&tmp, &dead_looking).expect("rename");
+    assert_eq!(sweep_temp_files(dir.path()).expect("sweep"), [unlocked]);
+    assert!(dead_looking.exists(), "a held temp file is never swept");
+    drop(held);
+    assert_eq!(sweep_temp_files(dir.path()).expect("sweep"), [dead_looking]);
 }

@@ -46,11 +46,10 @@ fn listings_skip_temp_files_and_foreign_names_and_sweep_removes_dead_writers_deb
         .put(&key, &json!({"session_id": "session-1"}))
         .expect("put");
     let sessions = store.layout().sessions_dir(&repo);
-    // pid 0 is never a live writer; a huge pid cannot exist.
+    // Abandoned: nobody holds its lock. In flight: a writer holds it.
     let dead = sessions.join(".tmp-4194305-0-session-2.json");
-    let live = sessions.join(format!(".tmp-{}-9-session-3.json", std::process::id()));
     fs::write(&dead, "{\"session_id\": \"sess").expect("debris");
-    fs::write(&live, "{}").expect("in flight");
+    let (live, _writing) = crate::fsx::create_temp(&sessions, "session-3.json").expect("in flight");
     fs::write(sessions.join("notes.txt"), "user junk").expect("foreign");
     fs::write(sessions.join("session-4.json.bak"), "{}").expect("foreign");
     assert_eq!(
@@ -87,8 +86,8 @@ fn a_corrupt_document_names_its_path() {
 }
 
 #[test]
-fn a_temp_file_over_a_day_old_is_swept_even_if_its_pid_is_alive() {
-    // A pid can be reused: age alone marks a temp file as debris eventually.
+fn an_unlocked_temp_file_is_swept_even_if_its_pid_is_alive() {
+    // Pids are per namespace and get reused: only the lock says "in use".
     let dir = tempfile::tempdir().expect("tempdir");
     let store = FsStorage::open(dir.path()).expect("open");
     let sessions = store
@@ -96,18 +95,56 @@ fn a_temp_file_over_a_day_old_is_swept_even_if_its_pid_is_alive() {
         .sessions_dir(&RepoKey::new("proj").expect("valid"));
     fs::create_dir_all(&sessions).expect("mkdir");
     let ours = std::process::id();
-    let old = sessions.join(format!(".tmp-{ours}-1-session-1.json"));
-    let fresh = sessions.join(format!(".tmp-{ours}-2-session-2.json"));
-    fs::write(&old, "{").expect("w");
-    fs::write(&fresh, "{").expect("w");
-    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
-    fs::File::options()
-        .write(true)
-        .open(&old)
-        .and_then(|f| f.set_times(fs::FileTimes::new().set_modified(two_days_ago)))
-        .expect("age it");
+    let abandoned = sessions.join(format!(".tmp-{ours}-1-session-1.json"));
+    fs::write(&abandoned, "{").expect("w");
+    let (fresh, _writing) = crate::fsx::create_temp(&sessions, "session-2.json").expect("temp");
     let report = store.sweep().expect("sweep");
-    assert_eq!(report.removed, std::slice::from_ref(&old));
+    assert_eq!(report.removed, std::slice::from_ref(&abandoned));
     assert_eq!(report.kept_live, 1);
-    assert!(fresh.exists(), "a live writer's fresh temp file stays");
+    assert!(fresh.exists(), "a live writer's temp file stays");
+}
+
+#[test]
+fn directories_created_by_puts_registrations_and_locks_are_fsynced_in_their_parents() {
+    use crate::fsx::tests::take_dir_fsyncs;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("home/store");
+    take_dir_fsyncs();
+    let store = FsStorage::open(&root).expect("open");
+    let synced = take_dir_fsyncs();
+    for d in [dir.path().to_owned(), dir.path().join("home")] {
+        assert!(
+            synced.contains(&d),
+            "{} not fsynced: {synced:?}",
+            d.display()
+        );
+    }
+    let project = dir.path().join("proj");
+    fs::create_dir(&project).expect("mkdir");
+    let repo = store.repo_key(&project).expect("register");
+    let synced = take_dir_fsyncs();
+    // `locks/` (for `repos.lock`) and `repos/` are new entries of the root.
+    assert!(
+        synced.iter().filter(|d| **d == root).count() >= 2,
+        "{synced:?}"
+    );
+    let key = DocKey::Session {
+        repo: repo.clone(),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    store
+        .put(&key, &json!({"session_id": "session-1"}))
+        .expect("put");
+    let synced = take_dir_fsyncs();
+    for d in [
+        root.clone(),
+        root.join("state"),
+        root.join("state").join(repo.as_str()),
+    ] {
+        assert!(
+            synced.contains(&d),
+            "{} not fsynced: {synced:?}",
+            d.display()
+        );
+    }
 }
