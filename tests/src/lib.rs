@@ -8,6 +8,7 @@
 //!   multi-process tests (`env!("CARGO_BIN_EXE_store-worker")` in tests).
 
 pub mod fixture;
+pub mod layout0;
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;

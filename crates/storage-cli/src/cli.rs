@@ -122,6 +122,46 @@ pub enum Command {
     },
     /// Print the store's directory layout, one line per directory
     Layout,
+    /// Upgrade a store that an older Prodigy wrote (layout 0) to the current layout
+    ///
+    /// Files already where the store reads them stay untouched; the others
+    /// (dead letters nested `dlq/<repo>/<job>/mapreduce/dlq/…`, the one
+    /// `session_state.json` per repository, rotated logs named `.gz`) are
+    /// moved, verified, with the originals kept in a backup; what the store
+    /// has no place for yet is kept verbatim under `legacy/.layout-0/`.
+    /// `worktrees/` and `config.yml` are never touched. Commands that write
+    /// to the store, and Prodigy's start-up, upgrade it first by themselves.
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        /// Print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for another process upgrading the store
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
+    /// Give back the layout-0 store an upgrade started from, for an older Prodigy
+    ///
+    /// Restores every file the upgrade moved, byte for byte with modes and
+    /// times, removes what it wrote, and removes `layout.json` last. Refuses
+    /// (and changes nothing) if files it would remove changed since;
+    /// `--force` then moves those aside. Prodigy's start-up leaves a
+    /// downgraded store alone until you run `upgrade` again.
+    #[command(verbatim_doc_comment)]
+    Downgrade {
+        /// Downgrade even if upgraded files changed; they are moved aside, not deleted
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for another process upgrading the store
+        #[arg(long, value_name = "SECS", default_value_t = 120)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

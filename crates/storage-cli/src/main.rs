@@ -253,6 +253,28 @@ mod import {
         }
     }
 
+    /// A command that writes upgrades a layout-0 store first, and says so
+    /// on stderr (as Prodigy's start-up does; a store a person downgraded
+    /// is refused instead, naming `upgrade`).
+    fn upgrade_first(cli: &Cli, store: &FsStorage) -> Result<()> {
+        if !storage_migrate::upgrade_due(store)? {
+            return Ok(());
+        }
+        let display = Display::choose(cli.quiet);
+        let report = storage_migrate::upgrade(
+            store,
+            &storage_migrate::UpgradeOptions {
+                progress: &display,
+                automatic: true,
+                ..storage_migrate::UpgradeOptions::default()
+            },
+        )?;
+        if !cli.quiet {
+            eprint!("first, {}", render::upgrade(&report));
+        }
+        Ok(())
+    }
+
     pub fn run(cli: &Cli, root: &RootChoice, command: &Command) -> Result<ExitCode> {
         arm_test_hooks();
         match command {
@@ -265,6 +287,9 @@ mod import {
                 let project = project_dir(project.project.as_deref())?;
                 // `migrate` creates the store only once its refusals have passed.
                 let store = FsStorage::peek(&root.path)?;
+                if !*dry_run {
+                    upgrade_first(cli, &store)?;
+                }
                 let display = Display::choose(cli.quiet || *json);
                 let opts = MigrateOptions {
                     dry_run: *dry_run,
@@ -338,6 +363,35 @@ mod import {
                         )?;
                     }
                 }
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Upgrade {
+                dry_run,
+                json,
+                wait,
+            } => {
+                let store = FsStorage::peek(&root.path)?;
+                let display = Display::choose(cli.quiet || *json);
+                let opts = storage_migrate::UpgradeOptions {
+                    dry_run: *dry_run,
+                    wait: Duration::from_secs(*wait),
+                    progress: &display,
+                    automatic: false,
+                };
+                let report = storage_migrate::upgrade(&store, &opts)?;
+                emit(cli, *json, &report, || render::upgrade(&report))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Downgrade { force, json, wait } => {
+                let store = FsStorage::peek(&root.path)?;
+                let display = Display::choose(cli.quiet || *json);
+                let opts = storage_migrate::DowngradeOptions {
+                    force: *force,
+                    wait: Duration::from_secs(*wait),
+                    progress: &display,
+                };
+                let report = storage_migrate::downgrade(&store, &opts)?;
+                emit(cli, *json, &report, || render::downgrade(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status { .. } | Command::Layout => unreachable!("handled by the caller"),

@@ -64,6 +64,10 @@ pub fn bytes(n: u64) -> String {
 pub fn store_line(root: &RootChoice, layout_version: Option<u64>) -> String {
     let state = match layout_version {
         Some(v) => format!("layout version {v}"),
+        None if storage_fs::has_layout_0_data(&root.path).unwrap_or(false) => {
+            "layout 0, written by an older Prodigy: an upgrade is due, run `prodigy-storage upgrade`"
+                .to_owned()
+        }
         None => "not created yet".to_owned(),
     };
     format!(
@@ -277,6 +281,85 @@ mod with_import {
             }
             Outcome::NothingToMigrate => {}
         }
+        out
+    }
+
+    /// The report of `upgrade`: the migration report's body under its own
+    /// head (the layout-0 store is both the source and the destination).
+    pub fn upgrade(r: &MigrationReport) -> String {
+        let mut out = String::new();
+        if let Some(rec) = &r.recovered {
+            let _ = writeln!(out, "first, recovery: {rec}");
+        }
+        let store = r.store.display();
+        let head = match r.outcome {
+            Outcome::NothingToMigrate => {
+                let _ = writeln!(
+                    out,
+                    "The store at {store} needs no upgrade: it holds no data in the layout older Prodigy versions wrote."
+                );
+                return out;
+            }
+            Outcome::DryRun => format!(
+                "Would upgrade the store at {store} from layout 0: move {} file(s), {}:",
+                r.legacy_files,
+                bytes(r.legacy_bytes)
+            ),
+            Outcome::Migrated => format!(
+                "Upgraded the store at {store} from layout 0 (upgrade {}): moved {} file(s), {}:",
+                r.txid.as_deref().unwrap_or("?"),
+                r.legacy_files,
+                bytes(r.legacy_bytes)
+            ),
+        };
+        let body = migration(r);
+        // The migration report's first line names a project; the rest fits.
+        let body: String = body
+            .lines()
+            .skip_while(|l| l.starts_with("first, recovery"))
+            .skip(2)
+            .filter(|l| !l.starts_with("  your files in "))
+            .map(|l| l.replace("To undo this migration:", "To undo this upgrade:") + "\n")
+            .collect();
+        let _ = writeln!(out, "{head}");
+        let _ = writeln!(
+            out,
+            "  files of others (worktrees/, config.yml, unknown files) left untouched: {}",
+            r.user_files_untouched
+        );
+        out.push_str(&body);
+        out
+    }
+
+    /// The report of `downgrade`.
+    pub fn downgrade(r: &RollbackReport) -> String {
+        let mut out = String::new();
+        if let Some(rec) = &r.recovered {
+            let _ = writeln!(out, "first, recovery: {rec}");
+        }
+        let _ = writeln!(
+            out,
+            "Downgraded the store at {} to layout 0 (undid upgrade {}):\n  restored {} file(s), {}, byte for byte with modes and times\n  removed {} file(s) the upgrade had written, and layout.json",
+            r.project.display(),
+            r.txid,
+            r.restored_files,
+            bytes(r.restored_bytes),
+            r.removed_from_store
+        );
+        if !r.displaced.is_empty() {
+            let _ = writeln!(
+                out,
+                "  moved aside because they had changed: {}",
+                r.displaced.len()
+            );
+            for d in &r.displaced {
+                let _ = writeln!(out, "    {}", d.display());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "An older Prodigy can use it again. Prodigy's start-up leaves it so until you run `prodigy-storage upgrade`."
+        );
         out
     }
 

@@ -71,6 +71,20 @@ pub enum Error {
         supported: u64,
     },
 
+    /// The store holds data in the layout Prodigy's own code wrote before
+    /// this storage layer ("layout 0": no `layout.json`). Nothing is written
+    /// to it until it is upgraded, so that no data becomes unreachable.
+    #[error(
+        "the store at `{}` holds Prodigy data in the layout older Prodigy versions wrote (layout 0) \
+         and has not been upgraded yet; nothing was written. Run `prodigy-storage upgrade` \
+         (Prodigy's start-up does it too); `prodigy-storage status` shows what it would do",
+        .path.display()
+    )]
+    UpgradeRequired {
+        /// The store's root.
+        path: PathBuf,
+    },
+
     /// No store location could be determined.
     #[error(
         "cannot find the home directory to put the store in; set PRODIGY_HOME or pass --home DIR"

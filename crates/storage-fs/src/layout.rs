@@ -47,6 +47,42 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The top-level directories that Prodigy's own code (layout 0) wrote
+    /// data into; `worktrees/` and `config.yml` are Prodigy's and the
+    /// user's, never part of an upgrade.
+    pub const LAYOUT_0_DATA_DIRS: [&'static str; 7] = [
+        "events",
+        "dlq",
+        "state",
+        "sessions",
+        "resume_locks",
+        "orphaned_worktrees",
+        "logs",
+    ];
+
+    /// Where the upgrade of a layout-0 store keeps what the API has no home
+    /// for yet, under its layout-0 path (`legacy/.layout-0/`; no repository
+    /// key can start with a dot).
+    #[must_use]
+    pub fn layout_0_area(&self) -> PathBuf {
+        self.root.join("legacy").join(".layout-0")
+    }
+
+    /// The paths of [`Layout::LAYOUT_0_DATA_DIRS`] in this store.
+    #[must_use]
+    pub fn layout_0_data_dirs(&self) -> Vec<PathBuf> {
+        Self::LAYOUT_0_DATA_DIRS
+            .iter()
+            .map(|d| self.root.join(d))
+            .collect()
+    }
+
+    /// The records of the layout-0 upgrade (`migrations/.layout-0/`).
+    #[must_use]
+    pub fn layout_0_upgrade_dir(&self) -> PathBuf {
+        self.root.join("migrations").join(".layout-0")
+    }
+
     /// The layout of the store at `root`.
     #[must_use]
     pub fn new(root: impl Into<PathBuf>) -> Self {

@@ -56,7 +56,7 @@ pub use layout::{LAYOUT_VERSION, Layout};
 pub use lock::FileLock;
 pub use repo::RepoRecord;
 pub use root::{RootChoice, RootSource, resolve_root};
-pub use store::{FsStorage, SweepReport, layout_version};
+pub use store::{FsStorage, SweepReport, has_layout_0_data, layout_version};
 
 #[cfg(test)]
 mod conformance {

@@ -61,12 +61,29 @@ impl FsStorage {
                 supported: LAYOUT_VERSION,
             }),
             Some(_) => Ok(()),
-            None => {
-                let doc = serde_json::json!({ "layout_version": LAYOUT_VERSION });
-                let bytes = serde_json::to_vec_pretty(&doc).expect("serializable");
-                fsx::write_atomic(&self.layout.version_file(), &bytes)
-            }
+            // Never stamp a version onto data written in Prodigy's older
+            // layout: the upgrade moves it first (storage-migrate).
+            None if has_layout_0_data(self.layout.root())? => Err(Error::UpgradeRequired {
+                path: self.layout.root().to_owned(),
+            }),
+            None => self.stamp_layout_version(),
         }
+    }
+
+    /// Writes `layout.json` with this build's version. For the upgrade of
+    /// a layout-0 store, which calls it last, as its commit; everyone else
+    /// gets it from [`FsStorage::create`].
+    pub fn stamp_layout_version(&self) -> Result<()> {
+        let doc = serde_json::json!({ "layout_version": LAYOUT_VERSION });
+        let bytes = serde_json::to_vec_pretty(&doc).expect("serializable");
+        fsx::write_atomic(&self.layout.version_file(), &bytes)
+    }
+
+    /// Removes `layout.json`, for the downgrade of an upgraded layout-0
+    /// store (an older Prodigy reads such a store without it).
+    pub fn remove_layout_version(&self) -> Result<()> {
+        fsx::remove_file_durable(&self.layout.version_file())?;
+        Ok(())
     }
 
     /// A handle on the store at `root` for read-only use (`status`, dry runs):
@@ -194,6 +211,34 @@ fn read_layout_version(layout: &Layout) -> Result<Option<u64>> {
 /// `None` if there is no store (or no `layout.json`) there.
 pub fn layout_version(root: &Path) -> Result<Option<u64>> {
     read_layout_version(&Layout::new(root))
+}
+
+/// Whether `root` holds data in the layout Prodigy's own code wrote before
+/// this storage layer ("layout 0") and has no `layout.json`: a file (or
+/// link) somewhere under one of the directories it wrote data into. Stops
+/// at the first one. A root with only the user's `config.yml`, Prodigy's
+/// `worktrees/` or empty directories needs no upgrade.
+pub fn has_layout_0_data(root: &Path) -> Result<bool> {
+    let layout = Layout::new(root);
+    if fsx::read_optional(&layout.version_file())?.is_some() {
+        return Ok(false);
+    }
+    let mut stack: Vec<PathBuf> = layout.layout_0_data_dirs();
+    while let Some(dir) = stack.pop() {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", &dir, e)),
+        }
+        for e in fsx::read_dir_sorted(&dir)? {
+            if !e.file_type.is_dir() {
+                return Ok(true);
+            }
+            stack.push(e.path);
+        }
+    }
+    Ok(false)
 }
 
 fn subdirs(dir: &Path) -> Result<Vec<fsx::Entry>> {

@@ -63,6 +63,7 @@ mod error;
 pub mod fault;
 #[doc(hidden)]
 pub mod fuzzing;
+mod layout0;
 pub mod legacy;
 mod manifest;
 mod marker;
@@ -71,6 +72,7 @@ mod progress;
 mod protocol;
 mod report;
 mod split;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -87,6 +89,7 @@ pub use report::{
     CategoryReport, ConflictReport, MigrationReport, Outcome, REPORT_SCHEMA_VERSION,
     RollbackReport, VerifyReport, shell_quote,
 };
+pub use upgrade::{DowngradeOptions, UpgradeOptions, downgrade, upgrade, upgrade_due};
 
 use crate::copy::{AtPath, probe};
 use crate::manifest::{Fate, Summary};
@@ -169,7 +172,7 @@ pub fn migrate(
     let repo = store.repo_key(&project)?;
     let tx = Tx {
         store,
-        repo: repo.clone(),
+        owner: protocol::Owner::Project(repo.clone()),
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
     };
@@ -309,6 +312,21 @@ pub enum AutoOutcome {
 /// nothing to do. It never returns an error; see [`AutoOutcome`].
 #[must_use]
 pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
+    // The store an older Prodigy wrote is upgraded first (once; concurrent
+    // start-ups wait for the one that does it).
+    match upgrade::upgrade_due(store) {
+        Ok(false) => {}
+        Ok(true) => {
+            let opts = UpgradeOptions {
+                automatic: true,
+                ..UpgradeOptions::default()
+            };
+            if let Err(e) = upgrade::upgrade(store, &opts) {
+                return AutoOutcome::Failed(e);
+            }
+        }
+        Err(e) => return AutoOutcome::Failed(e),
+    }
     let legacy = project.join(LEGACY_DIR_NAME);
     let has_legacy = match plan::has_legacy_storage(&legacy) {
         Ok(b) => b,
@@ -404,7 +422,7 @@ pub fn rollback(
     let (project, repo) = registered(store, project)?;
     let tx = Tx {
         store,
-        repo: repo.clone(),
+        owner: protocol::Owner::Project(repo.clone()),
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
     };
@@ -793,7 +811,7 @@ pub fn prune_backups(
         let repo = RepoKey::new(b.repo.as_str()).map_err(storage_core::Error::from)?;
         let tx = Tx {
             store,
-            repo: repo.clone(),
+            owner: protocol::Owner::Project(repo.clone()),
             paths: Paths::new(store.layout(), &repo),
             progress: &NoProgress,
         };

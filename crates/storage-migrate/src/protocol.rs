@@ -34,7 +34,7 @@ use crate::manifest::{
     Produce, RelPath, Source, Summary,
 };
 use crate::marker;
-use crate::plan::{preserved_dest, rel_in_store};
+use crate::plan::rel_in_store;
 use crate::progress::{Progress, Step};
 use crate::split;
 
@@ -90,13 +90,49 @@ fn join(base: &Path, rel: &RelPath) -> Result<PathBuf> {
     })
 }
 
-fn conflict_alt(layout: &Layout, repo: &RepoKey, txid: &str, dest: &RelPath) -> RelPath {
-    let alt = layout
-        .legacy_dir(repo)
-        .join("conflicts")
-        .join(txid)
-        .join(dest.as_path());
+fn conflict_alt(layout: &Layout, area: &Path, txid: &str, dest: &RelPath) -> RelPath {
+    let alt = area.join("conflicts").join(txid).join(dest.as_path());
     rel_in_store(layout, &alt)
+}
+
+/// Whose old layout a transaction imports: one project's `.prodigy/`, or
+/// the store's own layout 0. The protocol is the same; what differs is
+/// here: the lock, where kept-verbatim files and conflicts go, the records.
+#[derive(Clone, Debug)]
+pub(crate) enum Owner {
+    /// A project's legacy `.prodigy/`, imported into repository `0`.
+    Project(RepoKey),
+    /// The store itself, written by Prodigy's own code (layout 0).
+    Store,
+}
+
+impl Owner {
+    /// Where files kept verbatim, conflicts and displaced files go.
+    pub fn area(&self, layout: &Layout) -> PathBuf {
+        match self {
+            Owner::Project(repo) => layout.legacy_dir(repo),
+            Owner::Store => layout.layout_0_area(),
+        }
+    }
+
+    /// The records of its transactions.
+    pub fn paths(&self, layout: &Layout) -> Paths {
+        match self {
+            Owner::Project(repo) => Paths::new(layout, repo),
+            Owner::Store => Paths {
+                dir: layout.layout_0_upgrade_dir(),
+            },
+        }
+    }
+
+    /// The lock its transactions take.
+    fn lock_key(&self) -> Result<LockKey> {
+        let name = match self {
+            Owner::Project(repo) => format!("migrate-{repo}"),
+            Owner::Store => "upgrade-layout-0".to_owned(),
+        };
+        Ok(LockKey::new(name).map_err(storage_core::Error::from)?)
+    }
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -189,7 +225,7 @@ pub(crate) fn read_history(paths: &Paths) -> Result<Vec<HistoryEntry>> {
     Ok(out)
 }
 
-fn append_history(paths: &Paths, entry: &HistoryEntry) -> Result<()> {
+pub(crate) fn append_history(paths: &Paths, entry: &HistoryEntry) -> Result<()> {
     if read_history(paths)?
         .iter()
         .any(|e| e.txid == entry.txid && e.event == entry.event)
@@ -380,7 +416,7 @@ pub(crate) struct Recovered {
 /// Everything one protocol run needs.
 pub(crate) struct Tx<'a> {
     pub store: &'a FsStorage,
-    pub repo: RepoKey,
+    pub owner: Owner,
     pub paths: Paths,
     pub progress: &'a dyn Progress,
 }
@@ -390,10 +426,17 @@ impl Tx<'_> {
         self.store.layout()
     }
 
+    /// The repository of a project import (only those split event logs).
+    fn repo(&self) -> &RepoKey {
+        match &self.owner {
+            Owner::Project(repo) => repo,
+            Owner::Store => unreachable!("a layout-0 upgrade splits no log"),
+        }
+    }
+
     /// Takes the repository's migration lock.
     pub fn lock(&self, wait: Duration) -> Result<storage_fs::FileLock> {
-        let name =
-            LockKey::new(format!("migrate-{}", self.repo)).map_err(storage_core::Error::from)?;
+        let name = self.owner.lock_key()?;
         let wait = if wait.is_zero() {
             LockWait::NoWait
         } else {
@@ -523,7 +566,10 @@ impl Tx<'_> {
         })?;
         let (mut file, meta) = open_regular(&path)?;
         match &out.produce {
-            Produce::Copy if out.category == Category::LegacyPreserved => {
+            // Kept verbatim, or an event log (JSONL, never one JSON document).
+            Produce::Copy
+                if matches!(out.category, Category::LegacyPreserved | Category::Events) =>
+            {
                 let dest = join(staging, &out.dest)?;
                 dirs.ensure(fsx::parent(&dest))?;
                 let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
@@ -600,7 +646,11 @@ impl Tx<'_> {
         if valid {
             return out.dest.clone();
         }
-        let dest = preserved_dest(self.layout(), &self.repo, rel);
+        let area = self.owner.area(self.layout());
+        let dest = rel_in_store(
+            self.layout(),
+            &Layout::under(&area, rel).expect("walked paths are relative names"),
+        );
         r.warnings.push(format!(
             "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
             rel.display()
@@ -623,7 +673,7 @@ impl Tx<'_> {
         let dest_of = |route: &split::Route| -> RelPath {
             crate::plan::split_dest(
                 self.layout(),
-                &self.repo,
+                self.repo(),
                 txid,
                 e.index,
                 source.rel.as_path(),
@@ -825,7 +875,12 @@ impl Tx<'_> {
     ) -> Result<Fate> {
         let staged = join(staging, &o.dest)?;
         let target = join(root, &o.dest)?;
-        let alt_rel = conflict_alt(self.layout(), &self.repo, &m.txid, &o.dest);
+        let alt_rel = conflict_alt(
+            self.layout(),
+            &self.owner.area(self.layout()),
+            &m.txid,
+            &o.dest,
+        );
         let alt = join(root, &alt_rel)?;
         let same =
             |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash);
@@ -946,7 +1001,8 @@ impl Tx<'_> {
         dirs.sort_by_key(|d| std::cmp::Reverse(d.as_path().components().count()));
         for d in dirs {
             let parts: Vec<&str> = d.as_path().iter().filter_map(|c| c.to_str()).collect();
-            if crate::legacy::is_storage_dir(&parts) {
+            // A layout-0 upgrade plans only the directories its sources leave.
+            if matches!(self.owner, Owner::Store) || crate::legacy::is_storage_dir(&parts) {
                 let _ = std::fs::remove_dir(join(&legacy, d)?);
             }
         }
@@ -1065,8 +1121,8 @@ impl Tx<'_> {
     /// Where a changed legacy file that cannot go back into the project is kept.
     fn displaced(&self, txid: &str, rel: &Path) -> RelPath {
         let abs = self
-            .layout()
-            .legacy_dir(&self.repo)
+            .owner
+            .area(self.layout())
             .join("changed-during-migration")
             .join(txid)
             .join(rel);
@@ -1239,7 +1295,11 @@ impl Tx<'_> {
         )?;
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
         self.release_reserve(&m.txid)?;
-        marker::remove(self.store, &m.legacy_dir.0)?;
+        match self.owner {
+            Owner::Project(_) => marker::remove(self.store, &m.legacy_dir.0)?,
+            // The upgrade's commit: from now on the store is the current layout.
+            Owner::Store => self.store.stamp_layout_version()?,
+        }
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
     }
@@ -1308,6 +1368,7 @@ impl Tx<'_> {
                 let m = read_manifest(&self.paths, &txid)?;
                 let summary = manifest::summarize(&self.paths.entries(&txid))?;
                 self.finish_commit(&m, &summary, None)?;
+                finished = Some(txid.clone());
                 format!("cleaned up after migration {txid}")
             }
             Phase::RollingBack => {
@@ -1396,14 +1457,18 @@ impl Tx<'_> {
             // The marker names this store in the project before anything is
             // published; writing it shows whether renames reach the project.
             let owner = project_owner(&m.legacy_dir.0);
-            let renames = marker::write(
-                self.store,
-                &self.paths.tx(txid),
-                &m.legacy_dir.0,
-                self.repo.as_str(),
-                txid,
-                owner,
-            )?;
+            let renames = match &self.owner {
+                Owner::Project(repo) => marker::write(
+                    self.store,
+                    &self.paths.tx(txid),
+                    &m.legacy_dir.0,
+                    repo.as_str(),
+                    txid,
+                    owner,
+                )?,
+                // Within the store: renames are tried file by file.
+                Owner::Store => true,
+            };
             if !renames {
                 self.check_space(&m, &staged)?;
             }
@@ -1670,8 +1735,8 @@ impl Tx<'_> {
         let root = self.layout().root().to_owned();
         let staging = self.paths.staging(&m.txid);
         let displaced = self
-            .layout()
-            .legacy_dir(&self.repo)
+            .owner
+            .area(self.layout())
             .join("rollback-displaced")
             .join(&m.txid);
         let mut first = true;
@@ -1692,7 +1757,12 @@ impl Tx<'_> {
                         if std::fs::symlink_metadata(join(&staging, &o.dest)?).is_ok() {
                             continue;
                         }
-                        let alt = conflict_alt(self.layout(), &self.repo, &m.txid, &o.dest);
+                        let alt = conflict_alt(
+                            self.layout(),
+                            &self.owner.area(self.layout()),
+                            &m.txid,
+                            &o.dest,
+                        );
                         let ours = |rel: &RelPath| -> Result<bool> {
                             Ok(
                                 matches!(probe(&join(&root, rel)?)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash),
@@ -1713,6 +1783,11 @@ impl Tx<'_> {
                     AtPath::Missing => {}
                     AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
                         fsx::remove_file_durable(&path)?;
+                        if matches!(self.owner, Owner::Store) {
+                            // A downgrade gives back the exact layout-0 tree:
+                            // directories the upgrade created go too.
+                            remove_empty_parents(&root, rel.as_path(), &modes);
+                        }
                     }
                     _ if force => {
                         let aside = join(&displaced, rel)?;
@@ -1733,7 +1808,11 @@ impl Tx<'_> {
         self.release_reserve(&m.txid)?;
         sync(&root)?;
         fault::point("after-rollback-remove");
-        marker::remove(self.store, &legacy)?;
+        match self.owner {
+            Owner::Project(_) => marker::remove(self.store, &legacy)?,
+            // A downgrade: the store is layout 0 again.
+            Owner::Store => self.store.remove_layout_version()?,
+        }
         append_history(
             &self.paths,
             &HistoryEntry {
@@ -1921,6 +2000,19 @@ fn real_dir(dir: &Path) -> Result<()> {
             path: dir.to_owned(),
         }),
         Err(e) => Err(Error::io("stat", dir, e)),
+    }
+}
+
+/// Removes the empty ancestors of `rel` under `base` that are not
+/// recorded directories of the old layout, deepest first (best effort:
+/// stops at the first that is not empty).
+fn remove_empty_parents(base: &Path, rel: &Path, recorded: &BTreeMap<PathBuf, u32>) {
+    let mut p = rel.parent();
+    while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+        if recorded.contains_key(d) || std::fs::remove_dir(base.join(d)).is_err() {
+            return;
+        }
+        p = d.parent();
     }
 }
 

@@ -162,6 +162,9 @@ fn destination(category: Category, repo: &str) -> String {
         Category::JobState => format!("state/{repo}/mapreduce/jobs/"),
         Category::DeadLetters => format!("dlq/{repo}/<job>/"),
         Category::Checkpoints => format!("state/{repo}/checkpoints/"),
+        Category::LegacyPreserved if repo == crate::layout0::REPO_LABEL => {
+            "legacy/.layout-0/".to_owned()
+        }
         Category::LegacyPreserved => format!("legacy/{repo}/"),
     }
 }

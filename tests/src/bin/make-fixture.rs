@@ -4,16 +4,26 @@
 //! ```text
 //! cargo run -p storage-tests --bin make-fixture -- DIR
 //! cargo run -p storage-tests --bin make-fixture -- --large SCALE DIR   # the benchmark's tree
+//! cargo run -p storage-tests --bin make-fixture -- --layout-0 DIR     # a store an older Prodigy wrote
 //! ```
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: make-fixture [--large SCALE] DIR";
+const USAGE: &str = "usage: make-fixture [--large SCALE | --layout-0] DIR";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, dir] = args.as_slice()
+        && flag == "--layout-0"
+    {
+        let dir = PathBuf::from(dir);
+        fs_err::create_dir_all(&dir)?;
+        storage_tests::layout0::store(&dir);
+        println!("wrote a layout-0 store to {}", dir.display());
+        return Ok(());
+    }
     let (scale, dir) = match args.as_slice() {
         [flag, scale, dir] if flag == "--large" => {
             (Some(scale.parse::<u64>().context(USAGE)?), dir)

@@ -17,3 +17,5 @@ mod ux;
 // The environments users really have: bind mounts, mounts inside the store, an
 // old Prodigy writing during the run, two stores, links planted before rollback.
 mod environments;
+// Upgrading the store an older Prodigy wrote (layout 0), and downgrading it.
+mod upgrade;

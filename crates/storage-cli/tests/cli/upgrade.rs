@@ -1,0 +1,229 @@
+//! Upgrading the store an older Prodigy wrote (layout 0), and the way back.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use storage_core::{JobId, RepoKey, SessionId, StorageExt};
+use storage_tests::layout0::{self, JOB, SESSION};
+
+use crate::crash::crash;
+use crate::support::{Sandbox, assert_same_tree, cmd, fixture, json_of, run, run_json, snapshot};
+
+/// A sandbox whose store is a layout-0 store.
+fn layout0_sandbox() -> Sandbox {
+    let sb = Sandbox::new();
+    layout0::store(&sb.store());
+    sb
+}
+
+/// The store's tree without what the upgrade keeps for itself (its records
+/// and its lock), which an older Prodigy never reads.
+fn store_tree(sb: &Sandbox) -> BTreeMap<PathBuf, fixture::Node> {
+    snapshot(&sb.store())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("migrations") && !p.starts_with("locks"))
+        .collect()
+}
+
+#[test]
+fn a_layout_0_store_is_recognised_and_never_stamped_with_a_version() {
+    let sb = layout0_sandbox();
+    let before = snapshot(&sb.store());
+    let out = run(&sb, &["status"], true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("layout 0, written by an older Prodigy: an upgrade is due"),
+        "{text}"
+    );
+    // Opening it for writing is refused, with the next step; nothing written.
+    let err = storage_fs::FsStorage::open(sb.store()).expect_err("refused");
+    assert!(
+        err.to_string().contains("`prodigy-storage upgrade`"),
+        "{err}"
+    );
+    assert_same_tree(&snapshot(&sb.store()), &before, "nothing written");
+}
+
+#[test]
+fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    let report = run_json(&sb, &["upgrade"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert_eq!(report["legacy_files"], 14, "{report:#}");
+    let after = store_tree(&sb);
+    // What was already where the store reads it: the very same files.
+    for rel in [
+        "events/api/mapreduce-20250906_082000/events-20250906_082000.jsonl".to_owned(),
+        format!("state/api/mapreduce/jobs/{JOB}/metadata.json"),
+        format!("state/api/mapreduce/jobs/{JOB}/checkpoint-v3.json"),
+        format!("state/api/mappings/{SESSION}.json"),
+        format!("state/{SESSION}/checkpoints/workflow-2.checkpoint.json"),
+        format!("resume_locks/{JOB}.lock"),
+        "worktrees/api/session-0a1b/.prodigy/session_state.json".to_owned(),
+        "worktrees/api/cleanup.log".to_owned(),
+        "config.yml".to_owned(),
+        "notes.txt".to_owned(),
+        "state/api/notes.md".to_owned(),
+    ] {
+        let rel = PathBuf::from(rel);
+        assert_eq!(after.get(&rel), before.get(&rel), "{}", rel.display());
+        assert!(after.contains_key(&rel), "{}", rel.display());
+    }
+    // Moved to where the API reads them, byte for byte.
+    for (from, to) in [
+        (
+            format!("dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json"),
+            format!("dlq/api/{JOB}/items/item-1.json"),
+        ),
+        (
+            "state/api/sessions/session_state.json".to_owned(),
+            format!("state/api/sessions/{SESSION}.json"),
+        ),
+        (
+            "events/api/mapreduce-20250906_082000/events-20250906_070000.20250906_080000.jsonl.gz"
+                .to_owned(),
+            "events/api/mapreduce-20250906_082000/events-20250906_070000.20250906_080000.jsonl"
+                .to_owned(),
+        ),
+        (
+            format!("sessions/{SESSION}.json"),
+            format!("legacy/.layout-0/sessions/{SESSION}.json"),
+        ),
+        (
+            "events/archive/events_archive_20250901_000000.jsonl.gz".to_owned(),
+            "legacy/.layout-0/events/archive/events_archive_20250901_000000.jsonl.gz".to_owned(),
+        ),
+    ] {
+        let (from, to) = (PathBuf::from(from), PathBuf::from(to));
+        assert!(!after.contains_key(&from), "still at {}", from.display());
+        assert_eq!(
+            after.get(&to).and_then(|n| n.content.clone()),
+            before.get(&from).and_then(|n| n.content.clone()),
+            "{} -> {}",
+            from.display(),
+            to.display()
+        );
+    }
+    // Reachable through the API now.
+    let store = storage_fs::FsStorage::open(sb.store()).expect("opens once upgraded");
+    let repo = RepoKey::new("api").expect("key");
+    let job = JobId::new(JOB).expect("job");
+    assert_eq!(store.dead_letters(&repo, &job).expect("dlq").len(), 2);
+    let session = SessionId::new(SESSION).expect("id");
+    assert!(store.load_session(&repo, &session).expect("load").is_some());
+    // A second upgrade changes nothing.
+    let again = run_json(&sb, &["upgrade"]);
+    assert_eq!(again["outcome"], "nothing_to_migrate", "{again:#}");
+    assert_same_tree(&store_tree(&sb), &after, "second upgrade");
+}
+
+#[test]
+fn downgrade_gives_back_the_exact_layout_0_store() {
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    let r = run_json(&sb, &["downgrade"]);
+    assert_eq!(r["restored_files"], 14, "{r:#}");
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+    // Start-up leaves a store a person downgraded alone; `upgrade` by hand works.
+    let project = sb.project();
+    fixture::legacy_project(&project);
+    let out = run(&sb, &["migrate"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("downgraded to layout 0 on request"), "{err}");
+    run(&sb, &["upgrade"], true);
+    run(&sb, &["migrate"], true);
+}
+
+#[test]
+fn downgrade_refuses_when_upgraded_data_changed_and_force_moves_it_aside() {
+    let sb = layout0_sandbox();
+    run(&sb, &["upgrade"], true);
+    let moved = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
+    fs_err::write(&moved, b"{\"item_id\": \"item-1\", \"failure_count\": 4}").expect("write");
+    let out = run(&sb, &["downgrade"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("have changed since") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(sb.store().join("layout.json").exists(), "nothing changed");
+    let r = run_json(&sb, &["downgrade", "--force"]);
+    assert_eq!(r["displaced"].as_array().map(Vec::len), Some(1), "{r:#}");
+    let aside: Vec<_> = crate::support::files(&sb.store().join("legacy"))
+        .into_iter()
+        .filter(|(_, b)| b.ends_with(b"4}"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the changed file is kept aside");
+}
+
+#[test]
+fn migrate_upgrades_a_layout_0_store_first_and_says_so() {
+    let sb = layout0_sandbox();
+    fixture::legacy_project(&sb.project());
+    let out = run(&sb, &["migrate", "--json"], true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("first, Upgraded the store"), "{err}");
+    assert_eq!(json_of(&out)["outcome"], "migrated");
+}
+
+#[test]
+fn a_crash_at_every_step_of_an_upgrade_is_recovered_and_downgrade_is_exact() {
+    let points: Vec<&str> = storage_migrate::CRASH_POINTS
+        .iter()
+        .copied()
+        .filter(|p| !p.contains("rollback"))
+        .collect();
+    for point in points {
+        let sb = layout0_sandbox();
+        let before = store_tree(&sb);
+        crash(&sb, &["upgrade"], point);
+        let report = run_json(&sb, &["upgrade"]);
+        assert_eq!(report["outcome"], "migrated", "{point}: {report:#}");
+        run(&sb, &["downgrade"], true);
+        assert_same_tree(&store_tree(&sb), &before, point);
+    }
+    for point in storage_migrate::CRASH_POINTS
+        .iter()
+        .filter(|p| p.contains("rollback"))
+    {
+        let sb = layout0_sandbox();
+        let before = store_tree(&sb);
+        run(&sb, &["upgrade"], true);
+        crash(&sb, &["downgrade"], point);
+        run(&sb, &["downgrade"], true);
+        assert_same_tree(&store_tree(&sb), &before, point);
+    }
+}
+
+#[test]
+fn eight_processes_upgrading_at_once_upgrade_once() {
+    let sb = layout0_sandbox();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            cmd(&sb, &sb.project(), &["upgrade", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut outcomes: Vec<String> = children
+        .into_iter()
+        .map(|c| {
+            json_of(&c.wait_with_output().expect("wait"))["outcome"]
+                .as_str()
+                .expect("outcome")
+                .to_owned()
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "migrated").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(sb.store().join("layout.json").exists());
+}

@@ -1,0 +1,368 @@
+//! The global store as Prodigy's own code wrote it before this storage
+//! layer ("layout 0"): the only module that knows it.
+//!
+//! Most of layout 0 is already where the `Storage` API reads it (job
+//! checkpoints, workflow checkpoints, mappings, event logs, resume locks):
+//! those files stay where they are, untouched. The upgrade moves only what
+//! is somewhere else (the doubly nested dead letters, the one-per-repository
+//! `session_state.json`, rotated logs named `.gz` that are plain text) and
+//! keeps verbatim, under `legacy/.layout-0/<its layout-0 path>`, what the
+//! API has no home for yet (unified sessions, reduce-phase checkpoints, the
+//! retention archive, orphan registries, agent logs, crash leftovers, names
+//! that are not valid identifiers). `worktrees/`, `config.yml` and anything
+//! not on this allow-list are never moved, rewritten or deleted.
+//!
+//! Every move goes through the same transaction as a project's import
+//! (`protocol`): staged, verified, published without overwriting, the
+//! originals renamed into the upgrade's backup, and `layout.json` written
+//! as the commit. `downgrade` gives the exact layout-0 tree back.
+//!
+//! See the table in `docs/storage-layout.md`, "Upgrading from Prodigy's own
+//! layout".
+
+// Reason: Prodigy wrote these exact lowercase names; another case is not its file.
+#![allow(clippy::case_sensitive_file_extension_comparisons)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use storage_core::{ItemId, JobId, LockKey, RepoKey, SessionId, WorkflowId};
+use storage_fs::{Layout, fsx};
+
+use crate::copy::{mtime_of, open_regular};
+use crate::error::{Error, Result};
+use crate::manifest::{
+    Category, Entry, Fate, Fingerprint, Manifest, Output, Produce, RelPath, Source, Special,
+};
+use crate::plan::rel_in_store;
+
+/// The repository label in an upgrade's manifest and report: one upgrade
+/// spans every repository of the store.
+pub(crate) const REPO_LABEL: &str = "<repo>";
+
+/// What happens to one layout-0 file.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate0 {
+    /// Already where the API reads it: left exactly as it is.
+    InPlace,
+    /// Moved to `dest` (relative to the store root).
+    Move(PathBuf, Category),
+    /// Kept verbatim in the layout-0 area; the reason is reported.
+    Preserve(&'static str),
+    /// Not on the allow-list: never touched.
+    NotOurs,
+}
+
+fn valid_repo(s: &str) -> bool {
+    RepoKey::new(s).is_ok()
+}
+
+fn valid_job(s: &str) -> bool {
+    JobId::new(s).is_ok()
+}
+
+/// Decides the fate of the file at `parts` (its path's components, from
+/// the store root); `path` is where it is on disk. Only the shapes of the
+/// table in `docs/storage-layout.md` are Prodigy's; anything else is not
+/// ours and stays where it is.
+fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
+    const BAD_ID: &str = "a path component is not a valid identifier";
+    let ids = |repo: &str, job: &str| valid_repo(repo) && valid_job(job);
+    Ok(match parts {
+        // The retention archive (real gzip); `events/archive/<job>/` is a
+        // repository called `archive` and falls through to the next arm.
+        ["events", "archive", name]
+            if name.starts_with("events_archive_") && name.ends_with(".jsonl.gz") =>
+        {
+            Fate0::Preserve("the retention archive: the API reads no archive")
+        }
+        ["events", repo, job, name] if name.starts_with("events-") => {
+            if !ids(repo, job) {
+                Fate0::Preserve(BAD_ID)
+            } else if name.ends_with(".jsonl") {
+                Fate0::InPlace
+            } else if let Some(stem) = name.strip_suffix(".gz")
+                && stem.ends_with(".jsonl")
+            {
+                if is_real_gzip(path)? {
+                    Fate0::Preserve("a compressed log: the store reads plain JSONL")
+                } else {
+                    // Rotated at 100 MB: plain JSONL despite the name.
+                    Fate0::Move(
+                        ["events", repo, job, stem].iter().collect(),
+                        Category::Events,
+                    )
+                }
+            } else {
+                Fate0::NotOurs
+            }
+        }
+        ["dlq", repo, job, "mapreduce", "dlq", _, rest @ ..] => {
+            let dest = match rest {
+                ["items", item] if item.ends_with(".json") => Some(vec!["items", *item]),
+                ["index.json"] => Some(vec!["index.json"]),
+                _ => None,
+            };
+            match dest {
+                None => Fate0::NotOurs,
+                Some(_) if !ids(repo, job) => Fate0::Preserve(BAD_ID),
+                Some(tail) if tail.len() == 2 && !is_item(tail[1]) => Fate0::Preserve(BAD_ID),
+                Some(tail) => {
+                    let mut dest: PathBuf = ["dlq", repo, job].iter().collect();
+                    dest.extend(tail);
+                    Fate0::Move(dest, Category::DeadLetters)
+                }
+            }
+        }
+        ["dlq", repo, job, "items", item] if item.ends_with(".json") => {
+            if ids(repo, job) && is_item(item) {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
+        }
+        ["dlq", repo, job, "index.json"] => {
+            if ids(repo, job) {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
+        }
+        ["state", "reduce_checkpoints", _, name] if name.starts_with("reduce-checkpoint-v") => {
+            Fate0::Preserve("a reduce-phase checkpoint: the API has no home for it yet")
+        }
+        ["state", repo, "mapreduce", "jobs", job, name] => {
+            let known =
+                storage_fs::layout::checkpoint_version(name).is_some() || *name == "metadata.json";
+            if name.starts_with("checkpoint-v") && name.ends_with(".tmp") {
+                Fate0::Preserve("a crash leftover of a checkpoint write")
+            } else if !known {
+                Fate0::NotOurs
+            } else if ids(repo, job) {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
+        }
+        // Also `state/<session-id>/checkpoints/`: a session id in the
+        // repository slot, read as that key.
+        ["state", repo, "checkpoints", name] if name.ends_with(".checkpoint.json") => {
+            let wf = name.trim_end_matches(".checkpoint.json");
+            if valid_repo(repo) && WorkflowId::new(wf).is_ok() {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
+        }
+        ["state", repo, "sessions", "session_state.json"] => {
+            match (valid_repo(repo), session_id_of(path)) {
+                (true, Some(id)) => Fate0::Move(
+                    ["state", repo, "sessions", &format!("{id}.json")]
+                        .iter()
+                        .collect(),
+                    Category::Sessions,
+                ),
+                (true, None) => Fate0::Preserve("a session state without a valid `session_id`"),
+                (false, _) => Fate0::Preserve(BAD_ID),
+            }
+        }
+        ["state", repo, "mappings", name] if name.ends_with(".json") => {
+            let id = name.trim_end_matches(".json");
+            if valid_repo(repo) && SessionId::new(id).is_ok() {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
+        }
+        ["sessions", name] if name.ends_with(".json") => {
+            Fate0::Preserve("a unified session: the API has no global session store yet")
+        }
+        ["sessions", _, "checkpoint.json"] => {
+            Fate0::Preserve("a unified session's checkpoint: the API has no home for it yet")
+        }
+        ["resume_locks", name] if name.ends_with(".lock") => {
+            if LockKey::new(name.trim_end_matches(".lock")).is_ok() {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
+        }
+        ["orphaned_worktrees", _, name] if name.ends_with(".json") => {
+            Fate0::Preserve("the orphaned-worktree registry: the API has no home for it yet")
+        }
+        ["logs", _, _, ..] => Fate0::Preserve("agent logs: the API has no home for them yet"),
+        _ => Fate0::NotOurs,
+    })
+}
+
+fn is_item(name: &str) -> bool {
+    name.strip_suffix(".json")
+        .is_some_and(|stem| ItemId::new(stem).is_ok())
+}
+
+fn session_id_of(path: &Path) -> Option<SessionId> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if meta.len() > 64 * 1024 * 1024 {
+        return None;
+    }
+    let (mut f, _) = open_regular(path).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut bytes).ok()?;
+    crate::plan::session_id_in(&bytes)
+}
+
+fn is_real_gzip(path: &Path) -> Result<bool> {
+    let (mut f, _) = open_regular(path)?;
+    let mut magic = [0u8; 2];
+    let n = std::io::Read::read(&mut f, &mut magic).map_err(|e| Error::io("read", path, e))?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
+/// What a layout-0 store holds, by fate (for reports).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Layout0Counts {
+    /// Files already where the API reads them (left in place).
+    pub in_place: u64,
+    /// Files moved to where the API reads them.
+    pub moved: u64,
+    /// Files kept verbatim under `legacy/.layout-0/`, by reason.
+    pub preserved: BTreeMap<String, u64>,
+    /// Files not on the allow-list (left in place).
+    pub not_ours: u64,
+}
+
+/// Plans the upgrade of the layout-0 store at `layout`, handing each moved
+/// or preserved file to `sink` as an [`Entry`]; returns the manifest and
+/// the counts. Never follows a link; never enters `worktrees/`.
+pub(crate) fn plan(
+    layout: &Layout,
+    txid: &str,
+    sink: &mut dyn FnMut(&Entry) -> Result<()>,
+) -> Result<(Manifest, Layout0Counts)> {
+    let root = layout.root();
+    let mut m = Manifest::new(txid, root, root, REPO_LABEL);
+    let mut counts = Layout0Counts::default();
+    let area = layout.layout_0_area();
+    let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    let mut index = 0;
+    for top in Layout::LAYOUT_0_DATA_DIRS {
+        let mut stack = vec![PathBuf::from(top)];
+        while let Some(rel_dir) = stack.pop() {
+            let dir = root.join(&rel_dir);
+            let meta = match std::fs::symlink_metadata(&dir) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", &dir, e)),
+            };
+            if !meta.is_dir() {
+                if meta.is_file() {
+                    counts.not_ours += 1; // a file named like a data directory
+                }
+                continue;
+            }
+            dir_modes.insert(rel_dir.clone(), meta.mode() & 0o7777);
+            let mut entries = fsx::read_dir_sorted(&dir)?;
+            entries.reverse(); // the stack pops them in name order
+            for e in entries {
+                let rel = rel_dir.join(&e.name);
+                if e.file_type.is_dir() {
+                    stack.push(rel);
+                    continue;
+                }
+                if !e.file_type.is_file() {
+                    m.specials.push(Special {
+                        rel: RelPath(rel.clone()),
+                        kind: if e.file_type.is_symlink() {
+                            "symlink".into()
+                        } else {
+                            "special file".into()
+                        },
+                        target: std::fs::read_link(&e.path).ok().map(RelPath),
+                    });
+                    continue;
+                }
+                let parts: Option<Vec<&str>> = rel.iter().map(|c| c.to_str()).collect();
+                let fate = match parts {
+                    Some(parts) => fate(&parts, &e.path)?,
+                    None => Fate0::Preserve("a name that is not UTF-8"),
+                };
+                let (dest, category, produce) = match fate {
+                    Fate0::InPlace => {
+                        counts.in_place += 1;
+                        continue;
+                    }
+                    Fate0::NotOurs => {
+                        counts.not_ours += 1;
+                        continue;
+                    }
+                    Fate0::Move(dest, category) => {
+                        counts.moved += 1;
+                        (dest, category, Produce::Copy)
+                    }
+                    Fate0::Preserve(reason) => {
+                        *counts.preserved.entry(reason.to_owned()).or_default() += 1;
+                        let abs = Layout::under(&area, &rel).expect("walked paths are relative");
+                        (
+                            rel_in_store(layout, &abs).0,
+                            Category::LegacyPreserved,
+                            Produce::Copy,
+                        )
+                    }
+                };
+                let meta = std::fs::symlink_metadata(&e.path)
+                    .map_err(|err| Error::io("stat", &e.path, err))?;
+                let entry = Entry {
+                    index,
+                    sources: vec![Source {
+                        rel: RelPath(rel.clone()),
+                        size: meta.len(),
+                        mtime: mtime_of(&meta),
+                        mode: meta.mode() & 0o7777,
+                        hash: None,
+                        split: false,
+                        split_lines: None,
+                        fingerprint: Fingerprint::of(&meta),
+                        left: None,
+                    }],
+                    outputs: vec![Output {
+                        dest: RelPath(dest),
+                        produce,
+                        category,
+                        // A byte-for-byte copy: known before staging (dry runs).
+                        size: Some(meta.len()),
+                        hash: None,
+                        lines: None,
+                        fate: Fate::Pending,
+                    }],
+                };
+                index += 1;
+                // Only the directories that hold moved files are recorded:
+                // emptied ones are removed, and a downgrade recreates them.
+                let mut p = rel.parent();
+                while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+                    if let Some(mode) = dir_modes.get(d)
+                        && !m.dirs.iter().any(|(x, _)| x.as_path() == d)
+                    {
+                        m.dirs.push((RelPath(d.to_owned()), *mode));
+                    }
+                    p = d.parent();
+                }
+                sink(&entry)?;
+            }
+        }
+    }
+    m.user_files = counts.not_ours;
+    for (reason, n) in &counts.preserved {
+        m.warn(format!(
+            "{n} file(s) kept verbatim under `legacy/.layout-0/` (their layout-0 paths): {reason}"
+        ));
+    }
+    if counts.in_place > 0 {
+        m.warn(format!(
+            "{} file(s) were already where the store reads them and stay there",
+            counts.in_place
+        ));
+    }
+    Ok((m, counts))
+}

@@ -1,0 +1,319 @@
+//! Upgrading the store Prodigy's own code wrote (layout 0) to the current
+//! layout, and the way back (`downgrade`): the same transaction as a
+//! project's import, fed by `layout0`. See `docs/migration.md`, "Upgrading
+//! a store Prodigy wrote".
+
+use std::time::Duration;
+
+use storage_fs::FsStorage;
+
+use crate::error::{Error, Result};
+use crate::manifest::{self, HistoryEntry, Manifest, Phase, Summary};
+use crate::progress::{NoProgress, Progress};
+use crate::protocol::{self, Owner, Tx};
+use crate::report::{self, MigrationReport, Outcome, REPORT_SCHEMA_VERSION, RollbackReport};
+use crate::{layout0, plan, shell_quote};
+
+/// Options for [`upgrade`].
+#[derive(Clone, Copy)]
+pub struct UpgradeOptions<'a> {
+    /// Plan only: report what would happen and change nothing.
+    pub dry_run: bool,
+    /// How long to wait for another process upgrading the store.
+    pub wait: Duration,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+    /// Called by Prodigy's start-up rather than by a person: a store that a
+    /// person downgraded is then left alone (refused, with the command).
+    pub automatic: bool,
+}
+
+impl Default for UpgradeOptions<'_> {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            wait: Duration::from_secs(120),
+            progress: &NoProgress,
+            automatic: false,
+        }
+    }
+}
+
+/// Options for [`downgrade`].
+#[derive(Clone, Copy)]
+pub struct DowngradeOptions<'a> {
+    /// Downgrade even if upgraded files changed since, moving those aside.
+    pub force: bool,
+    /// How long to wait for another process upgrading the store.
+    pub wait: Duration,
+    /// Where progress goes.
+    pub progress: &'a dyn Progress,
+}
+
+impl Default for DowngradeOptions<'_> {
+    fn default() -> Self {
+        Self {
+            force: false,
+            wait: Duration::from_secs(120),
+            progress: &NoProgress,
+        }
+    }
+}
+
+fn tx<'a>(store: &'a FsStorage, progress: &'a dyn Progress) -> Tx<'a> {
+    Tx {
+        store,
+        owner: Owner::Store,
+        paths: Owner::Store.paths(store.layout()),
+        progress,
+    }
+}
+
+/// Whether the store needs [`upgrade`]: it holds layout-0 data, or an
+/// upgrade was interrupted. Reads a few directory entries; writes nothing.
+pub fn upgrade_due(store: &FsStorage) -> Result<bool> {
+    let paths = Owner::Store.paths(store.layout());
+    Ok(paths.journal().exists() || storage_fs::has_layout_0_data(store.root())?)
+}
+
+fn downgraded_by_request(tx: &Tx<'_>) -> Result<bool> {
+    Ok(protocol::read_history(&tx.paths)?
+        .last()
+        .is_some_and(|h| h.event == "rolled_back"))
+}
+
+fn finish_report(store: &FsStorage, mut r: MigrationReport) -> MigrationReport {
+    if r.outcome == Outcome::Migrated {
+        r.rollback_command = Some(format!(
+            "prodigy-storage --home {} downgrade",
+            shell_quote(store.root())
+        ));
+    }
+    r
+}
+
+/// Upgrades the store Prodigy's own code wrote (layout 0) to the current
+/// layout, moving what is not where the `Storage` API reads it (see
+/// `layout0`), and writing `layout.json` as the commit. Cheap and
+/// write-free when there is nothing to upgrade. Safe when many processes
+/// start at once: one upgrades, the others wait and find it done.
+pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<MigrationReport> {
+    let tx = tx(store, opts.progress);
+    let root = store.root();
+    if !upgrade_due(store)? || opts.dry_run {
+        let txid = plan::new_txid();
+        let mut summary = Summary::default();
+        let (m, _) = layout0::plan(store.layout(), &txid, &mut |e| {
+            summary.add(e);
+            Ok(())
+        })?;
+        let due = storage_fs::has_layout_0_data(root)?;
+        let outcome = if opts.dry_run && due {
+            Outcome::DryRun
+        } else {
+            Outcome::NothingToMigrate
+        };
+        return Ok(report::from_manifest(
+            store, &tx.paths, &m, &summary, outcome, None,
+        ));
+    }
+    if opts.automatic && downgraded_by_request(&tx)? {
+        return Err(Error::Refused {
+            action: "upgrade",
+            path: root.to_owned(),
+            reason: "it was downgraded to layout 0 on request; Prodigy's start-up leaves it so. \
+                     Run `prodigy-storage upgrade` to upgrade it again"
+                .into(),
+        });
+    }
+    let _lock = tx.lock(opts.wait)?;
+    crate::fault::point("after-lock");
+    let recovery = tx.recover_tx()?;
+    let recovered = recovery.as_ref().map(|r| r.what.clone());
+    if !storage_fs::has_layout_0_data(root)? {
+        // Another process upgraded it while this one waited, or recovery
+        // just finished an interrupted upgrade.
+        if let Some(finished) = recovery.and_then(|r| r.finished) {
+            let m = protocol::read_manifest(&tx.paths, &finished)?;
+            let summary = manifest::summarize(&tx.paths.entries(&finished))?;
+            let r =
+                report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered);
+            return Ok(finish_report(store, r));
+        }
+        let m = Manifest::new("none", root, root, layout0::REPO_LABEL);
+        return Ok(report::from_manifest(
+            store,
+            &tx.paths,
+            &m,
+            &Summary::default(),
+            Outcome::NothingToMigrate,
+            recovered,
+        ));
+    }
+    let txid = plan::new_txid();
+    let mut in_place = None;
+    let done = tx.run(&txid, |sink| {
+        let (m, counts) = layout0::plan(store.layout(), &txid, sink)?;
+        in_place = Some((m.clone(), counts));
+        Ok(m)
+    })?;
+    let Some((m, summary)) = done else {
+        // Everything is already where the store reads it: the upgrade is
+        // `layout.json` alone, recorded so that a downgrade removes it.
+        let (m, _) = in_place.expect("planned");
+        tx.record_upgrade_in_place(&txid)?;
+        store.stamp_layout_version()?;
+        let mut m = m;
+        m.txid.clone_from(&txid);
+        let r = report::from_manifest(
+            store,
+            &tx.paths,
+            &m,
+            &Summary::default(),
+            Outcome::Migrated,
+            recovered,
+        );
+        return Ok(finish_report(store, r));
+    };
+    let r = report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered);
+    let r = finish_report(store, r);
+    tx.commit(&m, &summary, &r)?;
+    Ok(r)
+}
+
+/// Gives back the layout-0 store an [`upgrade`] started from, byte for byte
+/// (modes and modification times too), so that an older Prodigy works
+/// again; `layout.json` is removed last. Refuses, changing nothing, when a
+/// file the upgrade moved changed since (`force`: moved aside instead, as
+/// rollback does). Prodigy's start-up then leaves the store alone until
+/// `upgrade` is run by hand.
+pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<RollbackReport> {
+    let tx = tx(store, opts.progress);
+    let root = store.root().to_owned();
+    let _lock = tx.lock(opts.wait)?;
+    let journal = protocol::read_journal(&tx.paths)?;
+    let unfinished = journal
+        .clone()
+        .filter(|j| matches!(j.phase, Phase::Publishing | Phase::Retiring));
+    let recovered = if unfinished.is_some() {
+        tx.sweep_temps()?;
+        None
+    } else {
+        tx.recover()?
+    };
+    if let Some(j) = journal.filter(|j| j.phase == Phase::RollingBack) {
+        // Recovery just finished the downgrade this command was asked for.
+        let summary = manifest::summarize(&tx.paths.entries(&j.txid))?;
+        return Ok(RollbackReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            txid: j.txid.clone(),
+            project: root,
+            restored_files: summary.sources,
+            restored_bytes: summary.source_bytes,
+            removed_from_store: summary.published,
+            displaced: Vec::new(),
+            backup: tx.paths.backup(&j.txid),
+            recovered,
+        });
+    }
+    let txid = match &unfinished {
+        Some(j) => j.txid.clone(),
+        None => latest(&tx)?.ok_or_else(|| Error::RollbackRefused {
+            reason: format!(
+                "the store at `{}` has no upgrade from layout 0 to undo (no record in `{}`)",
+                root.display(),
+                tx.paths.dir.display()
+            ),
+            paths: Vec::new(),
+        })?,
+    };
+    if unfinished.is_some() {
+        tx.release_reserve(&txid)?;
+    }
+    let Ok(m) = protocol::read_manifest(&tx.paths, &txid) else {
+        // An upgrade that moved nothing: it only wrote `layout.json`.
+        tx.record_downgrade(&txid)?;
+        store.remove_layout_version()?;
+        return Ok(RollbackReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            txid,
+            project: root,
+            restored_files: 0,
+            restored_bytes: 0,
+            removed_from_store: 0,
+            displaced: Vec::new(),
+            backup: tx.paths.backup("none"),
+            recovered,
+        });
+    };
+    let changed = tx.rollback_check(&m)?;
+    if !changed.is_empty() && !opts.force {
+        return Err(Error::RollbackRefused {
+            reason: format!(
+                "{} file(s) that the upgrade {txid} moved have changed since (first `{}`), probably \
+                 because Prodigy ran with them; downgrading would lose those changes. To downgrade \
+                 anyway, run with --force: the changed files are then moved to `{}` instead",
+                changed.len(),
+                changed[0].display(),
+                store
+                    .layout()
+                    .layout_0_area()
+                    .join("rollback-displaced")
+                    .join(&txid)
+                    .display()
+            ),
+            paths: changed,
+        });
+    }
+    let summary = tx.start_rollback(&m, opts.force)?;
+    Ok(RollbackReport {
+        schema_version: REPORT_SCHEMA_VERSION,
+        txid: txid.clone(),
+        project: root,
+        restored_files: summary.sources,
+        restored_bytes: summary.source_bytes,
+        removed_from_store: summary.published.saturating_sub(changed.len() as u64),
+        displaced: if opts.force { changed } else { Vec::new() },
+        backup: tx.paths.backup(&txid),
+        recovered,
+    })
+}
+
+/// The latest upgrade not downgraded since.
+fn latest(tx: &Tx<'_>) -> Result<Option<String>> {
+    let mut live: Vec<String> = Vec::new();
+    for e in protocol::read_history(&tx.paths)? {
+        match e.event.as_str() {
+            "migrated" => live.push(e.txid),
+            "rolled_back" => live.retain(|t| *t != e.txid),
+            _ => {}
+        }
+    }
+    Ok(live.pop())
+}
+
+impl Tx<'_> {
+    /// Records an upgrade that moved nothing (only `layout.json` is new).
+    pub(crate) fn record_upgrade_in_place(&self, txid: &str) -> Result<()> {
+        self.record(txid, "migrated")
+    }
+
+    /// Records the downgrade of such an upgrade.
+    pub(crate) fn record_downgrade(&self, txid: &str) -> Result<()> {
+        self.record(txid, "rolled_back")
+    }
+
+    fn record(&self, txid: &str, event: &str) -> Result<()> {
+        storage_fs::fsx::create_dir_all(&self.paths.dir)?;
+        protocol::append_history(
+            &self.paths,
+            &HistoryEntry {
+                txid: txid.to_owned(),
+                event: event.into(),
+                at: storage_fs::time::now(),
+                files: 0,
+                bytes: 0,
+            },
+        )
+    }
+}
