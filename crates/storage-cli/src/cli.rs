@@ -122,6 +122,20 @@ pub enum Command {
     },
     /// Print the store's directory layout, one line per directory
     Layout,
+    /// List every document and event log the store holds, with its size and time
+    ///
+    /// What Prodigy can read back through the storage API: sessions, job
+    /// checkpoints, workflow checkpoints, dead letters, session-job mappings
+    /// and event logs, per repository.
+    #[command(visible_alias = "ls", verbatim_doc_comment)]
+    List {
+        /// Only this repository key
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
     /// Upgrade a store that an older Prodigy wrote (layout 0) to the current layout
     ///
     /// Files already where the store reads them stay untouched; the others

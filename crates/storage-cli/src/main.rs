@@ -150,6 +150,21 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             say(cli, &render::layout(&root))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::List { repo, json } => {
+            let store = FsStorage::peek(&root.path)?;
+            let repo = repo
+                .as_deref()
+                .map(storage_core::RepoKey::new)
+                .transpose()?;
+            let items = store.inventory(repo.as_ref())?;
+            emit(
+                cli,
+                *json,
+                &serde_json::json!({"schema_version": 1, "store": json_path(&root.path), "items": items}),
+                || render::list(&items),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { project, json } => {
             let project = project_dir(project.project.as_deref())?;
             let store = FsStorage::peek(&root.path)?;
@@ -394,7 +409,9 @@ mod import {
                 emit(cli, *json, &report, || render::downgrade(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Status { .. } | Command::Layout => unreachable!("handled by the caller"),
+            Command::Status { .. } | Command::Layout | Command::List { .. } => {
+                unreachable!("handled by the caller")
+            }
         }
     }
 }

@@ -77,6 +77,35 @@ pub fn store_line(root: &RootChoice, layout_version: Option<u64>) -> String {
     )
 }
 
+/// `list`: one line per document or log, grouped by repository.
+pub fn list(items: &[storage_fs::Listed]) -> String {
+    let mut out = String::new();
+    if items.is_empty() {
+        out.push_str("No documents or event logs in this store.\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<20} {:<28} {:<40} {:>10}  MODIFIED",
+        "REPO", "KIND", "JOB", "ID", "SIZE"
+    );
+    for i in items {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<20} {:<28} {:<40} {:>10}  {}",
+            i.repo,
+            i.kind,
+            i.job.as_deref().unwrap_or("-"),
+            i.id.as_deref().unwrap_or("-"),
+            bytes(i.size),
+            i.modified.get(..19).unwrap_or(&i.modified)
+        );
+    }
+    let total: u64 = items.iter().map(|i| i.size).sum();
+    let _ = writeln!(out, "{} item(s), {}", items.len(), bytes(total));
+    out
+}
+
 /// The store's layout, one line per directory.
 pub fn layout(root: &RootChoice) -> String {
     let mut out = store_line(root, storage_fs::layout_version(&root.path).ok().flatten());

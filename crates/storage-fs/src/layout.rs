@@ -68,6 +68,16 @@ impl Layout {
         self.root.join("legacy").join(".layout-0")
     }
 
+    /// The directories whose subdirectories are repositories:
+    /// `state/`, `dlq/`, `events/`.
+    #[must_use]
+    pub fn data_roots(&self) -> Vec<PathBuf> {
+        ["state", "dlq", "events"]
+            .iter()
+            .map(|d| self.root.join(d))
+            .collect()
+    }
+
     /// The paths of [`Layout::LAYOUT_0_DATA_DIRS`] in this store.
     #[must_use]
     pub fn layout_0_data_dirs(&self) -> Vec<PathBuf> {

@@ -45,6 +45,7 @@
 
 pub mod events;
 pub mod fsx;
+mod inventory;
 pub mod layout;
 pub mod lock;
 pub mod repo;
@@ -52,6 +53,7 @@ mod root;
 mod store;
 pub mod time;
 
+pub use inventory::Listed;
 pub use layout::{LAYOUT_VERSION, Layout};
 pub use lock::FileLock;
 pub use repo::RepoRecord;

@@ -113,6 +113,18 @@ fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
     assert_eq!(store.dead_letters(&repo, &job).expect("dlq").len(), 2);
     let session = SessionId::new(SESSION).expect("id");
     assert!(store.load_session(&repo, &session).expect("load").is_some());
+    // `list` shows what the API reaches, with sizes and times.
+    let list = run_json(&sb, &["list", "--repo", "api"]);
+    let items = list["items"].as_array().expect("items");
+    let kinds = |k: &str| items.iter().filter(|i| i["kind"] == k).count();
+    assert_eq!(kinds("dead letter"), 2, "{list:#}");
+    assert_eq!(kinds("session"), 1, "{list:#}");
+    assert_eq!(kinds("event log"), 2, "{list:#}");
+    assert!(
+        items
+            .iter()
+            .all(|i| i["size"].as_u64().is_some_and(|n| n > 0))
+    );
     // A second upgrade changes nothing.
     let again = run_json(&sb, &["upgrade"]);
     assert_eq!(again["outcome"], "nothing_to_migrate", "{again:#}");

@@ -29,6 +29,9 @@ fn every_command_documents_itself_truthfully() {
         &["backups", "list"],
         &["backups", "prune"],
         &["layout"],
+        &["list"],
+        &["upgrade"],
+        &["downgrade"],
     ] {
         let name = if args.is_empty() {
             "help".to_owned()
