@@ -199,3 +199,83 @@ pub fn store(root: &Path) {
     write(root, "notes.txt", b"mine\n");
     write(root, "state/api/notes.md", b"also mine\n");
 }
+
+/// What [`large_store`] wrote.
+#[derive(Debug, Default)]
+pub struct LargeStore {
+    /// Files written.
+    pub files: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Event lines written.
+    pub event_lines: u64,
+}
+
+/// A layout-0 store for the upgrade benchmark: `6 * scale` repositories ×
+/// 8 jobs (three checkpoints and metadata, 40 doubly nested dead letters
+/// and an index, a 190-line event log of ~1.6 KB lines each), the
+/// per-repository `session_state.json`, and `60 * scale` unified sessions.
+/// At scale 1: about 2,600 files and 16 MB.
+pub fn large_store(root: &Path, scale: u64) -> LargeStore {
+    let mut t = LargeStore::default();
+    let mut put = |rel: String, bytes: &[u8]| {
+        let path = root.join(rel);
+        fs_err::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs_err::write(&path, bytes).expect("write");
+        t.files += 1;
+        t.bytes += bytes.len() as u64;
+    };
+    let pad = "x".repeat(1500);
+    let state = "y".repeat(8000);
+    let mut lines = 0;
+    for r in 0..6 * scale {
+        let repo = format!("repo-{r}");
+        for j in 0..8 {
+            let job = format!("mapreduce-17571468{r:03}{j:02}");
+            for v in 1..=3 {
+                put(
+                    format!("state/{repo}/mapreduce/jobs/{job}/checkpoint-v{v}.json"),
+                    format!("{{\"version\": {v}, \"job_id\": \"{job}\", \"state\": \"{state}\"}}")
+                        .as_bytes(),
+                );
+            }
+            put(
+                format!("state/{repo}/mapreduce/jobs/{job}/metadata.json"),
+                b"{\"version\": 3}",
+            );
+            for i in 0..40 {
+                put(
+                    format!("dlq/{repo}/{job}/mapreduce/dlq/{job}/items/item-{i}.json"),
+                    format!("{{\"item_id\": \"item-{i}\", \"failure_count\": 1}}").as_bytes(),
+                );
+            }
+            put(
+                format!("dlq/{repo}/{job}/mapreduce/dlq/{job}/index.json"),
+                b"{\"item_count\": 40}",
+            );
+            let mut log = String::new();
+            for n in 0..190 {
+                log.push_str(&format!(
+                    "{{\"id\":\"{n}\",\"event\":{{\"job_id\":\"{job}\",\"pad\":\"{pad}\"}}}}\n"
+                ));
+                lines += 1;
+            }
+            put(
+                format!("events/{repo}/{job}/events-20250906_082000.jsonl"),
+                log.as_bytes(),
+            );
+        }
+        put(
+            format!("state/{repo}/sessions/session_state.json"),
+            format!("{{\"session_id\": \"session-{r}\"}}").as_bytes(),
+        );
+    }
+    for s in 0..60 * scale {
+        put(
+            format!("sessions/session-{s}.json"),
+            format!("{{\"id\": \"session-{s}\", \"status\": \"Completed\"}}").as_bytes(),
+        );
+    }
+    t.event_lines = lines;
+    t
+}

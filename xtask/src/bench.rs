@@ -13,7 +13,11 @@ pub fn run_bench(args: &[String]) -> Result<()> {
     let json = args.iter().any(|a| a == "--json");
     let root = root();
     let mut rows = Vec::new();
-    for (pkg, bench) in [("storage-fs", "store"), ("storage-migrate", "migrate")] {
+    for (pkg, bench) in [
+        ("storage-fs", "store"),
+        ("storage-migrate", "migrate"),
+        ("storage-migrate", "upgrade"),
+    ] {
         eprintln!("running {pkg} {bench} (a few minutes; release build)...");
         let out = output(
             cargo()

@@ -37,6 +37,12 @@ pub fn run_faults() -> Result<()> {
             ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
         ),
         (
+            "storage-cli",
+            "cli",
+            "upgrade",
+            ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
+        ),
+        (
             "storage-tests",
             "integration",
             "random_trees",

@@ -363,6 +363,14 @@ mod with_import {
     /// The report of `downgrade`.
     pub fn downgrade(r: &RollbackReport) -> String {
         let mut out = String::new();
+        if let Some(nothing) = r
+            .recovered
+            .as_deref()
+            .filter(|rec| rec.starts_with("nothing to do"))
+        {
+            let _ = writeln!(out, "{}: {nothing}.", r.project.display());
+            return out;
+        }
         if let Some(rec) = &r.recovered {
             let _ = writeln!(out, "first, recovery: {rec}");
         }

@@ -1384,7 +1384,12 @@ impl Tx<'_> {
     /// Removes crashed writers' temp files from `migrations/<repo>/` and
     /// `<txid>/` (call under the migration lock).
     pub fn sweep_temps(&self) -> Result<Vec<PathBuf>> {
-        Ok(fsx::sweep_temp_files_within(&self.paths.dir, 1)?)
+        let mut swept = fsx::sweep_temp_files_within(&self.paths.dir, 1)?;
+        if matches!(self.owner, Owner::Store) {
+            // The upgrade's commit writes `layout.json` at the store's root.
+            swept.extend(fsx::sweep_temp_files_here(self.layout().root())?);
+        }
+        Ok(swept)
     }
 
     /// With no transaction in progress, removes what only a crash can leave:
@@ -1779,15 +1784,19 @@ impl Tx<'_> {
                 };
                 let rel = &rel;
                 let path = join(&root, rel)?;
+                // A downgrade gives back the exact layout-0 tree: directories
+                // the upgrade created go too (also when a crashed run already
+                // removed the file).
+                let tidy = || {
+                    if matches!(self.owner, Owner::Store) {
+                        remove_empty_parents(&root, rel.as_path(), &modes);
+                    }
+                };
                 match probe(&path)? {
-                    AtPath::Missing => {}
+                    AtPath::Missing => tidy(),
                     AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
                         fsx::remove_file_durable(&path)?;
-                        if matches!(self.owner, Owner::Store) {
-                            // A downgrade gives back the exact layout-0 tree:
-                            // directories the upgrade created go too.
-                            remove_empty_parents(&root, rel.as_path(), &modes);
-                        }
+                        tidy();
                     }
                     _ if force => {
                         let aside = join(&displaced, rel)?;
@@ -2009,8 +2018,14 @@ fn real_dir(dir: &Path) -> Result<()> {
 fn remove_empty_parents(base: &Path, rel: &Path, recorded: &BTreeMap<PathBuf, u32>) {
     let mut p = rel.parent();
     while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-        if recorded.contains_key(d) || std::fs::remove_dir(base.join(d)).is_err() {
+        if recorded.contains_key(d) {
             return;
+        }
+        match std::fs::remove_dir(base.join(d)) {
+            // Gone already (an earlier, interrupted run): look further up.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return,
+            Ok(()) => {}
         }
         p = d.parent();
     }

@@ -216,6 +216,27 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
             recovered,
         });
     }
+    if unfinished.is_none()
+        && latest(&tx)?.is_none()
+        && let Some(done) = protocol::read_history(&tx.paths)?.pop()
+        && !storage_fs::layout_version(&root)?.is_some()
+    {
+        // Already downgraded (a re-run after a kill late in a downgrade).
+        return Ok(RollbackReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            txid: done.txid.clone(),
+            project: root,
+            restored_files: 0,
+            restored_bytes: 0,
+            removed_from_store: 0,
+            displaced: Vec::new(),
+            backup: tx.paths.backup(&done.txid),
+            recovered: Some(format!(
+                "nothing to do: upgrade {} was already downgraded",
+                done.txid
+            )),
+        });
+    }
     let txid = match &unfinished {
         Some(j) => j.txid.clone(),
         None => latest(&tx)?.ok_or_else(|| Error::RollbackRefused {

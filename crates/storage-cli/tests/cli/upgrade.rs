@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use storage_core::{JobId, RepoKey, SessionId, StorageExt};
 use storage_tests::layout0::{self, JOB, SESSION};
@@ -238,4 +238,104 @@ fn eight_processes_upgrading_at_once_upgrade_once() {
         "{outcomes:?}"
     );
     assert!(sb.store().join("layout.json").exists());
+}
+
+/// `prodigy-storage --home <store> <args>` under `strace`, killed with
+/// `SIGKILL` at its `n`th call in `set` (`n = 0`: counted, not killed);
+/// returns how many calls it made.
+fn traced_upgrade(sb: &Sandbox, set: &str, n: u64, args: &[&str]) -> u64 {
+    let log = sb.path().join(format!("strace-{n}"));
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg("-e")
+        .arg(format!("trace={set}"));
+    if n > 0 {
+        c.arg("-e")
+            .arg(format!("inject={set}:signal=KILL:when={n}"));
+    }
+    let _ = c
+        .arg("--")
+        .arg(crate::support::bin())
+        .arg("--home")
+        .arg(sb.store())
+        .args(args)
+        .env("HOME", sb.home())
+        .env("NO_COLOR", "1")
+        .env_remove("PRODIGY_HOME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("strace");
+    let text = fs_err::read_to_string(&log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains('(') && !l.contains("+++") && !l.contains("---"))
+        .count() as u64
+}
+
+/// `SIGKILL` at every rename, fsync and unlink of an upgrade and of a
+/// downgrade (a spread sample in the quick tier, every index in the
+/// exhaustive one): the next run finishes or undoes it, and a downgrade
+/// then gives back the exact layout-0 store.
+#[test]
+fn sigkill_at_every_rename_fsync_and_unlink_of_upgrade_and_downgrade() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("SKIP: `strace` is not available here; the test did not run");
+        return;
+    }
+    let exhaustive = std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some();
+    for set in [
+        "rename,renameat,renameat2",
+        "fsync,fdatasync,syncfs",
+        "unlink,unlinkat,rmdir",
+    ] {
+        for downgrading in [false, true] {
+            let args: &[&str] = if downgrading {
+                &["downgrade"]
+            } else {
+                &["upgrade"]
+            };
+            let probe = layout0_sandbox();
+            if downgrading {
+                run(&probe, &["upgrade"], true);
+            }
+            let total = traced_upgrade(&probe, set, 0, args);
+            let picks: Vec<u64> = if exhaustive {
+                (1..=total).collect()
+            } else {
+                let mut v = vec![1, 2, 3, total / 2, total.saturating_sub(1), total];
+                v.retain(|n| (1..=total).contains(n));
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            for n in &picks {
+                let sb = layout0_sandbox();
+                let before = store_tree(&sb);
+                if downgrading {
+                    run(&sb, &["upgrade"], true);
+                }
+                traced_upgrade(&sb, set, *n, args);
+                let what = format!("{} killed at {set} #{n}", args[0]);
+                // Whatever state the kill left: it starts and explains, and
+                // both ways out work.
+                run(&sb, &["status"], true);
+                let out = cmd(&sb, &sb.project(), args).output().expect("re-run");
+                assert!(
+                    out.status.success(),
+                    "{what}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                if !downgrading {
+                    run(&sb, &["downgrade"], true);
+                }
+                assert_same_tree(&store_tree(&sb), &before, &what);
+            }
+            eprintln!(
+                "faults: SIGKILL at {set} of {}: {} of {total} indices",
+                args[0],
+                picks.len()
+            );
+        }
+    }
 }
