@@ -219,7 +219,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
     if unfinished.is_none()
         && latest(&tx)?.is_none()
         && let Some(done) = protocol::read_history(&tx.paths)?.pop()
-        && !storage_fs::layout_version(&root)?.is_some()
+        && storage_fs::layout_version(&root)?.is_none()
     {
         // Already downgraded (a re-run after a kill late in a downgrade).
         return Ok(RollbackReport {
