@@ -47,8 +47,8 @@ fn every_command_documents_itself_truthfully() {
 /// Runs `prodigy-storage` inside a pseudo-terminal with `script`; `None` where `script` is missing.
 fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
-        eprintln!(
-            "SKIP: `script` (util-linux) is not installed; the pseudo-terminal test did not run"
+crate::support::skip(
+            "`script` (util-linux) is not installed; the pseudo-terminal test did not run",
         );
         return None;
     }
