@@ -47,7 +47,7 @@ fn every_command_documents_itself_truthfully() {
 /// Runs `prodigy-storage` inside a pseudo-terminal with `script`; `None` where `script` is missing.
 fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
-crate::support::skip(
+        crate::support::skip(
             "`script` (util-linux) is not installed; the pseudo-terminal test did not run",
         );
         return None;
@@ -201,17 +201,26 @@ fn the_json_documents_have_their_documented_shape() {
     insta::assert_snapshot!("layout", redact(&sb, &layout));
 }
 
-#[test]
-fn generated_completions_and_man_page_exist() {
-    let sb = Sandbox::new();
+fn assets_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_prodigy-storage-assets"))
+}
+
+/// Runs `prodigy-storage-assets` into a fresh directory and returns it.
+fn assets(sb: &Sandbox) -> std::path::PathBuf {
     let dir = sb.path().join("assets");
-    let assets = std::path::PathBuf::from(env!("CARGO_BIN_EXE_prodigy-storage-assets"));
-    let out = Command::new(assets).arg(&dir).output().expect("run");
+    let out = Command::new(assets_bin()).arg(&dir).output().expect("run");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    dir
+}
+
+#[test]
+fn generated_completions_and_man_page_exist() {
+    let sb = Sandbox::new();
+    let dir = assets(&sb);
     for f in [
         "prodigy-storage.bash",
         "_prodigy-storage",
@@ -221,4 +230,195 @@ fn generated_completions_and_man_page_exist() {
         let text = fs_err::read_to_string(dir.join(f)).expect(f);
         assert!(text.contains("migrate"), "{f} lacks the migrate command");
     }
+}
+
+#[test]
+fn the_assets_tool_answers_help_and_refuses_options_instead_of_writing_a_directory_named_after_them()
+ {
+    let sb = Sandbox::new();
+    let out = Command::new(assets_bin())
+        .arg("--help")
+        .current_dir(sb.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "--help failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Usage: prodigy-storage-assets <DIR>"),
+        "{stdout}"
+    );
+    let out = Command::new(assets_bin())
+        .arg("--bogus")
+        .current_dir(sb.path())
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown option is a usage error"
+    );
+    let created: Vec<_> = fs_err::read_dir(sb.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with('-'))
+        .collect();
+    assert!(created.is_empty(), "created {created:?}");
+}
+
+#[test]
+fn every_man_page_the_man_pages_refer_to_is_generated_and_synopses_name_option_values() {
+    let sb = Sandbox::new();
+    let dir = assets(&sb);
+    let mut pages = Vec::new();
+    for entry in fs_err::read_dir(&dir).expect("ls") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if let Some(stem) = name.strip_suffix(".1") {
+            pages.push(stem.to_owned());
+        }
+    }
+    for cmd in [
+        "status",
+        "migrate",
+        "verify",
+        "rollback",
+        "backups",
+        "backups-list",
+        "backups-prune",
+        "layout",
+    ] {
+        assert!(
+            pages.contains(&format!("prodigy-storage-{cmd}")),
+            "no page for {cmd}: {pages:?}"
+        );
+    }
+    for page in &pages {
+        let text = fs_err::read_to_string(dir.join(format!("{page}.1"))).expect("page");
+        // Every `name(1)` reference (roff escapes `-` as `\-`) names a generated page.
+        for (i, _) in text.match_indices("(1)") {
+            let name: String = text[..i]
+                .replace("\\-", "-")
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            assert!(
+                pages.contains(&name),
+                "{page}.1 refers to {name}(1), not generated"
+            );
+        }
+        assert!(
+            text.contains("[\\fB\\-\\-home\\fR \\fIDIR\\fR]"),
+            "{page}.1 synopsis lacks `--home DIR`:\n{text}"
+        );
+    }
+    let migrate = fs_err::read_to_string(dir.join("prodigy-storage-migrate.1")).expect("page");
+    assert!(
+        migrate.contains("\\fB\\-\\-wait\\fR \\fISECS\\fR"),
+        "{migrate}"
+    );
+}
+
+/// What `bash` completes for `words` (the last one being completed), using
+/// the generated script the way bash-completion calls it.
+fn bash_complete(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={cword}\nCOMP_LINE='{}'\nCOMP_POINT=${{#COMP_LINE}}\n\
+         _prodigy__storage prodigy-storage '{}' '{prev}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" "),
+        words.join(" "),
+        words[cword],
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_commands_and_the_options_of_every_command() {
+    let sb = Sandbox::new();
+    let script = assets(&sb).join("prodigy-storage.bash");
+    let top = bash_complete(&script, &["prodigy-storage", ""]);
+    for c in [
+        "status", "migrate", "verify", "rollback", "backups", "layout",
+    ] {
+        assert!(top.iter().any(|w| w == c), "no `{c}` in {top:?}");
+    }
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "migrate", "--d"]),
+        ["--dry-run"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "rollback", "--f"]),
+        ["--force"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "backups", "prune", "--o"]),
+        ["--older-than"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "status", "--j"]),
+        ["--json"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "backups", "l"]),
+        ["list"]
+    );
+}
+
+#[test]
+fn fish_completes_the_options_of_every_command() {
+    if Command::new("fish").arg("--version").output().is_err() {
+        crate::support::skip("`fish` is not installed; fish completions were not run");
+        return;
+    }
+    let sb = Sandbox::new();
+    let script = assets(&sb).join("prodigy-storage.fish");
+    let complete = |line: &str| -> Vec<String> {
+        let out = Command::new("fish")
+            .args(["--no-config", "-c"])
+            .arg(format!(
+                "source '{}'; complete -C '{line}'",
+                script.display()
+            ))
+            .output()
+            .expect("run fish");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(complete("prodigy-storage migrate --d"), ["--dry-run"]);
+    assert_eq!(
+        complete("prodigy-storage backups prune --o"),
+        ["--older-than"]
+    );
+    let top = complete("prodigy-storage ");
+    assert!(top.iter().any(|w| w == "rollback"), "{top:?}");
 }
