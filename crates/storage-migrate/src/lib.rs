@@ -251,7 +251,9 @@ pub enum AutoOutcome {
     NothingToDo,
     /// Legacy storage was migrated (or an interrupted migration finished).
     Migrated(Box<MigrationReport>),
-    /// The project is not one to migrate (e.g. a worktree inside the store).
+    /// The project is not one to migrate (e.g. a worktree inside the store),
+    /// or its latest migration was rolled back by hand: not redone until
+    /// someone runs `migrate` (the reason names the command).
     Skipped {
         /// Why.
         reason: String,
@@ -275,17 +277,20 @@ pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
         Ok(b) => b,
         Err(e) => return AutoOutcome::Failed(e),
     };
-    if !has_legacy {
-        // Still finish a migration that a crash interrupted after the legacy
-        // files were moved out.
-        let pending = store
-            .find_repo_key(project)
-            .ok()
-            .flatten()
-            .is_some_and(|repo| Paths::new(store.layout(), &repo).journal().exists());
-        if !pending {
-            return AutoOutcome::NothingToDo;
-        }
+    let repo = store.find_repo_key(project).ok().flatten();
+    let pending = repo
+        .as_ref()
+        .is_some_and(|repo| Paths::new(store.layout(), repo).journal().exists());
+    if !has_legacy && !pending {
+        // (A pending journal is still finished: a crash interrupted a
+        // migration after the legacy files were moved out.)
+        return AutoOutcome::NothingToDo;
+    }
+    if let Some(reason) = repo
+        .filter(|_| !pending)
+        .and_then(|r| rolled_back_by_hand(store, &r, project))
+    {
+        return AutoOutcome::Skipped { reason };
     }
     if let Err(e @ Error::Refused { .. }) = plan::check_project(project, store.root()) {
         return AutoOutcome::Skipped {
@@ -299,6 +304,24 @@ pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
         Ok(r) => AutoOutcome::Migrated(Box::new(r)),
         Err(e) => AutoOutcome::Failed(e),
     }
+}
+
+/// Why the start-up hook leaves `repo` alone, if its latest recorded event is
+/// a rollback: a person undid the migration (often because something went
+/// wrong), so it is not redone behind their back. An explicit `migrate`
+/// records a new migration, after which the hook works again.
+fn rolled_back_by_hand(store: &FsStorage, repo: &RepoKey, project: &Path) -> Option<String> {
+    let history = protocol::read_history(&Paths::new(store.layout(), repo)).ok()?;
+    let last = history.last()?;
+    (last.event == "rolled_back").then(|| {
+        format!(
+            "migration {} of this project was rolled back, so it is not migrated automatically; \
+             to migrate it again: prodigy-storage --home {} migrate {}",
+            last.txid,
+            report::shell_quote(store.root()),
+            report::shell_quote(project)
+        )
+    })
 }
 
 /// Options for [`rollback`].
