@@ -293,11 +293,20 @@ mod with_import {
     pub fn verify(r: &VerifyReport) -> String {
         let mut out = String::new();
         let Some(txid) = &r.txid else {
-            let _ = writeln!(
-                out,
-                "{}: no migration recorded in this store.",
-                r.project.display()
-            );
+            if let Some(undone) = &r.rolled_back {
+                let _ = writeln!(
+                    out,
+                    "{} (repository `{}`): migration {undone} was rolled back; its legacy files are back in the project.",
+                    r.project.display(),
+                    r.repo.as_deref().unwrap_or("?")
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{}: no migration recorded in this store.",
+                    r.project.display()
+                );
+            }
             for p in &r.problems {
                 let _ = writeln!(out, "problem: {p}");
             }
@@ -309,6 +318,9 @@ mod with_import {
             r.project.display(),
             r.repo.as_deref().unwrap_or("?")
         );
+        if let Some(undone) = &r.rolled_back {
+            let _ = writeln!(out, "  (the later migration {undone} was rolled back)");
+        }
         let _ = writeln!(
             out,
             "  published files: {} intact, {} changed since, {} gone since (changes by Prodigy are normal)",

@@ -324,6 +324,28 @@ fn rolled_back_by_hand(store: &FsStorage, repo: &RepoKey, project: &Path) -> Opt
     })
 }
 
+/// A rollback refused for a missing backup, when the whole backup directory
+/// is gone: `backups prune` deleted it (what `verify` reports as pruned), so
+/// say that, not "missing or damaged ... may have been pruned".
+fn pruned_backup(e: Error, backup: &Path, txid: &str) -> Error {
+    match e {
+        Error::RollbackRefused { paths, .. }
+            if paths.first().is_some_and(|p| p.starts_with(backup)) && !backup.exists() =>
+        {
+            Error::RollbackRefused {
+                reason: format!(
+                    "the backup of migration {txid} was pruned (`prodigy-storage backups prune` deleted `{}`), \
+                     so this migration can no longer be rolled back. The migrated data is still in the store, \
+                     where Prodigy uses it",
+                    backup.display()
+                ),
+                paths,
+            }
+        }
+        e => e,
+    }
+}
+
 /// Options for [`rollback`].
 #[derive(Clone, Copy)]
 pub struct RollbackOptions<'a> {
@@ -434,7 +456,9 @@ pub fn rollback(
         });
     }
     let m = protocol::read_manifest(&tx.paths, &latest)?;
-    let changed = tx.rollback_check(&m)?;
+    let changed = tx
+        .rollback_check(&m)
+        .map_err(|e| pruned_backup(e, &tx.paths.backup(&latest), &latest))?;
     if !changed.is_empty() && !opts.force {
         return Err(Error::RollbackRefused {
             reason: format!(
@@ -545,6 +569,10 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
             j.txid, j.phase
         ));
     }
+    r.rolled_back = protocol::read_history(&paths)?
+        .pop()
+        .filter(|e| e.event == "rolled_back")
+        .map(|e| e.txid);
     let Some(txid) = latest_migration(&paths)? else {
         return Ok(r);
     };

@@ -278,6 +278,9 @@ pub struct VerifyReport {
     pub repo: Option<String>,
     /// The latest migration checked.
     pub txid: Option<String>,
+    /// The migration whose rollback is the latest recorded event, if it is
+    /// (then `txid` is an earlier migration still in place, or `None`).
+    pub rolled_back: Option<String>,
     /// Published files still byte-identical to what was migrated.
     pub published_intact: u64,
     /// Published files changed since (normal once Prodigy has run).

@@ -566,3 +566,45 @@ fn a_project_whose_directory_name_is_not_utf8_migrates_reports_and_rolls_back() 
         "rollback restores the exact tree",
     );
 }
+
+/// After a rollback `verify` says so (not "no migration recorded"); after
+/// a prune, `rollback` says the backup was pruned (not "missing or damaged
+/// ... may have been pruned").
+#[test]
+fn verify_after_a_rollback_and_rollback_after_a_prune_say_what_happened() {
+    let sb = fixture_sandbox();
+    let txid = run_json(&sb, &["migrate"])["txid"]
+        .as_str()
+        .expect("txid")
+        .to_owned();
+    run(&sb, &["rollback"], true);
+    let out = crate::support::cmd(&sb, &sb.project(), &["verify"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "{} (repository `project`): migration {txid} was rolled back; its legacy files are back in the project.",
+            fs_err::canonicalize(sb.project()).expect("canonical").display()
+        )),
+        "{text}"
+    );
+    let out = crate::support::cmd(&sb, &sb.project(), &["verify", "--json"])
+        .output()
+        .expect("run");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["rolled_back"], txid.as_str(), "{json:#}");
+
+    run(&sb, &["migrate"], true);
+    run(
+        &sb,
+        &["backups", "prune", "--older-than", "0s", "--force"],
+        true,
+    );
+    let out = run(&sb, &["rollback"], false);
+    let err = redact(&sb, &String::from_utf8_lossy(&out.stderr));
+    assert!(
+        err.starts_with("error: cannot roll back: the backup of migration [TXID] was pruned (`prodigy-storage backups prune` deleted `[SANDBOX]/home/.prodigy/migrations/project/[TXID]/backup`), so this migration can no longer be rolled back"),
+        "{err}"
+    );
+}
