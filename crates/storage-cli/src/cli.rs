@@ -140,8 +140,9 @@ pub enum BackupsAction {
         /// Show what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
-        /// Also delete backups that hold bytes found nowhere else (a split
-        /// event log, a rewritten metadata.json); kept without it
+        /// Also delete the backup of each project's latest migration (the only
+        /// way to roll it back) and backups that hold bytes found nowhere else
+        /// (a split event log, a rewritten metadata.json); kept without it
         #[arg(long)]
         force: bool,
         /// Print one JSON document (see docs/cli.md)

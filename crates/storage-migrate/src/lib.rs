@@ -785,8 +785,9 @@ pub struct PruneReport {
 ///
 /// Each repository's migration lock is taken before anything is decided,
 /// so no migration or rollback is using a backup while it goes. Kept: the
-/// backup of a migration in progress, and, unless `force`, a backup that
-/// holds bytes found nowhere else (legacy files whose content is neither in
+/// backup of a migration in progress, and, unless `force`, the backup of
+/// each repository's latest migration not rolled back (the only way to roll
+/// it back) and a backup that holds bytes found nowhere else (legacy files whose content is neither in
 /// the project nor published unchanged in the store: a split event log,
 /// a rewritten `metadata.json`, a file changed since in the store). After
 /// pruning, that migration cannot be rolled back.
@@ -828,6 +829,17 @@ pub fn prune_backups(
                 });
                 continue;
             }
+        }
+        if !force && latest_migration(&tx.paths)?.as_deref() == Some(b.txid.as_str()) {
+            report.kept.push(KeptBackup {
+                reason: format!(
+                    "it is the only way to roll back migration {}, the latest of repository `{}`; \
+                     prune with --force to delete it anyway (that migration can then no longer be rolled back)",
+                    b.txid, b.repo
+                ),
+                backup: b,
+            });
+            continue;
         }
         if !dry_run {
             protocol::remove_dir_all_if_exists(&b.path)?;

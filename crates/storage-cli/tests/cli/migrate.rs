@@ -608,3 +608,43 @@ fn verify_after_a_rollback_and_rollback_after_a_prune_say_what_happened() {
         "{err}"
     );
 }
+
+/// `backups prune --older-than 0s` without `--force` keeps the backup of
+/// the latest migration, the only way to roll it back, and says so.
+#[test]
+fn pruning_the_latest_migrations_backup_needs_force() {
+    let sb = Sandbox::new();
+    let legacy = sb.project().join(".prodigy");
+    fs_err::create_dir_all(legacy.join("cache")).expect("mkdir");
+    fs_err::write(legacy.join("cache/a.json"), b"{\"a\": 1}\n").expect("w");
+    let txid = run_json(&sb, &["migrate"])["txid"]
+        .as_str()
+        .expect("txid")
+        .to_owned();
+    let kept = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(kept["pruned"], serde_json::json!([]), "{kept:#}");
+    let reason = kept["kept"][0]["reason"].as_str().expect("reason");
+    assert_eq!(
+        reason,
+        format!(
+            "it is the only way to roll back migration {txid}, the latest of repository `project`; \
+             prune with --force to delete it anyway (that migration can then no longer be rolled back)"
+        )
+    );
+    let human = String::from_utf8_lossy(
+        &run(&sb, &["backups", "prune", "--older-than", "0s"], true).stdout,
+    )
+    .into_owned();
+    assert!(human.contains("prune with --force"), "{human}");
+    run(&sb, &["rollback"], true);
+    // Rolled back: its backup is no longer the way back; pruned without --force.
+    let pruned = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(pruned["pruned"][0]["txid"], txid.as_str(), "{pruned:#}");
+    run(&sb, &["migrate"], true);
+    let forced = run_json(&sb, &["backups", "prune", "--older-than", "0s", "--force"]);
+    assert_eq!(
+        forced["pruned"].as_array().expect("pruned").len(),
+        1,
+        "{forced:#}"
+    );
+}
