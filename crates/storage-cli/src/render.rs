@@ -203,6 +203,16 @@ mod with_import {
                 c.destination
             );
         }
+        // The categories count files in the store (what `verify` checks),
+        // the headline legacy files (what the backup holds): say why they differ.
+        let in_store: u64 = r.categories.iter().map(|c| c.files).sum();
+        if in_store != r.legacy_files {
+            let _ = writeln!(
+                out,
+                "  = {in_store} file(s) in the store from {} legacy file(s) (event logs split per job)",
+                r.legacy_files
+            );
+        }
         let _ = writeln!(
             out,
             "  your files in {legacy} left untouched: {}",

@@ -126,7 +126,8 @@ pub fn migrate(
     if opts.dry_run {
         let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
-        let (m, summary) = plan_summary(&project, &legacy, store, &repo, &plan::new_txid(), true)?;
+        // Not a real transaction id: the one the real run uses is made then.
+        let (m, summary) = plan_summary(&project, &legacy, store, &repo, "<txid>", true)?;
         let outcome = if summary.sources == 0 {
             Outcome::NothingToMigrate
         } else {

@@ -197,7 +197,11 @@ pub(crate) fn from_manifest(
         })
         .collect();
     conflicts.sort_by(|a, b| a.dest.cmp(&b.dest));
+    // In the order of the legacy file each names (the first path in
+    // backticks): a dry run finds some warnings while planning and a real
+    // run while staging, and both list them alike.
     let mut warnings = m.warnings.clone();
+    warnings.sort_by(|a, b| a.split('`').nth(1).cmp(&b.split('`').nth(1)));
     if m.warnings_omitted > 0 {
         warnings.push(format!(
             "{} more warning(s) like these are not listed",
@@ -214,7 +218,7 @@ pub(crate) fn from_manifest(
     MigrationReport {
         schema_version: REPORT_SCHEMA_VERSION,
         outcome,
-        txid: (outcome != Outcome::NothingToMigrate).then(|| m.txid.clone()),
+        txid: (outcome == Outcome::Migrated).then(|| m.txid.clone()),
         project: m.project.0.clone(),
         legacy_dir: m.legacy_dir.0.clone(),
         repo: m.repo.clone(),

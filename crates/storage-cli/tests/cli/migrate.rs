@@ -648,3 +648,85 @@ fn pruning_the_latest_migrations_backup_needs_force() {
         "{forced:#}"
     );
 }
+
+/// The dry run shows what the real run does: the same categories, files
+/// and bytes (a rewritten metadata.json included), the same warnings in the
+/// same order, and no made-up transaction id; the counts add up.
+#[test]
+fn the_dry_run_matches_the_real_run_and_the_counts_add_up() {
+    let sb = fixture_sandbox();
+    let dry = run_json(&sb, &["migrate", "--dry-run"]);
+    let human_dry =
+        String::from_utf8_lossy(&run(&sb, &["migrate", "--dry-run"], true).stdout).into_owned();
+    let real = run_json(&sb, &["migrate"]);
+    let txid = real["txid"].as_str().expect("txid");
+    assert_eq!(dry["txid"], serde_json::Value::Null, "{dry:#}");
+    assert_eq!(dry["categories"], real["categories"]);
+    let real_warnings: Vec<String> = real["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().expect("str").replace(txid, "<txid>"))
+        .collect();
+    assert_eq!(dry["warnings"], serde_json::json!(real_warnings));
+    assert!(
+        real_warnings
+            .iter()
+            .any(|w| w.contains("unrouted-events/<txid>/")),
+        "{real_warnings:?}"
+    );
+    // Files in the store (categories) = published files verify checks;
+    // legacy files = files in the backup; the report says why they differ.
+    let in_store: u64 = real["categories"]
+        .as_array()
+        .expect("categories")
+        .iter()
+        .map(|c| c["files"].as_u64().expect("files"))
+        .sum();
+    let verify = run_json(&sb, &["verify"]);
+    assert_eq!(verify["published_intact"].as_u64(), Some(in_store));
+    assert_eq!(verify["backup_intact"], real["legacy_files"]);
+    assert!(
+        human_dry.contains(&format!(
+            "  = {in_store} file(s) in the store from {} legacy file(s) (event logs split per job)\n",
+            real["legacy_files"]
+        )),
+        "{human_dry}"
+    );
+}
+
+/// A legacy `metadata.json` whose `path` is not the job's own file is kept
+/// as written, with a warning; one that is not decodable says so.
+#[test]
+fn metadata_pointing_outside_its_job_is_kept_verbatim_and_undecodable_json_is_named() {
+    let sb = Sandbox::new();
+    let jobs = sb.project().join(".prodigy/mapreduce/jobs");
+    let outside = b"{\"path\": \"/etc/passwd\", \"version\": 1}\n";
+    fs_err::create_dir_all(jobs.join("job-a")).expect("mkdir");
+    fs_err::write(jobs.join("job-a/metadata.json"), outside).expect("w");
+    fs_err::create_dir_all(jobs.join("job-b")).expect("mkdir");
+    fs_err::write(
+        jobs.join("job-b/metadata.json"),
+        b"{\"path\": \"\\ud800\"}\n",
+    )
+    .expect("w");
+    let report = run_json(&sb, &["migrate"]);
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "`mapreduce/jobs/job-a/metadata.json`: `path` (`/etc/passwd`) points outside the job's own directory; copied verbatim"
+        ),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("`mapreduce/jobs/job-b/metadata.json`: not decodable as JSON"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("not a JSON object"), "{warnings}");
+    let stored = fs_err::read(
+        sb.store()
+            .join("state/project/mapreduce/jobs/job-a/metadata.json"),
+    )
+    .expect("published");
+    assert_eq!(stored, outside);
+}

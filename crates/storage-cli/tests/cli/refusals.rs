@@ -160,3 +160,41 @@ fn a_store_that_is_a_file_is_refused_naming_the_option_that_chose_it() {
         "{err}"
     );
 }
+
+/// A store inside the project's `.prodigy` is refused with that reason, not
+/// as "this `.prodigy` is the store itself".
+#[test]
+fn a_store_inside_the_legacy_directory_is_refused_as_such() {
+    let sb = Sandbox::new();
+    fixture::legacy_project(&sb.project());
+    let store = sb.project().join(".prodigy/store");
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("--home")
+        .arg(&store)
+        .arg("migrate")
+        .arg(sb.project())
+        .env("HOME", sb.home())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = sb.redact(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        err.contains("the store `[SANDBOX]/project/.prodigy/store` is inside this `.prodigy`"),
+        "{err}"
+    );
+    assert!(!err.contains("is the store itself"), "{err}");
+}
+
+/// `layout_version: 0` is not a version: refused by name.
+#[test]
+fn a_layout_version_of_zero_is_refused() {
+    let sb = Sandbox::new();
+    fs_err::create_dir_all(sb.store()).expect("mkdir");
+    fs_err::write(sb.store().join("layout.json"), b"{\"layout_version\": 0}").expect("w");
+    let err = stderr_of(&sb, &sb.project(), &["status"]);
+    assert!(
+        err.contains("`layout_version` is 0; versions start at 1"),
+        "{err}"
+    );
+}
