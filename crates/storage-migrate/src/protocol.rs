@@ -128,7 +128,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, next: &str) -> Result<
 pub(crate) fn read_journal(paths: &Paths) -> Result<Option<Journal>> {
     read_json(
         &paths.journal(),
-        "it is written atomically, so it was changed by hand; restore it, or move it away after checking `migrations/` by hand",
+        "it is written atomically, so it was damaged by hand or by the disk; restore it, or write it again as \
+         docs/migration.md (Troubleshooting) says; never move it away, which leaves the migration half done",
     )
 }
 
