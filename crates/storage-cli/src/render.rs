@@ -399,19 +399,38 @@ mod with_import {
         if list.is_empty() {
             return "No backups.\n".to_owned();
         }
-        let mut out = String::new();
+        let row = |repo: &str,
+                   txid: &str,
+                   files: &str,
+                   size: &str,
+                   age: &str,
+                   state: &str,
+                   path: &str| {
+            format!("{repo:<20} {txid:<24} {files:>6} {size:>11} {age:>6}  {state:<11}  {path}\n")
+        };
+        let mut out = row(
+            "REPOSITORY",
+            "MIGRATION",
+            "FILES",
+            "SIZE",
+            "AGE",
+            "STATE",
+            "BACKUP",
+        );
         for b in list {
-            let _ = writeln!(
-                out,
-                "{:<20} {:<24} {:>6} file(s) {:>11}  {:>5} old{}  {}",
-                b.repo,
-                b.txid,
-                b.files,
-                bytes(b.bytes),
-                age(b.age_secs),
-                if b.rolled_back { "  (rolled back)" } else { "" },
-                b.path.display()
-            );
+            out.push_str(&row(
+                &b.repo,
+                &b.txid,
+                &b.files.to_string(),
+                &bytes(b.bytes),
+                &age(b.age_secs),
+                if b.rolled_back {
+                    "rolled back"
+                } else {
+                    "migrated"
+                },
+                &b.path.display().to_string(),
+            ));
         }
         out
     }

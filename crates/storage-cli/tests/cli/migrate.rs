@@ -730,3 +730,29 @@ fn metadata_pointing_outside_its_job_is_kept_verbatim_and_undecodable_json_is_na
     .expect("published");
     assert_eq!(stored, outside);
 }
+
+/// `backups list` has a header naming its columns.
+#[test]
+fn backups_list_has_a_header() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let out = String::from_utf8_lossy(&run(&sb, &["backups", "list"], true).stdout).into_owned();
+    let mut lines = out.lines();
+    let header = lines.next().expect("header");
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "REPOSITORY",
+            "MIGRATION",
+            "FILES",
+            "SIZE",
+            "AGE",
+            "STATE",
+            "BACKUP"
+        ],
+        "{out}"
+    );
+    let row = lines.next().expect("row");
+    assert!(row.starts_with("project "), "{out}");
+    assert!(row.contains(" 25 ") && row.contains(" migrated "), "{out}");
+}

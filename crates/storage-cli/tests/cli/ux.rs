@@ -42,6 +42,13 @@ fn every_command_documents_itself_truthfully() {
         top.contains("~/.prodigy"),
         "the help names the global store"
     );
+    for args in [&[][..], &["migrate"], &["rollback"], &["backups", "prune"]] {
+        let text = help(args);
+        assert!(
+            text.contains("\nExamples:\n  prodigy-storage "),
+            "{args:?} --help has no examples:\n{text}"
+        );
+    }
 }
 
 /// Runs `prodigy-storage` inside a pseudo-terminal with `script`; `None` where `script` is missing.
@@ -54,7 +61,7 @@ fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
     }
     let log = sb.path().join("typescript");
     let line = format!(
-        "{} --home {} {args} {}",
+        "stty cols 80; {} --home {} {args} {}",
         bin().display(),
         sb.store().display(),
         sb.project().display()
@@ -100,6 +107,56 @@ fn on_a_terminal_progress_bars_render_and_the_report_is_coloured() {
     assert!(
         screen.contains("To undo this migration: prodigy-storage --home"),
         "{screen}"
+    );
+}
+
+/// On an 80-column terminal no progress line is wider than the terminal
+/// (a wider one wraps and is redrawn below itself: `ESC [1A` cursor moves),
+/// and the verify bar shows no byte counter stuck at `0 B`.
+#[test]
+fn progress_lines_fit_an_80_column_terminal() {
+    let sb = fixture_sandbox();
+    let Some(screen) = in_pty(&sb, "migrate", true) else {
+        return;
+    };
+    assert!(
+        !screen.contains("\u{1b}[1A"),
+        "a progress line wrapped:\n{screen}"
+    );
+    let mut plain = String::new();
+    let mut chars = screen.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let bars: Vec<&str> = plain
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("] ") && l.contains(" eta "))
+        .collect();
+    assert!(bars.len() > 4, "no progress bars:\n{plain}");
+    for line in bars {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(
+        !plain
+            .split(['\r', '\n'])
+            .any(|l| l.contains("verifying") && l.contains(" 0 B/")),
+        "the verify bar shows a byte counter stuck at 0 B:\n{plain}"
     );
 }
 
