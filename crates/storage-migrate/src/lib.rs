@@ -457,6 +457,7 @@ pub fn rollback(
         });
     }
     let m = protocol::read_manifest(&tx.paths, &latest)?;
+    tracing::info!(project = %m.project.as_path().display(), txid = %latest, "rolling back migration");
     let changed = tx
         .rollback_check(&m)
         .map_err(|e| pruned_backup(e, &tx.paths.backup(&latest), &latest))?;
@@ -578,6 +579,7 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
         return Ok(r);
     };
     protocol::read_manifest(&paths, &txid)?;
+    tracing::info!(project = %canonical.display(), repo = %repo, txid = %txid, "verifying migration");
     r.txid = Some(txid.clone());
     let backup = paths.backup(&txid);
     r.backup_pruned = !backup.exists();

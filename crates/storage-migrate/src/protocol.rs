@@ -1657,6 +1657,7 @@ impl Tx<'_> {
                         owner,
                     )?;
                 }
+                tracing::debug!(file = %s.rel.as_path().display(), already_there = same, "restored from the backup");
                 self.progress.advance(1, s.size);
                 if std::mem::take(&mut first) {
                     fault::point("mid-rollback-restore");
@@ -1715,6 +1716,7 @@ impl Tx<'_> {
                     AtPath::Missing => {}
                     AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
                         fsx::remove_file_durable(&path)?;
+                        tracing::debug!(file = %rel.as_path().display(), "removed from the store");
                     }
                     _ if force => {
                         let aside = join(&displaced, rel)?;

@@ -232,6 +232,40 @@ fn verbose_and_rust_log_show_diagnostics_on_stderr() {
     assert!(!stderr.contains("DEBUG"), "{stderr}");
 }
 
+/// `-v` says what each command is doing; `-vv` names every file: each of
+/// the 25 moves into the backup, each restore and removal of a rollback.
+#[test]
+fn verbose_covers_verify_and_rollback_and_vv_names_every_file() {
+    let sb = fixture_sandbox();
+    let stderr = |args: &[&str]| {
+        let out = cmd(&sb, &sb.project(), args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let migrate = stderr(&["-vv", "migrate"]);
+    assert_eq!(
+        migrate.matches("moved into the backup").count(),
+        25,
+        "{migrate}"
+    );
+    let verify = stderr(&["-v", "verify"]);
+    assert!(verify.contains("INFO verifying migration"), "{verify}");
+    let rollback = stderr(&["-vv", "rollback"]);
+    assert!(
+        rollback.contains("INFO rolling back migration"),
+        "{rollback}"
+    );
+    assert_eq!(
+        rollback.matches("restored from the backup").count(),
+        25,
+        "{rollback}"
+    );
+    assert!(
+        rollback.matches("removed from the store").count() >= 20,
+        "{rollback}"
+    );
+}
+
 #[test]
 fn the_json_documents_have_their_documented_shape() {
     let sb = fixture_sandbox();
