@@ -65,7 +65,7 @@ fn after_an_explicit_rollback_the_hook_skips_until_migrate_is_run_by_hand() {
         &storage_migrate::RollbackOptions::default(),
     )
     .expect("rollback");
-    let before = storage_tests::tree(&sb.path());
+    let before = storage_tests::tree(sb.path());
     for _ in 0..2 {
         match ensure_migrated(&store, &sb.project()) {
             AutoOutcome::Skipped { reason } => {
@@ -76,7 +76,7 @@ fn after_an_explicit_rollback_the_hook_skips_until_migrate_is_run_by_hand() {
         }
     }
     assert_eq!(
-        storage_tests::tree(&sb.path()),
+        storage_tests::tree(sb.path()),
         before,
         "the skip changes nothing"
     );

@@ -73,7 +73,7 @@ fn without_help_subcommands(cmd: clap::Command) -> clap::Command {
         })
 }
 
-/// clap_complete's bash script names its states after the binary with `-`
+/// `clap_complete`'s bash script names its states after the binary with `-`
 /// mangled one way (`prodigy__storage__subcmd__migrate`) and matches them
 /// against labels mangled another way (`prodigy__subcmd__storage__subcmd__migrate`),
 /// so no option of any command completes. Rename the labels to the states.
@@ -101,7 +101,7 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// clap_mangen's SYNOPSIS names an option but not its value (`[--home]`);
+/// `clap_mangen`'s SYNOPSIS names an option but not its value (`[--home]`);
 /// add the value name, as `--help` shows it (`[--home DIR]`).
 fn with_value_names(cmd: &clap::Command, page: &str) -> String {
     let mut out = String::with_capacity(page.len());
