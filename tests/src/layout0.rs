@@ -8,6 +8,7 @@
 //! sessions (one torn), resume locks, the orphan registry, agent logs, the
 //! user's `config.yml`, and files no Prodigy wrote.
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 fn write(root: &Path, rel: &str, bytes: &[u8]) {
@@ -216,6 +217,7 @@ pub struct LargeStore {
 /// and an index, a 190-line event log of ~1.6 KB lines each), the
 /// per-repository `session_state.json`, and `60 * scale` unified sessions.
 /// At scale 1: about 2,600 files and 16 MB.
+#[must_use = "the totals describe what was written"]
 pub fn large_store(root: &Path, scale: u64) -> LargeStore {
     let mut t = LargeStore::default();
     let mut put = |rel: String, bytes: &[u8]| {
@@ -255,9 +257,10 @@ pub fn large_store(root: &Path, scale: u64) -> LargeStore {
             );
             let mut log = String::new();
             for n in 0..190 {
-                log.push_str(&format!(
-                    "{{\"id\":\"{n}\",\"event\":{{\"job_id\":\"{job}\",\"pad\":\"{pad}\"}}}}\n"
-                ));
+                let _ = writeln!(
+                    log,
+                    "{{\"id\":\"{n}\",\"event\":{{\"job_id\":\"{job}\",\"pad\":\"{pad}\"}}}}"
+                );
                 lines += 1;
             }
             put(

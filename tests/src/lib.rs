@@ -6,9 +6,42 @@
 //!   link targets) for insta snapshots, with the sandbox path redacted.
 //! - The `store-worker` binary in this crate is the other process in
 //!   multi-process tests (`env!("CARGO_BIN_EXE_store-worker")` in tests).
+//! - [`skip`]: a test that cannot run here (no root, no `strace`) says so
+//!   where `cargo test` shows it, and fails under `PRODIGY_REQUIRE_ALL_TESTS=1`.
 
 pub mod fixture;
 pub mod layout0;
+
+/// Marks the calling test as not run here, for `reason` (what is missing):
+/// prints `SKIP: <test>: <reason>` where the default `cargo test` output
+/// shows it, and returns so the test can `return`.
+///
+/// libtest captures `print!`/`eprint!` of a passing test, so the line is
+/// written straight to the process's stderr, which it does not capture.
+///
+/// # Panics
+/// Under `PRODIGY_REQUIRE_ALL_TESTS=1` (CI sets it where root, `strace` and
+/// mounts are available): a test CI means to run must not pass by skipping.
+pub fn skip(reason: &str) {
+    assert!(
+        std::env::var_os("PRODIGY_REQUIRE_ALL_TESTS").is_none_or(|v| v != "1"),
+        "this test would be skipped ({reason}), but PRODIGY_REQUIRE_ALL_TESTS=1 requires every test to run"
+    );
+    announce_skip(reason);
+}
+
+/// Like [`skip`] for a test that belongs to a longer tier than the one
+/// running (e.g. `PRODIGY_FAULTS_EXHAUSTIVE=1`): printed, never an error.
+pub fn skip_outside_tier(reason: &str) {
+    announce_skip(reason);
+}
+
+fn announce_skip(reason: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr().lock(), "SKIP: {name}: {reason}");
+}
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;

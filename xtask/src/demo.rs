@@ -20,8 +20,17 @@ pub fn run_demo() -> Result<()> {
     fs_err::create_dir_all(&scratch)?;
     // `cp -a` keeps links as links and the files' modes and times.
     run(Command::new("cp").arg("-a").arg(&sample).arg(&project))?;
+    // Said before the build, with cargo's own progress after it: a cold
+    // build takes about a minute, and a silent minute looks hung.
+    eprintln!("building prodigy-storage (a first build takes a minute or two)...");
     run(cargo()
-        .args(["build", "--quiet", "--package", "storage-cli"])
+        .args([
+            "build",
+            "--package",
+            "storage-cli",
+            "--bin",
+            "prodigy-storage",
+        ])
         .current_dir(&root))?;
     let bin = target_dir(&root).join("debug/prodigy-storage");
     let step = |args: &[&str]| -> Result<()> {

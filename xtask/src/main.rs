@@ -23,12 +23,27 @@ tasks:
                              release binary size with and without the legacy import
   tidy                       dependency edges, module docs, no unwrap, reasons on allows
   bench [--json]             the store and migration benchmarks, one table of ratios
-  assets [DIR]               shell completions and the man page (default: target/assets)
+  assets [DIR]               shell completions and the man pages (default: target/assets)
   faults                     the exhaustive fault tier (every syscall index, many kills, 500 random trees)
   fuzz [SECONDS]             each fuzz target for SECONDS (default 60); needs cargo-fuzz and nightly
 ";
 
-fn main() -> Result<()> {
+/// Runs the task; an error is printed as its message and causes, never as
+/// `anyhow`'s `Debug` form (which adds a backtrace under `RUST_BACKTRACE=1`).
+fn main() -> std::process::ExitCode {
+    match run_task() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = args.get(1..).unwrap_or_default();
     match args.first().map(String::as_str) {
@@ -61,8 +76,9 @@ fn main() -> Result<()> {
                     "--quiet",
                     "--package",
                     "storage-cli",
+                    "--bin",
+                    "prodigy-storage-assets",
                     "--",
-                    "generate",
                 ])
                 .arg(&dir)
                 .current_dir(&root))

@@ -22,7 +22,16 @@ use clap::{Args, Parser, Subcommand};
     name = "prodigy-storage",
     version,
     max_term_width = 100,
-    verbatim_doc_comment
+    verbatim_doc_comment,
+    after_help = "\
+Examples:
+  prodigy-storage status                    # where the store is, and this project's legacy data
+  prodigy-storage migrate --dry-run         # what migrate would do; changes nothing
+  prodigy-storage migrate                   # move this project's legacy storage into the store
+  prodigy-storage verify                    # check the latest migration and its backup
+  prodigy-storage rollback                  # undo the latest migration
+  prodigy-storage backups prune --older-than 30d
+  prodigy-storage --home /tmp/store migrate ~/work/api --json"
 )]
 pub struct Cli {
     /// The store's directory [default: $PRODIGY_HOME, else ~/.prodigy]
@@ -68,7 +77,14 @@ pub enum Command {
     /// and the originals are kept in a backup inside the store until you prune
     /// it. An interrupted run is finished or undone by the next one. Running it
     /// again when there is nothing left to move changes nothing.
-    #[command(verbatim_doc_comment)]
+    #[command(
+        verbatim_doc_comment,
+        after_help = "\
+Examples:
+  prodigy-storage migrate --dry-run         # the plan: what goes where, warnings
+  prodigy-storage migrate                   # the project of the current directory
+  prodigy-storage migrate ~/work/api --json # another project; one JSON document"
+    )]
     Migrate {
         #[command(flatten)]
         project: ProjectArg,
@@ -101,7 +117,13 @@ pub enum Command {
     /// and modification time. Refuses (and changes nothing) if files it would
     /// remove from the store changed since; `--force` then moves those aside
     /// instead of removing them. The backup stays until `backups prune`.
-    #[command(verbatim_doc_comment)]
+    #[command(
+        verbatim_doc_comment,
+        after_help = "\
+Examples:
+  prodigy-storage rollback                  # refuses if Prodigy changed migrated files since
+  prodigy-storage rollback --force          # then moves those files aside instead"
+    )]
     Rollback {
         #[command(flatten)]
         project: ProjectArg,
@@ -187,6 +209,10 @@ pub enum BackupsAction {
         json: bool,
     },
     /// Delete backups older than a given age (the migration can then no longer be rolled back)
+    #[command(after_help = "\
+Examples:
+  prodigy-storage backups prune --older-than 30d --dry-run   # what would go
+  prodigy-storage backups prune --older-than 30d")]
     Prune {
         /// Minimum age: a number with a unit, e.g. 30d, 12h, 90m, 0s (all)
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
@@ -194,8 +220,9 @@ pub enum BackupsAction {
         /// Show what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
-        /// Also delete backups that hold bytes found nowhere else (a split
-        /// event log, a rewritten metadata.json); kept without it
+        /// Also delete the backup of each project's latest migration (the only
+        /// way to roll it back) and backups that hold bytes found nowhere else
+        /// (a split event log, a rewritten metadata.json); kept without it
         #[arg(long)]
         force: bool,
         /// Print one JSON document (see docs/cli.md)

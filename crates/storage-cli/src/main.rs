@@ -143,8 +143,70 @@ fn say(cli: &Cli, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a store path that cannot be a directory: it, or the nearest
+/// ancestor that exists, is a file. Said here with the choice to change,
+/// instead of as `Not a directory` on `<store>/layout.json`.
+fn check_store_path(root: &RootChoice) -> Result<()> {
+    let fix = match root.source {
+        storage_fs::RootSource::Flag => "pass a directory to `--home`",
+        storage_fs::RootSource::Env => "set `PRODIGY_HOME` to a directory",
+        storage_fs::RootSource::Default => "move that file aside, or choose a store with `--home`",
+    };
+    let mut at = root.path.as_path();
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) if at == root.path => anyhow::bail!(
+                "the store `{}` (chosen by {}) is a file, not a directory; {fix}",
+                root.path.display(),
+                root.source
+            ),
+            Ok(_) => anyhow::bail!(
+                "the store `{}` (chosen by {}) cannot be a directory: `{}` is a file; {fix}",
+                root.path.display(),
+                root.source,
+                at.display()
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(parent) => at = parent,
+                    None => return Ok(()),
+                }
+            }
+            // Permission problems and the like are reported, with the
+            // path, by whatever reads the store first.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// `status` of a path that is not a directory: an error, not a report that
+/// it "cannot be read" with exit status 0 (a mistyped path looked fine).
+fn check_project_dir(project: &Path) -> Result<()> {
+    match std::fs::metadata(project) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "the project `{}` is not a directory; give the project's directory",
+            project.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "the project `{}` does not exist; check the path (without one, the git top level of the current directory is used)",
+            project.display()
+        ),
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot read the project `{}`", project.display()))
+        }
+    }
+}
+
 fn run(cli: &Cli) -> Result<ExitCode> {
     let root = store_root(cli)?;
+    check_store_path(&root)?;
     match &cli.command {
         Command::Layout => {
             say(cli, &render::layout(&root))?;
@@ -167,6 +229,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Status { project, json } => {
             let project = project_dir(project.project.as_deref())?;
+            check_project_dir(&project)?;
             let store = FsStorage::peek(&root.path)?;
             status(cli, &root, &store, &project, *json)
         }

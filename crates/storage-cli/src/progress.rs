@@ -56,13 +56,18 @@ fn bar_for(step: Step, files: u64, total_bytes: u64) -> ProgressBar {
         bar.set_prefix(step.label());
         return bar;
     }
+    // `wide_bar` takes what the terminal's width leaves, so a line never
+    // wraps (a wrapped line is redrawn below itself on every tick).
     let (len, template) = if total_bytes > 0 {
         (
             total_bytes,
-            "{prefix:>10} [{bar:30}] {msg} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            "{prefix:>10} [{wide_bar}] {msg} {bytes}/{total_bytes} eta {eta}",
         )
     } else {
-        (files, "{prefix:>10} [{bar:30}] {pos}/{len} files eta {eta}")
+        (
+            files,
+            "{prefix:>10} [{wide_bar}] {pos}/{len} files eta {eta}",
+        )
     };
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(10));
     bar.set_style(
@@ -78,6 +83,9 @@ impl Progress for Display {
     fn start(&self, step: Step, files: u64, total_bytes: u64) {
         match self {
             Display::Bars(slot) => {
+                // Verification counts the legacy files it re-reads without
+                // their bytes: by files, so no byte counter sits at `0 B`.
+                let total_bytes = if step == Step::Verify { 0 } else { total_bytes };
                 let bar = bar_for(step, files, total_bytes);
                 if total_bytes > 0 {
                     bar.set_message(format!("0/{files} files"));

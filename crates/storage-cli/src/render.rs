@@ -236,6 +236,16 @@ mod with_import {
                 c.destination
             );
         }
+        // The categories count files in the store (what `verify` checks),
+        // the headline legacy files (what the backup holds): say why they differ.
+        let in_store: u64 = r.categories.iter().map(|c| c.files).sum();
+        if in_store != r.legacy_files {
+            let _ = writeln!(
+                out,
+                "  = {in_store} file(s) in the store from {} legacy file(s) (event logs split per job)",
+                r.legacy_files
+            );
+        }
         let _ = writeln!(
             out,
             "  your files in {legacy} left untouched: {}",
@@ -413,11 +423,20 @@ mod with_import {
     pub fn verify(r: &VerifyReport) -> String {
         let mut out = String::new();
         let Some(txid) = &r.txid else {
-            let _ = writeln!(
-                out,
-                "{}: no migration recorded in this store.",
-                r.project.display()
-            );
+            if let Some(undone) = &r.rolled_back {
+                let _ = writeln!(
+                    out,
+                    "{} (repository `{}`): migration {undone} was rolled back; its legacy files are back in the project.",
+                    r.project.display(),
+                    r.repo.as_deref().unwrap_or("?")
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{}: no migration recorded in this store.",
+                    r.project.display()
+                );
+            }
             for p in &r.problems {
                 let _ = writeln!(out, "problem: {p}");
             }
@@ -429,6 +448,9 @@ mod with_import {
             r.project.display(),
             r.repo.as_deref().unwrap_or("?")
         );
+        if let Some(undone) = &r.rolled_back {
+            let _ = writeln!(out, "  (the later migration {undone} was rolled back)");
+        }
         let _ = writeln!(
             out,
             "  published files: {} intact, {} changed since, {} gone since (changes by Prodigy are normal)",
@@ -497,19 +519,38 @@ mod with_import {
         if list.is_empty() {
             return "No backups.\n".to_owned();
         }
-        let mut out = String::new();
+        let row = |repo: &str,
+                   txid: &str,
+                   files: &str,
+                   size: &str,
+                   age: &str,
+                   state: &str,
+                   path: &str| {
+            format!("{repo:<20} {txid:<24} {files:>6} {size:>11} {age:>6}  {state:<11}  {path}\n")
+        };
+        let mut out = row(
+            "REPOSITORY",
+            "MIGRATION",
+            "FILES",
+            "SIZE",
+            "AGE",
+            "STATE",
+            "BACKUP",
+        );
         for b in list {
-            let _ = writeln!(
-                out,
-                "{:<20} {:<24} {:>6} file(s) {:>11}  {:>5} old{}  {}",
-                b.repo,
-                b.txid,
-                b.files,
-                bytes(b.bytes),
-                age(b.age_secs),
-                if b.rolled_back { "  (rolled back)" } else { "" },
-                b.path.display()
-            );
+            out.push_str(&row(
+                &b.repo,
+                &b.txid,
+                &b.files.to_string(),
+                &bytes(b.bytes),
+                &age(b.age_secs),
+                if b.rolled_back {
+                    "rolled back"
+                } else {
+                    "migrated"
+                },
+                &b.path.display().to_string(),
+            ));
         }
         out
     }

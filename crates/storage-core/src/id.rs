@@ -3,9 +3,11 @@
 //! Every identifier that the store turns into a path component is a newtype
 //! whose only constructor validates it. The rules are the ones in
 //! `docs/storage-layout.md`: a value that could escape its directory, hide
-//! among our own temp and lock files (leading `.`), or exceed a file-name
-//! limit is *rejected*, never rewritten, so that two distinct inputs can
-//! never silently map to one file.
+//! among our own temp and lock files (leading `.`), exceed a file-name
+//! limit, or look like another name (surrounding whitespace, Unicode
+//! bidirectional controls that reorder what a listing shows) is *rejected*,
+//! never rewritten, so that two distinct inputs can never silently map to
+//! one file.
 
 use std::fmt;
 
@@ -28,6 +30,23 @@ pub enum IdProblem {
     Control,
     /// The value is longer than [`MAX_ID_BYTES`].
     TooLong,
+    /// The value starts or ends with whitespace (`"job-a "` lists as `job-a`).
+    SurroundingWhitespace,
+    /// The value contains a Unicode bidirectional control (see [`is_bidi_control`]),
+    /// which makes a name display in another order than it is.
+    BidiControl,
+}
+
+/// The Unicode bidirectional formatting characters: U+061C, U+200E, U+200F,
+/// U+202A to U+202E and U+2066 to U+2069. Not control characters to
+/// [`char::is_control`], but they reorder how a name is shown
+/// (`job-\u{202E}gpj.exe` displays as `job-exe.jpg`).
+#[must_use]
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 impl fmt::Display for IdProblem {
@@ -39,6 +58,10 @@ impl fmt::Display for IdProblem {
             IdProblem::Separator => "it contains a path separator",
             IdProblem::Control => "it contains NUL or a control character",
             IdProblem::TooLong => "it is longer than 255 bytes",
+            IdProblem::SurroundingWhitespace => "it starts or ends with whitespace",
+            IdProblem::BidiControl => {
+                "it contains a Unicode bidirectional control character (U+202E and the like), which makes it display as another name"
+            }
         })
     }
 }
@@ -67,6 +90,10 @@ pub fn check_component(kind: &'static str, value: &str) -> Result<(), IdError> {
         Some(IdProblem::Separator)
     } else if value.chars().any(char::is_control) {
         Some(IdProblem::Control)
+    } else if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        Some(IdProblem::SurroundingWhitespace)
+    } else if value.chars().any(is_bidi_control) {
+        Some(IdProblem::BidiControl)
     } else if value.len() > MAX_ID_BYTES {
         Some(IdProblem::TooLong)
     } else {

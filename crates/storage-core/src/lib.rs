@@ -54,7 +54,7 @@ pub mod conformance;
 pub use error::{Error, Result};
 pub use id::{
     IdError, IdProblem, ItemId, JobId, LockKey, MAX_ID_BYTES, RepoKey, SessionId, WorkflowId,
-    check_component,
+    check_component, is_bidi_control,
 };
 pub use memory::MemoryStorage;
 pub use record::{

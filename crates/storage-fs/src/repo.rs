@@ -11,8 +11,10 @@
 //! never reassigned. Registration happens under `locks/repos.lock`.
 //!
 //! A base name that is not a valid identifier is mapped to one by a fixed
-//! rule (leading dots dropped, separators and control characters replaced by
-//! `_`, cut to 160 bytes, `root` if nothing is left) before the steps above.
+//! rule (leading dots and whitespace dropped, separators, control characters
+//! and Unicode bidirectional controls replaced by `_`, cut to 160 bytes,
+//! trailing whitespace dropped, `root` if nothing is left) before the steps
+//! above.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -54,20 +56,23 @@ pub fn base_key(canonical: &Path) -> RepoKey {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut s: String = raw
-        .trim_start_matches('.')
+    let mapped: String = raw
         .chars()
         .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
+            if c == '/' || c == '\\' || c.is_control() || storage_core::is_bidi_control(c) {
                 '_'
             } else {
                 c
             }
         })
         .collect();
+    let mut s = mapped
+        .trim_start_matches(|c: char| c == '.' || c.is_whitespace())
+        .to_owned();
     while s.len() > 160 {
         s.pop();
     }
+    s.truncate(s.trim_end().len());
     if s.is_empty() {
         "root".clone_into(&mut s);
     }

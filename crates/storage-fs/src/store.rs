@@ -201,10 +201,14 @@ fn read_layout_version(layout: &Layout) -> Result<Option<u64>> {
         reason,
     };
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    doc.get("layout_version")
-        .and_then(Value::as_u64)
-        .map(Some)
-        .ok_or_else(|| corrupt("no integer `layout_version`".to_owned()))
+    match doc.get("layout_version").and_then(Value::as_u64) {
+        None => Err(corrupt("no integer `layout_version`".to_owned())),
+        // Versions start at 1: a 0 was written by hand or by something else.
+        Some(0) => Err(corrupt(
+            "`layout_version` is 0; versions start at 1".to_owned(),
+        )),
+        Some(v) => Ok(Some(v)),
+    }
 }
 
 /// The layout version of the store at `root`, without creating anything:

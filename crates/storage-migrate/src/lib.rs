@@ -129,7 +129,8 @@ pub fn migrate(
     if opts.dry_run {
         let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
-        let (m, summary) = plan_summary(&project, &legacy, store, &repo, &plan::new_txid(), true)?;
+        // Not a real transaction id: the one the real run uses is made then.
+        let (m, summary) = plan_summary(&project, &legacy, store, &repo, "<txid>", true)?;
         let outcome = if summary.sources == 0 {
             Outcome::NothingToMigrate
         } else {
@@ -293,7 +294,9 @@ pub enum AutoOutcome {
     NothingToDo,
     /// Legacy storage was migrated (or an interrupted migration finished).
     Migrated(Box<MigrationReport>),
-    /// The project is not one to migrate (e.g. a worktree inside the store).
+    /// The project is not one to migrate (e.g. a worktree inside the store),
+    /// or its latest migration was rolled back by hand: not redone until
+    /// someone runs `migrate` (the reason names the command).
     Skipped {
         /// Why.
         reason: String,
@@ -332,17 +335,20 @@ pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
         Ok(b) => b,
         Err(e) => return AutoOutcome::Failed(e),
     };
-    if !has_legacy {
-        // Still finish a migration that a crash interrupted after the legacy
-        // files were moved out.
-        let pending = store
-            .find_repo_key(project)
-            .ok()
-            .flatten()
-            .is_some_and(|repo| Paths::new(store.layout(), &repo).journal().exists());
-        if !pending {
-            return AutoOutcome::NothingToDo;
-        }
+    let repo = store.find_repo_key(project).ok().flatten();
+    let pending = repo
+        .as_ref()
+        .is_some_and(|repo| Paths::new(store.layout(), repo).journal().exists());
+    if !has_legacy && !pending {
+        // (A pending journal is still finished: a crash interrupted a
+        // migration after the legacy files were moved out.)
+        return AutoOutcome::NothingToDo;
+    }
+    if let Some(reason) = repo
+        .filter(|_| !pending)
+        .and_then(|r| rolled_back_by_hand(store, &r, project))
+    {
+        return AutoOutcome::Skipped { reason };
     }
     if let Err(e @ Error::Refused { .. }) = plan::check_project(project, store.root()) {
         return AutoOutcome::Skipped {
@@ -355,6 +361,46 @@ pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
         }
         Ok(r) => AutoOutcome::Migrated(Box::new(r)),
         Err(e) => AutoOutcome::Failed(e),
+    }
+}
+
+/// Why the start-up hook leaves `repo` alone, if its latest recorded event is
+/// a rollback: a person undid the migration (often because something went
+/// wrong), so it is not redone behind their back. An explicit `migrate`
+/// records a new migration, after which the hook works again.
+fn rolled_back_by_hand(store: &FsStorage, repo: &RepoKey, project: &Path) -> Option<String> {
+    let history = protocol::read_history(&Paths::new(store.layout(), repo)).ok()?;
+    let last = history.last()?;
+    (last.event == "rolled_back").then(|| {
+        format!(
+            "migration {} of this project was rolled back, so it is not migrated automatically; \
+             to migrate it again: prodigy-storage --home {} migrate {}",
+            last.txid,
+            report::shell_quote(store.root()),
+            report::shell_quote(project)
+        )
+    })
+}
+
+/// A rollback refused for a missing backup, when the whole backup directory
+/// is gone: `backups prune` deleted it (what `verify` reports as pruned), so
+/// say that, not "missing or damaged ... may have been pruned".
+fn pruned_backup(e: Error, backup: &Path, txid: &str) -> Error {
+    match e {
+        Error::RollbackRefused { paths, .. }
+            if paths.first().is_some_and(|p| p.starts_with(backup)) && !backup.exists() =>
+        {
+            Error::RollbackRefused {
+                reason: format!(
+                    "the backup of migration {txid} was pruned (`prodigy-storage backups prune` deleted `{}`), \
+                     so this migration can no longer be rolled back. The migrated data is still in the store, \
+                     where Prodigy uses it",
+                    backup.display()
+                ),
+                paths,
+            }
+        }
+        e => e,
     }
 }
 
@@ -468,7 +514,10 @@ pub fn rollback(
         });
     }
     let m = protocol::read_manifest(&tx.paths, &latest)?;
-    let changed = tx.rollback_check(&m)?;
+    tracing::info!(project = %m.project.as_path().display(), txid = %latest, "rolling back migration");
+    let changed = tx
+        .rollback_check(&m)
+        .map_err(|e| pruned_backup(e, &tx.paths.backup(&latest), &latest))?;
     if !changed.is_empty() && !opts.force {
         return Err(Error::RollbackRefused {
             reason: format!(
@@ -580,10 +629,15 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
             j.txid, j.phase
         ));
     }
+    r.rolled_back = protocol::read_history(&paths)?
+        .pop()
+        .filter(|e| e.event == "rolled_back")
+        .map(|e| e.txid);
     let Some(txid) = latest_migration(&paths)? else {
         return Ok(r);
     };
     protocol::read_manifest(&paths, &txid)?;
+    tracing::info!(project = %canonical.display(), repo = %repo, txid = %txid, "verifying migration");
     r.txid = Some(txid.clone());
     let backup = paths.backup(&txid);
     r.backup_pruned = !backup.exists();
@@ -792,8 +846,9 @@ pub struct PruneReport {
 ///
 /// Each repository's migration lock is taken before anything is decided,
 /// so no migration or rollback is using a backup while it goes. Kept: the
-/// backup of a migration in progress, and, unless `force`, a backup that
-/// holds bytes found nowhere else (legacy files whose content is neither in
+/// backup of a migration in progress, and, unless `force`, the backup of
+/// each repository's latest migration not rolled back (the only way to roll
+/// it back) and a backup that holds bytes found nowhere else (legacy files whose content is neither in
 /// the project nor published unchanged in the store: a split event log,
 /// a rewritten `metadata.json`, a file changed since in the store). After
 /// pruning, that migration cannot be rolled back.
@@ -835,6 +890,17 @@ pub fn prune_backups(
                 });
                 continue;
             }
+        }
+        if !force && latest_migration(&tx.paths)?.as_deref() == Some(b.txid.as_str()) {
+            report.kept.push(KeptBackup {
+                reason: format!(
+                    "it is the only way to roll back migration {}, the latest of repository `{}`; \
+                     prune with --force to delete it anyway (that migration can then no longer be rolled back)",
+                    b.txid, b.repo
+                ),
+                backup: b,
+            });
+            continue;
         }
         if !dry_run {
             protocol::remove_dir_all_if_exists(&b.path)?;

@@ -346,17 +346,34 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
             reason: "it is a symbolic link, which migration never follows; replace it with the directory it points to".into(),
         });
     }
-    if legacy == store
-        || store.starts_with(&legacy)
-        || legacy.starts_with(&store)
-        || within(&store, legacy_id)
-        || within(&legacy, store_id)
-    {
+    let is_store = legacy == store || legacy_id.is_some() && legacy_id == store_id;
+    if is_store {
         return Err(Error::Refused {
             action: "migrate",
             path: legacy,
             reason: format!(
                 "this `.prodigy` is the store itself (`{}`), not a project's legacy storage; run from your project directory",
+                store.display()
+            ),
+        });
+    }
+    if store.starts_with(&legacy) || within(&store, legacy_id) {
+        return Err(Error::Refused {
+            action: "migrate",
+            path: legacy,
+            reason: format!(
+                "the store `{}` is inside this `.prodigy`, so migrating would move the store into itself; \
+                 choose a store outside the project (--home or PRODIGY_HOME)",
+                store.display()
+            ),
+        });
+    }
+    if legacy.starts_with(&store) || within(&legacy, store_id) {
+        return Err(Error::Refused {
+            action: "migrate",
+            path: legacy,
+            reason: format!(
+                "this `.prodigy` is inside the store `{}`, not a project's legacy storage; run from your project directory",
                 store.display()
             ),
         });
@@ -430,6 +447,14 @@ pub(crate) fn session_id_in(bytes: &[u8]) -> Option<SessionId> {
 }
 
 /// Whether the file is one whole JSON value (cheap: nothing is built).
+/// The bytes of the regular file at `path` (never through a link or a FIFO).
+fn read_regular(path: &Path) -> Option<Vec<u8>> {
+    let (mut f, _) = open_regular(path).ok()?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 fn is_json(path: &Path) -> bool {
     let Ok((mut f, _)) = open_regular(path) else {
         return false;
@@ -597,11 +622,20 @@ pub fn plan(
                 Produce::Copy,
                 Category::JobState,
             ),
-            Class::JobMetadata(job) => out(
-                doc(DocKey::JobMetadata { repo: r, job }),
-                Produce::RewriteMetadataPath,
-                Category::JobState,
-            ),
+            Class::JobMetadata(job) => {
+                let dest = doc(DocKey::JobMetadata { repo: r, job });
+                let mut o = out(dest, Produce::RewriteMetadataPath, Category::JobState);
+                if preview {
+                    // The size the rewritten file will have, as a real run reports it.
+                    let new_dir = layout.root().join(o.dest.as_path());
+                    if let (Some(bytes), Some(new_dir)) = (read_regular(&path), new_dir.parent()) {
+                        let (rewritten, _) =
+                            crate::protocol::rewrite_metadata_path(&bytes, new_dir);
+                        o.size = Some(rewritten.len() as u64);
+                    }
+                }
+                o
+            }
             Class::DeadLetter(job, item) => out(
                 doc(DocKey::DeadLetter { repo: r, job, item }),
                 Produce::Copy,

@@ -164,7 +164,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, next: &str) -> Result<
 pub(crate) fn read_journal(paths: &Paths) -> Result<Option<Journal>> {
     read_json(
         &paths.journal(),
-        "it is written atomically, so it was changed by hand; restore it, or move it away after checking `migrations/` by hand",
+        "it is written atomically, so it was damaged by hand or by the disk; restore it, or write it again as \
+         docs/migration.md (Troubleshooting) says; never move it away, which leaves the migration half done",
     )
 }
 
@@ -1725,6 +1726,7 @@ impl Tx<'_> {
                         owner,
                     )?;
                 }
+                tracing::debug!(file = %s.rel.as_path().display(), already_there = same, "restored from the backup");
                 self.progress.advance(1, s.size);
                 if std::mem::take(&mut first) {
                     fault::point("mid-rollback-restore");
@@ -1796,6 +1798,7 @@ impl Tx<'_> {
                     AtPath::Missing => tidy(),
                     AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
                         fsx::remove_file_durable(&path)?;
+                        tracing::debug!(file = %rel.as_path().display(), "removed from the store");
                         tidy();
                     }
                     _ if force => {
@@ -1957,8 +1960,10 @@ fn publish_dirs(staging: &Path, root: &Path, rel: &Path, moved: &mut Vec<PathBuf
 /// Points `path` in a legacy `metadata.json` at `new_dir`; returns the new
 /// bytes and a warning when the file had to be copied verbatim instead.
 pub(crate) fn rewrite_metadata_path(bytes: &[u8], new_dir: &Path) -> (Vec<u8>, Option<String>) {
-    let Ok(serde_json::Value::Object(mut doc)) = serde_json::from_slice(bytes) else {
-        return (bytes.to_vec(), Some("not a JSON object".into()));
+    let mut doc = match serde_json::from_slice(bytes) {
+        Ok(serde_json::Value::Object(doc)) => doc,
+        Ok(_) => return (bytes.to_vec(), Some("not a JSON object".into())),
+        Err(e) => return (bytes.to_vec(), Some(format!("not decodable as JSON ({e})"))),
     };
     let Some(old) = doc.get("path").and_then(serde_json::Value::as_str) else {
         return (bytes.to_vec(), Some("no string `path` field".into()));
@@ -1966,6 +1971,23 @@ pub(crate) fn rewrite_metadata_path(bytes: &[u8], new_dir: &Path) -> (Vec<u8>, O
     let Some(name) = Path::new(old).file_name() else {
         return (bytes.to_vec(), Some("`path` names no file".into()));
     };
+    // Only a file of this job's own legacy directory moves with it; any
+    // other `path` (`/etc/passwd`) is not the job's and stays as written.
+    let job = new_dir.file_name();
+    let dir = Path::new(old).parent();
+    let in_job = dir.is_none_or(|d| d.as_os_str().is_empty())
+        || job.is_some()
+            && dir.and_then(Path::file_name) == job
+            && dir.and_then(Path::parent).and_then(Path::file_name)
+                == Some(std::ffi::OsStr::new("jobs"));
+    if !in_job {
+        return (
+            bytes.to_vec(),
+            Some(format!(
+                "`path` (`{old}`) points outside the job's own directory"
+            )),
+        );
+    }
     let new = new_dir.join(name);
     doc.insert(
         "path".into(),

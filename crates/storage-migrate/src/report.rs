@@ -200,7 +200,11 @@ pub(crate) fn from_manifest(
         })
         .collect();
     conflicts.sort_by(|a, b| a.dest.cmp(&b.dest));
+    // In the order of the legacy file each names (the first path in
+    // backticks): a dry run finds some warnings while planning and a real
+    // run while staging, and both list them alike.
     let mut warnings = m.warnings.clone();
+    warnings.sort_by(|a, b| a.split('`').nth(1).cmp(&b.split('`').nth(1)));
     if m.warnings_omitted > 0 {
         warnings.push(format!(
             "{} more warning(s) like these are not listed",
@@ -217,7 +221,7 @@ pub(crate) fn from_manifest(
     MigrationReport {
         schema_version: REPORT_SCHEMA_VERSION,
         outcome,
-        txid: (outcome != Outcome::NothingToMigrate).then(|| m.txid.clone()),
+        txid: (outcome == Outcome::Migrated).then(|| m.txid.clone()),
         project: m.project.0.clone(),
         legacy_dir: m.legacy_dir.0.clone(),
         repo: m.repo.clone(),
@@ -281,6 +285,9 @@ pub struct VerifyReport {
     pub repo: Option<String>,
     /// The latest migration checked.
     pub txid: Option<String>,
+    /// The migration whose rollback is the latest recorded event, if it is
+    /// (then `txid` is an earlier migration still in place, or `None`).
+    pub rolled_back: Option<String>,
     /// Published files still byte-identical to what was migrated.
     pub published_intact: u64,
     /// Published files changed since (normal once Prodigy has run).

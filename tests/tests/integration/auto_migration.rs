@@ -48,6 +48,51 @@ fn legacy_storage_is_migrated_once_then_nothing_to_do() {
     assert!(sb.project().join(".prodigy/config.yml").exists());
 }
 
+/// A person rolled the migration back: the hook does not redo it at the next
+/// start, and says how to migrate again; an explicit `migrate` re-arms it.
+#[test]
+fn after_an_explicit_rollback_the_hook_skips_until_migrate_is_run_by_hand() {
+    let sb = Sandbox::new();
+    fixture::legacy_project(&sb.project());
+    let store = FsStorage::open(sb.store()).expect("open");
+    assert!(matches!(
+        ensure_migrated(&store, &sb.project()),
+        AutoOutcome::Migrated(_)
+    ));
+    storage_migrate::rollback(
+        &store,
+        &sb.project(),
+        &storage_migrate::RollbackOptions::default(),
+    )
+    .expect("rollback");
+    let before = storage_tests::tree(sb.path());
+    for _ in 0..2 {
+        match ensure_migrated(&store, &sb.project()) {
+            AutoOutcome::Skipped { reason } => {
+                assert!(reason.contains("was rolled back"), "{reason}");
+                assert!(reason.contains(" migrate "), "names the command: {reason}");
+            }
+            other => panic!("expected a skip after a rollback, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        storage_tests::tree(sb.path()),
+        before,
+        "the skip changes nothing"
+    );
+    let report = storage_migrate::migrate(
+        &store,
+        &sb.project(),
+        &storage_migrate::MigrateOptions::default(),
+    )
+    .expect("migrate by hand");
+    assert_eq!(report.outcome, storage_migrate::Outcome::Migrated);
+    assert!(matches!(
+        ensure_migrated(&store, &sb.project()),
+        AutoOutcome::NothingToDo
+    ));
+}
+
 #[test]
 fn a_worktree_inside_the_store_is_skipped_not_failed() {
     let sb = Sandbox::new();

@@ -16,6 +16,8 @@ mod temp_like_names;
 mod many_jobs;
 // Random legacy trees: migrate keeps every byte, rollback restores the exact tree.
 mod random_trees;
+// A test that cannot run here says so, and fails where every test must run.
+mod skips;
 
 /// The path of the `store-worker` helper binary.
 fn worker_bin() -> std::path::PathBuf {

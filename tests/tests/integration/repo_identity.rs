@@ -48,6 +48,28 @@ fn finding_a_key_registers_nothing_and_odd_names_map_by_the_rule() {
     );
 }
 
+/// Directory names that are not valid keys (surrounding whitespace, a
+/// bidirectional control) map by the rule instead of panicking.
+#[test]
+fn whitespace_and_bidi_controls_in_a_directory_name_map_by_the_rule() {
+    let sb = Sandbox::new();
+    let store = FsStorage::open(sb.store()).expect("open");
+    for (dir, key) in [
+        (" api ", "api"),
+        (". web", "web"),
+        ("job-\u{202e}gpj.exe", "job-_gpj.exe"),
+        (" ", "root"),
+    ] {
+        let project = sb.path().join("p").join(dir);
+        fs_err::create_dir_all(&project).expect("mkdir");
+        assert_eq!(
+            store.repo_key(&project).expect("register").as_str(),
+            key,
+            "{dir:?}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_project_is_an_error_naming_it() {
     let sb = Sandbox::new();

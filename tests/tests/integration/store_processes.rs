@@ -281,8 +281,8 @@ fn an_append_that_fills_the_disk_leaves_only_whole_batches() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!(
-            "SKIP: cannot mount a tmpfs here (needs root); the disk-full append test did not run"
+        storage_tests::skip(
+            "cannot mount a tmpfs here (needs root); the disk-full append test did not run",
         );
         return;
     }

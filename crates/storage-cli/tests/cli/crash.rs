@@ -181,3 +181,48 @@ fn a_file_written_into_a_storage_directory_after_planning_is_not_swept_away() {
     );
     run(&sb, &["verify"], true);
 }
+
+/// The troubleshooting path for a damaged journal after a crash while the
+/// legacy files were being moved into the backup (`docs/migration.md`):
+/// write the journal again naming the unfinished migration and `Retiring`,
+/// run `migrate`; then `rollback` restores the exact project (before, moving
+/// the journal away left a backup that rollback ignored).
+#[test]
+fn a_damaged_journal_repaired_as_documented_ends_in_a_correct_state() {
+    let sb = fixture_sandbox();
+    let original_tree = project_without_git(&sb);
+    crash(&sb, &["migrate"], "mid-retire");
+    let journal = sb.store().join("migrations/project/journal.json");
+    let txid =
+        serde_json::from_slice::<serde_json::Value>(&fs_err::read(&journal).expect("journal"))
+            .expect("json")["txid"]
+            .as_str()
+            .expect("txid")
+            .to_owned();
+    fs_err::write(&journal, b"{\"txid\": ").expect("damage it");
+    let out = run(&sb, &["migrate"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("write it again"),
+        "the error names the documented repair: {err}"
+    );
+    // The documented repair: the migration not in history.jsonl, phase `retiring`.
+    fs_err::write(
+        &journal,
+        format!("{{\"txid\": \"{txid}\", \"phase\": \"retiring\"}}"),
+    )
+    .expect("repair");
+    run(&sb, &["migrate"], true);
+    assert!(
+        run_json(&sb, &["verify"])["problems"]
+            .as_array()
+            .expect("problems")
+            .is_empty()
+    );
+    run(&sb, &["rollback"], true);
+    assert_same_tree(
+        &project_without_git(&sb),
+        &original_tree,
+        "after repair and rollback",
+    );
+}

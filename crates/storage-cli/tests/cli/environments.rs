@@ -4,7 +4,7 @@
 //! retried sync, two stores. Each test is the regression test of one item
 //! of the issue "Every exit is safe" and fails without its fix.
 //!
-//! Tests that need root (`mount`) or `strace` print `SKIP:` and return
+//! Tests that need root (`mount`) or `strace` print `SKIP: <test>: <reason>` and return (and fail under `PRODIGY_REQUIRE_ALL_TESTS=1`)
 //! where the machine cannot do it.
 
 use std::os::unix::fs::MetadataExt;
@@ -22,7 +22,7 @@ fn have_strace() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIP: `strace` is not available here; the test did not run");
+        crate::support::skip("`strace` is not available here; the test did not run");
     }
     ok
 }
@@ -672,7 +672,7 @@ fn a_migrate_during_a_rollback_waits_for_it() {
 #[test]
 fn root_restores_files_with_the_projects_owner() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIP: not root; the ownership test did not run");
+        crate::support::skip("not root; the ownership test did not run");
         return;
     }
     let sb = Sandbox::new();

@@ -5,7 +5,7 @@
 //! Quick tier (plain `cargo test`): a sample of syscall indices and kills.
 //! Exhaustive tier (`PRODIGY_FAULTS_EXHAUSTIVE=1`, or `cargo xtask faults`):
 //! every index of every traced syscall and many random kills. Tests that
-//! need `strace`, root, `mount` or `unshare` print `SKIP:` and return where
+//! need `strace`, root, `mount` or `unshare` print `SKIP: <test>: <reason>` and return (and fail under `PRODIGY_REQUIRE_ALL_TESTS=1`) where
 //! the machine cannot do it.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,9 @@ fn have(tool: &str, probe: &[&str]) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("SKIP: `{tool}` is not available here; the tests that need it did not run");
+        crate::support::skip(&format!(
+            "`{tool}` is not available here; the tests that need it did not run"
+        ));
     }
     ok
 }
@@ -561,7 +563,7 @@ fn timed_bin() -> (bool, Command) {
         c.args(["-f", "maxrss_kib=%M"]).arg(bin());
         (true, c)
     } else {
-        eprintln!("SKIP: GNU time is not installed; the peak-memory check did not run");
+        crate::support::skip("GNU time is not installed; the peak-memory check did not run");
         (false, Command::new(bin()))
     }
 }
@@ -742,8 +744,8 @@ fn a_100_mib_nul_tail_of_the_event_log_is_migrated_in_bounded_memory() {
 #[test]
 fn a_1_gib_nul_tail_of_the_event_log_is_migrated_in_bounded_memory() {
     if !exhaustive() {
-        eprintln!(
-            "SKIP: the 1 GiB NUL tail runs in the exhaustive tier (PRODIGY_FAULTS_EXHAUSTIVE=1)"
+        crate::support::skip_outside_tier(
+            "the 1 GiB NUL tail runs in the exhaustive tier (PRODIGY_FAULTS_EXHAUSTIVE=1)",
         );
         return;
     }

@@ -566,3 +566,193 @@ fn a_project_whose_directory_name_is_not_utf8_migrates_reports_and_rolls_back() 
         "rollback restores the exact tree",
     );
 }
+
+/// After a rollback `verify` says so (not "no migration recorded"); after
+/// a prune, `rollback` says the backup was pruned (not "missing or damaged
+/// ... may have been pruned").
+#[test]
+fn verify_after_a_rollback_and_rollback_after_a_prune_say_what_happened() {
+    let sb = fixture_sandbox();
+    let txid = run_json(&sb, &["migrate"])["txid"]
+        .as_str()
+        .expect("txid")
+        .to_owned();
+    run(&sb, &["rollback"], true);
+    let out = crate::support::cmd(&sb, &sb.project(), &["verify"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!(
+            "{} (repository `project`): migration {txid} was rolled back; its legacy files are back in the project.",
+            fs_err::canonicalize(sb.project()).expect("canonical").display()
+        )),
+        "{text}"
+    );
+    let out = crate::support::cmd(&sb, &sb.project(), &["verify", "--json"])
+        .output()
+        .expect("run");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["rolled_back"], txid.as_str(), "{json:#}");
+
+    run(&sb, &["migrate"], true);
+    run(
+        &sb,
+        &["backups", "prune", "--older-than", "0s", "--force"],
+        true,
+    );
+    let out = run(&sb, &["rollback"], false);
+    let err = redact(&sb, &String::from_utf8_lossy(&out.stderr));
+    assert!(
+        err.starts_with("error: cannot roll back: the backup of migration [TXID] was pruned (`prodigy-storage backups prune` deleted `[SANDBOX]/home/.prodigy/migrations/project/[TXID]/backup`), so this migration can no longer be rolled back"),
+        "{err}"
+    );
+}
+
+/// `backups prune --older-than 0s` without `--force` keeps the backup of
+/// the latest migration, the only way to roll it back, and says so.
+#[test]
+fn pruning_the_latest_migrations_backup_needs_force() {
+    let sb = Sandbox::new();
+    let legacy = sb.project().join(".prodigy");
+    fs_err::create_dir_all(legacy.join("cache")).expect("mkdir");
+    fs_err::write(legacy.join("cache/a.json"), b"{\"a\": 1}\n").expect("w");
+    let txid = run_json(&sb, &["migrate"])["txid"]
+        .as_str()
+        .expect("txid")
+        .to_owned();
+    let kept = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(kept["pruned"], serde_json::json!([]), "{kept:#}");
+    let reason = kept["kept"][0]["reason"].as_str().expect("reason");
+    assert_eq!(
+        reason,
+        format!(
+            "it is the only way to roll back migration {txid}, the latest of repository `project`; \
+             prune with --force to delete it anyway (that migration can then no longer be rolled back)"
+        )
+    );
+    let human = String::from_utf8_lossy(
+        &run(&sb, &["backups", "prune", "--older-than", "0s"], true).stdout,
+    )
+    .into_owned();
+    assert!(human.contains("prune with --force"), "{human}");
+    run(&sb, &["rollback"], true);
+    // Rolled back: its backup is no longer the way back; pruned without --force.
+    let pruned = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(pruned["pruned"][0]["txid"], txid.as_str(), "{pruned:#}");
+    run(&sb, &["migrate"], true);
+    let forced = run_json(&sb, &["backups", "prune", "--older-than", "0s", "--force"]);
+    assert_eq!(
+        forced["pruned"].as_array().expect("pruned").len(),
+        1,
+        "{forced:#}"
+    );
+}
+
+/// The dry run shows what the real run does: the same categories, files
+/// and bytes (a rewritten metadata.json included), the same warnings in the
+/// same order, and no made-up transaction id; the counts add up.
+#[test]
+fn the_dry_run_matches_the_real_run_and_the_counts_add_up() {
+    let sb = fixture_sandbox();
+    let dry = run_json(&sb, &["migrate", "--dry-run"]);
+    let human_dry =
+        String::from_utf8_lossy(&run(&sb, &["migrate", "--dry-run"], true).stdout).into_owned();
+    let real = run_json(&sb, &["migrate"]);
+    let txid = real["txid"].as_str().expect("txid");
+    assert_eq!(dry["txid"], serde_json::Value::Null, "{dry:#}");
+    assert_eq!(dry["categories"], real["categories"]);
+    let real_warnings: Vec<String> = real["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w.as_str().expect("str").replace(txid, "<txid>"))
+        .collect();
+    assert_eq!(dry["warnings"], serde_json::json!(real_warnings));
+    assert!(
+        real_warnings
+            .iter()
+            .any(|w| w.contains("unrouted-events/<txid>/")),
+        "{real_warnings:?}"
+    );
+    // Files in the store (categories) = published files verify checks;
+    // legacy files = files in the backup; the report says why they differ.
+    let in_store: u64 = real["categories"]
+        .as_array()
+        .expect("categories")
+        .iter()
+        .map(|c| c["files"].as_u64().expect("files"))
+        .sum();
+    let verify = run_json(&sb, &["verify"]);
+    assert_eq!(verify["published_intact"].as_u64(), Some(in_store));
+    assert_eq!(verify["backup_intact"], real["legacy_files"]);
+    assert!(
+        human_dry.contains(&format!(
+            "  = {in_store} file(s) in the store from {} legacy file(s) (event logs split per job)\n",
+            real["legacy_files"]
+        )),
+        "{human_dry}"
+    );
+}
+
+/// A legacy `metadata.json` whose `path` is not the job's own file is kept
+/// as written, with a warning; one that is not decodable says so.
+#[test]
+fn metadata_pointing_outside_its_job_is_kept_verbatim_and_undecodable_json_is_named() {
+    let sb = Sandbox::new();
+    let jobs = sb.project().join(".prodigy/mapreduce/jobs");
+    let outside = b"{\"path\": \"/etc/passwd\", \"version\": 1}\n";
+    fs_err::create_dir_all(jobs.join("job-a")).expect("mkdir");
+    fs_err::write(jobs.join("job-a/metadata.json"), outside).expect("w");
+    fs_err::create_dir_all(jobs.join("job-b")).expect("mkdir");
+    fs_err::write(
+        jobs.join("job-b/metadata.json"),
+        b"{\"path\": \"\\ud800\"}\n",
+    )
+    .expect("w");
+    let report = run_json(&sb, &["migrate"]);
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "`mapreduce/jobs/job-a/metadata.json`: `path` (`/etc/passwd`) points outside the job's own directory; copied verbatim"
+        ),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("`mapreduce/jobs/job-b/metadata.json`: not decodable as JSON"),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("not a JSON object"), "{warnings}");
+    let stored = fs_err::read(
+        sb.store()
+            .join("state/project/mapreduce/jobs/job-a/metadata.json"),
+    )
+    .expect("published");
+    assert_eq!(stored, outside);
+}
+
+/// `backups list` has a header naming its columns.
+#[test]
+fn backups_list_has_a_header() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let out = String::from_utf8_lossy(&run(&sb, &["backups", "list"], true).stdout).into_owned();
+    let mut lines = out.lines();
+    let header = lines.next().expect("header");
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "REPOSITORY",
+            "MIGRATION",
+            "FILES",
+            "SIZE",
+            "AGE",
+            "STATE",
+            "BACKUP"
+        ],
+        "{out}"
+    );
+    let row = lines.next().expect("row");
+    assert!(row.starts_with("project "), "{out}");
+    assert!(row.contains(" 25 ") && row.contains(" migrated "), "{out}");
+}

@@ -87,3 +87,114 @@ fn a_project_without_legacy_storage_has_nothing_to_migrate() {
         "{text}"
     );
 }
+
+/// A mistyped project path is an error for `status` too, not a report that
+/// exits 0 saying it "cannot be read".
+#[test]
+fn status_of_a_missing_project_fails_and_names_the_path() {
+    let sb = Sandbox::new();
+    let out = cmd(&sb, sb.path(), &["status", "no-such-project"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).expect("utf8");
+    assert!(
+        err.starts_with("error: the project `no-such-project` does not exist; check the path"),
+        "{err}"
+    );
+    fs_err::write(sb.path().join("file"), "x").expect("w");
+    let err = stderr_of(&sb, sb.path(), &["status", "file"]);
+    assert!(err.contains("`file` is not a directory"), "{err}");
+}
+
+/// `--home` naming a file: every command says the store is a file and that
+/// `--home` is what to change (not "Not a directory" on `layout.json`, and
+/// not "not created yet").
+#[test]
+fn a_store_that_is_a_file_is_refused_naming_the_option_that_chose_it() {
+    let sb = Sandbox::new();
+    let file = sb.path().join("file");
+    fs_err::write(&file, "x").expect("w");
+    let project = sb.project();
+    let project = project.to_str().expect("utf-8");
+    for args in [
+        &["status", project][..],
+        &["layout"],
+        &["migrate", project],
+        &["backups", "list"],
+    ] {
+        let out = std::process::Command::new(crate::support::bin())
+            .arg("--home")
+            .arg(&file)
+            .args(args)
+            .current_dir(sb.path())
+            .env("HOME", sb.home())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run");
+        let err = sb.redact(&String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            err.starts_with(
+                "error: the store `[SANDBOX]/file` (chosen by --home) is a file, not a directory; pass a directory to `--home`"
+            ),
+            "{args:?}: {err}"
+        );
+    }
+    let out = crate::support::cmd(&sb, sb.path(), &["layout"])
+        .env("PRODIGY_HOME", file.join("store"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "--home still wins over PRODIGY_HOME");
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("layout")
+        .env("PRODIGY_HOME", file.join("store"))
+        .env("HOME", sb.home())
+        .output()
+        .expect("run");
+    let err = sb.redact(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        err.contains(
+            "cannot be a directory: `[SANDBOX]/file` is a file; set `PRODIGY_HOME` to a directory"
+        ),
+        "{err}"
+    );
+}
+
+/// A store inside the project's `.prodigy` is refused with that reason, not
+/// as "this `.prodigy` is the store itself".
+#[test]
+fn a_store_inside_the_legacy_directory_is_refused_as_such() {
+    let sb = Sandbox::new();
+    fixture::legacy_project(&sb.project());
+    let store = sb.project().join(".prodigy/store");
+    let out = std::process::Command::new(crate::support::bin())
+        .arg("--home")
+        .arg(&store)
+        .arg("migrate")
+        .arg(sb.project())
+        .env("HOME", sb.home())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = sb.redact(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        err.contains("the store `[SANDBOX]/project/.prodigy/store` is inside this `.prodigy`"),
+        "{err}"
+    );
+    assert!(!err.contains("is the store itself"), "{err}");
+}
+
+/// `layout_version: 0` is not a version: refused by name.
+#[test]
+fn a_layout_version_of_zero_is_refused() {
+    let sb = Sandbox::new();
+    fs_err::create_dir_all(sb.store()).expect("mkdir");
+    fs_err::write(sb.store().join("layout.json"), b"{\"layout_version\": 0}").expect("w");
+    let err = stderr_of(&sb, &sb.project(), &["status"]);
+    assert!(
+        err.contains("`layout_version` is 0; versions start at 1"),
+        "{err}"
+    );
+}

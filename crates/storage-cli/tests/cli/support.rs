@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub use storage_tests::Sandbox;
 pub use storage_tests::fixture::{self, snapshot};
+pub use storage_tests::{Sandbox, skip, skip_outside_tier};
 
 /// The binary under test.
 pub fn bin() -> PathBuf {
@@ -170,7 +170,7 @@ impl Mount {
             .status()
             .is_ok_and(|s| s.success());
         ok.then(|| Self(at.to_owned())).or_else(|| {
-            eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+            skip("cannot mount a tmpfs here (needs root)");
             None
         })
     }
@@ -188,7 +188,7 @@ impl Mount {
             .status()
             .is_ok_and(|s| s.success());
         ok.then(|| Self(at.to_owned())).or_else(|| {
-            eprintln!("SKIP: cannot make a bind mount here (needs root)");
+            skip("cannot make a bind mount here (needs root)");
             None
         })
     }
@@ -212,7 +212,7 @@ impl Mount {
             Some(Self(at.to_owned()))
         } else {
             let _ = std::process::Command::new("umount").arg(at).status();
-            eprintln!("SKIP: cannot make a read-only bind mount here (needs root)");
+            skip("cannot make a read-only bind mount here (needs root)");
             None
         }
     }

@@ -45,19 +45,26 @@ fn every_command_documents_itself_truthfully() {
         top.contains("~/.prodigy"),
         "the help names the global store"
     );
+    for args in [&[][..], &["migrate"], &["rollback"], &["backups", "prune"]] {
+        let text = help(args);
+        assert!(
+            text.contains("\nExamples:\n  prodigy-storage "),
+            "{args:?} --help has no examples:\n{text}"
+        );
+    }
 }
 
 /// Runs `prodigy-storage` inside a pseudo-terminal with `script`; `None` where `script` is missing.
 fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
-        eprintln!(
-            "SKIP: `script` (util-linux) is not installed; the pseudo-terminal test did not run"
+        crate::support::skip(
+            "`script` (util-linux) is not installed; the pseudo-terminal test did not run",
         );
         return None;
     }
     let log = sb.path().join("typescript");
     let line = format!(
-        "{} --home {} {args} {}",
+        "stty cols 80; {} --home {} {args} {}",
         bin().display(),
         sb.store().display(),
         sb.project().display()
@@ -103,6 +110,56 @@ fn on_a_terminal_progress_bars_render_and_the_report_is_coloured() {
     assert!(
         screen.contains("To undo this migration: prodigy-storage --home"),
         "{screen}"
+    );
+}
+
+/// On an 80-column terminal no progress line is wider than the terminal
+/// (a wider one wraps and is redrawn below itself: `ESC [1A` cursor moves),
+/// and the verify bar shows no byte counter stuck at `0 B`.
+#[test]
+fn progress_lines_fit_an_80_column_terminal() {
+    let sb = fixture_sandbox();
+    let Some(screen) = in_pty(&sb, "migrate", true) else {
+        return;
+    };
+    assert!(
+        !screen.contains("\u{1b}[1A"),
+        "a progress line wrapped:\n{screen}"
+    );
+    let mut plain = String::new();
+    let mut chars = screen.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let bars: Vec<&str> = plain
+        .split(['\r', '\n'])
+        .filter(|l| l.contains("] ") && l.contains(" eta "))
+        .collect();
+    assert!(bars.len() > 4, "no progress bars:\n{plain}");
+    for line in bars {
+        assert!(
+            line.chars().count() <= 80,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(
+        !plain
+            .split(['\r', '\n'])
+            .any(|l| l.contains("verifying") && l.contains(" 0 B/")),
+        "the verify bar shows a byte counter stuck at 0 B:\n{plain}"
     );
 }
 
@@ -178,6 +235,40 @@ fn verbose_and_rust_log_show_diagnostics_on_stderr() {
     assert!(!stderr.contains("DEBUG"), "{stderr}");
 }
 
+/// `-v` says what each command is doing; `-vv` names every file: each of
+/// the 25 moves into the backup, each restore and removal of a rollback.
+#[test]
+fn verbose_covers_verify_and_rollback_and_vv_names_every_file() {
+    let sb = fixture_sandbox();
+    let stderr = |args: &[&str]| {
+        let out = cmd(&sb, &sb.project(), args).output().expect("run");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let migrate = stderr(&["-vv", "migrate"]);
+    assert_eq!(
+        migrate.matches("moved into the backup").count(),
+        25,
+        "{migrate}"
+    );
+    let verify = stderr(&["-v", "verify"]);
+    assert!(verify.contains("INFO verifying migration"), "{verify}");
+    let rollback = stderr(&["-vv", "rollback"]);
+    assert!(
+        rollback.contains("INFO rolling back migration"),
+        "{rollback}"
+    );
+    assert_eq!(
+        rollback.matches("restored from the backup").count(),
+        25,
+        "{rollback}"
+    );
+    assert!(
+        rollback.matches("removed from the store").count() >= 20,
+        "{rollback}"
+    );
+}
+
 #[test]
 fn the_json_documents_have_their_documented_shape() {
     let sb = fixture_sandbox();
@@ -204,17 +295,26 @@ fn the_json_documents_have_their_documented_shape() {
     insta::assert_snapshot!("layout", redact(&sb, &layout));
 }
 
-#[test]
-fn generated_completions_and_man_page_exist() {
-    let sb = Sandbox::new();
+fn assets_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_prodigy-storage-assets"))
+}
+
+/// Runs `prodigy-storage-assets` into a fresh directory and returns it.
+fn assets(sb: &Sandbox) -> std::path::PathBuf {
     let dir = sb.path().join("assets");
-    let assets = std::path::PathBuf::from(env!("CARGO_BIN_EXE_prodigy-storage-assets"));
-    let out = Command::new(assets).arg(&dir).output().expect("run");
+    let out = Command::new(assets_bin()).arg(&dir).output().expect("run");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    dir
+}
+
+#[test]
+fn generated_completions_and_man_page_exist() {
+    let sb = Sandbox::new();
+    let dir = assets(&sb);
     for f in [
         "prodigy-storage.bash",
         "_prodigy-storage",
@@ -224,4 +324,195 @@ fn generated_completions_and_man_page_exist() {
         let text = fs_err::read_to_string(dir.join(f)).expect(f);
         assert!(text.contains("migrate"), "{f} lacks the migrate command");
     }
+}
+
+#[test]
+fn the_assets_tool_answers_help_and_refuses_options_instead_of_writing_a_directory_named_after_them()
+ {
+    let sb = Sandbox::new();
+    let out = Command::new(assets_bin())
+        .arg("--help")
+        .current_dir(sb.path())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "--help failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Usage: prodigy-storage-assets <DIR>"),
+        "{stdout}"
+    );
+    let out = Command::new(assets_bin())
+        .arg("--bogus")
+        .current_dir(sb.path())
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown option is a usage error"
+    );
+    let created: Vec<_> = fs_err::read_dir(sb.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with('-'))
+        .collect();
+    assert!(created.is_empty(), "created {created:?}");
+}
+
+#[test]
+fn every_man_page_the_man_pages_refer_to_is_generated_and_synopses_name_option_values() {
+    let sb = Sandbox::new();
+    let dir = assets(&sb);
+    let mut pages = Vec::new();
+    for entry in fs_err::read_dir(&dir).expect("ls") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if let Some(stem) = name.strip_suffix(".1") {
+            pages.push(stem.to_owned());
+        }
+    }
+    for cmd in [
+        "status",
+        "migrate",
+        "verify",
+        "rollback",
+        "backups",
+        "backups-list",
+        "backups-prune",
+        "layout",
+    ] {
+        assert!(
+            pages.contains(&format!("prodigy-storage-{cmd}")),
+            "no page for {cmd}: {pages:?}"
+        );
+    }
+    for page in &pages {
+        let text = fs_err::read_to_string(dir.join(format!("{page}.1"))).expect("page");
+        // Every `name(1)` reference (roff escapes `-` as `\-`) names a generated page.
+        for (i, _) in text.match_indices("(1)") {
+            let name: String = text[..i]
+                .replace("\\-", "-")
+                .chars()
+                .rev()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect();
+            assert!(
+                pages.contains(&name),
+                "{page}.1 refers to {name}(1), not generated"
+            );
+        }
+        assert!(
+            text.contains("[\\fB\\-\\-home\\fR \\fIDIR\\fR]"),
+            "{page}.1 synopsis lacks `--home DIR`:\n{text}"
+        );
+    }
+    let migrate = fs_err::read_to_string(dir.join("prodigy-storage-migrate.1")).expect("page");
+    assert!(
+        migrate.contains("\\fB\\-\\-wait\\fR \\fISECS\\fR"),
+        "{migrate}"
+    );
+}
+
+/// What `bash` completes for `words` (the last one being completed), using
+/// the generated script the way bash-completion calls it.
+fn bash_complete(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let cword = words.len() - 1;
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={cword}\nCOMP_LINE='{}'\nCOMP_POINT=${{#COMP_LINE}}\n\
+         _prodigy__storage prodigy-storage '{}' '{prev}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" "),
+        words.join(" "),
+        words[cword],
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_commands_and_the_options_of_every_command() {
+    let sb = Sandbox::new();
+    let script = assets(&sb).join("prodigy-storage.bash");
+    let top = bash_complete(&script, &["prodigy-storage", ""]);
+    for c in [
+        "status", "migrate", "verify", "rollback", "backups", "layout",
+    ] {
+        assert!(top.iter().any(|w| w == c), "no `{c}` in {top:?}");
+    }
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "migrate", "--d"]),
+        ["--dry-run"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "rollback", "--f"]),
+        ["--force"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "backups", "prune", "--o"]),
+        ["--older-than"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "status", "--j"]),
+        ["--json"]
+    );
+    assert_eq!(
+        bash_complete(&script, &["prodigy-storage", "backups", "l"]),
+        ["list"]
+    );
+}
+
+#[test]
+fn fish_completes_the_options_of_every_command() {
+    if Command::new("fish").arg("--version").output().is_err() {
+        crate::support::skip("`fish` is not installed; fish completions were not run");
+        return;
+    }
+    let sb = Sandbox::new();
+    let script = assets(&sb).join("prodigy-storage.fish");
+    let complete = |line: &str| -> Vec<String> {
+        let out = Command::new("fish")
+            .args(["--no-config", "-c"])
+            .arg(format!(
+                "source '{}'; complete -C '{line}'",
+                script.display()
+            ))
+            .output()
+            .expect("run fish");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(complete("prodigy-storage migrate --d"), ["--dry-run"]);
+    assert_eq!(
+        complete("prodigy-storage backups prune --o"),
+        ["--older-than"]
+    );
+    let top = complete("prodigy-storage ");
+    assert!(top.iter().any(|w| w == "rollback"), "{top:?}");
 }

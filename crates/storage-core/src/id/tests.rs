@@ -38,6 +38,13 @@ fn hostile_identifiers_are_rejected_with_the_rule_they_break() {
         ("new\nline", IdProblem::Control),
         ("tab\there", IdProblem::Control),
         ("del\u{7f}", IdProblem::Control),
+        (" ", IdProblem::SurroundingWhitespace),
+        ("job-a ", IdProblem::SurroundingWhitespace),
+        (" job-a", IdProblem::SurroundingWhitespace),
+        ("job-a\u{a0}", IdProblem::SurroundingWhitespace),
+        ("job-\u{202e}gpj.exe", IdProblem::BidiControl),
+        ("a\u{2066}b", IdProblem::BidiControl),
+        ("a\u{200f}", IdProblem::BidiControl),
     ];
     for (value, problem) in cases {
         let err = SessionId::new(*value).expect_err(value);
@@ -59,6 +66,23 @@ fn error_message_names_kind_value_and_rule() {
         err.to_string(),
         r#"invalid job id "a/b": it contains a path separator"#
     );
+}
+
+#[test]
+fn whitespace_and_bidi_errors_name_the_rule() {
+    assert_eq!(
+        JobId::new("job-a ")
+            .expect_err("trailing space")
+            .to_string(),
+        r#"invalid job id "job-a ": it starts or ends with whitespace"#
+    );
+    let err = JobId::new("job-\u{202e}x").expect_err("bidi").to_string();
+    assert!(err.contains("Unicode bidirectional control"), "{err}");
+    assert!(
+        err.contains("\\u{202e}"),
+        "the value is shown escaped: {err}"
+    );
+    JobId::new("inner space ok").expect("whitespace inside is fine");
 }
 
 #[test]

@@ -1,0 +1,129 @@
+//! The tasks as a contributor runs them: the real `xtask` binary, which
+//! drives a real (nested) `cargo` on this workspace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_owned()
+}
+
+/// `cargo`, as the one running these tests.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run xtask")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn an_error_is_its_message_without_a_backtrace_even_under_rust_backtrace() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .arg("no-such-task")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run xtask");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: unknown task `no-such-task`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn assets_writes_the_completions_and_man_pages() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = xtask(&["assets", dir.path().to_str().expect("utf-8 tmp")]);
+    assert!(out.status.success(), "{}", text(&out));
+    for f in [
+        "prodigy-storage.bash",
+        "_prodigy-storage",
+        "prodigy-storage.fish",
+        "prodigy-storage.1",
+        "prodigy-storage-migrate.1",
+    ] {
+        assert!(dir.path().join(f).is_file(), "no {f}:\n{}", text(&out));
+    }
+}
+
+#[test]
+fn cargo_run_of_the_cli_package_runs_prodigy_storage() {
+    let out = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "storage-cli",
+            "--",
+            "--version",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("run cargo");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("prodigy-storage "),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn demo_says_it_is_building_before_the_build() {
+    let out = xtask(&["demo"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("building prodigy-storage"),
+        "a cold build would be a silent minute:\n{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Migrated 25 legacy storage file(s)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_readme_starts_with_the_newcomer_commands_and_ci_runs_its_install_line() {
+    let readme = fs_err::read_to_string(root().join("README.md")).expect("README");
+    let first_block: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .collect();
+    assert!(
+        first_block[0].starts_with("cargo xtask demo "),
+        "{first_block:?}"
+    );
+    assert!(
+        first_block[1].starts_with("cargo test --workspace --locked "),
+        "{first_block:?}"
+    );
+    let install = "cargo install --locked --path crates/storage-cli";
+    assert!(
+        readme.contains(&format!("{install}   #")),
+        "the README says how to install"
+    );
+    let ci = fs_err::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    assert!(
+        ci.lines()
+            .any(|l| l.contains(install) && !l.trim_start().starts_with('#')),
+        ".ci/run runs the README's install line"
+    );
+}
