@@ -213,10 +213,10 @@ pub struct LargeStore {
 }
 
 /// A layout-0 store for the upgrade benchmark: `6 * scale` repositories ×
-/// 8 jobs (three checkpoints and metadata, 40 doubly nested dead letters
+/// 8 jobs (three checkpoints and metadata, 46 doubly nested dead letters
 /// and an index, a 190-line event log of ~1.6 KB lines each), the
 /// per-repository `session_state.json`, and `60 * scale` unified sessions.
-/// At scale 1: about 2,600 files and 16 MB.
+/// At scale 1: about 2,550 files and 16 MB.
 #[must_use = "the totals describe what was written"]
 pub fn large_store(root: &Path, scale: u64) -> LargeStore {
     let mut t = LargeStore::default();
@@ -245,7 +245,7 @@ pub fn large_store(root: &Path, scale: u64) -> LargeStore {
                 format!("state/{repo}/mapreduce/jobs/{job}/metadata.json"),
                 b"{\"version\": 3}",
             );
-            for i in 0..40 {
+            for i in 0..46 {
                 put(
                     format!("dlq/{repo}/{job}/mapreduce/dlq/{job}/items/item-{i}.json"),
                     format!("{{\"item_id\": \"item-{i}\", \"failure_count\": 1}}").as_bytes(),

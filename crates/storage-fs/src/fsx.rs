@@ -85,6 +85,19 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and its missing parents with mode 0700, **without**
+/// `fsync`ing their parents: for bulk writers that make the whole tree
+/// durable with one [`syncfs`] afterwards, before anything depends on it
+/// (the migration's staging, publishing and backup). Everyone else uses
+/// [`create_dir_all`].
+pub fn create_dir_all_unsynced(dir: &Path) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|e| Error::io("create directory", dir, e))
+}
+
 /// `fsync`s a directory, making renames and creations in it durable.
 pub fn fsync_dir(dir: &Path) -> Result<()> {
     #[cfg(test)]

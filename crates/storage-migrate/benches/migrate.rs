@@ -18,36 +18,7 @@ use storage_migrate::{MigrateOptions, Outcome};
 
 mod common;
 
-use common::{FreshFs, ROUNDS, median, peak_rss_kib, sh};
-
-/// Prints how long each step took (to stderr) when `BENCH_PHASES` is set.
-struct Phases {
-    start: Instant,
-    last: std::sync::Mutex<Instant>,
-}
-
-impl storage_migrate::Progress for Phases {
-    fn start(&self, step: storage_migrate::Step, files: u64, bytes: u64) {
-        let mut last = self.last.lock().expect("lock");
-        eprintln!(
-            "  {:>8.1} ms  (+{:.1}) start {} ({files} files, {bytes} bytes)",
-            self.start.elapsed().as_secs_f64() * 1e3,
-            last.elapsed().as_secs_f64() * 1e3,
-            step.label()
-        );
-        *last = Instant::now();
-    }
-    fn finish(&self, step: storage_migrate::Step) {
-        let mut last = self.last.lock().expect("lock");
-        eprintln!(
-            "  {:>8.1} ms  (+{:.1}) done {}",
-            self.start.elapsed().as_secs_f64() * 1e3,
-            last.elapsed().as_secs_f64() * 1e3,
-            step.label()
-        );
-        *last = Instant::now();
-    }
-}
+use common::{FreshFs, Phases, ROUNDS, median, peak_rss_kib, sh};
 
 /// Child mode: migrate `project` into `store`, print elapsed ms and peak RSS.
 fn child(project: &Path, store: &Path) {

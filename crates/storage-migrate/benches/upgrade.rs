@@ -16,15 +16,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{FreshFs, ROUNDS, median, peak_rss_kib, sh};
+use common::{FreshFs, Phases, ROUNDS, median, peak_rss_kib, sh};
 use storage_fs::FsStorage;
 use storage_migrate::{Outcome, UpgradeOptions};
 
 /// Child mode: upgrade `store`, print elapsed µs and peak RSS.
 fn child(store: &Path) {
     let t = Instant::now();
+    let phases = Phases {
+        start: t,
+        last: std::sync::Mutex::new(t),
+    };
+    let quiet = storage_migrate::NoProgress;
+    let progress: &dyn storage_migrate::Progress = if std::env::var_os("BENCH_PHASES").is_some() {
+        &phases
+    } else {
+        &quiet
+    };
     let store = FsStorage::peek(store).expect("peek store");
-    let r = storage_migrate::upgrade(&store, &UpgradeOptions::default()).expect("upgrade");
+    let opts = UpgradeOptions {
+        progress,
+        ..UpgradeOptions::default()
+    };
+    let r = storage_migrate::upgrade(&store, &opts).expect("upgrade");
     assert_eq!(r.outcome, Outcome::Migrated);
     println!("{} {}", t.elapsed().as_micros(), peak_rss_kib());
 }

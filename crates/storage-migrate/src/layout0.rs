@@ -245,6 +245,20 @@ pub(crate) fn plan(
     let mut counts = Layout0Counts::default();
     let area = layout.layout_0_area();
     let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    let mut recorded: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    // Directories holding anything that stays (and their ancestors): the
+    // others hold only files the upgrade moves, and go into the backup
+    // with one rename each.
+    let mut impure: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
+    let taint = |rel: &Path, impure: &mut std::collections::BTreeSet<PathBuf>| {
+        let mut p = Some(rel);
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if !impure.insert(d.to_owned()) {
+                break;
+            }
+            p = d.parent();
+        }
+    };
     let mut index = 0;
     for top in Layout::LAYOUT_0_DATA_DIRS {
         let mut stack = vec![PathBuf::from(top)];
@@ -263,6 +277,9 @@ pub(crate) fn plan(
             }
             dir_modes.insert(rel_dir.clone(), meta.mode() & 0o7777);
             let mut entries = fsx::read_dir_sorted(&dir)?;
+            if entries.is_empty() {
+                taint(&rel_dir, &mut impure);
+            }
             entries.reverse(); // the stack pops them in name order
             for e in entries {
                 let rel = rel_dir.join(&e.name);
@@ -271,6 +288,7 @@ pub(crate) fn plan(
                     continue;
                 }
                 if !e.file_type.is_file() {
+                    taint(&rel_dir, &mut impure);
                     m.specials.push(Special {
                         rel: RelPath(rel.clone()),
                         kind: if e.file_type.is_symlink() {
@@ -290,10 +308,12 @@ pub(crate) fn plan(
                 let (dest, category, produce) = match fate {
                     Fate0::InPlace => {
                         counts.in_place += 1;
+                        taint(&rel_dir, &mut impure);
                         continue;
                     }
                     Fate0::NotOurs => {
                         counts.not_ours += 1;
+                        taint(&rel_dir, &mut impure);
                         continue;
                     }
                     Fate0::Move(dest, category) => {
@@ -341,9 +361,10 @@ pub(crate) fn plan(
                 // emptied ones are removed, and a downgrade recreates them.
                 let mut p = rel.parent();
                 while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-                    if let Some(mode) = dir_modes.get(d)
-                        && !m.dirs.iter().any(|(x, _)| x.as_path() == d)
-                    {
+                    if !recorded.insert(d.to_owned()) {
+                        break; // and so are its ancestors
+                    }
+                    if let Some(mode) = dir_modes.get(d) {
                         m.dirs.push((RelPath(d.to_owned()), *mode));
                     }
                     p = d.parent();
@@ -353,6 +374,19 @@ pub(crate) fn plan(
         }
     }
     m.user_files = counts.not_ours;
+    // The largest directories holding only planned files (never a whole
+    // top-level data directory: Prodigy expects those to exist).
+    m.pure_dirs = m
+        .dirs
+        .iter()
+        .map(|(d, _)| d.as_path())
+        .filter(|d| d.components().count() > 1 && !impure.contains(*d))
+        .filter(|d| {
+            d.parent()
+                .is_none_or(|p| p.components().count() <= 1 || impure.contains(p))
+        })
+        .map(|d| RelPath(d.to_owned()))
+        .collect();
     for (reason, n) in &counts.preserved {
         m.warn(format!(
             "{n} file(s) kept verbatim under `legacy/.layout-0/` (their layout-0 paths): {reason}"

@@ -248,9 +248,10 @@ fn sync(path: &Path) -> Result<()> {
 struct Dirs(std::collections::HashSet<PathBuf>);
 
 impl Dirs {
+    /// Creates `dir` once; made durable by the phase's `syncfs`.
     fn ensure(&mut self, dir: &Path) -> Result<()> {
         if !self.0.contains(dir) {
-            fsx::create_dir_all(dir)?;
+            fsx::create_dir_all_unsynced(dir)?;
             self.0.insert(dir.to_owned());
         }
         Ok(())
@@ -900,7 +901,7 @@ impl Tx<'_> {
                 at if same(at) => Fate::AlreadyPresent,
                 _ => {
                     if !same(probe(&alt)?) {
-                        fsx::create_dir_all(fsx::parent(&alt))?;
+                        fsx::create_dir_all_unsynced(fsx::parent(&alt))?;
                         move_file(&staged, &alt, o.hash.as_deref())?;
                     }
                     Fate::Conflict { alt: alt_rel }
@@ -1192,7 +1193,7 @@ impl Tx<'_> {
             if files_digest(legacy, d.as_path()) != Some(want) {
                 continue;
             }
-            fsx::create_dir_all(fsx::parent(&bak))?;
+            fsx::create_dir_all_unsynced(fsx::parent(&bak))?;
             if fsx::rename_noreplace(&src, &bak).is_err() {
                 continue; // another file system, or in use: file by file
             }

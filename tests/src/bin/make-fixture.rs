@@ -5,13 +5,14 @@
 //! cargo run -p storage-tests --bin make-fixture -- DIR
 //! cargo run -p storage-tests --bin make-fixture -- --large SCALE DIR   # the benchmark's tree
 //! cargo run -p storage-tests --bin make-fixture -- --layout-0 DIR     # a store an older Prodigy wrote
+//! cargo run -p storage-tests --bin make-fixture -- --layout-0-large SCALE DIR   # the upgrade benchmark's
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: make-fixture [--large SCALE | --layout-0] DIR";
+const USAGE: &str = "usage: make-fixture [--large SCALE | --layout-0 | --layout-0-large SCALE] DIR";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,6 +23,16 @@ fn main() -> Result<()> {
         fs_err::create_dir_all(&dir)?;
         storage_tests::layout0::store(&dir);
         println!("wrote a layout-0 store to {}", dir.display());
+        return Ok(());
+    }
+    if let [flag, scale, dir] = args.as_slice()
+        && flag == "--layout-0-large"
+    {
+        let t = storage_tests::layout0::large_store(Path::new(dir), scale.parse().context(USAGE)?);
+        println!(
+            "wrote a layout-0 store: {} files, {} bytes, {} event lines to {dir}",
+            t.files, t.bytes, t.event_lines
+        );
         return Ok(());
     }
     let (scale, dir) = match args.as_slice() {

@@ -280,7 +280,7 @@ fn traced_upgrade(sb: &Sandbox, set: &str, n: u64, args: &[&str]) -> u64 {
 #[test]
 fn sigkill_at_every_rename_fsync_and_unlink_of_upgrade_and_downgrade() {
     if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("SKIP: `strace` is not available here; the test did not run");
+        crate::support::skip("`strace` is not available here; the test did not run");
         return;
     }
     let exhaustive = std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some();

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Rounds per side; the median is reported.
 pub const ROUNDS: usize = 5;
@@ -66,4 +66,33 @@ impl Drop for FreshFs {
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// Prints how long each step took (to stderr) when `BENCH_PHASES` is set.
+pub struct Phases {
+    pub start: Instant,
+    pub last: std::sync::Mutex<Instant>,
+}
+
+impl storage_migrate::Progress for Phases {
+    fn start(&self, step: storage_migrate::Step, files: u64, bytes: u64) {
+        let mut last = self.last.lock().expect("lock");
+        eprintln!(
+            "  {:>8.1} ms  (+{:.1}) start {} ({files} files, {bytes} bytes)",
+            self.start.elapsed().as_secs_f64() * 1e3,
+            last.elapsed().as_secs_f64() * 1e3,
+            step.label()
+        );
+        *last = Instant::now();
+    }
+    fn finish(&self, step: storage_migrate::Step) {
+        let mut last = self.last.lock().expect("lock");
+        eprintln!(
+            "  {:>8.1} ms  (+{:.1}) done {}",
+            self.start.elapsed().as_secs_f64() * 1e3,
+            last.elapsed().as_secs_f64() * 1e3,
+            step.label()
+        );
+        *last = Instant::now();
+    }
 }
