@@ -24,7 +24,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use storage_fs::fsx;
+use storage_core::RepoKey;
+use storage_fs::{Layout, fsx};
 
 use crate::error::{Error, Result};
 
@@ -291,6 +292,48 @@ impl Entry {
         &self.sources[0]
     }
 }
+
+/// The files of one repository's migrations (`migrations/<repo>/`).
+#[derive(Clone, Debug)]
+pub(crate) struct Paths {
+    pub dir: PathBuf,
+}
+
+impl Paths {
+    pub fn new(layout: &Layout, repo: &RepoKey) -> Self {
+        Self {
+            dir: layout.migrations_dir(repo),
+        }
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("journal.json")
+    }
+    pub fn history(&self) -> PathBuf {
+        self.dir.join("history.jsonl")
+    }
+    pub fn tx(&self, txid: &str) -> PathBuf {
+        self.dir.join(txid)
+    }
+    pub fn manifest(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("manifest.json")
+    }
+    pub fn entries(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("entries.jsonl")
+    }
+    pub fn report(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("report.json")
+    }
+    pub fn staging(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("staging")
+    }
+    pub fn backup(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("backup")
+    }
+    pub fn reserve(&self, txid: &str) -> PathBuf {
+        self.tx(txid).join("undo-reserve")
+    }
+}
+
 
 /// The small part of a transaction's records (`manifest.json`); the legacy
 /// files and outputs are in `entries.jsonl` beside it.
@@ -735,7 +778,7 @@ mod entry_tests {
     #[test]
     fn a_manifest_of_another_format_is_refused_with_the_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let paths = crate::protocol::Paths {
+        let paths = Paths {
             dir: dir.path().to_owned(),
         };
         std::fs::create_dir_all(paths.tx("t")).expect("mkdir");

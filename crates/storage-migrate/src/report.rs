@@ -7,7 +7,7 @@ use serde::{Serialize, Serializer};
 use storage_fs::FsStorage;
 
 use crate::manifest::{Category, Manifest, Special, Summary};
-use crate::protocol::Paths;
+use crate::manifest::Paths;
 
 // Every path in a report is written by `manifest::serialize_path`: a
 // string when it is UTF-8, else `hex:<bytes>` (documented in `docs/cli.md`),

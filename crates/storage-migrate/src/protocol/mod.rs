@@ -1,0 +1,496 @@
+//! The migration protocol: lock → plan → journal → stage → verify → publish
+//! → retire → commit, with recovery from a crash at any step.
+//!
+//! # Why this order
+//!
+//! - Nothing outside `migrations/<repo>/` changes until verification has
+//!   proved the staged copy equal to the legacy files. A crash before that is
+//!   undone by deleting the staging area: the legacy tree was never touched.
+//! - Publishing only ever *adds* files (rename with `RENAME_NOREPLACE`). A
+//!   target that exists with other content is a conflict: both are kept.
+//! - Legacy files leave the project only after publishing is durable, and
+//!   only into the backup, which is verified when it is a copy.
+//! - From `Publishing` on, recovery rolls *forward*: the verified staging
+//!   area and the untouched or backed-up legacy files are enough to finish.
+//!
+//! Durability comes from one `syncfs` per phase instead of an `fsync` per
+//! file: the journal change that starts the next phase is only written after
+//! the `syncfs` that makes the previous phase durable.
+//!
+//! # One engine, two sources
+//!
+//! The same transaction imports a project's `.prodigy/` ([`Owner::Project`],
+//! planned by `plan`) and upgrades the store's own layout 0
+//! ([`Owner::Store`], planned by `layout0`). What differs is in [`Owner`]:
+//! the lock, where kept-verbatim files go, and the marker (projects only).
+//!
+//! # The journal's state machine
+//!
+//! | journal | entered after | a crash is recovered by | the way out |
+//! |---|---|---|---|
+//! | (none) | — | sweeping temp files and stray staging areas | — |
+//! | `staging` | the lock, before planning | deleting `<txid>/` (nothing published) | — |
+//! | `publishing` | verification, the marker, the reserve | publishing again (found by hash), then retiring | `migrate` finishes, `rollback` undoes |
+//! | `retiring` | publishing's `syncfs` | retiring the rest (copies made again) | `migrate` finishes, `rollback` undoes |
+//! | `committed` | retiring's `syncfs` and the manifest | writing the report and history, removing the journal | — |
+//! | `rolling_back` | a rollback's checks | finishing the rollback | — |
+//!
+//! # Files
+//!
+//! `stage`, `verify`, `publish`, `retire`, `recover` (commit and recovery)
+//! and `rollback` are the phases, in order; `fs` holds the file-system steps
+//! they share (moving by trying, directories without following links).
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use storage_core::{LockKey, LockWait, RepoKey};
+use storage_fs::{FsStorage, Layout, fsx};
+
+use crate::copy::{self, AtPath, open_regular, probe};
+use crate::error::{Error, Result};
+use crate::fault::{self, Fault};
+pub(crate) use crate::manifest::Paths;
+use crate::manifest::{
+    self, Category, Entry, Fate, Fingerprint, HistoryEntry, Journal, Left, Manifest, Output, Phase,
+    Produce, RelPath, Source, Summary,
+};
+use crate::marker;
+use crate::plan::rel_in_store;
+use crate::progress::{Progress, Step};
+use crate::split;
+
+mod fs;
+mod publish;
+mod recover;
+mod retire;
+mod rollback;
+mod stage;
+mod verify;
+
+use fs::{chown, crosses_devices, dir_modes, is_kind, make_dirs, move_file, real_dir, set_mode};
+
+pub(crate) use fs::{project_owner, remove_dir_all_if_exists, rewrite_metadata_path};
+
+/// Bytes set aside in the store while a migration publishes (see `Tx::reserve`).
+const UNDO_RESERVE: usize = 256 * 1024;
+
+fn join(base: &Path, rel: &RelPath) -> Result<PathBuf> {
+    Layout::under(base, rel.as_path()).ok_or_else(|| Error::Record {
+        path: base.to_owned(),
+        reason: format!("`{}` is not a plain relative path", rel.as_path().display()),
+        next: "the manifest was edited by hand; restore it from the backup directory".into(),
+    })
+}
+
+fn conflict_alt(layout: &Layout, area: &Path, txid: &str, dest: &RelPath) -> RelPath {
+    let alt = area.join("conflicts").join(txid).join(dest.as_path());
+    rel_in_store(layout, &alt)
+}
+
+/// Whose old layout a transaction imports: one project's `.prodigy/`, or
+/// the store's own layout 0. The protocol is the same; what differs is
+/// here: the lock, where kept-verbatim files and conflicts go, the records.
+#[derive(Clone, Debug)]
+pub(crate) enum Owner {
+    /// A project's legacy `.prodigy/`, imported into repository `0`.
+    Project(RepoKey),
+    /// The store itself, written by Prodigy's own code (layout 0).
+    Store,
+}
+
+impl Owner {
+    /// Where files kept verbatim, conflicts and displaced files go.
+    pub fn area(&self, layout: &Layout) -> PathBuf {
+        match self {
+            Owner::Project(repo) => layout.legacy_dir(repo),
+            Owner::Store => layout.layout_0_area(),
+        }
+    }
+
+    /// The records of its transactions.
+    pub fn paths(&self, layout: &Layout) -> Paths {
+        match self {
+            Owner::Project(repo) => Paths::new(layout, repo),
+            Owner::Store => Paths {
+                dir: layout.layout_0_upgrade_dir(),
+            },
+        }
+    }
+
+    /// The lock its transactions take.
+    fn lock_key(&self) -> Result<LockKey> {
+        let name = match self {
+            Owner::Project(repo) => format!("migrate-{repo}"),
+            Owner::Store => "upgrade-layout-0".to_owned(),
+        };
+        Ok(LockKey::new(name).map_err(storage_core::Error::from)?)
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    fsx::create_dir_all(fsx::parent(path))?;
+    // Streamed: a manifest of a large tree is never built in memory.
+    Ok(fsx::write_atomic_with(path, |f| {
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+        serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
+        w.flush()
+    })?)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, next: &str) -> Result<Option<T>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    serde_json::from_reader(reader)
+        .map(Some)
+        .map_err(|e| Error::Record {
+            path: path.to_owned(),
+            reason: e.to_string(),
+            next: next.to_owned(),
+        })
+}
+
+pub(crate) fn read_journal(paths: &Paths) -> Result<Option<Journal>> {
+    read_json(
+        &paths.journal(),
+        "it is written atomically, so it was damaged by hand or by the disk; restore it, or write it again as \
+         docs/migration.md (Troubleshooting) says; never move it away, which leaves the migration half done",
+    )
+}
+
+pub(crate) fn read_manifest(paths: &Paths, txid: &str) -> Result<Manifest> {
+    let path = paths.manifest(txid);
+    let m: Manifest = read_json(&path, manifest::DAMAGED)?.ok_or_else(|| Error::Record {
+        path: path.clone(),
+        reason: "it does not exist".into(),
+        next: "the migration's records were removed; nothing can be done automatically".into(),
+    })?;
+    if m.format_version != manifest::MANIFEST_VERSION {
+        return Err(Error::Record {
+            path,
+            reason: format!(
+                "it has format version {}; this prodigy-storage reads version {}",
+                m.format_version,
+                manifest::MANIFEST_VERSION
+            ),
+            next: "use the prodigy-storage that wrote it".into(),
+        });
+    }
+    Ok(m)
+}
+
+fn set_journal(paths: &Paths, txid: &str, phase: Phase, force: bool) -> Result<()> {
+    write_json(
+        &paths.journal(),
+        &Journal {
+            txid: txid.to_owned(),
+            phase,
+            force,
+        },
+    )
+}
+
+pub(crate) fn read_history(paths: &Paths) -> Result<Vec<HistoryEntry>> {
+    let Some(bytes) = fsx::read_optional(&paths.history())? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(e) => out.push(e),
+            // A torn last line is a crashed append: the journal still holds the state.
+            Err(_) if n + 1 == bytes.split(|&b| b == b'\n').count() => {}
+            Err(e) => {
+                return Err(Error::Record {
+                    path: paths.history(),
+                    reason: format!("line {}: {e}", n + 1),
+                    next: "remove the damaged line by hand".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn append_history(paths: &Paths, entry: &HistoryEntry) -> Result<()> {
+    if read_history(paths)?
+        .iter()
+        .any(|e| e.txid == entry.txid && e.event == entry.event)
+    {
+        return Ok(());
+    }
+    let mut line = serde_json::to_vec(entry).expect("serializable");
+    line.push(b'\n');
+    Ok(storage_fs::events::append_lines(&paths.history(), &line)?)
+}
+
+fn sync(path: &Path) -> Result<()> {
+    Ok(fsx::syncfs(path)?)
+}
+
+/// Directories known to exist, so that creating the parents of thousands
+/// of files costs one `mkdir` per directory, not per file.
+#[derive(Default)]
+struct Dirs(std::collections::HashSet<PathBuf>);
+
+impl Dirs {
+    /// Creates `dir` once; made durable by the phase's `syncfs`.
+    fn ensure(&mut self, dir: &Path) -> Result<()> {
+        if !self.0.contains(dir) {
+            fsx::create_dir_all_unsynced(dir)?;
+            self.0.insert(dir.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` over `items` on up to four threads (each with its own `init()`
+/// state), returning the results in item order, or the first error.
+fn par_map<I: Sync, S, T: Send>(
+    items: &[I],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    par_map_beside(0, items, init, f)
+}
+
+/// [`par_map`], leaving `busy` cores to threads that run beside it.
+fn par_map_beside<I: Sync, S, T: Send>(
+    busy: usize,
+    items: &[I],
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &I) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, 4)
+        .saturating_sub(busy)
+        .max(1)
+        .min(items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut parts: Vec<Vec<(usize, Result<T>)>> = Vec::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut state = init();
+                    let mut out = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        let r = f(&mut state, item);
+                        if r.is_err() {
+                            failed.store(true, Ordering::Relaxed);
+                        }
+                        out.push((i, r));
+                    }
+                    out
+                })
+            })
+            .collect();
+        for h in handles {
+            parts.push(
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+    });
+    let mut all: Vec<(usize, Result<T>)> = parts.into_iter().flatten().collect();
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, r)| r).collect()
+}
+
+/// What recovery did.
+pub(crate) struct Recovered {
+    /// In words, for reports.
+    pub what: String,
+    /// The migration it finished (rolled forward), if any.
+    pub finished: Option<String>,
+}
+
+/// Everything one protocol run needs.
+pub(crate) struct Tx<'a> {
+    pub store: &'a FsStorage,
+    pub owner: Owner,
+    pub paths: Paths,
+    pub progress: &'a dyn Progress,
+}
+
+impl Tx<'_> {
+    fn layout(&self) -> &Layout {
+        self.store.layout()
+    }
+
+    /// The repository of a project import (only those split event logs).
+    fn repo(&self) -> &RepoKey {
+        match &self.owner {
+            Owner::Project(repo) => repo,
+            Owner::Store => unreachable!("a layout-0 upgrade splits no log"),
+        }
+    }
+
+    /// Takes the repository's migration lock.
+    pub fn lock(&self, wait: Duration) -> Result<storage_fs::FileLock> {
+        let name = self.owner.lock_key()?;
+        let wait = if wait.is_zero() {
+            LockWait::NoWait
+        } else {
+            LockWait::Timeout(wait)
+        };
+        Ok(self.store.lock_internal(&name, wait)?)
+    }
+
+    /// Plans (through `plan`, which hands each entry to the function it is
+    /// given) and migrates. Returns `None`, with nothing left behind, when
+    /// the plan holds no legacy file.
+    pub fn run(
+        &self,
+        txid: &str,
+        plan: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<Manifest>,
+    ) -> Result<Option<(Manifest, Summary)>> {
+        // The journal comes first: everything under `<txid>/` is covered by it.
+        set_journal(&self.paths, txid, Phase::Staging, false)?;
+        let mut legacy = PathBuf::new();
+        let staged = (|| {
+            let mut planned = Summary::default();
+            // The few logs to split are staged first, on their own thread.
+            let mut splits = Vec::new();
+            self.progress.start(Step::Plan, 0, 0);
+            let mut m = manifest::write_entries(&self.paths.entries(txid), |push| {
+                plan(&mut |e| {
+                    planned.add(e);
+                    if e.source().split {
+                        splits.push(e.clone());
+                    }
+                    push(e)
+                })
+            })?;
+            self.progress.finish(Step::Plan);
+            legacy.clone_from(&m.legacy_dir.0);
+            if planned.sources == 0 {
+                return Ok(None);
+            }
+            tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
+            write_json(&self.paths.manifest(txid), &m)?;
+            fault::point("after-journal");
+            let staged = self.stage(&mut m, &planned, splits)?;
+            sync(self.layout().root())?;
+            write_json(&self.paths.manifest(txid), &m)?;
+            fault::point("after-staging");
+            self.verify_staged(&m, &staged)?;
+            // The marker names this store in the project before anything is
+            // published; writing it shows whether renames reach the project.
+            let owner = project_owner(&m.legacy_dir.0);
+            let renames = match &self.owner {
+                Owner::Project(repo) => marker::write(
+                    self.store,
+                    &self.paths.tx(txid),
+                    &m.legacy_dir.0,
+                    repo.as_str(),
+                    txid,
+                    owner,
+                )?,
+                // Within the store: renames are tried file by file.
+                Owner::Store => true,
+            };
+            if !renames {
+                self.check_space(&m, &staged)?;
+            }
+            self.reserve(txid)?;
+            Ok(Some((m, staged)))
+        })();
+        let (mut m, staged) = match staged {
+            Ok(Some(done)) => done,
+            // Nothing is published: undo the staging area, keep the legacy tree.
+            Ok(None) => {
+                remove_dir_all_if_exists(&self.paths.tx(txid))?;
+                fsx::remove_file_durable(&self.paths.journal())?;
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = marker::remove(self.store, &legacy);
+                let _ = remove_dir_all_if_exists(&self.paths.tx(txid));
+                let _ = fsx::remove_file_durable(&self.paths.journal());
+                return Err(e);
+            }
+        };
+        fault::point("after-verify");
+        set_journal(&self.paths, txid, Phase::Publishing, false)?;
+        let project = m.project.0.clone();
+        let wrap = |e| self.unfinished(txid, &project, e);
+        let published = self.publish(&m, &staged).map_err(wrap)?;
+        fault::point("after-publish");
+        set_journal(&self.paths, txid, Phase::Retiring, false).map_err(wrap)?;
+        self.retire(&mut m, &published).map_err(wrap)?;
+        write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
+        fault::point("after-retire");
+        Ok(Some((m, published)))
+    }
+
+    /// Sets aside a little space in the store before publishing, which an
+    /// undo frees first: undoing must work when finishing failed because
+    /// the store's disk is full (it needs a journal and a history line).
+    fn reserve(&self, txid: &str) -> Result<()> {
+        let path = self.paths.reserve(txid);
+        let _ = std::fs::remove_file(&path);
+        let mut f = fsx::create_new(&path)?;
+        f.write_all(&vec![0u8; UNDO_RESERVE])
+            .and_then(|()| f.sync_all())
+            .map_err(|e| Error::io("write", &path, e))?;
+        Ok(())
+    }
+
+    /// Frees the space [`Tx::reserve`] set aside.
+    pub fn release_reserve(&self, txid: &str) -> Result<()> {
+        fsx::remove_file_durable(&self.paths.reserve(txid))?;
+        Ok(())
+    }
+
+    /// The error for a migration that stopped after it began publishing:
+    /// it names both ways out.
+    fn unfinished(&self, txid: &str, project: &Path, source: Error) -> Error {
+        let home = crate::shell_quote(self.layout().root());
+        let project_q = crate::shell_quote(project);
+        Error::Unfinished {
+            txid: txid.to_owned(),
+            project: project.to_owned(),
+            finish: format!("prodigy-storage --home {home} migrate {project_q}"),
+            undo: format!("prodigy-storage --home {home} rollback {project_q}"),
+            source: Box::new(source),
+        }
+    }
+
+    /// Refuses to publish when the backup copies (needed where legacy files
+    /// cannot be renamed into the store) would not fit, with a margin, on
+    /// the store's file system.
+    fn check_space(&self, m: &Manifest, staged: &Summary) -> Result<()> {
+        let tx = self.paths.tx(&m.txid);
+        let need = staged.source_bytes + (staged.source_bytes / 100).max(16 << 20);
+        let free = marker::free_bytes(&tx)?;
+        if free < need {
+            return Err(Error::Refused {
+                action: "migrate",
+                path: m.project.0.clone(),
+                reason: format!(
+                    "its legacy files must be copied into the backup (they are on another file system \
+                     than the store), which needs {need} bytes with a margin on the store's file system \
+                     (`{}`), and only {free} are free; nothing was changed: free some space and run again",
+                    self.layout().root().display()
+                ),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,337 @@
+//! Staging: every legacy file (or its per-job log lines) copied into
+//! `<txid>/staging/`, hashed as it is read; one `syncfs` follows.
+
+use super::{
+    BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Layout, Manifest, Output, Path,
+    PathBuf, Produce, Read, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx, join,
+    manifest, open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
+};
+
+/// Typed documents larger than this are copied without the JSON check.
+pub(super) const MAX_VALIDATE: u64 = 64 * 1024 * 1024;
+
+/// What staging one entry produced (applied to the entry afterwards).
+pub(super) struct Staged {
+    src_hash: blake3::Hash,
+    /// Hashes of the identical copies (`sources[1..]`).
+    dup_hashes: Vec<blake3::Hash>,
+    /// (output, size, hash) of each output written.
+    done: Vec<(usize, u64, blake3::Hash)>,
+    new_outputs: Vec<Output>,
+    retarget: Option<(usize, RelPath)>,
+    /// The output was copied verbatim instead of transformed.
+    as_copy: bool,
+    split_lines: Option<u64>,
+    warnings: Vec<String>,
+}
+
+impl Staged {
+    fn apply(self, e: &mut Entry) {
+        e.sources[0].hash = Some(self.src_hash.to_hex().to_string());
+        for (s, h) in e.sources[1..].iter_mut().zip(self.dup_hashes) {
+            s.hash = Some(h.to_hex().to_string());
+        }
+        if self.as_copy
+            && let Some((o, ..)) = self.done.first()
+        {
+            e.outputs[*o].produce = Produce::Copy;
+        }
+        for (o, size, hash) in self.done {
+            e.outputs[o].size = Some(size);
+            e.outputs[o].hash = Some(hash.to_hex().to_string());
+        }
+        if let Some((o, dest)) = self.retarget {
+            e.outputs[o].dest = dest;
+            e.outputs[o].category = Category::LegacyPreserved;
+        }
+        if let Some(lines) = self.split_lines {
+            e.sources[0].split_lines = Some(lines);
+        }
+        e.outputs.extend(self.new_outputs);
+    }
+}
+
+impl Tx<'_> {
+    /// Copies every source into staging, filling in sizes and hashes, on
+    /// all cores. The global event logs, the big files, are split on a
+    /// thread of their own from the start (their entries go at the end of
+    /// the rewritten file); the other files stream through a chunk of
+    /// entries at a time, the biggest of each chunk first. `splits` are the
+    /// entries of the logs to split, as planned. Returns the new totals.
+    pub fn stage(
+        &self,
+        m: &mut Manifest,
+        planned: &Summary,
+        splits: Vec<Entry>,
+    ) -> Result<Summary> {
+        let staging = self.paths.staging(&m.txid);
+        fsx::create_dir_all(&staging)?;
+        self.progress
+            .start(Step::Copy, planned.sources, planned.source_bytes);
+        let legacy = m.legacy_dir.0.clone();
+        let txid = m.txid.clone();
+        let entries = self.paths.entries(&txid);
+        let first = std::sync::Once::new();
+        let stage_entry = |dirs: &mut Dirs, e: &Entry| -> Result<Staged> {
+            let r = self.stage_one(&legacy, &txid, &staging, dirs, e)?;
+            tracing::debug!(file = %e.source().rel.as_path().display(), "staged");
+            self.progress.advance(
+                e.sources.len() as u64,
+                e.sources.iter().map(|s| s.size).sum(),
+            );
+            first.call_once(|| fault::point("mid-staging"));
+            Ok(r)
+        };
+        let mut staged = Summary::default();
+        let mut reader = manifest::EntryReader::open(&entries)?;
+        let splitting = std::sync::atomic::AtomicBool::new(!splits.is_empty());
+        std::thread::scope(|scope| {
+            let logs = scope.spawn(|| -> Result<Vec<(Entry, Staged)>> {
+                let mut dirs = Dirs::default();
+                let r = splits
+                    .into_iter()
+                    .map(|e| stage_entry(&mut dirs, &e).map(|r| (e, r)))
+                    .collect();
+                splitting.store(false, std::sync::atomic::Ordering::Relaxed);
+                r
+            });
+            manifest::write_entries(&entries, |push| {
+                let mut done = |m: &mut Manifest, e: &mut Entry, r: Staged| -> Result<()> {
+                    for w in &r.warnings {
+                        m.warn(w.clone());
+                    }
+                    r.apply(e);
+                    staged.add(e);
+                    push(e)
+                };
+                loop {
+                    let mut chunk = reader.next_chunk(manifest::CHUNK)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    chunk.retain(|e| !e.source().split);
+                    let mut order: Vec<usize> = (0..chunk.len()).collect();
+                    order.sort_by_key(|&i| std::cmp::Reverse(chunk[i].source().size));
+                    let shared: &[Entry] = &chunk;
+                    // One core stays with the logs while they are being split.
+                    let busy = usize::from(splitting.load(std::sync::atomic::Ordering::Relaxed));
+                    let results = par_map_beside(busy, &order, Dirs::default, |dirs, &i| {
+                        stage_entry(dirs, &shared[i])
+                    })?;
+                    // Applied in entry order, so warnings do not depend on scheduling.
+                    let mut results: Vec<(usize, Staged)> =
+                        order.into_iter().zip(results).collect();
+                    results.sort_by_key(|(i, _)| *i);
+                    for (i, r) in results {
+                        done(m, &mut chunk[i], r)?;
+                    }
+                }
+                let logs = logs
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+                for (mut e, r) in logs {
+                    done(m, &mut e, r)?;
+                }
+                Ok(())
+            })
+        })?;
+        self.progress.finish(Step::Copy);
+        Ok(staged)
+    }
+
+    pub(super) fn stage_one(
+        &self,
+        legacy: &Path,
+        txid: &str,
+        staging: &Path,
+        dirs: &mut Dirs,
+        e: &Entry,
+    ) -> Result<Staged> {
+        let source = e.source();
+        let path = join(legacy, &source.rel)?;
+        let mut r = Staged {
+            src_hash: blake3::hash(b""),
+            dup_hashes: Vec::new(),
+            done: Vec::new(),
+            new_outputs: Vec::new(),
+            retarget: None,
+            as_copy: false,
+            split_lines: None,
+            warnings: Vec::new(),
+        };
+        if source.split {
+            self.stage_split(txid, e, &path, staging, dirs, &mut r)?;
+            return Ok(r);
+        }
+        let oi = 0;
+        let out = e.outputs.first().ok_or_else(|| Error::Record {
+            path: self.paths.entries(txid),
+            reason: format!("`{}` has no output", source.rel.as_path().display()),
+            next: "the migration's records are damaged; run migrate again".into(),
+        })?;
+        let (mut file, meta) = open_regular(&path)?;
+        match &out.produce {
+            // Kept verbatim, or an event log (JSONL, never one JSON document).
+            Produce::Copy
+                if matches!(out.category, Category::LegacyPreserved | Category::Events) =>
+            {
+                let dest = join(staging, &out.dest)?;
+                dirs.ensure(fsx::parent(&dest))?;
+                let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
+                r.src_hash = hash;
+                r.done.push((oi, size, hash));
+            }
+            produce if meta.len() > MAX_VALIDATE => {
+                // Too large to hold in memory: check the JSON by streaming it,
+                // then stream the bytes; never rewritten at this size.
+                let valid = serde_json::from_reader::<_, serde::de::IgnoredAny>(
+                    std::io::BufReader::with_capacity(256 * 1024, &mut file),
+                )
+                .is_ok();
+                std::io::Seek::rewind(&mut file).map_err(|e| Error::io("read", &path, e))?;
+                let dest_rel = self.typed_dest(&mut r, (oi, out), source.rel.as_path(), valid);
+                if valid && *produce == Produce::RewriteMetadataPath {
+                    r.warnings.push(format!(
+                        "`{}` is too large to rewrite its `path`; copied verbatim",
+                        source.rel.as_path().display()
+                    ));
+                }
+                r.as_copy = *produce != Produce::Copy;
+                let dest = join(staging, &dest_rel)?;
+                dirs.ensure(fsx::parent(&dest))?;
+                let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
+                r.src_hash = hash;
+                r.done.push((oi, size, hash));
+            }
+            produce => {
+                // Typed documents are read whole: a torn or corrupt one must not
+                // land where Prodigy loads it, so it goes to the legacy area.
+                let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+                file.read_to_end(&mut bytes)
+                    .map_err(|e| Error::io("read", &path, e))?;
+                r.src_hash = blake3::hash(&bytes);
+                let valid = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+                let dest_rel = self.typed_dest(&mut r, (oi, out), source.rel.as_path(), valid);
+                let mut content = std::borrow::Cow::Borrowed(&bytes[..]);
+                if valid && *produce == Produce::RewriteMetadataPath {
+                    let new_dir = fsx::parent(&join(self.layout().root(), &out.dest)?).to_owned();
+                    let (rewritten, warning) = rewrite_metadata_path(&bytes, &new_dir);
+                    if let Some(w) = warning {
+                        r.warnings.push(format!(
+                            "`{}`: {w}; copied verbatim",
+                            source.rel.as_path().display()
+                        ));
+                    }
+                    content = std::borrow::Cow::Owned(rewritten);
+                }
+                let dest = join(staging, &dest_rel)?;
+                dirs.ensure(fsx::parent(&dest))?;
+                let hash = copy::write_new(&dest, &content, source.mtime)?;
+                r.done.push((oi, content.len() as u64, hash));
+            }
+        }
+        // Identical duplicates (sessions) are hashed so verification covers them.
+        for d in &e.sources[1..] {
+            let (_, h) = copy::hash_file(&join(legacy, &d.rel)?)?;
+            r.dup_hashes.push(h);
+        }
+        Ok(r)
+    }
+
+    /// Where a typed document is staged: its typed place when it is whole
+    /// JSON; otherwise the legacy area (a torn or corrupt document must not
+    /// land where Prodigy loads it), with a warning and the output re-targeted.
+    pub(super) fn typed_dest(
+        &self,
+        r: &mut Staged,
+        (oi, out): (usize, &Output),
+        rel: &Path,
+        valid: bool,
+    ) -> RelPath {
+        if valid {
+            return out.dest.clone();
+        }
+        let area = self.owner.area(self.layout());
+        let dest = rel_in_store(
+            self.layout(),
+            &Layout::under(&area, rel).expect("walked paths are relative names"),
+        );
+        r.warnings.push(format!(
+            "`{}` is not valid JSON (a torn or corrupt write); kept verbatim in the legacy area",
+            rel.display()
+        ));
+        r.retarget = Some((oi, dest.clone()));
+        dest
+    }
+
+    /// Routes every line of a global event log to its job's staged log.
+    pub(super) fn stage_split(
+        &self,
+        txid: &str,
+        e: &Entry,
+        path: &Path,
+        staging: &Path,
+        dirs: &mut Dirs,
+        r: &mut Staged,
+    ) -> Result<()> {
+        let source = e.source();
+        let dest_of = |route: &split::Route| -> RelPath {
+            crate::plan::split_dest(
+                self.layout(),
+                self.repo(),
+                txid,
+                e.index,
+                source.rel.as_path(),
+                route.as_ref(),
+            )
+        };
+        let mut writers: BTreeMap<split::Route, (PathBuf, BufWriter<std::fs::File>)> =
+            BTreeMap::new();
+        let mut whole = blake3::Hasher::new();
+        let (file, _) = open_regular(path)?;
+        let totals = split::for_each_line(file, path, |route, line| {
+            whole.update(line);
+            if !writers.contains_key(route) {
+                let dest = join(staging, &dest_of(route))?;
+                dirs.ensure(fsx::parent(&dest))?;
+                // A log may fan out to hundreds of jobs at once: 8 KiB
+                // buffers for the first 64, 1 KiB for the rest, so memory
+                // hardly grows with the number of jobs.
+                let capacity = if writers.len() < 64 { 8 * 1024 } else { 1024 };
+                let w = BufWriter::with_capacity(capacity, fsx::create_new(&dest)?);
+                writers.insert(route.clone(), (dest, w));
+            }
+            let (dest, w) = writers.get_mut(route).expect("inserted above");
+            w.write_all(line).map_err(|e| Error::io("write", &*dest, e))
+        })?;
+        for (_, (dest, w)) in writers {
+            let f = w
+                .into_inner()
+                .map_err(|e| Error::io("write", &dest, e.into_error()))?;
+            copy::set_mtime(&f, &dest, source.mtime)?;
+        }
+        r.src_hash = whole.finalize();
+        r.split_lines = Some(totals.values().map(|t| t.lines).sum());
+        for (route, t) in totals {
+            if route.is_none() {
+                r.warnings.push(crate::plan::unrouted_warning(
+                    t.lines,
+                    source.rel.as_path(),
+                    &dest_of(&route),
+                ));
+            }
+            r.new_outputs.push(Output {
+                dest: dest_of(&route),
+                produce: Produce::SplitEvents {
+                    job: route.map(|j| j.to_string()),
+                },
+                category: Category::Events,
+                size: Some(t.bytes),
+                hash: t.hash.map(|h| h.to_hex().to_string()),
+                lines: Some(t.lines),
+                fate: Fate::Pending,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Verification: the staged files proved equal to what was read, before
+//! anything outside `migrations/` changes.
+
+use super::{
+    Entry, Error, Fault, Fingerprint, Manifest, Output, Path, Produce, Result, Source, Step,
+    Summary, Tx, copy, fault, fsx, join, manifest, par_map, rewrite_metadata_path,
+};
+
+/// Checks that the per-job logs of a split log hold every byte and line of
+/// it exactly once (their hashes were checked against the staged files).
+pub(super) fn verify_split(legacy: &Path, e: &Entry) -> Result<()> {
+    let source = e.source();
+    if !source.split {
+        return Ok(());
+    }
+    let bytes: u64 = e.outputs.iter().filter_map(|o| o.size).sum();
+    let lines: u64 = e.outputs.iter().filter_map(|o| o.lines).sum();
+    let planned = source.split_lines;
+    if bytes != source.size || Some(lines) != planned {
+        return Err(Error::Verify {
+            path: join(legacy, &source.rel)?,
+            what: format!(
+                "the per-job logs do not account for every line exactly once \
+                 ({} bytes and {planned:?} lines in the source, {bytes} bytes and {lines} lines staged)",
+                source.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(super) fn corrupt_one_byte(path: &Path) -> Result<()> {
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    match bytes.first_mut() {
+        Some(b) => *b ^= 0x01,
+        None => bytes.push(b'!'),
+    }
+    std::fs::write(path, bytes).map_err(|e| Error::io("write", path, e))
+}
+
+impl Tx<'_> {
+    /// Proves the staged files equal to the legacy files (see the module docs).
+    pub fn verify_staged(&self, m: &Manifest, staged: &Summary) -> Result<()> {
+        let legacy = &m.legacy_dir.0;
+        let staging = self.paths.staging(&m.txid);
+        let total: u64 = staged.categories.values().map(|(_, bytes)| bytes).sum();
+        self.progress
+            .start(Step::Verify, staged.sources + staged.outputs, total);
+        let mut corrupt = fault::armed(&Fault::CorruptStaged);
+        manifest::for_each_chunk(&self.paths.entries(&m.txid), |chunk| {
+            if corrupt && let Some(o) = chunk.iter().find_map(|e| e.outputs.first()) {
+                corrupt_one_byte(&join(&staging, &o.dest)?)?;
+                corrupt = false;
+            }
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                // The bytes staged were hashed as they were read; an unchanged
+                // fingerprint proves no one wrote the file meanwhile.
+                let path = join(legacy, &s.rel)?;
+                let now = std::fs::symlink_metadata(&path)
+                    .map(|meta| Fingerprint::of(&meta))
+                    .map_err(|e| Error::io("stat", &path, e))?;
+                if now != s.fingerprint || s.hash.is_none() {
+                    return Err(Error::Verify {
+                        path,
+                        what: format!(
+                            "the legacy file changed while it was being migrated (size {} then {}); \
+                             stop the Prodigy process that writes it and run again",
+                            s.size, now.size
+                        ),
+                    });
+                }
+                self.progress.advance(1, 0);
+            }
+            // Output by output, so a split log's big per-job files spread over the cores.
+            let outputs: Vec<(&Entry, &Output)> = chunk
+                .iter()
+                .flat_map(|e| e.outputs.iter().map(move |o| (e, o)))
+                .collect();
+            par_map(
+                &outputs,
+                || (),
+                |(), (e, o)| self.verify_output(legacy, &staging, e.source(), o),
+            )?;
+            for e in chunk {
+                verify_split(legacy, e)?;
+            }
+            Ok(())
+        })?;
+        self.progress.finish(Step::Verify);
+        Ok(())
+    }
+
+    /// Re-hashes a staged output, and re-runs the metadata rewrite over its source.
+    pub(super) fn verify_output(
+        &self,
+        legacy: &Path,
+        staging: &Path,
+        source: &Source,
+        o: &Output,
+    ) -> Result<()> {
+        let path = join(staging, &o.dest)?;
+        let (size, hash) = copy::hash_file(&path)?;
+        if Some(hash.to_hex().to_string()) != o.hash || Some(size) != o.size {
+            return Err(Error::Verify {
+                path,
+                what: "the staged copy does not match what was read from the legacy file".into(),
+            });
+        }
+        match &o.produce {
+            Produce::Copy if o.hash != source.hash => {
+                return Err(Error::Verify {
+                    path,
+                    what: "the staged copy differs from its legacy file".into(),
+                });
+            }
+            Produce::RewriteMetadataPath => {
+                let src = join(legacy, &source.rel)?;
+                let bytes = std::fs::read(&src).map_err(|e| Error::io("read", &src, e))?;
+                let new_dir = fsx::parent(&join(self.layout().root(), &o.dest)?).to_owned();
+                let (expected, _) = rewrite_metadata_path(&bytes, &new_dir);
+                if Some(blake3::hash(&expected).to_hex().to_string()) != o.hash {
+                    return Err(Error::Verify {
+                        path,
+                        what: "the rewritten metadata does not match its legacy file".into(),
+                    });
+                }
+            }
+            Produce::Copy | Produce::SplitEvents { .. } => {}
+        }
+        self.progress.advance(1, size);
+        Ok(())
+    }
+}
