@@ -334,7 +334,6 @@ impl Paths {
     }
 }
 
-
 /// The small part of a transaction's records (`manifest.json`); the legacy
 /// files and outputs are in `entries.jsonl` beside it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

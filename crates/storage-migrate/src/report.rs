@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Serialize, Serializer};
 use storage_fs::FsStorage;
 
-use crate::manifest::{Category, Manifest, Special, Summary};
 use crate::manifest::Paths;
+use crate::manifest::{Category, Manifest, Special, Summary};
 
 // Every path in a report is written by `manifest::serialize_path`: a
 // string when it is UTF-8, else `hex:<bytes>` (documented in `docs/cli.md`),

@@ -141,11 +141,19 @@ pub fn for_each_line(
         if head.is_empty() {
             break;
         }
-        let r = if whole {
-            route(&head)
-        } else {
-            route_prefix(&head)
-        };
+        if whole {
+            // The common case: one whole line, its route moved into the totals.
+            let r = route(&head);
+            sink(&r, &head)?;
+            let entry = hashers
+                .entry(r)
+                .or_insert_with(|| (0, 0, blake3::Hasher::new()));
+            entry.0 += 1;
+            entry.1 += head.len() as u64;
+            entry.2.update(&head);
+            continue;
+        }
+        let r = route_prefix(&head);
         let entry = hashers
             .entry(r.clone())
             .or_insert_with(|| (0, 0, blake3::Hasher::new()));
@@ -154,7 +162,7 @@ pub fn for_each_line(
         entry.1 += head.len() as u64;
         entry.2.update(&head);
         // The rest of a long line, one read buffer at a time.
-        if !whole {
+        {
             loop {
                 let buf = fill(&mut reader, path)?;
                 if buf.is_empty() {
@@ -193,24 +201,17 @@ pub fn for_each_line(
 /// `head` holds the whole line (it ended with a newline or the input within
 /// [`PREFIX`] bytes); an empty `head` is the end of the input.
 fn read_head(reader: &mut impl BufRead, head: &mut Vec<u8>, path: &Path) -> Result<bool> {
-    loop {
-        let buf = fill(reader, path)?;
-        if buf.is_empty() {
-            return Ok(true);
-        }
-        let room = PREFIX - head.len();
-        if room == 0 {
-            return Ok(false);
-        }
-        let take = room.min(buf.len());
-        if let Some(i) = buf[..take].iter().position(|&b| b == b'\n') {
-            head.extend_from_slice(&buf[..=i]);
-            reader.consume(i + 1);
-            return Ok(true);
-        }
-        head.extend_from_slice(&buf[..take]);
-        reader.consume(take);
+    // `read_until` finds the newline with `memchr`; `take` bounds the line.
+    let n = reader
+        .by_ref()
+        .take(PREFIX as u64)
+        .read_until(b'\n', head)
+        .map_err(|e| Error::io("read", path, e))?;
+    if n == 0 || head.last() == Some(&b'\n') || head.len() < PREFIX {
+        return Ok(true);
     }
+    // Exactly `PREFIX` bytes and no newline yet: whole only at the end of the input.
+    Ok(fill(reader, path)?.is_empty())
 }
 
 /// The buffered bytes of `reader`, reading more if none are (empty at the end).
