@@ -293,6 +293,7 @@ fn status(
         &serde_json::json!({
             "schema_version": storage_migrate::REPORT_SCHEMA_VERSION,
             "store": json_path(&root.path), "store_source": root.source, "layout_version": layout_version,
+            "upgrade_due": storage_migrate::upgrade_due(store)?,
             "legacy_import": true, "project": s, "backups": backups,
         }),
         || render::status(root, layout_version, &s, &backups),
