@@ -393,21 +393,27 @@ mod with_import {
             bytes(r.restored_bytes),
             r.removed_from_store
         );
-        if !r.displaced.is_empty() {
-            let _ = writeln!(
-                out,
-                "  moved aside because they had changed: {}",
-                r.displaced.len()
-            );
-            for d in &r.displaced {
-                let _ = writeln!(out, "    {}", d.display());
-            }
-        }
+        displaced(&mut out, r);
         let _ = writeln!(
             out,
             "An older Prodigy can use it again. Prodigy's start-up leaves it so until you run `prodigy-storage upgrade`."
         );
         out
+    }
+
+    /// The files a forced rollback or downgrade moved aside, if any.
+    fn displaced(out: &mut String, r: &RollbackReport) {
+        if r.displaced.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "  moved aside because they had changed: {}",
+            r.displaced.len()
+        );
+        for d in &r.displaced {
+            let _ = writeln!(out, "    {}", d.display());
+        }
     }
 
     trait Label {
@@ -497,16 +503,7 @@ mod with_import {
             bytes(r.restored_bytes),
             r.removed_from_store
         );
-        if !r.displaced.is_empty() {
-            let _ = writeln!(
-                out,
-                "  moved aside because they had changed: {}",
-                r.displaced.len()
-            );
-            for d in &r.displaced {
-                let _ = writeln!(out, "    {}", d.display());
-            }
-        }
+        displaced(&mut out, r);
         let _ = writeln!(
             out,
             "The backup stays at {} until you run `prodigy-storage backups prune`.",

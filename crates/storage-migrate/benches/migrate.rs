@@ -18,7 +18,7 @@ use storage_migrate::{MigrateOptions, Outcome};
 
 mod common;
 
-use common::{FreshFs, Phases, ROUNDS, median, peak_rss_kib, sh};
+use common::{FreshFs, Phases, peak_rss_kib, sh, side_by_side};
 
 /// Child mode: migrate `project` into `store`, print elapsed ms and peak RSS.
 fn child(project: &Path, store: &Path) {
@@ -83,63 +83,14 @@ fn main() {
         tree.bytes as f64 / 1e6,
         tree.event_lines
     );
-    let (mut ours, mut cp, mut rss1) = (Vec::new(), Vec::new(), 0);
-    let mut fresh = true;
-    for round in 0..ROUNDS {
-        let fs = FreshFs::new(&base, &format!("round-{round}"), 1024);
-        if fs.is_none() && fresh {
-            eprintln!(
-                "note: cannot loop-mount a fresh ext4 here (needs root and mkfs.ext4); measuring in {} instead",
-                base.display()
-            );
-            fresh = false;
-        }
-        let dir = fs
-            .as_ref()
-            .map_or_else(|| base.join(format!("round-{round}")), |f| f.mnt.clone());
-        std::fs::create_dir_all(&dir).expect("round dir");
-        // Each side gets its own pristine copy of the tree.
-        for side in ["project", "project-cp"] {
-            sh(&format!(
-                "cp -a '{}' '{}' && sync",
-                template.display(),
-                dir.join(side).display()
-            ));
-        }
-        // Start each timed run with no dirty pages from the previous one.
-        let settle = || {
-            sh("sync");
-            std::thread::sleep(Duration::from_millis(500));
-        };
-        let run_ours = |ours: &mut Vec<Duration>, rss: &mut u64| {
-            settle();
-            let (t, r) = migrate_in_child(&dir.join("project"), &dir.join("store"));
-            ours.push(t);
-            *rss = (*rss).max(r);
-        };
-        let run_cp = |cp: &mut Vec<Duration>| {
-            settle();
-            let t = Instant::now();
-            sh(&format!(
-                "cp -a '{}' '{}' && sync",
-                dir.join("project-cp/.prodigy").display(),
-                dir.join("cp-dst").display()
-            ));
-            cp.push(t.elapsed());
-        };
-        // Alternate the order so neither side always pays the other's writeback.
-        if round % 2 == 0 {
-            run_ours(&mut ours, &mut rss1);
-            run_cp(&mut cp);
-        } else {
-            run_cp(&mut cp);
-            run_ours(&mut ours, &mut rss1);
-        }
-        if fs.is_none() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-    let (ours, cp) = (median(ours), median(cp));
+    let (ours, cp, rss1) = side_by_side(
+        &base,
+        &template,
+        1024,
+        ("project", "project-cp"),
+        "project-cp/.prodigy",
+        |dir| migrate_in_child(&dir.join("project"), &dir.join("store")),
+    );
     let ratio = ours.as_secs_f64() / cp.as_secs_f64();
 
     // Memory at ten times the tree.

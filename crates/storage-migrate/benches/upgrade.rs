@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{FreshFs, Phases, ROUNDS, median, peak_rss_kib, sh};
+use common::{FreshFs, Phases, peak_rss_kib, sh, side_by_side};
 use storage_fs::FsStorage;
 use storage_migrate::{Outcome, UpgradeOptions};
 
@@ -82,52 +82,14 @@ fn main() {
         t.bytes as f64 / 1e6,
         t.event_lines
     );
-    let (mut ours, mut cp, mut rss1) = (Vec::new(), Vec::new(), 0);
-    for round in 0..ROUNDS {
-        let fs = FreshFs::new(&base, &format!("round-{round}"), 512);
-        let dir = fs
-            .as_ref()
-            .map_or_else(|| base.join(format!("round-{round}")), |f| f.mnt.clone());
-        std::fs::create_dir_all(&dir).expect("round dir");
-        for side in ["store", "store-cp"] {
-            sh(&format!(
-                "cp -a '{}' '{}' && sync",
-                template.display(),
-                dir.join(side).display()
-            ));
-        }
-        let settle = || {
-            sh("sync");
-            std::thread::sleep(Duration::from_millis(500));
-        };
-        let run_ours = |ours: &mut Vec<Duration>, rss: &mut u64| {
-            settle();
-            let (t, r) = upgrade_in_child(&dir.join("store"));
-            ours.push(t);
-            *rss = (*rss).max(r);
-        };
-        let run_cp = |cp: &mut Vec<Duration>| {
-            settle();
-            let t = Instant::now();
-            sh(&format!(
-                "cp -a '{}' '{}' && sync",
-                dir.join("store-cp").display(),
-                dir.join("cp-dst").display()
-            ));
-            cp.push(t.elapsed());
-        };
-        if round % 2 == 0 {
-            run_ours(&mut ours, &mut rss1);
-            run_cp(&mut cp);
-        } else {
-            run_cp(&mut cp);
-            run_ours(&mut ours, &mut rss1);
-        }
-        if fs.is_none() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    }
-    let (ours, cp) = (median(ours), median(cp));
+    let (ours, cp, rss1) = side_by_side(
+        &base,
+        &template,
+        512,
+        ("store", "store-cp"),
+        "store-cp",
+        |dir| upgrade_in_child(&dir.join("store")),
+    );
     let ratio = ours.as_secs_f64() / cp.as_secs_f64();
 
     let big_fs = FreshFs::new(&base, "big", 2048);

@@ -907,3 +907,33 @@ fn an_old_prodigy_appending_at_random_moments_loses_nothing() {
         rounds * 2
     );
 }
+
+/// Item 5 for rollback: after `EIO` on the `syncfs` that makes restored
+/// files durable, finishing the rollback must not trust the copies it made
+/// (their pages may be gone): it restores them again from the backup.
+#[test]
+fn after_a_failed_sync_during_rollback_the_restored_copies_are_made_again() {
+    if !have_strace() {
+        return;
+    }
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let out = traced(&sb, "syncfs:error=EIO:when=1", &["rollback"], &sb.project())
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "the failed sync is reported");
+    let a = sb.project().join(".prodigy/cache/a.json");
+    let id = |p: &Path| {
+        let m = std::fs::metadata(p).expect("restored");
+        (m.ino(), m.ctime(), m.ctime_nsec())
+    };
+    let first = id(&a);
+    run_ok(cmd(&sb, &sb.project(), &["rollback"]));
+    assert_eq!(fs_err::read(&a).expect("restored"), b"{\"a\": 1}\n");
+    assert_ne!(
+        id(&a),
+        first,
+        "the copy restored before the failed sync was trusted"
+    );
+}

@@ -96,3 +96,73 @@ impl storage_migrate::Progress for Phases {
         *last = Instant::now();
     }
 }
+
+/// `ROUNDS` rounds of `ours` beside `cp -a <dir>/<cp_src> <dir>/cp-dst &&
+/// sync`, each round on a fresh file system of `fs_mb` MiB with pristine
+/// copies of `template` at `<dir>/<sides.0>` and `<dir>/<sides.1>`, in
+/// alternating order so neither side always pays the other's writeback.
+/// Returns the medians and the largest peak memory `ours` reported.
+pub fn side_by_side(
+    base: &Path,
+    template: &Path,
+    fs_mb: u64,
+    sides: (&str, &str),
+    cp_src: &str,
+    ours: impl Fn(&Path) -> (Duration, u64),
+) -> (Duration, Duration, u64) {
+    let (mut mine, mut cp, mut rss) = (Vec::new(), Vec::new(), 0);
+    let mut fresh = true;
+    for round in 0..ROUNDS {
+        let fs = FreshFs::new(base, &format!("round-{round}"), fs_mb);
+        if fs.is_none() && fresh {
+            eprintln!(
+                "note: cannot loop-mount a fresh ext4 here (needs root and mkfs.ext4); measuring in {} instead",
+                base.display()
+            );
+            fresh = false;
+        }
+        let dir = fs
+            .as_ref()
+            .map_or_else(|| base.join(format!("round-{round}")), |f| f.mnt.clone());
+        std::fs::create_dir_all(&dir).expect("round dir");
+        for side in [sides.0, sides.1] {
+            sh(&format!(
+                "cp -a '{}' '{}' && sync",
+                template.display(),
+                dir.join(side).display()
+            ));
+        }
+        // Start each timed run with no dirty pages from the previous one.
+        let settle = || {
+            sh("sync");
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let mut run_ours = || {
+            settle();
+            let (t, r) = ours(&dir);
+            mine.push(t);
+            rss = rss.max(r);
+        };
+        let mut run_cp = || {
+            settle();
+            let t = Instant::now();
+            sh(&format!(
+                "cp -a '{}' '{}' && sync",
+                dir.join(cp_src).display(),
+                dir.join("cp-dst").display()
+            ));
+            cp.push(t.elapsed());
+        };
+        if round % 2 == 0 {
+            run_ours();
+            run_cp();
+        } else {
+            run_cp();
+            run_ours();
+        }
+        if fs.is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    (median(mine), median(cp), rss)
+}

@@ -116,7 +116,7 @@ impl Tx<'_> {
             }
             Phase::RollingBack => {
                 let m = read_manifest(&self.paths, &txid)?;
-                self.finish_rollback(&m, journal.force)?;
+                self.finish_rollback(&m, journal.force, true)?;
                 format!("finished interrupted rollback of {txid}")
             }
         };

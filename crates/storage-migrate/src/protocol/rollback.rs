@@ -193,10 +193,17 @@ impl Tx<'_> {
     /// Rolls `m` back; returns the totals of its entries.
     pub fn start_rollback(&self, m: &Manifest, force: bool) -> Result<Summary> {
         set_journal(&self.paths, &m.txid, Phase::RollingBack, force)?;
-        self.finish_rollback(m, force)
+        self.finish_rollback(m, force, false)
     }
 
-    pub(super) fn finish_rollback(&self, m: &Manifest, force: bool) -> Result<Summary> {
+    /// Restores and removes; `distrust` (finishing an interrupted rollback)
+    /// makes every restored copy again rather than trust it.
+    pub(super) fn finish_rollback(
+        &self,
+        m: &Manifest,
+        force: bool,
+        distrust: bool,
+    ) -> Result<Summary> {
         let backup = self.paths.backup(&m.txid);
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
@@ -225,16 +232,20 @@ impl Tx<'_> {
                 }
                 let dest = join(&legacy, &s.rel)?;
                 make_dirs(&legacy, s.rel.as_path().parent(), &modes, owner)?;
+                let bak = join(&backup, &s.rel)?;
                 let same = matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
-                if !same {
+                // Finishing an interrupted rollback, a restored copy is made
+                // again: its `syncfs` may have failed, and a retried sync
+                // proves nothing. (Only where the backup still holds it.)
+                let redo = same
+                    && distrust
+                    && matches!(probe(&bak)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
+                if redo {
+                    fsx::remove_file_durable(&dest)?;
+                }
+                if !same || redo {
                     n += 1;
-                    restore_one(
-                        &join(&backup, &s.rel)?,
-                        &restoring.join(n.to_string()),
-                        &dest,
-                        s,
-                        owner,
-                    )?;
+                    restore_one(&bak, &restoring.join(n.to_string()), &dest, s, owner)?;
                 }
                 tracing::debug!(file = %s.rel.as_path().display(), already_there = same, "restored from the backup");
                 self.progress.advance(1, s.size);
