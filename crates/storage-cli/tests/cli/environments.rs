@@ -937,3 +937,37 @@ fn after_a_failed_sync_during_rollback_the_restored_copies_are_made_again() {
         "the copy restored before the failed sync was trusted"
     );
 }
+
+/// Item 6, the race: while a rollback restores (every link and rename slowed down),
+/// the directory it is restoring into is swapped for a link to a directory
+/// outside the project. Every component is opened without following links
+/// and held open, so nothing is ever written outside.
+#[test]
+fn a_directory_swapped_for_a_link_during_rollback_is_never_written_through() {
+    if !have_strace() {
+        return;
+    }
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    run_ok(cmd(&sb, &sb.project(), &["migrate"]));
+    let outside = sb.path().join("outside");
+    fs_err::create_dir_all(&outside).expect("mkdir");
+    let cache = sb.project().join(".prodigy/cache");
+    let child = traced(
+        &sb,
+        "linkat,link,rename,renameat,renameat2:delay_enter=300000",
+        &["rollback"],
+        &sb.project(),
+    )
+    .spawn()
+    .expect("spawn");
+    wait_for("the rollback to recreate `cache/`", || cache.is_dir());
+    fs_err::rename(&cache, sb.project().join(".prodigy/cache-moved")).expect("move away");
+    std::os::unix::fs::symlink(&outside, &cache).expect("plant the link");
+    let _ = finish(child);
+    assert_eq!(
+        fs_err::read_dir(&outside).expect("list").count(),
+        0,
+        "a restored file was written through the link"
+    );
+}

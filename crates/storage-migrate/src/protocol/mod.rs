@@ -71,7 +71,7 @@ mod rollback;
 mod stage;
 mod verify;
 
-use fs::{chown, crosses_devices, dir_modes, is_kind, make_dirs, move_file, real_dir, set_mode};
+use fs::{crosses_devices, dir_modes, is_kind, make_dirs, move_file, real_dir};
 
 pub(crate) use fs::{project_owner, remove_dir_all_if_exists, rewrite_metadata_path};
 

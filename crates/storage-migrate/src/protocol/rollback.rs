@@ -1,42 +1,141 @@
 //! Rollback (and downgrade): the legacy files restored from the backup,
 //! what the transaction published removed; never through a link.
 
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{Mode, OFlags};
+
 use super::{
     AtPath, BTreeMap, Error, Fate, HistoryEntry, Manifest, Owner, Path, PathBuf, Phase, Produce,
-    RelPath, Result, Source, Step, Summary, Tx, append_history, chown, conflict_alt, copy,
-    dir_modes, fault, fsx, join, make_dirs, manifest, marker, open_regular, probe, project_owner,
-    read_manifest, real_dir, remove_dir_all_if_exists, set_journal, set_mode, sync,
+    RelPath, Result, Source, Step, Summary, Tx, append_history, conflict_alt, copy, dir_modes,
+    fault, fsx, join, manifest, marker, open_regular, probe, project_owner, read_manifest,
+    real_dir, remove_dir_all_if_exists, set_journal, sync,
 };
 
-/// Copies the backup `bak` to `tmp`, with the source's mode and mtime, and
-/// renames it to `dest` without replacing anything. Where `dest` is on
-/// another file system than `tmp` (a mount inside `.prodigy/`), the copy is
-/// made beside `dest` instead.
+/// Restores the backup `bak` as `name` in the directory `parent` (opened
+/// without following links, see [`open_dir_beneath`]): copied, with the
+/// source's mode and mtime, to `restoring/<tmp>` (this rollback's own
+/// directory), then linked into place without replacing anything (a link
+/// fails where the name exists) and the temp name removed. Where `parent`
+/// is on another file system (a mount inside `.prodigy/`), the copy is
+/// made beside the target instead, through the same directory descriptor,
+/// and `fsync`ed (no `syncfs` of the project covers another mount).
 pub(super) fn restore_one(
     bak: &Path,
-    tmp: &Path,
+    (restoring, tmp): (&OwnedFd, &str),
+    (parent, name): (&OwnedFd, &std::ffi::OsStr),
     dest: &Path,
     s: &Source,
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
-    let copy_to = |tmp: &Path| -> Result<()> {
-        let (mut f, _) = open_regular(bak)?;
-        copy::copy_new(&mut f, bak, tmp, s.mtime)?;
-        set_mode(tmp, s.mode)?;
-        chown(tmp, owner)
+    use rustix::fs::{AtFlags, linkat, unlinkat};
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |e: rustix::io::Errno| Error::io(op, path, e.into())
     };
-    copy_to(tmp)?;
-    match fsx::rename_noreplace(tmp, dest) {
-        Err(storage_core::Error::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::CrossesDevices =>
-        {
-            fsx::remove_file_durable(tmp)?;
-            let beside = fsx::parent(dest).join(fsx::temp_name("restore"));
-            copy_to(&beside)?;
-            Ok(fsx::rename_noreplace(&beside, dest)?)
+    let fill = |dir: &OwnedFd, file: &str| -> Result<()> {
+        let (mut from, _) = open_regular(bak)?;
+        let fd = rustix::fs::openat(
+            dir,
+            file,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io("create", dest))?;
+        let mut out = std::fs::File::from(fd);
+        copy::copy_into(&mut from, bak, &mut out, dest, s.mtime)?;
+        rustix::fs::fchmod(&out, Mode::from_raw_mode(s.mode))
+            .map_err(io("set permissions of", dest))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
+                .map_err(|e| Error::io("change the owner of", dest, e))?;
         }
-        other => Ok(other?),
+        Ok(())
+    };
+    fill(restoring, tmp)?;
+    match linkat(restoring, tmp, parent, name, AtFlags::empty()) {
+        Ok(()) => {
+            unlinkat(restoring, tmp, AtFlags::empty()).map_err(io("remove", dest))?;
+            Ok(())
+        }
+        Err(rustix::io::Errno::XDEV) => {
+            unlinkat(restoring, tmp, AtFlags::empty()).map_err(io("remove", dest))?;
+            let beside = format!(".prodigy-storage-restore-{tmp}");
+            fill(parent, &beside)?;
+            let f = rustix::fs::openat(
+                parent,
+                beside.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io("open", dest))?;
+            rustix::fs::fsync(&f).map_err(io("fsync", dest))?;
+            let linked = linkat(parent, beside.as_str(), parent, name, AtFlags::empty())
+                .map_err(io("link into place", dest));
+            unlinkat(parent, beside.as_str(), AtFlags::empty()).map_err(io("remove", dest))?;
+            linked?;
+            rustix::fs::fsync(parent).map_err(io("fsync directory", dest))?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = unlinkat(restoring, tmp, AtFlags::empty());
+            Err(io("link into place", dest)(e))
+        }
     }
+}
+
+/// Opens `base`, then each component of `rel` below it, as directories and
+/// **without following any link** (`openat` with `O_NOFOLLOW|O_DIRECTORY`
+/// at every step), creating missing ones with their recorded mode (and,
+/// run as root, the owner of `.prodigy`). A link or a file where a
+/// directory belongs is refused by name, whenever it appears.
+pub(super) fn open_dir_beneath(
+    base: &Path,
+    rel: Option<&Path>,
+    modes: &BTreeMap<PathBuf, u32>,
+    owner: Option<(u32, u32)>,
+) -> Result<OwnedFd> {
+    use rustix::io::Errno;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let refuse = |path: PathBuf, e: Errno| {
+        if e == Errno::LOOP || e == Errno::NOTDIR {
+            Error::Link { path }
+        } else {
+            Error::io("open", path, e.into())
+        }
+    };
+    let mut fd = rustix::fs::openat(rustix::fs::CWD, base, flags, Mode::empty())
+        .map_err(|e| refuse(base.to_owned(), e))?;
+    let Some(rel) = rel else { return Ok(fd) };
+    let mut cur = PathBuf::new();
+    for c in rel.components() {
+        cur.push(c);
+        let name = c.as_os_str();
+        let next = match rustix::fs::openat(&fd, name, flags, Mode::empty()) {
+            Ok(next) => next,
+            Err(Errno::NOENT) => {
+                let mode = Mode::from_raw_mode(modes.get(&cur).copied().unwrap_or(0o755));
+                match rustix::fs::mkdirat(&fd, name, mode) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(Error::io("create directory", base.join(&cur), e.into())),
+                }
+                let next = rustix::fs::openat(&fd, name, flags, Mode::empty())
+                    .map_err(|e| refuse(base.join(&cur), e))?;
+                rustix::fs::fchmod(&next, mode)
+                    .map_err(|e| Error::io("set permissions of", base.join(&cur), e.into()))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&next, Some(uid), Some(gid))
+                        .map_err(|e| Error::io("change the owner of", base.join(&cur), e))?;
+                }
+                rustix::fs::fsync(&fd)
+                    .map_err(|e| Error::io("fsync directory", base.join(&cur), e.into()))?;
+                next
+            }
+            Err(e) => return Err(refuse(base.join(&cur), e)),
+        };
+        fd = next;
+    }
+    Ok(fd)
 }
 
 /// Removes the empty ancestors of `rel` under `base` that are not
@@ -220,6 +319,7 @@ impl Tx<'_> {
         let restoring = legacy.join(format!(".prodigy-storage-restoring-{}", m.txid));
         remove_dir_all_if_exists(&restoring)?;
         fsx::create_dir_all(&restoring)?;
+        let restoring_fd = open_dir_beneath(&restoring, None, &modes, None)?;
         let mut first = true;
         let mut n = 0u64;
         manifest::for_each_chunk(&entries, |chunk| {
@@ -231,7 +331,7 @@ impl Tx<'_> {
                     continue;
                 }
                 let dest = join(&legacy, &s.rel)?;
-                make_dirs(&legacy, s.rel.as_path().parent(), &modes, owner)?;
+                let parent = open_dir_beneath(&legacy, s.rel.as_path().parent(), &modes, owner)?;
                 let bak = join(&backup, &s.rel)?;
                 let same = matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
                 // Finishing an interrupted rollback, a restored copy is made
@@ -245,7 +345,15 @@ impl Tx<'_> {
                 }
                 if !same || redo {
                     n += 1;
-                    restore_one(&bak, &restoring.join(n.to_string()), &dest, s, owner)?;
+                    let name = s.rel.as_path().file_name().unwrap_or_default();
+                    restore_one(
+                        &bak,
+                        (&restoring_fd, &n.to_string()),
+                        (&parent, name),
+                        &dest,
+                        s,
+                        owner,
+                    )?;
                 }
                 tracing::debug!(file = %s.rel.as_path().display(), already_there = same, "restored from the backup");
                 self.progress.advance(1, s.size);
