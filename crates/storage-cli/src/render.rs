@@ -186,13 +186,33 @@ mod with_import {
         }
     }
 
+    /// A migration's report, then its sub-directories' (each its own
+    /// transaction of the same run).
     pub fn migration(r: &MigrationReport) -> String {
+        let mut out = migration_of(r);
+        for sub in &r.subdirectories {
+            out.push_str(&migration_of(sub));
+        }
+        out
+    }
+
+    fn migration_of(r: &MigrationReport) -> String {
         let mut out = String::new();
         let legacy = r.legacy_dir.display();
         if let Some(rec) = &r.recovered {
             let _ = writeln!(out, "first, recovery: {rec}");
         }
-        match r.outcome {
+        // The project's own `.prodigy/` held nothing; its sub-directories did.
+        let outcome = if r.legacy_files == 0 {
+            Outcome::NothingToMigrate
+        } else {
+            r.outcome
+        };
+        match outcome {
+            Outcome::NothingToMigrate if r.outcome != Outcome::NothingToMigrate => {
+                let _ = writeln!(out, "No legacy storage in {legacy}.");
+                return out;
+            }
             Outcome::NothingToMigrate => {
                 let _ = writeln!(out, "No legacy storage in {legacy}; nothing to migrate.");
                 if r.user_files_untouched > 0 {
@@ -489,7 +509,16 @@ mod with_import {
         out
     }
 
+    /// A rollback's report, then the other transactions of the same run.
     pub fn rollback(r: &RollbackReport) -> String {
+        let mut out = rollback_of(r);
+        for other in &r.also_undone {
+            out.push_str(&rollback_of(other));
+        }
+        out
+    }
+
+    fn rollback_of(r: &RollbackReport) -> String {
         let mut out = String::new();
         if let Some(rec) = &r.recovered {
             let _ = writeln!(out, "first, recovery: {rec}");
@@ -593,25 +622,27 @@ mod with_import {
         }
         if let Some(reason) = &s.refused {
             let _ = writeln!(out, "legacy storage: not migratable: {reason}");
-        } else if let Some(l) = &s.legacy {
-            if l.legacy_files == 0 {
-                let _ = writeln!(out, "legacy storage: none in {}", l.legacy_dir.display());
-            } else {
-                let _ = writeln!(
-                    out,
-                    "legacy storage: {} file(s), {} in {} (run `prodigy-storage migrate`)",
-                    l.legacy_files,
-                    bytes(l.legacy_bytes),
-                    l.legacy_dir.display()
-                );
-                for c in &l.categories {
+        } else if let Some(top) = &s.legacy {
+            for l in top.all() {
+                if l.legacy_files == 0 {
+                    let _ = writeln!(out, "legacy storage: none in {}", l.legacy_dir.display());
+                } else {
                     let _ = writeln!(
                         out,
-                        "  {:<24} {:>6} file(s) {:>11}",
-                        c.category.label(),
-                        c.files,
-                        bytes(c.bytes)
+                        "legacy storage: {} file(s), {} in {} (run `prodigy-storage migrate`)",
+                        l.legacy_files,
+                        bytes(l.legacy_bytes),
+                        l.legacy_dir.display()
                     );
+                    for c in &l.categories {
+                        let _ = writeln!(
+                            out,
+                            "  {:<24} {:>6} file(s) {:>11}",
+                            c.category.label(),
+                            c.files,
+                            bytes(c.bytes)
+                        );
+                    }
                 }
             }
         }

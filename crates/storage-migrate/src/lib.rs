@@ -120,21 +120,34 @@ impl Default for MigrateOptions<'_> {
 ///
 /// Returns [`Outcome::NothingToMigrate`] (and changes nothing) when there is
 /// no legacy storage. A crash of an earlier run is recovered first.
+///
+/// Besides the project's own `.prodigy/`, every legacy directory found
+/// below it ([`plan::discover`]: an old Prodigy run from `services/worker/`
+/// left `services/worker/.prodigy/`) is imported into the same repository,
+/// each by its own transaction, in path order, under one lock; their
+/// reports are in [`MigrationReport::subdirectories`], and one `rollback`
+/// undoes them all.
 pub fn migrate(
     store: &FsStorage,
     project: &Path,
     opts: &MigrateOptions<'_>,
 ) -> Result<MigrationReport> {
     let (project, legacy) = plan::check_project(project, store.root())?;
+    let subdirs = plan::discover(&project, store.root());
     if opts.dry_run {
         let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
-        // Not a real transaction id: the one the real run uses is made then.
-        let (m, summary) = plan_summary(&project, &legacy, store, &repo, "<txid>", true)?;
-        let outcome = if summary.sources == 0 {
-            Outcome::NothingToMigrate
-        } else {
-            Outcome::DryRun
+        let preview = |legacy: &Path, pending: Option<String>| {
+            // Not a real transaction id: the one the real run uses is made then.
+            let (m, summary) = plan_summary(&project, legacy, store, &repo, "<txid>", true)?;
+            let outcome = if summary.sources == 0 {
+                Outcome::NothingToMigrate
+            } else {
+                Outcome::DryRun
+            };
+            Ok::<_, Error>(report::from_manifest(
+                store, &paths, &m, &summary, outcome, pending,
+            ))
         };
         let pending = protocol::read_journal(&paths)?.map(|j| {
             format!(
@@ -142,18 +155,26 @@ pub fn migrate(
                 j.phase, j.txid
             )
         });
-        return Ok(report::from_manifest(
-            store, &paths, &m, &summary, outcome, pending,
-        ));
+        let mut r = preview(&legacy, pending)?;
+        for sub in &subdirs {
+            r.subdirectories.push(preview(sub, None)?);
+        }
+        if r.all().any(|r| r.outcome == Outcome::DryRun) {
+            r.outcome = Outcome::DryRun;
+        }
+        return Ok(r);
     }
     // Another store's unfinished migration of this project comes first.
     marker::check(store, &legacy, "migrate")?;
+    for sub in &subdirs {
+        marker::check(store, sub, "migrate")?;
+    }
     // A project never registered here, with no legacy storage: answer
     // without writing anything (not even the store's own directory). A
     // registered one is decided under its lock: a rollback or migration
     // running now is waited for, and a crash's leftovers are swept.
     let registered = store.find_repo_key(&project)?;
-    if registered.is_none() && !plan::has_legacy_storage(&legacy)? {
+    if registered.is_none() && subdirs.is_empty() && !plan::has_legacy_storage(&legacy)? {
         let repo = store.proposed_repo_key(&project)?;
         let paths = Paths::new(store.layout(), &repo);
         let (m, summary) = plan_summary(&project, &legacy, store, &repo, "none", false)?;
@@ -169,6 +190,9 @@ pub fn migrate(
     // Refuse unreadable or unmovable legacy files before anything changes
     // (a file moved away meanwhile by a concurrent migration is no refusal).
     plan::check_access(&legacy)?;
+    for sub in &subdirs {
+        plan::check_access(sub)?;
+    }
     store.create()?;
     let repo = store.repo_key(&project)?;
     let tx = Tx {
@@ -181,44 +205,76 @@ pub fn migrate(
     fault::point("after-lock");
     let recovery = tx.recover_tx()?;
     let recovered = recovery.as_ref().map(|r| r.what.clone());
-    let txid = plan::new_txid();
-    // A process that waited for the lock usually finds the work done: it
-    // answers without writing a journal.
-    let done = if plan::has_legacy_storage(&legacy)? {
+    // One transaction per legacy directory; with several, each manifest
+    // names the run (the first one's id) so that rollback undoes them together.
+    let mut run: Option<String> = None;
+    let several = !subdirs.is_empty();
+    let mut import = |legacy: &Path| -> Result<Option<(manifest::Manifest, Summary)>> {
+        // A process that waited for the lock usually finds the work done:
+        // it answers without writing a journal.
+        if !plan::has_legacy_storage(legacy)? {
+            return Ok(None);
+        }
+        let txid = plan::new_txid();
+        let group = several.then(|| run.get_or_insert_with(|| txid.clone()).clone());
         tx.run(&txid, |sink| {
-            plan::plan(&project, &legacy, store.layout(), &repo, &txid, false, sink)
-        })?
-    } else {
-        None
+            let mut m = plan::plan(&project, legacy, store.layout(), &repo, &txid, false, sink)?;
+            m.run = group;
+            Ok(m)
+        })
     };
-    let Some((m, summary)) = done else {
-        // The migration that recovery just finished is what this run did:
-        // its report, not "nothing to migrate".
-        if let Some(finished) = recovery.and_then(|r| r.finished) {
-            let m = protocol::read_manifest(&tx.paths, &finished)?;
-            let summary = manifest::summarize(&tx.paths.entries(&finished))?;
-            return Ok(report::from_manifest(
+    // Each transaction commits before the next begins (one journal).
+    let root = match import(&legacy)? {
+        Some((m, summary)) => {
+            let r = report::from_manifest(
                 store,
                 &tx.paths,
                 &m,
                 &summary,
                 Outcome::Migrated,
-                recovered,
-            ));
+                recovered.clone(),
+            );
+            tx.commit(&m, &summary, &r)?;
+            Some(r)
         }
-        let (m, summary) = plan_summary(&project, &legacy, store, &repo, &txid, false)?;
-        return Ok(report::from_manifest(
-            store,
-            &tx.paths,
-            &m,
-            &summary,
-            Outcome::NothingToMigrate,
-            recovered,
-        ));
+        None => None,
     };
-    let report =
-        report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered);
-    tx.commit(&m, &summary, &report)?;
+    let mut subreports = Vec::new();
+    for sub in &subdirs {
+        if let Some((m, summary)) = import(sub)? {
+            let r = report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, None);
+            tx.commit(&m, &summary, &r)?;
+            subreports.push(r);
+        }
+    }
+    let mut report = match root {
+        Some(r) => r,
+        // The migration that recovery just finished is what this run did:
+        // its report, not "nothing to migrate".
+        None => {
+            if let Some(finished) = recovery.and_then(|r| r.finished) {
+                let m = protocol::read_manifest(&tx.paths, &finished)?;
+                let summary = manifest::summarize(&tx.paths.entries(&finished))?;
+                report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered)
+            } else {
+                let (m, summary) = plan_summary(&project, &legacy, store, &repo, "none", false)?;
+                let mut r = report::from_manifest(
+                    store,
+                    &tx.paths,
+                    &m,
+                    &summary,
+                    Outcome::NothingToMigrate,
+                    recovered,
+                );
+                if subreports.is_empty() {
+                    return Ok(r);
+                }
+                r.outcome = Outcome::Migrated;
+                r
+            }
+        }
+    };
+    report.subdirectories = subreports;
     give_store_to_its_owner(store)?;
     Ok(report)
 }
@@ -445,8 +501,8 @@ fn registered(store: &FsStorage, project: &Path) -> Result<(PathBuf, RepoKey)> {
     Ok((canonical, repo))
 }
 
-/// The latest migration of a repository that has not been rolled back.
-fn latest_migration(paths: &Paths) -> Result<Option<String>> {
+/// The migrations of a repository that have not been rolled back, oldest first.
+fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
     let mut live: Vec<String> = Vec::new();
     for e in protocol::read_history(paths)? {
         match e.event.as_str() {
@@ -455,7 +511,28 @@ fn latest_migration(paths: &Paths) -> Result<Option<String>> {
             _ => {}
         }
     }
-    Ok(live.pop())
+    Ok(live)
+}
+
+/// The latest migration of a repository that has not been rolled back.
+fn latest_migration(paths: &Paths) -> Result<Option<String>> {
+    Ok(live_migrations(paths)?.pop())
+}
+
+/// The latest migration not rolled back and the others of its run (one
+/// `migrate` that imported sub-directories too), newest first.
+fn latest_run(paths: &Paths) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    let mut run = None;
+    for txid in live_migrations(paths)?.into_iter().rev() {
+        let m = protocol::read_manifest(paths, &txid)?;
+        if !out.is_empty() && (run.is_none() || m.run != run) {
+            break;
+        }
+        run = m.run;
+        out.push(txid);
+    }
+    Ok(out)
 }
 
 /// Undoes the latest migration of `project`: restores the legacy files
@@ -489,6 +566,7 @@ pub fn rollback(
         let summary = manifest::summarize(&tx.paths.entries(&j.txid))?;
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
+            also_undone: Vec::new(),
             txid: j.txid.clone(),
             project,
             restored_files: summary.sources,
@@ -505,6 +583,7 @@ pub fn rollback(
     })?;
     if let Some(want) = opts.txid
         && want != latest
+        && !latest_run(&tx.paths)?.iter().any(|t| t == want)
     {
         return Err(Error::RollbackRefused {
             reason: format!(
@@ -513,43 +592,66 @@ pub fn rollback(
             paths: Vec::new(),
         });
     }
-    let m = protocol::read_manifest(&tx.paths, &latest)?;
-    tracing::info!(project = %m.project.as_path().display(), txid = %latest, "rolling back migration");
-    let changed = tx
-        .rollback_check(&m)
-        .map_err(|e| pruned_backup(e, &tx.paths.backup(&latest), &latest))?;
-    if !changed.is_empty() && !opts.force {
-        return Err(Error::RollbackRefused {
-            reason: format!(
-                "{} file(s) that migration {latest} published have changed since (first `{}`), \
-                 probably because Prodigy ran with them. Rolling back would lose those changes. \
-                 To keep them, do not roll back. To roll back anyway, run with --force: the changed \
-                 files are then moved to `{}` instead of being removed",
-                changed.len(),
-                changed[0].display(),
-                store
-                    .layout()
-                    .legacy_dir(&repo)
-                    .join("rollback-displaced")
-                    .join(&latest)
-                    .display()
-            ),
-            paths: changed,
+    // One `migrate` that imported sub-directories' `.prodigy/` too ran one
+    // transaction each: all of them are undone, newest first, after every
+    // one has been checked.
+    let mut group = Vec::new();
+    for txid in latest_run(&tx.paths)? {
+        let m = protocol::read_manifest(&tx.paths, &txid)?;
+        group.push((txid, m));
+    }
+    let mut checked = Vec::new();
+    for (txid, m) in group {
+        tracing::info!(project = %m.project.as_path().display(), txid = %txid, "rolling back migration");
+        let changed = tx
+            .rollback_check(&m)
+            .map_err(|e| pruned_backup(e, &tx.paths.backup(&txid), &txid))?;
+        if !changed.is_empty() && !opts.force {
+            return Err(Error::RollbackRefused {
+                reason: format!(
+                    "{} file(s) that migration {txid} published have changed since (first `{}`), \
+                     probably because Prodigy ran with them. Rolling back would lose those changes. \
+                     To keep them, do not roll back. To roll back anyway, run with --force: the changed \
+                     files are then moved to `{}` instead of being removed",
+                    changed.len(),
+                    changed[0].display(),
+                    store
+                        .layout()
+                        .legacy_dir(&repo)
+                        .join("rollback-displaced")
+                        .join(&txid)
+                        .display()
+                ),
+                paths: changed,
+            });
+        }
+        checked.push((txid, m, changed));
+    }
+    let mut reports = Vec::new();
+    for (txid, m, changed) in checked {
+        let summary = tx.start_rollback(&m, opts.force)?;
+        reports.push(RollbackReport {
+            schema_version: REPORT_SCHEMA_VERSION,
+            also_undone: Vec::new(),
+            txid: txid.clone(),
+            project: project.clone(),
+            restored_files: summary.sources,
+            restored_bytes: summary.source_bytes,
+            removed_from_store: summary.published - changed.len() as u64,
+            displaced: if opts.force { changed } else { Vec::new() },
+            backup: tx.paths.backup(&txid),
+            recovered: None,
         });
     }
-    let summary = tx.start_rollback(&m, opts.force)?;
     give_store_to_its_owner(store)?;
-    Ok(RollbackReport {
-        schema_version: REPORT_SCHEMA_VERSION,
-        txid: latest.clone(),
-        project,
-        restored_files: summary.sources,
-        restored_bytes: summary.source_bytes,
-        removed_from_store: summary.published - changed.len() as u64,
-        displaced: if opts.force { changed } else { Vec::new() },
-        backup: tx.paths.backup(&latest),
-        recovered,
-    })
+    let mut reports = reports.into_iter();
+    let mut first = reports.next().ok_or_else(|| Error::RollbackRefused {
+        reason: format!("`{}` has no migration to roll back", project.display()),
+        paths: Vec::new(),
+    })?;
+    first.recovered = recovered;
+    first.also_undone = reports.collect();
+    Ok(first)
 }
 
 /// Rolls back a migration that stopped after it began publishing.
@@ -579,6 +681,7 @@ fn undo_unfinished(
     let summary = tx.start_rollback(&m, opts.force)?;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
+        also_undone: Vec::new(),
         txid: txid.to_owned(),
         project: project.to_owned(),
         restored_files: summary.sources,
@@ -605,17 +708,19 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
         project: canonical.clone(),
         ..VerifyReport::default()
     };
-    let legacy = canonical.join(LEGACY_DIR_NAME);
     if let Ok((_, legacy_dir)) = plan::check_project(&canonical, store.root()) {
         let repo = store.proposed_repo_key(&canonical)?;
-        let (_, summary) = plan_summary(&canonical, &legacy_dir, store, &repo, "verify", false)?;
-        r.legacy_files_left = summary.sources;
-        if r.legacy_files_left > 0 {
-            r.problems.push(format!(
-                "{} legacy storage file(s) in `{}` are not migrated yet; run `prodigy-storage migrate`",
-                r.legacy_files_left,
-                legacy.display()
-            ));
+        let subdirs = plan::discover(&canonical, store.root());
+        for legacy in std::iter::once(&legacy_dir).chain(&subdirs) {
+            let (_, summary) = plan_summary(&canonical, legacy, store, &repo, "verify", false)?;
+            r.legacy_files_left += summary.sources;
+            if summary.sources > 0 {
+                r.problems.push(format!(
+                    "{} legacy storage file(s) in `{}` are not migrated yet; run `prodigy-storage migrate`",
+                    summary.sources,
+                    legacy.display()
+                ));
+            }
         }
     }
     let Some(repo) = store.find_repo_key(&canonical)? else {
@@ -633,15 +738,27 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
         .pop()
         .filter(|e| e.event == "rolled_back")
         .map(|e| e.txid);
-    let Some(txid) = latest_migration(&paths)? else {
+    let run = latest_run(&paths)?;
+    let Some(latest) = run.first() else {
         return Ok(r);
     };
-    protocol::read_manifest(&paths, &txid)?;
-    tracing::info!(project = %canonical.display(), repo = %repo, txid = %txid, "verifying migration");
-    r.txid = Some(txid.clone());
-    let backup = paths.backup(&txid);
-    r.backup_pruned = !backup.exists();
-    manifest::for_each_chunk(&paths.entries(&txid), |chunk| {
+    r.txid = Some(latest.clone());
+    // Every transaction of the latest run (one per legacy directory).
+    for txid in &run {
+        verify_tx(store, &paths, txid, &mut r)?;
+    }
+    Ok(r)
+}
+
+/// Checks one migration's published files and backup into `r`.
+fn verify_tx(store: &FsStorage, paths: &Paths, txid: &str, r: &mut VerifyReport) -> Result<()> {
+    let m = protocol::read_manifest(paths, txid)?;
+    tracing::info!(project = %m.project.as_path().display(), repo = %m.repo, txid = %txid, "verifying migration");
+    let backup = paths.backup(txid);
+    let pruned = !backup.exists();
+    r.backup_pruned |= pruned;
+    let damaged_before = r.backup_damaged.len();
+    manifest::for_each_chunk(&paths.entries(txid), |chunk| {
         for o in chunk.iter().flat_map(|e| &e.outputs) {
             let rel = match &o.fate {
                 Fate::Published | Fate::AlreadyPresent => &o.dest,
@@ -657,7 +774,7 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
                 _ => r.published_changed += 1,
             }
         }
-        if !r.backup_pruned {
+        if !pruned {
             for s in chunk.iter().flat_map(|e| &e.sources) {
                 match &s.left {
                     None => {}
@@ -685,14 +802,14 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
         }
         Ok(())
     })?;
-    if !r.backup_damaged.is_empty() {
+    if let Some(first) = r.backup_damaged.get(damaged_before) {
         r.problems.push(format!(
             "{} backup file(s) of migration {txid} are missing or damaged, first `{}`; rollback is not possible",
-            r.backup_damaged.len(),
-            r.backup_damaged[0].display()
+            r.backup_damaged.len() - damaged_before,
+            first.display()
         ));
     }
-    Ok(r)
+    Ok(())
 }
 
 /// What `status` shows about one project.

@@ -365,6 +365,11 @@ pub struct Manifest {
     /// Warnings beyond those listed.
     #[serde(default)]
     pub warnings_omitted: u64,
+    /// When one `migrate` imported several legacy directories (the
+    /// project's and sub-directories'), one transaction each: the id of the
+    /// first, the same in all of them, so that `rollback` undoes them together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl Manifest {
@@ -384,6 +389,7 @@ impl Manifest {
             user_files: 0,
             warnings: Vec::new(),
             warnings_omitted: 0,
+            run: None,
         }
     }
 

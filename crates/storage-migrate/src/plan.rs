@@ -398,6 +398,69 @@ pub fn has_legacy_storage(legacy: &Path) -> Result<bool> {
     Ok(found)
 }
 
+/// How deep below the project root [`discover`] looks for a `.prodigy/`
+/// (the directory holding it, counted in components: `services/worker` is 2).
+pub const DISCOVERY_DEPTH: usize = 8;
+
+/// Directories [`discover`] never enters, besides links, the store and
+/// other repositories: version control, and the two trees of generated
+/// files that can hold millions of entries.
+const NOT_ENTERED: [&str; 4] = [".git", "node_modules", "target", LEGACY_DIR_NAME];
+
+/// The legacy directories below `project` (a canonical project root) that
+/// hold legacy storage, in path order; the project's own `.prodigy/` is not
+/// one of them.
+///
+/// Old Prodigy wrote some files relative to its working directory, so
+/// running it from `services/worker/` left `services/worker/.prodigy/`. The
+/// walk is bounded and cheap: at most [`DISCOVERY_DEPTH`] levels; it never
+/// follows a link, never enters `.git`, `node_modules`, `target`, a
+/// `.prodigy` (one is only looked into for storage files), the store (by
+/// device and inode) or another repository or worktree (a directory with
+/// its own `.git`, which is that project's business), and does not read
+/// `.gitignore`: `.prodigy/` is usually ignored by git. A directory that
+/// cannot be listed is skipped.
+#[must_use]
+pub fn discover(project: &Path, store_root: &Path) -> Vec<PathBuf> {
+    let store = std::fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_owned());
+    let store_id = identity(&store);
+    let mut found = Vec::new();
+    // Depth first in path order: (directory, its depth below the project).
+    let mut stack = vec![(project.to_owned(), 0_usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(listing) = list(&dir) else { continue };
+        let mut children = Vec::new();
+        for (name, ft) in listing {
+            if depth > 0 && name == LEGACY_DIR_NAME && ft.is_dir() {
+                let legacy = dir.join(&name);
+                let is_store = identity(&legacy).is_some_and(|id| Some(id) == store_id);
+                if !is_store
+                    && !store.starts_with(&legacy)
+                    && has_legacy_storage(&legacy).unwrap_or(false)
+                {
+                    found.push(legacy);
+                }
+                continue;
+            }
+            if !ft.is_dir() || depth >= DISCOVERY_DEPTH || NOT_ENTERED.iter().any(|n| name == *n) {
+                continue;
+            }
+            let child = dir.join(&name);
+            if child == store || identity(&child).is_some_and(|id| Some(id) == store_id) {
+                continue;
+            }
+            // Another repository or a worktree (Prodigy's agents work in
+            // git worktrees): its `.prodigy/` belongs to that project.
+            if std::fs::symlink_metadata(child.join(".git")).is_ok() {
+                continue;
+            }
+            children.push((child, depth + 1));
+        }
+        stack.extend(children.into_iter().rev());
+    }
+    found
+}
+
 /// A new transaction id: UTC time and a random suffix, sortable by time.
 #[must_use]
 pub fn new_txid() -> String {
@@ -417,6 +480,28 @@ pub(crate) fn rel_in_store(layout: &Layout, abs: &Path) -> RelPath {
             .expect("layout paths are under the root")
             .to_owned(),
     )
+}
+
+/// Where the files kept verbatim of one legacy directory go, relative to
+/// `legacy/<repo>/`: the project's own `.prodigy/` there, a sub-directory's
+/// (`services/worker/.prodigy/`) under `subdirs/services/worker/`, so that
+/// no two legacy directories share a destination (`subdirs` is no name on
+/// the allow-list).
+pub(crate) fn subdir_area(project: &Path, legacy: &Path) -> PathBuf {
+    match legacy.parent().and_then(|p| p.strip_prefix(project).ok()) {
+        Some(sub) if !sub.as_os_str().is_empty() => Path::new(SUBDIRS_AREA).join(sub),
+        _ => PathBuf::new(),
+    }
+}
+
+/// The directory of `legacy/<repo>/` that holds sub-directories' kept files.
+pub const SUBDIRS_AREA: &str = "subdirs";
+
+/// Where one legacy directory's files kept verbatim go.
+struct KeptAt<'a> {
+    layout: &'a Layout,
+    repo: &'a RepoKey,
+    area: &'a Path,
 }
 
 /// Where a legacy file kept verbatim goes (relative to the store root).
@@ -509,7 +594,8 @@ pub fn plan(
     if std::fs::symlink_metadata(legacy).is_err() {
         return Ok(manifest);
     }
-    let preserved = |rel: &Path| preserved_dest(layout, repo, rel);
+    let area = subdir_area(project, legacy);
+    let preserved = |rel: &Path| preserved_dest(layout, repo, &area.join(rel));
     let doc = |key: DocKey| rel_in_store(layout, &layout.document(&key));
     // Only `session_state.json` can share a destination with another file
     // (the `session-<id>.json` of its own session); those few are held back
@@ -696,7 +782,12 @@ pub fn plan(
     if let Some(dest) = shared_dest
         && !held.is_empty()
     {
-        add_sessions(legacy, layout, repo, &mut manifest, &dest, held, sink)?;
+        let kept = KeptAt {
+            layout,
+            repo,
+            area: &area,
+        };
+        add_sessions(legacy, &kept, &mut manifest, &dest, held, sink)?;
     }
     manifest.specials = walked.specials;
     for w in walked.unlisted {
@@ -787,8 +878,7 @@ fn path_name(rel: &Path) -> String {
 /// others in the legacy area).
 fn add_sessions(
     legacy: &Path,
-    layout: &Layout,
-    repo: &RepoKey,
+    kept: &KeptAt<'_>,
     manifest: &mut Manifest,
     dest: &RelPath,
     mut sources: Vec<(usize, Source)>,
@@ -819,7 +909,7 @@ fn add_sessions(
             (dest.clone(), Category::Sessions)
         } else {
             let rel = first.rel.as_path();
-            let moved = preserved_dest(layout, repo, rel);
+            let moved = preserved_dest(kept.layout, kept.repo, &kept.area.join(rel));
             manifest.warn(format!(
                 "`{}` differs from the session kept at `{}`; kept both (this one at `{}`)",
                 rel.display(),

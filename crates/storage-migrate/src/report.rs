@@ -120,6 +120,18 @@ pub struct MigrationReport {
     pub rollback_command: Option<String>,
     /// What recovery of an earlier interrupted run did first, if anything.
     pub recovered: Option<String>,
+    /// The legacy directories found below the project root
+    /// (`services/worker/.prodigy`), each imported by its own transaction in
+    /// the same run, after the project's own: their reports. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subdirectories: Vec<MigrationReport>,
+}
+
+impl MigrationReport {
+    /// This report and its sub-directories' reports.
+    pub fn all(&self) -> impl Iterator<Item = &MigrationReport> {
+        std::iter::once(self).chain(&self.subdirectories)
+    }
 }
 
 /// Quotes `p` for a POSIX shell, losslessly: a path that is not UTF-8 is
@@ -244,6 +256,7 @@ pub(crate) fn from_manifest(
             )
         }),
         recovered,
+        subdirectories: Vec::new(),
     }
 }
 
@@ -271,6 +284,11 @@ pub struct RollbackReport {
     pub backup: PathBuf,
     /// What recovery of an earlier interrupted run did first, if anything.
     pub recovered: Option<String>,
+    /// The other transactions of the same `migrate` run (one per legacy
+    /// directory: the project's and its sub-directories'), undone after
+    /// this one, newest first. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also_undone: Vec<RollbackReport>,
 }
 
 /// What `verify` found.
@@ -356,6 +374,7 @@ mod tests {
         assert_eq!(shell_quote(Path::new("/tmp/a b")), "'/tmp/a b'");
         let r = RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
+            also_undone: Vec::new(),
             txid: "t".into(),
             project: odd.to_owned(),
             restored_files: 0,

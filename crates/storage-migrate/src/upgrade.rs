@@ -206,6 +206,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         let summary = manifest::summarize(&tx.paths.entries(&j.txid))?;
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
+            also_undone: Vec::new(),
             txid: j.txid.clone(),
             project: root,
             restored_files: summary.sources,
@@ -224,6 +225,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         // Already downgraded (a re-run after a kill late in a downgrade).
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
+            also_undone: Vec::new(),
             txid: done.txid.clone(),
             project: root,
             restored_files: 0,
@@ -257,6 +259,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         store.remove_layout_version()?;
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
+            also_undone: Vec::new(),
             txid,
             project: root,
             restored_files: 0,
@@ -289,6 +292,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
     let summary = tx.start_rollback(&m, opts.force)?;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
+        also_undone: Vec::new(),
         txid: txid.clone(),
         project: root,
         restored_files: summary.sources,

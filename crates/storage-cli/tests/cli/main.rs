@@ -19,3 +19,5 @@ mod ux;
 mod environments;
 // Upgrading the store an older Prodigy wrote (layout 0), and downgrading it.
 mod upgrade;
+// Legacy `.prodigy/` left in sub-directories by an old Prodigy run from there.
+mod subdirs;

@@ -1,0 +1,130 @@
+//! Legacy `.prodigy/` directories below the project root (an old Prodigy run
+//! from `services/worker/` wrote `services/worker/.prodigy/`): found by
+//! `status`, imported by `migrate`, checked by `verify`, put back by `rollback`.
+
+use std::path::Path;
+
+use crate::support::{Sandbox, assert_same_tree, fixture_sandbox, run, run_json, snapshot};
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+/// Legacy storage in `services/worker/.prodigy/` (and a file of the user's
+/// there), plus `.prodigy/` directories the walk must not see: inside
+/// `.git`, behind a symbolic link, and in a nested repository.
+fn plant(sb: &Sandbox) {
+    let p = sb.project();
+    let worker = p.join("services/worker/.prodigy");
+    write(&worker.join("state.json"), r#"{"worker": true}"#);
+    write(&worker.join("cache/item.json"), r#"{"cached": 1}"#);
+    write(&worker.join("history/run-1.json"), r#"{"run": 1}"#);
+    write(&worker.join("config.yml"), "mine: true\n");
+    write(&p.join(".git/sub/.prodigy/state.json"), r#"{"git": true}"#);
+    let outside = sb.path().join("outside");
+    write(&outside.join(".prodigy/state.json"), r#"{"outside": true}"#);
+    std::os::unix::fs::symlink(&outside, p.join("linked")).expect("symlink");
+    write(&p.join("vendor/other/.git/HEAD"), "ref: refs/heads/main\n");
+    write(
+        &p.join("vendor/other/.prodigy/state.json"),
+        r#"{"nested": true}"#,
+    );
+}
+
+fn legacy_dirs(report: &serde_json::Value) -> Vec<String> {
+    std::iter::once(report)
+        .chain(report["subdirectories"].as_array().into_iter().flatten())
+        .map(|r| r["legacy_dir"].as_str().expect("legacy_dir").to_owned())
+        .collect()
+}
+
+#[test]
+fn status_and_dry_run_report_each_legacy_directory_below_the_root() {
+    let sb = fixture_sandbox();
+    plant(&sb);
+    let status = run_json(&sb, &["status"]);
+    let dirs = legacy_dirs(&status["project"]["legacy"]);
+    let root = sb.project().canonicalize().expect("canonical");
+    assert_eq!(
+        dirs,
+        [
+            root.join(".prodigy").display().to_string(),
+            root.join("services/worker/.prodigy").display().to_string()
+        ],
+        "the root's and the sub-directory's, nothing in .git, behind links or in another repository"
+    );
+    assert_eq!(
+        status["project"]["legacy"]["subdirectories"][0]["legacy_files"],
+        3
+    );
+    let human = String::from_utf8_lossy(&run(&sb, &["status"], true).stdout).into_owned();
+    assert!(
+        human.contains("legacy storage: 3 file(s)") && human.contains("services/worker/.prodigy"),
+        "{human}"
+    );
+}
+
+#[test]
+fn migrate_imports_sub_directories_and_rollback_puts_every_file_back() {
+    let sb = fixture_sandbox();
+    plant(&sb);
+    let p = sb.project();
+    let before = snapshot(&p);
+
+    let report = run_json(&sb, &["migrate"]);
+    assert_eq!(report["outcome"], "migrated");
+    let sub = &report["subdirectories"][0];
+    assert_eq!(sub["outcome"], "migrated", "{report:#}");
+    assert_eq!(sub["legacy_files"], 3);
+    assert_eq!(sub["user_files_untouched"], 1);
+    assert_eq!(report["subdirectories"].as_array().map(Vec::len), Some(1));
+    let worker = p.join("services/worker/.prodigy");
+    assert!(!worker.join("state.json").exists());
+    assert!(worker.join("config.yml").exists(), "the user's file stays");
+    // Kept verbatim under its own sub-directory: no clash with the root's files.
+    let kept = sb
+        .store()
+        .join("legacy/project/subdirs/services/worker/state.json");
+    assert_eq!(
+        std::fs::read_to_string(&kept).expect("kept"),
+        r#"{"worker": true}"#
+    );
+    for untouched in [
+        ".git/sub/.prodigy/state.json",
+        "linked/.prodigy/state.json",
+        "vendor/other/.prodigy/state.json",
+    ] {
+        assert!(p.join(untouched).exists(), "{untouched} was moved");
+    }
+
+    let verify = run_json(&sb, &["verify"]);
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify:#}");
+    assert_eq!(verify["legacy_files_left"], 0);
+
+    let rollback = run_json(&sb, &["rollback"]);
+    assert_eq!(
+        rollback["also_undone"].as_array().map(Vec::len),
+        Some(1),
+        "{rollback:#}"
+    );
+    assert_same_tree(&before, &snapshot(&p), "project after rollback");
+}
+
+#[test]
+fn a_project_whose_only_legacy_storage_is_in_a_sub_directory_is_migrated() {
+    let sb = Sandbox::new();
+    let p = sb.project();
+    write(&p.join("README.md"), "hello\n");
+    write(&p.join("tools/.prodigy/progress/p.json"), r#"{"p": 1}"#);
+    let before = snapshot(&p);
+    let dry = run_json(&sb, &["migrate", "--dry-run"]);
+    assert_eq!(dry["outcome"], "dry_run", "{dry:#}");
+    let report = run_json(&sb, &["migrate"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert!(!p.join("tools/.prodigy/progress/p.json").exists());
+    let human = String::from_utf8_lossy(&run(&sb, &["verify"], true).stdout).into_owned();
+    assert!(!human.contains("not migrated yet"), "{human}");
+    run_json(&sb, &["rollback"]);
+    assert_same_tree(&before, &snapshot(&p), "project after rollback");
+}
