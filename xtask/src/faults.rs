@@ -51,6 +51,12 @@ pub fn run_faults() -> Result<()> {
         (
             "storage-tests",
             "integration",
+            "random_layout0",
+            ("PROPTEST_CASES", "500"),
+        ),
+        (
+            "storage-tests",
+            "integration",
             "store_processes",
             ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
         ),

@@ -16,6 +16,8 @@ mod temp_like_names;
 mod many_jobs;
 // Random legacy trees: migrate keeps every byte, rollback restores the exact tree.
 mod random_trees;
+// Random layout-0 stores: upgrade keeps every byte, downgrade restores the exact store.
+mod random_layout0;
 // A test that cannot run here says so, and fails where every test must run.
 mod skips;
 
