@@ -100,7 +100,19 @@ fn finish_report(store: &FsStorage, mut r: MigrationReport) -> MigrationReport {
 pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<MigrationReport> {
     let tx = tx(store, opts.progress);
     let root = store.root();
-    if !upgrade_due(store)? || opts.dry_run {
+    if !upgrade_due(store)? && !opts.dry_run {
+        // Upgraded already (or nothing of layout 0): a few `stat`s, no walk.
+        let m = Manifest::new("none", root, root, layout0::REPO_LABEL);
+        return Ok(report::from_manifest(
+            store,
+            &tx.paths,
+            &m,
+            &Summary::default(),
+            Outcome::NothingToMigrate,
+            None,
+        ));
+    }
+    if opts.dry_run {
         let txid = plan::new_txid();
         let mut summary = Summary::default();
         let (m, _) = layout0::plan(store.layout(), &txid, &mut |e| {
