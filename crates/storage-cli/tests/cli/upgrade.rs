@@ -339,3 +339,55 @@ fn sigkill_at_every_rename_fsync_and_unlink_of_upgrade_and_downgrade() {
         }
     }
 }
+
+/// `SIGKILL` at a random moment of the upgrade of a large layout-0 store
+/// (the benchmark's: about 2,550 files, 16 MB), 2 rounds (40 in the
+/// exhaustive tier; the seed is printed): the next `upgrade` finishes or
+/// undoes it, and `downgrade` then gives back the exact layout-0 store.
+#[test]
+fn sigkill_at_random_moments_of_a_large_upgrade() {
+    let exhaustive = std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some();
+    let rounds = if exhaustive { 40 } else { 2 };
+    let template = Sandbox::new();
+    let _ = storage_tests::layout0::large_store(&template.store(), 1);
+    let before = store_tree(&template);
+    let mut seed: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()));
+    eprintln!("faults: random upgrade kills, seed {seed}");
+    let mut killed = 0;
+    for round in 0..rounds {
+        let sb = Sandbox::new();
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(template.store())
+            .arg(sb.store())
+            .status()
+            .expect("cp");
+        assert!(ok.success());
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = std::time::Duration::from_millis((seed >> 33) % 700);
+        let mut child = cmd(&sb, &sb.project(), &["upgrade"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(delay);
+        if child.try_wait().expect("poll").is_none() {
+            killed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let what = format!("round {round}, killed after {delay:?} (seed {seed})");
+        run(&sb, &["status"], true);
+        run(&sb, &["upgrade"], true);
+        assert!(storage_fs::FsStorage::open(sb.store()).is_ok(), "{what}");
+        run(&sb, &["downgrade"], true);
+        assert_same_tree(&store_tree(&sb), &before, &what);
+    }
+    eprintln!(
+        "faults: random upgrade kills: {rounds} rounds, {killed} killed mid-run, all recovered"
+    );
+}
