@@ -241,7 +241,10 @@ pub(crate) fn plan(
     sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<(Manifest, Layout0Counts)> {
     let root = layout.root();
-    let mut m = Manifest::new(txid, root, root, REPO_LABEL);
+    // The records name the store by its real path: rollback and downgrade
+    // never follow a link, and `--home` may well be one.
+    let real_root = std::fs::canonicalize(root).map_err(|e| Error::io("resolve", root, e))?;
+    let mut m = Manifest::new(txid, &real_root, &real_root, REPO_LABEL);
     let mut counts = Layout0Counts::default();
     let area = layout.layout_0_area();
     let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
@@ -374,6 +377,7 @@ pub(crate) fn plan(
         }
     }
     m.user_files = counts.not_ours;
+    m.kept_dirs = dir_modes.keys().map(|d| RelPath(d.clone())).collect();
     // The largest directories holding only planned files (never a whole
     // top-level data directory: Prodigy expects those to exist).
     m.pure_dirs = m

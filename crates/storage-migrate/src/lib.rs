@@ -400,8 +400,21 @@ pub fn ensure_migrated(store: &FsStorage, project: &Path) -> AutoOutcome {
         // migration after the legacy files were moved out.)
         return AutoOutcome::NothingToDo;
     }
+    let rolling_back = repo.as_ref().is_some_and(|r| {
+        protocol::read_journal(&Paths::new(store.layout(), r))
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.phase == Phase::RollingBack)
+    });
+    if rolling_back {
+        // A rollback a person started was interrupted: finish it, and then
+        // respect it (do not migrate the restored files again).
+        if let Err(e) = rollback(store, project, &RollbackOptions::default()) {
+            return AutoOutcome::Failed(e);
+        }
+    }
     if let Some(reason) = repo
-        .filter(|_| !pending)
+        .filter(|_| !pending || rolling_back)
         .and_then(|r| rolled_back_by_hand(store, &r, project))
     {
         return AutoOutcome::Skipped { reason };

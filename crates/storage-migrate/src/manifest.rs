@@ -356,6 +356,11 @@ pub struct Manifest {
     /// Storage directories holding only storage files, moved whole when retiring.
     #[serde(default)]
     pub pure_dirs: Vec<RelPath>,
+    /// Directories of the old layout that exist whatever happens (an
+    /// upgrade records every one, so a downgrade removes only directories
+    /// the upgrade created).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_dirs: Vec<RelPath>,
     /// Links and special files, reported and left in place.
     pub specials: Vec<Special>,
     /// How many of the user's own files were left untouched.
@@ -385,6 +390,7 @@ impl Manifest {
             created_at: storage_fs::time::now(),
             dirs: Vec::new(),
             pure_dirs: Vec::new(),
+            kept_dirs: Vec::new(),
             specials: Vec::new(),
             user_files: 0,
             warnings: Vec::new(),

@@ -142,6 +142,16 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
     crate::fault::point("after-lock");
     let recovery = tx.recover_tx()?;
     let recovered = recovery.as_ref().map(|r| r.what.clone());
+    if opts.automatic && downgraded_by_request(&tx)? {
+        // Recovery may just have finished a downgrade a person asked for.
+        return Err(Error::Refused {
+            action: "upgrade",
+            path: root.to_owned(),
+            reason: "it was downgraded to layout 0 on request; Prodigy's start-up leaves it so. \
+                     Run `prodigy-storage upgrade` to upgrade it again"
+                .into(),
+        });
+    }
     if !storage_fs::has_layout_0_data(root)? {
         // Another process upgraded it while this one waited, or recovery
         // just finished an interrupted upgrade.

@@ -391,3 +391,59 @@ fn sigkill_at_random_moments_of_a_large_upgrade() {
         "faults: random upgrade kills: {rounds} rounds, {killed} killed mid-run, all recovered"
     );
 }
+
+/// Review finding: a start-up (any writing command) after an interrupted
+/// downgrade finishes the downgrade and then leaves the store alone; it
+/// used to upgrade it again at once.
+#[test]
+fn an_interrupted_downgrade_is_finished_and_then_respected() {
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    crash(&sb, &["downgrade"], "mid-rollback-remove");
+    fixture::legacy_project(&sb.project());
+    let out = run(&sb, &["migrate"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("downgraded to layout 0 on request"), "{err}");
+    assert_same_tree(&store_tree(&sb), &before, "downgraded, and left so");
+}
+
+/// Review finding: `--home` through a symbolic link: the downgrade used to
+/// refuse the store itself as "a symbolic link".
+#[test]
+fn a_store_reached_through_a_link_upgrades_and_downgrades() {
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    let link = sb.path().join("store-link");
+    std::os::unix::fs::symlink(sb.store(), &link).expect("link");
+    let with_link = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::bin())
+            .arg("--home")
+            .arg(&link)
+            .args(args)
+            .env("HOME", sb.home())
+            .env_remove("PRODIGY_HOME")
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    with_link(&["upgrade"]);
+    with_link(&["downgrade"]);
+    assert_same_tree(&store_tree(&sb), &before, "through the link");
+}
+
+/// Review finding: an empty directory of layout 0 (an empty `items/`) is
+/// part of the exact tree a downgrade gives back.
+#[test]
+fn downgrade_keeps_empty_directories_of_layout_0() {
+    let sb = layout0_sandbox();
+    fs_err::create_dir_all(sb.store().join(format!("dlq/api/{JOB}/items"))).expect("mkdir");
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}

@@ -206,14 +206,22 @@ impl Tx<'_> {
         match (now_of(&src, s)?, bak_meta) {
             (Now::Changed, _) => Ok(Retired::Left(Left::InProject)),
             (Now::Missing, Some(meta)) => {
-                // An earlier run moved it. A renamed file keeps its inode; a
-                // copy has another one, and was hashed before it was renamed in.
-                if std::os::unix::fs::MetadataExt::ino(&meta) == s.fingerprint.ino
-                    && !moved_as_verified(&meta, s)
+                // An earlier run moved it. A renamed file keeps its inode and
+                // is checked by its fingerprint; anything else (a copy, or a
+                // file an old Prodigy renamed over it before its directory
+                // moved) is checked by content.
+                let as_verified = if std::os::unix::fs::MetadataExt::ino(&meta) == s.fingerprint.ino
                 {
-                    return self.put_back(txid, legacy, &bak, modes, s);
+                    moved_as_verified(&meta, s)
+                } else {
+                    let (_, h) = copy::hash_file(&bak)?;
+                    Some(h.to_hex().to_string()) == s.hash
+                };
+                if as_verified {
+                    Ok(Retired::Moved)
+                } else {
+                    self.put_back(txid, legacy, &bak, modes, s)
                 }
-                Ok(Retired::Moved)
             }
             (Now::Missing, None) => Ok(Retired::Left(Left::Gone)),
             (Now::Unchanged, Some(_)) => {
@@ -367,7 +375,12 @@ impl Tx<'_> {
             let src = join(legacy, d)?;
             let bak = join(backup, d)?;
             if std::fs::symlink_metadata(&bak).is_ok() {
-                continue; // a re-run: the per-file pass finishes what is left
+                // A re-run: an earlier run moved it whole and may have died
+                // before checking it; files written in between go back.
+                if files_digest(backup, d.as_path()) != Some(want) {
+                    self.put_back_extras(m, entries, legacy, backup, d)?;
+                }
+                continue; // the per-file pass checks the rest
             }
             if files_digest(legacy, d.as_path()) != Some(want) {
                 continue;

@@ -60,7 +60,9 @@ pub(super) fn restore_one(
         }
         Err(rustix::io::Errno::XDEV) => {
             unlinkat(restoring, tmp, AtFlags::empty()).map_err(io("remove", dest))?;
-            let beside = format!(".prodigy-storage-restore-{tmp}");
+            let beside = format!(".prodigy-storage-restore-{}-{tmp}", std::process::id());
+            // A crashed run's temp file of that name is ours: gone first.
+            let _ = unlinkat(parent, beside.as_str(), AtFlags::empty());
             fill(parent, &beside)?;
             let f = rustix::fs::openat(
                 parent,
@@ -141,10 +143,15 @@ pub(super) fn open_dir_beneath(
 /// Removes the empty ancestors of `rel` under `base` that are not
 /// recorded directories of the old layout, deepest first (best effort:
 /// stops at the first that is not empty).
-pub(super) fn remove_empty_parents(base: &Path, rel: &Path, recorded: &BTreeMap<PathBuf, u32>) {
+pub(super) fn remove_empty_parents(
+    base: &Path,
+    rel: &Path,
+    recorded: &BTreeMap<PathBuf, u32>,
+    kept: &[RelPath],
+) {
     let mut p = rel.parent();
     while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-        if recorded.contains_key(d) {
+        if recorded.contains_key(d) || kept.iter().any(|k| k.as_path() == d) {
             return;
         }
         match std::fs::remove_dir(base.join(d)) {
@@ -333,7 +340,17 @@ impl Tx<'_> {
                 let dest = join(&legacy, &s.rel)?;
                 let parent = open_dir_beneath(&legacy, s.rel.as_path().parent(), &modes, owner)?;
                 let bak = join(&backup, &s.rel)?;
-                let same = matches!(probe(&dest)?, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
+                let at_dest = probe(&dest)?;
+                let same =
+                    matches!(at_dest, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
+                if !same && at_dest != AtPath::Missing {
+                    // Written since this rollback began (the checks before it
+                    // found nothing there): an old Prodigy's newer version,
+                    // which stays; the backup keeps the original.
+                    tracing::warn!(file = %dest.display(), "written since the rollback began; the newer version is kept, the original stays in the backup");
+                    self.progress.advance(1, s.size);
+                    continue;
+                }
                 // Finishing an interrupted rollback, a restored copy is made
                 // again: its `syncfs` may have failed, and a retried sync
                 // proves nothing. (Only where the backup still holds it.)
@@ -420,7 +437,7 @@ impl Tx<'_> {
                 // removed the file).
                 let tidy = || {
                     if matches!(self.owner, Owner::Store) {
-                        remove_empty_parents(&root, rel.as_path(), &modes);
+                        remove_empty_parents(&root, rel.as_path(), &modes, &m.kept_dirs);
                     }
                 };
                 match probe(&path)? {
