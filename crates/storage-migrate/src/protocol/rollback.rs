@@ -5,7 +5,7 @@ use super::{
     AtPath, BTreeMap, Error, Fate, HistoryEntry, Manifest, Owner, Path, PathBuf, Phase, Produce,
     RelPath, Result, Source, Step, Summary, Tx, append_history, chown, conflict_alt, copy,
     dir_modes, fault, fsx, join, make_dirs, manifest, marker, open_regular, probe, project_owner,
-    read_manifest, real_dir, remove_dir_all_if_exists, set_journal, set_mode, sync,
+    read_manifest, real_dir, remove_dir_all_if_exists, set_journal, set_mode,
 };
 
 /// Copies the backup `bak` to `tmp`, with the source's mode and mtime, and
@@ -13,6 +13,7 @@ use super::{
 /// another file system than `tmp` (a mount inside `.prodigy/`), the copy is
 /// made beside `dest` instead.
 pub(super) fn restore_one(
+    batch: &fsx::Batch,
     bak: &Path,
     tmp: &Path,
     dest: &Path,
@@ -21,19 +22,21 @@ pub(super) fn restore_one(
 ) -> Result<()> {
     let copy_to = |tmp: &Path| -> Result<()> {
         let (mut f, _) = open_regular(bak)?;
-        copy::copy_new(&mut f, bak, tmp, s.mtime)?;
+        let mut out = fsx::create_new(tmp)?;
+        copy::copy_into(&mut f, bak, &mut out, tmp, s.mtime)?;
         set_mode(tmp, s.mode)?;
-        chown(tmp, owner)
+        chown(tmp, owner)?;
+        Ok(batch.file_written(&out, tmp)?)
     };
     copy_to(tmp)?;
-    match fsx::rename_noreplace(tmp, dest) {
+    match batch.rename_noreplace(tmp, dest) {
         Err(storage_core::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::CrossesDevices =>
         {
             fsx::remove_file_durable(tmp)?;
             let beside = fsx::parent(dest).join(fsx::temp_name("restore"));
             copy_to(&beside)?;
-            Ok(fsx::rename_noreplace(&beside, dest)?)
+            Ok(batch.rename_noreplace(&beside, dest)?)
         }
         other => Ok(other?),
     }
@@ -42,7 +45,12 @@ pub(super) fn restore_one(
 /// Removes the empty ancestors of `rel` under `base` that are not
 /// recorded directories of the old layout, deepest first (best effort:
 /// stops at the first that is not empty).
-pub(super) fn remove_empty_parents(base: &Path, rel: &Path, recorded: &BTreeMap<PathBuf, u32>) {
+pub(super) fn remove_empty_parents(
+    batch: &fsx::Batch,
+    base: &Path,
+    rel: &Path,
+    recorded: &BTreeMap<PathBuf, u32>,
+) {
     let mut p = rel.parent();
     while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
         if recorded.contains_key(d) {
@@ -52,7 +60,7 @@ pub(super) fn remove_empty_parents(base: &Path, rel: &Path, recorded: &BTreeMap<
             // Gone already (an earlier, interrupted run): look further up.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(_) => return,
-            Ok(()) => {}
+            Ok(()) => batch.dir_changed(fsx::parent(&base.join(d))),
         }
         p = d.parent();
     }
@@ -229,6 +237,7 @@ impl Tx<'_> {
                 if !same {
                     n += 1;
                     restore_one(
+                        &self.batch,
                         &join(&backup, &s.rel)?,
                         &restoring.join(n.to_string()),
                         &dest,
@@ -244,7 +253,7 @@ impl Tx<'_> {
             }
             Ok(())
         })?;
-        sync(&legacy)?;
+        self.sync(&legacy)?;
         std::fs::remove_dir(&restoring).map_err(|e| Error::io("remove", &restoring, e))?;
         fsx::fsync_dir(&legacy)?;
         self.progress.finish(Step::Restore);
@@ -301,7 +310,7 @@ impl Tx<'_> {
                 // removed the file).
                 let tidy = || {
                     if matches!(self.owner, Owner::Store) {
-                        remove_empty_parents(&root, rel.as_path(), &modes);
+                        remove_empty_parents(&self.batch, &root, rel.as_path(), &modes);
                     }
                 };
                 match probe(&path)? {
@@ -314,7 +323,7 @@ impl Tx<'_> {
                     _ if force => {
                         let aside = join(&displaced, rel)?;
                         fsx::create_dir_all(fsx::parent(&aside))?;
-                        fsx::rename_noreplace(&path, &aside)?;
+                        self.batch.rename_noreplace(&path, &aside)?;
                     }
                     _ => {
                         tracing::warn!(path = %path.display(), "changed since migration; left in place");
@@ -327,8 +336,9 @@ impl Tx<'_> {
             Ok(())
         })?;
         remove_dir_all_if_exists(&staging)?;
+        self.batch.dir_changed(fsx::parent(&staging));
         self.release_reserve(&m.txid)?;
-        sync(&root)?;
+        self.sync(&root)?;
         fault::point("after-rollback-remove");
         match self.owner {
             Owner::Project(_) => marker::remove(self.store, &legacy)?,
