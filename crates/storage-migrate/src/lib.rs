@@ -55,7 +55,11 @@
 //!
 //! # Limitations
 //!
-//! - Linux (and other Unix) only: it relies on `renameat2`, `syncfs` and `flock`.
+//! - Linux, macOS and FreeBSD (Unix only): no-replace renames, `flock`, and
+//!   one `storage_fs::fsx::Batch` per transaction, which on Linux makes a
+//!   phase durable with one `syncfs` and elsewhere with an `fsync` per file
+//!   and per changed directory (`F_FULLFSYNC` on macOS); slower there, as
+//!   safe.
 //! - The pre-2025-09-01 `.mmm/` directory is not migrated (it never was).
 
 mod copy;
