@@ -23,6 +23,11 @@
 //!   that lock without waiting. Pids are per namespace (two containers
 //!   sharing one store see different ones) and get reused; a lock is
 //!   released by the kernel exactly when its writer is gone or done.
+//! - **Bulk writers** (the migration) make many changes durable at once
+//!   through a [`Batch`]: one `syncfs` on Linux, an `fsync` per file and per
+//!   changed directory on macOS (`F_FULLFSYNC`) and FreeBSD. Only this
+//!   module (with [`rename_noreplace`] and [`sync_file`]) knows which
+//!   platform it runs on.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
