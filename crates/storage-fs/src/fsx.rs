@@ -23,6 +23,11 @@
 //!   that lock without waiting. Pids are per namespace (two containers
 //!   sharing one store see different ones) and get reused; a lock is
 //!   released by the kernel exactly when its writer is gone or done.
+//! - **Bulk writers** (the migration) make many changes durable at once
+//!   through a [`Batch`]: one `syncfs` on Linux, an `fsync` per file and per
+//!   changed directory on macOS (`F_FULLFSYNC`) and FreeBSD. Only this
+//!   module (with [`rename_noreplace`] and [`sync_file`]) knows which
+//!   platform it runs on.
 
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -50,6 +55,12 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 /// directory another process creates meanwhile is taken as it is (its
 /// creator makes it durable).
 pub fn create_dir_all(dir: &Path) -> Result<()> {
+    create_dirs(dir, |d| fsync_dir(parent(d)))
+}
+
+/// Creates `dir` and its missing parents with mode 0700, calling `created`
+/// after each directory it creates (top down).
+fn create_dirs(dir: &Path, mut created: impl FnMut(&Path) -> Result<()>) -> Result<()> {
     let mut missing = Vec::new();
     let mut cur = dir;
     loop {
@@ -77,7 +88,7 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
     }
     for d in missing.into_iter().rev() {
         match DirBuilder::new().mode(DIR_MODE).create(d) {
-            Ok(()) => fsync_dir(parent(d))?,
+            Ok(()) => created(d)?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => {}
             Err(e) => return Err(Error::io("create directory", d, e)),
         }
@@ -87,9 +98,9 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 
 /// Creates `dir` and its missing parents with mode 0700, **without**
 /// `fsync`ing their parents: for bulk writers that make the whole tree
-/// durable with one [`syncfs`] afterwards, before anything depends on it
-/// (the migration's staging, publishing and backup). Everyone else uses
-/// [`create_dir_all`].
+/// durable with a [`Batch`] afterwards, before anything depends on it (the
+/// migration's staging, publishing and backup; see [`Batch::create_dir_all`]).
+/// Everyone else uses [`create_dir_all`].
 pub fn create_dir_all_unsynced(dir: &Path) -> Result<()> {
     DirBuilder::new()
         .recursive(true)
@@ -368,28 +379,80 @@ pub fn read_dir_sorted(dir: &Path) -> Result<Vec<Entry>> {
 
 /// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing `to`.
 ///
-/// Uses `renameat2(RENAME_NOREPLACE)`; where the file system refuses that flag
-/// (some overlay and network file systems), falls back to `link` + `unlink`
-/// for files, which is also no-replace.
+/// - Linux: `renameat2(RENAME_NOREPLACE)`; macOS: `renamex_np(RENAME_EXCL)`
+///   (both through rustix's `renameat_with`). Where the file system refuses
+///   the flag (some overlay and network file systems), it falls back to
+///   [`rename_noreplace_by_link`].
+/// - Elsewhere (FreeBSD): [`rename_noreplace_by_link`] always.
 pub fn rename_noreplace(from: &Path, to: &Path) -> Result<()> {
-    use rustix::fs::{CWD, RenameFlags, renameat_with};
-    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            fs::hard_link(from, to).map_err(|e| Error::io("link into place", to, e))?;
-            fs::remove_file(from).map_err(|e| Error::io("remove", from, e))
+    #[cfg(any(target_os = "linux", target_vendor = "apple"))]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
+                rename_noreplace_by_link(from, to)
+            }
+            #[cfg(target_vendor = "apple")]
+            Err(e) if e == rustix::io::Errno::NOTSUP => rename_noreplace_by_link(from, to),
+            Err(e) => Err(Error::io("rename into place", to, e.into())),
         }
-        Err(e) => Err(Error::io("rename into place", to, e.into())),
+    }
+    #[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+    {
+        rename_noreplace_by_link(from, to)
     }
 }
 
-/// Flushes every dirty page of the file system holding `path` (`syncfs`).
+/// The no-replace rename where the kernel has no flag for it: a file is
+/// moved by `link` (which never replaces) and `unlink`; a crash between the
+/// two leaves it under both names, never under neither.
+///
+/// A directory cannot be hard-linked: it is renamed after checking that
+/// `to` does not exist. `rename` never replaces a file or a non-empty
+/// directory with a directory (`ENOTDIR`, `ENOTEMPTY`), so the only thing a
+/// racing process could lose in the gap is an empty directory it created at
+/// `to` at that instant.
+pub fn rename_noreplace_by_link(from: &Path, to: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(from).map_err(|e| Error::io("stat", from, e))?;
+    if meta.is_dir() {
+        match fs::symlink_metadata(to) {
+            Ok(_) => {
+                return Err(Error::io(
+                    "rename into place",
+                    to,
+                    io::Error::from(io::ErrorKind::AlreadyExists),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", to, e)),
+        }
+        return fs::rename(from, to).map_err(|e| Error::io("rename into place", to, e));
+    }
+    fs::hard_link(from, to).map_err(|e| Error::io("link into place", to, e))?;
+    fs::remove_file(from).map_err(|e| Error::io("remove", from, e))
+}
+
+/// Flushes every dirty page of the file system holding `path` (`syncfs`,
+/// Linux only; elsewhere a [`Batch`] makes each change durable itself).
 ///
 /// One `syncfs` after writing many files is far cheaper than an `fsync` per
 /// file and gives the same guarantee for all of them on Linux.
+#[cfg(target_os = "linux")]
 pub fn syncfs(path: &Path) -> Result<()> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
+}
+
+/// `fsync`s `file` all the way to stable storage: on macOS with
+/// `fcntl(F_FULLFSYNC)` (as SQLite's `fullfsync`; a plain `fsync` there
+/// leaves the data in the drive's cache), elsewhere with `fsync`.
+pub fn sync_file(file: &File, path: &Path) -> Result<()> {
+    #[cfg(target_vendor = "apple")]
+    let r = rustix::fs::fcntl_fullfsync(file).map_err(io::Error::from);
+    #[cfg(not(target_vendor = "apple"))]
+    let r = file.sync_all();
+    r.map_err(|e| Error::io("fsync", path, e))
 }
 
 /// Removes the store's temp files under `dir` (recursively) that no writer
@@ -478,6 +541,10 @@ fn nofollow_nonblock() -> i32 {
         .bits()
         .cast_signed()
 }
+
+mod batch;
+
+pub use batch::{Batch, PORTABLE};
 
 #[cfg(test)]
 pub(crate) mod tests;

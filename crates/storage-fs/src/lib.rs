@@ -40,8 +40,11 @@
 //!
 //! # Limitations
 //!
-//! Linux and other Unix systems only; `flock` and `rename` semantics on
-//! network file systems are not relied upon to be correct.
+//! Linux, macOS and FreeBSD (checked in CI); other Unix systems take the
+//! FreeBSD path and are not checked. Each keeps the same durability
+//! promises in its own way, all inside [`fsx`] (see `docs/storage-layout.md`,
+//! "Durability and concurrency"). `flock` and `rename` semantics on network
+//! file systems are not relied upon to be correct. Windows is not supported.
 
 pub mod events;
 pub mod fsx;

@@ -12,6 +12,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use storage_fs::fsx::Batch;
+
 use crate::error::{Error, Result};
 
 /// Size of the one reusable I/O buffer per thread.
@@ -69,20 +71,24 @@ pub fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
 }
 
 /// Streams `src` into `dest` (created exclusively, 0600), hashing as it goes,
-/// and sets `dest`'s mtime. Not fsynced: callers make many files durable at
-/// once with `syncfs`. Returns (bytes, hash).
+/// and sets `dest`'s mtime. Made durable through `batch` (on Linux by the
+/// phase's one `syncfs`; elsewhere `fsync`ed now). Returns (bytes, hash).
 pub fn copy_new(
     src: &mut impl Read,
     src_path: &Path,
     dest: &Path,
     mtime: (i64, u32),
+    batch: &Batch,
 ) -> Result<(u64, blake3::Hash)> {
     let mut out = storage_fs::fsx::create_new(dest)?;
-    copy_into(src, src_path, &mut out, dest, mtime)
+    let done = copy_into(src, src_path, &mut out, dest, mtime)?;
+    batch.file_written(&out, dest)?;
+    Ok(done)
 }
 
 /// Like [`copy_new`], into the already open new file `out` at `dest` (a
-/// locked temp file from `fsx::create_temp`, say).
+/// locked temp file from `fsx::create_temp`, say); the caller passes it to
+/// `Batch::file_written` when it is done with it.
 pub fn copy_into(
     src: &mut impl Read,
     src_path: &Path,
@@ -109,12 +115,19 @@ pub fn copy_into(
     Ok((total, hasher.finalize()))
 }
 
-/// Writes `bytes` to a new file `dest` (0600) with `mtime`; not fsynced.
-pub fn write_new(dest: &Path, bytes: &[u8], mtime: (i64, u32)) -> Result<blake3::Hash> {
+/// Writes `bytes` to a new file `dest` (0600) with `mtime`, made durable
+/// through `batch` (see [`copy_new`]).
+pub fn write_new(
+    dest: &Path,
+    bytes: &[u8],
+    mtime: (i64, u32),
+    batch: &Batch,
+) -> Result<blake3::Hash> {
     let mut out = storage_fs::fsx::create_new(dest)?;
     out.write_all(bytes)
         .map_err(|e| Error::io("write", dest, e))?;
     set_mtime(&out, dest, mtime)?;
+    batch.file_written(&out, dest)?;
     Ok(blake3::hash(bytes))
 }
 

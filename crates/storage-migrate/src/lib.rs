@@ -55,7 +55,11 @@
 //!
 //! # Limitations
 //!
-//! - Linux (and other Unix) only: it relies on `renameat2`, `syncfs` and `flock`.
+//! - Linux, macOS and FreeBSD (Unix only): no-replace renames, `flock`, and
+//!   one `storage_fs::fsx::Batch` per transaction, which on Linux makes a
+//!   phase durable with one `syncfs` and elsewhere with an `fsync` per file
+//!   and per changed directory (`F_FULLFSYNC` on macOS); slower there, as
+//!   safe.
 //! - The pre-2025-09-01 `.mmm/` directory is not migrated (it never was).
 
 mod copy;
@@ -200,6 +204,7 @@ pub fn migrate(
         owner: protocol::Owner::Project(repo.clone()),
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
+        batch: storage_fs::fsx::Batch::new(),
     };
     let _lock = tx.lock(opts.wait)?;
     fault::point("after-lock");
@@ -561,6 +566,7 @@ pub fn rollback(
         owner: protocol::Owner::Project(repo.clone()),
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
+        batch: storage_fs::fsx::Batch::new(),
     };
     marker::check(store, &project.join(LEGACY_DIR_NAME), "roll back")?;
     let _lock = tx.lock(opts.wait)?;
@@ -999,6 +1005,7 @@ pub fn prune_backups(
             owner: protocol::Owner::Project(repo.clone()),
             paths: Paths::new(store.layout(), &repo),
             progress: &NoProgress,
+            batch: storage_fs::fsx::Batch::new(),
         };
         let _lock = tx.lock(Duration::from_secs(120))?;
         if protocol::read_journal(&tx.paths)?.is_some_and(|j| j.txid == b.txid) {

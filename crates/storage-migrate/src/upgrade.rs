@@ -66,6 +66,7 @@ fn tx<'a>(store: &'a FsStorage, progress: &'a dyn Progress) -> Tx<'a> {
         owner: Owner::Store,
         paths: Owner::Store.paths(store.layout()),
         progress,
+        batch: storage_fs::fsx::Batch::new(),
     }
 }
 

@@ -92,6 +92,41 @@ fn count_calls_of(set: &str, args: &[&str], prepare: impl Fn(&Sandbox)) -> u64 {
         .expect("a total line")
 }
 
+/// How many times `migrate` makes each syscall in `set` on the fixture.
+fn calls_by_name(set: &str) -> BTreeMap<String, u64> {
+    let sb = fixture_sandbox();
+    let log = sb.path().join("strace-count");
+    let out = strace(
+        &sb,
+        &[
+            "-c".into(),
+            "-o".into(),
+            log.display().to_string(),
+            "-e".into(),
+            format!("trace={set}"),
+        ],
+        &["migrate"],
+    )
+    .output()
+    .expect("strace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = fs_err::read_to_string(&log).expect("strace summary");
+    // "% time  seconds  usecs/call  calls  [errors]  syscall": calls is the
+    // fourth number, the name the last word.
+    text.lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let calls = words.get(3)?.parse().ok()?;
+            let name = words.last()?;
+            (set.split(',').any(|s| s == *name)).then(|| ((*name).to_owned(), calls))
+        })
+        .collect()
+}
+
 /// The indices to sweep: all of them, or a spread sample.
 fn indices(total: u64) -> Vec<u64> {
     if exhaustive() {
@@ -167,6 +202,31 @@ fn sweep_signal(set: &str, label: &str) {
         "faults: SIGKILL at {label}: swept {} of {total} indices",
         picks.len()
     );
+}
+
+/// A migration's bulk writes are made durable by one `syncfs` per phase on
+/// Linux, and by an `fsync` per file written (and per directory changed) on
+/// the portable path that macOS and FreeBSD take, which Linux takes too when
+/// built with `storage-fs/portable-durability` (as CI's second test run
+/// does): the binary under test is built with the same features as this test.
+#[test]
+fn a_migration_syncs_the_file_system_on_linux_and_each_file_on_the_portable_path() {
+    if !have("strace", &["-V"]) {
+        return;
+    }
+    let legacy = files(&fixture_sandbox().project().join(".prodigy")).len() as u64;
+    let calls = calls_by_name("fsync,syncfs");
+    let count = |name: &str| calls.get(name).copied().unwrap_or(0);
+    eprintln!("{legacy} legacy files: {calls:?}");
+    if storage_fs::fsx::PORTABLE {
+        assert_eq!(count("syncfs"), 0, "{calls:?}");
+        assert!(
+            count("fsync") > legacy,
+            "an fsync per staged file at least ({legacy} legacy files): {calls:?}"
+        );
+    } else {
+        assert!(count("syncfs") >= 3, "one per phase: {calls:?}");
+    }
 }
 
 #[test]

@@ -119,3 +119,85 @@ fn a_temp_file_is_swept_only_when_no_writer_holds_its_lock() {
     drop(held);
     assert_eq!(sweep_temp_files(dir.path()).expect("sweep"), [dead_looking]);
 }
+
+#[test]
+fn rename_noreplace_by_link_never_replaces_a_file_or_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    fs::write(&a, "new").expect("write");
+    fs::write(&b, "old").expect("write");
+    let err = rename_noreplace_by_link(&a, &b).expect_err("target exists");
+    assert!(
+        matches!(err, Error::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+    );
+    fs::remove_file(&b).expect("rm");
+    rename_noreplace_by_link(&a, &b).expect("free target");
+    assert_eq!(fs::read(&b).expect("read"), b"new");
+    assert!(!a.exists(), "the source name is gone");
+
+    let (d, e) = (dir.path().join("d"), dir.path().join("e"));
+    fs::create_dir(&d).expect("mkdir");
+    fs::write(d.join("f"), "x").expect("write");
+    fs::create_dir(&e).expect("mkdir");
+    let err = rename_noreplace_by_link(&d, &e).expect_err("an empty directory is not replaced");
+    assert!(
+        matches!(err, Error::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists)
+    );
+    fs::remove_dir(&e).expect("rmdir");
+    rename_noreplace_by_link(&d, &e).expect("free target");
+    assert_eq!(fs::read(e.join("f")).expect("read"), b"x");
+}
+
+#[test]
+fn a_batch_makes_every_directory_it_changed_durable_on_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let batch = Batch::new();
+    let deep = root.join("a/b/c");
+    batch.create_dir_all(&deep).expect("mkdir");
+    let (path, mut f) = (deep.join("f"), create_new(&deep.join("f")).expect("create"));
+    f.write_all(b"x").expect("write");
+    batch.file_written(&f, &path).expect("written");
+    fs::create_dir(root.join("x")).expect("mkdir");
+    batch
+        .rename_noreplace(&path, &root.join("x/g"))
+        .expect("rename");
+    assert_eq!(mode(&root.join("a/b")), 0o700);
+    let _ = take_dir_fsyncs();
+    batch.finish(root).expect("finish");
+    let synced = take_dir_fsyncs();
+    if PORTABLE {
+        let want: Vec<PathBuf> = ["", "a", "a/b", "a/b/c", "x"]
+            .iter()
+            .map(|d| {
+                if d.is_empty() {
+                    root.to_owned()
+                } else {
+                    root.join(d)
+                }
+            })
+            .collect();
+        assert_eq!(synced, want, "each changed directory once, nothing else");
+    } else {
+        assert!(
+            synced.is_empty(),
+            "one syncfs, no directory fsync: {synced:?}"
+        );
+    }
+    assert!(batch.pending().is_empty());
+    batch.finish(root).expect("an empty batch");
+    assert!(take_dir_fsyncs().is_empty());
+}
+
+#[test]
+fn a_batch_skips_a_recorded_directory_removed_since() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batch = Batch::new();
+    let gone = dir.path().join("gone");
+    batch.create_dir_all(&gone.join("sub")).expect("mkdir");
+    fs::remove_dir_all(&gone).expect("rm");
+    batch.dir_changed(dir.path());
+    batch
+        .finish(dir.path())
+        .expect("a removed directory is not an error");
+}

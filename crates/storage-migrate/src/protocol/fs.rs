@@ -140,7 +140,12 @@ pub(super) fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
 /// first; where the rename says "another file system", by a durable copy
 /// beside `to` (mode and mtime kept; its BLAKE3 checked against `expect`
 /// when given), a no-replace rename, then removing `from`.
-pub(super) fn move_file(from: &Path, to: &Path, expect: Option<&str>) -> storage_core::Result<()> {
+pub(super) fn move_file(
+    batch: &fsx::Batch,
+    from: &Path,
+    to: &Path,
+    expect: Option<&str>,
+) -> storage_core::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fn io<'a>(
         op: &'static str,
@@ -148,7 +153,7 @@ pub(super) fn move_file(from: &Path, to: &Path, expect: Option<&str>) -> storage
     ) -> impl FnOnce(std::io::Error) -> storage_core::Error + 'a {
         move |e| storage_core::Error::io(op, p, e)
     }
-    match fsx::rename_noreplace(from, to) {
+    match batch.rename_noreplace(from, to) {
         Err(e) if crosses_devices(&e) => {}
         other => return other,
     }
@@ -183,7 +188,7 @@ pub(super) fn move_file(from: &Path, to: &Path, expect: Option<&str>) -> storage
             .map_err(io("set permissions of", &tmp))?;
         out.set_modified(meta.modified().map_err(io("stat", from))?)
             .map_err(io("set the modification time of", &tmp))?;
-        out.sync_all().map_err(io("fsync", &tmp))?;
+        fsx::sync_file(&out, &tmp)?;
         fsx::rename_noreplace(&tmp, to)
     })();
     if let Err(e) = copied {

@@ -3,13 +3,14 @@
 
 use super::{
     AtPath, Dirs, Error, Fate, Manifest, Output, Path, PathBuf, Result, Step, Summary, Tx,
-    conflict_alt, crosses_devices, fault, fsx, join, manifest, move_file, probe, sync,
+    conflict_alt, crosses_devices, fault, fsx, join, manifest, move_file, probe,
 };
 
 /// Moves staged directories whose target does not exist into the store,
 /// each with one no-replace rename; descends where the target exists.
 /// Records the directories it moved (relative to the store root) in `moved`.
 pub(super) fn publish_dirs(
+    batch: &fsx::Batch,
     staging: &Path,
     root: &Path,
     rel: &Path,
@@ -22,7 +23,7 @@ pub(super) fn publish_dirs(
         let sub = rel.join(&entry.name);
         let target = root.join(&sub);
         if std::fs::symlink_metadata(&target).is_err() {
-            match fsx::rename_noreplace(&entry.path, &target) {
+            match batch.rename_noreplace(&entry.path, &target) {
                 Ok(()) => {
                     moved.push(sub);
                     continue;
@@ -37,7 +38,7 @@ pub(super) fn publish_dirs(
                 Err(e) => return Err(e.into()),
             }
         }
-        publish_dirs(staging, root, &sub, moved)?;
+        publish_dirs(batch, staging, root, &sub, moved)?;
     }
     Ok(())
 }
@@ -54,7 +55,7 @@ impl Tx<'_> {
         let root = self.layout().root().to_owned();
         self.progress.start(Step::Publish, staged.outputs, 0);
         let mut moved = Vec::new();
-        publish_dirs(&staging, &root, Path::new(""), &mut moved)?;
+        publish_dirs(&self.batch, &staging, &root, Path::new(""), &mut moved)?;
         if !moved.is_empty() {
             fault::point("mid-publish");
         }
@@ -75,7 +76,7 @@ impl Tx<'_> {
             }
             Ok(())
         })?;
-        sync(&root)?;
+        self.sync(&root)?;
         self.progress.finish(Step::Publish);
         Ok(published)
     }
@@ -109,15 +110,15 @@ impl Tx<'_> {
             // verified durable copy (see `move_file`).
             match probe(&target)? {
                 AtPath::Missing => {
-                    dirs.ensure(fsx::parent(&target))?;
-                    move_file(&staged, &target, o.hash.as_deref())?;
+                    dirs.ensure(&self.batch, fsx::parent(&target))?;
+                    move_file(&self.batch, &staged, &target, o.hash.as_deref())?;
                     Fate::Published
                 }
                 at if same(at) => Fate::AlreadyPresent,
                 _ => {
                     if !same(probe(&alt)?) {
-                        fsx::create_dir_all_unsynced(fsx::parent(&alt))?;
-                        move_file(&staged, &alt, o.hash.as_deref())?;
+                        self.batch.create_dir_all(fsx::parent(&alt))?;
+                        move_file(&self.batch, &staged, &alt, o.hash.as_deref())?;
                     }
                     Fate::Conflict { alt: alt_rel }
                 }

@@ -4,7 +4,7 @@
 use super::{
     BTreeMap, Dirs, Error, Fingerprint, Left, Manifest, Owner, Path, PathBuf, RelPath, Result,
     Source, Step, Summary, Tx, copy, crosses_devices, dir_modes, fault, fsx, is_kind, join,
-    make_dirs, manifest, move_file, open_regular, par_map, project_owner, rel_in_store, sync,
+    make_dirs, manifest, move_file, open_regular, par_map, project_owner, rel_in_store,
 };
 
 /// What retiring one legacy file did.
@@ -132,11 +132,11 @@ impl Tx<'_> {
                 first.call_once(|| fault::point("mid-retire"));
                 Ok(r)
             })?;
-            // Copies are made durable with one `syncfs`; a source is removed
+            // Copies are made durable at once (one `syncfs` on Linux); a source is removed
             // only after it, and only if it is still the version verified.
             if outcomes.contains(&Retired::CopiedKeepSource) {
                 copied_any = true;
-                sync(&backup)?;
+                self.sync(&backup)?;
                 for (s, outcome) in sources.iter().zip(outcomes.iter_mut()) {
                     if *outcome != Retired::CopiedKeepSource {
                         continue;
@@ -178,12 +178,15 @@ impl Tx<'_> {
             let parts: Vec<&str> = d.as_path().iter().filter_map(|c| c.to_str()).collect();
             // A layout-0 upgrade plans only the directories its sources leave.
             if matches!(self.owner, Owner::Store) || crate::legacy::is_storage_dir(&parts) {
-                let _ = std::fs::remove_dir(join(&legacy, d)?);
+                let dir = join(&legacy, d)?;
+                if std::fs::remove_dir(&dir).is_ok() {
+                    self.batch.dir_changed(fsx::parent(&dir));
+                }
             }
         }
-        sync(self.layout().root())?;
+        self.sync(self.layout().root())?;
         if copied_any {
-            sync(&legacy)?;
+            self.sync(&legacy)?;
         }
         self.progress.finish(Step::Retire);
         Ok(())
@@ -201,7 +204,7 @@ impl Tx<'_> {
     ) -> Result<Retired> {
         let src = join(legacy, &s.rel)?;
         let bak = join(backup, &s.rel)?;
-        dirs.ensure(fsx::parent(&bak))?;
+        dirs.ensure(&self.batch, fsx::parent(&bak))?;
         let bak_meta = std::fs::symlink_metadata(&bak).ok();
         match (now_of(&src, s)?, bak_meta) {
             (Now::Changed, _) => Ok(Retired::Left(Left::InProject)),
@@ -231,7 +234,7 @@ impl Tx<'_> {
                 fsx::remove_file_durable(&bak)?;
                 self.copy_to_backup(txid, &src, &bak, s)
             }
-            (Now::Unchanged, None) => match fsx::rename_noreplace(&src, &bak) {
+            (Now::Unchanged, None) => match self.batch.rename_noreplace(&src, &bak) {
                 Ok(()) => {
                     let meta =
                         std::fs::symlink_metadata(&bak).map_err(|e| Error::io("stat", &bak, e))?;
@@ -288,13 +291,13 @@ impl Tx<'_> {
             modes,
             project_owner(legacy),
         )?;
-        match move_file(bak, &src, None) {
+        match move_file(&self.batch, bak, &src, None) {
             Ok(()) => Ok(Retired::Left(Left::InProject)),
             Err(e) if is_kind(&e, std::io::ErrorKind::AlreadyExists) => {
                 let at = self.displaced(txid, s.rel.as_path());
                 let abs = join(self.layout().root(), &at)?;
                 fsx::create_dir_all(fsx::parent(&abs))?;
-                move_file(bak, &abs, None)?;
+                move_file(&self.batch, bak, &abs, None)?;
                 Ok(Retired::Left(Left::Displaced { at }))
             }
             Err(e) => Err(e.into()),
@@ -332,7 +335,8 @@ impl Tx<'_> {
             return Ok(Retired::Left(Left::InProject));
         }
         copy::set_mode_of(&tmp, s.mode)?;
-        fsx::rename_noreplace(&tmp, bak)?;
+        self.batch.file_written(&out, &tmp)?;
+        self.batch.rename_noreplace(&tmp, bak)?;
         Ok(Retired::CopiedKeepSource)
     }
 
@@ -385,8 +389,8 @@ impl Tx<'_> {
             if files_digest(legacy, d.as_path()) != Some(want) {
                 continue;
             }
-            fsx::create_dir_all_unsynced(fsx::parent(&bak))?;
-            if fsx::rename_noreplace(&src, &bak).is_err() {
+            self.batch.create_dir_all(fsx::parent(&bak))?;
+            if self.batch.rename_noreplace(&src, &bak).is_err() {
                 continue; // another file system, or in use: file by file
             }
             moved.push(d.as_path().to_owned());
@@ -431,7 +435,7 @@ impl Tx<'_> {
                 }
                 make_dirs(legacy, r.parent(), &modes, owner)?;
                 let to = legacy.join(&r);
-                let warning = match move_file(&e.path, &to, None) {
+                let warning = match move_file(&self.batch, &e.path, &to, None) {
                     Ok(()) => format!(
                         "`{}` was written while its directory was being moved into the backup; put back into the project",
                         r.display()
@@ -440,7 +444,7 @@ impl Tx<'_> {
                         let at = self.displaced(&m.txid, &r);
                         let abs = join(self.layout().root(), &at)?;
                         fsx::create_dir_all(fsx::parent(&abs))?;
-                        move_file(&e.path, &abs, None)?;
+                        move_file(&self.batch, &e.path, &abs, None)?;
                         format!(
                             "`{}` was written while its directory was being moved into the backup; kept at `{}`",
                             r.display(),

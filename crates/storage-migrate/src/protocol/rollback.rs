@@ -9,7 +9,7 @@ use super::{
     AtPath, BTreeMap, Error, Fate, HistoryEntry, Manifest, Owner, Path, PathBuf, Phase, Produce,
     RelPath, Result, Source, Step, Summary, Tx, append_history, conflict_alt, copy, dir_modes,
     fault, fsx, join, manifest, marker, open_regular, probe, project_owner, read_manifest,
-    real_dir, remove_dir_all_if_exists, set_journal, sync,
+    real_dir, remove_dir_all_if_exists, set_journal,
 };
 
 /// Restores the backup `bak` as `name` in the directory `parent` (opened
@@ -21,6 +21,7 @@ use super::{
 /// made beside the target instead, through the same directory descriptor,
 /// and `fsync`ed (no `syncfs` of the project covers another mount).
 pub(super) fn restore_one(
+    batch: &fsx::Batch,
     bak: &Path,
     (restoring, tmp): (&OwnedFd, &str),
     (parent, name): (&OwnedFd, &std::ffi::OsStr),
@@ -50,12 +51,13 @@ pub(super) fn restore_one(
             std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
                 .map_err(|e| Error::io("change the owner of", dest, e))?;
         }
-        Ok(())
+        Ok(batch.file_written(&out, dest)?)
     };
     fill(restoring, tmp)?;
     match linkat(restoring, tmp, parent, name, AtFlags::empty()) {
         Ok(()) => {
             unlinkat(restoring, tmp, AtFlags::empty()).map_err(io("remove", dest))?;
+            batch.dir_changed(fsx::parent(dest));
             Ok(())
         }
         Err(rustix::io::Errno::XDEV) => {
@@ -144,6 +146,7 @@ pub(super) fn open_dir_beneath(
 /// recorded directories of the old layout, deepest first (best effort:
 /// stops at the first that is not empty).
 pub(super) fn remove_empty_parents(
+    batch: &fsx::Batch,
     base: &Path,
     rel: &Path,
     recorded: &BTreeMap<PathBuf, u32>,
@@ -158,7 +161,7 @@ pub(super) fn remove_empty_parents(
             // Gone already (an earlier, interrupted run): look further up.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(_) => return,
-            Ok(()) => {}
+            Ok(()) => batch.dir_changed(fsx::parent(&base.join(d))),
         }
         p = d.parent();
     }
@@ -364,6 +367,7 @@ impl Tx<'_> {
                     n += 1;
                     let name = s.rel.as_path().file_name().unwrap_or_default();
                     restore_one(
+                        &self.batch,
                         &bak,
                         (&restoring_fd, &n.to_string()),
                         (&parent, name),
@@ -380,7 +384,7 @@ impl Tx<'_> {
             }
             Ok(())
         })?;
-        sync(&legacy)?;
+        self.sync(&legacy)?;
         std::fs::remove_dir(&restoring).map_err(|e| Error::io("remove", &restoring, e))?;
         fsx::fsync_dir(&legacy)?;
         self.progress.finish(Step::Restore);
@@ -437,7 +441,13 @@ impl Tx<'_> {
                 // removed the file).
                 let tidy = || {
                     if matches!(self.owner, Owner::Store) {
-                        remove_empty_parents(&root, rel.as_path(), &modes, &m.kept_dirs);
+                        remove_empty_parents(
+                            &self.batch,
+                            &root,
+                            rel.as_path(),
+                            &modes,
+                            &m.kept_dirs,
+                        );
                     }
                 };
                 match probe(&path)? {
@@ -450,7 +460,7 @@ impl Tx<'_> {
                     _ if force => {
                         let aside = join(&displaced, rel)?;
                         fsx::create_dir_all(fsx::parent(&aside))?;
-                        fsx::rename_noreplace(&path, &aside)?;
+                        self.batch.rename_noreplace(&path, &aside)?;
                     }
                     _ => {
                         tracing::warn!(path = %path.display(), "changed since migration; left in place");
@@ -463,8 +473,9 @@ impl Tx<'_> {
             Ok(())
         })?;
         remove_dir_all_if_exists(&staging)?;
+        self.batch.dir_changed(fsx::parent(&staging));
         self.release_reserve(&m.txid)?;
-        sync(&root)?;
+        self.sync(&root)?;
         fault::point("after-rollback-remove");
         match self.owner {
             Owner::Project(_) => marker::remove(self.store, &legacy)?,

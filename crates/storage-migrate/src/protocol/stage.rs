@@ -1,5 +1,6 @@
 //! Staging: every legacy file (or its per-job log lines) copied into
-//! `<txid>/staging/`, hashed as it is read; one `syncfs` follows.
+//! `<txid>/staging/`, hashed as it is read; made durable at once by the
+//! transaction's batch (one `syncfs` on Linux).
 
 use super::{
     BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Layout, Manifest, Output, Path,
@@ -176,8 +177,9 @@ impl Tx<'_> {
                 if matches!(out.category, Category::LegacyPreserved | Category::Events) =>
             {
                 let dest = join(staging, &out.dest)?;
-                dirs.ensure(fsx::parent(&dest))?;
-                let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
+                dirs.ensure(&self.batch, fsx::parent(&dest))?;
+                let (size, hash) =
+                    copy::copy_new(&mut file, &path, &dest, source.mtime, &self.batch)?;
                 r.src_hash = hash;
                 r.done.push((oi, size, hash));
             }
@@ -198,8 +200,9 @@ impl Tx<'_> {
                 }
                 r.as_copy = *produce != Produce::Copy;
                 let dest = join(staging, &dest_rel)?;
-                dirs.ensure(fsx::parent(&dest))?;
-                let (size, hash) = copy::copy_new(&mut file, &path, &dest, source.mtime)?;
+                dirs.ensure(&self.batch, fsx::parent(&dest))?;
+                let (size, hash) =
+                    copy::copy_new(&mut file, &path, &dest, source.mtime, &self.batch)?;
                 r.src_hash = hash;
                 r.done.push((oi, size, hash));
             }
@@ -225,8 +228,8 @@ impl Tx<'_> {
                     content = std::borrow::Cow::Owned(rewritten);
                 }
                 let dest = join(staging, &dest_rel)?;
-                dirs.ensure(fsx::parent(&dest))?;
-                let hash = copy::write_new(&dest, &content, source.mtime)?;
+                dirs.ensure(&self.batch, fsx::parent(&dest))?;
+                let hash = copy::write_new(&dest, &content, source.mtime, &self.batch)?;
                 r.done.push((oi, content.len() as u64, hash));
             }
         }
@@ -293,7 +296,7 @@ impl Tx<'_> {
             whole.update(line);
             if !writers.contains_key(route) {
                 let dest = join(staging, &dest_of(route))?;
-                dirs.ensure(fsx::parent(&dest))?;
+                dirs.ensure(&self.batch, fsx::parent(&dest))?;
                 // A log may fan out to hundreds of jobs at once: 8 KiB
                 // buffers for the first 64, 1 KiB for the rest, so memory
                 // hardly grows with the number of jobs.
@@ -309,6 +312,7 @@ impl Tx<'_> {
                 .into_inner()
                 .map_err(|e| Error::io("write", &dest, e.into_error()))?;
             copy::set_mtime(&f, &dest, source.mtime)?;
+            self.batch.file_written(&f, &dest)?;
         }
         r.src_hash = whole.finalize();
         r.split_lines = Some(totals.values().map(|t| t.lines).sum());

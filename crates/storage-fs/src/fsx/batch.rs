@@ -1,0 +1,143 @@
+//! Making many changes durable at once, on every platform: [`Batch`].
+//!
+//! A bulk writer (the migration's staging, publishing, backup and
+//! rollback) writes thousands of files and only then needs them all
+//! durable, before the journal moves on. An `fsync` per file and per
+//! directory is what a durable write costs one at a time; the batch lets a
+//! platform do better where it can:
+//!
+//! - **Linux**: nothing happens while the phase writes; [`Batch::finish`]
+//!   is one `syncfs` of the file system (every dirty page and every
+//!   metadata change on it, data and directories alike).
+//! - **Elsewhere** (macOS, FreeBSD; and on Linux with the cargo feature
+//!   `portable-durability`, so that this path is tested): `syncfs` does not
+//!   exist, so the batch keeps the same promise the long way. Each file is
+//!   `fsync`ed as its writer finishes it ([`Batch::file_written`]; on macOS
+//!   with `fcntl(F_FULLFSYNC)`, see [`sync_file`]), and every directory
+//!   whose entries changed (a file or directory created, renamed in or out,
+//!   removed) is recorded and `fsync`ed once by [`Batch::finish`].
+//!
+//! Either way the promise is the same: once `finish` returns, every change
+//! made through the batch (or recorded in it) survives a power loss. The
+//! writer's code is the same on every platform; only this module knows the
+//! difference. A batch belongs to one transaction: a failed `fsync` is
+//! reported by the `finish` of the batch that recorded the directory, never
+//! swallowed by another's.
+//!
+//! A writer that changes a directory with a plain `std::fs` call (removing
+//! a tree, say) records it with [`Batch::dir_changed`]; on Linux that costs
+//! nothing.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{Result, create_dir_all_unsynced, create_dirs, parent, rename_noreplace};
+
+/// Whether changes are made durable one by one (see the module docs):
+/// everywhere but Linux, and on Linux with `portable-durability`.
+pub const PORTABLE: bool = cfg!(any(
+    not(target_os = "linux"),
+    feature = "portable-durability"
+));
+
+/// The changes of one phase of a bulk writer, made durable together by
+/// [`Batch::finish`] (see the module docs). Shared by the phase's threads.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Directories whose entries changed since the last `finish` (portable
+    /// path only; always empty on Linux).
+    dirs: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl Batch {
+    /// An empty batch.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The writer is done with the new file `file` at `path`: on the
+    /// portable path it is `fsync`ed now and its directory recorded.
+    pub fn file_written(&self, file: &File, path: &Path) -> Result<()> {
+        if PORTABLE {
+            super::sync_file(file, path)?;
+            self.dir_changed(parent(path));
+        }
+        Ok(())
+    }
+
+    /// An entry of `dir` was created, renamed or removed by the writer.
+    pub fn dir_changed(&self, dir: &Path) {
+        if PORTABLE {
+            self.lock().insert(dir.to_owned());
+        }
+    }
+
+    /// Creates `dir` and its missing parents (0700); made durable by
+    /// [`finish`](Self::finish).
+    pub fn create_dir_all(&self, dir: &Path) -> Result<()> {
+        if PORTABLE {
+            create_dirs(dir, |d| {
+                self.dir_changed(parent(d));
+                Ok(())
+            })
+        } else {
+            create_dir_all_unsynced(dir)
+        }
+    }
+
+    /// [`rename_noreplace`], made durable by [`finish`](Self::finish).
+    pub fn rename_noreplace(&self, from: &Path, to: &Path) -> Result<()> {
+        rename_noreplace(from, to)?;
+        self.dir_changed(parent(from));
+        self.dir_changed(parent(to));
+        Ok(())
+    }
+
+    /// Makes every change of the batch so far durable: one `syncfs` of the
+    /// file system holding `path` on Linux, an `fsync` of each recorded
+    /// directory elsewhere (a recorded directory removed since is skipped:
+    /// its removal is recorded in its parent). The batch is empty afterwards.
+    ///
+    /// A failed `fsync` is returned, never retried.
+    pub fn finish(&self, path: &Path) -> Result<()> {
+        if PORTABLE {
+            let dirs = std::mem::take(&mut *self.lock());
+            for dir in dirs {
+                match super::fsync_dir(&dir) {
+                    Err(storage_core::Error::Io { ref source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound => {}
+                    other => other?,
+                }
+            }
+            Ok(())
+        } else {
+            whole_file_system(path)
+        }
+    }
+
+    /// The directories recorded and not yet made durable (empty on Linux).
+    #[must_use]
+    pub fn pending(&self) -> Vec<PathBuf> {
+        self.lock().iter().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<PathBuf>> {
+        // A panic while holding the lock leaves a valid set: take it anyway.
+        self.dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn whole_file_system(path: &Path) -> Result<()> {
+    super::syncfs(path)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn whole_file_system(_path: &Path) -> Result<()> {
+    unreachable!("only Linux has syncfs; PORTABLE is true elsewhere")
+}
