@@ -244,7 +244,7 @@ fn sigkill_at_the_nth_unlink() {
     sweep_signal("unlink,unlinkat,rmdir", "unlink");
 }
 
-/// A rollback killed at any rename (a restored file's temp copy is complete
+/// A rollback killed at any rename or link (a restored file's temp copy is complete
 /// but not in place yet) is finished by the next `rollback`, which leaves
 /// the project exactly as it was before the migration: no temp file of
 /// the dead run in the user's `.prodigy/`.
@@ -253,7 +253,7 @@ fn sigkill_at_the_nth_rename_of_a_rollback() {
     if !have("strace", &["-V"]) {
         return;
     }
-    let set = "rename,renameat,renameat2";
+    let set = "rename,renameat,renameat2,link,linkat";
     let migrated = |sb: &Sandbox| {
         run(sb, &["migrate"], true);
     };

@@ -273,7 +273,7 @@ fn traced_upgrade(sb: &Sandbox, set: &str, n: u64, args: &[&str]) -> u64 {
         .count() as u64
 }
 
-/// `SIGKILL` at every rename, fsync and unlink of an upgrade and of a
+/// `SIGKILL` at every rename (and link), fsync and unlink of an upgrade and of a
 /// downgrade (a spread sample in the quick tier, every index in the
 /// exhaustive one): the next run finishes or undoes it, and a downgrade
 /// then gives back the exact layout-0 store.
@@ -285,7 +285,7 @@ fn sigkill_at_every_rename_fsync_and_unlink_of_upgrade_and_downgrade() {
     }
     let exhaustive = std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some();
     for set in [
-        "rename,renameat,renameat2",
+        "rename,renameat,renameat2,link,linkat",
         "fsync,fdatasync,syncfs",
         "unlink,unlinkat,rmdir",
     ] {
