@@ -43,7 +43,6 @@ pub fn paint(text: &str) -> String {
 }
 
 /// `1.5 KiB`-style sizes.
-#[cfg(feature = "legacy-import")]
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     // Reason: display only; a rounding error past 2^52 bytes is invisible here.
