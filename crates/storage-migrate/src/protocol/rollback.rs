@@ -2,6 +2,7 @@
 //! what the transaction published removed; never through a link.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -40,13 +41,14 @@ pub(super) fn restore_one(
             dir,
             file,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::RUSR | Mode::WUSR,
         )
         .map_err(io("create", dest))?;
         let mut out = std::fs::File::from(fd);
         copy::copy_into(&mut from, bak, &mut out, dest, s.mtime)?;
-        rustix::fs::fchmod(&out, Mode::from_raw_mode(s.mode))
-            .map_err(io("set permissions of", dest))?;
+        // std's mode is a `u32` on every Unix (rustix's is a `u16` on macOS).
+        out.set_permissions(std::fs::Permissions::from_mode(s.mode))
+            .map_err(|e| Error::io("set permissions of", dest, e))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&out, Some(uid), Some(gid))
                 .map_err(|e| Error::io("change the owner of", dest, e))?;
@@ -118,15 +120,18 @@ pub(super) fn open_dir_beneath(
         let next = match rustix::fs::openat(&fd, name, flags, Mode::empty()) {
             Ok(next) => next,
             Err(Errno::NOENT) => {
-                let mode = Mode::from_raw_mode(modes.get(&cur).copied().unwrap_or(0o755));
-                match rustix::fs::mkdirat(&fd, name, mode) {
+                let mode = modes.get(&cur).copied().unwrap_or(0o755);
+                // Private until its recorded mode is set on the descriptor.
+                match rustix::fs::mkdirat(&fd, name, Mode::RWXU) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(Error::io("create directory", base.join(&cur), e.into())),
                 }
                 let next = rustix::fs::openat(&fd, name, flags, Mode::empty())
                     .map_err(|e| refuse(base.join(&cur), e))?;
-                rustix::fs::fchmod(&next, mode)
-                    .map_err(|e| Error::io("set permissions of", base.join(&cur), e.into()))?;
+                let next = std::fs::File::from(next);
+                next.set_permissions(std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io("set permissions of", base.join(&cur), e))?;
+                let next = OwnedFd::from(next);
                 if let Some((uid, gid)) = owner {
                     std::os::unix::fs::fchown(&next, Some(uid), Some(gid))
                         .map_err(|e| Error::io("change the owner of", base.join(&cur), e))?;
