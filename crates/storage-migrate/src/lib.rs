@@ -126,7 +126,7 @@ impl Default for MigrateOptions<'_> {
 /// no legacy storage. A crash of an earlier run is recovered first.
 ///
 /// Besides the project's own `.prodigy/`, every legacy directory found
-/// below it ([`plan::discover`]: an old Prodigy run from `services/worker/`
+/// below it (found by a bounded walk that never follows links: an old Prodigy run from `services/worker/`
 /// left `services/worker/.prodigy/`) is imported into the same repository,
 /// each by its own transaction, in path order, under one lock; their
 /// reports are in [`MigrationReport::subdirectories`], and one `rollback`
