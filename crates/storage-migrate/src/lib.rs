@@ -532,8 +532,9 @@ fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
     Ok(live)
 }
 
-/// The latest migration of a repository that has not been rolled back.
-fn latest_migration(paths: &Paths) -> Result<Option<String>> {
+/// The latest migration (or upgrade) of these records that has not been
+/// rolled back (or downgraded).
+pub(crate) fn latest_migration(paths: &Paths) -> Result<Option<String>> {
     Ok(live_migrations(paths)?.pop())
 }
 

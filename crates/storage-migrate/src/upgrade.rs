@@ -83,6 +83,17 @@ fn downgraded_by_request(tx: &Tx<'_>) -> Result<bool> {
         .is_some_and(|h| h.event == "rolled_back"))
 }
 
+/// The refusal of an automatic upgrade of a store a person downgraded.
+fn downgraded(root: &std::path::Path) -> Error {
+    Error::Refused {
+        action: "upgrade",
+        path: root.to_owned(),
+        reason: "it was downgraded to layout 0 on request; Prodigy's start-up leaves it so. \
+                 Run `prodigy-storage upgrade` to upgrade it again"
+            .into(),
+    }
+}
+
 fn finish_report(store: &FsStorage, mut r: MigrationReport) -> MigrationReport {
     if r.outcome == Outcome::Migrated {
         r.rollback_command = Some(format!(
@@ -131,13 +142,7 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
         ));
     }
     if opts.automatic && downgraded_by_request(&tx)? {
-        return Err(Error::Refused {
-            action: "upgrade",
-            path: root.to_owned(),
-            reason: "it was downgraded to layout 0 on request; Prodigy's start-up leaves it so. \
-                     Run `prodigy-storage upgrade` to upgrade it again"
-                .into(),
-        });
+        return Err(downgraded(root));
     }
     let _lock = tx.lock(opts.wait)?;
     crate::fault::point("after-lock");
@@ -145,13 +150,7 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
     let recovered = recovery.as_ref().map(|r| r.what.clone());
     if opts.automatic && downgraded_by_request(&tx)? {
         // Recovery may just have finished a downgrade a person asked for.
-        return Err(Error::Refused {
-            action: "upgrade",
-            path: root.to_owned(),
-            reason: "it was downgraded to layout 0 on request; Prodigy's start-up leaves it so. \
-                     Run `prodigy-storage upgrade` to upgrade it again"
-                .into(),
-        });
+        return Err(downgraded(root));
     }
     if !storage_fs::has_layout_0_data(root)? {
         // Another process upgraded it while this one waited, or recovery
@@ -241,7 +240,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         });
     }
     if unfinished.is_none()
-        && latest(&tx)?.is_none()
+        && crate::latest_migration(&tx.paths)?.is_none()
         && let Some(done) = protocol::read_history(&tx.paths)?.pop()
         && storage_fs::layout_version(&root)?.is_none()
     {
@@ -264,7 +263,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
     }
     let txid = match &unfinished {
         Some(j) => j.txid.clone(),
-        None => latest(&tx)?.ok_or_else(|| Error::RollbackRefused {
+        None => crate::latest_migration(&tx.paths)?.ok_or_else(|| Error::RollbackRefused {
             reason: format!(
                 "the store at `{}` has no upgrade from layout 0 to undo (no record in `{}`)",
                 root.display(),
@@ -325,19 +324,6 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         backup: tx.paths.backup(&txid),
         recovered,
     })
-}
-
-/// The latest upgrade not downgraded since.
-fn latest(tx: &Tx<'_>) -> Result<Option<String>> {
-    let mut live: Vec<String> = Vec::new();
-    for e in protocol::read_history(&tx.paths)? {
-        match e.event.as_str() {
-            "migrated" => live.push(e.txid),
-            "rolled_back" => live.retain(|t| *t != e.txid),
-            _ => {}
-        }
-    }
-    Ok(live.pop())
 }
 
 impl Tx<'_> {
