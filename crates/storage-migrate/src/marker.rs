@@ -187,9 +187,3 @@ pub(crate) fn remove(store: &FsStorage, legacy: &Path) -> Result<()> {
     fsx::remove_file_durable(&path)?;
     Ok(())
 }
-
-/// Free bytes for unprivileged users on the file system of `path`.
-pub(crate) fn free_bytes(path: &Path) -> Result<u64> {
-    let st = rustix::fs::statvfs(path).map_err(|e| Error::io("statvfs", path, e.into()))?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
-}

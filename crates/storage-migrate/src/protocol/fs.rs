@@ -207,3 +207,9 @@ pub(crate) fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
         Err(e) => Err(Error::io("remove", path, e)),
     }
 }
+
+/// Free bytes for unprivileged users on the file system of `path`.
+pub(super) fn free_bytes(path: &Path) -> Result<u64> {
+    let st = rustix::fs::statvfs(path).map_err(|e| Error::io("statvfs", path, e.into()))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -76,7 +76,7 @@ mod rollback;
 mod stage;
 mod verify;
 
-use fs::{crosses_devices, dir_modes, is_kind, make_dirs, move_file, real_dir};
+use fs::{crosses_devices, dir_modes, free_bytes, is_kind, make_dirs, move_file, real_dir};
 
 pub(crate) use fs::{project_owner, remove_dir_all_if_exists, rewrite_metadata_path};
 
@@ -488,7 +488,7 @@ impl Tx<'_> {
     fn check_space(&self, m: &Manifest, staged: &Summary) -> Result<()> {
         let tx = self.paths.tx(&m.txid);
         let need = staged.source_bytes + (staged.source_bytes / 100).max(16 << 20);
-        let free = marker::free_bytes(&tx)?;
+        let free = free_bytes(&tx)?;
         if free < need {
             return Err(Error::Refused {
                 action: "migrate",

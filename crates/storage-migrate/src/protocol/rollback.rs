@@ -155,11 +155,11 @@ pub(super) fn remove_empty_parents(
     base: &Path,
     rel: &Path,
     recorded: &BTreeMap<PathBuf, u32>,
-    kept: &[RelPath],
+    kept: &std::collections::HashSet<&Path>,
 ) {
     let mut p = rel.parent();
     while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-        if recorded.contains_key(d) || kept.iter().any(|k| k.as_path() == d) {
+        if recorded.contains_key(d) || kept.contains(d) {
             return;
         }
         match std::fs::remove_dir(base.join(d)) {
@@ -323,6 +323,8 @@ impl Tx<'_> {
         let legacy = m.legacy_dir.0.clone();
         real_dir(&legacy)?;
         let modes = dir_modes(m);
+        let kept_dirs: std::collections::HashSet<&Path> =
+            m.kept_dirs.iter().map(RelPath::as_path).collect();
         let owner = project_owner(&legacy);
         let summary = manifest::summarize(&entries)?;
         self.progress
@@ -446,13 +448,7 @@ impl Tx<'_> {
                 // removed the file).
                 let tidy = || {
                     if matches!(self.owner, Owner::Store) {
-                        remove_empty_parents(
-                            &self.batch,
-                            &root,
-                            rel.as_path(),
-                            &modes,
-                            &m.kept_dirs,
-                        );
+                        remove_empty_parents(&self.batch, &root, rel.as_path(), &modes, &kept_dirs);
                     }
                 };
                 match probe(&path)? {
