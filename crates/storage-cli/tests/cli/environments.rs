@@ -1046,3 +1046,38 @@ fn backup_path(sb: &Sandbox, rel: &str) -> Option<PathBuf> {
         .map(|tx| tx.path().join("backup").join(rel))
         .find(|p| p.exists())
 }
+
+/// The marker knows its store by device and inode, not by path: a
+/// migration interrupted through `--home` at a link to the store is
+/// finished through the store's real path (a path comparison would take it
+/// for another store and refuse for ever).
+#[test]
+fn the_same_store_by_another_path_finishes_its_own_migration() {
+    let sb = Sandbox::new();
+    small_project(&sb.project());
+    fs_err::create_dir_all(sb.store()).expect("mkdir");
+    let link = sb.path().join("store-link");
+    std::os::unix::fs::symlink(sb.store(), &link).expect("link");
+    let out = with_home(&sb, &link, &["migrate"])
+        .env("PRODIGY_STORAGE_CRASH_AT", "after-publish")
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "crashed");
+    assert!(
+        sb.project()
+            .join(".prodigy/.prodigy-storage-migration.json")
+            .exists()
+    );
+    let report = json_of(
+        &cmd(&sb, &sb.project(), &["migrate", "--json"])
+            .output()
+            .expect("run"),
+    );
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert!(report["recovered"].is_string(), "{report:#}");
+    assert!(
+        !sb.project()
+            .join(".prodigy/.prodigy-storage-migration.json")
+            .exists()
+    );
+}
