@@ -69,6 +69,16 @@ fn small_project(project: &Path) {
     fs_err::write(p.join("config.yml"), b"user: file\n").expect("write");
 }
 
+/// The small project on a `tmpfs` of its own (another file system than the
+/// store's), or `None` (printed) where mounting is not allowed.
+fn project_on_another_file_system(sb: &Sandbox) -> Option<(Mount, PathBuf)> {
+    let mnt = sb.path().join("tmpfs");
+    let mount = Mount::tmpfs(&mnt, "64m")?;
+    let project = mnt.join("api");
+    small_project(&project);
+    Some((mount, project))
+}
+
 fn finish(child: Child) -> std::process::Output {
     child.wait_with_output().expect("wait")
 }
@@ -164,12 +174,9 @@ fn a_line_appended_during_the_backup_sync_across_devices_is_kept() {
         return;
     }
     let sb = Sandbox::new();
-    let mnt = sb.path().join("tmpfs");
-    let Some(_tmpfs) = Mount::tmpfs(&mnt, "64m") else {
+    let Some((_tmpfs, project)) = project_on_another_file_system(&sb) else {
         return;
     };
-    let project = mnt.join("api");
-    small_project(&project);
     let log = project.join(".prodigy/mapreduce/events/global/events.jsonl");
     // syncfs #1 makes staging durable, #2 publishing, #3 the backup copies.
     let child = traced(
@@ -313,12 +320,9 @@ fn after_a_failed_backup_sync_the_copies_are_made_again() {
         return;
     }
     let sb = Sandbox::new();
-    let mnt = sb.path().join("tmpfs");
-    let Some(_tmpfs) = Mount::tmpfs(&mnt, "64m") else {
+    let Some((_tmpfs, project)) = project_on_another_file_system(&sb) else {
         return;
     };
-    let project = mnt.join("api");
-    small_project(&project);
     let out = traced(
         &sb,
         "syncfs:error=EIO:when=3",
@@ -385,12 +389,9 @@ fn crash_at(sb: &Sandbox, project: &Path, args: &[&str], point: &str) {
 #[test]
 fn a_file_changed_after_a_crash_while_publishing_does_not_block_recovery() {
     let sb = Sandbox::new();
-    let mnt = sb.path().join("tmpfs");
-    let Some(_tmpfs) = Mount::tmpfs(&mnt, "64m") else {
+    let Some((_tmpfs, project)) = project_on_another_file_system(&sb) else {
         return;
     };
-    let project = mnt.join("api");
-    small_project(&project);
     crash_at(&sb, &project, &["migrate", "."], "after-publish");
     let a = project.join(".prodigy/cache/a.json");
     fs_err::write(&a, b"{\"a\": \"changed\"}\n").expect("write");
@@ -814,18 +815,17 @@ fn an_old_prodigy_appending_at_random_moments_loses_nothing() {
     for cross in [false, true] {
         for round in 0..rounds {
             let sb = Sandbox::new();
-            let mnt = sb.path().join("tmpfs");
             let _tmpfs;
             let project = if cross {
-                let Some(m) = Mount::tmpfs(&mnt, "64m") else {
+                let Some((m, project)) = project_on_another_file_system(&sb) else {
                     return;
                 };
                 _tmpfs = m;
-                mnt.join("api")
+                project
             } else {
+                small_project(&sb.project());
                 sb.project()
             };
-            small_project(&project);
             let log = project.join(".prodigy/mapreduce/events/global/events.jsonl");
             let start_after = Duration::from_millis(next() % 1800);
             let child = traced(
