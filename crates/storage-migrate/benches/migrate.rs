@@ -10,56 +10,30 @@
 #![allow(clippy::cast_precision_loss)] // Reason: millisecond and KiB figures are far below 2^52.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use storage_fs::FsStorage;
 use storage_migrate::{MigrateOptions, Outcome};
 
 mod common;
 
-use common::{FreshFs, Phases, peak_rss_kib, sh, side_by_side};
+use common::{FreshFs, child_run, in_child, sh, side_by_side};
 
-/// Child mode: migrate `project` into `store`, print elapsed ms and peak RSS.
+/// Child mode: migrate `project` into `store`.
 fn child(project: &Path, store: &Path) {
-    let t = Instant::now();
-    let phases = Phases {
-        start: t,
-        last: std::sync::Mutex::new(t),
-    };
-    let quiet = storage_migrate::NoProgress;
-    let progress: &dyn storage_migrate::Progress = if std::env::var_os("BENCH_PHASES").is_some() {
-        &phases
-    } else {
-        &quiet
-    };
-    let store = FsStorage::open(store).expect("open store");
-    let opts = MigrateOptions {
-        progress,
-        ..MigrateOptions::default()
-    };
-    let r = storage_migrate::migrate(&store, project, &opts).expect("migrate");
-    assert_eq!(r.outcome, Outcome::Migrated);
-    println!("{} {}", t.elapsed().as_micros(), peak_rss_kib());
+    child_run(|progress| {
+        let store = FsStorage::open(store).expect("open store");
+        let opts = MigrateOptions {
+            progress,
+            ..MigrateOptions::default()
+        };
+        let r = storage_migrate::migrate(&store, project, &opts).expect("migrate");
+        assert_eq!(r.outcome, Outcome::Migrated);
+    });
 }
 
 fn migrate_in_child(project: &Path, store: &Path) -> (Duration, u64) {
-    let out = Command::new(std::env::current_exe().expect("self"))
-        .arg("--child")
-        .arg(project)
-        .arg(store)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("child");
-    assert!(out.status.success(), "the migration child failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text
-        .split_whitespace()
-        .map(|s| s.parse::<u64>().expect("number"));
-    (
-        Duration::from_micros(it.next().expect("us")),
-        it.next().expect("rss"),
-    )
+    in_child(&[project, store])
 }
 
 fn main() {

@@ -13,52 +13,27 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{FreshFs, Phases, peak_rss_kib, sh, side_by_side};
+use common::{FreshFs, child_run, in_child, sh, side_by_side};
 use storage_fs::FsStorage;
 use storage_migrate::{Outcome, UpgradeOptions};
 
-/// Child mode: upgrade `store`, print elapsed µs and peak RSS.
+/// Child mode: upgrade `store`.
 fn child(store: &Path) {
-    let t = Instant::now();
-    let phases = Phases {
-        start: t,
-        last: std::sync::Mutex::new(t),
-    };
-    let quiet = storage_migrate::NoProgress;
-    let progress: &dyn storage_migrate::Progress = if std::env::var_os("BENCH_PHASES").is_some() {
-        &phases
-    } else {
-        &quiet
-    };
-    let store = FsStorage::peek(store).expect("peek store");
-    let opts = UpgradeOptions {
-        progress,
-        ..UpgradeOptions::default()
-    };
-    let r = storage_migrate::upgrade(&store, &opts).expect("upgrade");
-    assert_eq!(r.outcome, Outcome::Migrated);
-    println!("{} {}", t.elapsed().as_micros(), peak_rss_kib());
+    child_run(|progress| {
+        let store = FsStorage::peek(store).expect("peek store");
+        let opts = UpgradeOptions {
+            progress,
+            ..UpgradeOptions::default()
+        };
+        let r = storage_migrate::upgrade(&store, &opts).expect("upgrade");
+        assert_eq!(r.outcome, Outcome::Migrated);
+    });
 }
 
 fn upgrade_in_child(store: &Path) -> (Duration, u64) {
-    let out = Command::new(std::env::current_exe().expect("self"))
-        .arg("--child")
-        .arg(store)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("child");
-    assert!(out.status.success(), "the upgrade child failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text
-        .split_whitespace()
-        .map(|s| s.parse::<u64>().expect("number"));
-    (
-        Duration::from_micros(it.next().expect("us")),
-        it.next().expect("rss"),
-    )
+    in_child(&[store])
 }
 
 fn main() {

@@ -166,3 +166,42 @@ pub fn side_by_side(
     }
     (median(mine), median(cp), rss)
 }
+
+/// In a child process: runs `work` with the step timer of `BENCH_PHASES`
+/// (or no progress) and prints its elapsed microseconds and peak memory,
+/// which [`in_child`] reads back.
+pub fn child_run(work: impl FnOnce(&dyn storage_migrate::Progress)) {
+    let t = Instant::now();
+    let phases = Phases {
+        start: t,
+        last: std::sync::Mutex::new(t),
+    };
+    let quiet = storage_migrate::NoProgress;
+    let progress: &dyn storage_migrate::Progress = if std::env::var_os("BENCH_PHASES").is_some() {
+        &phases
+    } else {
+        &quiet
+    };
+    work(progress);
+    println!("{} {}", t.elapsed().as_micros(), peak_rss_kib());
+}
+
+/// Runs this benchmark again as `--child <args>` (which calls
+/// [`child_run`]) and returns its elapsed time and peak memory (KiB).
+pub fn in_child(args: &[&Path]) -> (Duration, u64) {
+    let out = Command::new(std::env::current_exe().expect("self"))
+        .arg("--child")
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("child");
+    assert!(out.status.success(), "the benchmark's child failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .map(|s| s.parse::<u64>().expect("number"));
+    (
+        Duration::from_micros(it.next().expect("us")),
+        it.next().expect("rss"),
+    )
+}
