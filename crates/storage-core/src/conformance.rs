@@ -12,17 +12,20 @@
 //! ```
 
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
 use crate::error::Error;
-use crate::id::{ItemId, JobId, LockKey, RepoKey, SessionId, WorkflowId};
+use crate::ext::StorageExt;
+use crate::id::{DocName, ExtKind, ItemId, JobId, LockKey, RepoKey, SessionId, WorkflowId};
 use crate::record::{
     DeadLetterItem, EventRecord, JobCheckpoint, LockHolder, SessionJobMapping, SessionRecord,
-    WorkflowCheckpoint,
+    UnifiedSession, WorkflowCheckpoint,
 };
-use crate::storage::{DocKey, LockWait, Scope, Storage, StorageExt};
+use crate::storage::{
+    DocKey, EventCursor, EventRetention, LockWait, ReadMode, Retention, Scope, Storage,
+};
 
 /// Generates one `#[test]` per conformance check; `$with` is called with each
 /// check and must run it against a fresh, empty store.
@@ -42,6 +45,21 @@ macro_rules! storage_conformance_tests {
             locks_are_exclusive_until_dropped,
             a_waiting_locker_gets_the_lock_when_it_is_freed,
             a_timed_out_locker_names_the_holder,
+            unified_sessions_are_global_and_keyed_by_id,
+            workflow_checkpoints_are_scoped_by_session,
+            deleting_a_job_removes_its_state_and_emptied_listings,
+            dead_letters_are_listed_by_job_and_deleted,
+            entries_carry_size_and_modification_time,
+            a_cursor_continues_where_a_read_stopped,
+            a_waiting_follower_is_woken_by_an_append,
+            tail_returns_the_last_records,
+            retention_trims_a_log_from_its_start,
+            retention_by_age_keeps_recent_and_undated_events,
+            a_deleted_event_log_is_gone_and_can_begin_again,
+            extension_kinds_need_no_new_release,
+            statistics_cover_every_kind,
+            prune_keeps_the_newest_documents,
+            a_session_is_found_by_its_job,
         );
     };
     (@each $with:expr; $($check:ident),+ $(,)?) => {
@@ -88,7 +106,7 @@ fn event(job_id: &str, n: u64) -> EventRecord {
     .expect("object")
 }
 
-/// `get` returns exactly what `put` stored, unknown fields and field order included.
+/// `get` returns what `put` stored, unknown fields included.
 pub fn documents_round_trip_unknown_fields(s: &dyn Storage) {
     let doc = json!({
         "session_id": "session-1",
@@ -100,8 +118,6 @@ pub fn documents_round_trip_unknown_fields(s: &dyn Storage) {
     s.put(&key, &doc).expect("put");
     let back = s.get(&key).expect("get").expect("present");
     assert_eq!(back, doc);
-    let order: Vec<&String> = back.as_object().expect("object").keys().collect();
-    assert_eq!(order, ["session_id", "zeta", "alpha", "iteration_timings"]);
 }
 
 /// A second `put` replaces the first document entirely.
@@ -400,4 +416,544 @@ pub fn a_timed_out_locker_names_the_holder(s: &dyn Storage) {
         }
         other => panic!("expected Locked with holder and wait, got {other:?}"),
     }
+}
+
+fn read_all(
+    s: &dyn Storage,
+    r: &RepoKey,
+    j: &JobId,
+    from: &EventCursor,
+) -> (Vec<u64>, EventCursor) {
+    let mut ns = Vec::new();
+    let summary = s
+        .read_events_from(r, j, from, ReadMode::Strict, &mut |e| {
+            ns.push(e.json()["event"]["n"].as_u64().expect("n"));
+        })
+        .expect("read");
+    (ns, summary.next)
+}
+
+fn unified(id: &str, status: &str) -> UnifiedSession {
+    UnifiedSession::from_json(json!({
+        "id": id, "session_type": "Workflow", "status": status,
+        "started_at": "2025-09-06T08:31:02.907114Z", "workflow_data": {"step": 2}
+    }))
+    .expect("valid")
+}
+
+/// Unified sessions live outside every repository and load by id alone.
+pub fn unified_sessions_are_global_and_keyed_by_id(s: &dyn Storage) {
+    let (a, b) = (
+        unified("session-b", "Running"),
+        unified("session-a", "Completed"),
+    );
+    s.save_unified_session(&a).expect("save");
+    s.save_unified_session(&b).expect("save");
+    assert_eq!(
+        s.load_unified_session(&session("session-b")).expect("load"),
+        Some(a.clone())
+    );
+    let (all, skipped) = s.unified_sessions().expect("list");
+    assert_eq!(all, [b.clone(), a.clone()], "sorted by id");
+    assert!(skipped.is_empty());
+    assert!(
+        s.repos().expect("repos").is_empty(),
+        "no repository owns them"
+    );
+
+    // One filed under another id is skipped by the listing and refused by a load.
+    s.put(
+        &DocKey::UnifiedSession {
+            session: session("session-c"),
+        },
+        &json!({"id": "session-x"}),
+    )
+    .expect("put");
+    let (all, skipped) = s.unified_sessions().expect("list");
+    assert_eq!(all.len(), 2);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(matches!(
+        s.load_unified_session(&session("session-c")),
+        Err(Error::KeyMismatch { .. })
+    ));
+
+    // Deleting a session takes its checkpoints with it.
+    let wf = WorkflowCheckpoint::from_json(json!({"workflow_id": "wf-1"})).expect("valid");
+    s.save_session_workflow_checkpoint(&session("session-b"), &wf)
+        .expect("save");
+    s.put(
+        &DocKey::SessionCheckpoint {
+            session: session("session-b"),
+        },
+        &json!({"step": 3}),
+    )
+    .expect("put");
+    assert!(
+        s.delete_unified_session(&session("session-b"))
+            .expect("delete")
+    );
+    assert_eq!(
+        s.load_unified_session(&session("session-b")).expect("load"),
+        None
+    );
+    assert!(
+        s.list(&Scope::SessionWorkflowCheckpoints(session("session-b")))
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        s.get(&DocKey::SessionCheckpoint {
+            session: session("session-b")
+        })
+        .expect("get"),
+        None
+    );
+    assert!(
+        !s.delete_unified_session(&session("session-b"))
+            .expect("again")
+    );
+}
+
+/// A workflow checkpoint saved for a session is found by that session only.
+pub fn workflow_checkpoints_are_scoped_by_session(s: &dyn Storage) {
+    let wf =
+        WorkflowCheckpoint::from_json(json!({"workflow_id": "wf-1", "step": 1})).expect("valid");
+    let wid = WorkflowId::new("wf-1").expect("valid");
+    s.save_session_workflow_checkpoint(&session("session-1"), &wf)
+        .expect("save");
+    assert_eq!(
+        s.load_session_workflow_checkpoint(&session("session-1"), &wid)
+            .expect("load"),
+        Some(wf)
+    );
+    assert_eq!(
+        s.load_session_workflow_checkpoint(&session("session-2"), &wid)
+            .expect("load"),
+        None
+    );
+    assert_eq!(
+        s.list(&Scope::SessionWorkflowCheckpoints(session("session-1")))
+            .expect("list"),
+        [DocKey::SessionWorkflowCheckpoint {
+            session: session("session-1"),
+            workflow: wid,
+        }]
+    );
+}
+
+/// `delete_job` removes every checkpoint and the metadata, nothing else.
+pub fn deleting_a_job_removes_its_state_and_emptied_listings(s: &dyn Storage) {
+    let r = repo("proj");
+    for v in 1..=4 {
+        let cp =
+            JobCheckpoint::from_json(json!({"job_id": "mapreduce-1", "checkpoint_version": v}))
+                .expect("valid");
+        s.save_job_checkpoint(&r, v, &cp).expect("save");
+    }
+    s.put(
+        &DocKey::JobMetadata {
+            repo: r.clone(),
+            job: job("mapreduce-1"),
+        },
+        &json!({"version": 4}),
+    )
+    .expect("put");
+    assert_eq!(
+        s.keep_newest_job_checkpoints(&r, &job("mapreduce-1"), 3)
+            .expect("keep"),
+        [1]
+    );
+    assert_eq!(
+        s.load_job_checkpoint(&r, &job("mapreduce-1"), 2)
+            .expect("load")
+            .and_then(|c| c.checkpoint_version()),
+        Some(2)
+    );
+    let item = DeadLetterItem::from_json(json!({"item_id": "item_1"})).expect("valid");
+    s.save_dead_letter(&r, &job("mapreduce-1"), &item)
+        .expect("save");
+    assert_eq!(s.delete_job(&r, &job("mapreduce-1")).expect("delete"), 4);
+    assert!(s.jobs(&r).expect("jobs").is_empty());
+    assert_eq!(
+        s.latest_job_checkpoint(&r, &job("mapreduce-1"))
+            .expect("load"),
+        None
+    );
+    assert_eq!(
+        s.dead_letters(&r, &job("mapreduce-1")).expect("kept").len(),
+        1,
+        "dead letters are not the job's state"
+    );
+    assert_eq!(s.delete_job(&r, &job("mapreduce-1")).expect("again"), 0);
+    // A job saved again after its deletion is an ordinary job.
+    let cp = JobCheckpoint::from_json(json!({"job_id": "mapreduce-1"})).expect("valid");
+    s.save_job_checkpoint(&r, 1, &cp).expect("save again");
+    assert_eq!(s.jobs(&r).expect("jobs"), [job("mapreduce-1")]);
+}
+
+/// Jobs with dead letters are listed per repository; items go one by one or all at once.
+pub fn dead_letters_are_listed_by_job_and_deleted(s: &dyn Storage) {
+    let r = repo("proj");
+    for (j, item) in [
+        ("mapreduce-2", "item_1"),
+        ("mapreduce-1", "item_1"),
+        ("mapreduce-1", "item_2"),
+    ] {
+        let it = DeadLetterItem::from_json(json!({"item_id": item})).expect("valid");
+        s.save_dead_letter(&r, &job(j), &it).expect("save");
+    }
+    s.put(
+        &DocKey::DeadLetterIndex {
+            repo: r.clone(),
+            job: job("mapreduce-1"),
+        },
+        &json!({"item_count": 2}),
+    )
+    .expect("put");
+    assert_eq!(
+        s.jobs_with_dead_letters(&r).expect("jobs"),
+        [job("mapreduce-1"), job("mapreduce-2")]
+    );
+    assert!(
+        s.jobs_with_dead_letters(&repo("other"))
+            .expect("jobs")
+            .is_empty()
+    );
+    let one = ItemId::new("item_1").expect("valid");
+    assert!(
+        s.delete_dead_letter(&r, &job("mapreduce-1"), &one)
+            .expect("delete")
+    );
+    assert!(
+        !s.delete_dead_letter(&r, &job("mapreduce-1"), &one)
+            .expect("again")
+    );
+    assert_eq!(
+        s.delete_dead_letters(&r, &job("mapreduce-1"))
+            .expect("purge"),
+        2
+    );
+    assert_eq!(
+        s.jobs_with_dead_letters(&r).expect("jobs"),
+        [job("mapreduce-2")]
+    );
+    // Lenient loading skips what does not parse as an item, and says so.
+    s.put(
+        &DocKey::DeadLetter {
+            repo: r.clone(),
+            job: job("mapreduce-2"),
+            item: ItemId::new("item_9").expect("valid"),
+        },
+        &json!(["not", "an", "item"]),
+    )
+    .expect("put");
+    let (items, skipped) = s
+        .dead_letters_lenient(&r, &job("mapreduce-2"))
+        .expect("load");
+    assert_eq!(items.len(), 1);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        s.dead_letters(&r, &job("mapreduce-2")).is_err(),
+        "strict refuses"
+    );
+}
+
+/// Listings can carry each document's size and modification time.
+pub fn entries_carry_size_and_modification_time(s: &dyn Storage) {
+    let before = SystemTime::now() - Duration::from_secs(2);
+    let key = session_key("proj", "session-1");
+    s.put(
+        &key,
+        &json!({"session_id": "session-1", "pad": "x".repeat(1000)}),
+    )
+    .expect("put");
+    let entries = s
+        .list_entries(&Scope::Sessions(repo("proj")))
+        .expect("list");
+    assert_eq!(entries.len(), 1);
+    let e = &entries[0];
+    assert_eq!(e.key, key);
+    assert!(e.bytes > 1000, "{}", e.bytes);
+    assert!(e.modified >= before && e.modified <= SystemTime::now() + Duration::from_secs(2));
+    assert_eq!(s.entry(&key).expect("entry").as_ref(), Some(e));
+    assert_eq!(
+        s.entry(&session_key("proj", "session-2")).expect("entry"),
+        None
+    );
+}
+
+/// A read returns the cursor to continue from; reading from it gets only what came after.
+pub fn a_cursor_continues_where_a_read_stopped(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let (none, start) = read_all(s, &r, &j, &EventCursor::START);
+    assert!(none.is_empty());
+    let batch: Vec<EventRecord> = (0..8).map(|n| event("mapreduce-1", n)).collect();
+    s.append_events(&r, &j, &batch[..5]).expect("append");
+    let (first, next) = read_all(s, &r, &j, &start);
+    assert_eq!(first, [0, 1, 2, 3, 4]);
+    let (empty, same) = read_all(s, &r, &j, &next);
+    assert!(empty.is_empty());
+    assert_eq!(same, next, "nothing new: the cursor stays");
+    s.append_events(&r, &j, &batch[5..]).expect("append");
+    let (rest, end) = read_all(s, &r, &j, &next);
+    assert_eq!(rest, [5, 6, 7]);
+    assert_ne!(end, next);
+}
+
+/// A follower waiting on a log wakes when another thread appends, and times out otherwise.
+pub fn a_waiting_follower_is_woken_by_an_append(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    s.append_events(&r, &j, &[event("mapreduce-1", 0)])
+        .expect("append");
+    let (_, at) = read_all(s, &r, &j, &EventCursor::START);
+    let start = Instant::now();
+    assert!(
+        !s.wait_for_events(&r, &j, &at, Duration::from_millis(150))
+            .expect("wait")
+    );
+    assert!(start.elapsed() >= Duration::from_millis(140), "it waited");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(100));
+            s.append_events(&r, &j, &[event("mapreduce-1", 1)])
+                .expect("append");
+        });
+        assert!(
+            s.wait_for_events(&r, &j, &at, Duration::from_secs(20))
+                .expect("wait")
+        );
+    });
+    let (got, _) = read_all(s, &r, &j, &at);
+    assert_eq!(got, [1]);
+}
+
+/// `tail_events` returns the last records in order.
+pub fn tail_returns_the_last_records(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let batch: Vec<EventRecord> = (0..10).map(|n| event("mapreduce-1", n)).collect();
+    s.append_events(&r, &j, &batch).expect("append");
+    assert_eq!(s.tail_events(&r, &j, 3).expect("tail"), batch[7..]);
+    assert_eq!(s.tail_events(&r, &j, 50).expect("tail"), batch);
+    assert!(s.tail_events(&r, &j, 0).expect("tail").is_empty());
+}
+
+/// Retention keeps the newest records, drops from the start, and a stale cursor restarts.
+pub fn retention_trims_a_log_from_its_start(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let batch: Vec<EventRecord> = (0..10).map(|n| event("mapreduce-1", n)).collect();
+    s.append_events(&r, &j, &batch[..6]).expect("append");
+    s.append_events(&r, &j, &batch[6..]).expect("append");
+    let (_, end) = read_all(s, &r, &j, &EventCursor::START);
+    let report = s
+        .retain_events(
+            &r,
+            &j,
+            &EventRetention::new(Retention::keep_all().with_max_count(3)),
+        )
+        .expect("retain");
+    assert_eq!((report.kept, report.dropped), (3, 7));
+    assert!(report.dropped_bytes > 0);
+    assert!(
+        report.archive.is_some(),
+        "dropped records are archived by default"
+    );
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [7, 8, 9]);
+    // An append after the trim lands after what was kept.
+    s.append_events(&r, &j, &[event("mapreduce-1", 10)])
+        .expect("append");
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [7, 8, 9, 10]);
+    let _ = end;
+    let report = s
+        .retain_events(
+            &r,
+            &j,
+            &EventRetention::new(Retention::keep_all().with_max_count(1)).without_archive(),
+        )
+        .expect("retain");
+    assert_eq!((report.kept, report.dropped, report.archive), (1, 3, None));
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [10]);
+    let nothing = s
+        .retain_events(
+            &r,
+            &job("mapreduce-9"),
+            &EventRetention::new(Retention::keep_all()),
+        )
+        .expect("no log");
+    assert_eq!((nothing.kept, nothing.dropped), (0, 0));
+}
+
+/// Retention by age drops old events and keeps recent ones and those without a time.
+pub fn retention_by_age_keeps_recent_and_undated_events(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let at = |n: u64, ts: &str| {
+        EventRecord::from_json(json!({
+            "timestamp": ts, "event": {"job_id": "mapreduce-1", "n": n}
+        }))
+        .expect("object")
+    };
+    s.append_events(
+        &r,
+        &j,
+        &[
+            at(0, "2025-01-01T00:00:00Z"),
+            at(1, "2025-01-02T00:00:00Z"),
+            at(2, "not a time"),
+            at(3, "2025-01-01T00:00:00Z"),
+            at(4, "2025-03-01T00:00:00Z"),
+        ],
+    )
+    .expect("append");
+    let now = crate::time::parse_rfc3339("2025-03-02T00:00:00Z").expect("time");
+    let policy =
+        EventRetention::new(Retention::keep_all().with_max_age(Duration::from_secs(86_400 * 30)))
+            .at(now)
+            .without_archive();
+    let report = s.retain_events(&r, &j, &policy).expect("retain");
+    assert_eq!(
+        report.dropped, 2,
+        "the leading old ones; an undated one stops the cut"
+    );
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [2, 3, 4]);
+}
+
+/// A deleted log reads as empty, is no longer listed, and a new append begins it again.
+pub fn a_deleted_event_log_is_gone_and_can_begin_again(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    s.append_events(&r, &j, &[event("mapreduce-1", 0), event("mapreduce-1", 1)])
+        .expect("append");
+    assert!(
+        s.event_log_entry(&r, &j)
+            .expect("entry")
+            .is_some_and(|e| e.bytes > 0)
+    );
+    let (_, old) = read_all(s, &r, &j, &EventCursor::START);
+    assert!(s.delete_event_log(&r, &j).expect("delete"));
+    assert!(!s.delete_event_log(&r, &j).expect("again"));
+    assert!(s.event_logs(&r).expect("logs").is_empty());
+    assert_eq!(s.event_log_entry(&r, &j).expect("entry"), None);
+    assert!(read_all(s, &r, &j, &EventCursor::START).0.is_empty());
+    s.append_events(&r, &j, &[event("mapreduce-1", 7)])
+        .expect("append");
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [7]);
+    assert_eq!(
+        read_all(s, &r, &j, &old).0,
+        [7],
+        "a stale cursor starts over"
+    );
+}
+
+/// A kind this crate does not name is stored, listed and counted like the others.
+pub fn extension_kinds_need_no_new_release(s: &dyn Storage) {
+    let kind = ExtKind::new("prodigy.reduce-checkpoint").expect("valid");
+    let key = |n: &str| DocKey::Extension {
+        repo: repo("proj"),
+        kind: kind.clone(),
+        name: DocName::new(n).expect("valid"),
+    };
+    s.put(&key("v2"), &json!({"phase": "reduce", "v": 2}))
+        .expect("put");
+    s.put(&key("v1"), &json!({"phase": "reduce", "v": 1}))
+        .expect("put");
+    assert_eq!(
+        s.get(&key("v2")).expect("get"),
+        Some(json!({"phase": "reduce", "v": 2}))
+    );
+    assert_eq!(
+        s.list(&Scope::Extension(repo("proj"), kind.clone()))
+            .expect("list"),
+        [key("v1"), key("v2")]
+    );
+    assert_eq!(
+        s.extension_kinds(&repo("proj")).expect("kinds"),
+        [kind.clone()]
+    );
+    assert_eq!(s.repos().expect("repos"), [repo("proj")]);
+    assert_eq!(key("v1").kind(), "prodigy.reduce-checkpoint");
+    assert!(ExtKind::new(".hidden").is_err() && ExtKind::new("a/b").is_err());
+}
+
+/// Statistics count every kind of document and every log, per repository.
+pub fn statistics_cover_every_kind(s: &dyn Storage) {
+    let r = repo("proj");
+    s.save_unified_session(&unified("session-1", "Running"))
+        .expect("save");
+    s.put(
+        &session_key("proj", "session-1"),
+        &json!({"session_id": "session-1"}),
+    )
+    .expect("put");
+    let cp = JobCheckpoint::from_json(json!({"job_id": "mapreduce-1"})).expect("valid");
+    s.save_job_checkpoint(&r, 1, &cp).expect("save");
+    s.save_job_checkpoint(&r, 2, &cp).expect("save");
+    s.put(
+        &DocKey::JobMetadata {
+            repo: r.clone(),
+            job: job("mapreduce-1"),
+        },
+        &json!({"version": 2}),
+    )
+    .expect("put");
+    s.append_events(&r, &job("mapreduce-1"), &[event("mapreduce-1", 0)])
+        .expect("append");
+    let stats = s.stats().expect("stats");
+    let find = |repo: Option<&str>, kind: &str| {
+        stats
+            .iter()
+            .find(|k| k.repo.as_ref().map(RepoKey::as_str) == repo && k.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {stats:?}"))
+    };
+    assert_eq!(find(None, "unified session").count, 1);
+    assert_eq!(find(Some("proj"), "session").count, 1);
+    assert_eq!(find(Some("proj"), "job checkpoint").count, 2);
+    assert_eq!(find(Some("proj"), "job metadata").count, 1);
+    let log = find(Some("proj"), "event log");
+    assert_eq!(log.count, 1);
+    assert!(log.bytes > 0 && log.oldest.is_some() && log.newest.is_some());
+    assert_eq!(stats.len(), 5, "{stats:?}");
+}
+
+/// `prune` keeps the newest documents of a scope by count.
+pub fn prune_keeps_the_newest_documents(s: &dyn Storage) {
+    for id in ["session-1", "session-2", "session-3"] {
+        s.put(&session_key("proj", id), &json!({"session_id": id}))
+            .expect("put");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let removed = s
+        .prune(
+            &Scope::Sessions(repo("proj")),
+            &Retention::keep_all().with_max_count(1),
+            SystemTime::now(),
+        )
+        .expect("prune");
+    assert_eq!(
+        removed,
+        [
+            session_key("proj", "session-1"),
+            session_key("proj", "session-2")
+        ]
+    );
+    assert_eq!(
+        s.list(&Scope::Sessions(repo("proj"))).expect("list"),
+        [session_key("proj", "session-3")]
+    );
+}
+
+/// A session-to-job mapping is found from the job as well as the session.
+pub fn a_session_is_found_by_its_job(s: &dyn Storage) {
+    let r = repo("proj");
+    for (sess, j) in [("session-1", "mapreduce-1"), ("session-2", "mapreduce-2")] {
+        let m =
+            SessionJobMapping::from_json(json!({"session_id": sess, "job_id": j})).expect("valid");
+        s.save_session_job(&r, &m).expect("save");
+    }
+    let m = s
+        .session_for_job(&r, &job("mapreduce-2"))
+        .expect("find")
+        .expect("found");
+    assert_eq!(m.session_id(), &session("session-2"));
+    assert_eq!(
+        s.session_for_job(&r, &job("mapreduce-3")).expect("find"),
+        None
+    );
 }

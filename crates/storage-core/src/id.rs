@@ -204,6 +204,18 @@ identifier!(
     LockKey,
     "lock key"
 );
+identifier!(
+    /// A document kind the store does not know by name, for
+    /// [`DocKey::Extension`](crate::DocKey::Extension): namespace it
+    /// (`prodigy.reduce-checkpoint`) so two consumers never share one.
+    ExtKind,
+    "document kind"
+);
+identifier!(
+    /// The name of one document of an [`ExtKind`], e.g. `reduce-checkpoint-v3`.
+    DocName,
+    "document name"
+);
 
 #[cfg(test)]
 mod tests;

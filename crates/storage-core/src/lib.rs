@@ -43,27 +43,32 @@
 //! ```
 
 mod error;
+mod ext;
 mod id;
 mod memory;
 mod record;
 mod storage;
+mod time;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
 pub use error::{Error, Result};
+pub use ext::{KindStats, StorageExt};
 pub use id::{
-    IdError, IdProblem, ItemId, JobId, LockKey, MAX_ID_BYTES, RepoKey, SessionId, WorkflowId,
-    check_component, is_bidi_control,
+    DocName, ExtKind, IdError, IdProblem, ItemId, JobId, LockKey, MAX_ID_BYTES, RepoKey, SessionId,
+    WorkflowId, check_component, is_bidi_control,
 };
 pub use memory::MemoryStorage;
 pub use record::{
     DeadLetterItem, EventRecord, JobCheckpoint, LockHolder, RecordError, SessionJobMapping,
-    SessionRecord, WorkflowCheckpoint,
+    SessionRecord, UnifiedSession, WorkflowCheckpoint,
 };
 pub use storage::{
-    DocKey, EventLogSummary, LockGuard, LockWait, Scope, Storage, StorageExt, TornTail,
+    DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait, LogEntry,
+    ReadMode, Retention, RetentionReport, Scope, Skipped, Storage, TornTail,
 };
+pub use time::parse_rfc3339;
 
 #[cfg(test)]
 mod memory_conformance {

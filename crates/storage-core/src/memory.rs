@@ -7,14 +7,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::id::{JobId, LockKey, RepoKey};
+use crate::id::{ExtKind, JobId, LockKey, RepoKey};
 use crate::record::{EventRecord, LockHolder};
-use crate::storage::{DocKey, EventLogSummary, LockGuard, LockWait, Scope, Storage};
+use crate::storage::{
+    DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait, LogEntry,
+    ReadMode, RetentionReport, Scope, Storage,
+};
 
 #[derive(Default)]
 struct Locks {
@@ -22,11 +25,36 @@ struct Locks {
     freed: Condvar,
 }
 
+/// One stored document: its JSON, its size as the file store would write
+/// it, and when it was written.
+struct Doc {
+    value: Value,
+    bytes: u64,
+    modified: SystemTime,
+}
+
+/// One event log. `base` is the absolute index of `records[0]`: retention
+/// drops from the front and raises it, so a cursor (an absolute index)
+/// stays meaningful.
+struct Log {
+    base: u64,
+    records: Vec<(EventRecord, u64)>,
+    oldest: SystemTime,
+    modified: SystemTime,
+}
+
+#[derive(Default)]
+struct Logs {
+    logs: Mutex<BTreeMap<(RepoKey, JobId), Log>>,
+    appended: Condvar,
+}
+
 /// A [`Storage`] held in memory.
 #[derive(Default)]
 pub struct MemoryStorage {
-    docs: Mutex<BTreeMap<DocKey, Value>>,
-    events: Mutex<BTreeMap<(RepoKey, JobId), Vec<EventRecord>>>,
+    docs: Mutex<BTreeMap<DocKey, Doc>>,
+    events: Logs,
+    archives: Mutex<Vec<(String, Vec<EventRecord>)>>,
     locks: Arc<Locks>,
 }
 
@@ -36,6 +64,16 @@ impl MemoryStorage {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The records archived by [`Storage::retain_events`] under `name` (the
+    /// report's `archive`), for tests.
+    #[must_use]
+    pub fn archived(&self, name: &str) -> Option<Vec<EventRecord>> {
+        guard(&self.archives)
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+    }
 }
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -43,15 +81,8 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn in_scope(key: &DocKey, scope: &Scope) -> bool {
-    match (scope, key) {
-        (Scope::Sessions(r), DocKey::Session { repo, .. })
-        | (Scope::WorkflowCheckpoints(r), DocKey::WorkflowCheckpoint { repo, .. })
-        | (Scope::SessionJobs(r), DocKey::SessionJob { repo, .. }) => r == repo,
-        (Scope::JobCheckpoints(r, j), DocKey::JobCheckpoint { repo, job, .. })
-        | (Scope::DeadLetters(r, j), DocKey::DeadLetter { repo, job, .. }) => r == repo && j == job,
-        _ => false,
-    }
+fn line_bytes(e: &EventRecord) -> u64 {
+    serde_json::to_vec(e.json()).map_or(0, |v| v.len() as u64 + 1)
 }
 
 struct Held {
@@ -66,14 +97,29 @@ impl Drop for Held {
     }
 }
 
+impl MemoryStorage {
+    fn keys_where(&self, f: impl Fn(&DocKey) -> Option<JobId>) -> Vec<JobId> {
+        let jobs: BTreeSet<JobId> = guard(&self.docs).keys().filter_map(f).collect();
+        jobs.into_iter().collect()
+    }
+}
+
 impl Storage for MemoryStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
-        guard(&self.docs).insert(key.clone(), doc.clone());
+        let bytes = serde_json::to_vec_pretty(doc).map_or(0, |v| v.len() as u64);
+        guard(&self.docs).insert(
+            key.clone(),
+            Doc {
+                value: doc.clone(),
+                bytes,
+                modified: SystemTime::now(),
+            },
+        );
         Ok(())
     }
 
     fn get(&self, key: &DocKey) -> Result<Option<Value>> {
-        Ok(guard(&self.docs).get(key).cloned())
+        Ok(guard(&self.docs).get(key).map(|d| d.value.clone()))
     }
 
     fn delete(&self, key: &DocKey) -> Result<bool> {
@@ -83,63 +129,213 @@ impl Storage for MemoryStorage {
     fn list(&self, scope: &Scope) -> Result<Vec<DocKey>> {
         Ok(guard(&self.docs)
             .keys()
-            .filter(|k| in_scope(k, scope))
+            .filter(|k| scope.contains(k))
             .cloned()
             .collect())
     }
 
+    fn list_entries(&self, scope: &Scope) -> Result<Vec<Entry>> {
+        Ok(guard(&self.docs)
+            .iter()
+            .filter(|(k, _)| scope.contains(k))
+            .map(|(k, d)| Entry::new(k.clone(), d.bytes, d.modified))
+            .collect())
+    }
+
+    fn entry(&self, key: &DocKey) -> Result<Option<Entry>> {
+        Ok(guard(&self.docs)
+            .get(key)
+            .map(|d| Entry::new(key.clone(), d.bytes, d.modified)))
+    }
+
+    fn repos(&self) -> Result<Vec<RepoKey>> {
+        let mut repos: BTreeSet<RepoKey> = guard(&self.docs)
+            .keys()
+            .filter_map(|k| k.repo().cloned())
+            .collect();
+        repos.extend(guard(&self.events.logs).keys().map(|(r, _)| r.clone()));
+        Ok(repos.into_iter().collect())
+    }
+
     fn jobs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
-        let jobs: BTreeSet<JobId> = guard(&self.docs)
+        Ok(self.keys_where(|k| match k {
+            DocKey::JobCheckpoint { repo: r, job, .. } | DocKey::JobMetadata { repo: r, job }
+                if r == repo =>
+            {
+                Some(job.clone())
+            }
+            _ => None,
+        }))
+    }
+
+    fn jobs_with_dead_letters(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        Ok(self.keys_where(|k| match k {
+            DocKey::DeadLetter { repo: r, job, .. } | DocKey::DeadLetterIndex { repo: r, job }
+                if r == repo =>
+            {
+                Some(job.clone())
+            }
+            _ => None,
+        }))
+    }
+
+    fn extension_kinds(&self, repo: &RepoKey) -> Result<Vec<ExtKind>> {
+        let kinds: BTreeSet<ExtKind> = guard(&self.docs)
             .keys()
             .filter_map(|k| match k {
-                DocKey::JobCheckpoint { repo: r, job, .. }
-                | DocKey::JobMetadata { repo: r, job }
-                    if r == repo =>
-                {
-                    Some(job.clone())
-                }
+                DocKey::Extension { repo: r, kind, .. } if r == repo => Some(kind.clone()),
                 _ => None,
             })
             .collect();
-        Ok(jobs.into_iter().collect())
+        Ok(kinds.into_iter().collect())
     }
 
     fn append_events(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        guard(&self.events)
-            .entry((repo.clone(), job.clone()))
-            .or_default()
-            .extend_from_slice(events);
+        let now = SystemTime::now();
+        let mut logs = guard(&self.events.logs);
+        let log = logs.entry((repo.clone(), job.clone())).or_insert(Log {
+            base: 0,
+            records: Vec::new(),
+            oldest: now,
+            modified: now,
+        });
+        log.records
+            .extend(events.iter().map(|e| (e.clone(), line_bytes(e))));
+        log.modified = now;
+        drop(logs);
+        self.events.appended.notify_all();
         Ok(())
     }
 
-    fn read_events(
+    fn read_events_from(
         &self,
         repo: &RepoKey,
         job: &JobId,
+        from: &EventCursor,
+        _mode: ReadMode,
         visit: &mut dyn FnMut(EventRecord),
     ) -> Result<EventLogSummary> {
         // Copy out first so a visitor that touches the store cannot deadlock.
-        let records = guard(&self.events)
-            .get(&(repo.clone(), job.clone()))
-            .cloned()
-            .unwrap_or_default();
+        let (base, records) = match guard(&self.events.logs).get(&(repo.clone(), job.clone())) {
+            None => (0, Vec::new()),
+            Some(log) => {
+                let end = log.base + log.records.len() as u64;
+                // A cursor before the log's start (trimmed) or past its end
+                // (the log was deleted and begun again) reads from the start.
+                let at = if from.offset < log.base || from.offset > end {
+                    log.base
+                } else {
+                    from.offset
+                };
+                let skip = usize::try_from(at - log.base).expect("within the log");
+                (
+                    at,
+                    log.records[skip..].iter().map(|(e, _)| e.clone()).collect(),
+                )
+            }
+        };
         let mut summary = EventLogSummary::default();
         for r in records {
             summary.records += 1;
             visit(r);
         }
+        summary.next = EventCursor {
+            segment: String::new(),
+            offset: base + summary.records,
+            generation: 0,
+        };
         Ok(summary)
     }
 
+    fn wait_for_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        after: &EventCursor,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut logs = guard(&self.events.logs);
+        loop {
+            if let Some(log) = logs.get(&(repo.clone(), job.clone())) {
+                let end = log.base + log.records.len() as u64;
+                if end != after.offset || after.offset < log.base {
+                    return Ok(true);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            logs = self
+                .events
+                .appended
+                .wait_timeout(logs, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
-        Ok(guard(&self.events)
+        Ok(guard(&self.events.logs)
             .keys()
             .filter(|(r, _)| r == repo)
             .map(|(_, j)| j.clone())
             .collect())
+    }
+
+    fn event_log_entry(&self, repo: &RepoKey, job: &JobId) -> Result<Option<LogEntry>> {
+        Ok(guard(&self.events.logs)
+            .get(&(repo.clone(), job.clone()))
+            .map(|log| {
+                let bytes = log.records.iter().map(|(_, b)| b).sum();
+                LogEntry::new(bytes, log.modified, log.oldest)
+            }))
+    }
+
+    fn delete_event_log(&self, repo: &RepoKey, job: &JobId) -> Result<bool> {
+        let gone = guard(&self.events.logs)
+            .remove(&(repo.clone(), job.clone()))
+            .is_some();
+        self.events.appended.notify_all();
+        Ok(gone)
+    }
+
+    fn retain_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        policy: &EventRetention,
+    ) -> Result<RetentionReport> {
+        let mut logs = guard(&self.events.logs);
+        let Some(log) = logs.get_mut(&(repo.clone(), job.clone())) else {
+            return Ok(RetentionReport::default());
+        };
+        let shape: Vec<(u64, Option<SystemTime>)> = log
+            .records
+            .iter()
+            .map(|(e, b)| (*b, e.timestamp()))
+            .collect();
+        let cut = policy.keep.drop_count(&shape, policy.now);
+        let dropped: Vec<(EventRecord, u64)> = log.records.drain(..cut).collect();
+        log.base += cut as u64;
+        let mut report = RetentionReport {
+            kept: log.records.len() as u64,
+            dropped: cut as u64,
+            dropped_bytes: dropped.iter().map(|(_, b)| b).sum(),
+            archive: None,
+        };
+        drop(logs);
+        if policy.archive && !dropped.is_empty() {
+            let mut archives = guard(&self.archives);
+            let name = format!("memory:{repo}/{job}/{}", archives.len() + 1);
+            archives.push((name.clone(), dropped.into_iter().map(|(e, _)| e).collect()));
+            report.archive = Some(name);
+        }
+        Ok(report)
     }
 
     fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {

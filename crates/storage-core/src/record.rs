@@ -141,6 +141,32 @@ impl SessionRecord {
 }
 
 record!(
+    /// A unified session (`UnifiedSession` in Prodigy): global, keyed by `id`;
+    /// `session_type` (`Workflow` or `MapReduce`), `status`, `started_at`,
+    /// `updated_at`, `completed_at`, `metadata`, `checkpoints`, `timings`,
+    /// `error`, `workflow_data`, `mapreduce_data`.
+    UnifiedSession,
+    "unified session",
+    SessionId,
+    id,
+    ["id"]
+);
+
+impl UnifiedSession {
+    /// `status` (`Initializing`, `Running`, `Paused`, `Completed`, `Failed`, …; not validated).
+    #[must_use]
+    pub fn status(&self) -> Option<&str> {
+        self.str_field("status")
+    }
+
+    /// `session_type`: `Workflow` or `MapReduce` (not validated).
+    #[must_use]
+    pub fn session_type(&self) -> Option<&str> {
+        self.str_field("session_type")
+    }
+}
+
+record!(
     /// One version of a MapReduce job's state (`checkpoint-v<N>.json`).
     JobCheckpoint,
     "job checkpoint",
@@ -218,6 +244,15 @@ impl EventRecord {
         id_field(Self::LABEL, &self.json, &["event", "job_id"])
             .ok()
             .and_then(|s| JobId::new(s).ok())
+    }
+
+    /// `timestamp`, when present and an RFC 3339 time (see [`parse_rfc3339`](crate::parse_rfc3339)).
+    #[must_use]
+    pub fn timestamp(&self) -> Option<std::time::SystemTime> {
+        self.json
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .and_then(crate::time::parse_rfc3339)
     }
 
     /// `event.event_type`, e.g. `agent_completed` or `d_l_q_item_added`.

@@ -8,22 +8,21 @@
 //! All methods take `&self`: implementations synchronise internally, and the
 //! on-disk one also across processes.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
-use crate::id::{ItemId, JobId, LockKey, RepoKey, SessionId, WorkflowId};
-use crate::record::{
-    DeadLetterItem, EventRecord, JobCheckpoint, LockHolder, SessionJobMapping, SessionRecord,
-    WorkflowCheckpoint,
-};
+use crate::error::Result;
+use crate::id::{DocName, ExtKind, ItemId, JobId, LockKey, RepoKey, SessionId, WorkflowId};
+use crate::record::{EventRecord, LockHolder};
 
 /// The address of one JSON document in the store.
 ///
-/// Deliberately exhaustive: every implementation must store every kind of
-/// document, so a new kind is a breaking change that the compiler points out.
+/// `#[non_exhaustive]`: new kinds arrive in minor releases, so match with a
+/// `_` arm. A kind the store does not know by name is an
+/// [`DocKey::Extension`]: any consumer can add one without a new release.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum DocKey {
     /// A session's state.
     Session {
@@ -48,7 +47,7 @@ pub enum DocKey {
         /// Job.
         job: JobId,
     },
-    /// A workflow checkpoint.
+    /// A workflow checkpoint kept per repository.
     WorkflowCheckpoint {
         /// Repository.
         repo: RepoKey,
@@ -78,12 +77,40 @@ pub enum DocKey {
         /// Session.
         session: SessionId,
     },
+    /// A unified session (Prodigy's live session store): global, keyed by id alone.
+    UnifiedSession {
+        /// Session.
+        session: SessionId,
+    },
+    /// A unified session's own checkpoint (Prodigy's `sessions/<id>/checkpoint.json`).
+    SessionCheckpoint {
+        /// Session.
+        session: SessionId,
+    },
+    /// A workflow checkpoint kept per session (how a workflow run resumes by session id).
+    SessionWorkflowCheckpoint {
+        /// Session.
+        session: SessionId,
+        /// Workflow.
+        workflow: WorkflowId,
+    },
+    /// A document of a kind this crate does not know by name (phase and reduce
+    /// checkpoints, or anything newer), kept per repository.
+    Extension {
+        /// Repository.
+        repo: RepoKey,
+        /// The kind, namespaced by its owner (`prodigy.reduce-checkpoint`).
+        kind: ExtKind,
+        /// The document's name within its kind.
+        name: DocName,
+    },
 }
 
 impl DocKey {
-    /// The repository the document belongs to.
+    /// The repository the document belongs to; `None` for global documents
+    /// (unified sessions and what belongs to them).
     #[must_use]
-    pub fn repo(&self) -> &RepoKey {
+    pub fn repo(&self) -> Option<&RepoKey> {
         match self {
             DocKey::Session { repo, .. }
             | DocKey::JobCheckpoint { repo, .. }
@@ -91,13 +118,38 @@ impl DocKey {
             | DocKey::WorkflowCheckpoint { repo, .. }
             | DocKey::DeadLetter { repo, .. }
             | DocKey::DeadLetterIndex { repo, .. }
-            | DocKey::SessionJob { repo, .. } => repo,
+            | DocKey::SessionJob { repo, .. }
+            | DocKey::Extension { repo, .. } => Some(repo),
+            DocKey::UnifiedSession { .. }
+            | DocKey::SessionCheckpoint { .. }
+            | DocKey::SessionWorkflowCheckpoint { .. } => None,
+        }
+    }
+
+    /// What kind of document this is, as statistics and listings name it
+    /// (`session`, `job checkpoint`, …; an extension's own kind name).
+    #[must_use]
+    pub fn kind(&self) -> &str {
+        match self {
+            DocKey::Session { .. } => "session",
+            DocKey::JobCheckpoint { .. } => "job checkpoint",
+            DocKey::JobMetadata { .. } => "job metadata",
+            DocKey::WorkflowCheckpoint { .. } => "workflow checkpoint",
+            DocKey::DeadLetter { .. } => "dead letter",
+            DocKey::DeadLetterIndex { .. } => "dead-letter index",
+            DocKey::SessionJob { .. } => "session-job mapping",
+            DocKey::UnifiedSession { .. } => "unified session",
+            DocKey::SessionCheckpoint { .. } => "session checkpoint",
+            DocKey::SessionWorkflowCheckpoint { .. } => "session workflow checkpoint",
+            DocKey::Extension { kind, .. } => kind.as_str(),
         }
     }
 }
 
-/// A family of documents to list; listings are sorted by key. Exhaustive, like [`DocKey`].
+/// A family of documents to list; listings are sorted by key.
+/// `#[non_exhaustive]`, like [`DocKey`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Scope {
     /// Every session of a repository.
     Sessions(RepoKey),
@@ -109,6 +161,290 @@ pub enum Scope {
     DeadLetters(RepoKey, JobId),
     /// Every session-to-job mapping of a repository.
     SessionJobs(RepoKey),
+    /// Every unified session of the store.
+    UnifiedSessions,
+    /// Every workflow checkpoint of a session.
+    SessionWorkflowCheckpoints(SessionId),
+    /// Every document of an extension kind in a repository.
+    Extension(RepoKey, ExtKind),
+}
+
+impl Scope {
+    /// Whether `key` belongs to this scope.
+    #[must_use]
+    pub fn contains(&self, key: &DocKey) -> bool {
+        match (self, key) {
+            (Scope::Sessions(r), DocKey::Session { repo, .. })
+            | (Scope::WorkflowCheckpoints(r), DocKey::WorkflowCheckpoint { repo, .. })
+            | (Scope::SessionJobs(r), DocKey::SessionJob { repo, .. }) => r == repo,
+            (Scope::JobCheckpoints(r, j), DocKey::JobCheckpoint { repo, job, .. })
+            | (Scope::DeadLetters(r, j), DocKey::DeadLetter { repo, job, .. }) => {
+                r == repo && j == job
+            }
+            (Scope::UnifiedSessions, DocKey::UnifiedSession { .. }) => true,
+            (
+                Scope::SessionWorkflowCheckpoints(s),
+                DocKey::SessionWorkflowCheckpoint { session, .. },
+            ) => s == session,
+            (Scope::Extension(r, k), DocKey::Extension { repo, kind, .. }) => {
+                r == repo && k == kind
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A document's key with its size and modification time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Entry {
+    /// The document.
+    pub key: DocKey,
+    /// Its size in bytes, as stored.
+    pub bytes: u64,
+    /// When it was last written.
+    pub modified: SystemTime,
+}
+
+impl Entry {
+    /// An entry; for implementations.
+    #[must_use]
+    pub fn new(key: DocKey, bytes: u64, modified: SystemTime) -> Self {
+        Self {
+            key,
+            bytes,
+            modified,
+        }
+    }
+}
+
+/// The size and age of one job's event log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogEntry {
+    /// Bytes in all of its files.
+    pub bytes: u64,
+    /// When it was last appended to.
+    pub modified: SystemTime,
+    /// When its oldest part was last written (its first file's time).
+    pub oldest: SystemTime,
+}
+
+impl LogEntry {
+    /// A log entry; for implementations.
+    #[must_use]
+    pub fn new(bytes: u64, modified: SystemTime, oldest: SystemTime) -> Self {
+        Self {
+            bytes,
+            modified,
+            oldest,
+        }
+    }
+}
+
+/// A position in an event log: where a reader stopped, and where the next
+/// read starts. Obtained from [`EventLogSummary::next`]; [`EventCursor::START`]
+/// is the start of every log.
+///
+/// Its parts mean something only to the implementation that made it (the
+/// file store: a file name, a byte offset and the file's inode; the memory
+/// store: a record index), so a cursor can be stored (it serializes) but not
+/// computed. A cursor that no longer fits its log (the log was deleted, or
+/// trimmed by retention) makes the next read start at the log's new start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct EventCursor {
+    /// The part of the log (a file name; empty for the start).
+    pub segment: String,
+    /// The position within it.
+    pub offset: u64,
+    /// Which incarnation of the segment the offset belongs to.
+    pub generation: u64,
+}
+
+impl EventCursor {
+    /// The start of a log.
+    pub const START: EventCursor = EventCursor {
+        segment: String::new(),
+        offset: 0,
+        generation: 0,
+    };
+}
+
+/// How to treat an unparsable entry (a corrupt line inside a log, a
+/// document that is not JSON).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadMode {
+    /// Fail with [`Error::Corrupt`], naming the file and line.
+    #[default]
+    Strict,
+    /// Skip it and report it in the summary ([`Skipped`]), as Prodigy's own
+    /// readers do.
+    Lenient,
+}
+
+/// An entry a lenient read skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Skipped {
+    /// The file (a log's file name, or a document's path or key).
+    pub file: String,
+    /// The 1-based line, for a line of a log.
+    pub line: Option<u64>,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+impl Skipped {
+    /// A skipped entry; for implementations.
+    #[must_use]
+    pub fn new(file: impl Into<String>, line: Option<u64>, reason: impl Into<String>) -> Self {
+        Self {
+            file: file.into(),
+            line,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{} line {l}: {}", self.file, self.reason),
+            None => write!(f, "{}: {}", self.file, self.reason),
+        }
+    }
+}
+
+/// What to keep of a family of documents or of an event log. Every limit
+/// that is set applies; the newest entries are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retention {
+    /// Drop what is older than this.
+    pub max_age: Option<Duration>,
+    /// Keep at most this many (the newest).
+    pub max_count: Option<u64>,
+    /// Keep at most this many bytes (the newest entries that fit).
+    pub max_bytes: Option<u64>,
+}
+
+impl Retention {
+    /// Keeps everything (set limits with the `with_` methods).
+    #[must_use]
+    pub fn keep_all() -> Self {
+        Self::default()
+    }
+
+    /// Also drops what is older than `age`.
+    #[must_use]
+    pub fn with_max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// Also keeps at most `n` entries.
+    #[must_use]
+    pub fn with_max_count(mut self, n: u64) -> Self {
+        self.max_count = Some(n);
+        self
+    }
+
+    /// Also keeps at most `bytes` bytes.
+    #[must_use]
+    pub fn with_max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+
+    /// How many of `entries` (oldest first: `(bytes, time)`, the time `None`
+    /// when unknown) to drop from the front so that what remains keeps to
+    /// this policy at `now`. The kept part is always a suffix: an entry is
+    /// dropped only if every entry before it is dropped too, so a log trimmed
+    /// this way stays a log (no holes). An entry of unknown time is never
+    /// dropped for its age.
+    #[must_use]
+    pub fn drop_count(&self, entries: &[(u64, Option<SystemTime>)], now: SystemTime) -> usize {
+        let n = entries.len();
+        let mut keep_from = 0usize;
+        if let Some(max) = self.max_count {
+            keep_from = keep_from.max(n.saturating_sub(usize::try_from(max).unwrap_or(usize::MAX)));
+        }
+        if let Some(max) = self.max_bytes {
+            let mut total = 0u64;
+            let mut first = n;
+            for (i, (bytes, _)) in entries.iter().enumerate().rev() {
+                total = total.saturating_add(*bytes);
+                if total > max {
+                    break;
+                }
+                first = i;
+            }
+            keep_from = keep_from.max(first);
+        }
+        if let Some(age) = self.max_age {
+            let cutoff = now.checked_sub(age);
+            // Drop the leading run of entries known to be older than the cutoff.
+            let old = entries
+                .iter()
+                .take_while(|(_, t)| matches!((t, cutoff), (Some(t), Some(c)) if *t < c))
+                .count();
+            keep_from = keep_from.max(old);
+        }
+        keep_from
+    }
+}
+
+/// How to trim an event log ([`Storage::retain_events`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventRetention {
+    /// What to keep; a log is always trimmed from its start (see [`Retention::drop_count`]).
+    pub keep: Retention,
+    /// Keep the dropped records in a gzip archive (the default) or not.
+    pub archive: bool,
+    /// The time ages are measured from.
+    pub now: SystemTime,
+}
+
+impl EventRetention {
+    /// Trims by `keep`, archiving what is dropped, with ages measured from now.
+    #[must_use]
+    pub fn new(keep: Retention) -> Self {
+        Self {
+            keep,
+            archive: true,
+            now: SystemTime::now(),
+        }
+    }
+
+    /// Drops without archiving.
+    #[must_use]
+    pub fn without_archive(mut self) -> Self {
+        self.archive = false;
+        self
+    }
+
+    /// Measures ages from `now` instead of the current time.
+    #[must_use]
+    pub fn at(mut self, now: SystemTime) -> Self {
+        self.now = now;
+        self
+    }
+}
+
+/// What [`Storage::retain_events`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionReport {
+    /// Records kept.
+    pub kept: u64,
+    /// Records dropped from the log.
+    pub dropped: u64,
+    /// Bytes dropped from the log.
+    pub dropped_bytes: u64,
+    /// Where the dropped records were archived (gzip JSONL), if they were.
+    pub archive: Option<String>,
 }
 
 /// How long to wait for a lock another process holds.
@@ -128,6 +464,12 @@ pub struct EventLogSummary {
     pub records: u64,
     /// Unterminated, unparsable last lines (a writer crashed mid-line), one per file at most.
     pub torn_tails: Vec<TornTail>,
+    /// Corrupt lines skipped by a [`ReadMode::Lenient`] read (a strict read fails on the first).
+    pub skipped: Vec<Skipped>,
+    /// Where a read that continues this one starts: after the last whole
+    /// line read. An unterminated line at the very end of the log is not
+    /// passed, so a follower reads it once its writer finishes it.
+    pub next: EventCursor,
 }
 
 /// An unterminated last line that is not valid JSON: reported, never an error.
@@ -181,14 +523,26 @@ impl std::fmt::Debug for LockGuard {
 ///
 /// - `put` replaces a document atomically: a reader, or a crash, sees the old
 ///   or the new document, never a mix; `Ok` means it is durable.
-/// - `get` returns exactly the JSON that was `put`, unknown fields included.
-/// - `list` is sorted by key and never shows temp files or debris.
+/// - `get` returns the JSON that was `put`, unknown fields included (equal
+///   as JSON; the order of an object's keys is the one `serde_json::Map`
+///   gives, see `docs/adopting.md`).
+/// - `list` is sorted by key and never shows temp files or debris;
+///   `list_entries` adds each document's size and modification time.
+/// - `delete` removes a document and any directory it leaves empty.
 /// - `append_events` adds all of its records, in order, as whole lines, even
 ///   when other processes append to the same log at the same time.
-/// - `read_events` delivers records in append order; a torn last line is
-///   reported in the summary, a corrupt earlier line is [`Error::Corrupt`].
+/// - `read_events_from` delivers records in append order from a cursor and
+///   returns the cursor to continue from; a torn last line is reported in the
+///   summary; a corrupt earlier line is [`Error::Corrupt`](crate::Error::Corrupt)
+///   in [`ReadMode::Strict`] and skipped (and reported) in [`ReadMode::Lenient`].
+/// - `delete_event_log` and `retain_events` take the log's lock, so an
+///   appender never loses events to them: its batch lands in the log
+///   before the change or in the log that follows it.
 /// - `lock` is exclusive across threads and processes, and a lock whose holder
 ///   died is free again.
+///
+/// Methods added in later releases come with a default body, so an
+/// implementation outside this workspace keeps compiling.
 pub trait Storage: Send + Sync {
     /// Stores `doc` at `key`, replacing any earlier document atomically and durably.
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()>;
@@ -196,176 +550,84 @@ pub trait Storage: Send + Sync {
     /// The document at `key`, or `None`.
     fn get(&self, key: &DocKey) -> Result<Option<Value>>;
 
-    /// Removes the document at `key`; `false` if there was none.
+    /// Removes the document at `key`, and the directories it leaves empty;
+    /// `false` if there was none.
     fn delete(&self, key: &DocKey) -> Result<bool>;
 
     /// The keys in `scope`, sorted.
     fn list(&self, scope: &Scope) -> Result<Vec<DocKey>>;
 
+    /// The documents in `scope` with their size and modification time, sorted by key.
+    fn list_entries(&self, scope: &Scope) -> Result<Vec<Entry>>;
+
+    /// The size and modification time of the document at `key`, or `None`.
+    fn entry(&self, key: &DocKey) -> Result<Option<Entry>>;
+
+    /// Every repository that has documents or event logs, sorted.
+    fn repos(&self) -> Result<Vec<RepoKey>>;
+
     /// The jobs of `repo` that have state (checkpoints or metadata), sorted.
     fn jobs(&self, repo: &RepoKey) -> Result<Vec<JobId>>;
+
+    /// The jobs of `repo` that have dead letters (items or an index), sorted.
+    fn jobs_with_dead_letters(&self, repo: &RepoKey) -> Result<Vec<JobId>>;
+
+    /// The extension kinds that have documents in `repo`, sorted.
+    fn extension_kinds(&self, repo: &RepoKey) -> Result<Vec<ExtKind>>;
 
     /// Appends `events` to the log of `job`, in order, durably.
     fn append_events(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord]) -> Result<()>;
 
-    /// Streams the log of `job` to `visit`, in order; memory does not grow with the log.
+    /// Streams the log of `job` from `from` to `visit`, in order; memory does
+    /// not grow with the log. [`EventLogSummary::next`] is where to continue.
+    fn read_events_from(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        from: &EventCursor,
+        mode: ReadMode,
+        visit: &mut dyn FnMut(EventRecord),
+    ) -> Result<EventLogSummary>;
+
+    /// Streams the whole log of `job` to `visit`, strictly, in order.
     fn read_events(
         &self,
         repo: &RepoKey,
         job: &JobId,
         visit: &mut dyn FnMut(EventRecord),
-    ) -> Result<EventLogSummary>;
+    ) -> Result<EventLogSummary> {
+        self.read_events_from(repo, job, &EventCursor::START, ReadMode::Strict, visit)
+    }
+
+    /// Waits until the log of `job` may hold something after `after`, for
+    /// at most `timeout`; `true` if it does (or may: read to find out),
+    /// `false` on timeout. Never spins: an idle follower costs nothing.
+    fn wait_for_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        after: &EventCursor,
+        timeout: Duration,
+    ) -> Result<bool>;
 
     /// The jobs of `repo` that have an event log, sorted.
     fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>>;
 
-    /// Takes the exclusive lock `key`, recording `holder` for messages.
-    fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard>;
-}
+    /// The size and age of the log of `job`, or `None` if it has none.
+    fn event_log_entry(&self, repo: &RepoKey, job: &JobId) -> Result<Option<LogEntry>>;
 
-fn typed<R>(
-    value: Option<Value>,
-    parse: impl FnOnce(Value) -> Result<R, crate::record::RecordError>,
-) -> Result<Option<R>> {
-    value.map(|v| parse(v).map_err(Error::from)).transpose()
-}
+    /// Removes the log of `job` under its lock; `false` if there was none.
+    fn delete_event_log(&self, repo: &RepoKey, job: &JobId) -> Result<bool>;
 
-fn check_id(record: &'static str, expected: &str, found: &str) -> Result<()> {
-    if expected == found {
-        Ok(())
-    } else {
-        Err(Error::KeyMismatch {
-            record,
-            expected: expected.to_owned(),
-            found: found.to_owned(),
-        })
-    }
-}
-
-/// Typed record methods for every [`Storage`].
-pub trait StorageExt: Storage {
-    /// Saves a session under its `session_id`.
-    fn save_session(&self, repo: &RepoKey, session: &SessionRecord) -> Result<()> {
-        let key = DocKey::Session {
-            repo: repo.clone(),
-            session: session.session_id().clone(),
-        };
-        self.put(&key, &Value::Object(session.json().clone()))
-    }
-
-    /// Loads a session.
-    fn load_session(&self, repo: &RepoKey, session: &SessionId) -> Result<Option<SessionRecord>> {
-        let key = DocKey::Session {
-            repo: repo.clone(),
-            session: session.clone(),
-        };
-        let rec = typed(self.get(&key)?, SessionRecord::from_json)?;
-        if let Some(r) = &rec {
-            check_id(
-                SessionRecord::LABEL,
-                session.as_str(),
-                r.session_id().as_str(),
-            )?;
-        }
-        Ok(rec)
-    }
-
-    /// Saves version `version` of a job's state.
-    fn save_job_checkpoint(
-        &self,
-        repo: &RepoKey,
-        version: u64,
-        checkpoint: &JobCheckpoint,
-    ) -> Result<()> {
-        let key = DocKey::JobCheckpoint {
-            repo: repo.clone(),
-            job: checkpoint.job_id().clone(),
-            version,
-        };
-        self.put(&key, &Value::Object(checkpoint.json().clone()))
-    }
-
-    /// Loads the newest checkpoint version of a job, with its version number.
-    fn latest_job_checkpoint(
+    /// Trims the log of `job` from its start by `policy`, under its lock,
+    /// archiving what it drops unless told not to.
+    fn retain_events(
         &self,
         repo: &RepoKey,
         job: &JobId,
-    ) -> Result<Option<(u64, JobCheckpoint)>> {
-        let keys = self.list(&Scope::JobCheckpoints(repo.clone(), job.clone()))?;
-        for key in keys.iter().rev() {
-            if let DocKey::JobCheckpoint { version, .. } = key
-                && let Some(cp) = typed(self.get(key)?, JobCheckpoint::from_json)?
-            {
-                return Ok(Some((*version, cp)));
-            }
-        }
-        Ok(None)
-    }
+        policy: &EventRetention,
+    ) -> Result<RetentionReport>;
 
-    /// Saves a workflow checkpoint under its `workflow_id`.
-    fn save_workflow_checkpoint(&self, repo: &RepoKey, cp: &WorkflowCheckpoint) -> Result<()> {
-        let key = DocKey::WorkflowCheckpoint {
-            repo: repo.clone(),
-            workflow: cp.workflow_id().clone(),
-        };
-        self.put(&key, &Value::Object(cp.json().clone()))
-    }
-
-    /// Loads a workflow checkpoint.
-    fn load_workflow_checkpoint(
-        &self,
-        repo: &RepoKey,
-        workflow: &WorkflowId,
-    ) -> Result<Option<WorkflowCheckpoint>> {
-        let key = DocKey::WorkflowCheckpoint {
-            repo: repo.clone(),
-            workflow: workflow.clone(),
-        };
-        typed(self.get(&key)?, WorkflowCheckpoint::from_json)
-    }
-
-    /// Saves a dead-lettered item of `job`.
-    fn save_dead_letter(&self, repo: &RepoKey, job: &JobId, item: &DeadLetterItem) -> Result<()> {
-        let key = DocKey::DeadLetter {
-            repo: repo.clone(),
-            job: job.clone(),
-            item: item.item_id().clone(),
-        };
-        self.put(&key, &Value::Object(item.json().clone()))
-    }
-
-    /// Loads every dead-lettered item of `job`, sorted by item id.
-    fn dead_letters(&self, repo: &RepoKey, job: &JobId) -> Result<Vec<DeadLetterItem>> {
-        let mut out = Vec::new();
-        for key in self.list(&Scope::DeadLetters(repo.clone(), job.clone()))? {
-            if let Some(item) = typed(self.get(&key)?, DeadLetterItem::from_json)? {
-                out.push(item);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Saves which job a session runs.
-    fn save_session_job(&self, repo: &RepoKey, mapping: &SessionJobMapping) -> Result<()> {
-        let key = DocKey::SessionJob {
-            repo: repo.clone(),
-            session: mapping.session_id().clone(),
-        };
-        self.put(&key, &Value::Object(mapping.json().clone()))
-    }
-
-    /// Loads which job a session runs.
-    fn load_session_job(
-        &self,
-        repo: &RepoKey,
-        session: &SessionId,
-    ) -> Result<Option<SessionJobMapping>> {
-        let key = DocKey::SessionJob {
-            repo: repo.clone(),
-            session: session.clone(),
-        };
-        typed(self.get(&key)?, SessionJobMapping::from_json)
-    }
+    /// Takes the exclusive lock `key`, recording `holder` for messages.
+    fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard>;
 }
-
-impl<S: Storage + ?Sized> StorageExt for S {}
