@@ -92,7 +92,7 @@ pub fn list(items: &[storage_fs::Listed]) -> String {
         let _ = writeln!(
             out,
             "{:<16} {:<20} {:<28} {:<40} {:>10}  {}",
-            i.repo,
+            i.repo.as_deref().unwrap_or("(global)"),
             i.kind,
             i.job.as_deref().unwrap_or("-"),
             i.id.as_deref().unwrap_or("-"),

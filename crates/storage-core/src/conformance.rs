@@ -865,7 +865,7 @@ pub fn extension_kinds_need_no_new_release(s: &dyn Storage) {
     );
     assert_eq!(
         s.extension_kinds(&repo("proj")).expect("kinds"),
-        [kind.clone()]
+        std::slice::from_ref(&kind)
     );
     assert_eq!(s.repos().expect("repos"), [repo("proj")]);
     assert_eq!(key("v1").kind(), "prodigy.reduce-checkpoint");

@@ -490,13 +490,16 @@ pub struct KindStats {
     pub newest: Option<SystemTime>,
 }
 
+/// What a lenient load found: each record with its key, and what it skipped.
+type Lenient<R> = (Vec<(DocKey, R)>, Vec<Skipped>);
+
 /// Loads every document of `scope` with `parse`, skipping (and reporting)
 /// those that are corrupt or do not parse as the record.
 fn load_lenient<S: Storage + ?Sized, R>(
     s: &S,
     scope: &Scope,
     parse: impl Fn(Value) -> Result<R, RecordError>,
-) -> Result<(Vec<(DocKey, R)>, Vec<Skipped>)> {
+) -> Result<Lenient<R>> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for key in s.list(scope)? {

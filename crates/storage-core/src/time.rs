@@ -12,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The instant an RFC 3339 timestamp names, or `None` if it is not one
 /// (or lies before 1970).
 #[must_use]
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
     if b.len() < 20 {
         return None;
     }

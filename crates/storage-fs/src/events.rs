@@ -7,7 +7,14 @@
 //! `write_all`, `fsync`s, and unlocks. The lock makes each batch contiguous
 //! even when a write is split by the kernel, so lines of concurrent writers
 //! never interleave; `O_APPEND` alone does not promise that for large writes.
-//! The log file is never replaced, so locking it directly is sound.
+//!
+//! Deleting a log and trimming it by retention ([`retain`]) replace or
+//! unlink the file *while holding its lock*. An appender that opened the
+//! old file and waited for the lock therefore checks, once it holds it,
+//! that the file is still the one at the path (same inode, still linked);
+//! if not, it opens the path again. So an appender never writes into a file
+//! that has left the log: its batch lands in the log before the change or
+//! in the log after it.
 //!
 //! If the write fails half-way (disk full), or the `fdatasync` after it
 //! fails (I/O error), the writer truncates the file back to where its batch
@@ -23,6 +30,15 @@
 //! so a torn fragment can never become a corrupt line in the middle of a log.
 //!
 //! # Reading
+//!
+//! A read starts at an [`EventCursor`] (a file name, a byte offset and the
+//! file's inode) and returns the cursor after the last whole line it read;
+//! an unterminated line at the end of the log is not passed, so a follower
+//! reads it once it is finished. A cursor whose file was replaced (another
+//! inode: retention rewrote it) or is shorter than its offset starts over
+//! at the log's start; one whose file is gone continues with the next file.
+//! [`wait`] polls the log's files every few milliseconds for a change
+//! (sleeping in between: an idle follower costs a few `stat`s a second).
 //!
 //! Every `*.jsonl` file of the job directory is read in name order, one line
 //! at a time into a reused buffer that never holds more than
@@ -41,13 +57,19 @@
 //! the tail.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
-use storage_core::{Error, EventLogSummary, EventRecord, Result, TornTail};
+use storage_core::{
+    Error, EventCursor, EventLogSummary, EventRecord, LogEntry, ReadMode, Result, Skipped, TornTail,
+};
 
 use crate::fsx;
+
+mod retain;
+pub(crate) use retain::retain;
 
 /// The longest line a reader holds in memory (16 MiB): a longer one is
 /// skipped as a torn tail if unterminated, else reported as corrupt, and an
@@ -106,15 +128,7 @@ pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
             .mode(fsx::FILE_MODE)
             .open(path)
     };
-    let (file, created) = match open(false) {
-        Ok(f) => (f, false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fsx::create_dir_all(fsx::parent(path))?;
-            (open(true).map_err(|e| Error::io("create", path, e))?, true)
-        }
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
-    file.lock().map_err(|e| Error::io("lock", path, e))?;
+    let (file, created) = open_locked(path, &open)?;
     let start = file
         .metadata()
         .map_err(|e| Error::io("stat", path, e))?
@@ -142,6 +156,52 @@ pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
         fsx::fsync_dir(fsx::parent(path))?;
     }
     Ok(())
+}
+
+/// Opens the log at `path` (creating it and its directory if needed) and
+/// takes its lock, making sure the locked file is still the one at `path`:
+/// a deletion or a retention may have unlinked or replaced it while this
+/// process waited for the lock. Returns whether this call created the file.
+fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(File, bool)> {
+    // A few rounds at most: each retry follows a deletion or a trim that
+    // finished while this appender waited.
+    let mut last = None;
+    for _ in 0..64 {
+        let (file, created) = match open(false) {
+            Ok(f) => (f, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fsx::create_dir_all(fsx::parent(path))?;
+                match open(true) {
+                    Ok(f) => (f, true),
+                    // The directory was removed (the log deleted) between the two steps.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(Error::io("create", path, e)),
+                }
+            }
+            Err(e) => return Err(Error::io("open", path, e)),
+        };
+        file.lock().map_err(|e| Error::io("lock", path, e))?;
+        let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        match std::fs::metadata(path) {
+            Ok(now) if held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev() => {
+                return Ok((file, created));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", path, e)),
+        }
+        last = Some(io::Error::other(
+            "the log was replaced while waiting for its lock",
+        ));
+    }
+    Err(Error::io(
+        "open (it kept being replaced or deleted)",
+        path,
+        last.unwrap_or_else(|| io::Error::other("retries exhausted")),
+    ))
 }
 
 /// If the log does not end in `\n`, saves the torn bytes beside it and cuts
@@ -210,15 +270,93 @@ fn copy_range(src: &File, from: u64, to: u64, block: &mut [u8], dst: &mut File) 
     dst.set_len(to - from)
 }
 
+/// One file of a log.
+#[derive(Debug)]
+pub(crate) struct LogFile {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+}
+
+/// The files of the log in `dir`, in reading order (name order).
+pub(crate) fn log_files(dir: &Path) -> Result<Vec<LogFile>> {
+    Ok(fsx::read_dir_sorted(dir)?
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.name.to_str()?.to_owned();
+            // Reason: logs are `.jsonl` exactly, as the appender names them.
+            #[allow(clippy::case_sensitive_file_extension_comparisons)]
+            let is_log = name.ends_with(".jsonl");
+            (e.file_type.is_file() && !name.starts_with('.') && is_log)
+                .then_some(LogFile { name, path: e.path })
+        })
+        .collect())
+}
+
+/// Where reading starts for `from`: the index of a file and an offset in it.
+fn locate(files: &[LogFile], from: &EventCursor) -> Result<(usize, u64)> {
+    if from.segment.is_empty() {
+        return Ok((0, 0));
+    }
+    match files.iter().position(|f| f.name == from.segment) {
+        Some(i) => {
+            let meta = match std::fs::metadata(&files[i].path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((i + 1, 0)),
+                Err(e) => return Err(Error::io("stat", &files[i].path, e)),
+            };
+            if meta.ino() == from.generation && from.offset <= meta.len() {
+                Ok((i, from.offset))
+            } else {
+                // Replaced (retention rewrote it) or begun again: from the start.
+                Ok((0, 0))
+            }
+        }
+        // Its file is gone (retention dropped it): the next one.
+        None => Ok((
+            files
+                .iter()
+                .position(|f| f.name > from.segment)
+                .unwrap_or(files.len()),
+            0,
+        )),
+    }
+}
+
 /// Streams every `*.jsonl` file in `dir`, in name order, to `visit`.
 pub(crate) fn read(dir: &Path, visit: &mut dyn FnMut(EventRecord)) -> Result<EventLogSummary> {
+    read_from(dir, &EventCursor::START, ReadMode::Strict, visit)
+}
+
+/// Streams the log in `dir` from `from`, in order, to `visit`.
+pub(crate) fn read_from(
+    dir: &Path,
+    from: &EventCursor,
+    mode: ReadMode,
+    visit: &mut dyn FnMut(EventRecord),
+) -> Result<EventLogSummary> {
+    let files = log_files(dir)?;
+    let (first, offset) = locate(&files, from)?;
     let mut summary = EventLogSummary::default();
-    for entry in fsx::read_dir_sorted(dir)? {
-        let name = entry.name.to_string_lossy();
-        if !entry.file_type.is_file() || name.starts_with('.') || !name.ends_with(".jsonl") {
-            continue;
-        }
-        read_file(&entry.path, &name, &mut summary, visit)?;
+    if !files.is_empty() {
+        summary.next = from.clone();
+    }
+    let last = files.len().saturating_sub(1);
+    for (i, f) in files.iter().enumerate().skip(first) {
+        let start = if i == first { offset } else { 0 };
+        let (end, ino) = read_file(
+            &f.path,
+            &f.name,
+            start,
+            mode,
+            i == last,
+            &mut summary,
+            visit,
+        )?;
+        summary.next = EventCursor {
+            segment: f.name.clone(),
+            offset: end,
+            generation: ino,
+        };
     }
     Ok(summary)
 }
@@ -232,37 +370,75 @@ pub fn read_dir_for_fuzzing(
     read(dir, visit)
 }
 
+/// Reads `path` from byte `start`; returns the offset after the last whole
+/// line consumed (an unterminated end of the last file is not consumed) and
+/// the file's inode.
 fn read_file(
     path: &Path,
     name: &str,
+    start: u64,
+    mode: ReadMode,
+    last_file: bool,
     summary: &mut EventLogSummary,
     visit: &mut dyn FnMut(EventRecord),
-) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+) -> Result<(u64, u64)> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        // Dropped by retention between the listing and now: nothing to read.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((start, 0)),
+        Err(e) => return Err(Error::io("open", path, e)),
+    };
+    let ino = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .ino();
+    if start > 0 {
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| Error::io("seek", path, e))?;
+    }
     let mut reader = BufReader::with_capacity(BLOCK, file);
     let mut line = Vec::with_capacity(1024);
+    // Line numbers are known when reading from the start of the file; from
+    // the middle, a problem is located by its byte offset instead.
+    let numbered = start == 0;
     let mut number = 0u64;
+    let mut pos = start;
     loop {
         line.clear();
         let read = read_line_bounded(&mut reader, &mut line, MAX_LINE_BYTES)
             .map_err(|e| Error::io("read", path, e))?;
         if read.bytes == 0 {
-            return Ok(());
+            return Ok((pos, ino));
         }
         number += 1;
+        let at = pos;
+        let line_no = numbered.then_some(number);
+        let where_ = |reason: String| {
+            if numbered {
+                reason
+            } else {
+                format!("at byte {at}: {reason}")
+            }
+        };
         if read.over_limit {
             // Not loaded: a torn tail this long is a run of garbage (NULs
             // after a power loss); a whole line this long was not written by
             // this store, which refuses such events.
             if read.terminated {
+                let reason = where_(format!(
+                    "the line is {} bytes, over the {MAX_LINE_BYTES} bytes a reader holds in \
+                     memory; move it out of the log",
+                    read.bytes
+                ));
+                if mode == ReadMode::Lenient {
+                    summary.skipped.push(Skipped::new(name, line_no, reason));
+                    pos += read.bytes;
+                    continue;
+                }
                 return Err(Error::Corrupt {
                     path: path.to_owned(),
-                    line: Some(number),
-                    reason: format!(
-                        "the line is {} bytes, over the {MAX_LINE_BYTES} bytes a reader holds in \
-                         memory; move it out of the log",
-                        read.bytes
-                    ),
+                    line: line_no,
+                    reason,
                 });
             }
             summary.torn_tails.push(TornTail {
@@ -270,36 +446,196 @@ fn read_file(
                 line: number,
                 bytes: read.bytes,
             });
-            return Ok(());
+            return Ok((if last_file { pos } else { pos + read.bytes }, ino));
         }
         let terminated = read.terminated;
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
         if body.iter().all(u8::is_ascii_whitespace) {
+            if terminated || !last_file {
+                pos += read.bytes;
+            }
             continue;
         }
         let parsed = serde_json::from_slice(body)
             .map_err(|e| e.to_string())
             .and_then(|v| EventRecord::from_json(v).map_err(|e| e.to_string()));
         match parsed {
+            // Whole JSON but no newline at the end of the log: its writer
+            // has not finished the line (or was killed), and the next
+            // appender moves it aside as torn; reading it now and passing
+            // it could hand a follower a cursor into the next line.
+            Ok(_) if !terminated && last_file => {
+                summary.torn_tails.push(TornTail {
+                    file: name.to_owned(),
+                    line: number,
+                    bytes: body.len() as u64,
+                });
+            }
             Ok(record) => {
+                pos += read.bytes;
                 summary.records += 1;
                 visit(record);
             }
-            Err(_) if !terminated => summary.torn_tails.push(TornTail {
-                file: name.to_owned(),
-                line: number,
-                bytes: body.len() as u64,
-            }),
+            Err(_) if !terminated => {
+                summary.torn_tails.push(TornTail {
+                    file: name.to_owned(),
+                    line: number,
+                    bytes: body.len() as u64,
+                });
+                if !last_file {
+                    pos += read.bytes;
+                }
+            }
+            Err(reason) if mode == ReadMode::Lenient => {
+                summary
+                    .skipped
+                    .push(Skipped::new(name, line_no, where_(reason)));
+                pos += read.bytes;
+            }
             Err(reason) => {
                 return Err(Error::Corrupt {
                     path: path.to_owned(),
-                    line: Some(number),
-                    reason,
+                    line: line_no,
+                    reason: where_(reason),
                 });
             }
         }
     }
+}
+
+/// The state [`wait`] watches: each file's name, inode and length.
+fn snapshot(dir: &Path) -> Result<Vec<(String, u64, u64)>> {
+    let mut out = Vec::new();
+    for f in log_files(dir)? {
+        match std::fs::metadata(&f.path) {
+            Ok(m) => out.push((f.name, m.ino(), m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat", &f.path, e)),
+        }
+    }
+    Ok(out)
+}
+
+/// How often [`wait`] looks at the log.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits until the log in `dir` may hold a whole line after `after`, or
+/// `timeout` passes. A torn last line (a crashed writer's) does not count:
+/// the wait then returns when the log next changes, so a follower never
+/// spins on it.
+pub(crate) fn wait(dir: &Path, after: &EventCursor, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let first = snapshot(dir)?;
+    if has_whole_line_after(dir, &first, after)? {
+        return Ok(true);
+    }
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(POLL.min(deadline - now));
+        if snapshot(dir)? != first {
+            return Ok(true);
+        }
+    }
+}
+
+/// Whether the files in `snap` hold a whole line past `after`.
+fn has_whole_line_after(
+    dir: &Path,
+    snap: &[(String, u64, u64)],
+    after: &EventCursor,
+) -> Result<bool> {
+    let Some(i) = snap.iter().position(|(n, _, _)| *n == after.segment) else {
+        // Its file is gone or it is the start: anything there is new.
+        return Ok(snap
+            .iter()
+            .any(|(n, _, len)| *len > 0 && (after.segment.is_empty() || *n > after.segment)));
+    };
+    let (name, ino, len) = &snap[i];
+    if *ino != after.generation || after.offset > *len {
+        return Ok(true);
+    }
+    if snap[i + 1..].iter().any(|(_, _, len)| *len > 0) {
+        return Ok(true);
+    }
+    if *len == after.offset {
+        return Ok(false);
+    }
+    // Bytes after the cursor: whole lines, or only a torn tail? Look for a
+    // newline in the first MiB of them (a torn line longer than that is
+    // treated as torn until the log changes).
+    let path = dir.join(name);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(Error::io("open", &path, e)),
+    };
+    let n = usize::try_from((len - after.offset).min(1 << 20)).expect("at most a MiB");
+    let mut buf = vec![0u8; n];
+    let got = file
+        .read_at(&mut buf, after.offset)
+        .map_err(|e| Error::io("read", &path, e))?;
+    Ok(buf[..got].contains(&b'\n'))
+}
+
+/// The size and times of the log in `dir`, or `None` if it has no file.
+pub(crate) fn entry(dir: &Path) -> Result<Option<LogEntry>> {
+    let files = log_files(dir)?;
+    let mut bytes = 0u64;
+    let mut newest: Option<SystemTime> = None;
+    let mut oldest: Option<SystemTime> = None;
+    for f in &files {
+        let m = match std::fs::metadata(&f.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("stat", &f.path, e)),
+        };
+        let t = m.modified().map_err(|e| Error::io("stat", &f.path, e))?;
+        bytes += m.len();
+        newest = Some(newest.map_or(t, |n| n.max(t)));
+        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+    }
+    Ok(newest.zip(oldest).map(|(n, o)| LogEntry::new(bytes, n, o)))
+}
+
+/// Deletes the log in `dir` (its files and the side files of torn tails)
+/// under the lock of its active file `active`, then the directory if that
+/// leaves it empty. `false` if there was no log.
+pub(crate) fn delete(dir: &Path, active: &Path) -> Result<bool> {
+    let held = match OpenOptions::new().read(true).append(true).open(active) {
+        Ok(f) => {
+            f.lock().map_err(|e| Error::io("lock", active, e))?;
+            Some(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io("open", active, e)),
+    };
+    let doomed: Vec<fsx::Entry> = fsx::read_dir_sorted(dir)?
+        .into_iter()
+        .filter(|e| {
+            let n = e.name.to_string_lossy();
+            e.file_type.is_file()
+                && !n.starts_with('.')
+                && (n.ends_with(".jsonl") || n.contains(".jsonl.torn-"))
+        })
+        .collect();
+    if doomed.is_empty() {
+        return Ok(false);
+    }
+    for e in &doomed {
+        match std::fs::remove_file(&e.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(Error::io("remove", &e.path, err)),
+        }
+    }
+    fsx::fsync_dir(dir)?;
+    drop(held);
+    fsx::remove_empty_dirs(&[dir.to_owned(), fsx::parent(dir).to_owned()])?;
+    Ok(true)
 }
 
 /// What [`read_line_bounded`] found.

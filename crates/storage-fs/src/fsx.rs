@@ -343,6 +343,28 @@ pub fn remove_file_durable(path: &Path) -> Result<bool> {
     }
 }
 
+/// Removes each directory of `dirs` in order (deepest first) while it is
+/// empty, making each removal durable; stops at the first that is not
+/// empty or not there. A directory another process fills meanwhile is
+/// simply kept (`rmdir` refuses a non-empty directory atomically).
+pub fn remove_empty_dirs(dirs: &[PathBuf]) -> Result<()> {
+    for dir in dirs {
+        match fs::remove_dir(dir) {
+            Ok(()) => fsync_dir(parent(dir))?,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) || e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("remove directory", dir, e)),
+        }
+    }
+    Ok(())
+}
+
 /// One entry of a directory listing.
 #[derive(Debug)]
 pub struct Entry {

@@ -19,10 +19,13 @@ use crate::store::FsStorage;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Listed {
     /// `session`, `job checkpoint`, `job metadata`, `workflow checkpoint`,
-    /// `dead letter`, `dead-letter index`, `session-job mapping`, `event log`.
-    pub kind: &'static str,
-    /// The repository key.
-    pub repo: String,
+    /// `dead letter`, `dead-letter index`, `session-job mapping`, `unified
+    /// session`, `session checkpoint`, `session workflow checkpoint`, `event
+    /// log`, or an extension kind's own name ([`DocKey::kind`]).
+    pub kind: String,
+    /// The repository key; `None` for global documents (unified sessions
+    /// and what belongs to them).
+    pub repo: Option<String>,
     /// The job, for job state, dead letters and event logs.
     pub job: Option<String>,
     /// The session, workflow, item, checkpoint version or log file name.
@@ -40,7 +43,9 @@ impl FsStorage {
     /// Every repository key that has data in the store, sorted.
     pub fn repos_with_data(&self) -> Result<Vec<RepoKey>> {
         let mut out = std::collections::BTreeSet::new();
-        for dir in self.layout().data_roots() {
+        let mut roots = self.layout().data_roots();
+        roots.push(self.layout().root().join("ext"));
+        for dir in roots {
             for e in fsx::read_dir_sorted(&dir)? {
                 if e.file_type.is_dir()
                     && let Ok(repo) = RepoKey::new(e.name.to_string_lossy())
@@ -60,7 +65,28 @@ impl FsStorage {
             None => self.repos_with_data()?,
         };
         let mut out = Vec::new();
+        if repo.is_none() {
+            for key in self.list(&Scope::UnifiedSessions)? {
+                self.push_doc(&mut out, &key)?;
+                if let DocKey::UnifiedSession { session } = &key {
+                    self.push_doc(
+                        &mut out,
+                        &DocKey::SessionCheckpoint {
+                            session: session.clone(),
+                        },
+                    )?;
+                    for k in self.list(&Scope::SessionWorkflowCheckpoints(session.clone()))? {
+                        self.push_doc(&mut out, &k)?;
+                    }
+                }
+            }
+        }
         for repo in &repos {
+            for kind in self.extension_kinds(repo)? {
+                for key in self.list(&Scope::Extension(repo.clone(), kind))? {
+                    self.push_doc(&mut out, &key)?;
+                }
+            }
             for scope in [
                 Scope::Sessions(repo.clone()),
                 Scope::WorkflowCheckpoints(repo.clone()),
@@ -104,7 +130,7 @@ impl FsStorage {
                         push(
                             &mut out,
                             "event log",
-                            repo,
+                            Some(repo),
                             Some(job.as_str()),
                             Some(&name),
                             &e.path,
@@ -118,40 +144,26 @@ impl FsStorage {
 
     fn push_doc(&self, out: &mut Vec<Listed>, key: &DocKey) -> Result<()> {
         let path = self.layout().document(key);
-        let (kind, repo, job, id): (&'static str, &RepoKey, Option<&str>, Option<String>) =
-            match key {
-                DocKey::Session { repo, session } => {
-                    ("session", repo, None, Some(session.to_string()))
-                }
-                DocKey::JobCheckpoint { repo, job, version } => (
-                    "job checkpoint",
-                    repo,
-                    Some(job.as_str()),
-                    Some(format!("v{version}")),
-                ),
-                DocKey::JobMetadata { repo, job } => {
-                    ("job metadata", repo, Some(job.as_str()), None)
-                }
-                DocKey::WorkflowCheckpoint { repo, workflow } => (
-                    "workflow checkpoint",
-                    repo,
-                    None,
-                    Some(workflow.to_string()),
-                ),
-                DocKey::DeadLetter { repo, job, item } => (
-                    "dead letter",
-                    repo,
-                    Some(job.as_str()),
-                    Some(item.to_string()),
-                ),
-                DocKey::DeadLetterIndex { repo, job } => {
-                    ("dead-letter index", repo, Some(job.as_str()), None)
-                }
-                DocKey::SessionJob { repo, session } => {
-                    ("session-job mapping", repo, None, Some(session.to_string()))
-                }
-            };
-        push(out, kind, repo, job, id.as_deref(), &path)
+        let (job, id): (Option<&str>, Option<String>) = match key {
+            DocKey::Session { session, .. }
+            | DocKey::SessionJob { session, .. }
+            | DocKey::UnifiedSession { session }
+            | DocKey::SessionCheckpoint { session } => (None, Some(session.to_string())),
+            DocKey::JobCheckpoint { job, version, .. } => {
+                (Some(job.as_str()), Some(format!("v{version}")))
+            }
+            DocKey::JobMetadata { job, .. } | DocKey::DeadLetterIndex { job, .. } => {
+                (Some(job.as_str()), None)
+            }
+            DocKey::WorkflowCheckpoint { workflow, .. } => (None, Some(workflow.to_string())),
+            DocKey::SessionWorkflowCheckpoint { session, workflow } => {
+                (None, Some(format!("{session}/{workflow}")))
+            }
+            DocKey::DeadLetter { job, item, .. } => (Some(job.as_str()), Some(item.to_string())),
+            DocKey::Extension { name, .. } => (None, Some(name.to_string())),
+            _ => (None, None),
+        };
+        push(out, key.kind(), key.repo(), job, id.as_deref(), &path)
     }
 }
 
@@ -159,8 +171,8 @@ impl FsStorage {
 /// is simply not there).
 fn push(
     out: &mut Vec<Listed>,
-    kind: &'static str,
-    repo: &RepoKey,
+    kind: &str,
+    repo: Option<&RepoKey>,
     job: Option<&str>,
     id: Option<&str>,
     path: &Path,
@@ -172,8 +184,8 @@ fn push(
         Err(e) => return Err(storage_core::Error::io("stat", path, e)),
     };
     out.push(Listed {
-        kind,
-        repo: repo.to_string(),
+        kind: kind.to_owned(),
+        repo: repo.map(RepoKey::to_string),
         job: job.map(str::to_owned),
         id: id.map(str::to_owned),
         path: path.to_owned(),

@@ -6,8 +6,13 @@
 //! documented, path by path, in `docs/storage-layout.md`; keep the two in step.
 //!
 //! ```text
-//! <root>/layout.json                                       {"layout_version": 1}
+//! <root>/layout.json                                       {"layout_version": 2}
 //! <root>/repos/<repo>.json                                 which project owns <repo>
+//! <root>/sessions/<session>.json                           unified sessions (global)
+//! <root>/sessions/<session>/checkpoint.json                a unified session's checkpoint
+//! <root>/sessions/<session>/checkpoints/<workflow>.checkpoint.json
+//! <root>/ext/<repo>/<kind>/<name>.json                     extension kinds
+//! <root>/archive/events/<repo>/<job>/events-<ts>.jsonl.gz  what retention dropped
 //! <root>/state/<repo>/sessions/<session>.json
 //! <root>/state/<repo>/mappings/<session>.json              session -> job
 //! <root>/state/<repo>/checkpoints/<workflow>.checkpoint.json
@@ -27,15 +32,19 @@
 //!
 //! Differences from the layout Prodigy wrote before this crate: dead letters
 //! are no longer nested `dlq/<repo>/<job>/mapreduce/dlq/<job>/`, nothing under
-//! `events/` other than repository directories (no `events/archive`), and
-//! sessions live per repository.
+//! `events/` other than repository directories (retention archives live in
+//! `archive/events/`), and a session's workflow checkpoints live with the
+//! session (`sessions/<session>/checkpoints/`), not in a repository's slot.
 
 use std::path::{Component, Path, PathBuf};
 
-use storage_core::{DocKey, JobId, LockKey, RepoKey, Scope};
+use storage_core::{DocKey, ExtKind, JobId, LockKey, RepoKey, Scope, SessionId};
 
 /// The layout version this build writes and reads.
-pub const LAYOUT_VERSION: u64 = 1;
+///
+/// 2 added unified sessions (`sessions/`), extension kinds (`ext/`) and
+/// retention archives (`archive/`); a layout-1 store is upgraded to it.
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// The name of the active event log file that appends go to.
 pub const ACTIVE_EVENT_LOG: &str = "events.jsonl";
@@ -124,17 +133,66 @@ impl Layout {
     /// `.`. `worktrees/` is Prodigy's.
     #[must_use]
     pub fn temp_file_dirs(&self) -> Vec<(PathBuf, Option<usize>)> {
-        let mut out: Vec<(PathBuf, Option<usize>)> =
-            ["repos", "state", "dlq", "events", "resume_locks", "locks"]
-                .iter()
-                .map(|d| (self.root.join(d), None))
-                .collect();
+        let mut out: Vec<(PathBuf, Option<usize>)> = [
+            "repos",
+            "state",
+            "dlq",
+            "events",
+            "resume_locks",
+            "locks",
+            "sessions",
+            "ext",
+            "archive",
+        ]
+        .iter()
+        .map(|d| (self.root.join(d), None))
+        .collect();
         out.push((self.root.join("migrations"), Some(2)));
         out
     }
 
     fn state(&self, repo: &RepoKey) -> PathBuf {
         self.root.join("state").join(repo.as_str())
+    }
+
+    /// `sessions/`: unified sessions, global.
+    #[must_use]
+    pub fn unified_sessions_dir(&self) -> PathBuf {
+        self.root.join("sessions")
+    }
+
+    /// `sessions/<session>/`: what belongs to one unified session.
+    #[must_use]
+    pub fn unified_session_dir(&self, session: &SessionId) -> PathBuf {
+        self.unified_sessions_dir().join(session.as_str())
+    }
+
+    /// `sessions/<session>/checkpoints/`: a session's workflow checkpoints.
+    #[must_use]
+    pub fn session_workflow_checkpoints_dir(&self, session: &SessionId) -> PathBuf {
+        self.unified_session_dir(session).join("checkpoints")
+    }
+
+    /// `ext/<repo>/`: extension kinds of a repository.
+    #[must_use]
+    pub fn ext_repo_dir(&self, repo: &RepoKey) -> PathBuf {
+        self.root.join("ext").join(repo.as_str())
+    }
+
+    /// `ext/<repo>/<kind>/`.
+    #[must_use]
+    pub fn ext_dir(&self, repo: &RepoKey, kind: &ExtKind) -> PathBuf {
+        self.ext_repo_dir(repo).join(kind.as_str())
+    }
+
+    /// `archive/events/<repo>/<job>/`: gzip archives of what retention dropped from a log.
+    #[must_use]
+    pub fn event_archive_dir(&self, repo: &RepoKey, job: &JobId) -> PathBuf {
+        self.root
+            .join("archive")
+            .join("events")
+            .join(repo.as_str())
+            .join(job.as_str())
     }
 
     /// `state/<repo>/sessions/`.
@@ -266,7 +324,50 @@ impl Layout {
             DocKey::SessionJob { repo, session } => {
                 self.mappings_dir(repo).join(format!("{session}.json"))
             }
+            DocKey::UnifiedSession { session } => {
+                self.unified_sessions_dir().join(format!("{session}.json"))
+            }
+            DocKey::SessionCheckpoint { session } => {
+                self.unified_session_dir(session).join("checkpoint.json")
+            }
+            DocKey::SessionWorkflowCheckpoint { session, workflow } => self
+                .session_workflow_checkpoints_dir(session)
+                .join(format!("{workflow}.checkpoint.json")),
+            DocKey::Extension { repo, kind, name } => {
+                self.ext_dir(repo, kind).join(format!("{name}.json"))
+            }
+            // A kind added to storage-core without a home here yet: fail
+            // loudly in development; never reached in a release build of
+            // this workspace (every kind above is matched).
+            other => unreachable!("no layout for document kind {other:?}"),
         }
+    }
+
+    /// The directories [`FsStorage::delete`](crate::FsStorage) may remove
+    /// when a deletion empties them: from the document's directory up to,
+    /// not including, the top-level directory of its kind.
+    #[must_use]
+    pub fn removable_dirs(&self, key: &DocKey) -> Vec<PathBuf> {
+        let doc = self.document(key);
+        let stop: PathBuf = match key {
+            DocKey::UnifiedSession { .. } => return Vec::new(),
+            DocKey::SessionCheckpoint { .. } | DocKey::SessionWorkflowCheckpoint { .. } => {
+                self.unified_sessions_dir()
+            }
+            DocKey::Extension { .. } => self.root.join("ext"),
+            DocKey::DeadLetter { .. } | DocKey::DeadLetterIndex { .. } => self.root.join("dlq"),
+            _ => self.root.join("state"),
+        };
+        let mut out = Vec::new();
+        let mut dir = doc.parent();
+        while let Some(d) = dir {
+            if d == stop || !d.starts_with(&stop) {
+                break;
+            }
+            out.push(d.to_path_buf());
+            dir = d.parent();
+        }
+        out
     }
 
     /// The directory that holds the documents of `scope`.
@@ -278,6 +379,12 @@ impl Layout {
             Scope::WorkflowCheckpoints(repo) => self.workflow_checkpoints_dir(repo),
             Scope::DeadLetters(repo, job) => self.dlq_items_dir(repo, job),
             Scope::SessionJobs(repo) => self.mappings_dir(repo),
+            Scope::UnifiedSessions => self.unified_sessions_dir(),
+            Scope::SessionWorkflowCheckpoints(session) => {
+                self.session_workflow_checkpoints_dir(session)
+            }
+            Scope::Extension(repo, kind) => self.ext_dir(repo, kind),
+            other => unreachable!("no layout for scope {other:?}"),
         }
     }
 
@@ -304,7 +411,7 @@ impl Layout {
 /// anything else (temp files, debris, foreign files).
 #[must_use]
 pub fn key_for_name(scope: &Scope, name: &str) -> Option<DocKey> {
-    use storage_core::{ItemId, SessionId, WorkflowId};
+    use storage_core::{DocName, ItemId, WorkflowId};
     match scope {
         Scope::Sessions(repo) => Some(DocKey::Session {
             repo: repo.clone(),
@@ -328,6 +435,19 @@ pub fn key_for_name(scope: &Scope, name: &str) -> Option<DocKey> {
             job: job.clone(),
             item: ItemId::new(name.strip_suffix(".json")?).ok()?,
         }),
+        Scope::UnifiedSessions => Some(DocKey::UnifiedSession {
+            session: SessionId::new(name.strip_suffix(".json")?).ok()?,
+        }),
+        Scope::SessionWorkflowCheckpoints(session) => Some(DocKey::SessionWorkflowCheckpoint {
+            session: session.clone(),
+            workflow: WorkflowId::new(name.strip_suffix(".checkpoint.json")?).ok()?,
+        }),
+        Scope::Extension(repo, kind) => Some(DocKey::Extension {
+            repo: repo.clone(),
+            kind: kind.clone(),
+            name: DocName::new(name.strip_suffix(".json")?).ok()?,
+        }),
+        _ => None,
     }
 }
 

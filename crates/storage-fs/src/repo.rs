@@ -39,14 +39,57 @@ pub struct RepoRecord {
     pub registered_at: String,
 }
 
-/// The project's canonical path and its identity hash.
+/// The project's canonical path and its identity hash. A git worktree is
+/// its main repository (see [`main_worktree`]).
 pub(crate) fn identify(project: &Path) -> Result<(PathBuf, String)> {
     let canonical = std::fs::canonicalize(project)
         .map_err(|e| Error::io("resolve project directory", project, e))?;
+    let canonical = main_worktree(&canonical).unwrap_or(canonical);
     let id = blake3::hash(canonical.as_os_str().as_bytes())
         .to_hex()
         .to_string();
     Ok((canonical, id))
+}
+
+/// The main working tree of the git worktree at `dir`, or `None` if `dir`
+/// is not a linked worktree.
+///
+/// Prodigy runs MapReduce agents in git worktrees (`session-<uuid>`) and
+/// passes a worktree as the project root; each would otherwise register as
+/// a repository of its own. A linked worktree has a `.git` *file* holding
+/// `gitdir: <main>/.git/worktrees/<name>`, and that directory's `commondir`
+/// names the main repository's git directory (relative to it, usually
+/// `../..`), whose parent is the main working tree. Read the way git does
+/// (`git rev-parse --git-common-dir`), without running git. Anything that
+/// does not fit this shape (a submodule's `.git` file has no `commondir`; a
+/// bare main repository has no working tree) is not resolved: the project is
+/// then itself.
+#[must_use]
+pub fn main_worktree(dir: &Path) -> Option<PathBuf> {
+    let dot_git = dir.join(".git");
+    if !std::fs::symlink_metadata(&dot_git).ok()?.is_file() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&dot_git).ok()?;
+    let gitdir = text.lines().next()?.strip_prefix("gitdir:")?.trim();
+    let gitdir = if Path::new(gitdir).is_absolute() {
+        PathBuf::from(gitdir)
+    } else {
+        dir.join(gitdir)
+    };
+    let common = std::fs::read_to_string(gitdir.join("commondir")).ok()?;
+    let common = common.trim_end_matches(['\n', '\r']);
+    let common = if Path::new(common).is_absolute() {
+        PathBuf::from(common)
+    } else {
+        gitdir.join(common)
+    };
+    let common = std::fs::canonicalize(common).ok()?;
+    if common.file_name()? != ".git" {
+        return None;
+    }
+    let main = common.parent()?.to_path_buf();
+    main.is_dir().then_some(main)
 }
 
 /// The base key for a canonical project path (see the module docs).

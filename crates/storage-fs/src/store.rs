@@ -2,10 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
 use serde_json::Value;
 use storage_core::{
-    DocKey, Error, EventLogSummary, EventRecord, JobId, LockGuard, LockHolder, LockKey, LockWait,
-    RepoKey, Result, Scope, Storage,
+    DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention, ExtKind,
+    JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
+    RetentionReport, Scope, Storage,
 };
 
 use crate::layout::{self, LAYOUT_VERSION, Layout};
@@ -60,6 +64,17 @@ impl FsStorage {
                 found,
                 supported: LAYOUT_VERSION,
             }),
+            // Layout 2 only added directories (unified sessions, extension
+            // kinds, retention archives): every layout-1 path means the same
+            // in layout 2, so the upgrade is the new version number alone.
+            Some(found) if found < LAYOUT_VERSION => {
+                tracing::info!(
+                    from = found,
+                    to = LAYOUT_VERSION,
+                    "upgraded the store's layout version"
+                );
+                self.stamp_layout_version()
+            }
             Some(_) => Ok(()),
             // Never stamp a version onto data written in Prodigy's older
             // layout: the upgrade moves it first (storage-migrate).
@@ -252,17 +267,54 @@ fn subdirs(dir: &Path) -> Result<Vec<fsx::Entry>> {
         .collect())
 }
 
+/// The entry of the file at `path` for `key`, or `None` if it is gone.
+fn stat_entry(key: DocKey, path: &Path) -> Result<Option<Entry>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => {
+            let modified = m.modified().map_err(|e| Error::io("stat", path, e))?;
+            Ok(Some(Entry::new(key, m.size(), modified)))
+        }
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// The valid job ids among the subdirectories of `dir` that hold a file
+/// `has(name)` accepts.
+fn job_dirs(dir: &Path, has: impl Fn(&str) -> bool) -> Result<Vec<JobId>> {
+    let mut jobs = Vec::new();
+    for d in subdirs(dir)? {
+        let Ok(job) = JobId::new(d.name.to_string_lossy()) else {
+            continue;
+        };
+        let found = fsx::read_dir_sorted(&d.path)?
+            .iter()
+            .any(|e| e.file_type.is_file() && has(&e.name.to_string_lossy()));
+        if found {
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
+}
+
 impl Storage for FsStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
         let path = self.layout.document(key);
         let bytes = serde_json::to_vec_pretty(doc).expect("a JSON value always serializes");
-        match fsx::write_atomic(&path, &bytes) {
-            // First document in this directory: create it, then write.
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                fsx::create_dir_all(fsx::parent(&path))?;
-                fsx::write_atomic(&path, &bytes)
+        // A deletion may remove an emptied directory between our creating
+        // it and writing into it: create it again (a few times at most).
+        let mut tries = 0;
+        loop {
+            match fsx::write_atomic(&path, &bytes) {
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && tries < 8 =>
+                {
+                    tries += 1;
+                    fsx::create_dir_all(fsx::parent(&path))?;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -281,7 +333,11 @@ impl Storage for FsStorage {
     }
 
     fn delete(&self, key: &DocKey) -> Result<bool> {
-        fsx::remove_file_durable(&self.layout.document(key))
+        let removed = fsx::remove_file_durable(&self.layout.document(key))?;
+        if removed {
+            fsx::remove_empty_dirs(&self.layout.removable_dirs(key))?;
+        }
+        Ok(removed)
     }
 
     fn list(&self, scope: &Scope) -> Result<Vec<DocKey>> {
@@ -294,52 +350,119 @@ impl Storage for FsStorage {
         Ok(keys)
     }
 
+    fn list_entries(&self, scope: &Scope) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for key in self.list(scope)? {
+            let path = self.layout.document(&key);
+            if let Some(e) = stat_entry(key, &path)? {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    fn entry(&self, key: &DocKey) -> Result<Option<Entry>> {
+        stat_entry(key.clone(), &self.layout.document(key))
+    }
+
+    fn repos(&self) -> Result<Vec<RepoKey>> {
+        self.repos_with_data()
+    }
+
     fn jobs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        job_dirs(&self.layout.jobs_dir(repo), |n| {
+            n == "metadata.json" || layout::checkpoint_version(n).is_some()
+        })
+    }
+
+    fn jobs_with_dead_letters(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
         let mut jobs = Vec::new();
-        for dir in subdirs(&self.layout.jobs_dir(repo))? {
-            let Ok(job) = JobId::new(dir.name.to_string_lossy()) else {
+        for d in subdirs(&self.layout.dlq_repo_dir(repo))? {
+            let Ok(job) = JobId::new(d.name.to_string_lossy()) else {
                 continue;
             };
-            let has_state = fsx::read_dir_sorted(&dir.path)?.iter().any(|e| {
-                let n = e.name.to_string_lossy();
-                e.file_type.is_file()
-                    && (n == "metadata.json" || layout::checkpoint_version(&n).is_some())
-            });
-            if has_state {
+            let has_index = d.path.join("index.json").is_file();
+            if has_index
+                || !self
+                    .list(&Scope::DeadLetters(repo.clone(), job.clone()))?
+                    .is_empty()
+            {
                 jobs.push(job);
             }
         }
         Ok(jobs)
+    }
+
+    fn extension_kinds(&self, repo: &RepoKey) -> Result<Vec<ExtKind>> {
+        let mut kinds = Vec::new();
+        for d in subdirs(&self.layout.ext_repo_dir(repo))? {
+            if let Ok(kind) = ExtKind::new(d.name.to_string_lossy())
+                && !self
+                    .list(&Scope::Extension(repo.clone(), kind.clone()))?
+                    .is_empty()
+            {
+                kinds.push(kind);
+            }
+        }
+        Ok(kinds)
     }
 
     fn append_events(&self, repo: &RepoKey, job: &JobId, records: &[EventRecord]) -> Result<()> {
         events::append(&self.layout.active_event_log(repo, job), records)
     }
 
-    fn read_events(
+    fn read_events_from(
         &self,
         repo: &RepoKey,
         job: &JobId,
+        from: &EventCursor,
+        mode: ReadMode,
         visit: &mut dyn FnMut(EventRecord),
     ) -> Result<EventLogSummary> {
-        events::read(&self.layout.events_job_dir(repo, job), visit)
+        events::read_from(&self.layout.events_job_dir(repo, job), from, mode, visit)
     }
 
+    fn wait_for_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        after: &EventCursor,
+        timeout: Duration,
+    ) -> Result<bool> {
+        events::wait(&self.layout.events_job_dir(repo, job), after, timeout)
+    }
+
+    // Reason: logs are `.jsonl` exactly, as the appender names them.
+    #[allow(clippy::case_sensitive_file_extension_comparisons)]
     fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
-        let mut jobs = Vec::new();
-        for dir in subdirs(&self.layout.events_repo_dir(repo))? {
-            let Ok(job) = JobId::new(dir.name.to_string_lossy()) else {
-                continue;
-            };
-            let has_log = fsx::read_dir_sorted(&dir.path)?.iter().any(|e| {
-                let n = e.name.to_string_lossy();
-                e.file_type.is_file() && !n.starts_with('.') && n.ends_with(".jsonl")
-            });
-            if has_log {
-                jobs.push(job);
-            }
-        }
-        Ok(jobs)
+        job_dirs(&self.layout.events_repo_dir(repo), |n| {
+            !n.starts_with('.') && n.ends_with(".jsonl")
+        })
+    }
+
+    fn event_log_entry(&self, repo: &RepoKey, job: &JobId) -> Result<Option<LogEntry>> {
+        events::entry(&self.layout.events_job_dir(repo, job))
+    }
+
+    fn delete_event_log(&self, repo: &RepoKey, job: &JobId) -> Result<bool> {
+        events::delete(
+            &self.layout.events_job_dir(repo, job),
+            &self.layout.active_event_log(repo, job),
+        )
+    }
+
+    fn retain_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        policy: &EventRetention,
+    ) -> Result<RetentionReport> {
+        events::retain(
+            &self.layout.events_job_dir(repo, job),
+            &self.layout.active_event_log(repo, job),
+            &self.layout.event_archive_dir(repo, job),
+            policy,
+        )
     }
 
     fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {

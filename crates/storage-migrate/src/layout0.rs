@@ -5,9 +5,10 @@
 //! checkpoints, workflow checkpoints, mappings, event logs, resume locks):
 //! those files stay where they are, untouched. The upgrade moves only what
 //! is somewhere else (the doubly nested dead letters, the one-per-repository
-//! `session_state.json`, rotated logs named `.gz` that are plain text) and
+//! `session_state.json`, rotated logs named `.gz` that are plain text, a
+//! session's workflow checkpoints in a repository slot) and
 //! keeps verbatim, under `legacy/.layout-0/<its layout-0 path>`, what the
-//! API has no home for yet (unified sessions, reduce-phase checkpoints, the
+//! API has no home for yet (reduce-phase checkpoints, the
 //! retention archive, orphan registries, agent logs, crash leftovers, names
 //! that are not valid identifiers). `worktrees/`, `config.yml` and anything
 //! not on this allow-list are never moved, rewritten or deleted.
@@ -145,14 +146,22 @@ fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
                 Fate0::Preserve(BAD_ID)
             }
         }
-        // Also `state/<session-id>/checkpoints/`: a session id in the
-        // repository slot, read as that key.
-        ["state", repo, "checkpoints", name] if name.ends_with(".checkpoint.json") => {
+        // Also `state/<session-id>/checkpoints/`: Prodigy's session-scoped
+        // workflow checkpoints share the repository slot. The slot is a
+        // session when the store says so (a unified session of that id, in
+        // `sessions/`): then they go where the API reads a session's
+        // workflow checkpoints. Otherwise the slot stays a repository key.
+        ["state", slot, "checkpoints", name] if name.ends_with(".checkpoint.json") => {
             let wf = name.trim_end_matches(".checkpoint.json");
-            if valid_repo(repo) && WorkflowId::new(wf).is_ok() {
-                Fate0::InPlace
-            } else {
+            if !valid_repo(slot) || WorkflowId::new(wf).is_err() {
                 Fate0::Preserve(BAD_ID)
+            } else if SessionId::new(*slot).is_ok() && is_unified_session(path, slot) {
+                Fate0::Move(
+                    ["sessions", slot, "checkpoints", name].iter().collect(),
+                    Category::Checkpoints,
+                )
+            } else {
+                Fate0::InPlace
             }
         }
         ["state", repo, "sessions", "session_state.json"] => {
@@ -175,11 +184,21 @@ fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
                 Fate0::Preserve(BAD_ID)
             }
         }
+        // Unified sessions: already where the API reads them (a torn one
+        // too: the API's listing skips it and says so; it is not moved).
         ["sessions", name] if name.ends_with(".json") => {
-            Fate0::Preserve("a unified session: the API has no global session store yet")
+            if SessionId::new(name.trim_end_matches(".json")).is_ok() {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
         }
-        ["sessions", _, "checkpoint.json"] => {
-            Fate0::Preserve("a unified session's checkpoint: the API has no home for it yet")
+        ["sessions", id, "checkpoint.json"] => {
+            if SessionId::new(*id).is_ok() {
+                Fate0::InPlace
+            } else {
+                Fate0::Preserve(BAD_ID)
+            }
         }
         ["resume_locks", name] if name.ends_with(".lock") => {
             if LockKey::new(name.trim_end_matches(".lock")).is_ok() {
@@ -194,6 +213,18 @@ fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
         ["logs", _, _, ..] => Fate0::Preserve("agent logs: the API has no home for them yet"),
         _ => Fate0::NotOurs,
     })
+}
+
+/// Whether the store holding `path` (`<root>/state/<slot>/checkpoints/<name>`)
+/// has a unified session `slot` (`sessions/<slot>.json` or `sessions/<slot>/`).
+fn is_unified_session(path: &Path, slot: &str) -> bool {
+    let Some(root) = path.ancestors().nth(4) else {
+        return false;
+    };
+    let sessions = root.join("sessions");
+    [sessions.join(format!("{slot}.json")), sessions.join(slot)]
+        .iter()
+        .any(|p| std::fs::symlink_metadata(p).is_ok())
 }
 
 fn is_item(name: &str) -> bool {

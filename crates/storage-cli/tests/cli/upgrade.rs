@@ -51,7 +51,7 @@ fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
     let before = store_tree(&sb);
     let report = run_json(&sb, &["upgrade"]);
     assert_eq!(report["outcome"], "migrated", "{report:#}");
-    assert_eq!(report["legacy_files"], 14, "{report:#}");
+    assert_eq!(report["legacy_files"], 12, "{report:#}");
     let after = store_tree(&sb);
     // What was already where the store reads it: the very same files.
     for rel in [
@@ -59,7 +59,7 @@ fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
         format!("state/api/mapreduce/jobs/{JOB}/metadata.json"),
         format!("state/api/mapreduce/jobs/{JOB}/checkpoint-v3.json"),
         format!("state/api/mappings/{SESSION}.json"),
-        format!("state/{SESSION}/checkpoints/workflow-2.checkpoint.json"),
+        format!("sessions/{SESSION}.json"),
         format!("resume_locks/{JOB}.lock"),
         "worktrees/api/session-0a1b/.prodigy/session_state.json".to_owned(),
         "worktrees/api/cleanup.log".to_owned(),
@@ -88,8 +88,8 @@ fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
                 .to_owned(),
         ),
         (
-            format!("sessions/{SESSION}.json"),
-            format!("legacy/.layout-0/sessions/{SESSION}.json"),
+            format!("state/{SESSION}/checkpoints/workflow-2.checkpoint.json"),
+            format!("sessions/{SESSION}/checkpoints/workflow-2.checkpoint.json"),
         ),
         (
             "events/archive/events_archive_20250901_000000.jsonl.gz".to_owned(),
@@ -113,6 +113,18 @@ fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
     assert_eq!(store.dead_letters(&repo, &job).expect("dlq").len(), 2);
     let session = SessionId::new(SESSION).expect("id");
     assert!(store.load_session(&repo, &session).expect("load").is_some());
+    // Unified sessions (a torn one skipped and reported) and a session's
+    // workflow checkpoints, by session id alone.
+    let (unified, skipped) = store.unified_sessions().expect("unified sessions");
+    assert_eq!(unified.len(), 1, "{skipped:?}");
+    assert_eq!(skipped.len(), 1, "the torn one: {skipped:?}");
+    let wf = storage_core::WorkflowId::new("workflow-2").expect("id");
+    assert!(
+        store
+            .load_session_workflow_checkpoint(&session, &wf)
+            .expect("load")
+            .is_some()
+    );
     // `list` shows what the API reaches, with sizes and times.
     let list = run_json(&sb, &["list", "--repo", "api"]);
     let items = list["items"].as_array().expect("items");
@@ -137,7 +149,7 @@ fn downgrade_gives_back_the_exact_layout_0_store() {
     let before = store_tree(&sb);
     run(&sb, &["upgrade"], true);
     let r = run_json(&sb, &["downgrade"]);
-    assert_eq!(r["restored_files"], 14, "{r:#}");
+    assert_eq!(r["restored_files"], 12, "{r:#}");
     assert_same_tree(&store_tree(&sb), &before, "after downgrade");
     // Start-up leaves a store a person downgraded alone; `upgrade` by hand works.
     let project = sb.project();

@@ -17,7 +17,7 @@ fn a_newer_layout_is_refused_with_the_versions_and_the_next_step() {
             err,
             Error::UnsupportedLayout {
                 found: 7,
-                supported: 1,
+                supported: LAYOUT_VERSION,
                 ..
             }
         ),
@@ -147,4 +147,140 @@ fn directories_created_by_puts_registrations_and_locks_are_fsynced_in_their_pare
             d.display()
         );
     }
+}
+
+#[test]
+fn a_git_worktree_is_its_main_repository() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let main = dir.path().join("api");
+    let git = |args: &[&str], cwd: &Path| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .output()
+    };
+    fs::create_dir_all(&main).expect("mkdir");
+    match git(&["init", "-q"], &main) {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            eprintln!("skipped: git is not available");
+            assert!(
+                std::env::var_os("PRODIGY_REQUIRE_ALL_TESTS").is_none(),
+                "git is required"
+            );
+            return;
+        }
+    }
+    fs::write(main.join("a"), "a").expect("write");
+    assert!(git(&["add", "a"], &main).expect("git").status.success());
+    assert!(
+        git(&["commit", "-qm", "a"], &main)
+            .expect("git")
+            .status
+            .success()
+    );
+    let wt = dir.path().join("worktrees").join("session-0a1b");
+    let out = git(
+        &[
+            "worktree",
+            "add",
+            "-q",
+            wt.to_str().expect("utf-8"),
+            "-b",
+            "s",
+        ],
+        &main,
+    )
+    .expect("git");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let store = FsStorage::open(dir.path().join("store")).expect("open");
+    let from_main = store.repo_key(&main).expect("main");
+    let from_worktree = store.repo_key(&wt).expect("worktree");
+    assert_eq!(
+        from_main, from_worktree,
+        "a worktree is its main repository"
+    );
+    assert_eq!(from_main.as_str(), "api");
+    assert_eq!(store.repos().expect("repos").len(), 1);
+    // A plain directory with a `.git` file that is not a worktree is itself.
+    let odd = dir.path().join("odd");
+    fs::create_dir_all(&odd).expect("mkdir");
+    fs::write(odd.join(".git"), "gitdir: /nowhere\n").expect("write");
+    assert_eq!(store.repo_key(&odd).expect("odd").as_str(), "odd");
+}
+
+#[test]
+fn appenders_lose_nothing_to_a_concurrent_retention() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use storage_core::{EventRetention, Retention};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let (repo, job) = (
+        RepoKey::new("proj").expect("repo"),
+        JobId::new("job-1").expect("job"),
+    );
+    let stop = AtomicBool::new(false);
+    let per_writer = 400u64;
+    std::thread::scope(|s| {
+        for w in 0..3u64 {
+            let (store, repo, job) = (&store, &repo, &job);
+            s.spawn(move || {
+                for n in 0..per_writer {
+                    let e = storage_core::EventRecord::from_json(json!({"w": w, "n": n}))
+                        .expect("event");
+                    store.append_events(repo, job, &[e]).expect("append");
+                }
+            });
+        }
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let keep = Retention::keep_all().with_max_count(50);
+                store
+                    .retain_events(&repo, &job, &EventRetention::new(keep))
+                    .expect("retain");
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        });
+        // Let the writers finish, then stop the trimmer.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        while store.event_log_entry(&repo, &job).expect("entry").is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            stop.store(true, Ordering::Relaxed);
+        });
+    });
+    // Every event is in the log or in exactly one archive.
+    let mut seen = std::collections::BTreeMap::new();
+    store
+        .read_events(&repo, &job, &mut |e| {
+            let (w, n) = (e.json()["w"].as_u64(), e.json()["n"].as_u64());
+            *seen.entry((w, n)).or_insert(0u32) += 1;
+        })
+        .expect("read");
+    let archives = dir.path().join("archive/events/proj/job-1");
+    for entry in fs::read_dir(&archives).expect("archives") {
+        let f = fs::File::open(entry.expect("entry").path()).expect("open");
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text)
+            .expect("gzip");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            *seen
+                .entry((v["w"].as_u64(), v["n"].as_u64()))
+                .or_insert(0u32) += 1;
+        }
+    }
+    assert_eq!(seen.len() as u64, 3 * per_writer, "no event lost");
+    assert!(seen.values().all(|&n| n == 1), "none twice");
 }
