@@ -148,7 +148,6 @@ impl JobStateManager {
                     JobCheckpoint::from_json(Value::Object(json)).map_err(StoreError::from)?;
                 s.save_job_checkpoint(&repo, version, &state)?;
                 let meta = json!({
-                    "job_id": job.as_str(),
                     "version": version,
                     "created_at": rfc3339(SystemTime::now()),
                     "size_bytes": size_bytes,
