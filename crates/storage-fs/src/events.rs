@@ -567,7 +567,7 @@ fn has_whole_line_after(
     // Bytes after the cursor: whole lines, or only a torn tail? Look for a
     // newline in the first MiB of them (a torn line longer than that is
     // treated as torn until the log changes).
-    let path = dir.join(name);
+    let path = crate::layout::log_file(dir, name);
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),

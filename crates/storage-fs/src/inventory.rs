@@ -44,7 +44,7 @@ impl FsStorage {
     pub fn repos_with_data(&self) -> Result<Vec<RepoKey>> {
         let mut out = std::collections::BTreeSet::new();
         let mut roots = self.layout().data_roots();
-        roots.push(self.layout().root().join("ext"));
+        roots.push(self.layout().ext_root());
         for dir in roots {
             for e in fsx::read_dir_sorted(&dir)? {
                 if e.file_type.is_dir()

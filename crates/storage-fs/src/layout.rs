@@ -173,10 +173,16 @@ impl Layout {
         self.unified_session_dir(session).join("checkpoints")
     }
 
+    /// `ext/`: extension kinds, per repository.
+    #[must_use]
+    pub fn ext_root(&self) -> PathBuf {
+        self.root.join("ext")
+    }
+
     /// `ext/<repo>/`: extension kinds of a repository.
     #[must_use]
     pub fn ext_repo_dir(&self, repo: &RepoKey) -> PathBuf {
-        self.root.join("ext").join(repo.as_str())
+        self.ext_root().join(repo.as_str())
     }
 
     /// `ext/<repo>/<kind>/`.
@@ -467,6 +473,23 @@ pub fn torn_tail_file(log: &Path, offset: u64, n: u32) -> PathBuf {
     } else {
         log.with_file_name(format!("{name}.torn-{offset}-{n}"))
     }
+}
+
+/// The `n`th name for a retention archive stamped `stamp` in `dir` (the
+/// log's archive directory): `<stamp>.jsonl.gz`, then `<stamp>-<n>.jsonl.gz`.
+#[must_use]
+pub fn event_archive_file(dir: &Path, stamp: &str, n: u32) -> PathBuf {
+    if n <= 1 {
+        dir.join(format!("{stamp}.jsonl.gz"))
+    } else {
+        dir.join(format!("{stamp}-{n}.jsonl.gz"))
+    }
+}
+
+/// A file named `name` in the directory of a job's log.
+#[must_use]
+pub fn log_file(log_dir: &Path, name: &str) -> PathBuf {
+    log_dir.join(name)
 }
 
 /// `N` of `checkpoint-v<N>.json` (digits only, no sign, no leading `+`).

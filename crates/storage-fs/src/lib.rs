@@ -64,6 +64,24 @@ pub use root::{RootChoice, RootSource, resolve_root};
 pub use store::{FsStorage, SweepReport, has_layout_0_data, layout_version};
 
 #[cfg(test)]
+mod async_suite {
+    storage_tokio::async_storage_tests!(|| {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let store = crate::FsStorage::open(dir.path()).expect("a new store opens");
+        storage_tokio::suite::TestStore::keeping(store, dir)
+    });
+}
+
+#[cfg(test)]
+mod adapter_suite {
+    prodigy_adapter::adapter_tests!(|| {
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let store = crate::FsStorage::open(dir.path()).expect("a new store opens");
+        prodigy_adapter::suite::TestStore::keeping(store, dir)
+    });
+}
+
+#[cfg(test)]
 mod conformance {
     storage_core::storage_conformance_tests!(|check: &dyn Fn(&dyn storage_core::Storage)| {
         let dir = tempfile::tempdir().expect("tempdir");

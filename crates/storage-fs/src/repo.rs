@@ -66,7 +66,7 @@ pub(crate) fn identify(project: &Path) -> Result<(PathBuf, String)> {
 /// then itself.
 #[must_use]
 pub fn main_worktree(dir: &Path) -> Option<PathBuf> {
-    let dot_git = dir.join(".git");
+    let dot_git = dir.join(".git"); // git: a repository's own files, not the store
     if !std::fs::symlink_metadata(&dot_git).ok()?.is_file() {
         return None;
     }
@@ -75,14 +75,14 @@ pub fn main_worktree(dir: &Path) -> Option<PathBuf> {
     let gitdir = if Path::new(gitdir).is_absolute() {
         PathBuf::from(gitdir)
     } else {
-        dir.join(gitdir)
+        dir.join(gitdir) // git: a repository's own files, not the store
     };
-    let common = std::fs::read_to_string(gitdir.join("commondir")).ok()?;
+    let common = std::fs::read_to_string(gitdir.join("commondir")).ok()?; // git: a repository's own files, not the store
     let common = common.trim_end_matches(['\n', '\r']);
     let common = if Path::new(common).is_absolute() {
         PathBuf::from(common)
     } else {
-        gitdir.join(common)
+        gitdir.join(common) // git: a repository's own files, not the store
     };
     let common = std::fs::canonicalize(common).ok()?;
     if common.file_name()? != ".git" {

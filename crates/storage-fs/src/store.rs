@@ -381,7 +381,11 @@ impl Storage for FsStorage {
             let Ok(job) = JobId::new(d.name.to_string_lossy()) else {
                 continue;
             };
-            let has_index = d.path.join("index.json").is_file();
+            let index = DocKey::DeadLetterIndex {
+                repo: repo.clone(),
+                job: job.clone(),
+            };
+            let has_index = self.layout.document(&index).is_file();
             if has_index
                 || !self
                     .list(&Scope::DeadLetters(repo.clone(), job.clone()))?

@@ -80,13 +80,7 @@ pub(crate) fn retain(
         fsx::create_dir_all(archive_dir)?;
         let mut counts = (0, 0);
         let (path, _) = fsx::write_new_unique(
-            |n| {
-                if n <= 1 {
-                    archive_dir.join(format!("{name}.jsonl.gz"))
-                } else {
-                    archive_dir.join(format!("{name}-{n}.jsonl.gz"))
-                }
-            },
+            |n| crate::layout::event_archive_file(archive_dir, &name, n),
             |out| {
                 let mut gz = flate2::write::GzEncoder::new(
                     io::BufWriter::with_capacity(BLOCK, out),
@@ -289,8 +283,8 @@ fn stream_dropped(
             if n == 0 {
                 break;
             }
-            // Reason: a plain filter-count vectorizes well enough here; the
-            // `bytecount` crate is not worth a dependency for it.
+            // A plain filter-count vectorizes well enough here; the
+            // Reason: the `bytecount` crate is not worth a dependency for it.
             #[allow(clippy::naive_bytecount)]
             let newlines = block[..n].iter().filter(|&&b| b == b'\n').count();
             lines += newlines as u64;
