@@ -751,7 +751,7 @@ pub fn retention_trims_a_log_from_its_start(s: &dyn Storage) {
             &EventRetention::new(Retention::keep_all().with_max_count(3)),
         )
         .expect("retain");
-    assert_eq!((report.kept, report.dropped), (3, 7));
+    assert_eq!((report.kept, report.dropped), (3, Some(7)));
     assert!(report.dropped_bytes > 0);
     assert!(
         report.archive.is_some(),
@@ -770,7 +770,9 @@ pub fn retention_trims_a_log_from_its_start(s: &dyn Storage) {
             &EventRetention::new(Retention::keep_all().with_max_count(1)).without_archive(),
         )
         .expect("retain");
-    assert_eq!((report.kept, report.dropped, report.archive), (1, 3, None));
+    assert_eq!((report.kept, report.archive.as_deref()), (1, None));
+    assert!(report.dropped.is_none_or(|d| d == 3), "{report:?}");
+    assert!(report.dropped_bytes > 0);
     assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [10]);
     let nothing = s
         .retain_events(
@@ -779,7 +781,8 @@ pub fn retention_trims_a_log_from_its_start(s: &dyn Storage) {
             &EventRetention::new(Retention::keep_all()),
         )
         .expect("no log");
-    assert_eq!((nothing.kept, nothing.dropped), (0, 0));
+    assert_eq!((nothing.kept, nothing.dropped_bytes), (0, 0));
+    assert!(nothing.dropped.is_none_or(|d| d == 0));
 }
 
 /// Retention by age drops old events and keeps recent ones and those without a time.
@@ -809,9 +812,9 @@ pub fn retention_by_age_keeps_recent_and_undated_events(s: &dyn Storage) {
             .at(now)
             .without_archive();
     let report = s.retain_events(&r, &j, &policy).expect("retain");
-    assert_eq!(
-        report.dropped, 2,
-        "the leading old ones; an undated one stops the cut"
+    assert!(
+        report.dropped.is_none_or(|d| d == 2),
+        "the leading old ones; an undated one stops the cut: {report:?}"
     );
     assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [2, 3, 4]);
 }

@@ -324,7 +324,7 @@ impl Storage for MemoryStorage {
         log.base += cut as u64;
         let mut report = RetentionReport {
             kept: log.records.len() as u64,
-            dropped: cut as u64,
+            dropped: Some(cut as u64),
             dropped_bytes: dropped.iter().map(|(_, b)| b).sum(),
             archive: None,
         };

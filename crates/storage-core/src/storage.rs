@@ -439,8 +439,11 @@ impl EventRetention {
 pub struct RetentionReport {
     /// Records kept.
     pub kept: u64,
-    /// Records dropped from the log.
-    pub dropped: u64,
+    /// Records dropped from the log, when the store counted them: always
+    /// when it archives them (it reads them then); the file store does not
+    /// read what it drops without an archive, so that a trim costs about
+    /// what copying the kept part does, and leaves this `None`.
+    pub dropped: Option<u64>,
     /// Bytes dropped from the log.
     pub dropped_bytes: u64,
     /// Where the dropped records were archived (gzip JSONL), if they were.

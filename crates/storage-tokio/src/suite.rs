@@ -310,7 +310,8 @@ pub async fn every_operation_round_trips(store: Arc<dyn Storage>) {
         )
         .await
         .expect("retain");
-    assert_eq!((report.kept, report.dropped), (3, 2));
+    assert_eq!(report.kept, 3);
+    assert!(report.dropped.is_none_or(|d| d == 2), "{report:?}");
     assert!(s.delete_event_log(&r, &j).await.expect("delete log"));
 
     let stats = s.stats().await.expect("stats");
