@@ -37,8 +37,10 @@
 //! reads it once it is finished. A cursor whose file was replaced (another
 //! inode: retention rewrote it) or is shorter than its offset starts over
 //! at the log's start; one whose file is gone continues with the next file.
-//! [`wait`] polls the log's files every few milliseconds for a change
-//! (sleeping in between: an idle follower costs a few `stat`s a second).
+//! [`wait`] sleeps until the log changes: on Linux the kernel wakes it
+//! (`inotify` on the log's directory, so an idle follower costs nothing);
+//! elsewhere, or before the log's directory exists, it looks at the log's
+//! files every 10 ms.
 //!
 //! Every `*.jsonl` file of the job directory is read in name order, one line
 //! at a time into a reused buffer that never holds more than
@@ -517,8 +519,64 @@ fn snapshot(dir: &Path) -> Result<Vec<(String, u64, u64)>> {
     Ok(out)
 }
 
-/// How often [`wait`] looks at the log.
+/// How often [`wait`] looks at the log where it cannot be told of changes
+/// (not Linux, or the log's directory does not exist yet).
 const POLL: Duration = Duration::from_millis(10);
+
+/// How long a [`wait`] told of changes by the kernel sleeps at most between
+/// two looks anyway (a safety net for a change it was not told of, such as
+/// the log's directory being replaced).
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// An `inotify` watch on a log's directory: the kernel wakes a waiting
+/// follower when a file in it is written, created, renamed or removed, so
+/// an idle follower uses no CPU at all.
+#[cfg(target_os = "linux")]
+struct Watch(std::os::fd::OwnedFd);
+
+#[cfg(target_os = "linux")]
+impl Watch {
+    fn new(dir: &Path) -> Option<Self> {
+        use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+        let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).ok()?;
+        let flags = WatchFlags::MODIFY
+            | WatchFlags::CREATE
+            | WatchFlags::MOVED_TO
+            | WatchFlags::MOVED_FROM
+            | WatchFlags::DELETE
+            | WatchFlags::DELETE_SELF
+            | WatchFlags::MOVE_SELF;
+        inotify::add_watch(&fd, dir, flags).ok()?;
+        Some(Self(fd))
+    }
+
+    /// Sleeps until the kernel reports a change or `timeout` passes, then
+    /// drains what it reported.
+    fn sleep(&self, timeout: Duration) {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let ts = Timespec {
+            tv_sec: i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        if poll(&mut fds, Some(&ts)).unwrap_or(0) > 0 {
+            let mut buf = [0u8; 4096];
+            while rustix::io::read(&self.0, &mut buf).is_ok_and(|n| n > 0) {}
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+struct Watch;
+
+#[cfg(not(target_os = "linux"))]
+impl Watch {
+    fn new(_dir: &Path) -> Option<Self> {
+        None
+    }
+
+    fn sleep(&self, _timeout: Duration) {}
+}
 
 /// Waits until the log in `dir` may hold a whole line after `after`, or
 /// `timeout` passes. A torn last line (a crashed writer's) does not count:
@@ -526,6 +584,8 @@ const POLL: Duration = Duration::from_millis(10);
 /// spins on it.
 pub(crate) fn wait(dir: &Path, after: &EventCursor, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
+    // Watch first, then look: a change between the two is then reported.
+    let watch = Watch::new(dir);
     let first = snapshot(dir)?;
     if has_whole_line_after(dir, &first, after)? {
         return Ok(true);
@@ -535,7 +595,10 @@ pub(crate) fn wait(dir: &Path, after: &EventCursor, timeout: Duration) -> Result
         if now >= deadline {
             return Ok(false);
         }
-        std::thread::sleep(POLL.min(deadline - now));
+        match &watch {
+            Some(w) => w.sleep(RECHECK.min(deadline - now)),
+            None => std::thread::sleep(POLL.min(deadline - now)),
+        }
         if snapshot(dir)? != first {
             return Ok(true);
         }
