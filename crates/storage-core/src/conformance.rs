@@ -60,6 +60,7 @@ macro_rules! storage_conformance_tests {
             statistics_cover_every_kind,
             prune_keeps_the_newest_documents,
             a_session_is_found_by_its_job,
+            a_scan_visits_what_a_listing_lists,
         );
     };
     (@each $with:expr; $($check:ident),+ $(,)?) => {
@@ -959,4 +960,27 @@ pub fn a_session_is_found_by_its_job(s: &dyn Storage) {
         s.session_for_job(&r, &job("mapreduce-3")).expect("find"),
         None
     );
+}
+
+/// `scan_entries` visits exactly the documents `list_entries` lists.
+pub fn a_scan_visits_what_a_listing_lists(s: &dyn Storage) {
+    for id in ["session-2", "session-1", "session-3"] {
+        s.put(&session_key("proj", id), &json!({"session_id": id}))
+            .expect("put");
+    }
+    s.put(
+        &session_key("other", "session-9"),
+        &json!({"session_id": "session-9"}),
+    )
+    .expect("put");
+    let scope = Scope::Sessions(repo("proj"));
+    let mut seen = Vec::new();
+    s.scan_entries(&scope, &mut |e| seen.push(e)).expect("scan");
+    seen.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(seen, s.list_entries(&scope).expect("list"));
+    assert_eq!(seen.len(), 3);
+    let mut none = 0;
+    s.scan_entries(&Scope::Sessions(repo("absent")), &mut |_| none += 1)
+        .expect("scan an absent scope");
+    assert_eq!(none, 0);
 }

@@ -563,6 +563,16 @@ pub trait Storage: Send + Sync {
     /// The documents in `scope` with their size and modification time, sorted by key.
     fn list_entries(&self, scope: &Scope) -> Result<Vec<Entry>>;
 
+    /// Visits every document in `scope` with its size and modification
+    /// time, in no particular order; memory does not grow with the number
+    /// of documents (where `list_entries` holds them all, sorted).
+    fn scan_entries(&self, scope: &Scope, visit: &mut dyn FnMut(Entry)) -> Result<()> {
+        for e in self.list_entries(scope)? {
+            visit(e);
+        }
+        Ok(())
+    }
+
     /// The size and modification time of the document at `key`, or `None`.
     fn entry(&self, key: &DocKey) -> Result<Option<Entry>>;
 

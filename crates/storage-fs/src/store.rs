@@ -361,6 +361,26 @@ impl Storage for FsStorage {
         Ok(out)
     }
 
+    fn scan_entries(&self, scope: &Scope, visit: &mut dyn FnMut(Entry)) -> Result<()> {
+        let dir = self.layout.scope_dir(scope);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("list", &dir, e)),
+        };
+        for entry in rd {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let Some(key) = layout::key_for_name(scope, &entry.file_name().to_string_lossy())
+            else {
+                continue;
+            };
+            if let Some(e) = stat_entry(key, &entry.path())? {
+                visit(e);
+            }
+        }
+        Ok(())
+    }
+
     fn entry(&self, key: &DocKey) -> Result<Option<Entry>> {
         stat_entry(key.clone(), &self.layout.document(key))
     }
