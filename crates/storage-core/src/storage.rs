@@ -275,7 +275,7 @@ impl EventCursor {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ReadMode {
-    /// Fail with [`Error::Corrupt`], naming the file and line.
+    /// Fail with [`Error::Corrupt`](crate::Error::Corrupt), naming the file and line.
     #[default]
     Strict,
     /// Skip it and report it in the summary ([`Skipped`]), as Prodigy's own
@@ -453,9 +453,9 @@ pub struct RetentionReport {
 /// How long to wait for a lock another process holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockWait {
-    /// Fail at once with [`Error::Locked`].
+    /// Fail at once with [`Error::Locked`](crate::Error::Locked).
     NoWait,
-    /// Wait up to this long, then fail with [`Error::Locked`].
+    /// Wait up to this long, then fail with [`Error::Locked`](crate::Error::Locked).
     Timeout(Duration),
 }
 
@@ -536,7 +536,7 @@ impl std::fmt::Debug for LockGuard {
 ///   when other processes append to the same log at the same time.
 /// - `read_events_from` delivers records in append order from a cursor and
 ///   returns the cursor to continue from; a torn last line is reported in the
-///   summary; a corrupt earlier line is [`Error::Corrupt`](crate::Error::Corrupt)
+///   summary; a corrupt earlier line is [`Error::Corrupt`](crate::Error::Corrupt)(crate::Error::Corrupt)
 ///   in [`ReadMode::Strict`] and skipped (and reported) in [`ReadMode::Lenient`].
 /// - `delete_event_log` and `retain_events` take the log's lock, so an
 ///   appender never loses events to them: its batch lands in the log

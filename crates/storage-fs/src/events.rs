@@ -8,7 +8,7 @@
 //! even when a write is split by the kernel, so lines of concurrent writers
 //! never interleave; `O_APPEND` alone does not promise that for large writes.
 //!
-//! Deleting a log and trimming it by retention ([`retain`]) replace or
+//! Deleting a log and trimming it by retention (`retain`) replace or
 //! unlink the file *while holding its lock*. An appender that opened the
 //! old file and waited for the lock therefore checks, once it holds it,
 //! that the file is still the one at the path (same inode, still linked);
@@ -37,7 +37,7 @@
 //! reads it once it is finished. A cursor whose file was replaced (another
 //! inode: retention rewrote it) or is shorter than its offset starts over
 //! at the log's start; one whose file is gone continues with the next file.
-//! [`wait`] sleeps until the log changes: on Linux the kernel wakes it
+//! `wait` sleeps until the log changes: on Linux the kernel wakes it
 //! (`inotify` on the log's directory, so an idle follower costs nothing);
 //! elsewhere, or before the log's directory exists, it looks at the log's
 //! files every 10 ms.
