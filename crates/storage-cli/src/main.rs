@@ -222,7 +222,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             emit(
                 cli,
                 *json,
-                &serde_json::json!({"schema_version": 1, "store": json_path(&root.path), "items": items}),
+                // 2: `repo` is null for global documents (unified sessions), and
+                // the kinds of layout 2 (extension kinds by their own names).
+                &serde_json::json!({"schema_version": 2, "store": json_path(&root.path), "items": items}),
                 || render::list(&items),
             )?;
             Ok(ExitCode::SUCCESS)

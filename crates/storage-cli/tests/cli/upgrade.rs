@@ -459,3 +459,59 @@ fn downgrade_keeps_empty_directories_of_layout_0() {
     run(&sb, &["downgrade"], true);
     assert_same_tree(&store_tree(&sb), &before, "after downgrade");
 }
+
+#[test]
+fn list_shows_every_kind_the_api_reaches_with_its_documented_shape() {
+    use serde_json::json;
+    use storage_core::{DocKey, DocName, ExtKind, Storage, UnifiedSession, WorkflowCheckpoint};
+    let sb = Sandbox::new();
+    let store = storage_fs::FsStorage::open(sb.store()).expect("open");
+    let repo = RepoKey::new("api").expect("key");
+    let session = SessionId::new("session-1").expect("id");
+    store
+        .save_unified_session(
+            &UnifiedSession::from_json(json!({"id": "session-1", "status": "Running"}))
+                .expect("valid"),
+        )
+        .expect("save");
+    store
+        .save_session_workflow_checkpoint(
+            &session,
+            &WorkflowCheckpoint::from_json(json!({"workflow_id": "wf-1"})).expect("valid"),
+        )
+        .expect("save");
+    store
+        .put(
+            &DocKey::Extension {
+                repo: repo.clone(),
+                kind: ExtKind::new("prodigy.reduce-checkpoint").expect("kind"),
+                name: DocName::new("v1").expect("name"),
+            },
+            &json!({"phase": "reduce"}),
+        )
+        .expect("put");
+    let list = run_json(&sb, &["list"]);
+    assert_eq!(list["schema_version"], 2);
+    let items: Vec<serde_json::Value> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| {
+            assert!(i["size"].as_u64().is_some_and(|n| n > 0), "{i}");
+            assert!(
+                i["modified"].as_str().is_some_and(|t| t.ends_with('Z')),
+                "{i}"
+            );
+            json!({"kind": i["kind"], "repo": i["repo"], "job": i["job"], "id": i["id"],
+                   "path": sb.redact(i["path"].as_str().expect("path"))})
+        })
+        .collect();
+    insta::assert_json_snapshot!("list_json_kinds", items);
+    // With --repo, only that repository's documents (no global ones).
+    let only = run_json(&sb, &["list", "--repo", "api"]);
+    assert_eq!(
+        only["items"].as_array().expect("items").len(),
+        1,
+        "{only:#}"
+    );
+}
