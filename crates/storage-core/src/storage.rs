@@ -536,7 +536,7 @@ impl std::fmt::Debug for LockGuard {
 ///   when other processes append to the same log at the same time.
 /// - `read_events_from` delivers records in append order from a cursor and
 ///   returns the cursor to continue from; a torn last line is reported in the
-///   summary; a corrupt earlier line is [`Error::Corrupt`](crate::Error::Corrupt)(crate::Error::Corrupt)
+///   summary; a corrupt earlier line is [`Error::Corrupt`](crate::Error::Corrupt)
 ///   in [`ReadMode::Strict`] and skipped (and reported) in [`ReadMode::Lenient`].
 /// - `delete_event_log` and `retain_events` take the log's lock, so an
 ///   appender never loses events to them: its batch lands in the log
