@@ -251,6 +251,34 @@ fn backward_cut(
             let chunk = &mut block[..usize::try_from(end - from).expect("block fits")];
             file.read_exact_at(chunk, from)
                 .map_err(|err| Error::io("read", path, err))?;
+            // Fast path: when every line that starts in this block fits the
+            // limits, take them all at once (a newline count and the first
+            // newline), without visiting them one by one.
+            if !tail_pending {
+                let Some(first) = chunk.iter().position(|&b| b == b'\n') else {
+                    // The line being considered starts further back.
+                    end = from;
+                    continue;
+                };
+                let mut lines = count_newlines(chunk);
+                if e == end && chunk.last() == Some(&b'\n') {
+                    // That newline ends the line being considered.
+                    lines -= 1;
+                }
+                let start = from + first as u64 + 1;
+                if lines > 0
+                    && (i, start) >= floor
+                    && kept + lines <= max_count
+                    && kept_bytes.saturating_add(e - start) <= max_bytes
+                {
+                    kept += lines;
+                    kept_bytes += e - start;
+                    e = start;
+                    cut = (i, e);
+                    end = from;
+                    continue;
+                }
+            }
             let mut scan_end = chunk.len();
             while let Some(k) = chunk[..scan_end].iter().rposition(|&b| b == b'\n') {
                 scan_end = k;
@@ -363,7 +391,122 @@ fn stream_dropped(
 
 #[cfg(test)]
 mod tests {
-    use super::count_newlines;
+    use std::time::SystemTime;
+
+    use storage_core::{EventRetention, Retention};
+
+    use super::{count_newlines, retain};
+
+    const OLD: &[u8] = b"{\"timestamp\":\"2020-01-01T00:00:00Z\",\"pad\":\"";
+    const NEW: &[u8] = b"{\"timestamp\":\"2030-01-01T00:00:00Z\",\"pad\":\"";
+
+    /// A small deterministic generator (xorshift), so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Random logs (several files, lines from 2 bytes to past a 64 KiB
+    /// block, an unterminated end or not) trimmed by random limits keep
+    /// exactly what `Retention::drop_count` (the memory store's rule) keeps.
+    #[test]
+    fn the_cut_matches_the_reference_rule_on_random_logs() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for round in 0..60 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let names = ["events-1.jsonl", "events-2.jsonl", "events.jsonl"];
+            let files = 1 + usize::try_from(rng.below(3)).expect("small");
+            let mut lines: Vec<Vec<u8>> = Vec::new();
+            let mut contents: Vec<Vec<u8>> = vec![Vec::new(); files];
+            for (f, content) in contents.iter_mut().enumerate() {
+                for _ in 0..rng.below(40) {
+                    let _ = &lines;
+                    let len = match rng.below(10) {
+                        0 => 70_000 + rng.below(70_000),
+                        1..=3 => 1 + rng.below(3),
+                        _ => 10 + rng.below(400),
+                    };
+                    // Old (2020) or new (2030): the leading run is mostly old.
+                    let old = rng.below(4) != 0 && lines.iter().all(|l| l.starts_with(OLD));
+                    let mut line = if old { OLD.to_vec() } else { NEW.to_vec() };
+                    line.extend(std::iter::repeat_n(
+                        b'x',
+                        usize::try_from(len).expect("small"),
+                    ));
+                    line.extend_from_slice(b"\"}\n");
+                    content.extend_from_slice(&line);
+                    lines.push(line);
+                }
+                let _ = f;
+            }
+            let tail = if rng.below(2) == 0 {
+                b"{\"torn".to_vec()
+            } else {
+                Vec::new()
+            };
+            contents[files - 1].extend_from_slice(&tail);
+            for (f, content) in contents.iter().enumerate() {
+                let name = names[names.len() - files + f];
+                std::fs::write(dir.path().join(name), content).expect("write");
+            }
+            let total: u64 = lines.iter().map(|l| l.len() as u64).sum();
+            let mut keep = Retention::keep_all();
+            if rng.below(3) != 0 {
+                keep = keep.with_max_count(rng.below(lines.len() as u64 + 3));
+            }
+            if rng.below(3) != 0 {
+                keep = keep.with_max_bytes(rng.below(total + 10));
+            }
+            if rng.below(2) == 0 {
+                keep = keep.with_max_age(std::time::Duration::from_secs(86_400 * 365));
+            }
+            let now = storage_core::parse_rfc3339("2026-01-01T00:00:00Z").expect("time");
+            let time = |l: &[u8]| {
+                let t = if l.starts_with(OLD) {
+                    "2020-01-01T00:00:00Z"
+                } else {
+                    "2030-01-01T00:00:00Z"
+                };
+                storage_core::parse_rfc3339(t)
+            };
+            let shape: Vec<(u64, Option<SystemTime>)> =
+                lines.iter().map(|l| (l.len() as u64, time(l))).collect();
+            let drop = keep.drop_count(&shape, now);
+            let active = dir.path().join("events.jsonl");
+            let report = retain(
+                dir.path(),
+                &active,
+                &dir.path().join("archive"),
+                &EventRetention::new(keep).without_archive().at(now),
+            )
+            .expect("retain");
+            let mut left = Vec::new();
+            for name in names {
+                if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+                    left.extend_from_slice(&bytes);
+                }
+            }
+            let mut expected: Vec<u8> = lines[drop..].concat();
+            expected.extend_from_slice(&tail);
+            assert_eq!(
+                report.kept,
+                (lines.len() - drop) as u64,
+                "round {round}: {keep:?}"
+            );
+            assert_eq!(left.len(), expected.len(), "round {round}: {keep:?}");
+            assert!(left == expected, "round {round}: {keep:?}");
+            let dropped: u64 = lines[..drop].iter().map(|l| l.len() as u64).sum();
+            assert_eq!(report.dropped_bytes, if drop == 0 { 0 } else { dropped });
+        }
+    }
 
     #[test]
     fn newlines_are_counted_exactly() {
