@@ -201,6 +201,13 @@ impl Layout {
             .join(job.as_str())
     }
 
+    /// `migrations/.copy-store/<id>/`: the journal of a copy of this store
+    /// into another one (`id` names the destination).
+    #[must_use]
+    pub fn copy_store_dir(&self, id: &str) -> PathBuf {
+        self.root.join("migrations").join(".copy-store").join(id)
+    }
+
     /// `state/<repo>/sessions/`.
     #[must_use]
     pub fn sessions_dir(&self, repo: &RepoKey) -> PathBuf {
@@ -484,6 +491,13 @@ pub fn event_archive_file(dir: &Path, stamp: &str, n: u32) -> PathBuf {
     } else {
         dir.join(format!("{stamp}-{n}.jsonl.gz"))
     }
+}
+
+/// The journal of a copy of the store, in its directory
+/// ([`Layout::copy_store_dir`]): `done.jsonl`.
+#[must_use]
+pub fn copy_store_journal(dir: &Path) -> PathBuf {
+    dir.join("done.jsonl")
 }
 
 /// A file named `name` in the directory of a job's log.

@@ -143,8 +143,9 @@ impl FsStorage {
         repo::proposed(&self.layout, project)
     }
 
-    /// Every registered repository, sorted by key.
-    pub fn repos(&self) -> Result<Vec<RepoRecord>> {
+    /// Every registered repository (`repos/<key>.json`), sorted by key.
+    /// `Storage::repos` is every repository that has data, registered or not.
+    pub fn registrations(&self) -> Result<Vec<RepoRecord>> {
         repo::all(&self.layout)
     }
 

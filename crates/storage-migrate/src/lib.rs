@@ -63,6 +63,7 @@
 //! - The pre-2025-09-01 `.mmm/` directory is not migrated (it never was).
 
 mod copy;
+mod copy_store;
 mod error;
 pub mod fault;
 #[doc(hidden)]
@@ -85,6 +86,7 @@ use serde::Serialize;
 use storage_core::RepoKey;
 use storage_fs::{FsStorage, Layout};
 
+pub use copy_store::{COPY_REPORT_SCHEMA_VERSION, CopyOptions, CopyReport, copy_store};
 pub use error::{Error, Result};
 pub use manifest::{Category, HistoryEntry, Phase, Special};
 pub use plan::LEGACY_DIR_NAME;

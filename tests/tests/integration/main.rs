@@ -25,3 +25,6 @@ mod skips;
 fn worker_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_store-worker"))
 }
+
+// copy_store: a whole store into another `Storage`, verified and resumable.
+mod copy_store;

@@ -25,7 +25,7 @@ fn two_checkouts_with_the_same_name_get_distinct_stable_keys() {
     let link = sb.path().join("link-to-oss");
     std::os::unix::fs::symlink(&oss, &link).expect("symlink");
     assert_eq!(again.find_repo_key(&link).expect("find"), Some(b.clone()));
-    let records = again.repos().expect("repos");
+    let records = again.registrations().expect("registrations");
     assert_eq!(records.len(), 2);
     assert!(
         records
@@ -41,7 +41,7 @@ fn finding_a_key_registers_nothing_and_odd_names_map_by_the_rule() {
     fs_err::create_dir_all(&hidden).expect("mkdir");
     let store = FsStorage::open(sb.store()).expect("open");
     assert_eq!(store.find_repo_key(&hidden).expect("find"), None);
-    assert!(store.repos().expect("repos").is_empty());
+    assert!(store.registrations().expect("registrations").is_empty());
     assert_eq!(
         store.repo_key(&hidden).expect("register").as_str(),
         "dotfiles"

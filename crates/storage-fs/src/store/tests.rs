@@ -210,7 +210,12 @@ fn a_git_worktree_is_its_main_repository() {
         "a worktree is its main repository"
     );
     assert_eq!(from_main.as_str(), "api");
-    assert_eq!(store.repos().expect("repos").len(), 1);
+    assert_eq!(store.registrations().expect("registrations").len(), 1);
+    assert_eq!(
+        Storage::repos(&store).expect("repos with data").len(),
+        0,
+        "registering writes no data"
+    );
     // A plain directory with a `.git` file that is not a worktree is itself.
     let odd = dir.path().join("odd");
     fs::create_dir_all(&odd).expect("mkdir");

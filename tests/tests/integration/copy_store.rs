@@ -1,0 +1,336 @@
+//! `copy_store`: a whole file store into another `Storage`, verified,
+//! resumable after an interruption, the source untouched.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use storage_core::{
+    DocKey, DocName, Entry, EventCursor, EventLogSummary, EventRecord, EventRetention, ExtKind,
+    JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, MemoryStorage, ReadMode, RepoKey,
+    Result, RetentionReport, Scope, Storage, StorageExt,
+};
+use storage_fs::FsStorage;
+use storage_migrate::{CopyOptions, NoProgress, copy_store};
+
+fn event(job: &str, n: u64) -> EventRecord {
+    EventRecord::from_json(json!({
+        "id": format!("e{n}"), "timestamp": "2025-09-06T08:31:02.907114Z",
+        "event": {"event_type": "agent_completed", "job_id": job, "n": n}
+    }))
+    .expect("object")
+}
+
+/// A store with every kind of document and two event logs.
+fn source(dir: &std::path::Path) -> FsStorage {
+    let s = FsStorage::open(dir).expect("open");
+    let repo = RepoKey::new("api").expect("repo");
+    let job = JobId::new("mapreduce-1").expect("job");
+    let put = |k: DocKey, v: Value| s.put(&k, &v).expect("put");
+    put(
+        DocKey::UnifiedSession {
+            session: "session-1".parse().expect("id"),
+        },
+        json!({"id": "session-1", "status": "Running"}),
+    );
+    put(
+        DocKey::SessionCheckpoint {
+            session: "session-1".parse().expect("id"),
+        },
+        json!({"step": 3}),
+    );
+    put(
+        DocKey::SessionWorkflowCheckpoint {
+            session: "session-1".parse().expect("id"),
+            workflow: "wf-1".parse().expect("id"),
+        },
+        json!({"workflow_id": "wf-1"}),
+    );
+    put(
+        DocKey::Session {
+            repo: repo.clone(),
+            session: "cook-7".parse().expect("id"),
+        },
+        json!({"session_id": "cook-7", "ünïcødé": [1, 2.5, null]}),
+    );
+    for v in 1..=3 {
+        put(
+            DocKey::JobCheckpoint {
+                repo: repo.clone(),
+                job: job.clone(),
+                version: v,
+            },
+            json!({"job_id": "mapreduce-1", "checkpoint_version": v}),
+        );
+    }
+    put(
+        DocKey::JobMetadata {
+            repo: repo.clone(),
+            job: job.clone(),
+        },
+        json!({"version": 3}),
+    );
+    put(
+        DocKey::DeadLetter {
+            repo: repo.clone(),
+            job: job.clone(),
+            item: "item-1".parse().expect("id"),
+        },
+        json!({"item_id": "item-1"}),
+    );
+    put(
+        DocKey::DeadLetterIndex {
+            repo: repo.clone(),
+            job: job.clone(),
+        },
+        json!({"item_count": 1}),
+    );
+    put(
+        DocKey::Extension {
+            repo: repo.clone(),
+            kind: ExtKind::new("prodigy.reduce-checkpoint").expect("kind"),
+            name: DocName::new("v1").expect("name"),
+        },
+        json!({"phase": "reduce"}),
+    );
+    let batch: Vec<EventRecord> = (0..2500).map(|n| event("mapreduce-1", n)).collect();
+    s.append_events(&repo, &job, &batch).expect("append");
+    let other = JobId::new("mapreduce-2").expect("job");
+    s.append_events(&repo, &other, &[event("mapreduce-2", 0)])
+        .expect("append");
+    s
+}
+
+fn events(s: &dyn Storage, repo: &str, job: &str) -> Vec<EventRecord> {
+    let mut out = Vec::new();
+    s.read_events(
+        &RepoKey::new(repo).expect("repo"),
+        &JobId::new(job).expect("job"),
+        &mut |e| out.push(e),
+    )
+    .expect("read");
+    out
+}
+
+/// Every document and log of `a` is in `b`, equal.
+fn assert_same(a: &FsStorage, b: &dyn Storage) {
+    let stats = a.stats().expect("stats");
+    assert_eq!(
+        stats
+            .iter()
+            .map(|k| (k.repo.clone(), k.kind.clone(), k.count))
+            .collect::<Vec<_>>(),
+        b.stats()
+            .expect("stats")
+            .iter()
+            .map(|k| (k.repo.clone(), k.kind.clone(), k.count))
+            .collect::<Vec<_>>()
+    );
+    for (repo, job) in [("api", "mapreduce-1"), ("api", "mapreduce-2")] {
+        assert_eq!(events(a, repo, job), events(b, repo, job), "{repo}/{job}");
+    }
+    let key = DocKey::Session {
+        repo: RepoKey::new("api").expect("repo"),
+        session: "cook-7".parse().expect("id"),
+    };
+    assert_eq!(a.get(&key).expect("get"), b.get(&key).expect("get"));
+}
+
+#[test]
+fn a_store_is_copied_whole_verified_and_the_source_is_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let before = storage_tests::tree(&dir.path().join("store").join("state"));
+    let dest = MemoryStorage::new();
+    let opts = CopyOptions {
+        destination: "memory",
+        progress: &NoProgress,
+    };
+    let r = copy_store(&src, &dest, &opts).expect("copy");
+    assert_eq!(
+        (r.documents, r.event_logs, r.events),
+        (11, 2, 2501),
+        "{r:?}"
+    );
+    assert_same(&src, &dest);
+    assert_eq!(
+        storage_tests::tree(&dir.path().join("store").join("state")),
+        before,
+        "the source is not changed"
+    );
+    // Again: everything is journalled as done, nothing is copied twice.
+    let again = copy_store(&src, &dest, &opts).expect("again");
+    assert_eq!(
+        (again.documents, again.event_logs, again.already_done),
+        (0, 0, 13)
+    );
+    assert_eq!(events(&dest, "api", "mapreduce-1").len(), 2500);
+}
+
+/// A destination that fails after a budget of writes (a kill, a lost connection).
+struct Flaky<'a> {
+    inner: &'a dyn Storage,
+    budget: AtomicU64,
+}
+
+impl Flaky<'_> {
+    fn spend(&self) -> Result<()> {
+        if self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .is_err()
+        {
+            return Err(storage_core::Error::io(
+                "write to",
+                "flaky",
+                std::io::Error::other("injected"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for Flaky<'_> {
+    fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
+        self.spend()?;
+        self.inner.put(key, doc)
+    }
+    fn get(&self, key: &DocKey) -> Result<Option<Value>> {
+        self.inner.get(key)
+    }
+    fn delete(&self, key: &DocKey) -> Result<bool> {
+        self.inner.delete(key)
+    }
+    fn list(&self, scope: &Scope) -> Result<Vec<DocKey>> {
+        self.inner.list(scope)
+    }
+    fn list_entries(&self, scope: &Scope) -> Result<Vec<Entry>> {
+        self.inner.list_entries(scope)
+    }
+    fn entry(&self, key: &DocKey) -> Result<Option<Entry>> {
+        self.inner.entry(key)
+    }
+    fn repos(&self) -> Result<Vec<RepoKey>> {
+        self.inner.repos()
+    }
+    fn jobs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        self.inner.jobs(repo)
+    }
+    fn jobs_with_dead_letters(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        self.inner.jobs_with_dead_letters(repo)
+    }
+    fn extension_kinds(&self, repo: &RepoKey) -> Result<Vec<ExtKind>> {
+        self.inner.extension_kinds(repo)
+    }
+    fn append_events(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord]) -> Result<()> {
+        self.spend()?;
+        self.inner.append_events(repo, job, events)
+    }
+    fn read_events_from(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        from: &EventCursor,
+        mode: ReadMode,
+        visit: &mut dyn FnMut(EventRecord),
+    ) -> Result<EventLogSummary> {
+        self.inner.read_events_from(repo, job, from, mode, visit)
+    }
+    fn wait_for_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        after: &EventCursor,
+        timeout: Duration,
+    ) -> Result<bool> {
+        self.inner.wait_for_events(repo, job, after, timeout)
+    }
+    fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
+        self.inner.event_logs(repo)
+    }
+    fn event_log_entry(&self, repo: &RepoKey, job: &JobId) -> Result<Option<LogEntry>> {
+        self.inner.event_log_entry(repo, job)
+    }
+    fn delete_event_log(&self, repo: &RepoKey, job: &JobId) -> Result<bool> {
+        self.inner.delete_event_log(repo, job)
+    }
+    fn retain_events(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        policy: &EventRetention,
+    ) -> Result<RetentionReport> {
+        self.inner.retain_events(repo, job, policy)
+    }
+    fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {
+        self.inner.lock(key, holder, wait)
+    }
+}
+
+#[test]
+fn an_interrupted_copy_resumes_without_duplicating_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let real = FsStorage::open(dir.path().join("dest")).expect("dest");
+    let opts = CopyOptions {
+        destination: "file:dest",
+        progress: &NoProgress,
+    };
+    // Each run may write `budget` times, then fails (as a kill would stop
+    // it). 11 documents, then the 2,500-event log in 3 batches of 1,000,
+    // then a 1-event log: run 3 stops after the log's first batch, run 4
+    // after its second, so runs 4 and 5 find a destination log that is a
+    // prefix of the source's and append only the rest.
+    let mut outcomes = Vec::new();
+    for budget in [0u64, 3, 9, 1, 1, 1] {
+        let flaky = Flaky {
+            inner: &real,
+            budget: AtomicU64::new(budget),
+        };
+        outcomes.push(copy_store(&src, &flaky, &opts).map(|r| (r.documents, r.events)));
+    }
+    let done: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+    assert_eq!(
+        done,
+        [false, false, false, false, false, true],
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        events(&real, "api", "mapreduce-1").len(),
+        2500,
+        "no event twice"
+    );
+    let r = copy_store(&src, &real, &opts).expect("a last run finds it all done");
+    assert_eq!(
+        (r.documents, r.event_logs, r.already_done),
+        (0, 0, 13),
+        "{r:?}"
+    );
+    assert_same(&src, &real);
+}
+
+#[test]
+fn a_destination_log_that_is_not_the_source_s_start_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let dest = MemoryStorage::new();
+    let repo = RepoKey::new("api").expect("repo");
+    dest.append_events(
+        &repo,
+        &JobId::new("mapreduce-1").expect("job"),
+        &[event("someone-else", 99)],
+    )
+    .expect("append");
+    let opts = CopyOptions {
+        destination: "memory",
+        progress: &NoProgress,
+    };
+    let err = copy_store(&src, &dest, &opts).expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("not the start of the source's log"), "{text}");
+    assert_eq!(
+        events(&dest, "api", "mapreduce-1").len(),
+        1,
+        "nothing appended"
+    );
+}
