@@ -198,6 +198,23 @@ Examples:
         #[arg(long, value_name = "SECS", default_value_t = 120)]
         wait: u64,
     },
+    /// Copy every document and event log of this store into another store
+    ///
+    /// For a team moving to a shared store. Nothing is removed from this
+    /// store. Each document and log is read back from the destination and
+    /// compared after it is written; what is done is journalled in this
+    /// store (`migrations/.copy-store/`), so a copy that was interrupted
+    /// resumes where it stopped, never appending an event twice. Running it
+    /// again after it finished copies nothing.
+    #[command(name = "copy-store")]
+    CopyStore {
+        /// The destination: a directory (another file store)
+        #[arg(long, value_name = "DEST")]
+        to: String,
+        /// Print one JSON document (see docs/cli.md)
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -317,6 +317,8 @@ mod import {
 
     use crate::progress::Display;
 
+    use anyhow::Context;
+
     use super::{emit, project_dir, render};
     use crate::cli::{BackupsAction, Cli, Command};
 
@@ -473,6 +475,29 @@ mod import {
                 };
                 let report = storage_migrate::downgrade(&store, &opts)?;
                 emit(cli, *json, &report, || render::downgrade(&report))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::CopyStore { to, json } => {
+                let source = FsStorage::peek(&root.path)?;
+                upgrade_first(cli, &source)?;
+                source.create()?;
+                let dest_path = std::path::absolute(to)
+                    .with_context(|| format!("cannot resolve the destination `{to}`"))?;
+                if dest_path == root.path {
+                    anyhow::bail!(
+                        "refusing to copy the store at `{}` into itself; name another directory with --to",
+                        root.path.display()
+                    );
+                }
+                let dest = FsStorage::open(&dest_path)?;
+                let label = format!("file:{}", dest_path.display());
+                let display = Display::choose(cli.quiet || *json);
+                let opts = storage_migrate::CopyOptions {
+                    destination: &label,
+                    progress: &display,
+                };
+                let report = storage_migrate::copy_store(&source, &dest, &opts)?;
+                emit(cli, *json, &report, || render::copied(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status { .. } | Command::Layout | Command::List { .. } => {

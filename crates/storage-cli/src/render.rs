@@ -684,3 +684,46 @@ mod with_import {
         out
     }
 }
+
+/// `copy-store`: what was copied, what a previous run had done, the journal.
+#[cfg(feature = "legacy-import")]
+pub fn copied(r: &storage_migrate::CopyReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Copied {} document(s) and {} event log(s) ({} event(s)) from {} to {}, each verified in the destination.",
+        r.documents,
+        r.event_logs,
+        r.events,
+        r.source.display(),
+        r.destination
+    );
+    if r.already_done > 0 {
+        let _ = writeln!(
+            out,
+            "{} item(s) were already copied by an earlier run and were skipped.",
+            r.already_done
+        );
+    }
+    if r.vanished > 0 {
+        let _ = writeln!(
+            out,
+            "{} document(s) disappeared from the source while copying (not copied).",
+            r.vanished
+        );
+    }
+    for s in &r.skipped {
+        let _ = writeln!(
+            out,
+            "not copied (cannot be read as JSON; it stays in the source): {}: {}",
+            s.path.display(),
+            s.reason
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Nothing was removed from the source. Journal: {}",
+        r.journal.display()
+    );
+    out
+}

@@ -75,8 +75,23 @@ pub struct CopyReport {
     pub already_done: u64,
     /// Documents that disappeared from the source while the copy ran (not copied).
     pub vanished: u64,
+    /// Documents that could not be read as JSON (torn files) and event-log
+    /// lines that are not JSON (interleaved writers): left in the source and
+    /// not copied. A later run tries such documents again.
+    pub skipped: Vec<SkippedItem>,
     /// The journal of this copy (in the source store).
     pub journal: PathBuf,
+}
+
+/// A source document that was not copied, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkippedItem {
+    /// The item (its kind and key).
+    pub item: String,
+    /// The file in the source store.
+    pub path: PathBuf,
+    /// Why it could not be read.
+    pub reason: String,
 }
 
 /// Options for [`copy_store`].
@@ -119,9 +134,27 @@ pub fn copy_store(
             report.already_done += 1;
             return Ok(());
         }
-        let Some(value) = source.get(&key)? else {
-            report.vanished += 1;
-            return Ok(());
+        let value = match source.get(&key) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                report.vanished += 1;
+                return Ok(());
+            }
+            // A torn file (an older Prodigy wrote it non-atomically): it is
+            // not JSON, so it cannot be a document anywhere else; it stays
+            // in the source, and the report names it.
+            Err(storage_core::Error::Corrupt { path, line, reason }) => {
+                report.skipped.push(SkippedItem {
+                    item,
+                    path,
+                    reason: match line {
+                        Some(l) => format!("line {l}: {reason}"),
+                        None => reason,
+                    },
+                });
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         };
         dest.put(&key, &value)?;
         match dest.get(&key)? {
@@ -141,7 +174,7 @@ pub fn copy_store(
                 report.already_done += 1;
                 continue;
             }
-            report.events += copy_log(source, dest, &repo, &job, &item)?;
+            report.events += copy_log(source, dest, &repo, &job, &item, &mut report.skipped)?;
             out.done(&item)?;
             report.event_logs += 1;
             opts.progress.advance(1, 0);
@@ -259,22 +292,33 @@ impl Running {
     }
 }
 
+/// The digest of a log's records; read leniently, as the copy reads the
+/// source (a corrupt line is not a record anywhere).
 fn digest_of(store: &dyn Storage, repo: &RepoKey, job: &JobId) -> Result<Digest> {
     let mut r = Running::new();
-    store.read_events_from(repo, job, &EventCursor::START, ReadMode::Strict, &mut |e| {
-        r.add(&e);
-    })?;
+    store.read_events_from(
+        repo,
+        job,
+        &EventCursor::START,
+        ReadMode::Lenient,
+        &mut |e| {
+            r.add(&e);
+        },
+    )?;
     Ok(r.digest())
 }
 
 /// Copies one log (only what the destination lacks), then verifies it;
-/// returns how many events were appended.
+/// returns how many events were appended. Lines of the source that are not
+/// JSON (two writers of an older Prodigy interleaved) are skipped, stay in
+/// the source, and are added to `skipped`.
 fn copy_log(
     source: &FsStorage,
     dest: &dyn Storage,
     repo: &RepoKey,
     job: &JobId,
     item: &str,
+    skipped: &mut Vec<SkippedItem>,
 ) -> Result<u64> {
     let have = digest_of(dest, repo, job)?;
     // The source's first `have.records` records must be what the
@@ -294,31 +338,48 @@ fn copy_log(
         batch.clear();
     };
     let mut not_prefix = false;
-    source.read_events_from(repo, job, &EventCursor::START, ReadMode::Strict, &mut |e| {
-        if failed.is_some() || not_prefix {
-            return;
-        }
-        if prefix.records < have.records {
-            prefix.add(&e);
-            if prefix.records == have.records {
-                if prefix.digest() == have {
-                    checked_prefix = true;
-                } else {
-                    not_prefix = true;
-                }
+    let summary = source.read_events_from(
+        repo,
+        job,
+        &EventCursor::START,
+        ReadMode::Lenient,
+        &mut |e| {
+            if failed.is_some() || not_prefix {
+                return;
             }
-            return;
-        }
-        batch.push(e);
-        if batch.len() == BATCH {
-            flush(&mut batch, &mut failed);
-        }
-    })?;
+            if prefix.records < have.records {
+                prefix.add(&e);
+                if prefix.records == have.records {
+                    if prefix.digest() == have {
+                        checked_prefix = true;
+                    } else {
+                        not_prefix = true;
+                    }
+                }
+                return;
+            }
+            batch.push(e);
+            if batch.len() == BATCH {
+                flush(&mut batch, &mut failed);
+            }
+        },
+    )?;
     if !not_prefix && checked_prefix {
         flush(&mut batch, &mut failed);
     }
     if let Some(e) = failed {
         return Err(e);
+    }
+    let dir = source.layout().events_job_dir(repo, job);
+    for s in summary.skipped {
+        skipped.push(SkippedItem {
+            item: item.to_owned(),
+            path: storage_fs::layout::log_file(&dir, &s.file),
+            reason: match s.line {
+                Some(l) => format!("line {l}: {}", s.reason),
+                None => s.reason,
+            },
+        });
     }
     if not_prefix || !checked_prefix {
         return Err(Error::Refused {

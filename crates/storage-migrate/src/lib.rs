@@ -86,7 +86,9 @@ use serde::Serialize;
 use storage_core::RepoKey;
 use storage_fs::{FsStorage, Layout};
 
-pub use copy_store::{COPY_REPORT_SCHEMA_VERSION, CopyOptions, CopyReport, copy_store};
+pub use copy_store::{
+    COPY_REPORT_SCHEMA_VERSION, CopyOptions, CopyReport, SkippedItem, copy_store,
+};
 pub use error::{Error, Result};
 pub use manifest::{Category, HistoryEntry, Phase, Special};
 pub use plan::LEGACY_DIR_NAME;

@@ -515,3 +515,59 @@ fn list_shows_every_kind_the_api_reaches_with_its_documented_shape() {
         "{only:#}"
     );
 }
+
+#[test]
+fn copy_store_copies_everything_verified_and_a_second_run_copies_nothing() {
+    let sb = layout0_sandbox();
+    let dest = sb.path().join("team-store");
+    let dest_arg = dest.to_str().expect("utf-8").to_owned();
+    let report = run_json(&sb, &["copy-store", "--to", &dest_arg]);
+    assert_eq!(report["schema_version"], 1, "{report:#}");
+    let docs = report["documents"].as_u64().expect("documents");
+    let logs = report["event_logs"].as_u64().expect("event logs");
+    assert!(docs > 0 && logs > 0, "{report:#}");
+    // What an older Prodigy tore stays in the source, named: the torn
+    // unified session, and the line two writers interleaved in a log.
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .expect("skipped")
+        .iter()
+        .map(|s| s["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{report:#}");
+    assert!(
+        skipped[0].ends_with("sessions/session-torn.json"),
+        "{report:#}"
+    );
+    assert!(skipped[1].ends_with(".jsonl"), "{report:#}");
+    // The source was upgraded first (it was layout 0) and is otherwise unchanged.
+    let source = storage_fs::FsStorage::open(sb.store()).expect("source");
+    let copy = storage_fs::FsStorage::open(&dest).expect("destination");
+    let count = |s: &storage_fs::FsStorage| {
+        s.inventory(None)
+            .expect("inventory")
+            .iter()
+            .map(|i| (i.kind.clone(), i.repo.clone(), i.job.clone(), i.id.clone()))
+            .filter(|k| k.0 != "event log" && k.3.as_deref() != Some("session-torn"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(count(&source), count(&copy));
+    let again = run_json(&sb, &["copy-store", "--to", &dest_arg]);
+    assert_eq!(again["documents"], 0, "{again:#}");
+    assert_eq!(
+        again["already_done"].as_u64(),
+        Some(docs + logs),
+        "{again:#}"
+    );
+    // Into itself: refused.
+    let out = run(
+        &sb,
+        &["copy-store", "--to", sb.store().to_str().expect("utf-8")],
+        false,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("into itself"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
