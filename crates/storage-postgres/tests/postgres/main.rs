@@ -1,0 +1,1 @@
+//! Tests of the PostgreSQL store against a real server (filled in by a later commit).
