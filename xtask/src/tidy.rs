@@ -23,6 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("storage-core", &[]),
     ("storage-fs", &["storage-core"]),
     ("storage-migrate", &["storage-core", "storage-fs"]),
+    ("storage-postgres", &["storage-core"]),
     (
         "storage-cli",
         &["storage-core", "storage-fs", "storage-migrate"],

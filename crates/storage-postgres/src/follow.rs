@@ -78,7 +78,7 @@ impl Follower {
     }
 
     fn connect(&mut self) -> Result<()> {
-        let op = "follow events";
+        let op = "follow events in";
         let mut conn = self.pool().detach()?;
         if let Err(e) = sql::listen(&mut conn, &self.channel) {
             if !conn.is_lost() {
@@ -113,17 +113,17 @@ impl Follower {
                 return Ok(n);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            // Nothing new and no notification: no read after the timeout either.
+            if left.is_zero() || !self.wait(left)? {
                 return Ok(0);
             }
-            self.wait(left)?;
         }
     }
 
     /// Reads every committed line from the cursor on, on this follower's
     /// connection (a visitor may use the store).
     fn read_available(&mut self, visit: &mut dyn FnMut(u64, EventRecord)) -> Result<u64> {
-        let op = "follow events";
+        let op = "follow events in";
         let start = self.cursor;
         loop {
             let from = i64::try_from(self.cursor).unwrap_or(i64::MAX);
@@ -151,9 +151,10 @@ impl Follower {
         }
     }
 
-    /// Blocks until a notification on the log's channel arrives, or `left` passes.
-    fn wait(&mut self, left: Duration) -> Result<()> {
-        let op = "wait for events";
+    /// Blocks until a notification on the log's channel arrives (`true`),
+    /// or `left` passes (`false`).
+    fn wait(&mut self, left: Duration) -> Result<bool> {
+        let op = "wait for events in";
         let conn = self.conn.as_mut().expect("connected");
         let got = conn.client().notifications().timeout_iter(left).next();
         let got = conn.noted(got);
@@ -162,9 +163,8 @@ impl Follower {
             Ok(Some(_)) => {
                 // Several appends may have notified: one read takes them all.
                 let drained = conn.client().notifications().iter().count();
-                conn.noted(drained)
-                    .map_err(|e| database(op, store, e))?;
-                Ok(())
+                conn.noted(drained).map_err(|e| database(op, store, e))?;
+                Ok(true)
             }
             Ok(None) if conn.client().is_closed() => Err(crate::error::refused(
                 op,
@@ -172,7 +172,7 @@ impl Follower {
                 Some("the next call connects again and goes on from the cursor"),
                 "the server closed the connection".to_owned(),
             )),
-            Ok(None) => Ok(()),
+            Ok(None) => Ok(false),
             Err(e) => Err(database(op, store, e)),
         }
     }

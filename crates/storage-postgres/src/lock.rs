@@ -71,7 +71,7 @@ pub(crate) fn acquire(
     holder: &LockHolder,
     wait: LockWait,
 ) -> Result<LockGuard> {
-    let op = "take a lock";
+    let op = "take a lock in";
     let id = keys::lock_id(pool.schema(), key);
     let start = Instant::now();
     let mut conn = pool.detach()?;
@@ -95,7 +95,7 @@ pub(crate) fn acquire(
     let text = serde_json::to_string(holder).expect("a LockHolder always serializes");
     if let Err(e) = sql::record_holder(&mut conn, key.as_str(), &text) {
         // Dropping the connection releases the lock with its session.
-        return Err(database("record a lock's holder", pool.store(), e));
+        return Err(database("record a lock's holder in", pool.store(), e));
     }
     let held = Held {
         pool: Arc::clone(pool),

@@ -148,7 +148,10 @@ mod tests {
             .parse()
             .expect("valid");
         let d = describe(&c, "prodigy");
-        assert_eq!(d, "postgresql://alice@db.example:5433/team (schema prodigy)");
+        assert_eq!(
+            d,
+            "postgresql://alice@db.example:5433/team (schema prodigy)"
+        );
         let c: postgres::Config = "host=/run/postgresql user=bob password=s3cret dbname=x"
             .parse()
             .expect("valid");

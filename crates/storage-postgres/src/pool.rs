@@ -171,7 +171,7 @@ impl Pool {
         let client = self
             .config
             .connect(NoTls)
-            .map_err(|e| database("connect", &self.store, e))?;
+            .map_err(|e| database("connect to", &self.store, e))?;
         let mut conn = Conn {
             client,
             statements: HashMap::new(),
@@ -210,7 +210,7 @@ impl Pool {
             let waited = start.elapsed();
             if waited >= self.wait {
                 return Err(refused(
-                    "get a connection",
+                    "get a pooled connection to",
                     &self.store,
                     Some("raise the pool size, or look for calls that hold connections"),
                     format!(

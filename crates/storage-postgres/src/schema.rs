@@ -18,7 +18,7 @@ use crate::sql::{self, MIGRATIONS, SCHEMA_VERSION};
 
 /// Brings the store's schema to [`SCHEMA_VERSION`]; returns the version it found.
 pub(crate) fn migrate(conn: &mut Conn, schema: &str, store: &str) -> Result<i32> {
-    let map = |e| crate::error::database("create or migrate the store's tables", store, e);
+    let map = |e| crate::error::database("create or migrate the tables of", store, e);
     let result = (|| {
         let mut tx = conn.client().transaction()?;
         sql::lock_migrations(&mut tx, schema)?;
@@ -39,7 +39,12 @@ pub(crate) fn migrate(conn: &mut Conn, schema: &str, store: &str) -> Result<i32>
     match conn.noted(result).map_err(map)? {
         Ok(found) => {
             if found < SCHEMA_VERSION {
-                tracing::info!(store, from = found, to = SCHEMA_VERSION, "migrated the store's tables");
+                tracing::info!(
+                    store,
+                    from = found,
+                    to = SCHEMA_VERSION,
+                    "migrated the store's tables"
+                );
             }
             Ok(found)
         }

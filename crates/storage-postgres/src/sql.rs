@@ -73,7 +73,7 @@ COMMENT ON TABLE locks IS 'Prodigy storage: who holds each resume lock (a hint; 
 /// is raised to `on` if the server has it `off`. A database that is not
 /// UTF-8 is refused (documents and identifiers are Unicode).
 pub(crate) fn setup_session(conn: &mut Conn, schema: &str, store: &str) -> Result<()> {
-    let map = |e| crate::error::database("set up a connection", store, e);
+    let map = |e| crate::error::database("set up a connection to", store, e);
     let row = conn
         .client()
         .query_one(
@@ -92,18 +92,26 @@ pub(crate) fn setup_session(conn: &mut Conn, schema: &str, store: &str) -> Resul
     let fsync: String = row.get(6);
     if encoding != "UTF8" {
         return Err(crate::error::refused(
-            "use the database",
+            "use the database of",
             store,
-            Some("create the database with `ENCODING 'UTF8'` (createdb -E UTF8) and connect to that"),
+            Some(
+                "create the database with `ENCODING 'UTF8'` (createdb -E UTF8) and connect to that",
+            ),
             format!("its encoding is {encoding}, and the store needs UTF8"),
         ));
     }
     if synchronous_commit == "off" {
-        tracing::warn!(store, "the server has synchronous_commit off; this store's connections set it on, so that a commit is durable when it returns");
+        tracing::warn!(
+            store,
+            "the server has synchronous_commit off; this store's connections set it on, so that a commit is durable when it returns"
+        );
         conn.batch("SET synchronous_commit TO on").map_err(map)?;
     }
     if fsync == "off" {
-        tracing::warn!(store, "the server runs with fsync off: a crash of its machine can lose committed data");
+        tracing::warn!(
+            store,
+            "the server runs with fsync off: a crash of its machine can lose committed data"
+        );
     }
     Ok(())
 }

@@ -61,13 +61,17 @@ impl PgStorage {
             pool_size,
             pool_wait,
         } = options;
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| database("read the connection string", "(the given URL)", e))?;
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            database(
+                "parse the connection string",
+                "(not shown: it may hold a password)",
+                e,
+            )
+        })?;
         let store = describe(&config, &schema);
         if let Some(problem) = schema_problem(&schema) {
             return Err(refused(
-                "use the PostgreSQL schema",
+                "use the PostgreSQL schema of",
                 &store,
                 Some("choose a plain lowercase name, e.g. `prodigy`"),
                 format!("{schema:?} cannot be the store's schema: {problem}"),
@@ -130,7 +134,10 @@ impl PgStorage {
                 op,
                 self.store(),
                 None,
-                format!("checkpoint version {v} is over {}, the most PostgreSQL's bigint holds", i64::MAX),
+                format!(
+                    "checkpoint version {v} is over {}, the most PostgreSQL's bigint holds",
+                    i64::MAX
+                ),
             )
         })
     }
@@ -153,7 +160,7 @@ impl PgStorage {
     ) -> Result<u64> {
         let mut next = i64::try_from(from).unwrap_or(i64::MAX);
         while next < end {
-            let page = self.run("read events", true, |c| {
+            let page = self.run("read events from", true, |c| {
                 sql::read_events_page(
                     c,
                     repo.as_str(),
@@ -192,7 +199,9 @@ impl PgStorage {
         if seq != next {
             // Appends never leave a gap (see `sql::append_events`): a row was
             // removed by hand.
-            return Err(corrupt(format!("seq {next} is missing, the log goes on at {seq}")));
+            return Err(corrupt(format!(
+                "seq {next} is missing, the log goes on at {seq}"
+            )));
         }
         let record = serde_json::from_str(line)
             .map_err(|e| e.to_string())
@@ -205,7 +214,7 @@ impl PgStorage {
 
 impl Storage for PgStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
-        let op = "save a document";
+        let op = "save a document in";
         let k = self.columns(op, key)?;
         // The JSON text is stored as it is, not as `jsonb` (which would
         // reorder fields and renormalise numbers): `get` parses exactly this.
@@ -214,7 +223,7 @@ impl Storage for PgStorage {
     }
 
     fn get(&self, key: &DocKey) -> Result<Option<Value>> {
-        let op = "load a document";
+        let op = "load a document from";
         let k = self.columns(op, key)?;
         let Some(body) = self.run(op, true, |c| sql::get_document(c, &k))? else {
             return Ok(None);
@@ -232,7 +241,7 @@ impl Storage for PgStorage {
     }
 
     fn delete(&self, key: &DocKey) -> Result<bool> {
-        let op = "delete a document";
+        let op = "delete a document from";
         let k = self.columns(op, key)?;
         // Not retried: a retry after a commit whose answer was lost would say `false`.
         self.run(op, false, |c| sql::delete_document(c, &k))
@@ -240,7 +249,7 @@ impl Storage for PgStorage {
 
     fn list(&self, scope: &Scope) -> Result<Vec<DocKey>> {
         let (kind, repo, job) = keys::scope_columns(scope);
-        let rows = self.run("list documents", true, |c| {
+        let rows = self.run("list documents in", true, |c| {
             sql::list_documents(c, kind, repo, job)
         })?;
         let mut keys = rows
@@ -260,14 +269,14 @@ impl Storage for PgStorage {
     }
 
     fn jobs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
-        let rows = self.run("list jobs", true, |c| {
+        let rows = self.run("list jobs in", true, |c| {
             sql::jobs_with_state(c, repo.as_str())
         })?;
         self.job_ids(&rows, "documents")
     }
 
     fn append_events(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord]) -> Result<()> {
-        let op = "append events";
+        let op = "append events to";
         if events.is_empty() {
             return Ok(());
         }
@@ -315,7 +324,7 @@ impl Storage for PgStorage {
     ) -> Result<EventLogSummary> {
         // The log's length when the read starts: the read ends there, even
         // while others append (it sees every line committed before it began).
-        let Some(end) = self.run("read events", true, |c| {
+        let Some(end) = self.run("read events from", true, |c| {
             sql::event_log_end(c, repo.as_str(), job.as_str())
         })?
         else {
@@ -331,7 +340,7 @@ impl Storage for PgStorage {
     }
 
     fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
-        let rows = self.run("list event logs", true, |c| {
+        let rows = self.run("list event logs in", true, |c| {
             sql::event_logs(c, repo.as_str())
         })?;
         self.job_ids(&rows, "event_logs")

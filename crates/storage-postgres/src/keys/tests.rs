@@ -99,7 +99,10 @@ fn lock_ids_and_channels_depend_on_the_schema_and_every_part() {
     assert_ne!(c, channel("prodigy", &repo("a"), &job("bc")));
     assert_ne!(c, channel("other", &repo("ab"), &job("c")));
     assert_eq!(c.len(), "prodigy_events_".len() + 24);
-    assert!(c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+    assert!(
+        c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    );
 }
 
 #[test]
