@@ -95,9 +95,10 @@ pub enum Error {
     /// refused or failed an operation. The error of the server or of the
     /// client library is the source; `next` names what the user can do
     /// about it, when there is something.
-    #[error("cannot {op} in `{store}`{}", next_text(*.next))]
+    #[error("cannot {op} `{store}`{}", next_text(*.next))]
     Database {
-        /// What was being done (`"connect"`, `"append events"`, ...).
+        /// What was being done, ending in its preposition (`"connect to"`,
+        /// `"append events to"`, ...).
         op: &'static str,
         /// The store, as its connection string shows it without a password.
         store: String,
