@@ -15,6 +15,9 @@
 //!   inserts' (target at least 0.5x): the store serialises appends to one
 //!   log to give every reader one order without gaps; the bare inserts
 //!   promise nothing about order.
+//! - `pg-append-own-logs`: the store again, each process appending to a
+//!   log of its own (no target): what one log's turn-taking costs, and
+//!   what remains (every append's `NOTIFY`; see docs/postgres.md).
 //! - `pg-save`: durable session saves (~1 KB) through `put`, against a
 //!   prepared `INSERT … ON CONFLICT DO UPDATE` of the same text into a table
 //!   like `documents`. The ratio is time over the bare statement's (target
@@ -88,7 +91,7 @@ fn main() {
         .get(0);
     eprintln!("synchronous_commit = {sync} on both sides");
 
-    let (ours, bare) = bench_append(&url, &schema, &mut raw);
+    let (ours, bare, own_logs) = bench_append(&url, &schema, &mut raw);
     let events = PROCESSES * BATCHES_PER_PROCESS * BATCH;
     let ratio = bare.as_secs_f64() / ours.as_secs_f64();
     report(
@@ -104,6 +107,20 @@ fn main() {
             events as f64 / ours.as_secs_f64(),
             ms(bare),
             events as f64 / bare.as_secs_f64()
+        ),
+    );
+
+    let own_ratio = bare.as_secs_f64() / own_logs.as_secs_f64();
+    report(
+        json_out,
+        &json!({"bench": "pg-append-own-logs", "ours_ms": ms(own_logs), "baseline_ms": ms(bare),
+                "ratio": (own_ratio * 100.0).round() / 100.0,
+                "ratio_is": "throughput of ours over the bare INSERT's (higher is better)",
+                "events": events, "processes": PROCESSES, "batch": BATCH}),
+        &format!(
+            "pg-append-own-logs: the same, each process to its own log: store {:.1} ms ({:.0} events/s): {own_ratio:.2}x the bare throughput (no target)",
+            ms(own_logs),
+            events as f64 / own_logs.as_secs_f64(),
         ),
     );
 
@@ -135,31 +152,32 @@ fn report(json_out: bool, row: &serde_json::Value, text: &str) {
     }
 }
 
-/// Median wall times of the 8 processes (store, bare), rounds alternating.
-fn bench_append(url: &str, schema: &str, raw: &mut postgres::Client) -> (Duration, Duration) {
-    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+/// Median wall times of the 8 processes: the store on one log, bare
+/// inserts, the store with a log per process; rounds rotate the order.
+fn bench_append(
+    url: &str,
+    schema: &str,
+    raw: &mut postgres::Client,
+) -> (Duration, Duration, Duration) {
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        for side in [round % 2, (round + 1) % 2] {
-            let verb = if side == 0 { "store" } else { "bare" };
-            let t = run_processes(url, schema, verb, round);
-            if side == 0 {
-                ours.push(t);
-            } else {
-                bare.push(t);
-            }
+        for side in (0..3).map(|i| (i + round) % 3) {
+            let verb = ["store", "bare", "store-own-log"][side];
+            times[side].push(run_processes(url, schema, verb, round));
         }
     }
     let n: i64 = raw
         .query_one("SELECT count(*) FROM events", &[])
         .expect("count")
         .get(0);
-    let expected = ROUNDS * PROCESSES * BATCHES_PER_PROCESS * BATCH;
+    let expected = 2 * ROUNDS * PROCESSES * BATCHES_PER_PROCESS * BATCH;
     assert_eq!(
         usize::try_from(n).expect("positive"),
         expected,
-        "every event is in the log"
+        "every event is in the logs"
     );
-    (median(ours), median(bare))
+    let [ours, bare, own] = times;
+    (median(ours), median(bare), median(own))
 }
 
 /// Starts the 8 workers, lets them go at once, returns the time until the last is done.
@@ -215,7 +233,12 @@ fn worker(spec: &str) {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).expect("go");
     };
-    if verb == "store" {
+    if verb.starts_with("store") {
+        let job = if verb == "store-own-log" {
+            JobId::new(format!("mapreduce-{w}")).expect("valid")
+        } else {
+            job
+        };
         let store = PgStorage::connect_with(url, PgOptions::default().schema(schema).pool_size(1))
             .expect("connect");
         // Connect before the clock starts (the first append prepares its statement: one round trip).

@@ -1,12 +1,15 @@
 //! Following an event log: read from a cursor, then wait for appends.
 //!
 //! A [`Follower`] owns a connection (detached from the pool) that
-//! `LISTEN`s on the log's channel. Every append notifies that channel in
-//! its own transaction (`pg_notify`, delivered at the commit), so an idle
-//! follower sleeps in the client library until the server sends a
-//! notification or the timeout passes: no query runs while nothing
-//! happens. It listens *before* it reads, so an append committed between a
-//! read and the wait still wakes it.
+//! `LISTEN`s on the log's channel. Every append notifies that channel right
+//! after its commit (`pg_notify`, in a transaction of its own: see
+//! `sql::notify` for why not in the append's), so an idle follower sleeps
+//! in the client library until the server sends a notification or the
+//! timeout passes: no query runs while nothing happens. It listens *before*
+//! it reads, so an append committed between a read and the wait still
+//! wakes it. An appender that dies between its commit and its notification
+//! wakes nobody: its lines are seen at the followers' next read (at the
+//! latest when their timeout passes and they are called again).
 //!
 //! The cursor is a `seq`: the number of lines before it. Lines come in
 //! `seq` order without gaps (see `sql::append_events`), so a follower that

@@ -20,7 +20,8 @@
 //!   log take turns and commit in `seq` order. Every reader sees one order,
 //!   with no gap and no interleaving, and a log has no torn tail. Reads go
 //!   page by page (memory does not grow with the log); a [`Follower`] waits
-//!   for appends with `LISTEN`/`NOTIFY` ([`follow`]).
+//!   for appends with `LISTEN`/`NOTIFY`, notified right after each append's
+//!   commit ([`follow`]).
 //! - **Locks** are session-level advisory locks on a connection the guard
 //!   owns: the server releases them when the holder's session ends, however
 //!   it ends ([`lock`]).

@@ -243,39 +243,50 @@ pub(crate) fn jobs_with_state(conn: &mut Conn, repo: &str) -> PgResult<Vec<Strin
 // ---- event logs ------------------------------------------------------------
 
 /// Appends `lines` to the log of `repo`/`job` as one statement (so one
-/// transaction, all or nothing) and returns the first line's `seq`.
+/// transaction, all or nothing) and returns the log's new length.
 ///
 /// The upsert of the log's `event_logs` row takes that row's lock, which
 /// is held until the commit: appenders of one log take turns, each gets
 /// the next `next_seq` range, and a later range is never committed before
 /// an earlier one. So every reader sees the lines in `seq` order, with no
-/// gap, and a batch's lines together. `pg_notify` is delivered at the
-/// commit, to followers (`LISTEN`) of the log's channel.
+/// gap, and a batch's lines together.
+///
+/// No `NOTIFY` in this transaction: PostgreSQL serialises the commits of
+/// every notifying transaction of the whole server (one lock, held until
+/// the commit is flushed), which would make appends to different logs take
+/// turns too. The caller notifies right after the commit ([`notify`]).
 pub(crate) fn append_events(
     conn: &mut Conn,
     repo: &str,
     job: &str,
     lines: &[String],
-    channel: &str,
 ) -> PgResult<i64> {
     let count = i64::try_from(lines.len()).expect("a batch fits in memory, so in an i64");
     let rows = conn.query(
         "WITH log AS ( \
              INSERT INTO event_logs AS l (repo, job, next_seq) VALUES ($1, $2, $3) \
              ON CONFLICT (repo, job) DO UPDATE SET next_seq = l.next_seq + excluded.next_seq \
-             RETURNING l.next_seq - $3 AS first \
+             RETURNING l.next_seq \
          ), added AS ( \
              INSERT INTO events (repo, job, seq, line) \
-             SELECT $1, $2, log.first + t.n - 1, t.line \
+             SELECT $1, $2, log.next_seq - $3 + t.n - 1, t.line \
              FROM log, unnest($4::text[]) WITH ORDINALITY AS t(line, n) \
          ) \
-         SELECT log.first, pg_notify($5, (log.first + $3)::text) FROM log",
-        &[&repo, &job, &count, &lines, &channel],
+         SELECT next_seq FROM log",
+        &[&repo, &job, &count, &lines],
     )?;
     Ok(rows
         .first()
         .map(|r| r.get(0))
         .expect("the upsert returns its row"))
+}
+
+/// Wakes the followers of a log's `channel`: its own transaction, which
+/// writes no data, so its commit waits for no disk flush and the server's
+/// notification lock is held for microseconds. `end` is the log's length.
+pub(crate) fn notify(conn: &mut Conn, channel: &str, end: i64) -> PgResult<()> {
+    conn.query("SELECT pg_notify($1, $2)", &[&channel, &end.to_string()])?;
+    Ok(())
 }
 
 /// The length of the log of `repo`/`job` (its next `seq`), if it exists.

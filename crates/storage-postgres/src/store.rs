@@ -300,18 +300,25 @@ impl Storage for PgStorage {
         // Never retried: if the connection was lost while the commit was in
         // flight, the batch may be in the log (whole) or not at all.
         let mut conn = self.pool.checkout()?;
-        if let Err(e) = sql::append_events(&mut conn, repo.as_str(), job.as_str(), &lines, &channel)
-        {
-            let mut err = database(op, self.store(), e);
-            if conn.is_lost()
-                && let Error::Database { next, .. } = &mut err
-            {
-                *next = Some(
-                    "the connection was lost, so the batch may be in the log (whole) or not at all: \
-                     read the log before appending it again",
-                );
+        let end = match sql::append_events(&mut conn, repo.as_str(), job.as_str(), &lines) {
+            Ok(end) => end,
+            Err(e) => {
+                let mut err = database(op, self.store(), e);
+                if conn.is_lost()
+                    && let Error::Database { next, .. } = &mut err
+                {
+                    *next = Some(
+                        "the connection was lost, so the batch may be in the log (whole) or not \
+                         at all: read the log before appending it again",
+                    );
+                }
+                return Err(err);
             }
-            return Err(err);
+        };
+        // The batch is committed: a failed wake-up only delays followers
+        // until their next read (their timeout), so it is not an error.
+        if let Err(e) = sql::notify(&mut conn, &channel, end) {
+            tracing::warn!(store = %self.store(), error = %e, "appended, but could not notify the log's followers; they see the lines at their next read");
         }
         Ok(())
     }
