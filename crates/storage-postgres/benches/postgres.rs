@@ -39,7 +39,7 @@ const BATCH: usize = 100;
 const BATCH_I64: i64 = 100;
 const BATCHES_PER_PROCESS: usize = 25;
 const SAVES: usize = 1_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 
 fn event(writer: usize, n: usize) -> EventRecord {
     EventRecord::from_json(json!({
