@@ -3,13 +3,11 @@
 //! - A [`DocKey`] becomes `(kind, repo, job, id, version)`, the primary key
 //!   of `documents`: the columns a kind does not use hold `''` (or `0`),
 //!   which no valid identifier can be, so two keys never share a row.
-//! - A [`LockKey`] becomes a 64-bit advisory lock id, and an event log an
-//!   advisory lock id (its appenders' turns) and a notification channel
-//!   name: all are hashes (BLAKE3) of the PostgreSQL schema and the key, with
-//!   a different prefix for each use, so two stores in one database never
-//!   share a lock or a channel. A collision of two ids could only make two
-//!   locks contend (never let two holders in), two logs' appenders take
-//!   turns, or a channel wake a follower for nothing.
+//! - A [`LockKey`] becomes a 64-bit advisory lock id, and an event log a
+//!   notification channel name: both are hashes (BLAKE3) of the PostgreSQL
+//!   schema and the key, so two stores in one database never share a lock or
+//!   a channel. A collision of two ids could only make two locks contend
+//!   (never let two holders in) and a channel wake a follower for nothing.
 
 use std::fmt::Write as _;
 
@@ -138,13 +136,6 @@ fn hash(parts: &[&str]) -> [u8; 32] {
 /// The advisory lock id of resume lock `key` in `schema`.
 pub(crate) fn lock_id(schema: &str, key: &LockKey) -> i64 {
     let h = hash(&["prodigy lock", schema, key.as_str()]);
-    i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
-}
-
-/// The transaction-level advisory lock id that gives the appenders of the
-/// event log of `repo`/`job` in `schema` their turns.
-pub(crate) fn log_lock_id(schema: &str, repo: &RepoKey, job: &JobId) -> i64 {
-    let h = hash(&["prodigy event log", schema, repo.as_str(), job.as_str()]);
     i64::from_le_bytes(h[..8].try_into().expect("8 bytes"))
 }
 

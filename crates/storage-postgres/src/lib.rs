@@ -16,8 +16,8 @@
 //!   is stored as given (`text`, not `jsonb`), so field order and numbers
 //!   come back exactly.
 //! - **Event logs**: an append is one statement, so one transaction (all or
-//!   nothing); it takes a transaction-level advisory lock of the log, so
-//!   appends to one log take turns and commit in `seq` order. Every reader sees one order,
+//!   nothing); it takes the log's `event_logs` row lock, so appends to one
+//!   log take turns and commit in `seq` order. Every reader sees one order,
 //!   with no gap and no interleaving, and a log has no torn tail. Reads go
 //!   page by page (memory does not grow with the log); a [`Follower`] waits
 //!   for appends with `LISTEN`/`NOTIFY`, notified right after each append's

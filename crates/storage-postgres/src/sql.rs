@@ -245,16 +245,11 @@ pub(crate) fn jobs_with_state(conn: &mut Conn, repo: &str) -> PgResult<Vec<Strin
 /// Appends `lines` to the log of `repo`/`job` as one statement (so one
 /// transaction, all or nothing) and returns the log's new length.
 ///
-/// The statement first takes the log's transaction-level advisory lock
-/// `turn`, which is held until the commit: appenders of one log take turns
-/// (the server's lock queue wakes the next one when a turn ends), each
-/// reserves the next `next_seq` range in `event_logs`, and a later range is
-/// never committed before an earlier one. So every reader sees the lines in
-/// `seq` order, with no gap, and a batch's lines together. The upsert reads
-/// the latest committed `next_seq` even though the statement's snapshot is
-/// older than the wait (`ON CONFLICT DO UPDATE` locks and updates the
-/// newest row version), and it locks that row too, so the order holds even
-/// for a writer that skipped the advisory lock.
+/// The upsert of the log's `event_logs` row takes that row's lock, which
+/// is held until the commit: appenders of one log take turns, each gets
+/// the next `next_seq` range, and a later range is never committed before
+/// an earlier one. So every reader sees the lines in `seq` order, with no
+/// gap, and a batch's lines together.
 ///
 /// No `NOTIFY` in this transaction: PostgreSQL serialises the commits of
 /// every notifying transaction of the whole server (one lock, held until
@@ -265,12 +260,11 @@ pub(crate) fn append_events(
     repo: &str,
     job: &str,
     lines: &[String],
-    turn: i64,
 ) -> PgResult<i64> {
     let count = i64::try_from(lines.len()).expect("a batch fits in memory, so in an i64");
     let rows = conn.query(
-        "WITH turn AS (SELECT pg_advisory_xact_lock($5)), log AS ( \
-             INSERT INTO event_logs AS l (repo, job, next_seq) SELECT $1, $2, $3 FROM turn \
+        "WITH log AS ( \
+             INSERT INTO event_logs AS l (repo, job, next_seq) VALUES ($1, $2, $3) \
              ON CONFLICT (repo, job) DO UPDATE SET next_seq = l.next_seq + excluded.next_seq \
              RETURNING l.next_seq \
          ), added AS ( \
@@ -279,7 +273,7 @@ pub(crate) fn append_events(
              FROM log, unnest($4::text[]) WITH ORDINALITY AS t(line, n) \
          ) \
          SELECT next_seq FROM log",
-        &[&repo, &job, &count, &lines, &turn],
+        &[&repo, &job, &count, &lines],
     )?;
     Ok(rows
         .first()

@@ -297,11 +297,10 @@ impl Storage for PgStorage {
             lines.push(line);
         }
         let channel = keys::channel(self.schema(), repo, job);
-        let turn = keys::log_lock_id(self.schema(), repo, job);
         // Never retried: if the connection was lost while the commit was in
         // flight, the batch may be in the log (whole) or not at all.
         let mut conn = self.pool.checkout()?;
-        let end = match sql::append_events(&mut conn, repo.as_str(), job.as_str(), &lines, turn) {
+        let end = match sql::append_events(&mut conn, repo.as_str(), job.as_str(), &lines) {
             Ok(end) => end,
             Err(e) => {
                 let mut err = database(op, self.store(), e);
