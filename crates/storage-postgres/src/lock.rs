@@ -11,6 +11,11 @@
 //! that took the lock, detached from the pool for as long as it is held;
 //! dropping the guard releases the lock and gives the connection back.
 //!
+//! The other side of that: a lock lasts as long as its connection. If the
+//! server restarts or the connection breaks while the guard lives, the
+//! server has released the lock, and another process can take it although
+//! the guard still exists (see `docs/postgres.md`, Limitations).
+//!
 //! # Waiting
 //!
 //! [`LockWait::NoWait`] is `pg_try_advisory_lock`. [`LockWait::Timeout`]
@@ -55,6 +60,11 @@ impl Drop for Held {
             Ok(true) => self.pool.attach(conn),
             Ok(false) => {
                 tracing::warn!(store = %self.pool.store(), key = %self.key, "a released lock was not held by its connection; closing it");
+            }
+            // The session is gone already (the server restarted, the
+            // connection broke): the server released the lock back then.
+            Err(e) if conn.is_lost() => {
+                tracing::warn!(store = %self.pool.store(), key = %self.key, error = %e, "the connection holding a lock was lost before the lock was released: the server released it when the connection was lost");
             }
             // Closing the connection ends its session, which releases the lock.
             Err(e) => {
