@@ -91,6 +91,24 @@ pub enum Error {
     )]
     NoStoreLocation,
 
+    /// A database server (the PostgreSQL store) could not be reached, or
+    /// refused or failed an operation. The error of the server or of the
+    /// client library is the source; `next` names what the user can do
+    /// about it, when there is something.
+    #[error("cannot {op} `{store}`{}", next_text(*.next))]
+    Database {
+        /// What was being done, ending in its preposition (`"connect to"`,
+        /// `"append events to"`, ...).
+        op: &'static str,
+        /// The store, as its connection string shows it without a password.
+        store: String,
+        /// The next step for the user, if the error tells one.
+        next: Option<&'static str>,
+        /// The server's or the client library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     /// A system call on a path failed.
     #[error("cannot {op} `{}`", .path.display())]
     Io {
@@ -122,6 +140,10 @@ fn waited_text(waited: Option<Duration>) -> String {
             )
         },
     )
+}
+
+fn next_text(next: Option<&str>) -> String {
+    next.map_or_else(String::new, |n| format!("; {n}"))
 }
 
 fn line_text(line: Option<u64>) -> String {
