@@ -300,9 +300,9 @@ fn bench_save(store: &PgStorage, raw: &mut postgres::Client) -> (Duration, Durat
         .collect();
     let upsert = raw
         .prepare(
-            "INSERT INTO raw_docs (kind, repo, job, id, version, body) \
+            "INSERT INTO raw_docs (kind, repo, parent, id, version, body) \
              VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (kind, repo, job, id, version) \
+             ON CONFLICT (kind, repo, parent, id, version) \
              DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
         )
         .expect("prepare");

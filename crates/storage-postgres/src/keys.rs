@@ -1,8 +1,11 @@
 //! How the store's keys become columns and numbers.
 //!
-//! - A [`DocKey`] becomes `(kind, repo, job, id, version)`, the primary key
-//!   of `documents`: the columns a kind does not use hold `''` (or `0`),
-//!   which no valid identifier can be, so two keys never share a row.
+//! - A [`DocKey`] becomes `(kind, repo, parent, id, version)`, the primary
+//!   key of `documents`: `repo` is `''` for the global kinds (unified
+//!   sessions and what belongs to them), `parent` is what the document
+//!   belongs to within its repository (a job, a session, an extension
+//!   kind), and the columns a kind does not use hold `''` (or `0`), which
+//!   no valid identifier can be, so two keys never share a row.
 //! - A [`LockKey`] becomes a 64-bit advisory lock id, and an event log a
 //!   notification channel name: both are hashes (BLAKE3) of the PostgreSQL
 //!   schema and the key, so two stores in one database never share a lock or
@@ -11,7 +14,9 @@
 
 use std::fmt::Write as _;
 
-use storage_core::{DocKey, ItemId, JobId, LockKey, RepoKey, Scope, SessionId, WorkflowId};
+use storage_core::{
+    DocKey, DocName, ExtKind, ItemId, JobId, LockKey, RepoKey, Scope, SessionId, WorkflowId,
+};
 
 /// The `kind` column of each [`DocKey`] variant (also the schema's `CHECK`).
 pub(crate) const SESSION: &str = "session";
@@ -21,70 +26,105 @@ pub(crate) const WORKFLOW_CHECKPOINT: &str = "workflow_checkpoint";
 pub(crate) const DEAD_LETTER: &str = "dead_letter";
 pub(crate) const DEAD_LETTER_INDEX: &str = "dead_letter_index";
 pub(crate) const SESSION_JOB: &str = "session_job";
+pub(crate) const UNIFIED_SESSION: &str = "unified_session";
+pub(crate) const SESSION_CHECKPOINT: &str = "session_checkpoint";
+pub(crate) const SESSION_WORKFLOW_CHECKPOINT: &str = "session_workflow_checkpoint";
+pub(crate) const EXTENSION: &str = "extension";
 
 /// A document's primary key as the `documents` table stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct DocColumns<'a> {
     pub kind: &'static str,
+    /// `''` for the global kinds.
     pub repo: &'a str,
-    pub job: &'a str,
+    /// The job, session or extension kind it belongs to; `''` for none.
+    pub parent: &'a str,
     pub id: &'a str,
     pub version: i64,
 }
 
-/// A checkpoint version over `i64::MAX` (PostgreSQL's `bigint`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct VersionTooLarge(pub u64);
+/// Why a key has no columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum KeyProblem {
+    /// A checkpoint version over `i64::MAX` (PostgreSQL's `bigint`).
+    VersionTooLarge(u64),
+    /// A kind of key newer than this build (`DocKey` is `#[non_exhaustive]`).
+    UnknownKind(String),
+}
 
 fn doc<'a>(
     kind: &'static str,
-    repo: &'a RepoKey,
-    job: &'a str,
+    repo: Option<&'a RepoKey>,
+    parent: &'a str,
     id: &'a str,
     version: i64,
 ) -> DocColumns<'a> {
     DocColumns {
         kind,
-        repo: repo.as_str(),
-        job,
+        repo: repo.map_or("", RepoKey::as_str),
+        parent,
         id,
         version,
     }
 }
 
 /// The columns of `key`.
-pub(crate) fn columns(key: &DocKey) -> Result<DocColumns<'_>, VersionTooLarge> {
+pub(crate) fn columns(key: &DocKey) -> Result<DocColumns<'_>, KeyProblem> {
     Ok(match key {
-        DocKey::Session { repo, session } => doc(SESSION, repo, "", session.as_str(), 0),
+        DocKey::Session { repo, session } => doc(SESSION, Some(repo), "", session.as_str(), 0),
         DocKey::JobCheckpoint { repo, job, version } => doc(
             JOB_CHECKPOINT,
-            repo,
+            Some(repo),
             job.as_str(),
             "",
-            i64::try_from(*version).map_err(|_| VersionTooLarge(*version))?,
+            i64::try_from(*version).map_err(|_| KeyProblem::VersionTooLarge(*version))?,
         ),
-        DocKey::JobMetadata { repo, job } => doc(JOB_METADATA, repo, job.as_str(), "", 0),
+        DocKey::JobMetadata { repo, job } => doc(JOB_METADATA, Some(repo), job.as_str(), "", 0),
         DocKey::WorkflowCheckpoint { repo, workflow } => {
-            doc(WORKFLOW_CHECKPOINT, repo, "", workflow.as_str(), 0)
+            doc(WORKFLOW_CHECKPOINT, Some(repo), "", workflow.as_str(), 0)
         }
         DocKey::DeadLetter { repo, job, item } => {
-            doc(DEAD_LETTER, repo, job.as_str(), item.as_str(), 0)
+            doc(DEAD_LETTER, Some(repo), job.as_str(), item.as_str(), 0)
         }
-        DocKey::DeadLetterIndex { repo, job } => doc(DEAD_LETTER_INDEX, repo, job.as_str(), "", 0),
-        DocKey::SessionJob { repo, session } => doc(SESSION_JOB, repo, "", session.as_str(), 0),
+        DocKey::DeadLetterIndex { repo, job } => {
+            doc(DEAD_LETTER_INDEX, Some(repo), job.as_str(), "", 0)
+        }
+        DocKey::SessionJob { repo, session } => {
+            doc(SESSION_JOB, Some(repo), "", session.as_str(), 0)
+        }
+        DocKey::UnifiedSession { session } => doc(UNIFIED_SESSION, None, "", session.as_str(), 0),
+        DocKey::SessionCheckpoint { session } => {
+            doc(SESSION_CHECKPOINT, None, "", session.as_str(), 0)
+        }
+        DocKey::SessionWorkflowCheckpoint { session, workflow } => doc(
+            SESSION_WORKFLOW_CHECKPOINT,
+            None,
+            session.as_str(),
+            workflow.as_str(),
+            0,
+        ),
+        DocKey::Extension { repo, kind, name } => {
+            doc(EXTENSION, Some(repo), kind.as_str(), name.as_str(), 0)
+        }
+        other => return Err(KeyProblem::UnknownKind(other.kind().to_owned())),
     })
 }
 
-/// The `(kind, repo, job)` a listing of `scope` selects (`job` is `''`
-/// for the kinds that have none).
-pub(crate) fn scope_columns(scope: &Scope) -> (&'static str, &str, &str) {
-    match scope {
+/// The `(kind, repo, parent)` a listing of `scope` selects (`''` for the
+/// columns its kind does not use), or `None` for a kind of scope newer
+/// than this build (`Scope` is `#[non_exhaustive]`).
+pub(crate) fn scope_columns(scope: &Scope) -> Option<(&'static str, &str, &str)> {
+    Some(match scope {
         Scope::Sessions(r) => (SESSION, r.as_str(), ""),
         Scope::JobCheckpoints(r, j) => (JOB_CHECKPOINT, r.as_str(), j.as_str()),
         Scope::WorkflowCheckpoints(r) => (WORKFLOW_CHECKPOINT, r.as_str(), ""),
         Scope::DeadLetters(r, j) => (DEAD_LETTER, r.as_str(), j.as_str()),
         Scope::SessionJobs(r) => (SESSION_JOB, r.as_str(), ""),
-    }
+        Scope::UnifiedSessions => (UNIFIED_SESSION, "", ""),
+        Scope::SessionWorkflowCheckpoints(s) => (SESSION_WORKFLOW_CHECKPOINT, "", s.as_str()),
+        Scope::Extension(r, k) => (EXTENSION, r.as_str(), k.as_str()),
+        _ => return None,
+    })
 }
 
 /// The key of a listed row of `scope`: its `id` and `version` columns
@@ -115,7 +155,30 @@ pub(crate) fn key_in_scope(scope: &Scope, id: &str, version: i64) -> Result<DocK
             repo: repo.clone(),
             session: SessionId::new(id).map_err(bad)?,
         },
+        Scope::UnifiedSessions => DocKey::UnifiedSession {
+            session: SessionId::new(id).map_err(bad)?,
+        },
+        Scope::SessionWorkflowCheckpoints(session) => DocKey::SessionWorkflowCheckpoint {
+            session: session.clone(),
+            workflow: WorkflowId::new(id).map_err(bad)?,
+        },
+        Scope::Extension(repo, kind) => DocKey::Extension {
+            repo: repo.clone(),
+            kind: kind.clone(),
+            name: DocName::new(id).map_err(bad)?,
+        },
+        other => return Err(format!("a scope this build does not know: {other:?}")),
     })
+}
+
+/// A repository named by a row (an error names an invalid one).
+pub(crate) fn repo_from_row(repo: &str) -> Result<RepoKey, String> {
+    RepoKey::new(repo).map_err(|e| e.to_string())
+}
+
+/// An extension kind named by a row (an error names an invalid one).
+pub(crate) fn kind_from_row(kind: &str) -> Result<ExtKind, String> {
+    ExtKind::new(kind).map_err(|e| e.to_string())
 }
 
 /// A job named by a row (an error names an invalid one).

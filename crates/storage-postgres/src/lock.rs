@@ -55,7 +55,14 @@ impl Drop for Held {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let Some(mut conn) = conn else { return };
+        let Some(conn) = conn else { return };
+        // Dropped in async code too: off tokio's threads (see `runtime.rs`).
+        crate::runtime::off_runtime(|| self.release(conn));
+    }
+}
+
+impl Held {
+    fn release(&self, mut conn: Conn) {
         match sql::unlock(&mut conn, &self.key, self.id) {
             Ok(true) => self.pool.attach(conn),
             Ok(false) => {
@@ -76,6 +83,15 @@ impl Drop for Held {
 
 /// Takes lock `key` for `holder`, waiting as `wait` says.
 pub(crate) fn acquire(
+    pool: &Arc<Pool>,
+    key: &LockKey,
+    holder: &LockHolder,
+    wait: LockWait,
+) -> Result<LockGuard> {
+    crate::runtime::off_runtime(|| acquire_here(pool, key, holder, wait))
+}
+
+fn acquire_here(
     pool: &Arc<Pool>,
     key: &LockKey,
     holder: &LockHolder,

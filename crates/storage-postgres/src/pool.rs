@@ -38,9 +38,20 @@ use crate::error::{connection_lost, database, refused};
 
 /// One connection and the statements prepared on it.
 pub(crate) struct Conn {
-    client: Client,
+    /// Always `Some` until dropped (taken out to be closed off a runtime thread).
+    client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
     lost: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closing a connection blocks on the client library's runtime: not
+        // on a thread that drives tokio's (see `runtime.rs`).
+        if let Some(client) = self.client.take() {
+            crate::runtime::off_runtime(move || drop(client));
+        }
+    }
 }
 
 /// A result of the client library.
@@ -51,7 +62,7 @@ impl Conn {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql);
+        let s = self.client().prepare(sql);
         let s = self.note(s)?;
         self.statements.insert(sql, s.clone());
         Ok(s)
@@ -60,7 +71,7 @@ impl Conn {
     /// Remembers whether `r` lost the connection.
     fn note<T>(&mut self, r: PgResult<T>) -> PgResult<T> {
         if let Err(e) = &r
-            && (connection_lost(e) || self.client.is_closed())
+            && (connection_lost(e) || self.client().is_closed())
         {
             self.lost = true;
         }
@@ -74,7 +85,18 @@ impl Conn {
         params: &[&(dyn ToSql + Sync)],
     ) -> PgResult<Vec<Row>> {
         let s = self.statement(sql)?;
-        let r = self.client.query(&s, params);
+        let r = self.client().query(&s, params);
+        self.note(r)
+    }
+
+    /// Runs the prepared statement `sql`, which returns exactly one row.
+    pub(crate) fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> PgResult<Row> {
+        let s = self.statement(sql)?;
+        let r = self.client().query_one(&s, params);
         self.note(r)
     }
 
@@ -85,20 +107,20 @@ impl Conn {
         params: &[&(dyn ToSql + Sync)],
     ) -> PgResult<u64> {
         let s = self.statement(sql)?;
-        let r = self.client.execute(&s, params);
+        let r = self.client().execute(&s, params);
         self.note(r)
     }
 
     /// Runs `sql` (statements without parameters) through the simple protocol.
     pub(crate) fn batch(&mut self, sql: &str) -> PgResult<()> {
-        let r = self.client.batch_execute(sql);
+        let r = self.client().batch_execute(sql);
         self.note(r)
     }
 
     /// The client, for a transaction or notifications. Errors on it are
     /// not noted: the caller passes them to [`Conn::noted`].
     pub(crate) fn client(&mut self) -> &mut Client {
-        &mut self.client
+        self.client.as_mut().expect("present until dropped")
     }
 
     /// [`Conn::note`] for results of [`Conn::client`].
@@ -108,7 +130,7 @@ impl Conn {
 
     /// Whether the connection is lost (never to be reused).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost || self.client.is_closed()
+        self.lost || self.client.as_ref().is_none_or(Client::is_closed)
     }
 }
 
@@ -168,17 +190,19 @@ impl Pool {
 
     /// Opens a new connection, set up for the store.
     pub(crate) fn connect(&self) -> Result<Conn> {
-        let client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| database("connect to", &self.store, e))?;
-        let mut conn = Conn {
-            client,
-            statements: HashMap::new(),
-            lost: false,
-        };
-        crate::sql::setup_session(&mut conn, &self.schema, &self.store)?;
-        Ok(conn)
+        crate::runtime::off_runtime(|| {
+            let client = self
+                .config
+                .connect(NoTls)
+                .map_err(|e| database("connect to", &self.store, e))?;
+            let mut conn = Conn {
+                client: Some(client),
+                statements: HashMap::new(),
+                lost: false,
+            };
+            crate::sql::setup_session(&mut conn, &self.schema, &self.store)?;
+            Ok(conn)
+        })
     }
 
     /// A pooled connection, waiting up to the pool's wait for one to be free.

@@ -4,12 +4,11 @@
 //! version is the highest. Opening a store runs, in one transaction under a
 //! transaction-level advisory lock (so processes opening a new store at
 //! once create it once): create the PostgreSQL schema if needed, read the
-//! version, refuse a version newer than this build knows (as the file
-//! store refuses a newer `layout.json`: nothing is guessed at or written),
+//! version, refuse a version newer than this build knows
+//! ([`Error::UnsupportedSchema`], as the file store refuses a newer
+//! `layout.json`: nothing is guessed at or written),
 //! and apply the missing migrations. DDL is transactional in PostgreSQL, so
 //! a migration that fails leaves the previous version whole.
-
-use std::path::PathBuf;
 
 use storage_core::{Error, Result};
 
@@ -48,8 +47,8 @@ pub(crate) fn migrate(conn: &mut Conn, schema: &str, store: &str) -> Result<i32>
             }
             Ok(found)
         }
-        Err(found) => Err(Error::UnsupportedLayout {
-            path: PathBuf::from(store),
+        Err(found) => Err(Error::UnsupportedSchema {
+            store: store.to_owned(),
             found: u64::try_from(found).expect("positive"),
             supported: u64::try_from(SCHEMA_VERSION).expect("positive"),
         }),

@@ -12,10 +12,11 @@ fn job(s: &str) -> JobId {
 #[test]
 fn every_kind_of_key_maps_to_distinct_columns_and_back() {
     let r = repo("proj");
+    let s = || SessionId::new("s").expect("valid");
     let keys = [
         DocKey::Session {
             repo: r.clone(),
-            session: SessionId::new("s").expect("valid"),
+            session: s(),
         },
         DocKey::JobCheckpoint {
             repo: r.clone(),
@@ -41,7 +42,18 @@ fn every_kind_of_key_maps_to_distinct_columns_and_back() {
         },
         DocKey::SessionJob {
             repo: r.clone(),
-            session: SessionId::new("s").expect("valid"),
+            session: s(),
+        },
+        DocKey::UnifiedSession { session: s() },
+        DocKey::SessionCheckpoint { session: s() },
+        DocKey::SessionWorkflowCheckpoint {
+            session: s(),
+            workflow: WorkflowId::new("s").expect("valid"),
+        },
+        DocKey::Extension {
+            repo: r.clone(),
+            kind: ExtKind::new("s").expect("valid"),
+            name: DocName::new("s").expect("valid"),
         },
     ];
     let cols: Vec<DocColumns<'_>> = keys.iter().map(|k| columns(k).expect("fits")).collect();
@@ -50,21 +62,28 @@ fn every_kind_of_key_maps_to_distinct_columns_and_back() {
             assert_ne!(a, b);
         }
     }
+    for (key, c) in keys.iter().zip(&cols) {
+        assert_eq!(c.repo.is_empty(), key.repo().is_none(), "{key:?}");
+    }
     let scopes = [
         Scope::Sessions(r.clone()),
         Scope::JobCheckpoints(r.clone(), job("s")),
         Scope::WorkflowCheckpoints(r.clone()),
         Scope::DeadLetters(r.clone(), job("s")),
         Scope::SessionJobs(r.clone()),
+        Scope::UnifiedSessions,
+        Scope::SessionWorkflowCheckpoints(s()),
+        Scope::Extension(r.clone(), ExtKind::new("s").expect("valid")),
     ];
     for scope in &scopes {
-        let (kind, _, scope_job) = scope_columns(scope);
+        let (kind, scope_repo, parent) = scope_columns(scope).expect("known");
         let (key, c) = keys
             .iter()
             .zip(&cols)
             .find(|(_, c)| c.kind == kind)
             .expect("a key of this kind");
-        assert_eq!(c.job, scope_job);
+        assert!(scope.contains(key));
+        assert_eq!((c.repo, c.parent), (scope_repo, parent));
         assert_eq!(&key_in_scope(scope, c.id, c.version).expect("valid"), key);
     }
 }
@@ -76,7 +95,7 @@ fn versions_past_bigint_are_refused_not_wrapped() {
         job: job("j"),
         version: u64::MAX,
     };
-    assert_eq!(columns(&key), Err(VersionTooLarge(u64::MAX)));
+    assert_eq!(columns(&key), Err(KeyProblem::VersionTooLarge(u64::MAX)));
 }
 
 #[test]
