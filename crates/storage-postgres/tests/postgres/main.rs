@@ -16,8 +16,12 @@ mod follow;
 mod processes;
 // The server restarted mid-run: errors, nothing half-written, working again.
 mod restart;
-// The schema: versions, concurrent creation, refusals.
+// Event logs: cursors, lenient reads, waiting, deletion and retention (with appenders at work).
+mod events;
+// The schema: versions, the migration from the previous one, concurrent creation, refusals.
 mod schema;
+// The async adapter's and the adoption example's suites (storage-tokio, prodigy-adapter).
+mod suites;
 // Test databases, skips, worker processes.
 mod support;
 // The other process of the multi-process tests: this binary, re-executed.

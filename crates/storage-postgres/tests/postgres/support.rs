@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use storage_postgres::{PgOptions, PgStorage};
 
@@ -42,13 +42,56 @@ pub fn url() -> Option<String> {
     }
 }
 
-/// Tests share the server; the restart test takes it alone.
-static SERVER: RwLock<()> = RwLock::new(());
+/// Tests share the server; the restart test takes it alone. A lock of
+/// our own rather than `std::sync::RwLock`, whose guards are not `Send`:
+/// the async suites hand their store (and this hold) to a tokio test.
+struct Server {
+    state: Mutex<(usize, bool)>, // (shared holders, held alone)
+    changed: Condvar,
+}
 
-/// A test's hold on the server: shared, or alone (one of the two is `Some`).
+static SERVER: Server = Server {
+    state: Mutex::new((0, false)),
+    changed: Condvar::new(),
+};
+
+/// A test's hold on the server: shared, or alone.
 struct Hold {
-    _shared: Option<RwLockReadGuard<'static, ()>>,
-    _alone: Option<RwLockWriteGuard<'static, ()>>,
+    alone: bool,
+}
+
+impl Hold {
+    fn take(alone: bool) -> Self {
+        let mut state = SERVER.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let (shared, held_alone) = *state;
+            if !held_alone && (!alone || shared == 0) {
+                break;
+            }
+            state = SERVER
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        if alone {
+            state.1 = true;
+        } else {
+            state.0 += 1;
+        }
+        Self { alone }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut state = SERVER.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.alone {
+            state.1 = false;
+        } else {
+            state.0 -= 1;
+        }
+        SERVER.changed.notify_all();
+    }
 }
 
 /// A store in a PostgreSQL schema of its own, dropped at the end.
@@ -82,34 +125,37 @@ pub fn with_app_name(url: &str, name: &str) -> String {
 impl TestDb {
     /// A fresh store, or `None` after a skip.
     pub fn new() -> Option<Self> {
-        let hold = Hold {
-            _shared: Some(SERVER.read().unwrap_or_else(PoisonError::into_inner)),
-            _alone: None,
-        };
-        Self::with(hold)
+        let url = url()?;
+        Some(Self::with(&url, Hold::take(false)))
     }
 
     /// A fresh store while no other test uses the server (for restarts).
     pub fn alone() -> Option<Self> {
-        let hold = Hold {
-            _shared: None,
-            _alone: Some(SERVER.write().unwrap_or_else(PoisonError::into_inner)),
-        };
-        Self::with(hold)
+        let url = url()?;
+        Some(Self::with(&url, Hold::take(true)))
     }
 
-    fn with(hold: Hold) -> Option<Self> {
-        let url = url()?;
+    fn with(url: &str, hold: Hold) -> Self {
         let schema = unique_schema();
-        let url = with_app_name(&url, &schema);
+        let url = with_app_name(url, &schema);
         let store = PgStorage::connect_with(&url, PgOptions::default().schema(&schema))
             .expect("connect to the test server");
-        Some(Self {
+        Self {
             store,
             url,
             schema,
             _hold: hold,
-        })
+        }
+    }
+
+    /// A fresh store for a check of the async suites (`None` after a skip),
+    /// kept (with its schema) for as long as the check runs.
+    pub fn for_suite() -> Option<storage_tokio::suite::TestStore> {
+        let db = Self::new()?;
+        Some(storage_tokio::suite::TestStore::keeping(
+            db.store.clone(),
+            db,
+        ))
     }
 
     /// Another handle on the same store (a new pool), as another process would have.
@@ -135,12 +181,18 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.schema
-            ));
-        }
+        // On a thread of its own: an async check drops this in a tokio
+        // task, where the client library must not block.
+        let (url, schema) = (&self.url, &self.schema);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Ok(mut c) = postgres::Client::connect(url, postgres::NoTls) {
+                    let _ = c.batch_execute(&format!(
+                        "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+                    ));
+                }
+            });
+        });
     }
 }
 
