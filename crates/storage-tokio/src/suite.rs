@@ -108,6 +108,7 @@ macro_rules! async_storage_tests {
             a_dropped_lock_call_never_leaves_the_lock_held,
             a_lock_guard_releases_on_any_thread,
             run_keeps_several_calls_together,
+            every_call_runs_in_a_blocking_section,
         );
     };
     (@each $make:expr; $($check:ident),+ $(,)?) => {
@@ -664,6 +665,43 @@ pub async fn run_keeps_several_calls_together(store: Arc<dyn Storage>) {
     assert_eq!(s.jobs(&r).await.expect("jobs"), [j]);
 }
 
+/// Every call the adapter runs on the blocking pool (single calls, `run`,
+/// read and follow streams) is made in a
+/// [`BlockingSection`](storage_core::BlockingSection), so a store that
+/// blocks on a runtime of its own may do so there.
+pub async fn every_call_runs_in_a_blocking_section(store: Arc<dyn Storage>) {
+    let probe = Arc::new(Probe::new(store));
+    let s = AsyncStorage::from_arc(probe.clone());
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let key = DocKey::UnifiedSession {
+        session: session("session-1"),
+    };
+    s.put(&key, &json!({"id": "session-1"})).await.expect("put");
+    assert!(s.get(&key).await.expect("get").is_some());
+    s.run(move |st| st.get(&key).map(|d| d.is_some()))
+        .await
+        .expect("run");
+    s.append_events(&r, &j, &[event(0)]).await.expect("append");
+    let mut read = s.read_events(&r, &j);
+    while within("the next record", read.next()).await.is_some() {}
+    let mut follow = s.follow(&r, &j, EventCursor::START);
+    within("a record", follow.next())
+        .await
+        .expect("some")
+        .expect("ok");
+    drop(follow);
+    let guard = s
+        .lock(
+            &LockKey::new("mapreduce-1").expect("lock key"),
+            &holder(1),
+            LockWait::NoWait,
+        )
+        .await
+        .expect("lock");
+    drop(guard);
+    assert_eq!(probe.outside_sections.load(Ordering::SeqCst), 0);
+}
+
 /// A store that forwards every call to another and counts what passes:
 /// records visited by reads, read passes; it can also answer every wait
 /// with "maybe", or fail every read.
@@ -679,6 +717,9 @@ pub struct Probe {
     pub fail_reads: AtomicBool,
     /// Sleep this many milliseconds before each `put`.
     pub put_delay_ms: AtomicU64,
+    /// Calls (`put`, `get`, reads, waits, locks) made outside a
+    /// [`BlockingSection`](storage_core::BlockingSection).
+    pub outside_sections: AtomicU64,
 }
 
 impl Probe {
@@ -692,12 +733,20 @@ impl Probe {
             always_maybe: AtomicBool::new(false),
             fail_reads: AtomicBool::new(false),
             put_delay_ms: AtomicU64::new(0),
+            outside_sections: AtomicU64::new(0),
+        }
+    }
+
+    fn note_section(&self) {
+        if !storage_core::BlockingSection::is_entered() {
+            self.outside_sections.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
 
 impl Storage for Probe {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
+        self.note_section();
         let delay = self.put_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
@@ -705,6 +754,7 @@ impl Storage for Probe {
         self.inner.put(key, doc)
     }
     fn get(&self, key: &DocKey) -> Result<Option<Value>> {
+        self.note_section();
         self.inner.get(key)
     }
     fn delete(&self, key: &DocKey) -> Result<bool> {
@@ -742,6 +792,7 @@ impl Storage for Probe {
         mode: ReadMode,
         visit: &mut dyn FnMut(EventRecord),
     ) -> Result<EventLogSummary> {
+        self.note_section();
         self.reads.fetch_add(1, Ordering::SeqCst);
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(Error::Corrupt {
@@ -763,6 +814,7 @@ impl Storage for Probe {
         after: &EventCursor,
         timeout: Duration,
     ) -> Result<bool> {
+        self.note_section();
         if self.always_maybe.load(Ordering::SeqCst) {
             return Ok(true);
         }
@@ -786,6 +838,7 @@ impl Storage for Probe {
         self.inner.retain_events(repo, job, policy)
     }
     fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {
+        self.note_section();
         self.inner.lock(key, holder, wait)
     }
 }
