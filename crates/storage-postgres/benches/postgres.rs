@@ -22,6 +22,12 @@
 //!   prepared `INSERT … ON CONFLICT DO UPDATE` of the same text into a table
 //!   like `documents`, interleaved save by save. The ratio is time over the
 //!   bare statement's (target at most 1.3x).
+//! - `pg-get-blocking-pool`: gets of one session on a thread of tokio's
+//!   blocking pool without a `BlockingSection` (where the store runs each
+//!   call on a thread of its own, because tokio does not tell its blocking
+//!   pool from the threads that drive it) against the same gets in a
+//!   section (as `storage-tokio` makes them), alternating in blocks of 100
+//!   (no target): what the section saves.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
@@ -29,7 +35,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use storage_core::{DocKey, EventRecord, JobId, RepoKey, SessionId, Storage};
+use storage_core::{BlockingSection, DocKey, EventRecord, JobId, RepoKey, SessionId, Storage};
 use storage_postgres::{PgOptions, PgStorage};
 
 const URL_VAR: &str = "PRODIGY_TEST_POSTGRES_URL";
@@ -39,6 +45,7 @@ const BATCH: usize = 100;
 const BATCH_I64: i64 = 100;
 const BATCHES_PER_PROCESS: usize = 25;
 const SAVES: usize = 1_000;
+const GETS: usize = 2_000;
 const ROUNDS: usize = 7;
 
 fn event(writer: usize, n: usize) -> EventRecord {
@@ -140,8 +147,68 @@ fn main() {
             bare.as_secs_f64() * 1e6 / SAVES as f64
         ),
     );
+
+    let (without, within) = bench_get_on_blocking_pool(&store);
+    let extra_us = (without.as_secs_f64() - within.as_secs_f64()) * 1e6 / GETS as f64;
+    let ratio = without.as_secs_f64() / within.as_secs_f64();
+    report(
+        json_out,
+        &json!({"bench": "pg-get-blocking-pool", "ours_ms": ms(without), "baseline_ms": ms(within),
+                "ratio": (ratio * 100.0).round() / 100.0,
+                "ratio_is": "time of gets on tokio's blocking pool without a BlockingSection over gets in one (the extra thread per call)",
+                "gets": GETS, "extra_us_per_call": extra_us.round()}),
+        &format!(
+            "pg-get-blocking-pool: {GETS} gets on tokio's blocking pool: without a BlockingSection {:.1} ms ({:.0} us each), in one {:.1} ms ({:.0} us each): {ratio:.2}x the time, {extra_us:.0} us more per call (no target)",
+            ms(without),
+            without.as_secs_f64() * 1e6 / GETS as f64,
+            ms(within),
+            within.as_secs_f64() * 1e6 / GETS as f64
+        ),
+    );
     raw.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .expect("drop");
+}
+
+/// Median times of `GETS` gets of one ~1 KB session made on a thread of
+/// tokio's blocking pool without and with a `BlockingSection` (see the
+/// store's `runtime.rs`), alternating in blocks of 100.
+fn bench_get_on_blocking_pool(store: &PgStorage) -> (Duration, Duration) {
+    let key = DocKey::Session {
+        repo: RepoKey::new("bench").expect("valid"),
+        session: SessionId::new("session-get").expect("valid"),
+    };
+    store
+        .put(
+            &key,
+            &json!({"session_id": "session-get", "pad": "x".repeat(1000)}),
+        )
+        .expect("put");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let gets = |section: bool| {
+        let (store, key) = (store.clone(), key.clone());
+        rt.block_on(rt.spawn_blocking(move || {
+            let _may_block = section.then(BlockingSection::enter);
+            let start = Instant::now();
+            for _ in 0..100 {
+                store.get(&key).expect("get").expect("present");
+            }
+            start.elapsed()
+        }))
+        .expect("the blocking task")
+    };
+    let (mut without, mut within) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (mut outside, mut inside) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..GETS / 100 {
+            outside += gets(false);
+            inside += gets(true);
+        }
+        without.push(outside);
+        within.push(inside);
+    }
+    (median(without), median(within))
 }
 
 fn report(json_out: bool, row: &serde_json::Value, text: &str) {

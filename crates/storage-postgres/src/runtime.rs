@@ -13,18 +13,20 @@
 //! So every place that blocks on the client goes through [`off_runtime`]:
 //! on a thread where tokio has a runtime context, the work runs on a
 //! short-lived thread of its own (scoped: it borrows, and the caller waits
-//! for it); anywhere else it runs right here, at the cost of one
-//! thread-local read. Tokio does not tell a thread that drives a runtime
-//! from one of its blocking pool (where blocking is allowed), so calls
-//! through `storage-tokio` (which runs them on the blocking pool) take the
-//! extra thread too: tens of microseconds, against a round trip to the
-//! server.
+//! for it); anywhere else it runs right here. Tokio does not tell a thread
+//! that drives a runtime from one of its blocking pool (where blocking is
+//! allowed): both carry the runtime's context. A caller on the blocking
+//! pool says so with a [`BlockingSection`] (`storage-tokio` enters one
+//! around every call it runs there), and the call runs right here too:
+//! the extra thread would cost more than a short query.
+
+use storage_core::BlockingSection;
 
 /// Runs `f` where the client library may block: here, unless this thread
-/// has a tokio runtime context; then on a thread of its own, waited for.
-/// A panic in `f` is passed on.
+/// has a tokio runtime context and is in no [`BlockingSection`]; then on a
+/// thread of its own, waited for. A panic in `f` is passed on.
 pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
+    if BlockingSection::is_entered() || tokio::runtime::Handle::try_current().is_err() {
         return f();
     }
     std::thread::scope(|s| {
@@ -61,5 +63,18 @@ mod tests {
         });
         assert_ne!(there, here);
         assert_eq!(nested, 7);
+        // On the blocking pool, in a section: here.
+        let (id, on) = rt.block_on(async {
+            rt.spawn_blocking(|| {
+                let _may_block = BlockingSection::enter();
+                (
+                    std::thread::current().id(),
+                    off_runtime(|| std::thread::current().id()),
+                )
+            })
+            .await
+            .expect("the blocking task")
+        });
+        assert_eq!(id, on);
     }
 }
