@@ -43,13 +43,15 @@ impl BlockingSection {
     /// Whether the current thread is in a section (for stores).
     #[must_use]
     pub fn is_entered() -> bool {
-        ENTERED.with(|n| n.get() > 0)
+        // While the thread's locals are being destroyed (a guard dropped by
+        // another thread-local's destructor), no section is known.
+        ENTERED.try_with(|n| n.get() > 0).unwrap_or(false)
     }
 }
 
 impl Drop for BlockingSection {
     fn drop(&mut self) {
-        ENTERED.with(|n| n.set(n.get() - 1));
+        let _ = ENTERED.try_with(|n| n.set(n.get().saturating_sub(1)));
     }
 }
 
