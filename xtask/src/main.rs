@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod faults;
+mod postgres;
 mod size;
 mod tidy;
 
@@ -26,6 +27,8 @@ tasks:
   assets [DIR]               shell completions and the man pages (default: target/assets)
   faults                     the exhaustive fault tier (every syscall index, many kills, 500 random trees)
   fuzz [SECONDS]             each fuzz target for SECONDS (default 60); needs cargo-fuzz and nightly
+  test-postgres [--bench] [-- ARGS]
+                             the PostgreSQL store's tests (or benchmarks) against a throwaway server
 ";
 
 /// Runs the task; an error is printed as its message and causes, never as
@@ -65,6 +68,7 @@ fn run_task() -> Result<()> {
         Some("bench") => bench::run_bench(rest),
         Some("faults") => faults::run_faults(),
         Some("fuzz") => faults::run_fuzz(rest),
+        Some("test-postgres") => postgres::run_test_postgres(rest),
         Some("assets") => {
             let root = root();
             let dir = rest

@@ -27,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("storage-migrate", &["storage-core", "storage-fs"]),
     ("storage-tokio", &["storage-core"]),
     ("prodigy-adapter", &["storage-core", "storage-tokio"]),
+    ("storage-postgres", &["storage-core"]),
     (
         "storage-cli",
         &["storage-core", "storage-fs", "storage-migrate"],

@@ -127,3 +127,51 @@ fn the_readme_starts_with_the_newcomer_commands_and_ci_runs_its_install_line() {
         ".ci/run runs the README's install line"
     );
 }
+
+#[test]
+fn test_postgres_refuses_an_unknown_flag_before_starting_a_server() {
+    let out = xtask(&["test-postgres", "--no-such-flag"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("not `--no-such-flag`"), "{t}");
+    assert!(!t.contains("data in"), "a server was started:\n{t}");
+}
+
+/// The harness's clean-up when the tests fail: a cargo argument that makes
+/// `cargo test` fail at once, after the server started.
+#[test]
+fn test_postgres_stops_and_removes_its_server_when_the_tests_fail() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let installed = std::fs::read_dir("/usr/lib/postgresql").is_ok_and(|mut d| d.next().is_some());
+    if !root && !installed {
+        assert!(
+            std::env::var_os("PRODIGY_REQUIRE_ALL_TESTS").is_none_or(|v| v != "1"),
+            "this test would be skipped (no PostgreSQL server programs, and not root to install them), \
+             but PRODIGY_REQUIRE_ALL_TESTS=1 requires every test to run"
+        );
+        eprintln!(
+            "SKIP: test_postgres_stops_and_removes_its_server_when_the_tests_fail: no PostgreSQL server programs, and not root to install them"
+        );
+        return;
+    }
+    let out = xtask(&["test-postgres", "--", "--no-such-cargo-flag"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("tests failed"), "{t}");
+    assert!(t.contains("the end of the test server's log"), "{t}");
+    let dir = t
+        .lines()
+        .find_map(|l| l.split_once("data in ").map(|(_, d)| d.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no data directory named:\n{t}"));
+    assert!(!Path::new(&dir).exists(), "{dir} is left behind");
+    // No process runs on that directory any more.
+    for proc_dir in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(proc_dir.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(!cmdline.contains(&dir), "still running on {dir}: {cmdline}");
+        }
+    }
+}

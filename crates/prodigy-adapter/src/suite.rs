@@ -26,9 +26,9 @@ use storage_core::{
     RepoKey, SessionId, Storage, UnifiedSession,
 };
 use storage_tokio::AsyncStorage;
-pub use storage_tokio::suite::TestStore;
 #[doc(hidden)]
 pub use storage_tokio::suite::tokio;
+pub use storage_tokio::suite::{IntoTestStore, TestStore};
 
 use crate::{
     DeadLetterQueue, Error, EventLogger, FlushPolicy, JobStateManager, Reprocess, ResumeLock,
@@ -36,7 +36,9 @@ use crate::{
 };
 
 /// Generates one `#[tokio::test]` per check of [`suite`](crate::suite);
-/// `$make` is a closure that returns a fresh, empty [`TestStore`].
+/// `$make` is a closure that returns a fresh, empty [`TestStore`], or an
+/// `Option<TestStore>` that is `None` to skip the check (see
+/// [`storage_tokio::async_storage_tests!`]).
 #[macro_export]
 macro_rules! adapter_tests {
     ($make:expr) => {
@@ -67,8 +69,10 @@ macro_rules! adapter_tests {
         $(
             #[$crate::suite::tokio::test(crate = "prodigy_adapter::suite::tokio")]
             async fn $check() {
-                let make: &dyn Fn() -> $crate::suite::TestStore = &$make;
-                let test_store = make();
+                let make: &dyn Fn() -> _ = &$make;
+                let Some(test_store) = $crate::suite::IntoTestStore::into_test_store(make()) else {
+                    return;
+                };
                 $crate::suite::$check(test_store.store()).await;
             }
         )+

@@ -1,7 +1,8 @@
 //! The one error type of every `Storage` implementation.
 //!
 //! Variants are what a caller can act on: retry later (`Locked`), report the
-//! exact file (`Io`, `Corrupt`), upgrade the tool (`UnsupportedLayout`), or fix
+//! exact file (`Io`, `Corrupt`), upgrade the tool (`UnsupportedLayout`,
+//! `UnsupportedSchema`), or fix
 //! its input (`InvalidId`, `InvalidRecord`). Every disk variant carries the
 //! path as a field, and the underlying error as a `#[source]`.
 
@@ -56,7 +57,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// The store was written by a newer layout than this build understands.
+    /// The store on disk was written by a newer layout than this build
+    /// understands (for a database store: [`Error::UnsupportedSchema`]).
     #[error(
         "the store at `{}` has layout version {found}, this build understands up to {supported}; \
          upgrade prodigy-storage, or point --home / PRODIGY_HOME elsewhere",
@@ -66,6 +68,24 @@ pub enum Error {
         /// The store's root.
         path: PathBuf,
         /// The version found on disk.
+        found: u64,
+        /// The newest version this build reads.
+        supported: u64,
+    },
+
+    /// The database store (PostgreSQL) was migrated to a newer schema than
+    /// this build understands: a newer build wrote to it. Nothing was
+    /// written or guessed at. The database counterpart of
+    /// [`Error::UnsupportedLayout`], whose way out (`--home`) is the file
+    /// store's.
+    #[error(
+        "the store `{store}` has schema version {found}, this build understands up to {supported}; \
+         upgrade prodigy-storage, or connect to another database or PostgreSQL schema"
+    )]
+    UnsupportedSchema {
+        /// The store, as its connection string shows it without a password.
+        store: String,
+        /// The version found in the database.
         found: u64,
         /// The newest version this build reads.
         supported: u64,
@@ -90,6 +110,24 @@ pub enum Error {
         "cannot find the home directory to put the store in; set PRODIGY_HOME or pass --home DIR"
     )]
     NoStoreLocation,
+
+    /// A database server (the PostgreSQL store) could not be reached, or
+    /// refused or failed an operation. The error of the server or of the
+    /// client library is the source; `next` names what the user can do
+    /// about it, when there is something.
+    #[error("cannot {op} `{store}`{}", next_text(*.next))]
+    Database {
+        /// What was being done, ending in its preposition (`"connect to"`,
+        /// `"append events to"`, ...).
+        op: &'static str,
+        /// The store, as its connection string shows it without a password.
+        store: String,
+        /// The next step for the user, if the error tells one.
+        next: Option<&'static str>,
+        /// The server's or the client library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 
     /// A system call on a path failed.
     #[error("cannot {op} `{}`", .path.display())]
@@ -122,6 +160,10 @@ fn waited_text(waited: Option<Duration>) -> String {
             )
         },
     )
+}
+
+fn next_text(next: Option<&str>) -> String {
+    next.map_or_else(String::new, |n| format!("; {n}"))
 }
 
 fn line_text(line: Option<u64>) -> String {

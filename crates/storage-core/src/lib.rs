@@ -42,6 +42,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod blocking;
 mod error;
 mod ext;
 mod id;
@@ -53,6 +54,7 @@ mod time;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use blocking::BlockingSection;
 pub use error::{Error, Result};
 pub use ext::{KindStats, StorageExt};
 pub use id::{

@@ -13,10 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use storage_core::{
-    DeadLetterItem, DocKey, Entry, EventCursor, EventRecord, EventRetention, ExtKind, ItemId,
-    JobCheckpoint, JobId, KindStats, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode,
-    RepoKey, Result, Retention, RetentionReport, Scope, SessionId, SessionJobMapping,
-    SessionRecord, Skipped, Storage, StorageExt, UnifiedSession, WorkflowCheckpoint, WorkflowId,
+    BlockingSection, DeadLetterItem, DocKey, Entry, EventCursor, EventRecord, EventRetention,
+    ExtKind, ItemId, JobCheckpoint, JobId, KindStats, LockGuard, LockHolder, LockKey, LockWait,
+    LogEntry, ReadMode, RepoKey, Result, Retention, RetentionReport, Scope, SessionId,
+    SessionJobMapping, SessionRecord, Skipped, Storage, StorageExt, UnifiedSession,
+    WorkflowCheckpoint, WorkflowId,
 };
 use tokio::task::JoinHandle;
 
@@ -117,7 +118,11 @@ impl AsyncStorage {
         T: Send + 'static,
     {
         let store = Arc::clone(&self.store);
-        join(tokio::task::spawn_blocking(move || f(&*store))).await
+        join(tokio::task::spawn_blocking(move || {
+            let _may_block = BlockingSection::enter();
+            f(&*store)
+        }))
+        .await
     }
 
     /// Streams the log of `job` from its start, strictly (a corrupt line

@@ -9,7 +9,10 @@
 //! call never blocks a runtime worker. [`AsyncStorage`] gives exactly that
 //! with `spawn_blocking`, with the trait's own signatures (add `.await`),
 //! and works on the `current_thread` runtime too, which Prodigy's
-//! `block_in_place` does not.
+//! `block_in_place` does not. Each call runs in a
+//! [`BlockingSection`](storage_core::BlockingSection), which tells a store
+//! whose client library blocks on a runtime of its own (the PostgreSQL
+//! store) that it may do so on that thread.
 //!
 //! # Main types
 //!

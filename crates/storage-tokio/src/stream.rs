@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use storage_core::{
-    EventCursor, EventLogSummary, EventRecord, JobId, ReadMode, RepoKey, Result, Storage,
+    BlockingSection, EventCursor, EventLogSummary, EventRecord, JobId, ReadMode, RepoKey, Result,
+    Storage,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -195,6 +196,7 @@ pub(crate) fn read(
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(capacity);
     let task = tokio::task::spawn_blocking(move || {
+        let _may_block = BlockingSection::enter();
         let mut open = true;
         let result = store.read_events_from(&repo, &job, &from, mode, &mut |record| {
             // Once the stream is gone, the rest of the pass is skipped
@@ -225,6 +227,7 @@ pub(crate) fn follow(
 ) -> FollowStream {
     let (tx, rx) = mpsc::channel(capacity);
     let task = tokio::task::spawn_blocking(move || {
+        let _may_block = BlockingSection::enter();
         follow_blocking(&*store, &tx, wait_slice, &repo, &job, from);
     });
     FollowStream {

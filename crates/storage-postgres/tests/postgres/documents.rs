@@ -1,0 +1,194 @@
+//! Documents and logs as rows: exact text, hostile identifiers, order,
+//! paging, rows tampered with, connections lost.
+
+use serde_json::json;
+use storage_core::{
+    DocKey, Error, EventRecord, JobId, MemoryStorage, RepoKey, Scope, SessionId, Storage,
+};
+
+use crate::support::TestDb;
+
+fn repo() -> RepoKey {
+    RepoKey::new("proj").expect("valid")
+}
+
+#[test]
+fn a_document_is_stored_as_the_exact_json_text_not_jsonb() {
+    let Some(db) = TestDb::new() else { return };
+    let doc = json!({
+        "session_id": "s", "zeta": 1.0, "alpha": 18_446_744_073_709_551_615_u64,
+        "dup_like": {"b": 1, "a": 2}, "text": "tab\there \u{1F600} \u{0000}"
+    });
+    let key = DocKey::Session {
+        repo: repo(),
+        session: SessionId::new("s").expect("valid"),
+    };
+    db.store.put(&key, &doc).expect("put");
+    let body: String = db
+        .raw()
+        .query_one("SELECT body FROM documents", &[])
+        .expect("row")
+        .get(0);
+    assert_eq!(body, serde_json::to_string(&doc).expect("json"));
+    assert!(body.contains("\"zeta\":1.0"), "{body}");
+    assert_eq!(db.store.get(&key).expect("get"), Some(doc));
+}
+
+#[test]
+fn hostile_identifiers_are_parameters_and_list_in_memory_storage_order() {
+    let Some(db) = TestDb::new() else { return };
+    let memory = MemoryStorage::new();
+    let ids = [
+        "a'b",
+        "x\"; DROP TABLE documents; --",
+        "ünïcødé",
+        "Zeta",
+        "alpha",
+        "_under",
+        "ÿ",
+        "日本",
+        "a b",
+        "😀",
+        "$1",
+        "%",
+        "A",
+    ];
+    for id in ids {
+        let key = DocKey::Session {
+            repo: repo(),
+            session: SessionId::new(id).expect("valid"),
+        };
+        for s in [&db.store as &dyn Storage, &memory] {
+            s.put(&key, &json!({"session_id": id})).expect("put");
+        }
+    }
+    let scope = Scope::Sessions(repo());
+    let listed = db.store.list(&scope).expect("list");
+    assert_eq!(listed, memory.list(&scope).expect("list"));
+    assert_eq!(listed.len(), ids.len());
+    for key in &listed {
+        assert_eq!(
+            db.store.get(key).expect("get"),
+            memory.get(key).expect("get")
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_version_past_bigint_is_refused_with_the_limit() {
+    let Some(db) = TestDb::new() else { return };
+    let key = DocKey::JobCheckpoint {
+        repo: repo(),
+        job: JobId::new("j").expect("valid"),
+        version: u64::MAX,
+    };
+    let err = db
+        .store
+        .put(&key, &json!({"job_id": "j"}))
+        .expect_err("refused");
+    let source = std::error::Error::source(&err).expect("source").to_string();
+    assert!(source.contains("18446744073709551615"), "{source}");
+}
+
+#[test]
+fn a_long_log_with_large_lines_reads_back_whole_page_by_page() {
+    let Some(db) = TestDb::new() else { return };
+    let job = JobId::new("j").expect("valid");
+    let events: Vec<EventRecord> = (0..2500u64)
+        .map(|n| {
+            let pad = if n % 500 == 7 { 700_000 } else { 10 };
+            EventRecord::from_json(json!({"n": n, "pad": "p".repeat(pad)})).expect("object")
+        })
+        .collect();
+    for chunk in events.chunks(300) {
+        db.store
+            .append_events(&repo(), &job, chunk)
+            .expect("append");
+    }
+    let mut back = Vec::new();
+    let summary = db
+        .store
+        .read_events(&repo(), &job, &mut |e| back.push(e))
+        .expect("read");
+    assert_eq!(summary.records, 2500);
+    assert_eq!(back, events);
+}
+
+#[test]
+fn a_tampered_row_is_corrupt_with_its_line_and_a_missing_row_is_a_gap() {
+    let Some(db) = TestDb::new() else { return };
+    let job = JobId::new("j").expect("valid");
+    let events: Vec<EventRecord> = (0..3u64)
+        .map(|n| EventRecord::from_json(json!({"n": n})).expect("object"))
+        .collect();
+    db.store
+        .append_events(&repo(), &job, &events)
+        .expect("append");
+    let mut raw = db.raw();
+    raw.execute("UPDATE events SET line = '{not json' WHERE seq = 1", &[])
+        .expect("tamper");
+    let err = db
+        .store
+        .read_events(&repo(), &job, &mut |_| {})
+        .expect_err("corrupt");
+    assert!(
+        matches!(err, Error::Corrupt { line: Some(2), .. }),
+        "{err:?}"
+    );
+    raw.execute("DELETE FROM events WHERE seq = 1", &[])
+        .expect("remove");
+    let err = db
+        .store
+        .read_events(&repo(), &job, &mut |_| {})
+        .expect_err("gap");
+    assert!(err.to_string().contains("seq 1 is missing"), "{err}");
+}
+
+#[test]
+fn after_its_connections_are_killed_reads_retry_and_an_append_says_it_may_be_in_the_log() {
+    let Some(db) = TestDb::new() else { return };
+    let job = JobId::new("j").expect("valid");
+    let one = [EventRecord::from_json(json!({"n": 1})).expect("object")];
+    db.store.append_events(&repo(), &job, &one).expect("append");
+    let kill_all = || {
+        let mut raw = db.raw();
+        let n: i64 = raw
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&db.schema],
+            )
+            .expect("terminate")
+            .get(0);
+        assert!(n >= 1);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    kill_all();
+    // A read on the dead connection is retried on a new one.
+    assert_eq!(
+        db.store.event_logs(&repo()).expect("retried"),
+        std::slice::from_ref(&job)
+    );
+    kill_all();
+    let err = db
+        .store
+        .append_events(&repo(), &job, &one)
+        .expect_err("the connection was gone");
+    let text = err.to_string();
+    assert!(
+        text.contains("read the log before appending it again"),
+        "{text}"
+    );
+    // And the next call works.
+    db.store
+        .append_events(&repo(), &job, &one)
+        .expect("append again");
+    let mut n = 0;
+    db.store
+        .read_events(&repo(), &job, &mut |_| n += 1)
+        .expect("read");
+    assert_eq!(
+        n, 2,
+        "the failed append was not committed (its connection was dead)"
+    );
+}
