@@ -75,6 +75,25 @@ pub fn run_test_postgres(args: &[String]) -> Result<()> {
             "postgres",
         ]);
     } else {
+        // The command-line test runs the `prodigy-storage` binary against
+        // the server: build it, and tell the test where it is.
+        run(cargo()
+            .args([
+                "build",
+                "--package",
+                "storage-cli",
+                "--bin",
+                "prodigy-storage",
+                "--features",
+                "postgres",
+            ])
+            .current_dir(root()))?;
+        cmd.env(
+            "PRODIGY_STORAGE_BIN",
+            crate::target_dir(&root())
+                .join("debug")
+                .join("prodigy-storage"),
+        );
         cmd.args(["test", "--package", "storage-postgres"]);
     }
     cmd.args(passed)

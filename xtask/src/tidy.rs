@@ -30,7 +30,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("storage-postgres", &["storage-core"]),
     (
         "storage-cli",
-        &["storage-core", "storage-fs", "storage-migrate"],
+        &[
+            "storage-core",
+            "storage-fs",
+            "storage-migrate",
+            "storage-postgres",
+        ],
     ),
     (
         "storage-tests",

@@ -38,6 +38,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
+    /// The store: a `postgres://…` URL for a team's shared store, or a directory (as --home)
+    /// [default: $PRODIGY_STORE, else the file store of --home]
+    #[arg(long, global = true, value_name = "URL|DIR", conflicts_with = "home")]
+    pub store: Option<String>,
+
     /// Print only errors
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -208,8 +213,8 @@ Examples:
     /// again after it finished copies nothing.
     #[command(name = "copy-store")]
     CopyStore {
-        /// The destination: a directory (another file store)
-        #[arg(long, value_name = "DEST")]
+        /// The destination: a `postgres://…` URL, or a directory (another file store)
+        #[arg(long, value_name = "URL|DIR")]
         to: String,
         /// Print one JSON document (see docs/cli.md)
         #[arg(long)]

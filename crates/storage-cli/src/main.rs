@@ -62,6 +62,56 @@ fn init_logging(cli: &Cli) {
         .init();
 }
 
+/// Which store a command works on: the file store (a directory), or a
+/// team's store on PostgreSQL.
+enum Target {
+    File(RootChoice),
+    Postgres {
+        url: String,
+        /// `--store` or `PRODIGY_STORE`.
+        source: &'static str,
+    },
+}
+
+fn is_postgres_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// `--store`, then `--home`, then `PRODIGY_STORE`, then `PRODIGY_HOME`,
+/// then `~/.prodigy`: an option beats a variable; a `postgres://` URL is a
+/// database store, anything else a directory.
+fn target(cli: &Cli) -> Result<Target> {
+    let chosen = match (&cli.store, &cli.home) {
+        (Some(s), _) => Some((s.clone(), true)),
+        (None, Some(_)) => None,
+        (None, None) => std::env::var("PRODIGY_STORE")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| (s, false)),
+    };
+    let Some((value, flag)) = chosen else {
+        return Ok(Target::File(store_root(cli)?));
+    };
+    if is_postgres_url(&value) {
+        return Ok(Target::Postgres {
+            url: value,
+            source: if flag { "--store" } else { "PRODIGY_STORE" },
+        });
+    }
+    let path = std::path::absolute(&value)
+        .with_context(|| format!("cannot resolve the store path `{value}`"))?;
+    Ok(Target::File(RootChoice {
+        path,
+        source: if flag {
+            storage_fs::RootSource::StoreFlag
+        } else {
+            storage_fs::RootSource::StoreEnv
+        },
+    }))
+}
+
+/// The file store of `--home` / `PRODIGY_HOME` / `~/.prodigy`, whatever
+/// `--store` says: where migrations run and what `copy-store` copies.
 fn store_root(cli: &Cli) -> Result<RootChoice> {
     let env = std::env::var_os("PRODIGY_HOME");
     let home = dirs::home_dir();
@@ -151,6 +201,10 @@ fn check_store_path(root: &RootChoice) -> Result<()> {
         storage_fs::RootSource::Flag => "pass a directory to `--home`",
         storage_fs::RootSource::Env => "set `PRODIGY_HOME` to a directory",
         storage_fs::RootSource::Default => "move that file aside, or choose a store with `--home`",
+        storage_fs::RootSource::StoreFlag => "pass a directory or a `postgres://` URL to `--store`",
+        storage_fs::RootSource::StoreEnv => {
+            "set `PRODIGY_STORE` to a directory or a `postgres://` URL"
+        }
     };
     let mut at = root.path.as_path();
     loop {
@@ -205,7 +259,17 @@ fn check_project_dir(project: &Path) -> Result<()> {
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
-    let root = store_root(cli)?;
+    let root = match target(cli)? {
+        Target::File(root) => root,
+        // `copy-store` copies the file store wherever `--to` says.
+        Target::Postgres { .. } if matches!(cli.command, Command::CopyStore { .. }) => {
+            store_root(cli)?
+        }
+        Target::Postgres { url, source } => {
+            let file_root = store_root(cli)?;
+            return team::run(cli, &url, source, &file_root);
+        }
+    };
     check_store_path(&root)?;
     match &cli.command {
         Command::Layout => {
@@ -358,6 +422,109 @@ mod import {
         Ok(())
     }
 
+    /// A team's store and its name for messages (without a password).
+    #[cfg(feature = "postgres")]
+    fn open_team_store(url: &str) -> Result<(Box<dyn storage_core::Storage>, String)> {
+        let store = storage_postgres::PgStorage::connect(url)?;
+        let name = store.store().to_owned();
+        Ok((Box::new(store), name))
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn open_team_store(_url: &str) -> Result<(Box<dyn storage_core::Storage>, String)> {
+        anyhow::bail!(
+            "--to names a PostgreSQL store, and this build of prodigy-storage has no PostgreSQL \
+             support (built without the `postgres` feature); use a build with it"
+        )
+    }
+
+    /// Copies the file store `source` into `dest`, with progress.
+    fn copy(
+        cli: &Cli,
+        source: &FsStorage,
+        dest: &dyn storage_core::Storage,
+        label: &str,
+        json: bool,
+    ) -> Result<storage_migrate::CopyReport> {
+        let display = Display::choose(cli.quiet || json);
+        let opts = storage_migrate::CopyOptions {
+            destination: label,
+            progress: &display,
+        };
+        Ok(storage_migrate::copy_store(source, dest, &opts)?)
+    }
+
+    /// `migrate` or `upgrade` on the file store at `root`, then a copy of
+    /// that store into a team's store; one report (one JSON document) for both.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub fn then_copy(
+        cli: &Cli,
+        root: &RootChoice,
+        dest: &dyn storage_core::Storage,
+        label: &str,
+    ) -> Result<ExitCode> {
+        let (json, first, human) = match &cli.command {
+            Command::Migrate {
+                project,
+                dry_run,
+                json,
+                wait,
+            } => {
+                if *dry_run {
+                    anyhow::bail!(
+                        "--dry-run with a team's store: run `migrate --dry-run` without --store \
+                         to see the plan (the migration itself runs on the file store)"
+                    );
+                }
+                let project = project_dir(project.project.as_deref())?;
+                let store = FsStorage::peek(&root.path)?;
+                upgrade_first(cli, &store)?;
+                let display = Display::choose(cli.quiet || *json);
+                let opts = MigrateOptions {
+                    dry_run: false,
+                    wait: Duration::from_secs(*wait),
+                    progress: &display,
+                };
+                let report = storage_migrate::migrate(&store, &project, &opts)?;
+                let human = render::migration(&report);
+                (*json, serde_json::to_value(&report)?, human)
+            }
+            Command::Upgrade {
+                dry_run,
+                json,
+                wait,
+            } => {
+                if *dry_run {
+                    anyhow::bail!(
+                        "--dry-run with a team's store: run `upgrade --dry-run` without --store \
+                         to see the plan (the upgrade itself runs on the file store)"
+                    );
+                }
+                let store = FsStorage::peek(&root.path)?;
+                let display = Display::choose(cli.quiet || *json);
+                let opts = storage_migrate::UpgradeOptions {
+                    dry_run: false,
+                    wait: Duration::from_secs(*wait),
+                    progress: &display,
+                    automatic: false,
+                };
+                let report = storage_migrate::upgrade(&store, &opts)?;
+                let human = render::upgrade(&report);
+                (*json, serde_json::to_value(&report)?, human)
+            }
+            _ => unreachable!("only migrate and upgrade are copied"),
+        };
+        let store = FsStorage::open(&root.path)?;
+        let copied = copy(cli, &store, dest, label, json)?;
+        emit(
+            cli,
+            json,
+            &serde_json::json!({"schema_version": 1, "file_store": first, "copy": copied}),
+            || format!("{human}{}", render::copied(&copied)),
+        )?;
+        Ok(ExitCode::SUCCESS)
+    }
+
     pub fn run(cli: &Cli, root: &RootChoice, command: &Command) -> Result<ExitCode> {
         arm_test_hooks();
         match command {
@@ -477,6 +644,15 @@ mod import {
                 emit(cli, *json, &report, || render::downgrade(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::CopyStore { to, json } if super::is_postgres_url(to) => {
+                let source = FsStorage::peek(&root.path)?;
+                upgrade_first(cli, &source)?;
+                source.create()?;
+                let (dest, label) = open_team_store(to)?;
+                let report = copy(cli, &source, dest.as_ref(), &label, *json)?;
+                emit(cli, *json, &report, || render::copied(&report))?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::CopyStore { to, json } => {
                 let source = FsStorage::peek(&root.path)?;
                 upgrade_first(cli, &source)?;
@@ -504,5 +680,104 @@ mod import {
                 unreachable!("handled by the caller")
             }
         }
+    }
+}
+
+/// The commands on a team's store (`--store postgres://…`).
+#[cfg(feature = "postgres")]
+mod team {
+    use std::process::ExitCode;
+
+    use anyhow::Result;
+    use storage_core::StorageExt;
+    use storage_postgres::PgStorage;
+
+    use super::{emit, render};
+    use crate::cli::{Cli, Command};
+
+    pub fn run(
+        cli: &Cli,
+        url: &str,
+        source: &str,
+        file_root: &storage_fs::RootChoice,
+    ) -> Result<ExitCode> {
+        match &cli.command {
+            Command::Status { json, .. } => {
+                let store = PgStorage::connect(url)?;
+                let stats = store.stats()?;
+                let kinds: Vec<serde_json::Value> = stats
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({"repo": k.repo.as_ref().map(ToString::to_string),
+                            "kind": k.kind, "count": k.count, "bytes": k.bytes})
+                    })
+                    .collect();
+                emit(
+                    cli,
+                    *json,
+                    &serde_json::json!({
+                        "schema_version": 1, "store_kind": "postgres", "store": store.store(),
+                        "store_source": source, "schema": store.schema(),
+                        "postgres_schema_version": storage_postgres::SCHEMA_VERSION,
+                        "kinds": kinds,
+                    }),
+                    || render::team_status(store.store(), source, &stats),
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            #[cfg(feature = "legacy-import")]
+            Command::Migrate { .. } | Command::Upgrade { .. } => {
+                // The migration's guarantees (staging, verification, backup,
+                // rollback) rest on the file store: the command runs there,
+                // then the file store is copied into the team's store.
+                super::check_store_path(file_root)?;
+                let store = PgStorage::connect(url)?;
+                super::import::then_copy(cli, file_root, &store, store.store())
+            }
+            other => anyhow::bail!(
+                "`{}` works on the file store, where migrations keep their journals and \
+                 backups; run it without --store / PRODIGY_STORE (the file store is --home, \
+                 PRODIGY_HOME or ~/.prodigy). With a team's store ({source}) this build runs \
+                 status, migrate and upgrade (on the file store, then copied into the team's \
+                 store); `copy-store --to <URL>` copies the file store into it",
+                command_name(other)
+            ),
+        }
+    }
+
+    fn command_name(c: &Command) -> &'static str {
+        match c {
+            Command::Status { .. } => "status",
+            Command::Migrate { .. } => "migrate",
+            Command::Verify { .. } => "verify",
+            Command::Rollback { .. } => "rollback",
+            Command::Backups { .. } => "backups",
+            Command::Layout => "layout",
+            Command::List { .. } => "list",
+            Command::Upgrade { .. } => "upgrade",
+            Command::Downgrade { .. } => "downgrade",
+            Command::CopyStore { .. } => "copy-store",
+        }
+    }
+}
+
+#[cfg(not(feature = "postgres"))]
+mod team {
+    use std::process::ExitCode;
+
+    use anyhow::Result;
+
+    use crate::cli::Cli;
+
+    pub fn run(
+        _cli: &Cli,
+        _url: &str,
+        source: &str,
+        _file_root: &storage_fs::RootChoice,
+    ) -> Result<ExitCode> {
+        anyhow::bail!(
+            "{source} names a PostgreSQL store, and this build of prodigy-storage has no \
+             PostgreSQL support (built without the `postgres` feature); use a build with it"
+        )
     }
 }

@@ -727,3 +727,27 @@ pub fn copied(r: &storage_migrate::CopyReport) -> String {
     );
     out
 }
+
+/// `status` on a team's store: where it is, and what it holds per kind.
+#[cfg(feature = "postgres")]
+pub fn team_status(store: &str, source: &str, stats: &[storage_core::KindStats]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "store: {store} (PostgreSQL, chosen by {source})");
+    if stats.is_empty() {
+        out.push_str("It holds no documents or event logs yet.\n");
+        return out;
+    }
+    for k in stats {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<28} {:>8}  {:>10}",
+            k.repo
+                .as_ref()
+                .map_or("(global)", storage_core::RepoKey::as_str),
+            k.kind,
+            k.count,
+            bytes(k.bytes)
+        );
+    }
+    out
+}

@@ -21,6 +21,10 @@ pub enum RootSource {
     Env,
     /// The default, `~/.prodigy`.
     Default,
+    /// The `--store` option naming a directory.
+    StoreFlag,
+    /// The `PRODIGY_STORE` environment variable naming a directory.
+    StoreEnv,
 }
 
 impl fmt::Display for RootSource {
@@ -29,6 +33,8 @@ impl fmt::Display for RootSource {
             RootSource::Flag => "--home",
             RootSource::Env => "PRODIGY_HOME",
             RootSource::Default => "default (~/.prodigy)",
+            RootSource::StoreFlag => "--store",
+            RootSource::StoreEnv => "PRODIGY_STORE",
         })
     }
 }

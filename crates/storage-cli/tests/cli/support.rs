@@ -20,6 +20,7 @@ pub fn cmd(sb: &Sandbox, cwd: &Path, args: &[&str]) -> Command {
         .current_dir(cwd)
         .env("HOME", sb.home())
         .env_remove("PRODIGY_HOME")
+        .env_remove("PRODIGY_STORE")
         .env_remove("PRODIGY_STORAGE_CRASH_AT")
         .env_remove("PRODIGY_STORAGE_FAULT")
         .env_remove("RUST_LOG")

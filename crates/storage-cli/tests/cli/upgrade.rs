@@ -571,3 +571,52 @@ fn copy_store_copies_everything_verified_and_a_second_run_copies_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn store_selects_a_directory_like_home_and_a_database_needs_the_postgres_build() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("elsewhere");
+    let dir_arg = dir.to_str().expect("utf-8").to_owned();
+    // `--store` without `--home`: the sandbox's runner adds `--home`, so build the command here.
+    let bare = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(crate::support::bin());
+        c.args(args)
+            .current_dir(sb.project())
+            .env("HOME", sb.home())
+            .env_remove("PRODIGY_HOME")
+            .env_remove("PRODIGY_STORE")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run prodigy-storage")
+    };
+    let s = json_of(&bare(&["--store", &dir_arg, "status", "--json"], &[]));
+    assert_eq!(s["store_source"], "store_flag", "{s:#}");
+    assert_eq!(s["store"].as_str(), Some(dir_arg.as_str()), "{s:#}");
+    let s = json_of(&bare(&["status", "--json"], &[("PRODIGY_STORE", &dir_arg)]));
+    assert_eq!(s["store_source"], "store_env", "{s:#}");
+    // --home beats PRODIGY_STORE (an option beats a variable).
+    let home_arg = sb.store().to_str().expect("utf-8").to_owned();
+    let s = json_of(&bare(
+        &["--home", &home_arg, "status", "--json"],
+        &[("PRODIGY_STORE", &dir_arg)],
+    ));
+    assert_eq!(s["store_source"], "flag", "{s:#}");
+    let out = bare(&["--store", &dir_arg, "--home", &dir_arg, "status"], &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bare(
+        &["--store", "postgres://prodigy@127.0.0.1:1/x", "status"],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no PostgreSQL support") || err.contains("cannot connect"),
+        "without the feature it says so; with it, the connection fails: {err}"
+    );
+}

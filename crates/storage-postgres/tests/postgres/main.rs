@@ -8,6 +8,8 @@
 
 // The conformance suite of storage-core, one test per check.
 mod conformance;
+// `prodigy-storage` with a team's store: copy-store --to, --store, status, upgrade.
+mod cli;
 // Exact document text, hostile identifiers, listings sorted like MemoryStorage, paging, corrupt rows.
 mod documents;
 // Following a log: existing lines, new ones, no queries while idle.

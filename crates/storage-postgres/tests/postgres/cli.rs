@@ -1,0 +1,157 @@
+//! `prodigy-storage` with a team's store: `copy-store --to postgres://…`,
+//! then `--store` for `status`, a refusal for file-store commands, and
+//! `upgrade` that runs on the file store and copies the result.
+//!
+//! Needs the server and the binary: `cargo xtask test-postgres` passes
+//! both (`PRODIGY_STORAGE_BIN`); without them the test says so and skips.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+use storage_core::{DocKey, EventRecord, JobId, RepoKey, Storage};
+use storage_fs::FsStorage;
+use storage_postgres::PgStorage;
+
+use crate::support::{skip, url};
+
+fn bin() -> Option<PathBuf> {
+    match std::env::var_os("PRODIGY_STORAGE_BIN") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            skip("PRODIGY_STORAGE_BIN is not set (run `cargo xtask test-postgres`)");
+            None
+        }
+    }
+}
+
+fn run(bin: &PathBuf, home: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("HOME", home)
+        .env_remove("PRODIGY_HOME")
+        .env_remove("PRODIGY_STORE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run prodigy-storage")
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+#[test]
+fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
+    let Some(url) = url() else { return };
+    let Some(bin) = bin() else { return };
+    let home = tempfile::tempdir().expect("home");
+    let root = home.path().join(".prodigy");
+    let file = FsStorage::open(&root).expect("file store");
+    let repo = RepoKey::new("api").expect("repo");
+    let job = JobId::new("mapreduce-1").expect("job");
+    let doc = json!({"session_id": "cook-7", "ünïcødé": [1, 2.5, null]});
+    let key = DocKey::Session {
+        repo: repo.clone(),
+        session: "cook-7".parse().expect("id"),
+    };
+    file.put(&key, &doc).expect("put");
+    let events: Vec<EventRecord> = (0..1500)
+        .map(|n| {
+            EventRecord::from_json(json!({"event": {"job_id": "mapreduce-1", "n": n}}))
+                .expect("event")
+        })
+        .collect();
+    file.append_events(&repo, &job, &events).expect("append");
+
+    // copy-store --to the server (the default PostgreSQL schema, `prodigy`).
+    let r = json_of(&run(
+        &bin,
+        home.path(),
+        &["copy-store", "--to", &url, "--json"],
+        &[],
+    ));
+    assert_eq!(
+        (r["documents"].as_u64(), r["events"].as_u64()),
+        (Some(1), Some(1500)),
+        "{r:#}"
+    );
+    assert!(
+        !r["destination"]
+            .as_str()
+            .expect("destination")
+            .contains("password"),
+        "the destination is named without its password: {r:#}"
+    );
+    let team = PgStorage::connect(&url).expect("connect");
+    assert_eq!(team.get(&key).expect("get"), Some(doc));
+    let mut n = 0;
+    team.read_events(&repo, &job, &mut |_| n += 1)
+        .expect("read");
+    assert_eq!(n, 1500);
+    // Again: nothing copied twice.
+    let again = json_of(&run(
+        &bin,
+        home.path(),
+        &["copy-store", "--to", &url, "--json"],
+        &[],
+    ));
+    assert_eq!(again["already_done"].as_u64(), Some(2), "{again:#}");
+
+    // --store (and PRODIGY_STORE) select the team's store for status.
+    let s = json_of(&run(
+        &bin,
+        home.path(),
+        &["--store", &url, "status", "--json"],
+        &[],
+    ));
+    assert_eq!(s["store_kind"], "postgres", "{s:#}");
+    assert_eq!(s["store_source"], "--store");
+    let s = json_of(&run(
+        &bin,
+        home.path(),
+        &["status", "--json"],
+        &[("PRODIGY_STORE", &url)],
+    ));
+    assert_eq!(s["store_source"], "PRODIGY_STORE", "{s:#}");
+    let kinds = s["kinds"].as_array().expect("kinds");
+    assert!(
+        kinds
+            .iter()
+            .any(|k| k["kind"] == "event log" && k["count"] == 1),
+        "{s:#}"
+    );
+
+    // A command that needs the file store's journals is refused, naming why.
+    let out = run(&bin, home.path(), &["--store", &url, "rollback"], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("works on the file store"), "{err}");
+
+    // upgrade with a team's store: on the file store, then copied.
+    let more = [
+        EventRecord::from_json(json!({"event": {"job_id": "mapreduce-1", "n": 1500}}))
+            .expect("event"),
+    ];
+    file.append_events(&repo, &JobId::new("mapreduce-2").expect("job"), &more)
+        .expect("append");
+    let u = json_of(&run(
+        &bin,
+        home.path(),
+        &["--store", &url, "upgrade", "--json"],
+        &[],
+    ));
+    assert_eq!(u["file_store"]["outcome"], "nothing_to_migrate", "{u:#}");
+    assert_eq!(
+        u["copy"]["event_logs"].as_u64(),
+        Some(1),
+        "the new log: {u:#}"
+    );
+}
