@@ -543,13 +543,22 @@ pub(crate) fn summarize(path: &Path) -> Result<Summary> {
 
 /// Writes entries to `path` atomically and durably: `fill` gets a function
 /// that appends one entry. Returns what `fill` returned.
+///
+/// With a `batch`, the new file is made durable by the batch's `finish`
+/// instead of `fsync`s of its own (see [`fsx::Batch::write_atomic_with`]):
+/// only for entries that recovery never reads before that `finish` (those
+/// of a transaction that is still staging, which recovery deletes).
 pub(crate) fn write_entries<T>(
     path: &Path,
+    batch: Option<&fsx::Batch>,
     fill: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<T>,
 ) -> Result<T> {
-    fsx::create_dir_all(fsx::parent(path))?;
+    match batch {
+        Some(batch) => batch.create_dir_all(fsx::parent(path))?,
+        None => fsx::create_dir_all(fsx::parent(path))?,
+    }
     let mut outcome: Option<Result<T>> = None;
-    let written = fsx::write_atomic_with(path, |file| {
+    let write = |file: &mut std::fs::File| {
         let mut w = BufWriter::with_capacity(64 * 1024, file);
         let mut push = |e: &Entry| -> Result<()> {
             serde_json::to_writer(&mut w, e)
@@ -563,7 +572,11 @@ pub(crate) fn write_entries<T>(
             return Err(std::io::Error::other("stopped"));
         }
         w.flush()
-    });
+    };
+    let written = match batch {
+        Some(batch) => batch.write_atomic_with(path, write),
+        None => fsx::write_atomic_with(path, write),
+    };
     let written = written.map_err(Error::from);
     match outcome {
         Some(Ok(t)) => written.map(|()| t),
@@ -585,7 +598,7 @@ pub(crate) fn rewrite_entries(
     mut f: impl FnMut(&mut [Entry]) -> Result<()>,
 ) -> Result<()> {
     let mut reader = EntryReader::open(path)?;
-    write_entries(path, |push| {
+    write_entries(path, None, |push| {
         loop {
             let mut chunk = reader.next_chunk(CHUNK)?;
             if chunk.is_empty() {
@@ -697,7 +710,7 @@ mod entry_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("entries.jsonl");
         let n = CHUNK * 2 + 7;
-        write_entries(&path, |push| {
+        write_entries(&path, None, |push| {
             for i in 0..n {
                 push(&entry(i, Fate::Pending))?;
             }
@@ -732,7 +745,7 @@ mod entry_tests {
     fn a_failed_rewrite_leaves_the_entries_as_they_were() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("entries.jsonl");
-        write_entries(&path, |push| push(&entry(0, Fate::Pending))).expect("write");
+        write_entries(&path, None, |push| push(&entry(0, Fate::Pending))).expect("write");
         let before = std::fs::read(&path).expect("read");
         let err = rewrite_entries(&path, |chunk| {
             chunk[0].outputs[0].fate = Fate::Published;

@@ -33,7 +33,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Result, create_dir_all_unsynced, create_dirs, parent, rename_noreplace};
+use super::{Result, create_dir_all_unsynced, create_dirs, create_temp, parent, rename_noreplace};
 
 /// Whether changes are made durable one by one (see the module docs):
 /// everywhere but Linux, and on Linux with `portable-durability`.
@@ -93,6 +93,42 @@ impl Batch {
         rename_noreplace(from, to)?;
         self.dir_changed(parent(from));
         self.dir_changed(parent(to));
+        Ok(())
+    }
+
+    /// Replaces `path` with what `fill` writes, through a locked temp file
+    /// beside it renamed over it ([`super::write_atomic_with`] without its
+    /// two `fsync`s): readers in this and other processes see the old or the
+    /// new file, and [`finish`](Self::finish) makes the new one durable.
+    ///
+    /// Until then a crash (a power loss, not a killed process) may leave
+    /// either version or a damaged one, so this is only for records that
+    /// nothing reads after a crash before the batch's `finish` (the
+    /// migration's records while it stages, which recovery deletes unread).
+    pub fn write_atomic_with(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let dir = parent(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (tmp, mut f) = create_temp(dir, &name)?;
+        let result = (|| {
+            fill(&mut f).map_err(|e| storage_core::Error::io("write", &tmp, e))?;
+            self.file_written(&f, &tmp)?;
+            std::fs::rename(&tmp, path)
+                .map_err(|e| storage_core::Error::io("rename into place", path, e))
+        })();
+        drop(f);
+        if result.is_err() {
+            // Best effort: the temp file is ours; a sweep removes it if this fails too.
+            let _ = std::fs::remove_file(&tmp);
+            return result;
+        }
+        self.dir_changed(dir);
         Ok(())
     }
 

@@ -201,3 +201,40 @@ fn a_batch_skips_a_recorded_directory_removed_since() {
         .finish(dir.path())
         .expect("a removed directory is not an error");
 }
+
+#[test]
+fn a_batch_replaces_a_record_without_syncing_it_until_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("entries.jsonl");
+    let batch = Batch::new();
+    batch
+        .write_atomic_with(&target, |f| f.write_all(b"one"))
+        .expect("write");
+    batch
+        .write_atomic_with(&target, |f| f.write_all(b"two"))
+        .expect("replace");
+    assert_eq!(fs::read(&target).expect("read"), b"two");
+    assert_eq!(mode(&target), 0o600);
+    let names = read_dir_sorted(dir.path()).expect("list");
+    assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    let failed = batch.write_atomic_with(&target, |_| Err(io::Error::other("stop")));
+    assert!(failed.is_err());
+    assert_eq!(fs::read(&target).expect("read"), b"two", "kept as it was");
+    assert_eq!(read_dir_sorted(dir.path()).expect("list").len(), 1);
+    let _ = take_dir_fsyncs();
+    if PORTABLE {
+        assert_eq!(batch.pending(), [dir.path().to_owned()]);
+    } else {
+        assert!(batch.pending().is_empty());
+    }
+    batch.finish(dir.path()).expect("finish");
+    assert_eq!(
+        take_dir_fsyncs(),
+        if PORTABLE {
+            vec![dir.path().to_owned()]
+        } else {
+            Vec::new()
+        },
+        "its directory made durable by the batch, once"
+    );
+}

@@ -138,12 +138,22 @@ impl Owner {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fsx::create_dir_all(fsx::parent(path))?;
+    Ok(fsx::write_atomic_with(path, |f| write_pretty(f, value))?)
+}
+
+/// [`write_json`], made durable by `batch`'s `finish` instead (see
+/// [`fsx::Batch::write_atomic_with`]): only for records that recovery never
+/// reads before that `finish`.
+fn write_json_in(batch: &fsx::Batch, path: &Path, value: &impl Serialize) -> Result<()> {
+    batch.create_dir_all(fsx::parent(path))?;
+    Ok(batch.write_atomic_with(path, |f| write_pretty(f, value))?)
+}
+
+fn write_pretty(f: &mut std::fs::File, value: &impl Serialize) -> std::io::Result<()> {
     // Streamed: a manifest of a large tree is never built in memory.
-    Ok(fsx::write_atomic_with(path, |f| {
-        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
-        serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
-        w.flush()
-    })?)
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+    serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
+    w.flush()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, next: &str) -> Result<Option<T>> {
@@ -377,28 +387,46 @@ impl Tx<'_> {
             // The few logs to split are staged first, on their own thread.
             let mut splits = Vec::new();
             self.progress.start(Step::Plan, 0, 0);
-            let mut m = manifest::write_entries(&self.paths.entries(txid), |push| {
-                plan(&mut |e| {
-                    planned.add(e);
-                    if e.source().split {
-                        splits.push(e.clone());
-                    }
-                    push(e)
-                })
-            })?;
+            // The transaction's records are written through the batch until
+            // staging's `syncfs`, which makes them durable with the staged
+            // files: recovery of a transaction still staging deletes them
+            // unread (docs/reliability.md, "Durability barriers").
+            let mut m =
+                manifest::write_entries(&self.paths.entries(txid), Some(&self.batch), |push| {
+                    plan(&mut |e| {
+                        planned.add(e);
+                        if e.source().split {
+                            splits.push(e.clone());
+                        }
+                        push(e)
+                    })
+                })?;
             self.progress.finish(Step::Plan);
             legacy.clone_from(&m.legacy_dir.0);
             if planned.sources == 0 {
                 return Ok(None);
             }
             tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
-            write_json(&self.paths.manifest(txid), &m)?;
+            write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
             fault::point("after-journal");
             let staged = self.stage(&mut m, &planned, splits)?;
-            self.sync(self.layout().root())?;
-            write_json(&self.paths.manifest(txid), &m)?;
+            write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+            // Verification only reads (the staged copies, the legacy files'
+            // metadata), so it runs while staging is made durable: it reads
+            // the same bytes before or after the `syncfs` (the page cache),
+            // and nothing that depends on either (the marker, the reserve,
+            // the journal's `publishing`) starts before both are done.
+            let (synced, verified) = std::thread::scope(|scope| {
+                let sync = scope.spawn(|| self.sync(self.layout().root()));
+                let verified = self.verify_staged(&m, &staged);
+                let synced = sync
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (synced, verified)
+            });
+            synced?;
             fault::point("after-staging");
-            self.verify_staged(&m, &staged)?;
+            verified?;
             // The marker names this store in the project before anything is
             // published; writing it shows whether renames reach the project.
             let owner = project_owner(&m.legacy_dir.0);

@@ -96,7 +96,7 @@ impl Tx<'_> {
                 splitting.store(false, std::sync::atomic::Ordering::Relaxed);
                 r
             });
-            manifest::write_entries(&entries, |push| {
+            manifest::write_entries(&entries, Some(&self.batch), |push| {
                 let mut done = |m: &mut Manifest, e: &mut Entry, r: Staged| -> Result<()> {
                     for w in &r.warnings {
                         m.warn(w.clone());
