@@ -592,13 +592,40 @@ pub(crate) fn write_entries<T>(
     }
 }
 
-/// Rewrites the entries at `path` a chunk at a time through `f`, atomically.
+/// Rewrites the entries at `path` a chunk at a time through `f`, atomically
+/// and durably, when `f` changed any of them; when it changed none (a
+/// retire that put every file into the backup as verified), the file is
+/// left as it is: nothing is written, and it is as durable as it was.
 pub(crate) fn rewrite_entries(
     path: &Path,
     mut f: impl FnMut(&mut [Entry]) -> Result<()>,
 ) -> Result<()> {
     let mut reader = EntryReader::open(path)?;
+    // Read only, until a chunk comes back changed.
+    let mut unchanged = 0;
+    let changed = loop {
+        let mut chunk = reader.next_chunk(CHUNK)?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let before = chunk.clone();
+        f(&mut chunk)?;
+        if chunk != before {
+            break chunk;
+        }
+        unchanged += 1;
+    };
     write_entries(path, None, |push| {
+        // The chunks before it, read again as they are.
+        let mut again = EntryReader::open(path)?;
+        for _ in 0..unchanged {
+            for e in &again.next_chunk(CHUNK)? {
+                push(e)?;
+            }
+        }
+        for e in &changed {
+            push(e)?;
+        }
         loop {
             let mut chunk = reader.next_chunk(CHUNK)?;
             if chunk.is_empty() {
@@ -739,6 +766,67 @@ mod entry_tests {
         })
         .expect("read");
         assert_eq!(seen, (0..n).collect::<Vec<_>>(), "order kept");
+    }
+
+    #[test]
+    fn a_rewrite_that_changes_nothing_leaves_the_file_and_one_that_changes_a_late_chunk_keeps_the_rest()
+     {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("entries.jsonl");
+        let n = CHUNK * 2 + 7;
+        write_entries(&path, None, |push| {
+            for i in 0..n {
+                push(&entry(i, Fate::Pending))?;
+            }
+            Ok(())
+        })
+        .expect("write");
+        let before = std::fs::read(&path).expect("read");
+        let inode = std::fs::metadata(&path).expect("stat").ino();
+        let mut seen = 0;
+        rewrite_entries(&path, |chunk| {
+            seen += chunk.len();
+            Ok(())
+        })
+        .expect("rewrite");
+        assert_eq!(seen, n, "every entry went through");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").ino(),
+            inode,
+            "not replaced"
+        );
+        // Only the last chunk changes: the ones before it are kept as they were.
+        rewrite_entries(&path, |chunk| {
+            for e in chunk.iter_mut().filter(|e| e.index == n - 1) {
+                e.outputs[0].fate = Fate::Published;
+            }
+            Ok(())
+        })
+        .expect("rewrite");
+        let after = std::fs::read(&path).expect("read");
+        let lines = |b: &[u8]| {
+            b.split(|&c| c == b'\n')
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>()
+        };
+        let (old, new) = (lines(&before), lines(&after));
+        assert_eq!(old.len(), new.len());
+        assert_eq!(
+            old[..n - 1],
+            new[..n - 1],
+            "the unchanged entries, byte for byte"
+        );
+        assert_ne!(old[n - 1], new[n - 1]);
+        let mut fates = Vec::new();
+        for_each_chunk(&path, |chunk| {
+            fates.extend(chunk.iter().map(|e| (e.index, e.outputs[0].fate.clone())));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(fates.len(), n);
+        assert!(fates.iter().enumerate().all(|(i, (index, fate))| *index == i
+            && (*fate == Fate::Published) == (i == n - 1)));
     }
 
     #[test]
