@@ -2,7 +2,7 @@
 //! overwriting anything (conflicts kept aside).
 
 use super::{
-    AtPath, Dirs, Error, Fate, Manifest, Output, Path, PathBuf, Result, Step, Summary, Tx,
+    AtPath, DirSet, Dirs, Error, Fate, Manifest, Output, Path, PathBuf, Result, Step, Summary, Tx,
     conflict_alt, crosses_devices, fault, fsx, join, manifest, move_file, probe,
 };
 
@@ -59,8 +59,9 @@ impl Tx<'_> {
         if !moved.is_empty() {
             fault::point("mid-publish");
         }
-        let mut dirs = Dirs::default();
         let mut first = moved.is_empty();
+        let moved = DirSet::new(moved.iter().map(PathBuf::as_path));
+        let mut dirs = Dirs::default();
         let mut published = Summary::default();
         manifest::rewrite_entries(&self.paths.entries(&m.txid), |chunk| {
             for e in chunk.iter_mut() {
@@ -87,10 +88,14 @@ impl Tx<'_> {
         m: &Manifest,
         staging: &Path,
         root: &Path,
-        moved: &[PathBuf],
+        moved: &DirSet,
         dirs: &mut Dirs,
         o: &Output,
     ) -> Result<Fate> {
+        if moved.find(o.dest.as_path()).is_some() {
+            // Moved with its whole directory just now.
+            return Ok(Fate::Published);
+        }
         let staged = join(staging, &o.dest)?;
         let target = join(root, &o.dest)?;
         let alt_rel = conflict_alt(
@@ -102,10 +107,7 @@ impl Tx<'_> {
         let alt = join(root, &alt_rel)?;
         let same =
             |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash);
-        Ok(if moved.iter().any(|d| o.dest.as_path().starts_with(d)) {
-            // Moved with its whole directory just now.
-            Fate::Published
-        } else if std::fs::symlink_metadata(&staged).is_ok() {
+        Ok(if std::fs::symlink_metadata(&staged).is_ok() {
             // A rename, or where a part of the store is another mount, a
             // verified durable copy (see `move_file`).
             match probe(&target)? {

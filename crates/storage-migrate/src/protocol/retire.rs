@@ -2,8 +2,8 @@
 //! a file changed after verification is never moved or removed.
 
 use super::{
-    BTreeMap, Dirs, Error, Fingerprint, Left, Manifest, Owner, Path, PathBuf, RelPath, Result,
-    Source, Step, Summary, Tx, copy, crosses_devices, dir_modes, fault, fsx, is_kind, join,
+    BTreeMap, DirSet, Dirs, Error, Fingerprint, Left, Manifest, Owner, Path, PathBuf, RelPath,
+    Result, Source, Step, Summary, Tx, copy, crosses_devices, dir_modes, fault, fsx, is_kind, join,
     make_dirs, manifest, move_file, open_regular, par_map, project_owner, rel_in_store,
 };
 
@@ -116,13 +116,14 @@ impl Tx<'_> {
             .start(Step::Retire, published.sources, published.source_bytes);
         let first = std::sync::Once::new();
         let moved = self.retire_dirs(m, &entries, &legacy, &backup)?;
+        let moved = DirSet::new(moved.iter().map(PathBuf::as_path));
         let modes = dir_modes(m);
         let mut copied_any = false;
         let mut warnings = Vec::new();
         manifest::rewrite_entries(&entries, |chunk| {
             let sources: Vec<&Source> = chunk.iter().flat_map(|e| &e.sources).collect();
             let mut outcomes = par_map(&sources, Dirs::default, |dirs, s| {
-                let r = if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
+                let r = if moved.find(s.rel.as_path()).is_some() {
                     self.check_moved(&txid, &legacy, &backup, &modes, s)?
                 } else {
                     self.retire_one(&txid, &legacy, &backup, &modes, dirs, s)?
@@ -360,13 +361,10 @@ impl Tx<'_> {
             return Ok(Vec::new());
         }
         let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
+        let pure = DirSet::new(m.pure_dirs.iter().map(RelPath::as_path));
         manifest::for_each_chunk(entries, |chunk| {
             for s in chunk.iter().flat_map(|e| &e.sources) {
-                if let Some(k) = m
-                    .pure_dirs
-                    .iter()
-                    .position(|d| s.rel.as_path().starts_with(d.as_path()))
-                {
+                if let Some(k) = pure.find(s.rel.as_path()) {
                     planned[k].0 += 1;
                     planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
                 }
