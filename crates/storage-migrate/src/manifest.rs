@@ -356,6 +356,13 @@ pub struct Manifest {
     /// Storage directories holding only storage files, moved whole when retiring.
     #[serde(default)]
     pub pure_dirs: Vec<RelPath>,
+    /// For each of `pure_dirs`, what retiring checks it holds before and
+    /// after moving it whole: the count of planned files under it and the
+    /// sum of 128 bits of their paths' BLAKE3 (hex), taken while planning.
+    /// Empty in records written before it was kept here: retiring then
+    /// reads the entries for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pure_dir_files: Vec<(u64, String)>,
     /// Directories of the old layout that exist whatever happens (an
     /// upgrade records every one, so a downgrade removes only directories
     /// the upgrade created).
@@ -390,6 +397,7 @@ impl Manifest {
             created_at: storage_fs::time::now(),
             dirs: Vec::new(),
             pure_dirs: Vec::new(),
+            pure_dir_files: Vec::new(),
             kept_dirs: Vec::new(),
             specials: Vec::new(),
             user_files: 0,

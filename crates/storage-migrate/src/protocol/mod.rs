@@ -300,6 +300,26 @@ impl DirSet {
     }
 }
 
+/// The files planned under each of `pure`, from those of each directory
+/// (see [`Manifest::pure_dir_files`]).
+fn pure_dir_files(
+    pure: &[RelPath],
+    by_dir: &std::collections::HashMap<PathBuf, (u64, u128)>,
+) -> Vec<(u64, String)> {
+    let set = DirSet::new(pure.iter().map(RelPath::as_path));
+    let mut files = vec![(0u64, 0u128); pure.len()];
+    for (dir, (n, sum)) in by_dir {
+        if let Some(k) = set.find(dir) {
+            files[k].0 += n;
+            files[k].1 = files[k].1.wrapping_add(*sum);
+        }
+    }
+    files
+        .into_iter()
+        .map(|(n, sum)| (n, format!("{sum:032x}")))
+        .collect()
+}
+
 /// Runs `f` over `items` on up to four threads (each with its own `init()`
 /// state), returning the results in item order, or the first error.
 fn par_map<I: Sync, S, T: Send>(
@@ -421,6 +441,9 @@ impl Tx<'_> {
             let mut planned = Summary::default();
             // The few logs to split are staged first, on their own thread.
             let mut splits = Vec::new();
+            // The planned files of each directory (see `Manifest::pure_dir_files`).
+            let mut by_dir: std::collections::HashMap<PathBuf, (u64, u128)> =
+                std::collections::HashMap::new();
             self.progress.start(Step::Plan, 0, 0);
             // The transaction's records are written through the batch until
             // staging's `syncfs`, which makes them durable with the staged
@@ -433,9 +456,19 @@ impl Tx<'_> {
                         if e.source().split {
                             splits.push(e.clone());
                         }
+                        for s in &e.sources {
+                            let dir = s.rel.as_path().parent().unwrap_or(Path::new(""));
+                            let (n, sum) = match by_dir.get_mut(dir) {
+                                Some(counts) => counts,
+                                None => by_dir.entry(dir.to_owned()).or_default(),
+                            };
+                            *n += 1;
+                            *sum = sum.wrapping_add(retire::name_digest(s.rel.as_path()));
+                        }
                         push(e)
                     })
                 })?;
+            m.pure_dir_files = pure_dir_files(&m.pure_dirs, &by_dir);
             self.progress.finish(Step::Plan);
             legacy.clone_from(&m.legacy_dir.0);
             if planned.sources == 0 {

@@ -360,17 +360,29 @@ impl Tx<'_> {
         if m.pure_dirs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
-        let pure = DirSet::new(m.pure_dirs.iter().map(RelPath::as_path));
-        manifest::for_each_chunk(entries, |chunk| {
-            for s in chunk.iter().flat_map(|e| &e.sources) {
-                if let Some(k) = pure.find(s.rel.as_path()) {
-                    planned[k].0 += 1;
-                    planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
-                }
+        let recorded: Option<Vec<(u64, u128)>> = m
+            .pure_dir_files
+            .iter()
+            .map(|(n, sum)| Some((*n, u128::from_str_radix(sum, 16).ok()?)))
+            .collect();
+        let planned = match recorded {
+            Some(planned) if planned.len() == m.pure_dirs.len() => planned,
+            // Records written before planning kept them.
+            _ => {
+                let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
+                let pure = DirSet::new(m.pure_dirs.iter().map(RelPath::as_path));
+                manifest::for_each_chunk(entries, |chunk| {
+                    for s in chunk.iter().flat_map(|e| &e.sources) {
+                        if let Some(k) = pure.find(s.rel.as_path()) {
+                            planned[k].0 += 1;
+                            planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
+                        }
+                    }
+                    Ok(())
+                })?;
+                planned
             }
-            Ok(())
-        })?;
+        };
         let mut moved = Vec::new();
         let pure: Vec<RelPath> = m.pure_dirs.clone();
         for (d, want) in pure.iter().zip(planned) {
