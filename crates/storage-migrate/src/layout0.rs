@@ -252,13 +252,11 @@ pub(crate) fn plan(
     // Directories holding anything that stays, or that publishing puts a
     // file into (and their ancestors): the others hold only files the
     // upgrade moves, and go into the backup with one rename each.
-    let mut impure: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
-    let taint = |rel: &Path, impure: &mut std::collections::BTreeSet<PathBuf>| {
+    let mut impure: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let taint = |rel: &Path, impure: &mut std::collections::HashSet<PathBuf>| {
         let mut p = Some(rel);
-        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            if !impure.insert(d.to_owned()) {
-                break;
-            }
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !impure.contains(*d)) {
+            impure.insert(d.to_owned()); // and so are its ancestors, once it is
             p = d.parent();
         }
     };

@@ -4,8 +4,8 @@
 
 use super::{
     BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Layout, Manifest, Output, Path,
-    PathBuf, Produce, Read, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx, join,
-    manifest, open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
+    PathBuf, Produce, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx, join, manifest,
+    open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
 };
 
 /// Typed documents larger than this are copied without the JSON check.
@@ -209,9 +209,7 @@ impl Tx<'_> {
             produce => {
                 // Typed documents are read whole: a torn or corrupt one must not
                 // land where Prodigy loads it, so it goes to the legacy area.
-                let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-                file.read_to_end(&mut bytes)
-                    .map_err(|e| Error::io("read", &path, e))?;
+                let bytes = copy::read_whole(&mut file, &path, meta.len())?;
                 r.src_hash = blake3::hash(&bytes);
                 let valid = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
                 let dest_rel = self.typed_dest(&mut r, (oi, out), source.rel.as_path(), valid);
