@@ -35,7 +35,7 @@
 //! |---|---|---|---|
 //! | (none) | — | sweeping temp files and stray staging areas | — |
 //! | `staging` | the lock, before planning | deleting `<txid>/` (nothing published) | — |
-//! | `publishing` | verification, the marker, the reserve | publishing again (found by hash), then retiring | `migrate` finishes, `rollback` undoes |
+//! | `publishing` | staging's `syncfs` (the reserve with it), verification, the marker | publishing again (found by hash), then retiring | `migrate` finishes, `rollback` undoes |
 //! | `retiring` | publishing's `syncfs` | retiring the rest (copies made again) | `migrate` finishes, `rollback` undoes |
 //! | `committed` | retiring's `syncfs` and the manifest | writing the report and history, removing the journal | — |
 //! | `rolling_back` | a rollback's checks | finishing the rollback | — |
@@ -479,11 +479,12 @@ impl Tx<'_> {
             fault::point("after-journal");
             let staged = self.stage(&mut m, &planned, splits)?;
             write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+            self.reserve(txid)?;
             // Verification only reads (the staged copies, the legacy files'
             // metadata), so it runs while staging is made durable: it reads
             // the same bytes before or after the `syncfs` (the page cache),
-            // and nothing that depends on either (the marker, the reserve,
-            // the journal's `publishing`) starts before both are done.
+            // and nothing that depends on either (the marker, the journal's
+            // `publishing`) starts before both are done.
             let (synced, verified) = std::thread::scope(|scope| {
                 let sync = scope.spawn(|| self.sync(self.layout().root()));
                 let verified = self.verify_staged(&m, &staged);
@@ -513,7 +514,6 @@ impl Tx<'_> {
             if !renames {
                 self.check_space(&m, &staged)?;
             }
-            self.reserve(txid)?;
             Ok(Some((m, staged)))
         })();
         let (mut m, staged) = match staged {
@@ -547,15 +547,14 @@ impl Tx<'_> {
     /// Sets aside a little space in the store before publishing, which an
     /// undo frees first: undoing must work when finishing failed because
     /// the store's disk is full (it needs a journal and a history line).
+    /// Written while staging, and made durable by staging's `syncfs`.
     fn reserve(&self, txid: &str) -> Result<()> {
         let path = self.paths.reserve(txid);
         let _ = std::fs::remove_file(&path);
         let mut f = fsx::create_new(&path)?;
         f.write_all(&vec![0u8; UNDO_RESERVE])
-            .and_then(|()| f.sync_all())
             .map_err(|e| Error::io("write", &path, e))?;
-        self.batch.dir_changed(fsx::parent(&path));
-        Ok(())
+        Ok(self.batch.file_written(&f, &path)?)
     }
 
     /// Frees the space [`Tx::reserve`] set aside.
