@@ -565,6 +565,24 @@ pub(crate) fn write_entries<T>(
         Some(batch) => batch.create_dir_all(fsx::parent(path))?,
         None => fsx::create_dir_all(fsx::parent(path))?,
     }
+    let put = |write: Writer<'_>| match batch {
+        Some(batch) => batch.write_atomic_with(path, write),
+        None => fsx::write_atomic_with(path, write),
+    };
+    write_entries_via(path, put, fill).map(|(t, ())| t)
+}
+
+/// What writes the new entries into the file it is given.
+type Writer<'a> = Box<dyn FnOnce(&mut std::fs::File) -> std::io::Result<()> + 'a>;
+
+/// Writes entries through `put`, which creates the new file, calls the
+/// writer it is given on it, and puts it in place (or beside); returns what
+/// `fill` and `put` returned.
+fn write_entries_via<T, W>(
+    path: &Path,
+    put: impl FnOnce(Writer<'_>) -> storage_core::Result<W>,
+    fill: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<T>,
+) -> Result<(T, W)> {
     let mut outcome: Option<Result<T>> = None;
     let write = |file: &mut std::fs::File| {
         let mut w = BufWriter::with_capacity(64 * 1024, file);
@@ -581,16 +599,12 @@ pub(crate) fn write_entries<T>(
         }
         w.flush()
     };
-    let written = match batch {
-        Some(batch) => batch.write_atomic_with(path, write),
-        None => fsx::write_atomic_with(path, write),
-    };
-    let written = written.map_err(Error::from);
+    let written = put(Box::new(write)).map_err(Error::from);
     match outcome {
-        Some(Ok(t)) => written.map(|()| t),
+        Some(Ok(t)) => written.map(|w| (t, w)),
         Some(Err(e)) => Err(e),
         // `fill` never ran: creating the temp file failed.
-        None => written.and_then(|()| {
+        None => written.and_then(|_| {
             Err(Error::io(
                 "write",
                 path,
@@ -606,15 +620,37 @@ pub(crate) fn write_entries<T>(
 /// left as it is: nothing is written, and it is as durable as it was.
 pub(crate) fn rewrite_entries(
     path: &Path,
-    mut f: impl FnMut(&mut [Entry]) -> Result<()>,
+    f: impl FnMut(&mut [Entry]) -> Result<()>,
 ) -> Result<()> {
+    rewrite_entries_via(path, |write| fsx::write_atomic_with(path, write), f).map(|_| ())
+}
+
+/// [`rewrite_entries`], the new file written beside the old one and made
+/// durable by `batch`'s `finish` (see [`fsx::Batch::write_beside`]): the
+/// caller renames it into place after that `finish`, so that the entries
+/// are the old ones or the new ones, durably, whatever happens, and one
+/// `syncfs` makes both them and the phase's other changes durable.
+/// `None` when `f` changed nothing.
+pub(crate) fn rewrite_entries_beside(
+    path: &Path,
+    batch: &fsx::Batch,
+    f: impl FnMut(&mut [Entry]) -> Result<()>,
+) -> Result<Option<fsx::Beside>> {
+    rewrite_entries_via(path, |write| batch.write_beside(path, write), f)
+}
+
+fn rewrite_entries_via<W>(
+    path: &Path,
+    put: impl FnOnce(Writer<'_>) -> storage_core::Result<W>,
+    mut f: impl FnMut(&mut [Entry]) -> Result<()>,
+) -> Result<Option<W>> {
     let mut reader = EntryReader::open(path)?;
     // Read only, until a chunk comes back changed.
     let mut unchanged = 0;
     let changed = loop {
         let mut chunk = reader.next_chunk(CHUNK)?;
         if chunk.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let before = chunk.clone();
         f(&mut chunk)?;
@@ -623,7 +659,7 @@ pub(crate) fn rewrite_entries(
         }
         unchanged += 1;
     };
-    write_entries(path, None, |push| {
+    let ((), put) = write_entries_via(path, put, |push| {
         // The chunks before it, read again as they are.
         let mut again = EntryReader::open(path)?;
         for _ in 0..unchanged {
@@ -644,7 +680,8 @@ pub(crate) fn rewrite_entries(
                 push(e)?;
             }
         }
-    })
+    })?;
+    Ok(Some(put))
 }
 
 /// The state of the one transaction in progress for a repository.

@@ -110,29 +110,41 @@ impl Batch {
         path: &Path,
         fill: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> Result<()> {
-        let dir = parent(path);
+        let pending = self.write_beside(path, fill)?;
+        pending.rename()?;
+        self.dir_changed(parent(path));
+        Ok(())
+    }
+
+    /// Writes what `fill` writes to a locked temp file beside `path`, made
+    /// durable by [`finish`](Self::finish) (on the portable path, `fsync`ed
+    /// now), and not yet renamed over `path`: the caller renames it with
+    /// [`Beside::rename_durably`] once the batch is finished, so that `path`
+    /// holds the old content or the new, durable one, whatever happens, at
+    /// the cost of an `fsync` of the directory instead of one of the file.
+    pub fn write_beside(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<Beside> {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (tmp, mut f) = create_temp(dir, &name)?;
-        let result = (|| {
-            fill(&mut f).map_err(|e| storage_core::Error::io("write", &tmp, e))?;
-            self.file_written(&f, &tmp)?;
-            std::fs::rename(&tmp, path)
-                .map_err(|e| storage_core::Error::io("rename into place", path, e))
-        })();
-        drop(f);
-        if result.is_err() {
-            // Best effort: the temp file is ours; a sweep removes it if this fails too.
-            let _ = std::fs::remove_file(&tmp);
-            return result;
-        }
-        self.dir_changed(dir);
-        Ok(())
+        let (tmp, file) = create_temp(parent(path), &name)?;
+        let mut beside = Beside {
+            tmp,
+            path: path.to_owned(),
+            file: Some(file),
+        };
+        // On an error the temp file goes with `beside`.
+        let file = beside.file.as_mut().expect("just created");
+        fill(file).map_err(|e| storage_core::Error::io("write", &beside.tmp, e))?;
+        self.file_written(file, &beside.tmp)?;
+        Ok(beside)
     }
 
-    /// Makes every change of the batch so far durable: one `syncfs` of the
+    /// Makes every change of the batch so far durable: one `syncfs` of the    /// Makes every change of the batch so far durable: one `syncfs` of the
     /// file system holding `path` on Linux, an `fsync` of each recorded
     /// directory elsewhere (a recorded directory removed since is skipped:
     /// its removal is recorded in its parent). The batch is empty afterwards.
@@ -176,4 +188,42 @@ fn whole_file_system(path: &Path) -> Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn whole_file_system(_path: &Path) -> Result<()> {
     unreachable!("only Linux has syncfs; PORTABLE is true elsewhere")
+}
+
+/// A new version of a file, written beside it by [`Batch::write_beside`]
+/// and not yet in place; its temp file stays locked (no sweep takes it)
+/// until it is renamed, and is removed if it is dropped unrenamed.
+#[derive(Debug)]
+pub struct Beside {
+    tmp: PathBuf,
+    path: PathBuf,
+    /// Holds the temp file's lock.
+    file: Option<File>,
+}
+
+impl Beside {
+    /// Renames the new version over the file (call it after the batch's
+    /// `finish`, which made its content durable), then `fsync`s the
+    /// directory: durable when it returns.
+    pub fn rename_durably(self) -> Result<()> {
+        let dir = parent(&self.path).to_owned();
+        self.rename()?;
+        super::fsync_dir(&dir)
+    }
+
+    fn rename(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| storage_core::Error::io("rename into place", &self.path, e))?;
+        self.file = None; // in place: unlocked, and nothing to remove
+        Ok(())
+    }
+}
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Best effort: the temp file is ours; a sweep removes it if this fails too.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

@@ -238,3 +238,39 @@ fn a_batch_replaces_a_record_without_syncing_it_until_finish() {
         "its directory made durable by the batch, once"
     );
 }
+
+#[test]
+fn a_file_written_beside_stays_locked_until_renamed_and_goes_if_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("entries.jsonl");
+    write_atomic(&target, b"old").expect("write");
+    let batch = Batch::new();
+    let beside = batch
+        .write_beside(&target, |f| f.write_all(b"new"))
+        .expect("write beside");
+    assert_eq!(fs::read(&target).expect("read"), b"old", "not in place yet");
+    assert!(
+        sweep_temp_files(dir.path()).expect("sweep").is_empty(),
+        "its writer holds it: no sweep takes it"
+    );
+    batch.finish(dir.path()).expect("finish");
+    let _ = take_dir_fsyncs();
+    beside.rename_durably().expect("rename");
+    assert_eq!(fs::read(&target).expect("read"), b"new");
+    assert_eq!(
+        take_dir_fsyncs(),
+        [dir.path().to_owned()],
+        "its directory made durable with it"
+    );
+    assert_eq!(read_dir_sorted(dir.path()).expect("list").len(), 1);
+    let dropped = batch
+        .write_beside(&target, |f| f.write_all(b"newer"))
+        .expect("write beside");
+    drop(dropped);
+    assert_eq!(fs::read(&target).expect("read"), b"new");
+    assert_eq!(
+        read_dir_sorted(dir.path()).expect("list").len(),
+        1,
+        "the temp file went with it"
+    );
+}

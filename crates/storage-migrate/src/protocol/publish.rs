@@ -63,21 +63,29 @@ impl Tx<'_> {
         let moved = DirSet::new(moved.iter().map(PathBuf::as_path));
         let mut dirs = Dirs::default();
         let mut published = Summary::default();
-        manifest::rewrite_entries(&self.paths.entries(&m.txid), |chunk| {
-            for e in chunk.iter_mut() {
-                for o in &mut e.outputs {
-                    o.fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
-                    self.progress.advance(1, 0);
-                    if first {
-                        first = false;
-                        fault::point("mid-publish");
+        // The fates are written beside the entries, made durable by the same
+        // `syncfs` as the files published, and renamed into place after it:
+        // one barrier for both, and the entries are the old ones or the new
+        // ones whatever happens (docs/reliability.md, "Durability barriers").
+        let fates =
+            manifest::rewrite_entries_beside(&self.paths.entries(&m.txid), &self.batch, |chunk| {
+                for e in chunk.iter_mut() {
+                    for o in &mut e.outputs {
+                        o.fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
+                        self.progress.advance(1, 0);
+                        if first {
+                            first = false;
+                            fault::point("mid-publish");
+                        }
                     }
+                    published.add(e);
                 }
-                published.add(e);
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         self.sync(&root)?;
+        if let Some(fates) = fates {
+            fates.rename_durably()?;
+        }
         self.progress.finish(Step::Publish);
         Ok(published)
     }
