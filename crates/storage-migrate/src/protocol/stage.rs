@@ -52,6 +52,21 @@ impl Staged {
     }
 }
 
+/// `order` with its second half interleaved into its first (`a0 b0 a1 b1
+/// …`): the threads that take the next item in turn then work far apart in
+/// the walk, in different directories, instead of queueing on the lock of
+/// the one directory they both create files in (files of a size are in
+/// walk order, and a directory's files are of one size or two).
+fn interleave_halves(order: &[usize]) -> Vec<usize> {
+    let (first, second) = order.split_at(order.len().div_ceil(2));
+    let mut out = Vec::with_capacity(order.len());
+    for (i, &a) in first.iter().enumerate() {
+        out.push(a);
+        out.extend(second.get(i));
+    }
+    out
+}
+
 impl Tx<'_> {
     /// Copies every source into staging, filling in sizes and hashes, on
     /// all cores. The global event logs, the big files, are split on a
@@ -113,6 +128,7 @@ impl Tx<'_> {
                     chunk.retain(|e| !e.source().split);
                     let mut order: Vec<usize> = (0..chunk.len()).collect();
                     order.sort_by_key(|&i| std::cmp::Reverse(chunk[i].source().size));
+                    let order = interleave_halves(&order);
                     let shared: &[Entry] = &chunk;
                     // One core stays with the logs while they are being split.
                     let busy = usize::from(splitting.load(std::sync::atomic::Ordering::Relaxed));
