@@ -615,12 +615,13 @@ fn write_entries_via<T, W>(
 }
 
 /// Rewrites the entries at `path` a chunk at a time through `f`, atomically
-/// and durably, when `f` changed any of them; when it changed none (a
-/// retire that put every file into the backup as verified), the file is
-/// left as it is: nothing is written, and it is as durable as it was.
+/// and durably, when `f` changed any of them (it says whether it changed a
+/// chunk); when it changed none (a retire that put every file into the
+/// backup as verified), the file is left as it is: nothing is written, and
+/// it is as durable as it was.
 pub(crate) fn rewrite_entries(
     path: &Path,
-    f: impl FnMut(&mut [Entry]) -> Result<()>,
+    f: impl FnMut(&mut [Entry]) -> Result<bool>,
 ) -> Result<()> {
     rewrite_entries_via(path, |write| fsx::write_atomic_with(path, write), f).map(|_| ())
 }
@@ -634,7 +635,7 @@ pub(crate) fn rewrite_entries(
 pub(crate) fn rewrite_entries_beside(
     path: &Path,
     batch: &fsx::Batch,
-    f: impl FnMut(&mut [Entry]) -> Result<()>,
+    f: impl FnMut(&mut [Entry]) -> Result<bool>,
 ) -> Result<Option<fsx::Beside>> {
     rewrite_entries_via(path, |write| batch.write_beside(path, write), f)
 }
@@ -642,7 +643,7 @@ pub(crate) fn rewrite_entries_beside(
 fn rewrite_entries_via<W>(
     path: &Path,
     put: impl FnOnce(Writer<'_>) -> storage_core::Result<W>,
-    mut f: impl FnMut(&mut [Entry]) -> Result<()>,
+    mut f: impl FnMut(&mut [Entry]) -> Result<bool>,
 ) -> Result<Option<W>> {
     let mut reader = EntryReader::open(path)?;
     // Read only, until a chunk comes back changed.
@@ -652,9 +653,7 @@ fn rewrite_entries_via<W>(
         if chunk.is_empty() {
             return Ok(None);
         }
-        let before = chunk.clone();
-        f(&mut chunk)?;
-        if chunk != before {
+        if f(&mut chunk)? {
             break chunk;
         }
         unchanged += 1;
@@ -795,7 +794,7 @@ mod entry_tests {
             for e in chunk.iter_mut() {
                 e.outputs[0].fate = Fate::Published;
             }
-            Ok(())
+            Ok(true)
         })
         .expect("rewrite");
         assert_eq!(chunks, [CHUNK, CHUNK, 7]);
@@ -832,7 +831,7 @@ mod entry_tests {
         let mut seen = 0;
         rewrite_entries(&path, |chunk| {
             seen += chunk.len();
-            Ok(())
+            Ok(false)
         })
         .expect("rewrite");
         assert_eq!(seen, n, "every entry went through");
@@ -843,10 +842,12 @@ mod entry_tests {
         );
         // Only the last chunk changes: the ones before it are kept as they were.
         rewrite_entries(&path, |chunk| {
+            let mut changed = false;
             for e in chunk.iter_mut().filter(|e| e.index == n - 1) {
                 e.outputs[0].fate = Fate::Published;
+                changed = true;
             }
-            Ok(())
+            Ok(changed)
         })
         .expect("rewrite");
         let after = std::fs::read(&path).expect("read");

@@ -69,9 +69,12 @@ impl Tx<'_> {
         // ones whatever happens (docs/reliability.md, "Durability barriers").
         let fates =
             manifest::rewrite_entries_beside(&self.paths.entries(&m.txid), &self.batch, |chunk| {
+                let mut changed = false;
                 for e in chunk.iter_mut() {
                     for o in &mut e.outputs {
-                        o.fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
+                        let fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
+                        changed |= o.fate != fate;
+                        o.fate = fate;
                         self.progress.advance(1, 0);
                         if first {
                             first = false;
@@ -80,7 +83,7 @@ impl Tx<'_> {
                     }
                     published.add(e);
                 }
-                Ok(())
+                Ok(changed)
             })?;
         self.sync(&root)?;
         if let Some(fates) = fates {

@@ -161,13 +161,16 @@ impl Tx<'_> {
                 })
                 .collect();
             let mut outcomes = outcomes.into_iter();
+            let mut changed = false;
             for s in chunk.iter_mut().flat_map(|e| &mut e.sources) {
-                s.left = outcomes.next().expect("one outcome per source");
+                let left = outcomes.next().expect("one outcome per source");
+                changed |= s.left != left;
+                s.left = left;
                 if let Some(left) = &s.left {
                     warnings.push(left_warning(&s.rel, left));
                 }
             }
-            Ok(())
+            Ok(changed)
         })?;
         for w in warnings {
             m.warn(w);
