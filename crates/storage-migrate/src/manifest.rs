@@ -505,7 +505,7 @@ impl EntryReader {
 
     /// The next entries, at most `max`; empty at the end.
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(CHUNK));
         while out.len() < max {
             self.line.clear();
             let n = self

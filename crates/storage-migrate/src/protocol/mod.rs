@@ -477,8 +477,12 @@ impl Tx<'_> {
             tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
             write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
             fault::point("after-journal");
+            let written = m.clone();
             let staged = self.stage(&mut m, &planned, splits)?;
-            write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+            if m != written {
+                // Staging's warnings.
+                write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+            }
             self.reserve(txid)?;
             // Verification only reads (the staged copies, the legacy files'
             // metadata), so it runs while staging is made durable: it reads
@@ -540,8 +544,13 @@ impl Tx<'_> {
         let published = self.publish(&m, &staged).map_err(wrap)?;
         fault::point("after-publish");
         set_journal(&self.paths, txid, Phase::Retiring, false).map_err(wrap)?;
+        let written = m.clone();
         self.retire(&mut m, &published).map_err(wrap)?;
-        write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
+        if m != written {
+            // Retiring's warnings (a file changed after verification); as
+            // written otherwise, and durable since staging's `syncfs`.
+            write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
+        }
         fault::point("after-retire");
         Ok(Some((m, published)))
     }
