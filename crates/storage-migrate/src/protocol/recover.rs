@@ -2,9 +2,9 @@
 //! interrupted transaction is finished or undone.
 
 use super::{
-    HistoryEntry, Manifest, Owner, PathBuf, Phase, Recovered, Result, Summary, Tx, append_history,
-    fault, fsx, manifest, marker, read_journal, read_manifest, remove_dir_all_if_exists,
-    set_journal, write_json,
+    Error, HistoryEntry, Manifest, Owner, PathBuf, Phase, Recovered, Result, Summary, Tx,
+    append_history, fault, fsx, manifest, marker, read_journal, read_manifest,
+    remove_dir_all_if_exists, set_journal, write_json,
 };
 
 impl Tx<'_> {
@@ -38,13 +38,23 @@ impl Tx<'_> {
                 bytes: summary.source_bytes,
             },
         )?;
+        // What follows is made durable by one `syncfs` before the journal
+        // goes: a crash before that leaves the journal saying `committed`,
+        // whose recovery does all of it again (docs/reliability.md).
+        let tx = self.paths.tx(&m.txid);
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
-        self.release_reserve(&m.txid)?;
+        match std::fs::remove_file(self.paths.reserve(&m.txid)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove", self.paths.reserve(&m.txid), e));
+            }
+            _ => self.batch.dir_changed(&tx),
+        }
         match self.owner {
             Owner::Project(_) => marker::remove(self.store, &m.legacy_dir.0)?,
             // The upgrade's commit: from now on the store is the current layout.
-            Owner::Store => self.store.stamp_layout_version()?,
+            Owner::Store => self.store.stamp_layout_version_in(&self.batch)?,
         }
+        self.sync(self.layout().root())?;
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
     }
