@@ -111,7 +111,7 @@ impl Tx<'_> {
         let txid = m.txid.clone();
         let backup = self.paths.backup(&txid);
         let entries = self.paths.entries(&txid);
-        fsx::create_dir_all(&backup)?;
+        self.batch.create_dir_all(&backup)?;
         self.progress
             .start(Step::Retire, published.sources, published.source_bytes);
         let first = std::sync::Once::new();

@@ -81,7 +81,7 @@ impl Tx<'_> {
         splits: Vec<Entry>,
     ) -> Result<Summary> {
         let staging = self.paths.staging(&m.txid);
-        fsx::create_dir_all(&staging)?;
+        self.batch.create_dir_all(&staging)?;
         self.progress
             .start(Step::Copy, planned.sources, planned.source_bytes);
         let legacy = m.legacy_dir.0.clone();
