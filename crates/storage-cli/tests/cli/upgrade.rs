@@ -249,6 +249,29 @@ fn an_upgrade_whose_records_lack_the_planned_directory_counts_is_finished() {
     assert_same_tree(&store_tree(&sb), &before, "after downgrade");
 }
 
+/// A crash after the journal said `committed` and before the report was
+/// written: recovery writes the report from the records.
+#[test]
+fn a_report_lost_in_the_commit_is_written_again_by_recovery() {
+    let sb = layout0_sandbox();
+    crash(&sb, &["upgrade"], "after-commit-journal");
+    let dir = sb.store().join("migrations/.layout-0");
+    let reports = || -> Vec<PathBuf> {
+        fs_err::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path().join("report.json"))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    assert!(reports().is_empty(), "the crash came before the report");
+    run(&sb, &["upgrade"], true);
+    let written = reports();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(&written[0]).expect("read")).expect("json");
+    assert_eq!(r["outcome"], "migrated", "{r:#}");
+}
+
 #[test]
 fn eight_processes_upgrading_at_once_upgrade_once() {
     let sb = layout0_sandbox();

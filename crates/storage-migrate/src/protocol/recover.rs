@@ -3,8 +3,8 @@
 
 use super::{
     Error, HistoryEntry, Manifest, Owner, PathBuf, Phase, Recovered, Result, Summary, Tx,
-    append_history, fault, fsx, manifest, marker, read_journal, read_manifest,
-    remove_dir_all_if_exists, set_journal, write_json,
+    append_history, fault, fsx, manifest, marker, read_journal, read_json, read_manifest,
+    remove_dir_all_if_exists, set_journal, write_json, write_json_in,
 };
 
 impl Tx<'_> {
@@ -25,8 +25,32 @@ impl Tx<'_> {
         summary: &Summary,
         report: Option<&crate::MigrationReport>,
     ) -> Result<()> {
-        if let Some(r) = report {
-            write_json(&self.paths.report(&m.txid), r)?;
+        // The report, the removals and `layout.json` are made durable by
+        // one `syncfs` before the journal goes: a crash before that leaves
+        // the journal saying `committed`, whose recovery does them again
+        // (docs/reliability.md, "Durability barriers"). The history line
+        // is durable by itself.
+        let path = self.paths.report(&m.txid);
+        match report {
+            Some(r) => write_json_in(&self.batch, &path, r)?,
+            // Recovery: a report that a crash lost is written again from
+            // the records, as recovery of an unfinished migration does.
+            None if read_json::<serde_json::Value>(&path, "")
+                .ok()
+                .flatten()
+                .is_none() =>
+            {
+                let r = crate::report::from_manifest(
+                    self.store,
+                    &self.paths,
+                    m,
+                    summary,
+                    crate::Outcome::Migrated,
+                    None,
+                );
+                write_json_in(&self.batch, &path, &r)?;
+            }
+            None => {}
         }
         append_history(
             &self.paths,
@@ -38,9 +62,6 @@ impl Tx<'_> {
                 bytes: summary.source_bytes,
             },
         )?;
-        // What follows is made durable by one `syncfs` before the journal
-        // goes: a crash before that leaves the journal saying `committed`,
-        // whose recovery does all of it again (docs/reliability.md).
         let tx = self.paths.tx(&m.txid);
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
         match std::fs::remove_file(self.paths.reserve(&m.txid)) {
