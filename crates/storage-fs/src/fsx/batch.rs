@@ -131,20 +131,20 @@ impl Batch {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (tmp, file) = create_temp(parent(path), &name)?;
+        let (tmp, created) = create_temp(parent(path), &name)?;
         let mut beside = Beside {
             tmp,
             path: path.to_owned(),
-            file: Some(file),
+            file: Some(created),
         };
         // On an error the temp file goes with `beside`.
-        let file = beside.file.as_mut().expect("just created");
-        fill(file).map_err(|e| storage_core::Error::io("write", &beside.tmp, e))?;
-        self.file_written(file, &beside.tmp)?;
+        let out = beside.file.as_mut().expect("just created");
+        fill(out).map_err(|e| storage_core::Error::io("write", &beside.tmp, e))?;
+        self.file_written(out, &beside.tmp)?;
         Ok(beside)
     }
 
-    /// Makes every change of the batch so far durable: one `syncfs` of the    /// Makes every change of the batch so far durable: one `syncfs` of the
+    /// Makes every change of the batch so far durable: one `syncfs` of the
     /// file system holding `path` on Linux, an `fsync` of each recorded
     /// directory elsewhere (a recorded directory removed since is skipped:
     /// its removal is recorded in its parent). The batch is empty afterwards.
