@@ -545,7 +545,22 @@ impl Tx<'_> {
         fault::point("after-publish");
         set_journal(&self.paths, txid, Phase::Retiring, false).map_err(wrap)?;
         let written = m.clone();
-        self.retire(&mut m, &published).map_err(wrap)?;
+        // The staging area holds nothing the store does not (every output
+        // was published, or found there already, and the fates are
+        // durable), and nothing reads it from here on, rollback included:
+        // it is removed beside retiring, on a thread of its own.
+        // The commit's `syncfs` makes the removal durable; until then a
+        // crash leaves what remains to recovery, which removes it too.
+        let staging = self.paths.staging(txid);
+        std::thread::scope(|scope| {
+            let removal = scope.spawn(|| remove_dir_all_if_exists(&staging));
+            let retired = self.retire(&mut m, &published);
+            let removed = removal
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            retired.and(removed)
+        })
+        .map_err(wrap)?;
         if m != written {
             // Retiring's warnings (a file changed after verification); as
             // written otherwise, and durable since staging's `syncfs`.
