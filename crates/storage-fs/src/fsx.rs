@@ -566,7 +566,7 @@ fn nofollow_nonblock() -> i32 {
 
 mod batch;
 
-pub use batch::{Batch, PORTABLE};
+pub use batch::{Batch, Beside, PORTABLE};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -405,7 +405,10 @@ impl Layout {
     /// (no `..`, no root, no `.`): used to place legacy files under the store.
     #[must_use]
     pub fn under(base: &Path, relative: &Path) -> Option<PathBuf> {
-        let mut out = base.to_path_buf();
+        // Sized once: pushing name by name would grow it several times.
+        let mut out =
+            PathBuf::with_capacity(base.as_os_str().len() + relative.as_os_str().len() + 1);
+        out.push(base);
         let mut any = false;
         for c in relative.components() {
             match c {

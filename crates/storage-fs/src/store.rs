@@ -89,9 +89,17 @@ impl FsStorage {
     /// a layout-0 store, which calls it last, as its commit; everyone else
     /// gets it from [`FsStorage::create`].
     pub fn stamp_layout_version(&self) -> Result<()> {
-        let doc = serde_json::json!({ "layout_version": LAYOUT_VERSION });
-        let bytes = serde_json::to_vec_pretty(&doc).expect("serializable");
-        fsx::write_atomic(&self.layout.version_file(), &bytes)
+        fsx::write_atomic(&self.layout.version_file(), &version_doc())
+    }
+
+    /// [`FsStorage::stamp_layout_version`], made durable by `batch`'s
+    /// `finish` (see [`fsx::Batch::write_atomic_with`]): for the upgrade's
+    /// commit, which finishes the batch before it removes its journal.
+    pub fn stamp_layout_version_in(&self, batch: &fsx::Batch) -> Result<()> {
+        let bytes = version_doc();
+        batch.write_atomic_with(&self.layout.version_file(), |f| {
+            std::io::Write::write_all(f, &bytes)
+        })
     }
 
     /// Removes `layout.json`, for the downgrade of an upgraded layout-0
@@ -203,6 +211,12 @@ fn count_temp_files(dir: &Path, levels: Option<usize>) -> Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The content of `layout.json` this build writes.
+fn version_doc() -> Vec<u8> {
+    let doc = serde_json::json!({ "layout_version": LAYOUT_VERSION });
+    serde_json::to_vec_pretty(&doc).expect("serializable")
 }
 
 /// The layout version recorded at `layout`'s root, if any.

@@ -97,22 +97,34 @@ pub fn copy_into(
     mtime: (i64, u32),
 ) -> Result<(u64, blake3::Hash)> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
-    loop {
-        let n = src
-            .read(&mut buf)
-            .map_err(|e| Error::io("read", src_path, e))?;
-        if n == 0 {
-            break;
+    with_buf(|buf| -> Result<()> {
+        loop {
+            let n = src.read(buf).map_err(|e| Error::io("read", src_path, e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io("write", dest, e))?;
+            total += n as u64;
         }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Error::io("write", dest, e))?;
-        total += n as u64;
-    }
+    })?;
     set_mtime(out, dest, mtime)?;
     Ok((total, hasher.finalize()))
+}
+
+/// The whole content of `file` (at `path`), which `fstat` said holds `len`
+/// bytes: read into a buffer of that size (std's `read_to_end` of a file
+/// asks the kernel for its size and position again first).
+pub fn read_whole(file: &mut File, path: &Path, len: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // `Take` reads through the generic path, into the capacity given; a
+    // file that grew since is still read to its end.
+    file.take(u64::MAX)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    Ok(bytes)
 }
 
 /// Writes `bytes` to a new file `dest` (0600) with `mtime`, made durable

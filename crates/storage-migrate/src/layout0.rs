@@ -280,16 +280,14 @@ pub(crate) fn plan(
     let area = layout.layout_0_area();
     let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
     let mut recorded: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    // Directories holding anything that stays (and their ancestors): the
-    // others hold only files the upgrade moves, and go into the backup
-    // with one rename each.
-    let mut impure: std::collections::BTreeSet<PathBuf> = std::collections::BTreeSet::new();
-    let taint = |rel: &Path, impure: &mut std::collections::BTreeSet<PathBuf>| {
+    // Directories holding anything that stays, or that publishing puts a
+    // file into (and their ancestors): the others hold only files the
+    // upgrade moves, and go into the backup with one rename each.
+    let mut impure: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let taint = |rel: &Path, impure: &mut std::collections::HashSet<PathBuf>| {
         let mut p = Some(rel);
-        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            if !impure.insert(d.to_owned()) {
-                break;
-            }
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && !impure.contains(*d)) {
+            impure.insert(d.to_owned()); // and so are its ancestors, once it is
             p = d.parent();
         }
     };
@@ -352,6 +350,13 @@ pub(crate) fn plan(
                     }
                     Fate0::Move(dest, category) => {
                         counts.moved += 1;
+                        // The store is its own legacy tree: a directory that
+                        // receives a published file does not hold only planned
+                        // files when retiring comes (`dlq/<repo>/<job>/` gets
+                        // `items/`), so it is not moved whole.
+                        if let Some(d) = dest.parent() {
+                            taint(d, &mut impure);
+                        }
                         (dest, category, Produce::Copy)
                     }
                     Fate0::Preserve(reason) => {

@@ -356,6 +356,13 @@ pub struct Manifest {
     /// Storage directories holding only storage files, moved whole when retiring.
     #[serde(default)]
     pub pure_dirs: Vec<RelPath>,
+    /// For each of `pure_dirs`, what retiring checks it holds before and
+    /// after moving it whole: the count of planned files under it and the
+    /// sum of 128 bits of their paths' BLAKE3 (hex), taken while planning.
+    /// Empty in records written before it was kept here: retiring then
+    /// reads the entries for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pure_dir_files: Vec<(u64, String)>,
     /// Directories of the old layout that exist whatever happens (an
     /// upgrade records every one, so a downgrade removes only directories
     /// the upgrade created).
@@ -390,6 +397,7 @@ impl Manifest {
             created_at: storage_fs::time::now(),
             dirs: Vec::new(),
             pure_dirs: Vec::new(),
+            pure_dir_files: Vec::new(),
             kept_dirs: Vec::new(),
             specials: Vec::new(),
             user_files: 0,
@@ -497,7 +505,7 @@ impl EntryReader {
 
     /// The next entries, at most `max`; empty at the end.
     pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(max.min(CHUNK));
         while out.len() < max {
             self.line.clear();
             let n = self
@@ -543,13 +551,40 @@ pub(crate) fn summarize(path: &Path) -> Result<Summary> {
 
 /// Writes entries to `path` atomically and durably: `fill` gets a function
 /// that appends one entry. Returns what `fill` returned.
+///
+/// With a `batch`, the new file is made durable by the batch's `finish`
+/// instead of `fsync`s of its own (see [`fsx::Batch::write_atomic_with`]):
+/// only for entries that recovery never reads before that `finish` (those
+/// of a transaction that is still staging, which recovery deletes).
 pub(crate) fn write_entries<T>(
     path: &Path,
+    batch: Option<&fsx::Batch>,
     fill: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<T>,
 ) -> Result<T> {
-    fsx::create_dir_all(fsx::parent(path))?;
+    match batch {
+        Some(batch) => batch.create_dir_all(fsx::parent(path))?,
+        None => fsx::create_dir_all(fsx::parent(path))?,
+    }
+    let put = |write: Writer<'_>| match batch {
+        Some(batch) => batch.write_atomic_with(path, write),
+        None => fsx::write_atomic_with(path, write),
+    };
+    write_entries_via(path, put, fill).map(|(t, ())| t)
+}
+
+/// What writes the new entries into the file it is given.
+type Writer<'a> = Box<dyn FnOnce(&mut std::fs::File) -> std::io::Result<()> + 'a>;
+
+/// Writes entries through `put`, which creates the new file, calls the
+/// writer it is given on it, and puts it in place (or beside); returns what
+/// `fill` and `put` returned.
+fn write_entries_via<T, W>(
+    path: &Path,
+    put: impl FnOnce(Writer<'_>) -> storage_core::Result<W>,
+    fill: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<T>,
+) -> Result<(T, W)> {
     let mut outcome: Option<Result<T>> = None;
-    let written = fsx::write_atomic_with(path, |file| {
+    let write = |file: &mut std::fs::File| {
         let mut w = BufWriter::with_capacity(64 * 1024, file);
         let mut push = |e: &Entry| -> Result<()> {
             serde_json::to_writer(&mut w, e)
@@ -563,13 +598,13 @@ pub(crate) fn write_entries<T>(
             return Err(std::io::Error::other("stopped"));
         }
         w.flush()
-    });
-    let written = written.map_err(Error::from);
+    };
+    let written = put(Box::new(write)).map_err(Error::from);
     match outcome {
-        Some(Ok(t)) => written.map(|()| t),
+        Some(Ok(t)) => written.map(|w| (t, w)),
         Some(Err(e)) => Err(e),
         // `fill` never ran: creating the temp file failed.
-        None => written.and_then(|()| {
+        None => written.and_then(|_| {
             Err(Error::io(
                 "write",
                 path,
@@ -579,13 +614,61 @@ pub(crate) fn write_entries<T>(
     }
 }
 
-/// Rewrites the entries at `path` a chunk at a time through `f`, atomically.
+/// Rewrites the entries at `path` a chunk at a time through `f`, atomically
+/// and durably, when `f` changed any of them (it says whether it changed a
+/// chunk); when it changed none (a retire that put every file into the
+/// backup as verified), the file is left as it is: nothing is written, and
+/// it is as durable as it was.
 pub(crate) fn rewrite_entries(
     path: &Path,
-    mut f: impl FnMut(&mut [Entry]) -> Result<()>,
+    f: impl FnMut(&mut [Entry]) -> Result<bool>,
 ) -> Result<()> {
+    rewrite_entries_via(path, |write| fsx::write_atomic_with(path, write), f).map(|_| ())
+}
+
+/// [`rewrite_entries`], the new file written beside the old one and made
+/// durable by `batch`'s `finish` (see [`fsx::Batch::write_beside`]): the
+/// caller renames it into place after that `finish`, so that the entries
+/// are the old ones or the new ones, durably, whatever happens, and one
+/// `syncfs` makes both them and the phase's other changes durable.
+/// `None` when `f` changed nothing.
+pub(crate) fn rewrite_entries_beside(
+    path: &Path,
+    batch: &fsx::Batch,
+    f: impl FnMut(&mut [Entry]) -> Result<bool>,
+) -> Result<Option<fsx::Beside>> {
+    rewrite_entries_via(path, |write| batch.write_beside(path, write), f)
+}
+
+fn rewrite_entries_via<W>(
+    path: &Path,
+    put: impl FnOnce(Writer<'_>) -> storage_core::Result<W>,
+    mut f: impl FnMut(&mut [Entry]) -> Result<bool>,
+) -> Result<Option<W>> {
     let mut reader = EntryReader::open(path)?;
-    write_entries(path, |push| {
+    // Read only, until a chunk comes back changed.
+    let mut unchanged = 0;
+    let changed = loop {
+        let mut chunk = reader.next_chunk(CHUNK)?;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        if f(&mut chunk)? {
+            break chunk;
+        }
+        unchanged += 1;
+    };
+    let ((), put) = write_entries_via(path, put, |push| {
+        // The chunks before it, read again as they are.
+        let mut again = EntryReader::open(path)?;
+        for _ in 0..unchanged {
+            for e in &again.next_chunk(CHUNK)? {
+                push(e)?;
+            }
+        }
+        for e in &changed {
+            push(e)?;
+        }
         loop {
             let mut chunk = reader.next_chunk(CHUNK)?;
             if chunk.is_empty() {
@@ -596,7 +679,8 @@ pub(crate) fn rewrite_entries(
                 push(e)?;
             }
         }
-    })
+    })?;
+    Ok(Some(put))
 }
 
 /// The state of the one transaction in progress for a repository.
@@ -697,7 +781,7 @@ mod entry_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("entries.jsonl");
         let n = CHUNK * 2 + 7;
-        write_entries(&path, |push| {
+        write_entries(&path, None, |push| {
             for i in 0..n {
                 push(&entry(i, Fate::Pending))?;
             }
@@ -710,7 +794,7 @@ mod entry_tests {
             for e in chunk.iter_mut() {
                 e.outputs[0].fate = Fate::Published;
             }
-            Ok(())
+            Ok(true)
         })
         .expect("rewrite");
         assert_eq!(chunks, [CHUNK, CHUNK, 7]);
@@ -729,10 +813,73 @@ mod entry_tests {
     }
 
     #[test]
+    fn a_rewrite_that_changes_nothing_leaves_the_file_and_one_that_changes_a_late_chunk_keeps_the_rest()
+     {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("entries.jsonl");
+        let n = CHUNK * 2 + 7;
+        write_entries(&path, None, |push| {
+            for i in 0..n {
+                push(&entry(i, Fate::Pending))?;
+            }
+            Ok(())
+        })
+        .expect("write");
+        let before = std::fs::read(&path).expect("read");
+        let inode = std::fs::metadata(&path).expect("stat").ino();
+        let mut seen = 0;
+        rewrite_entries(&path, |chunk| {
+            seen += chunk.len();
+            Ok(false)
+        })
+        .expect("rewrite");
+        assert_eq!(seen, n, "every entry went through");
+        assert_eq!(
+            std::fs::metadata(&path).expect("stat").ino(),
+            inode,
+            "not replaced"
+        );
+        // Only the last chunk changes: the ones before it are kept as they were.
+        rewrite_entries(&path, |chunk| {
+            let mut changed = false;
+            for e in chunk.iter_mut().filter(|e| e.index == n - 1) {
+                e.outputs[0].fate = Fate::Published;
+                changed = true;
+            }
+            Ok(changed)
+        })
+        .expect("rewrite");
+        let after = std::fs::read(&path).expect("read");
+        let lines = |b: &[u8]| {
+            b.split(|&c| c == b'\n')
+                .map(<[u8]>::to_vec)
+                .collect::<Vec<_>>()
+        };
+        let (old, new) = (lines(&before), lines(&after));
+        assert_eq!(old.len(), new.len());
+        assert_eq!(
+            old[..n - 1],
+            new[..n - 1],
+            "the unchanged entries, byte for byte"
+        );
+        assert_ne!(old[n - 1], new[n - 1]);
+        let mut fates = Vec::new();
+        for_each_chunk(&path, |chunk| {
+            fates.extend(chunk.iter().map(|e| (e.index, e.outputs[0].fate.clone())));
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(fates.len(), n);
+        assert!(fates.iter().enumerate().all(|(i, (index, fate))| *index == i
+            && (*fate == Fate::Published) == (i == n - 1)));
+    }
+
+    #[test]
     fn a_failed_rewrite_leaves_the_entries_as_they_were() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("entries.jsonl");
-        write_entries(&path, |push| push(&entry(0, Fate::Pending))).expect("write");
+        write_entries(&path, None, |push| push(&entry(0, Fate::Pending))).expect("write");
         let before = std::fs::read(&path).expect("read");
         let err = rewrite_entries(&path, |chunk| {
             chunk[0].outputs[0].fate = Fate::Published;

@@ -222,6 +222,68 @@ fn a_crash_at_every_step_of_an_upgrade_is_recovered_and_downgrade_is_exact() {
     }
 }
 
+/// An upgrade interrupted after publishing by a prodigy-storage that did
+/// not record the planned files of the directories moved whole
+/// (`pure_dir_files`) is finished from its entries.
+#[test]
+fn an_upgrade_whose_records_lack_the_planned_directory_counts_is_finished() {
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    crash(&sb, &["upgrade"], "after-publish");
+    let dir = sb.store().join("migrations/.layout-0");
+    let manifests: Vec<PathBuf> = fs_err::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path().join("manifest.json"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(&manifests[0]).expect("read")).expect("json");
+    let pure = m["pure_dirs"].as_array().map_or(0, Vec::len);
+    assert!(pure > 0, "the fixture has directories moved whole: {m:#}");
+    let recorded = m
+        .as_object_mut()
+        .expect("an object")
+        .remove("pure_dir_files");
+    assert_eq!(
+        recorded.and_then(|r| r.as_array().map(Vec::len)),
+        Some(pure),
+        "one count per directory"
+    );
+    fs_err::write(&manifests[0], m.to_string()).expect("write");
+    let report = run_json(&sb, &["upgrade"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert!(
+        !sb.store().join(format!("dlq/api/{JOB}/mapreduce")).exists(),
+        "moved into the backup"
+    );
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}
+
+/// A crash after the journal said `committed` and before the report was
+/// written: recovery writes the report from the records.
+#[test]
+fn a_report_lost_in_the_commit_is_written_again_by_recovery() {
+    let sb = layout0_sandbox();
+    crash(&sb, &["upgrade"], "after-commit-journal");
+    let dir = sb.store().join("migrations/.layout-0");
+    let reports = || -> Vec<PathBuf> {
+        fs_err::read_dir(&dir)
+            .expect("list")
+            .map(|e| e.expect("entry").path().join("report.json"))
+            .filter(|p| p.exists())
+            .collect()
+    };
+    assert!(reports().is_empty(), "the crash came before the report");
+    run(&sb, &["upgrade"], true);
+    let written = reports();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(&written[0]).expect("read")).expect("json");
+    assert_eq!(r["outcome"], "migrated", "{r:#}");
+}
+
 #[test]
 fn eight_processes_upgrading_at_once_upgrade_once() {
     let sb = layout0_sandbox();

@@ -33,7 +33,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Result, create_dir_all_unsynced, create_dirs, parent, rename_noreplace};
+use super::{Result, create_dir_all_unsynced, create_dirs, create_temp, parent, rename_noreplace};
 
 /// Whether changes are made durable one by one (see the module docs):
 /// everywhere but Linux, and on Linux with `portable-durability`.
@@ -96,6 +96,54 @@ impl Batch {
         Ok(())
     }
 
+    /// Replaces `path` with what `fill` writes, through a locked temp file
+    /// beside it renamed over it ([`super::write_atomic_with`] without its
+    /// two `fsync`s): readers in this and other processes see the old or the
+    /// new file, and [`finish`](Self::finish) makes the new one durable.
+    ///
+    /// Until then a crash (a power loss, not a killed process) may leave
+    /// either version or a damaged one, so this is only for records that
+    /// nothing reads after a crash before the batch's `finish` (the
+    /// migration's records while it stages, which recovery deletes unread).
+    pub fn write_atomic_with(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let pending = self.write_beside(path, fill)?;
+        pending.rename()?;
+        self.dir_changed(parent(path));
+        Ok(())
+    }
+
+    /// Writes what `fill` writes to a locked temp file beside `path`, made
+    /// durable by [`finish`](Self::finish) (on the portable path, `fsync`ed
+    /// now), and not yet renamed over `path`: the caller renames it with
+    /// [`Beside::rename_durably`] once the batch is finished, so that `path`
+    /// holds the old content or the new, durable one, whatever happens, at
+    /// the cost of an `fsync` of the directory instead of one of the file.
+    pub fn write_beside(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> Result<Beside> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (tmp, created) = create_temp(parent(path), &name)?;
+        let mut beside = Beside {
+            tmp,
+            path: path.to_owned(),
+            file: Some(created),
+        };
+        // On an error the temp file goes with `beside`.
+        let out = beside.file.as_mut().expect("just created");
+        fill(out).map_err(|e| storage_core::Error::io("write", &beside.tmp, e))?;
+        self.file_written(out, &beside.tmp)?;
+        Ok(beside)
+    }
+
     /// Makes every change of the batch so far durable: one `syncfs` of the
     /// file system holding `path` on Linux, an `fsync` of each recorded
     /// directory elsewhere (a recorded directory removed since is skipped:
@@ -140,4 +188,42 @@ fn whole_file_system(path: &Path) -> Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn whole_file_system(_path: &Path) -> Result<()> {
     unreachable!("only Linux has syncfs; PORTABLE is true elsewhere")
+}
+
+/// A new version of a file, written beside it by [`Batch::write_beside`]
+/// and not yet in place; its temp file stays locked (no sweep takes it)
+/// until it is renamed, and is removed if it is dropped unrenamed.
+#[derive(Debug)]
+pub struct Beside {
+    tmp: PathBuf,
+    path: PathBuf,
+    /// Holds the temp file's lock.
+    file: Option<File>,
+}
+
+impl Beside {
+    /// Renames the new version over the file (call it after the batch's
+    /// `finish`, which made its content durable), then `fsync`s the
+    /// directory: durable when it returns.
+    pub fn rename_durably(self) -> Result<()> {
+        let dir = parent(&self.path).to_owned();
+        self.rename()?;
+        super::fsync_dir(&dir)
+    }
+
+    fn rename(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(|e| storage_core::Error::io("rename into place", &self.path, e))?;
+        self.file = None; // in place: unlocked, and nothing to remove
+        Ok(())
+    }
+}
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Best effort: the temp file is ours; a sweep removes it if this fails too.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

@@ -201,3 +201,76 @@ fn a_batch_skips_a_recorded_directory_removed_since() {
         .finish(dir.path())
         .expect("a removed directory is not an error");
 }
+
+#[test]
+fn a_batch_replaces_a_record_without_syncing_it_until_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("entries.jsonl");
+    let batch = Batch::new();
+    batch
+        .write_atomic_with(&target, |f| f.write_all(b"one"))
+        .expect("write");
+    batch
+        .write_atomic_with(&target, |f| f.write_all(b"two"))
+        .expect("replace");
+    assert_eq!(fs::read(&target).expect("read"), b"two");
+    assert_eq!(mode(&target), 0o600);
+    let names = read_dir_sorted(dir.path()).expect("list");
+    assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+    let failed = batch.write_atomic_with(&target, |_| Err(io::Error::other("stop")));
+    assert!(failed.is_err());
+    assert_eq!(fs::read(&target).expect("read"), b"two", "kept as it was");
+    assert_eq!(read_dir_sorted(dir.path()).expect("list").len(), 1);
+    let _ = take_dir_fsyncs();
+    if PORTABLE {
+        assert_eq!(batch.pending(), [dir.path().to_owned()]);
+    } else {
+        assert!(batch.pending().is_empty());
+    }
+    batch.finish(dir.path()).expect("finish");
+    assert_eq!(
+        take_dir_fsyncs(),
+        if PORTABLE {
+            vec![dir.path().to_owned()]
+        } else {
+            Vec::new()
+        },
+        "its directory made durable by the batch, once"
+    );
+}
+
+#[test]
+fn a_file_written_beside_stays_locked_until_renamed_and_goes_if_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("entries.jsonl");
+    write_atomic(&target, b"old").expect("write");
+    let batch = Batch::new();
+    let beside = batch
+        .write_beside(&target, |f| f.write_all(b"new"))
+        .expect("write beside");
+    assert_eq!(fs::read(&target).expect("read"), b"old", "not in place yet");
+    assert!(
+        sweep_temp_files(dir.path()).expect("sweep").is_empty(),
+        "its writer holds it: no sweep takes it"
+    );
+    batch.finish(dir.path()).expect("finish");
+    let _ = take_dir_fsyncs();
+    beside.rename_durably().expect("rename");
+    assert_eq!(fs::read(&target).expect("read"), b"new");
+    assert_eq!(
+        take_dir_fsyncs(),
+        [dir.path().to_owned()],
+        "its directory made durable with it"
+    );
+    assert_eq!(read_dir_sorted(dir.path()).expect("list").len(), 1);
+    let dropped = batch
+        .write_beside(&target, |f| f.write_all(b"newer"))
+        .expect("write beside");
+    drop(dropped);
+    assert_eq!(fs::read(&target).expect("read"), b"new");
+    assert_eq!(
+        read_dir_sorted(dir.path()).expect("list").len(),
+        1,
+        "the temp file went with it"
+    );
+}

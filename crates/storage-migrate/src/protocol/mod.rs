@@ -35,7 +35,7 @@
 //! |---|---|---|---|
 //! | (none) | — | sweeping temp files and stray staging areas | — |
 //! | `staging` | the lock, before planning | deleting `<txid>/` (nothing published) | — |
-//! | `publishing` | verification, the marker, the reserve | publishing again (found by hash), then retiring | `migrate` finishes, `rollback` undoes |
+//! | `publishing` | staging's `syncfs` (the reserve with it), verification, the marker | publishing again (found by hash), then retiring | `migrate` finishes, `rollback` undoes |
 //! | `retiring` | publishing's `syncfs` | retiring the rest (copies made again) | `migrate` finishes, `rollback` undoes |
 //! | `committed` | retiring's `syncfs` and the manifest | writing the report and history, removing the journal | — |
 //! | `rolling_back` | a rollback's checks | finishing the rollback | — |
@@ -138,12 +138,22 @@ impl Owner {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fsx::create_dir_all(fsx::parent(path))?;
+    Ok(fsx::write_atomic_with(path, |f| write_pretty(f, value))?)
+}
+
+/// [`write_json`], made durable by `batch`'s `finish` instead (see
+/// [`fsx::Batch::write_atomic_with`]): only for records that recovery never
+/// reads before that `finish`.
+fn write_json_in(batch: &fsx::Batch, path: &Path, value: &impl Serialize) -> Result<()> {
+    batch.create_dir_all(fsx::parent(path))?;
+    Ok(batch.write_atomic_with(path, |f| write_pretty(f, value))?)
+}
+
+fn write_pretty(f: &mut std::fs::File, value: &impl Serialize) -> std::io::Result<()> {
     // Streamed: a manifest of a large tree is never built in memory.
-    Ok(fsx::write_atomic_with(path, |f| {
-        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
-        serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
-        w.flush()
-    })?)
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+    serde_json::to_writer_pretty(&mut w, value).map_err(std::io::Error::other)?;
+    w.flush()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, next: &str) -> Result<Option<T>> {
@@ -253,6 +263,61 @@ impl Dirs {
         }
         Ok(())
     }
+}
+
+/// Directories (relative paths), found by any path below them: a hash
+/// look-up of each of the path's leading parts, where comparing it with
+/// every directory cost a component-by-component comparison per directory
+/// and file (most of the CPU time of publishing and retiring 2,300 files).
+/// The paths are the records' own, made of plain names joined by `/`.
+struct DirSet(std::collections::HashMap<Vec<u8>, usize>);
+
+impl DirSet {
+    fn new<'a>(dirs: impl IntoIterator<Item = &'a Path>) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        Self(
+            dirs.into_iter()
+                .enumerate()
+                .map(|(i, d)| (d.as_os_str().as_bytes().to_owned(), i))
+                .collect(),
+        )
+    }
+
+    /// The index of the outermost directory that `path` is in (or is), if any.
+    fn find(&self, path: &Path) -> Option<usize> {
+        use std::os::unix::ffi::OsStrExt;
+        if self.0.is_empty() {
+            return None;
+        }
+        let bytes = path.as_os_str().as_bytes();
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b'/')
+            .map(|(i, _)| &bytes[..i])
+            .chain(std::iter::once(bytes))
+            .find_map(|lead| self.0.get(lead).copied())
+    }
+}
+
+/// The files planned under each of `pure`, from those of each directory
+/// (see [`Manifest::pure_dir_files`]).
+fn pure_dir_files(
+    pure: &[RelPath],
+    by_dir: &std::collections::HashMap<PathBuf, (u64, u128)>,
+) -> Vec<(u64, String)> {
+    let set = DirSet::new(pure.iter().map(RelPath::as_path));
+    let mut files = vec![(0u64, 0u128); pure.len()];
+    for (dir, (n, sum)) in by_dir {
+        if let Some(k) = set.find(dir) {
+            files[k].0 += n;
+            files[k].1 = files[k].1.wrapping_add(*sum);
+        }
+    }
+    files
+        .into_iter()
+        .map(|(n, sum)| (n, format!("{sum:032x}")))
+        .collect()
 }
 
 /// Runs `f` over `items` on up to four threads (each with its own `init()`
@@ -376,29 +441,67 @@ impl Tx<'_> {
             let mut planned = Summary::default();
             // The few logs to split are staged first, on their own thread.
             let mut splits = Vec::new();
+            // The planned files of each directory (see `Manifest::pure_dir_files`).
+            let mut by_dir: std::collections::HashMap<PathBuf, (u64, u128)> =
+                std::collections::HashMap::new();
             self.progress.start(Step::Plan, 0, 0);
-            let mut m = manifest::write_entries(&self.paths.entries(txid), |push| {
-                plan(&mut |e| {
-                    planned.add(e);
-                    if e.source().split {
-                        splits.push(e.clone());
-                    }
-                    push(e)
-                })
-            })?;
+            // The transaction's records are written through the batch until
+            // staging's `syncfs`, which makes them durable with the staged
+            // files: recovery of a transaction still staging deletes them
+            // unread (docs/reliability.md, "Durability barriers").
+            let mut m =
+                manifest::write_entries(&self.paths.entries(txid), Some(&self.batch), |push| {
+                    plan(&mut |e| {
+                        planned.add(e);
+                        if e.source().split {
+                            splits.push(e.clone());
+                        }
+                        for s in &e.sources {
+                            let dir = s.rel.as_path().parent().unwrap_or(Path::new(""));
+                            let (n, sum) = match by_dir.get_mut(dir) {
+                                Some(counts) => counts,
+                                None => by_dir.entry(dir.to_owned()).or_default(),
+                            };
+                            *n += 1;
+                            *sum = sum.wrapping_add(retire::name_digest(s.rel.as_path()));
+                        }
+                        push(e)
+                    })
+                })?;
+            m.pure_dir_files = pure_dir_files(&m.pure_dirs, &by_dir);
             self.progress.finish(Step::Plan);
             legacy.clone_from(&m.legacy_dir.0);
             if planned.sources == 0 {
                 return Ok(None);
             }
             tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
-            write_json(&self.paths.manifest(txid), &m)?;
+            write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
             fault::point("after-journal");
+            let written = m.clone();
             let staged = self.stage(&mut m, &planned, splits)?;
-            self.sync(self.layout().root())?;
-            write_json(&self.paths.manifest(txid), &m)?;
+            if m != written {
+                // Staging's warnings.
+                write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+            }
+            self.reserve(txid)?;
+            // Verification only reads (the staged copies, the legacy files'
+            // metadata), so it runs while staging is made durable: it reads
+            // the same bytes before or after the `syncfs` (the page cache),
+            // and nothing that depends on either (the marker, the journal's
+            // `publishing`) starts before both are done. The `syncfs` stays
+            // on this thread, where every other barrier of the transaction
+            // is (the fault tests count a thread's calls).
+            let (synced, verified) = std::thread::scope(|scope| {
+                let verify = scope.spawn(|| self.verify_staged(&m, &staged));
+                let synced = self.sync(self.layout().root());
+                let verified = verify
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (synced, verified)
+            });
+            synced?;
             fault::point("after-staging");
-            self.verify_staged(&m, &staged)?;
+            verified?;
             // The marker names this store in the project before anything is
             // published; writing it shows whether renames reach the project.
             let owner = project_owner(&m.legacy_dir.0);
@@ -417,7 +520,6 @@ impl Tx<'_> {
             if !renames {
                 self.check_space(&m, &staged)?;
             }
-            self.reserve(txid)?;
             Ok(Some((m, staged)))
         })();
         let (mut m, staged) = match staged {
@@ -442,8 +544,28 @@ impl Tx<'_> {
         let published = self.publish(&m, &staged).map_err(wrap)?;
         fault::point("after-publish");
         set_journal(&self.paths, txid, Phase::Retiring, false).map_err(wrap)?;
-        self.retire(&mut m, &published).map_err(wrap)?;
-        write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
+        let written = m.clone();
+        // The staging area holds nothing the store does not (every output
+        // was published, or found there already, and the fates are
+        // durable), and nothing reads it from here on, rollback included:
+        // it is removed beside retiring, on a thread of its own.
+        // The commit's `syncfs` makes the removal durable; until then a
+        // crash leaves what remains to recovery, which removes it too.
+        let staging = self.paths.staging(txid);
+        std::thread::scope(|scope| {
+            let removal = scope.spawn(|| remove_dir_all_if_exists(&staging));
+            let retired = self.retire(&mut m, &published);
+            let removed = removal
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            retired.and(removed)
+        })
+        .map_err(wrap)?;
+        if m != written {
+            // Retiring's warnings (a file changed after verification); as
+            // written otherwise, and durable since staging's `syncfs`.
+            write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
+        }
         fault::point("after-retire");
         Ok(Some((m, published)))
     }
@@ -451,15 +573,14 @@ impl Tx<'_> {
     /// Sets aside a little space in the store before publishing, which an
     /// undo frees first: undoing must work when finishing failed because
     /// the store's disk is full (it needs a journal and a history line).
+    /// Written while staging, and made durable by staging's `syncfs`.
     fn reserve(&self, txid: &str) -> Result<()> {
         let path = self.paths.reserve(txid);
         let _ = std::fs::remove_file(&path);
         let mut f = fsx::create_new(&path)?;
         f.write_all(&vec![0u8; UNDO_RESERVE])
-            .and_then(|()| f.sync_all())
             .map_err(|e| Error::io("write", &path, e))?;
-        self.batch.dir_changed(fsx::parent(&path));
-        Ok(())
+        Ok(self.batch.file_written(&f, &path)?)
     }
 
     /// Frees the space [`Tx::reserve`] set aside.
@@ -502,5 +623,21 @@ impl Tx<'_> {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DirSet, Path};
+
+    #[test]
+    fn a_dir_set_finds_the_outermost_directory_a_path_is_in() {
+        let set = DirSet::new(["a/b", "a/b/c/d", "x"].map(Path::new));
+        assert_eq!(set.find(Path::new("a/b/c/d/f.json")), Some(0));
+        assert_eq!(set.find(Path::new("a/b")), Some(0));
+        assert_eq!(set.find(Path::new("x/y/z")), Some(2));
+        assert_eq!(set.find(Path::new("a/bc/f")), None, "components, not bytes");
+        assert_eq!(set.find(Path::new("a")), None);
+        assert_eq!(DirSet::new([]).find(Path::new("a/b")), None);
     }
 }

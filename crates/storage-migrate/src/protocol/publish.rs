@@ -2,7 +2,7 @@
 //! overwriting anything (conflicts kept aside).
 
 use super::{
-    AtPath, Dirs, Error, Fate, Manifest, Output, Path, PathBuf, Result, Step, Summary, Tx,
+    AtPath, DirSet, Dirs, Error, Fate, Manifest, Output, Path, PathBuf, Result, Step, Summary, Tx,
     conflict_alt, crosses_devices, fault, fsx, join, manifest, move_file, probe,
 };
 
@@ -59,24 +59,36 @@ impl Tx<'_> {
         if !moved.is_empty() {
             fault::point("mid-publish");
         }
-        let mut dirs = Dirs::default();
         let mut first = moved.is_empty();
+        let moved = DirSet::new(moved.iter().map(PathBuf::as_path));
+        let mut dirs = Dirs::default();
         let mut published = Summary::default();
-        manifest::rewrite_entries(&self.paths.entries(&m.txid), |chunk| {
-            for e in chunk.iter_mut() {
-                for o in &mut e.outputs {
-                    o.fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
-                    self.progress.advance(1, 0);
-                    if first {
-                        first = false;
-                        fault::point("mid-publish");
+        // The fates are written beside the entries, made durable by the same
+        // `syncfs` as the files published, and renamed into place after it:
+        // one barrier for both, and the entries are the old ones or the new
+        // ones whatever happens (docs/reliability.md, "Durability barriers").
+        let fates =
+            manifest::rewrite_entries_beside(&self.paths.entries(&m.txid), &self.batch, |chunk| {
+                let mut changed = false;
+                for e in chunk.iter_mut() {
+                    for o in &mut e.outputs {
+                        let fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
+                        changed |= o.fate != fate;
+                        o.fate = fate;
+                        self.progress.advance(1, 0);
+                        if first {
+                            first = false;
+                            fault::point("mid-publish");
+                        }
                     }
+                    published.add(e);
                 }
-                published.add(e);
-            }
-            Ok(())
-        })?;
+                Ok(changed)
+            })?;
         self.sync(&root)?;
+        if let Some(fates) = fates {
+            fates.rename_durably()?;
+        }
         self.progress.finish(Step::Publish);
         Ok(published)
     }
@@ -87,10 +99,14 @@ impl Tx<'_> {
         m: &Manifest,
         staging: &Path,
         root: &Path,
-        moved: &[PathBuf],
+        moved: &DirSet,
         dirs: &mut Dirs,
         o: &Output,
     ) -> Result<Fate> {
+        if moved.find(o.dest.as_path()).is_some() {
+            // Moved with its whole directory just now.
+            return Ok(Fate::Published);
+        }
         let staged = join(staging, &o.dest)?;
         let target = join(root, &o.dest)?;
         let alt_rel = conflict_alt(
@@ -102,10 +118,7 @@ impl Tx<'_> {
         let alt = join(root, &alt_rel)?;
         let same =
             |at: AtPath| matches!(at, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash);
-        Ok(if moved.iter().any(|d| o.dest.as_path().starts_with(d)) {
-            // Moved with its whole directory just now.
-            Fate::Published
-        } else if std::fs::symlink_metadata(&staged).is_ok() {
+        Ok(if std::fs::symlink_metadata(&staged).is_ok() {
             // A rename, or where a part of the store is another mount, a
             // verified durable copy (see `move_file`).
             match probe(&target)? {

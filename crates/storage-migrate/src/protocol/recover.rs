@@ -2,9 +2,9 @@
 //! interrupted transaction is finished or undone.
 
 use super::{
-    HistoryEntry, Manifest, Owner, PathBuf, Phase, Recovered, Result, Summary, Tx, append_history,
-    fault, fsx, manifest, marker, read_journal, read_manifest, remove_dir_all_if_exists,
-    set_journal, write_json,
+    Error, HistoryEntry, Manifest, Owner, PathBuf, Phase, Recovered, Result, Summary, Tx,
+    append_history, fault, fsx, manifest, marker, read_journal, read_json, read_manifest,
+    remove_dir_all_if_exists, set_journal, write_json, write_json_in,
 };
 
 impl Tx<'_> {
@@ -25,8 +25,32 @@ impl Tx<'_> {
         summary: &Summary,
         report: Option<&crate::MigrationReport>,
     ) -> Result<()> {
-        if let Some(r) = report {
-            write_json(&self.paths.report(&m.txid), r)?;
+        // The report, the removals and `layout.json` are made durable by
+        // one `syncfs` before the journal goes: a crash before that leaves
+        // the journal saying `committed`, whose recovery does them again
+        // (docs/reliability.md, "Durability barriers"). The history line
+        // is durable by itself.
+        let path = self.paths.report(&m.txid);
+        match report {
+            Some(r) => write_json_in(&self.batch, &path, r)?,
+            // Recovery: a report that a crash lost is written again from
+            // the records, as recovery of an unfinished migration does.
+            None if read_json::<serde_json::Value>(&path, "")
+                .ok()
+                .flatten()
+                .is_none() =>
+            {
+                let r = crate::report::from_manifest(
+                    self.store,
+                    &self.paths,
+                    m,
+                    summary,
+                    crate::Outcome::Migrated,
+                    None,
+                );
+                write_json_in(&self.batch, &path, &r)?;
+            }
+            None => {}
         }
         append_history(
             &self.paths,
@@ -38,13 +62,20 @@ impl Tx<'_> {
                 bytes: summary.source_bytes,
             },
         )?;
+        let tx = self.paths.tx(&m.txid);
         remove_dir_all_if_exists(&self.paths.staging(&m.txid))?;
-        self.release_reserve(&m.txid)?;
+        match std::fs::remove_file(self.paths.reserve(&m.txid)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("remove", self.paths.reserve(&m.txid), e));
+            }
+            _ => self.batch.dir_changed(&tx),
+        }
         match self.owner {
             Owner::Project(_) => marker::remove(self.store, &m.legacy_dir.0)?,
             // The upgrade's commit: from now on the store is the current layout.
-            Owner::Store => self.store.stamp_layout_version()?,
+            Owner::Store => self.store.stamp_layout_version_in(&self.batch)?,
         }
+        self.sync(self.layout().root())?;
         fsx::remove_file_durable(&self.paths.journal())?;
         Ok(())
     }

@@ -2,8 +2,8 @@
 //! a file changed after verification is never moved or removed.
 
 use super::{
-    BTreeMap, Dirs, Error, Fingerprint, Left, Manifest, Owner, Path, PathBuf, RelPath, Result,
-    Source, Step, Summary, Tx, copy, crosses_devices, dir_modes, fault, fsx, is_kind, join,
+    BTreeMap, DirSet, Dirs, Error, Fingerprint, Left, Manifest, Owner, Path, PathBuf, RelPath,
+    Result, Source, Step, Summary, Tx, copy, crosses_devices, dir_modes, fault, fsx, is_kind, join,
     make_dirs, manifest, move_file, open_regular, par_map, project_owner, rel_in_store,
 };
 
@@ -111,18 +111,19 @@ impl Tx<'_> {
         let txid = m.txid.clone();
         let backup = self.paths.backup(&txid);
         let entries = self.paths.entries(&txid);
-        fsx::create_dir_all(&backup)?;
+        self.batch.create_dir_all(&backup)?;
         self.progress
             .start(Step::Retire, published.sources, published.source_bytes);
         let first = std::sync::Once::new();
         let moved = self.retire_dirs(m, &entries, &legacy, &backup)?;
+        let moved = DirSet::new(moved.iter().map(PathBuf::as_path));
         let modes = dir_modes(m);
         let mut copied_any = false;
         let mut warnings = Vec::new();
         manifest::rewrite_entries(&entries, |chunk| {
             let sources: Vec<&Source> = chunk.iter().flat_map(|e| &e.sources).collect();
             let mut outcomes = par_map(&sources, Dirs::default, |dirs, s| {
-                let r = if moved.iter().any(|d| s.rel.as_path().starts_with(d)) {
+                let r = if moved.find(s.rel.as_path()).is_some() {
                     self.check_moved(&txid, &legacy, &backup, &modes, s)?
                 } else {
                     self.retire_one(&txid, &legacy, &backup, &modes, dirs, s)?
@@ -160,13 +161,16 @@ impl Tx<'_> {
                 })
                 .collect();
             let mut outcomes = outcomes.into_iter();
+            let mut changed = false;
             for s in chunk.iter_mut().flat_map(|e| &mut e.sources) {
-                s.left = outcomes.next().expect("one outcome per source");
+                let left = outcomes.next().expect("one outcome per source");
+                changed |= s.left != left;
+                s.left = left;
                 if let Some(left) = &s.left {
                     warnings.push(left_warning(&s.rel, left));
                 }
             }
-            Ok(())
+            Ok(changed)
         })?;
         for w in warnings {
             m.warn(w);
@@ -359,20 +363,29 @@ impl Tx<'_> {
         if m.pure_dirs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
-        manifest::for_each_chunk(entries, |chunk| {
-            for s in chunk.iter().flat_map(|e| &e.sources) {
-                if let Some(k) = m
-                    .pure_dirs
-                    .iter()
-                    .position(|d| s.rel.as_path().starts_with(d.as_path()))
-                {
-                    planned[k].0 += 1;
-                    planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
-                }
+        let recorded: Option<Vec<(u64, u128)>> = m
+            .pure_dir_files
+            .iter()
+            .map(|(n, sum)| Some((*n, u128::from_str_radix(sum, 16).ok()?)))
+            .collect();
+        let planned = match recorded {
+            Some(planned) if planned.len() == m.pure_dirs.len() => planned,
+            // Records written before planning kept them.
+            _ => {
+                let mut planned = vec![(0u64, 0u128); m.pure_dirs.len()];
+                let pure = DirSet::new(m.pure_dirs.iter().map(RelPath::as_path));
+                manifest::for_each_chunk(entries, |chunk| {
+                    for s in chunk.iter().flat_map(|e| &e.sources) {
+                        if let Some(k) = pure.find(s.rel.as_path()) {
+                            planned[k].0 += 1;
+                            planned[k].1 = planned[k].1.wrapping_add(name_digest(s.rel.as_path()));
+                        }
+                    }
+                    Ok(())
+                })?;
+                planned
             }
-            Ok(())
-        })?;
+        };
         let mut moved = Vec::new();
         let pure: Vec<RelPath> = m.pure_dirs.clone();
         for (d, want) in pure.iter().zip(planned) {

@@ -4,8 +4,8 @@
 
 use super::{
     BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Layout, Manifest, Output, Path,
-    PathBuf, Produce, Read, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx, join,
-    manifest, open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
+    PathBuf, Produce, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx, join, manifest,
+    open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
 };
 
 /// Typed documents larger than this are copied without the JSON check.
@@ -52,6 +52,21 @@ impl Staged {
     }
 }
 
+/// `order` with its second half interleaved into its first (`a0 b0 a1 b1
+/// …`): the threads that take the next item in turn then work far apart in
+/// the walk, in different directories, instead of queueing on the lock of
+/// the one directory they both create files in (files of a size are in
+/// walk order, and a directory's files are of one size or two).
+fn interleave_halves(order: &[usize]) -> Vec<usize> {
+    let (first, second) = order.split_at(order.len().div_ceil(2));
+    let mut out = Vec::with_capacity(order.len());
+    for (i, &a) in first.iter().enumerate() {
+        out.push(a);
+        out.extend(second.get(i));
+    }
+    out
+}
+
 impl Tx<'_> {
     /// Copies every source into staging, filling in sizes and hashes, on
     /// all cores. The global event logs, the big files, are split on a
@@ -66,7 +81,7 @@ impl Tx<'_> {
         splits: Vec<Entry>,
     ) -> Result<Summary> {
         let staging = self.paths.staging(&m.txid);
-        fsx::create_dir_all(&staging)?;
+        self.batch.create_dir_all(&staging)?;
         self.progress
             .start(Step::Copy, planned.sources, planned.source_bytes);
         let legacy = m.legacy_dir.0.clone();
@@ -96,7 +111,7 @@ impl Tx<'_> {
                 splitting.store(false, std::sync::atomic::Ordering::Relaxed);
                 r
             });
-            manifest::write_entries(&entries, |push| {
+            manifest::write_entries(&entries, Some(&self.batch), |push| {
                 let mut done = |m: &mut Manifest, e: &mut Entry, r: Staged| -> Result<()> {
                     for w in &r.warnings {
                         m.warn(w.clone());
@@ -113,6 +128,7 @@ impl Tx<'_> {
                     chunk.retain(|e| !e.source().split);
                     let mut order: Vec<usize> = (0..chunk.len()).collect();
                     order.sort_by_key(|&i| std::cmp::Reverse(chunk[i].source().size));
+                    let order = interleave_halves(&order);
                     let shared: &[Entry] = &chunk;
                     // One core stays with the logs while they are being split.
                     let busy = usize::from(splitting.load(std::sync::atomic::Ordering::Relaxed));
@@ -209,9 +225,7 @@ impl Tx<'_> {
             produce => {
                 // Typed documents are read whole: a torn or corrupt one must not
                 // land where Prodigy loads it, so it goes to the legacy area.
-                let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-                file.read_to_end(&mut bytes)
-                    .map_err(|e| Error::io("read", &path, e))?;
+                let bytes = copy::read_whole(&mut file, &path, meta.len())?;
                 r.src_hash = blake3::hash(&bytes);
                 let valid = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
                 let dest_rel = self.typed_dest(&mut r, (oi, out), source.rel.as_path(), valid);
