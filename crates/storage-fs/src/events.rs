@@ -172,7 +172,16 @@ fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(
         let (file, created) = match open(false) {
             Ok(f) => (f, false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fsx::create_dir_all(fsx::parent(path))?;
+                match fsx::create_dir_all(fsx::parent(path)) {
+                    Ok(()) => {}
+                    // A deletion removed an emptied parent while this created
+                    // the directories below it: create them again.
+                    Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                        last = Some(source);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 match open(true) {
                     Ok(f) => (f, true),
                     // The directory was removed (the log deleted) between the two steps.

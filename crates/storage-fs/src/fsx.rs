@@ -331,11 +331,28 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// `fsync`s `dir`, or, if another process removed it meanwhile (a deletion
+/// removing emptied directories), the nearest ancestor that still exists:
+/// the change being made durable is then that removal, recorded there.
+pub fn fsync_dir_or_ancestor(dir: &Path) -> Result<()> {
+    let mut at = dir;
+    loop {
+        match fsync_dir(at) {
+            Err(Error::Io { ref source, .. })
+                if source.kind() == io::ErrorKind::NotFound && at.parent().is_some() =>
+            {
+                at = parent(at);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Removes `path` and makes the removal durable; `false` if it did not exist.
 pub fn remove_file_durable(path: &Path) -> Result<bool> {
     match fs::remove_file(path) {
         Ok(()) => {
-            fsync_dir(parent(path))?;
+            fsync_dir_or_ancestor(parent(path))?;
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -350,7 +367,7 @@ pub fn remove_file_durable(path: &Path) -> Result<bool> {
 pub fn remove_empty_dirs(dirs: &[PathBuf]) -> Result<()> {
     for dir in dirs {
         match fs::remove_dir(dir) {
-            Ok(()) => fsync_dir(parent(dir))?,
+            Ok(()) => fsync_dir_or_ancestor(parent(dir))?,
             Err(e)
                 if matches!(
                     e.kind(),

@@ -326,7 +326,12 @@ impl Storage for FsStorage {
                     if source.kind() == std::io::ErrorKind::NotFound && tries < 8 =>
                 {
                     tries += 1;
-                    fsx::create_dir_all(fsx::parent(&path))?;
+                    match fsx::create_dir_all(fsx::parent(&path)) {
+                        // A deletion removed an emptied parent meanwhile: again.
+                        Err(Error::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound => {}
+                        other => other?,
+                    }
                 }
                 other => return other,
             }

@@ -289,3 +289,94 @@ fn appenders_lose_nothing_to_a_concurrent_retention() {
     assert_eq!(seen.len() as u64, 3 * per_writer, "no event lost");
     assert!(seen.values().all(|&n| n == 1), "none twice");
 }
+
+#[test]
+fn appenders_lose_no_part_of_a_batch_to_a_concurrent_deletion() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let (repo, job) = (
+        RepoKey::new("proj").expect("repo"),
+        JobId::new("job-1").expect("job"),
+    );
+    let stop = AtomicBool::new(false);
+    let batch = 5u64;
+    std::thread::scope(|s| {
+        for w in 0..3u64 {
+            let (store, repo, job) = (&store, &repo, &job);
+            s.spawn(move || {
+                for b in 0..200u64 {
+                    let events: Vec<storage_core::EventRecord> = (0..batch)
+                        .map(|i| {
+                            storage_core::EventRecord::from_json(json!({"w": w, "b": b, "i": i}))
+                                .expect("event")
+                        })
+                        .collect();
+                    store.append_events(repo, job, &events).expect("append");
+                }
+            });
+        }
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                store.delete_event_log(&repo, &job).expect("delete");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        s.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+        });
+    });
+    // Whatever survived the last deletion is whole batches: each batch's
+    // events together and in order, never a part of one.
+    let mut seen = Vec::new();
+    store
+        .read_events(&repo, &job, &mut |e| {
+            let j = e.json();
+            seen.push((j["w"].as_u64(), j["b"].as_u64(), j["i"].as_u64()));
+        })
+        .expect("a readable log: no torn or interleaved line");
+    for chunk in seen.chunks(usize::try_from(batch).expect("small")) {
+        assert_eq!(chunk.len() as u64, batch, "a partial batch: {chunk:?}");
+        for (i, e) in chunk.iter().enumerate() {
+            assert_eq!(
+                (e.0, e.1),
+                (chunk[0].0, chunk[0].1),
+                "interleaved: {chunk:?}"
+            );
+            assert_eq!(e.2, Some(i as u64), "out of order: {chunk:?}");
+        }
+    }
+}
+
+#[test]
+fn a_put_never_fails_because_a_deletion_removed_its_emptied_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = |n: u64| DocKey::Session {
+        repo: RepoKey::new("proj").expect("repo"),
+        session: SessionId::new(format!("session-{n}")).expect("id"),
+    };
+    std::thread::scope(|s| {
+        for w in 0..2u64 {
+            let store = &store;
+            s.spawn(move || {
+                for i in 0..300u64 {
+                    let k = key(w * 1000 + i);
+                    store
+                        .put(
+                            &k,
+                            &json!({"session_id": format!("session-{}", w * 1000 + i)}),
+                        )
+                        .expect("put");
+                    // Deleting the only document removes `sessions/` and `state/proj/`.
+                    assert!(store.delete(&k).expect("delete"));
+                }
+            });
+        }
+    });
+    assert!(
+        !dir.path().join("state").join("proj").exists(),
+        "emptied directories are removed"
+    );
+}
