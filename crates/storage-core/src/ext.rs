@@ -13,7 +13,7 @@ use crate::record::{
     DeadLetterItem, EventRecord, JobCheckpoint, RecordError, SessionJobMapping, SessionRecord,
     UnifiedSession, WorkflowCheckpoint,
 };
-use crate::storage::{DocKey, EventCursor, ReadMode, Retention, Scope, Skipped, Storage};
+use crate::storage::{DocKey, Entry, EventCursor, ReadMode, Retention, Scope, Skipped, Storage};
 
 fn typed<R>(
     value: Option<Value>,
@@ -388,6 +388,69 @@ pub trait StorageExt: Storage {
         Ok(last.into())
     }
 
+    /// Visits every document of the store with its size and time: each
+    /// unified session with its checkpoint and workflow checkpoints, then,
+    /// per repository, sessions, workflow checkpoints, mappings, job
+    /// checkpoints and metadata, dead letters and their index, extension
+    /// kinds. One scope at a time: memory holds one scope's entries. Stops
+    /// at the first error `visit` returns.
+    fn for_each_document(&self, visit: &mut dyn FnMut(Entry) -> Result<()>) -> Result<()> {
+        let single =
+            |key: DocKey, visit: &mut dyn FnMut(Entry) -> Result<()>| match self.entry(&key)? {
+                Some(e) => visit(e),
+                None => Ok(()),
+            };
+        for e in self.list_entries(&Scope::UnifiedSessions)? {
+            let session = match &e.key {
+                DocKey::UnifiedSession { session } => Some(session.clone()),
+                _ => None,
+            };
+            visit(e)?;
+            if let Some(session) = session {
+                single(
+                    DocKey::SessionCheckpoint {
+                        session: session.clone(),
+                    },
+                    visit,
+                )?;
+                for w in self.list_entries(&Scope::SessionWorkflowCheckpoints(session))? {
+                    visit(w)?;
+                }
+            }
+        }
+        for repo in self.repos()? {
+            for scope in [
+                Scope::Sessions(repo.clone()),
+                Scope::WorkflowCheckpoints(repo.clone()),
+                Scope::SessionJobs(repo.clone()),
+            ] {
+                for e in self.list_entries(&scope)? {
+                    visit(e)?;
+                }
+            }
+            for job in self.jobs(&repo)? {
+                for e in self.list_entries(&Scope::JobCheckpoints(repo.clone(), job.clone()))? {
+                    visit(e)?;
+                }
+                let repo = repo.clone();
+                single(DocKey::JobMetadata { repo, job }, visit)?;
+            }
+            for job in self.jobs_with_dead_letters(&repo)? {
+                for e in self.list_entries(&Scope::DeadLetters(repo.clone(), job.clone()))? {
+                    visit(e)?;
+                }
+                let repo = repo.clone();
+                single(DocKey::DeadLetterIndex { repo, job }, visit)?;
+            }
+            for kind in self.extension_kinds(&repo)? {
+                for e in self.list_entries(&Scope::Extension(repo.clone(), kind))? {
+                    visit(e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes, counts and oldest/newest times per repository and kind of
     /// document, and of event logs (kind `event log`, one per job), across
     /// the whole store; global documents have no repository. Sorted by
@@ -415,35 +478,11 @@ pub trait StorageExt: Storage {
             s.oldest = Some(s.oldest.map_or(oldest, |o| o.min(oldest)));
             s.newest = Some(s.newest.map_or(newest, |n| n.max(newest)));
         };
-        let mut scopes = vec![Scope::UnifiedSessions];
-        let mut singles = Vec::new();
-        for key in self.list(&Scope::UnifiedSessions)? {
-            if let DocKey::UnifiedSession { session } = key {
-                scopes.push(Scope::SessionWorkflowCheckpoints(session.clone()));
-                singles.push(DocKey::SessionCheckpoint { session });
-            }
-        }
+        self.for_each_document(&mut |e| {
+            add(e.key.repo(), e.key.kind(), e.bytes, e.modified, e.modified);
+            Ok(())
+        })?;
         for repo in self.repos()? {
-            scopes.push(Scope::Sessions(repo.clone()));
-            scopes.push(Scope::WorkflowCheckpoints(repo.clone()));
-            scopes.push(Scope::SessionJobs(repo.clone()));
-            for job in self.jobs(&repo)? {
-                scopes.push(Scope::JobCheckpoints(repo.clone(), job.clone()));
-                singles.push(DocKey::JobMetadata {
-                    repo: repo.clone(),
-                    job,
-                });
-            }
-            for job in self.jobs_with_dead_letters(&repo)? {
-                scopes.push(Scope::DeadLetters(repo.clone(), job.clone()));
-                singles.push(DocKey::DeadLetterIndex {
-                    repo: repo.clone(),
-                    job,
-                });
-            }
-            for kind in self.extension_kinds(&repo)? {
-                scopes.push(Scope::Extension(repo.clone(), kind));
-            }
             for job in self.event_logs(&repo)? {
                 if let Some(log) = self.event_log_entry(&repo, &job)? {
                     add(
@@ -454,16 +493,6 @@ pub trait StorageExt: Storage {
                         log.modified,
                     );
                 }
-            }
-        }
-        for scope in &scopes {
-            for e in self.list_entries(scope)? {
-                add(e.key.repo(), e.key.kind(), e.bytes, e.modified, e.modified);
-            }
-        }
-        for key in &singles {
-            if let Some(e) = self.entry(key)? {
-                add(e.key.repo(), e.key.kind(), e.bytes, e.modified, e.modified);
             }
         }
         Ok(acc.into_values().collect())

@@ -39,7 +39,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use storage_core::{
-    DocKey, EventCursor, EventRecord, JobId, LockKey, LockWait, ReadMode, RepoKey, Scope, Storage,
+    DocKey, EventCursor, EventRecord, JobId, LockKey, LockWait, ReadMode, RepoKey, Storage,
+    StorageExt,
 };
 use storage_fs::{FsStorage, fsx};
 
@@ -128,45 +129,34 @@ pub fn copy_store(
     let mut out = Journal::open(&journal)?;
 
     opts.progress.start(Step::Copy, 0, 0);
-    documents(source, &mut |key| {
-        let item = format!("doc {key:?}");
-        if done.contains(&item) {
-            report.already_done += 1;
-            return Ok(());
+    // The visitor speaks the store's error type; this copy's own refusals
+    // are kept aside and returned once the walk has stopped.
+    let mut failed: Option<Error> = None;
+    let walked = source.for_each_document(&mut |entry| match copy_document(
+        source,
+        dest,
+        &entry.key,
+        &done,
+        &mut out,
+        &mut report,
+    ) {
+        Ok(()) => {
+            opts.progress.advance(1, 0);
+            Ok(())
         }
-        let value = match source.get(&key) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                report.vanished += 1;
-                return Ok(());
-            }
-            // A torn file (an older Prodigy wrote it non-atomically): it is
-            // not JSON, so it cannot be a document anywhere else; it stays
-            // in the source, and the report names it.
-            Err(storage_core::Error::Corrupt { path, line, reason }) => {
-                report.skipped.push(SkippedItem {
-                    item,
-                    path,
-                    reason: match line {
-                        Some(l) => format!("line {l}: {reason}"),
-                        None => reason,
-                    },
-                });
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        dest.put(&key, &value)?;
-        match dest.get(&key)? {
-            Some(back) if back == value => {}
-            Some(_) => return Err(mismatch(&item, "the destination returns other JSON")),
-            None => return Err(mismatch(&item, "the destination does not return it")),
+        Err(e) => {
+            failed = Some(e);
+            Err(storage_core::Error::io(
+                "copy",
+                source.root(),
+                std::io::Error::other("stopped"),
+            ))
         }
-        out.done(&item)?;
-        report.documents += 1;
-        opts.progress.advance(1, 0);
-        Ok(())
-    })?;
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    walked?;
     for repo in source.repos()? {
         for job in source.event_logs(&repo)? {
             let item = format!("log {repo}/{job}");
@@ -185,6 +175,53 @@ pub fn copy_store(
     Ok(report)
 }
 
+/// Copies one document unless the journal has it, then verifies it.
+fn copy_document(
+    source: &FsStorage,
+    dest: &dyn Storage,
+    key: &DocKey,
+    done: &HashSet<String>,
+    out: &mut Journal,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let item = format!("doc {key:?}");
+    if done.contains(&item) {
+        report.already_done += 1;
+        return Ok(());
+    }
+    let value = match source.get(key) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            report.vanished += 1;
+            return Ok(());
+        }
+        // A torn file (an older Prodigy wrote it non-atomically): it is
+        // not JSON, so it cannot be a document anywhere else; it stays
+        // in the source, and the report names it.
+        Err(storage_core::Error::Corrupt { path, line, reason }) => {
+            report.skipped.push(SkippedItem {
+                item,
+                path,
+                reason: match line {
+                    Some(l) => format!("line {l}: {reason}"),
+                    None => reason,
+                },
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    dest.put(key, &value)?;
+    match dest.get(key)? {
+        Some(back) if back == value => {}
+        Some(_) => return Err(mismatch(&item, "the destination returns other JSON")),
+        None => return Err(mismatch(&item, "the destination does not return it")),
+    }
+    out.done(&item)?;
+    report.documents += 1;
+    Ok(())
+}
+
 fn mismatch(item: &str, what: &str) -> Error {
     Error::Refused {
         action: "copy",
@@ -194,66 +231,6 @@ fn mismatch(item: &str, what: &str) -> Error {
              then run copy-store again: it resumes"
         ),
     }
-}
-
-/// Every document the API reaches in `store`, in a fixed order.
-fn documents(store: &dyn Storage, visit: &mut dyn FnMut(DocKey) -> Result<()>) -> Result<()> {
-    for key in store.list(&Scope::UnifiedSessions)? {
-        if let DocKey::UnifiedSession { session } = &key {
-            let own = DocKey::SessionCheckpoint {
-                session: session.clone(),
-            };
-            let workflows = store.list(&Scope::SessionWorkflowCheckpoints(session.clone()))?;
-            visit(key.clone())?;
-            if store.entry(&own)?.is_some() {
-                visit(own)?;
-            }
-            for k in workflows {
-                visit(k)?;
-            }
-        }
-    }
-    for repo in store.repos()? {
-        for scope in [
-            Scope::Sessions(repo.clone()),
-            Scope::WorkflowCheckpoints(repo.clone()),
-            Scope::SessionJobs(repo.clone()),
-        ] {
-            for k in store.list(&scope)? {
-                visit(k)?;
-            }
-        }
-        for job in store.jobs(&repo)? {
-            for k in store.list(&Scope::JobCheckpoints(repo.clone(), job.clone()))? {
-                visit(k)?;
-            }
-            let meta = DocKey::JobMetadata {
-                repo: repo.clone(),
-                job,
-            };
-            if store.entry(&meta)?.is_some() {
-                visit(meta)?;
-            }
-        }
-        for job in store.jobs_with_dead_letters(&repo)? {
-            for k in store.list(&Scope::DeadLetters(repo.clone(), job.clone()))? {
-                visit(k)?;
-            }
-            let index = DocKey::DeadLetterIndex {
-                repo: repo.clone(),
-                job,
-            };
-            if store.entry(&index)?.is_some() {
-                visit(index)?;
-            }
-        }
-        for kind in store.extension_kinds(&repo)? {
-            for k in store.list(&Scope::Extension(repo.clone(), kind))? {
-                visit(k)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The count and running hash of a log's records (each record's compact
