@@ -79,9 +79,12 @@ pub fn run_size(args: &[String]) -> Result<()> {
 }
 
 /// The test hooks' environment variables (`docs/reliability.md`).
-const TEST_HOOKS: [(&str, &str); 2] = [
+/// (`PRODIGY_STORAGE_PAUSE_AT` needs `PRODIGY_STORAGE_PAUSE_FILE` too, and
+/// would only delay: its name is what is checked.)
+const TEST_HOOKS: [(&str, &str); 3] = [
     ("PRODIGY_STORAGE_CRASH_AT", "after-verify"),
     ("PRODIGY_STORAGE_FAULT", "corrupt-staged"),
+    ("PRODIGY_STORAGE_PAUSE_AT", "before-verify"),
 ];
 
 /// The binary users get must not obey the test hooks, which only test

@@ -395,6 +395,14 @@ mod import {
         }
         if let Some(point) = std::env::var_os("PRODIGY_STORAGE_CRASH_AT") {
             fault::arm(Fault::CrashAt(point.to_string_lossy().into_owned()));
+        } else if let (Some(point), Some(file)) = (
+            std::env::var_os("PRODIGY_STORAGE_PAUSE_AT"),
+            std::env::var_os("PRODIGY_STORAGE_PAUSE_FILE"),
+        ) {
+            fault::arm(Fault::PauseAt(
+                point.to_string_lossy().into_owned(),
+                file.into(),
+            ));
         } else if std::env::var_os("PRODIGY_STORAGE_FAULT").is_some_and(|v| v == "corrupt-staged") {
             fault::arm(Fault::CorruptStaged);
         }

@@ -152,11 +152,16 @@ pub fn set_mtime(file: &File, path: &Path, mtime: (i64, u32)) -> Result<()> {
 /// BLAKE3 and size of the regular file at `path` (not following links).
 pub fn hash_file(path: &Path) -> Result<(u64, blake3::Hash)> {
     let (mut f, _) = open_regular(path)?;
+    hash_reader(&mut f, path)
+}
+
+/// Size and BLAKE3 of what `src` (read from `path`) holds from its position on.
+pub fn hash_reader(src: &mut impl Read, path: &Path) -> Result<(u64, blake3::Hash)> {
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     with_buf(|buf| {
         loop {
-            let n = f.read(buf).map_err(|e| Error::io("read", path, e))?;
+            let n = src.read(buf).map_err(|e| Error::io("read", path, e))?;
             if n == 0 {
                 return Ok((total, hasher.finalize()));
             }

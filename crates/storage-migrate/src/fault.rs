@@ -9,6 +9,8 @@
 //!
 //! [`Fault::CorruptStaged`] flips one byte of the first staged file just
 //! before verification, to prove that verification refuses to publish.
+//! [`Fault::PauseAt`] holds the process at a point instead, so that a test
+//! can act at that exact moment (as an older Prodigy writing would).
 //!
 //! All of this exists only with the `fault-injection` feature, which test
 //! builds turn on (as SQLite compiles its fault hooks only into test builds).
@@ -30,6 +32,9 @@ pub enum Fault {
     CrashAt(String),
     /// Flip a byte in the first staged output before verification.
     CorruptStaged,
+    /// At the named point, create the file and wait while it exists (at
+    /// most a minute), then go on.
+    PauseAt(String, std::path::PathBuf),
 }
 
 #[cfg(feature = "fault-injection")]
@@ -40,6 +45,7 @@ pub const CRASH_POINTS: &[&str] = &[
     "after-lock",
     "after-journal",
     "mid-staging",
+    "before-verify",
     "after-staging",
     "after-verify",
     "mid-publish",
@@ -72,6 +78,15 @@ pub(crate) fn point(name: &'static str) {
     {
         eprintln!("prodigy-storage: crash point `{name}` reached; aborting (test hook)");
         std::process::abort();
+    }
+    if let Some(Fault::PauseAt(armed, file)) = ARMED.get()
+        && armed == name
+    {
+        let _ = std::fs::write(file, name);
+        let start = std::time::Instant::now();
+        while file.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 

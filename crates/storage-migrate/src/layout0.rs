@@ -382,6 +382,7 @@ pub(crate) fn plan(
                         split: false,
                         split_lines: None,
                         fingerprint: Fingerprint::of(&meta),
+                        linked: false,
                         left: None,
                     }],
                     outputs: vec![Output {

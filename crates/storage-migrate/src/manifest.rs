@@ -159,6 +159,12 @@ pub struct Source {
     /// change time, so an equal fingerprint after staging proves the file
     /// was not written while it was copied.
     pub fingerprint: Fingerprint,
+    /// Staged as a hard link to this very file (a layout-0 upgrade, see
+    /// `protocol::stage`): `fingerprint` was taken after linking, and from
+    /// then on it is compared without its change time, which the store's
+    /// own links and renames of the shared inode move (see `retire::now_of`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub linked: bool,
     /// Where retiring left it, when that is not the backup (`None`: in the
     /// backup, as verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -762,6 +768,7 @@ mod entry_tests {
                 split: false,
                 split_lines: None,
                 fingerprint: Fingerprint::default(),
+                linked: false,
                 left: None,
             }],
             outputs: vec![Output {

@@ -632,6 +632,7 @@ pub fn plan(
             split: false,
             split_lines: None,
             fingerprint: found.fingerprint,
+            linked: false,
             left: None,
         };
         let this = index;

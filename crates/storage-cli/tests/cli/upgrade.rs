@@ -143,6 +143,140 @@ fn upgrade_moves_what_is_elsewhere_and_touches_nothing_else() {
     assert_same_tree(&store_tree(&sb), &after, "second upgrade");
 }
 
+/// The backup of the upgrade `sb` ran: `migrations/.layout-0/<txid>/backup/`.
+fn upgrade_backup(sb: &Sandbox) -> PathBuf {
+    let dir = sb.store().join("migrations/.layout-0");
+    fs_err::read_dir(&dir)
+        .expect("the upgrade's records")
+        .map(|e| e.expect("entry").path().join("backup"))
+        .find(|p| p.is_dir())
+        .expect("a backup")
+}
+
+/// An upgrade moves by linking: a file whose bytes do not change is
+/// published as the very inode it was (mode and mtime with it), and the
+/// backup is that inode too, so nothing is written but names; a log, which
+/// the store appends to in place, is copied, so the backup keeps its bytes.
+#[test]
+fn what_moves_unchanged_is_linked_and_a_log_is_copied() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let sb = layout0_sandbox();
+    let item = format!("dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json");
+    let log = format!(
+        "events/api/{}/events-20250906_070000.20250906_080000.jsonl.gz",
+        layout0::EVENT_JOB
+    );
+    let old_item = sb.store().join(&item);
+    fs_err::set_permissions(&old_item, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let meta = |p: &std::path::Path| fs_err::symlink_metadata(p).expect("stat");
+    let (item_ino, item_mtime) = (meta(&old_item).ino(), meta(&old_item).mtime());
+    let log_ino = meta(&sb.store().join(&log)).ino();
+    run(&sb, &["upgrade"], true);
+    let backup = upgrade_backup(&sb);
+    let published = meta(&sb.store().join(format!("dlq/api/{JOB}/items/item-1.json")));
+    assert_eq!(published.ino(), item_ino, "published as the same inode");
+    assert_eq!(published.mode() & 0o777, 0o640, "with its mode");
+    assert_eq!(published.mtime(), item_mtime, "and its mtime");
+    assert_eq!(
+        meta(&backup.join(&item)).ino(),
+        item_ino,
+        "the backup is it too"
+    );
+    let moved_log = sb.store().join(log.trim_end_matches(".gz"));
+    assert_ne!(meta(&moved_log).ino(), log_ino, "a log is a copy");
+    assert_eq!(
+        meta(&backup.join(&log)).ino(),
+        log_ino,
+        "the original is backed up"
+    );
+}
+
+/// A part of the store on another mount (`dlq/` on a tmpfs, as a docker
+/// volume would be): linking its files into the staging area says `EXDEV`,
+/// so they are copied, published into the mount by a verified copy and
+/// backed up by copy. The dead letters are reachable, and `downgrade` gives
+/// back the exact layout-0 store.
+#[test]
+fn a_mount_inside_a_layout_0_store_is_upgraded_by_copying_and_downgraded_exactly() {
+    let sb = Sandbox::new();
+    let Some(_dlq) = crate::support::Mount::tmpfs(&sb.store().join("dlq"), "64m") else {
+        return;
+    };
+    layout0::store(&sb.store());
+    let before = store_tree(&sb);
+    let report = run_json(&sb, &["upgrade"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    let store = storage_fs::FsStorage::open(sb.store()).expect("opens once upgraded");
+    let repo = RepoKey::new("api").expect("key");
+    let job = JobId::new(JOB).expect("job");
+    assert_eq!(store.dead_letters(&repo, &job).expect("dlq").len(), 2);
+    drop(store);
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}
+
+/// An older Prodigy rewrites a dead letter in place during the upgrade,
+/// before the upgrade reads it or after it linked it (the upgrade held at
+/// that moment by a test hook): either way the upgrade stops before
+/// publishing anything and names the change, the rewrite is where the older
+/// Prodigy wrote it, and the next upgrade takes it.
+#[test]
+fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() {
+    let newer = b"{\"item_id\": \"item-1\", \"failure_count\": 12345}";
+    for point in ["after-journal", "before-verify"] {
+        let sb = layout0_sandbox();
+        let item = sb.store().join(format!(
+            "dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json"
+        ));
+        let pause = sb.path().join("paused");
+        let child = cmd(&sb, &sb.project(), &["upgrade"])
+            .env("PRODIGY_STORAGE_PAUSE_AT", point)
+            .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let start = std::time::Instant::now();
+        while !pause.exists() {
+            assert!(start.elapsed().as_secs() < 30, "never reached `{point}`");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let staged = fs_err::read_dir(sb.store().join("migrations/.layout-0"))
+            .expect("records")
+            .flatten()
+            .map(|e| {
+                e.path()
+                    .join(format!("staging/dlq/api/{JOB}/items/item-1.json"))
+            })
+            .find(|p| p.exists());
+        if point == "before-verify" {
+            use std::os::unix::fs::MetadataExt;
+            let staged = staged.expect("staged");
+            let ino = |p: &std::path::Path| fs_err::metadata(p).expect("stat").ino();
+            assert_eq!(ino(&staged), ino(&item), "staged as a link");
+        }
+        // In place, as `fs::write` does: the same inode, truncated and rewritten.
+        fs_err::write(&item, newer).expect("rewrite in place");
+        fs_err::remove_file(&pause).expect("go on");
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let what = format!("written at `{point}`");
+        assert!(!out.status.success(), "{what}: the upgrade went on");
+        assert!(
+            err.contains("changed while it was being migrated"),
+            "{what}: {err}"
+        );
+        assert!(
+            !sb.store().join("layout.json").exists(),
+            "{what}: committed"
+        );
+        assert_eq!(fs_err::read(&item).expect("read"), newer, "{what}");
+        run(&sb, &["upgrade"], true);
+        let published = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
+        assert_eq!(fs_err::read(&published).expect("read"), newer, "{what}");
+    }
+}
+
 #[test]
 fn downgrade_gives_back_the_exact_layout_0_store() {
     let sb = layout0_sandbox();
@@ -161,26 +295,52 @@ fn downgrade_gives_back_the_exact_layout_0_store() {
     run(&sb, &["migrate"], true);
 }
 
+/// A dead letter changed after the upgrade, the way the store writes (a
+/// new file renamed over it) or in place (an editor that truncates and
+/// rewrites): `downgrade` refuses and names `--force`; `--force` moves the
+/// change aside. The store's way leaves the original in the backup, so the
+/// layout-0 file is the original again; in place, the change reached the
+/// one inode the upgrade moved (it links, it does not copy), so the
+/// changed version is the only one and is what comes back.
 #[test]
 fn downgrade_refuses_when_upgraded_data_changed_and_force_moves_it_aside() {
-    let sb = layout0_sandbox();
-    run(&sb, &["upgrade"], true);
-    let moved = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
-    fs_err::write(&moved, b"{\"item_id\": \"item-1\", \"failure_count\": 4}").expect("write");
-    let out = run(&sb, &["downgrade"], false);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("have changed since") && err.contains("--force"),
-        "{err}"
-    );
-    assert!(sb.store().join("layout.json").exists(), "nothing changed");
-    let r = run_json(&sb, &["downgrade", "--force"]);
-    assert_eq!(r["displaced"].as_array().map(Vec::len), Some(1), "{r:#}");
-    let aside: Vec<_> = crate::support::files(&sb.store().join("legacy"))
-        .into_iter()
-        .filter(|(_, b)| b.ends_with(b"4}"))
-        .collect();
-    assert_eq!(aside.len(), 1, "the changed file is kept aside");
+    let changed = b"{\"item_id\": \"item-1\", \"failure_count\": 4}";
+    for in_place in [false, true] {
+        let sb = layout0_sandbox();
+        let old_path = sb.store().join(format!(
+            "dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json"
+        ));
+        let original = fs_err::read(&old_path).expect("layout-0 item");
+        run(&sb, &["upgrade"], true);
+        let moved = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
+        if in_place {
+            fs_err::write(&moved, changed).expect("write");
+        } else {
+            let tmp = moved.with_extension("tmp");
+            fs_err::write(&tmp, changed).expect("write");
+            fs_err::rename(&tmp, &moved).expect("rename");
+        }
+        let out = run(&sb, &["downgrade"], false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("have changed since") && err.contains("--force"),
+            "in place: {in_place}: {err}"
+        );
+        assert!(sb.store().join("layout.json").exists(), "nothing changed");
+        let r = run_json(&sb, &["downgrade", "--force"]);
+        assert_eq!(r["displaced"].as_array().map(Vec::len), Some(1), "{r:#}");
+        let aside: Vec<_> = crate::support::files(&sb.store().join("legacy"))
+            .into_iter()
+            .filter(|(_, b)| b.ends_with(b"4}"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the changed file is kept aside");
+        let back = fs_err::read(&old_path).expect("restored");
+        if in_place {
+            assert_eq!(back, changed, "the only version left comes back");
+        } else {
+            assert_eq!(back, original, "the original comes back");
+        }
+    }
 }
 
 #[test]

@@ -491,6 +491,7 @@ impl Tx<'_> {
             // `publishing`) starts before both are done. The `syncfs` stays
             // on this thread, where every other barrier of the transaction
             // is (the fault tests count a thread's calls).
+            fault::point("before-verify");
             let (synced, verified) = std::thread::scope(|scope| {
                 let verify = scope.spawn(|| self.verify_staged(&m, &staged));
                 let synced = self.sync(self.layout().root());

@@ -29,9 +29,26 @@ pub(super) enum Now {
 
 /// Compares `path` with the fingerprint taken when it was planned: any
 /// write changes the change time, which no user call can set back.
+///
+/// A source staged as a hard link (`stage`, a layout-0 upgrade) is compared
+/// by device, inode, size and modification time instead: publishing renamed
+/// the inode it shares with its published name, which moves the change
+/// time. A write in place changes the modification time; and since the
+/// published file is that same inode, such a write is never lost with the
+/// backup: it is in the store too.
 pub(super) fn now_of(path: &Path, s: &Source) -> Result<Now> {
+    let unchanged = |meta: &std::fs::Metadata| {
+        if s.linked {
+            use std::os::unix::fs::MetadataExt;
+            let fp = &s.fingerprint;
+            (meta.dev(), meta.ino(), meta.len()) == (fp.dev, fp.ino, fp.size)
+                && copy::mtime_of(meta) == s.mtime
+        } else {
+            Fingerprint::of(meta) == s.fingerprint
+        }
+    };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() && Fingerprint::of(&meta) == s.fingerprint => Ok(Now::Unchanged),
+        Ok(meta) if meta.is_file() && unchanged(&meta) => Ok(Now::Unchanged),
         Ok(_) => Ok(Now::Changed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Now::Missing),
         Err(e) => Err(Error::io("stat", path, e)),

@@ -189,6 +189,20 @@ pub(super) fn no_links(base: &Path, rel: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
+/// Whether the backup `bak` of the source `s` is the inode that a layout-0
+/// upgrade linked to its published name (see `stage`), now with other
+/// bytes: written in place through its published name after the upgrade.
+/// That is not a damaged backup but a changed file (its published name is
+/// reported as changed): the write left no other version anywhere, so a
+/// forced downgrade restores this one.
+fn shares_published_inode(bak: &Path, s: &Source) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    s.linked
+        && std::fs::symlink_metadata(bak).is_ok_and(|m| {
+            m.is_file() && (m.dev(), m.ino()) == (s.fingerprint.dev, s.fingerprint.ino)
+        })
+}
+
 impl Tx<'_> {
     /// How many files of migration `txid`'s backup hold bytes found nowhere
     /// else: neither in the project at their place nor published unchanged
@@ -260,7 +274,7 @@ impl Tx<'_> {
                 if at_legacy != AtPath::Missing {
                     blocked.push(join(legacy, &s.rel)?);
                 }
-                if !same(probe(&bak)?) {
+                if !same(probe(&bak)?) && !shares_published_inode(&bak, s) {
                     missing.push(bak);
                 }
             }

@@ -1,11 +1,34 @@
 //! Staging: every legacy file (or its per-job log lines) copied into
 //! `<txid>/staging/`, hashed as it is read; made durable at once by the
 //! transaction's batch (one `syncfs` on Linux).
+//!
+//! # Links instead of copies, in a layout-0 upgrade
+//!
+//! A layout-0 upgrade moves the store's own files within the store, so a
+//! file whose bytes do not change is staged as a **hard link** to itself
+//! ([`Tx::link_source`]) instead of a copy: nothing is written but a
+//! directory entry, and the data the upgrade makes durable is a few
+//! records instead of the whole store. Everything else stays as it is:
+//! the link is published by rename, and retiring renames the layout-0
+//! name into the backup, so the backup keeps the very inode (bytes, mode,
+//! owner, mtime) that `downgrade` restores. The store never writes a
+//! document in place (it replaces it by rename), so a later write leaves
+//! the backup's inode alone; event logs, which it appends to in place, are
+//! therefore still copied.
+//!
+//! Deciding by trying: where the link fails (the file is on another mount
+//! than `migrations/`, a file system without hard links, a file of another
+//! owner under `protected_hardlinks`) or the file changed since it was
+//! opened, it is copied as before. A project's import always copies: its
+//! files live in the user's working tree, where editors and an older
+//! Prodigy write in place, and such a write must not reach the store.
+
+use std::os::unix::fs::MetadataExt;
 
 use super::{
-    BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Layout, Manifest, Output, Path,
-    PathBuf, Produce, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx, join, manifest,
-    open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
+    BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Fingerprint, Layout, Manifest, Output,
+    Owner, Path, PathBuf, Produce, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx,
+    join, manifest, open_regular, par_map_beside, rel_in_store, rewrite_metadata_path, split,
 };
 
 /// Typed documents larger than this are copied without the JSON check.
@@ -23,6 +46,8 @@ pub(super) struct Staged {
     /// The output was copied verbatim instead of transformed.
     as_copy: bool,
     split_lines: Option<u64>,
+    /// Staged as a hard link to the source: its fingerprint after linking.
+    linked: Option<Fingerprint>,
     warnings: Vec<String>,
 }
 
@@ -47,6 +72,10 @@ impl Staged {
         }
         if let Some(lines) = self.split_lines {
             e.sources[0].split_lines = Some(lines);
+        }
+        if let Some(fingerprint) = self.linked {
+            e.sources[0].fingerprint = fingerprint;
+            e.sources[0].linked = true;
         }
         e.outputs.extend(self.new_outputs);
     }
@@ -174,6 +203,7 @@ impl Tx<'_> {
             retarget: None,
             as_copy: false,
             split_lines: None,
+            linked: None,
             warnings: Vec::new(),
         };
         if source.split {
@@ -187,6 +217,9 @@ impl Tx<'_> {
             next: "the migration's records are damaged; run migrate again".into(),
         })?;
         let (mut file, meta) = open_regular(&path)?;
+        // Linked only if it is still the file planned (see the module docs).
+        let may_link =
+            matches!(self.owner, Owner::Store) && Fingerprint::of(&meta) == source.fingerprint;
         match &out.produce {
             // Kept verbatim, or an event log (JSONL, never one JSON document).
             Produce::Copy
@@ -194,8 +227,15 @@ impl Tx<'_> {
             {
                 let dest = join(staging, &out.dest)?;
                 dirs.ensure(&self.batch, fsx::parent(&dest))?;
-                let (size, hash) =
-                    copy::copy_new(&mut file, &path, &dest, source.mtime, &self.batch)?;
+                // Event logs are appended to in place: never shared with the backup.
+                let link = may_link && out.category != Category::Events;
+                let (size, hash) = self.stage_verbatim(
+                    (&mut file, &path, &meta),
+                    source.mtime,
+                    &dest,
+                    link,
+                    &mut r,
+                )?;
                 r.src_hash = hash;
                 r.done.push((oi, size, hash));
             }
@@ -217,8 +257,13 @@ impl Tx<'_> {
                 r.as_copy = *produce != Produce::Copy;
                 let dest = join(staging, &dest_rel)?;
                 dirs.ensure(&self.batch, fsx::parent(&dest))?;
-                let (size, hash) =
-                    copy::copy_new(&mut file, &path, &dest, source.mtime, &self.batch)?;
+                let (size, hash) = self.stage_verbatim(
+                    (&mut file, &path, &meta),
+                    source.mtime,
+                    &dest,
+                    may_link,
+                    &mut r,
+                )?;
                 r.src_hash = hash;
                 r.done.push((oi, size, hash));
             }
@@ -243,7 +288,17 @@ impl Tx<'_> {
                 }
                 let dest = join(staging, &dest_rel)?;
                 dirs.ensure(&self.batch, fsx::parent(&dest))?;
-                let hash = copy::write_new(&dest, &content, source.mtime, &self.batch)?;
+                let verbatim = matches!(content, std::borrow::Cow::Borrowed(_));
+                r.linked = if may_link && verbatim {
+                    self.link_source(&file, &path, &meta, &dest)?
+                } else {
+                    None
+                };
+                let hash = if r.linked.is_some() {
+                    r.src_hash
+                } else {
+                    copy::write_new(&dest, &content, source.mtime, &self.batch)?
+                };
                 r.done.push((oi, content.len() as u64, hash));
             }
         }
@@ -253,6 +308,68 @@ impl Tx<'_> {
             r.dup_hashes.push(h);
         }
         Ok(r)
+    }
+
+    /// Stages the legacy file `file` (at `path`, `meta` when opened) at
+    /// `dest` byte for byte: as a hard link if `link` and
+    /// [`link_source`](Self::link_source) succeeds, else as a copy with
+    /// the planned `mtime`. Returns its size and hash.
+    fn stage_verbatim(
+        &self,
+        (file, path, meta): (&mut std::fs::File, &Path, &std::fs::Metadata),
+        mtime: (i64, u32),
+        dest: &Path,
+        link: bool,
+        r: &mut Staged,
+    ) -> Result<(u64, blake3::Hash)> {
+        if link {
+            let read = copy::hash_reader(&mut *file, path)?;
+            r.linked = self.link_source(file, path, meta, dest)?;
+            if r.linked.is_some() {
+                return Ok(read);
+            }
+            std::io::Seek::rewind(file).map_err(|e| Error::io("read", path, e))?;
+        }
+        copy::copy_new(file, path, dest, mtime, &self.batch)
+    }
+
+    /// Stages `dest` as a hard link to the legacy file `file` at `path`,
+    /// whose bytes the caller has just read; `meta` is its `fstat` from
+    /// when it was opened. Returns the file's fingerprint after linking (the
+    /// link moves its change time), or `None` where it cannot be linked
+    /// (another file system, no hard links there, not ours to link) or it
+    /// changed since it was opened: the caller copies what it read instead.
+    ///
+    /// From the fingerprint on, a write to the file (by either name) is
+    /// seen by verification as a change of the legacy file, and the upgrade
+    /// stops before anything is published.
+    fn link_source(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        dest: &Path,
+    ) -> Result<Option<Fingerprint>> {
+        if let Err(e) = std::fs::hard_link(path, dest) {
+            tracing::debug!(file = %path.display(), error = %e, "not linked; copied");
+            return Ok(None);
+        }
+        let linked = std::fs::symlink_metadata(dest).map_err(|e| Error::io("stat", dest, e))?;
+        let now = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let same = |m: &std::fs::Metadata| {
+            m.is_file()
+                && (m.dev(), m.ino(), m.len()) == (meta.dev(), meta.ino(), meta.len())
+                && copy::mtime_of(m) == copy::mtime_of(meta)
+        };
+        if !(same(&linked) && same(&now)) {
+            // Replaced or written since it was opened: the bytes read are copied.
+            std::fs::remove_file(dest).map_err(|e| Error::io("remove", dest, e))?;
+            return Ok(None);
+        }
+        // On the portable path the source's data may never have been
+        // `fsync`ed by whoever wrote it: it is now, as a copy would be.
+        self.batch.file_written(file, dest)?;
+        Ok(Some(Fingerprint::of(&now)))
     }
 
     /// Where a typed document is staged: its typed place when it is whole
