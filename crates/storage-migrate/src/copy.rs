@@ -114,16 +114,25 @@ pub fn copy_into(
     Ok((total, hasher.finalize()))
 }
 
-/// The whole content of `file` (at `path`), which `fstat` said holds `len`
-/// bytes: read into a buffer of that size (std's `read_to_end` of a file
-/// asks the kernel for its size and position again first).
+/// The content of `file` (at `path`), which `fstat` said holds `len`
+/// bytes: read into a buffer of that size, stopping once `len` bytes are
+/// in, without the extra `read` that would only confirm the end of the
+/// file (one system call per file saved on trees of small files). A file
+/// that grew or shrank since its `fstat` is seen by the fingerprint check
+/// that every caller makes afterwards (its size changed), never trusted.
 pub fn read_whole(file: &mut File, path: &Path, len: u64) -> Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    // `Take` reads through the generic path, into the capacity given; a
-    // file that grew since is still read to its end.
-    file.take(u64::MAX)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io("read", path, e))?;
+    let want = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut bytes = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match file.read(&mut bytes[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    bytes.truncate(got);
     Ok(bytes)
 }
 

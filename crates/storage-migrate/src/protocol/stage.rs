@@ -23,8 +23,6 @@
 //! files live in the user's working tree, where editors and an older
 //! Prodigy write in place, and such a write must not reach the store.
 
-use std::os::unix::fs::MetadataExt;
-
 use super::{
     BTreeMap, BufWriter, Category, Dirs, Entry, Error, Fate, Fingerprint, Layout, Manifest, Output,
     Owner, Path, PathBuf, Produce, RelPath, Result, Step, Summary, Tx, Write, copy, fault, fsx,
@@ -354,15 +352,12 @@ impl Tx<'_> {
             tracing::debug!(file = %path.display(), error = %e, "not linked; copied");
             return Ok(None);
         }
-        let linked = std::fs::symlink_metadata(dest).map_err(|e| Error::io("stat", dest, e))?;
+        // Written since it was opened: the bytes read are copied instead.
+        // (Replaced by another file since then: `dest` is that other file,
+        // and verification refuses it, since the legacy name no longer
+        // holds the inode fingerprinted here.)
         let now = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        let same = |m: &std::fs::Metadata| {
-            m.is_file()
-                && (m.dev(), m.ino(), m.len()) == (meta.dev(), meta.ino(), meta.len())
-                && copy::mtime_of(m) == copy::mtime_of(meta)
-        };
-        if !(same(&linked) && same(&now)) {
-            // Replaced or written since it was opened: the bytes read are copied.
+        if (now.len(), copy::mtime_of(&now)) != (meta.len(), copy::mtime_of(meta)) {
             std::fs::remove_file(dest).map_err(|e| Error::io("remove", dest, e))?;
             return Ok(None);
         }

@@ -2,8 +2,8 @@
 //! anything outside `migrations/` changes.
 
 use super::{
-    Entry, Error, Fault, Fingerprint, Manifest, Output, Path, Produce, Result, Source, Step,
-    Summary, Tx, copy, fault, fsx, join, manifest, par_map, rewrite_metadata_path,
+    Entry, Error, Fault, Fingerprint, Manifest, Output, Path, PathBuf, Produce, Result, Source,
+    Step, Summary, Tx, copy, fault, fsx, join, manifest, par_map, rewrite_metadata_path,
 };
 
 /// Checks that the per-job logs of a split log hold every byte and line of
@@ -30,15 +30,41 @@ pub(super) fn verify_split(legacy: &Path, e: &Entry) -> Result<()> {
 }
 
 /// The size of the staged output at `path` if it is the hard link to
-/// `source` that staging made (see `stage`): the very inode fingerprinted.
-fn linked_size(path: &Path, source: &Source, o: &Output) -> Result<Option<u64>> {
+/// `source` that staging made (see `stage`): the very inode fingerprinted
+/// after linking, checked here by that name, change time included (any
+/// write to it since its bytes were hashed, by either name, moved that).
+/// `None` if it is not such a link; the caller then hashes it.
+fn linked_size(legacy: &Path, path: &Path, source: &Source, o: &Output) -> Result<Option<u64>> {
     use std::os::unix::fs::MetadataExt;
     if !source.linked || o.hash != source.hash {
         return Ok(None);
     }
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
     let fp = &source.fingerprint;
-    Ok((meta.is_file() && (meta.dev(), meta.ino()) == (fp.dev, fp.ino)).then_some(meta.len()))
+    if !(meta.is_file() && (meta.dev(), meta.ino()) == (fp.dev, fp.ino)) {
+        return Ok(None);
+    }
+    let now = Fingerprint::of(&meta);
+    if now != *fp {
+        return Err(changed_while_migrated(
+            join(legacy, &source.rel)?,
+            source,
+            &now,
+        ));
+    }
+    Ok(Some(meta.len()))
+}
+
+/// The error for a legacy file written while it was being migrated.
+fn changed_while_migrated(path: PathBuf, s: &Source, now: &Fingerprint) -> Error {
+    Error::Verify {
+        path,
+        what: format!(
+            "the legacy file changed while it was being migrated (size {} then {}); \
+             stop the Prodigy process that writes it and run again",
+            s.size, now.size
+        ),
+    }
 }
 
 pub(super) fn corrupt_one_byte(path: &Path) -> Result<()> {
@@ -65,6 +91,11 @@ impl Tx<'_> {
                 corrupt = false;
             }
             for s in chunk.iter().flat_map(|e| &e.sources) {
+                if s.linked {
+                    // Checked through its staged name, the same inode (`linked_size`).
+                    self.progress.advance(1, 0);
+                    continue;
+                }
                 // The bytes staged were hashed as they were read; an unchanged
                 // fingerprint proves no one wrote the file meanwhile.
                 let path = join(legacy, &s.rel)?;
@@ -72,14 +103,7 @@ impl Tx<'_> {
                     .map(|meta| Fingerprint::of(&meta))
                     .map_err(|e| Error::io("stat", &path, e))?;
                 if now != s.fingerprint || s.hash.is_none() {
-                    return Err(Error::Verify {
-                        path,
-                        what: format!(
-                            "the legacy file changed while it was being migrated (size {} then {}); \
-                             stop the Prodigy process that writes it and run again",
-                            s.size, now.size
-                        ),
-                    });
+                    return Err(changed_while_migrated(path, s, &now));
                 }
                 self.progress.advance(1, 0);
             }
@@ -112,9 +136,8 @@ impl Tx<'_> {
     ) -> Result<()> {
         let path = join(staging, &o.dest)?;
         // A hard link to its source, whose fingerprint (change time
-        // included, checked by the caller first) proves it unwritten since
-        // its bytes were hashed: the same inode holds the same bytes.
-        let (size, hash) = if let Some(size) = linked_size(&path, source, o)? {
+        // included) proves it unwritten since its bytes were hashed.
+        let (size, hash) = if let Some(size) = linked_size(legacy, &path, source, o)? {
             (size, o.hash.clone())
         } else {
             let (size, hash) = copy::hash_file(&path)?;
