@@ -6,7 +6,8 @@
 pub enum Step {
     /// Walking the legacy tree and deciding where every file goes (no totals).
     Plan,
-    /// Copying legacy files into the staging area.
+    /// Copying legacy files into the staging area (a layout-0 upgrade
+    /// links there what moves unchanged); labelled "staging".
     Copy,
     /// Re-reading sources and staged files to compare them.
     Verify,
@@ -24,7 +25,7 @@ impl Step {
     pub fn label(self) -> &'static str {
         match self {
             Step::Plan => "planning",
-            Step::Copy => "copying",
+            Step::Copy => "staging",
             Step::Verify => "verifying",
             Step::Publish => "publishing",
             Step::Retire => "backing up",

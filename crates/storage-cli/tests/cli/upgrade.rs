@@ -216,23 +216,27 @@ fn a_mount_inside_a_layout_0_store_is_upgraded_by_copying_and_downgraded_exactly
 }
 
 /// An older Prodigy rewrites a dead letter in place during the upgrade,
-/// before the upgrade reads it or after it linked it (the upgrade held at
-/// that moment by a test hook): either way the upgrade stops before
-/// publishing anything and names the change, the rewrite is where the older
-/// Prodigy wrote it, and the next upgrade takes it.
+/// before the upgrade reads it, after it linked it, or after verification
+/// (the upgrade held at that moment by a test hook). Before verification,
+/// the upgrade stops with nothing published and names the change, the
+/// rewrite is where the older Prodigy wrote it, and the next upgrade takes
+/// it. After verification, the rewrite reached the one file that is also
+/// the published one: the store has it, it stays at its layout-0 path
+/// (not in the backup), and the report says so.
 #[test]
 fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() {
     let newer = b"{\"item_id\": \"item-1\", \"failure_count\": 12345}";
-    for point in ["after-journal", "before-verify"] {
+    for point in ["after-journal", "before-verify", "after-verify"] {
         let sb = layout0_sandbox();
         let item = sb.store().join(format!(
             "dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json"
         ));
+        let published = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
         let pause = sb.path().join("paused");
-        let child = cmd(&sb, &sb.project(), &["upgrade"])
+        let child = cmd(&sb, &sb.project(), &["upgrade", "--json"])
             .env("PRODIGY_STORAGE_PAUSE_AT", point)
             .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn");
@@ -249,7 +253,7 @@ fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() 
                     .join(format!("staging/dlq/api/{JOB}/items/item-1.json"))
             })
             .find(|p| p.exists());
-        if point == "before-verify" {
+        if point != "after-journal" {
             use std::os::unix::fs::MetadataExt;
             let staged = staged.expect("staged");
             let ino = |p: &std::path::Path| fs_err::metadata(p).expect("stat").ino();
@@ -261,6 +265,22 @@ fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() 
         let out = child.wait_with_output().expect("wait");
         let err = String::from_utf8_lossy(&out.stderr);
         let what = format!("written at `{point}`");
+        if point == "after-verify" {
+            assert!(out.status.success(), "{what}: {err}");
+            let report = json_of(&out);
+            let warned = report["warnings"]
+                .as_array()
+                .expect("warnings")
+                .iter()
+                .any(|w| {
+                    w.as_str()
+                        .is_some_and(|w| w.contains("stays at its layout-0 path"))
+                });
+            assert!(warned, "{what}: {report:#}");
+            assert_eq!(fs_err::read(&item).expect("read"), newer, "{what}");
+            assert_eq!(fs_err::read(&published).expect("read"), newer, "{what}");
+            continue;
+        }
         assert!(!out.status.success(), "{what}: the upgrade went on");
         assert!(
             err.contains("changed while it was being migrated"),
@@ -272,7 +292,6 @@ fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() 
         );
         assert_eq!(fs_err::read(&item).expect("read"), newer, "{what}");
         run(&sb, &["upgrade"], true);
-        let published = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
         assert_eq!(fs_err::read(&published).expect("read"), newer, "{what}");
     }
 }

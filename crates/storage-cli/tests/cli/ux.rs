@@ -96,7 +96,7 @@ fn on_a_terminal_progress_bars_render_and_the_report_is_coloured() {
     };
     for label in [
         "planning",
-        "copying [",
+        "staging [",
         "verifying [",
         "publishing [",
         "backing up [",
@@ -192,10 +192,10 @@ fn off_a_terminal_progress_is_plain_lines_and_the_report_has_no_escapes() {
     let stderr = String::from_utf8(out.stderr).expect("utf8");
     let stdout = String::from_utf8(out.stdout).expect("utf8");
     assert!(
-        stderr.contains("copying: 25 file(s), 6.7 KiB\n"),
+        stderr.contains("staging: 25 file(s), 6.7 KiB\n"),
         "{stderr}"
     );
-    assert!(stderr.contains("copying: done in "), "{stderr}");
+    assert!(stderr.contains("staging: done in "), "{stderr}");
     assert!(
         !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
         "escape codes off a terminal"

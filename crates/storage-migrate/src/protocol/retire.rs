@@ -95,10 +95,14 @@ pub(super) fn name_digest(rel: &Path) -> u128 {
     u128::from_le_bytes(first)
 }
 
-/// The warning for a legacy file that did not go into the backup.
-pub(super) fn left_warning(rel: &RelPath, left: &Left) -> String {
+/// The warning for a legacy file that did not go into the backup (`store`:
+/// a layout-0 upgrade, whose legacy files are the store's own).
+pub(super) fn left_warning(rel: &RelPath, left: &Left, store: bool) -> String {
     let rel = rel.as_path().display();
     match left {
+        Left::InProject if store => format!(
+            "`{rel}` changed after it was verified (is an older Prodigy still running?); it stays at its layout-0 path and is not in the backup. The store holds the version verified, or this very file where the upgrade moved it by a link and it was written in place"
+        ),
         Left::InProject => format!(
             "`{rel}` changed after it was verified (is an older Prodigy still running?); the newer version stays in the project, the store holds the verified one: run migrate again to import the newer one"
         ),
@@ -184,7 +188,11 @@ impl Tx<'_> {
                 changed |= s.left != left;
                 s.left = left;
                 if let Some(left) = &s.left {
-                    warnings.push(left_warning(&s.rel, left));
+                    warnings.push(left_warning(
+                        &s.rel,
+                        left,
+                        matches!(self.owner, Owner::Store),
+                    ));
                 }
             }
             Ok(changed)
