@@ -296,6 +296,60 @@ fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() 
     }
 }
 
+/// Review finding: an upgrade killed while publishing, then a dead letter
+/// it had published (as a link) rewritten in place through its layout-0
+/// name. The next `upgrade` used to stop for good ("its staged copy is gone
+/// but it was not published"), and `downgrade` called the backup damaged;
+/// now the upgrade finishes, keeps the newer bytes in the store and at the
+/// layout-0 path, says so, and `downgrade --force` works.
+#[test]
+fn a_file_rewritten_in_place_after_a_crash_while_publishing_does_not_block_recovery() {
+    let newer = b"{\"item_id\": \"item-1\", \"failure_count\": 777}";
+    let sb = layout0_sandbox();
+    let item = sb.store().join(format!(
+        "dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json"
+    ));
+    let published = sb.store().join(format!("dlq/api/{JOB}/items/item-1.json"));
+    crash(&sb, &["upgrade"], "mid-publish");
+    assert!(published.exists(), "published before the crash");
+    fs_err::write(&item, newer).expect("rewrite in place");
+    let report = run_json(&sb, &["upgrade"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert_eq!(fs_err::read(&published).expect("read"), newer);
+    assert_eq!(fs_err::read(&item).expect("read"), newer);
+    let out = run(&sb, &["downgrade"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("have changed since"), "{err}");
+    run(&sb, &["downgrade", "--force"], true);
+    assert_eq!(
+        fs_err::read(&item).expect("read"),
+        newer,
+        "kept at its layout-0 path"
+    );
+}
+
+/// Review finding: two layout-0 files that are one file with two names
+/// (hard links). Linking the first moved the change time the second's
+/// check compares, so every upgrade stopped blaming a writer that did not
+/// exist. A file with another name is copied, not linked.
+#[test]
+fn files_that_already_have_two_names_are_upgraded_and_downgraded_exactly() {
+    let sb = layout0_sandbox();
+    let a = sb.store().join(format!(
+        "dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-1.json"
+    ));
+    let b = sb.store().join(format!(
+        "dlq/api/{JOB}/mapreduce/dlq/{JOB}/items/item-3.json"
+    ));
+    fs_err::remove_file(&b).ok();
+    fs_err::hard_link(&a, &b).expect("link");
+    let before = store_tree(&sb);
+    let report = run_json(&sb, &["upgrade"]);
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}
+
 #[test]
 fn downgrade_gives_back_the_exact_layout_0_store() {
     let sb = layout0_sandbox();

@@ -91,6 +91,17 @@ fn join(base: &Path, rel: &RelPath) -> Result<PathBuf> {
     })
 }
 
+/// Whether `path` is the very file that the source `s` was staged as a
+/// hard link to (a layout-0 upgrade, see `stage`): its device and inode.
+/// Its bytes may have changed since, written in place by either name.
+fn is_linked_inode(path: &Path, s: &Source) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    s.linked
+        && std::fs::symlink_metadata(path).is_ok_and(|m| {
+            m.is_file() && (m.dev(), m.ino()) == (s.fingerprint.dev, s.fingerprint.ino)
+        })
+}
+
 fn conflict_alt(layout: &Layout, area: &Path, txid: &str, dest: &RelPath) -> RelPath {
     let alt = area.join("conflicts").join(txid).join(dest.as_path());
     rel_in_store(layout, &alt)

@@ -2,8 +2,9 @@
 //! overwriting anything (conflicts kept aside).
 
 use super::{
-    AtPath, DirSet, Dirs, Error, Fate, Manifest, Output, Path, PathBuf, Result, Step, Summary, Tx,
-    conflict_alt, crosses_devices, fault, fsx, join, manifest, move_file, probe,
+    AtPath, DirSet, Dirs, Error, Fate, Manifest, Output, Owner, Path, PathBuf, Result, Source,
+    Step, Summary, Tx, conflict_alt, crosses_devices, fault, fsx, is_linked_inode, join, manifest,
+    move_file, probe,
 };
 
 /// Moves staged directories whose target does not exist into the store,
@@ -71,8 +72,10 @@ impl Tx<'_> {
             manifest::rewrite_entries_beside(&self.paths.entries(&m.txid), &self.batch, |chunk| {
                 let mut changed = false;
                 for e in chunk.iter_mut() {
+                    let source = &e.sources[0];
                     for o in &mut e.outputs {
-                        let fate = self.publish_one(m, &staging, &root, &moved, &mut dirs, o)?;
+                        let fate =
+                            self.publish_one(m, &staging, &root, &moved, &mut dirs, (source, o))?;
                         changed |= o.fate != fate;
                         o.fate = fate;
                         self.progress.advance(1, 0);
@@ -101,7 +104,7 @@ impl Tx<'_> {
         root: &Path,
         moved: &DirSet,
         dirs: &mut Dirs,
-        o: &Output,
+        (source, o): (&Source, &Output),
     ) -> Result<Fate> {
         if moved.find(o.dest.as_path()).is_some() {
             // Moved with its whole directory just now.
@@ -140,12 +143,22 @@ impl Tx<'_> {
             Fate::Published
         } else if same(probe(&alt)?) {
             Fate::Conflict { alt: alt_rel }
+        } else if is_linked_inode(&target, source) {
+            // Published as a link to its source by an earlier run, and
+            // written in place since (through its layout-0 name, say):
+            // ours, with newer bytes; retiring reports the source changed.
+            Fate::Published
         } else {
+            let again = match self.owner {
+                Owner::Project(_) => "migrate",
+                Owner::Store => "upgrade",
+            };
             return Err(Error::Record {
                 path: target,
                 reason: "its staged copy is gone but it was not published".into(),
-                next: "the legacy files are untouched; remove the journal and run migrate again"
-                    .into(),
+                next: format!(
+                    "the legacy files are untouched; remove the journal and run {again} again"
+                ),
             });
         })
     }

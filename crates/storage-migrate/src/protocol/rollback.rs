@@ -9,8 +9,8 @@ use rustix::fs::{Mode, OFlags};
 use super::{
     AtPath, BTreeMap, Error, Fate, HistoryEntry, Manifest, Owner, Path, PathBuf, Phase, Produce,
     RelPath, Result, Source, Step, Summary, Tx, append_history, conflict_alt, copy, dir_modes,
-    fault, fsx, join, manifest, marker, open_regular, probe, project_owner, read_manifest,
-    real_dir, remove_dir_all_if_exists, set_journal,
+    fault, fsx, is_linked_inode, join, manifest, marker, open_regular, probe, project_owner,
+    read_manifest, real_dir, remove_dir_all_if_exists, set_journal,
 };
 
 /// Restores the backup `bak` as `name` in the directory `parent` (opened
@@ -189,20 +189,6 @@ pub(super) fn no_links(base: &Path, rel: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Whether the backup `bak` of the source `s` is the inode that a layout-0
-/// upgrade linked to its published name (see `stage`), now with other
-/// bytes: written in place through its published name after the upgrade.
-/// That is not a damaged backup but a changed file (its published name is
-/// reported as changed): the write left no other version anywhere, so a
-/// forced downgrade restores this one.
-fn shares_published_inode(bak: &Path, s: &Source) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    s.linked
-        && std::fs::symlink_metadata(bak).is_ok_and(|m| {
-            m.is_file() && (m.dev(), m.ino()) == (s.fingerprint.dev, s.fingerprint.ino)
-        })
-}
-
 impl Tx<'_> {
     /// How many files of migration `txid`'s backup hold bytes found nowhere
     /// else: neither in the project at their place nor published unchanged
@@ -271,10 +257,20 @@ impl Tx<'_> {
                 if same(at_legacy) {
                     continue; // already restored
                 }
+                if is_linked_inode(&join(legacy, &s.rel)?, s) {
+                    // Never retired (an upgrade interrupted before), and
+                    // written in place since: the layout-0 name holds it.
+                    continue;
+                }
                 if at_legacy != AtPath::Missing {
                     blocked.push(join(legacy, &s.rel)?);
                 }
-                if !same(probe(&bak)?) && !shares_published_inode(&bak, s) {
+                // The backup is the inode a layout-0 upgrade linked to its
+                // published name (see `stage`), now with other bytes: written
+                // in place through that name. Not damaged but changed (the
+                // published name is reported as changed); the write left no
+                // other version, so a forced downgrade restores this one.
+                if !same(probe(&bak)?) && !is_linked_inode(&bak, s) {
                     missing.push(bak);
                 }
             }

@@ -19,7 +19,9 @@
 //! Deciding by trying: where the link fails (the file is on another mount
 //! than `migrations/`, a file system without hard links, a file of another
 //! owner under `protected_hardlinks`) or the file changed since it was
-//! opened, it is copied as before. A project's import always copies: its
+//! opened, it is copied as before. A file that already has another name is
+//! copied too: linking it moves the change time that the other name's
+//! checks compare. A project's import always copies: its
 //! files live in the user's working tree, where editors and an older
 //! Prodigy write in place, and such a write must not reach the store.
 
@@ -215,9 +217,12 @@ impl Tx<'_> {
             next: "the migration's records are damaged; run migrate again".into(),
         })?;
         let (mut file, meta) = open_regular(&path)?;
-        // Linked only if it is still the file planned (see the module docs).
-        let may_link =
-            matches!(self.owner, Owner::Store) && Fingerprint::of(&meta) == source.fingerprint;
+        // Linked only if it is still the file planned, and has no other name
+        // (see the module docs): a link changes the change time that the
+        // checks of every name of the file compare.
+        let may_link = matches!(self.owner, Owner::Store)
+            && Fingerprint::of(&meta) == source.fingerprint
+            && std::os::unix::fs::MetadataExt::nlink(&meta) == 1;
         match &out.produce {
             // Kept verbatim, or an event log (JSONL, never one JSON document).
             Produce::Copy
@@ -354,8 +359,8 @@ impl Tx<'_> {
         }
         // Written since it was opened: the bytes read are copied instead.
         // (Replaced by another file since then: `dest` is that other file,
-        // and verification refuses it, since the legacy name no longer
-        // holds the inode fingerprinted here.)
+        // which verification refuses, since it is not the inode
+        // fingerprinted here.)
         let now = file.metadata().map_err(|e| Error::io("stat", path, e))?;
         if (now.len(), copy::mtime_of(&now)) != (meta.len(), copy::mtime_of(meta)) {
             std::fs::remove_file(dest).map_err(|e| Error::io("remove", dest, e))?;

@@ -32,20 +32,19 @@ pub(super) fn verify_split(legacy: &Path, e: &Entry) -> Result<()> {
 /// The size of the staged output at `path` if it is the hard link to
 /// `source` that staging made (see `stage`): the very inode fingerprinted
 /// after linking, checked here by that name, change time included (any
-/// write to it since its bytes were hashed, by either name, moved that).
-/// `None` if it is not such a link; the caller then hashes it.
+/// write to it since its bytes were hashed, by either name, moved that),
+/// and its modification time still the planned one (a write in the same
+/// clock tick as the link leaves the change time alone, not that). `None`
+/// if the output is not such a link; the caller then hashes it.
 fn linked_size(legacy: &Path, path: &Path, source: &Source, o: &Output) -> Result<Option<u64>> {
-    use std::os::unix::fs::MetadataExt;
     if !source.linked || o.hash != source.hash {
         return Ok(None);
     }
     let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("stat", path, e))?;
-    let fp = &source.fingerprint;
-    if !(meta.is_file() && (meta.dev(), meta.ino()) == (fp.dev, fp.ino)) {
-        return Ok(None);
-    }
     let now = Fingerprint::of(&meta);
-    if now != *fp {
+    // Another inode: the legacy name was replaced between staging's open
+    // and its link, so the link is to a file that was never read.
+    if !meta.is_file() || now != source.fingerprint || copy::mtime_of(&meta) != source.mtime {
         return Err(changed_while_migrated(
             join(legacy, &source.rel)?,
             source,
@@ -67,13 +66,16 @@ fn changed_while_migrated(path: PathBuf, s: &Source, now: &Fingerprint) -> Error
     }
 }
 
+/// Flips one byte of the staged file at `path` (the corrupt-staged fault):
+/// a new file renamed over it, never a write in place, which would reach
+/// the legacy file through a link (see `stage`).
 pub(super) fn corrupt_one_byte(path: &Path) -> Result<()> {
     let mut bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     match bytes.first_mut() {
         Some(b) => *b ^= 0x01,
         None => bytes.push(b'!'),
     }
-    std::fs::write(path, bytes).map_err(|e| Error::io("write", path, e))
+    Ok(fsx::write_atomic(path, &bytes)?)
 }
 
 impl Tx<'_> {
