@@ -556,6 +556,13 @@ fn leftovers_of_an_earlier_crash_are_swept_and_nothing_else() {
     fs_err::write(stale_staging.join("session-z.json"), "{}").expect("w");
     let dead_temp = m.join(".tmp-4194305-0-journal.json");
     fs_err::write(&dead_temp, "{\"txid\": \"x\", \"pha").expect("w");
+    // What a power loss while staging leaves: the journal (durable only
+    // with staging's `syncfs`) gone, the records of a transaction that no
+    // journal, history line or backup names.
+    let orphan = m.join("20250101T000001Z-fedcba");
+    fs_err::create_dir_all(orphan.join("staging/state")).expect("mkdir");
+    fs_err::write(orphan.join("entries.jsonl"), "").expect("w");
+    fs_err::write(orphan.join("manifest.json"), "{\"format_").expect("w");
     let backups_before = files(&m);
     // An old Prodigy wrote a legacy file again, so the next run migrates (and recovers first).
     fs_err::write(sb.project().join(".prodigy/state.json"), "{}").expect("w");
@@ -567,6 +574,10 @@ fn leftovers_of_an_earlier_crash_are_swept_and_nothing_else() {
         "{report:#}"
     );
     assert!(!stale_staging.exists() && !dead_temp.exists());
+    assert!(
+        !orphan.exists(),
+        "an unnamed transaction's records are swept"
+    );
     for (p, bytes) in backups_before {
         if p.components().any(|c| c.as_os_str() == "backup") {
             assert_eq!(

@@ -34,7 +34,7 @@
 //! | journal | entered after | a crash is recovered by | the way out |
 //! |---|---|---|---|
 //! | (none) | — | sweeping temp files and stray staging areas | — |
-//! | `staging` | the lock, before planning | deleting `<txid>/` (nothing published) | — |
+//! | `staging` | the lock, before planning (durable with staging's `syncfs`) | deleting `<txid>/` (nothing published) | — |
 //! | `publishing` | staging's `syncfs` (the reserve with it), verification, the marker | publishing again (found by hash), then retiring | `migrate` finishes, `rollback` undoes |
 //! | `retiring` | publishing's `syncfs` | retiring the rest (copies made again) | `migrate` finishes, `rollback` undoes |
 //! | `committed` | retiring's `syncfs` and the manifest | writing the report and history, removing the journal | — |
@@ -445,8 +445,21 @@ impl Tx<'_> {
         txid: &str,
         plan: impl FnOnce(&mut dyn FnMut(&Entry) -> Result<()>) -> Result<Manifest>,
     ) -> Result<Option<(Manifest, Summary)>> {
-        // The journal comes first: everything under `<txid>/` is covered by it.
-        set_journal(&self.paths, txid, Phase::Staging, false)?;
+        // The journal comes first: everything under `<txid>/` is covered by
+        // it. It is made durable by staging's `syncfs`, with the rest of
+        // staging: until then nothing outside `<txid>/` has changed, and a
+        // power loss that takes it leaves a `<txid>/` that no journal and
+        // no history line names, which the next run removes as debris
+        // (docs/reliability.md, "Durability barriers").
+        write_json_in(
+            &self.batch,
+            &self.paths.journal(),
+            &Journal {
+                txid: txid.to_owned(),
+                phase: Phase::Staging,
+                force: false,
+            },
+        )?;
         let mut legacy = PathBuf::new();
         let staged = (|| {
             let mut planned = Summary::default();

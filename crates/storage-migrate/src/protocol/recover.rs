@@ -167,12 +167,27 @@ impl Tx<'_> {
     }
 
     /// With no transaction in progress, removes what only a crash can leave:
-    /// staging areas (a journal always names the one in use), besides the
-    /// temp files `recover` swept already. Backups are never touched.
+    /// staging areas (a journal always names the one in use), and the whole
+    /// directory of a transaction that neither a history line nor a backup
+    /// names (a power loss while it staged took its journal, which staging's
+    /// `syncfs` had not made durable yet), besides the temp files `recover`
+    /// swept already. Backups are never touched.
     pub(super) fn sweep_debris(&self, temps: Vec<PathBuf>) -> Result<Option<String>> {
         let mut swept = temps;
+        // A damaged history is reported by the commands that read it; here
+        // it only means that no directory is taken for debris.
+        let history = super::read_history(&self.paths).ok();
         for tx in fsx::read_dir_sorted(&self.paths.dir)? {
             if !tx.file_type.is_dir() {
+                continue;
+            }
+            let name = tx.name.to_string_lossy();
+            let unrecorded = history
+                .as_ref()
+                .is_some_and(|h| h.iter().all(|h| h.txid != name));
+            if unrecorded && std::fs::symlink_metadata(tx.path.join("backup")).is_err() {
+                remove_dir_all_if_exists(&tx.path)?;
+                swept.push(tx.path);
                 continue;
             }
             let staging = tx.path.join("staging");
