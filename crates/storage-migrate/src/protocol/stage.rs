@@ -48,6 +48,8 @@ pub(super) struct Staged {
     split_lines: Option<u64>,
     /// Staged as a hard link to the source: its fingerprint after linking.
     linked: Option<Fingerprint>,
+    /// The source's modification time when planned (a copy gets it).
+    planned_mtime: (i64, u32),
     warnings: Vec<String>,
 }
 
@@ -204,6 +206,7 @@ impl Tx<'_> {
             as_copy: false,
             split_lines: None,
             linked: None,
+            planned_mtime: source.mtime,
             warnings: Vec::new(),
         };
         if source.split {
@@ -228,19 +231,10 @@ impl Tx<'_> {
             Produce::Copy
                 if matches!(out.category, Category::LegacyPreserved | Category::Events) =>
             {
-                let dest = join(staging, &out.dest)?;
-                dirs.ensure(&self.batch, fsx::parent(&dest))?;
                 // Event logs are appended to in place: never shared with the backup.
                 let link = may_link && out.category != Category::Events;
-                let (size, hash) = self.stage_verbatim(
-                    (&mut file, &path, &meta),
-                    source.mtime,
-                    &dest,
-                    link,
-                    &mut r,
-                )?;
-                r.src_hash = hash;
-                r.done.push((oi, size, hash));
+                let dest = join(staging, &out.dest)?;
+                self.stage_verbatim(&mut r, dirs, (&mut file, &path, &meta), (oi, &dest), link)?;
             }
             produce if meta.len() > MAX_VALIDATE => {
                 // Too large to hold in memory: check the JSON by streaming it,
@@ -259,16 +253,13 @@ impl Tx<'_> {
                 }
                 r.as_copy = *produce != Produce::Copy;
                 let dest = join(staging, &dest_rel)?;
-                dirs.ensure(&self.batch, fsx::parent(&dest))?;
-                let (size, hash) = self.stage_verbatim(
-                    (&mut file, &path, &meta),
-                    source.mtime,
-                    &dest,
-                    may_link,
+                self.stage_verbatim(
                     &mut r,
+                    dirs,
+                    (&mut file, &path, &meta),
+                    (oi, &dest),
+                    may_link,
                 )?;
-                r.src_hash = hash;
-                r.done.push((oi, size, hash));
             }
             produce => {
                 // Typed documents are read whole: a torn or corrupt one must not
@@ -314,26 +305,35 @@ impl Tx<'_> {
     }
 
     /// Stages the legacy file `file` (at `path`, `meta` when opened) at
-    /// `dest` byte for byte: as a hard link if `link` and
-    /// [`link_source`](Self::link_source) succeeds, else as a copy with
-    /// the planned `mtime`. Returns its size and hash.
+    /// `dest` byte for byte as output `oi`: as a hard link if `link` and
+    /// [`link_source`](Self::link_source) succeeds, else as a copy dated
+    /// as planned. Records its size and hash in `r`.
     fn stage_verbatim(
         &self,
-        (file, path, meta): (&mut std::fs::File, &Path, &std::fs::Metadata),
-        mtime: (i64, u32),
-        dest: &Path,
-        link: bool,
         r: &mut Staged,
-    ) -> Result<(u64, blake3::Hash)> {
+        dirs: &mut Dirs,
+        (file, path, meta): (&mut std::fs::File, &Path, &std::fs::Metadata),
+        (oi, dest): (usize, &Path),
+        link: bool,
+    ) -> Result<()> {
+        dirs.ensure(&self.batch, fsx::parent(dest))?;
+        let mut done = None;
         if link {
             let read = copy::hash_reader(&mut *file, path)?;
             r.linked = self.link_source(file, path, meta, dest)?;
             if r.linked.is_some() {
-                return Ok(read);
+                done = Some(read);
+            } else {
+                std::io::Seek::rewind(file).map_err(|e| Error::io("read", path, e))?;
             }
-            std::io::Seek::rewind(file).map_err(|e| Error::io("read", path, e))?;
         }
-        copy::copy_new(file, path, dest, mtime, &self.batch)
+        let (size, hash) = match done {
+            Some(read) => read,
+            None => copy::copy_new(file, path, dest, r.planned_mtime, &self.batch)?,
+        };
+        r.src_hash = hash;
+        r.done.push((oi, size, hash));
+        Ok(())
     }
 
     /// Stages `dest` as a hard link to the legacy file `file` at `path`,
