@@ -176,3 +176,76 @@ impl Tx<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Fingerprint, Output, Path, Produce, Source, linked_size};
+    use crate::manifest::{Category, Fate, RelPath};
+
+    fn linked_source(legacy: &Path, rel: &str) -> Source {
+        let meta = std::fs::symlink_metadata(legacy.join(rel)).expect("stat");
+        Source {
+            rel: RelPath(rel.into()),
+            size: meta.len(),
+            mtime: crate::copy::mtime_of(&meta),
+            mode: 0o644,
+            hash: Some("h".into()),
+            split: false,
+            split_lines: None,
+            fingerprint: Fingerprint::of(&meta),
+            linked: true,
+            left: None,
+        }
+    }
+
+    fn output(s: &Source) -> Output {
+        Output {
+            dest: s.rel.clone(),
+            produce: Produce::Copy,
+            category: Category::DeadLetters,
+            size: Some(s.size),
+            hash: s.hash.clone(),
+            lines: None,
+            fate: Fate::Pending,
+        }
+    }
+
+    /// A linked output is verified by its inode: the very file fingerprinted
+    /// passes without being read; another file with the same bytes (the
+    /// legacy name replaced between staging's open and its link) and the
+    /// same file written since (same size, so only the times tell) fail.
+    #[test]
+    fn a_linked_output_must_be_the_fingerprinted_inode_unwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (legacy, staging) = (dir.path().join("legacy"), dir.path().join("staging"));
+        std::fs::create_dir_all(&legacy).expect("mkdir");
+        std::fs::create_dir_all(&staging).expect("mkdir");
+        std::fs::write(legacy.join("a.json"), b"{\"a\": 1}").expect("write");
+        std::fs::hard_link(legacy.join("a.json"), staging.join("a.json")).expect("link");
+        let s = linked_source(&legacy, "a.json");
+        let o = output(&s);
+        let at = staging.join("a.json");
+        assert_eq!(linked_size(&legacy, &at, &s, &o).expect("ok"), Some(8));
+
+        // Another inode with the same bytes.
+        std::fs::remove_file(&at).expect("rm");
+        std::fs::write(&at, b"{\"a\": 1}").expect("write");
+        let err = linked_size(&legacy, &at, &s, &o).expect_err("another inode");
+        assert!(
+            err.to_string()
+                .contains("changed while it was being migrated"),
+            "{err}"
+        );
+
+        // The same inode, written in place with bytes of the same length.
+        std::fs::remove_file(&at).expect("rm");
+        std::fs::hard_link(legacy.join("a.json"), &at).expect("link");
+        let s = linked_source(&legacy, "a.json");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&at, b"{\"a\": 2}").expect("rewrite");
+        assert!(
+            linked_size(&legacy, &at, &s, &o).is_err(),
+            "written in place"
+        );
+    }
+}
