@@ -590,6 +590,45 @@ fn leftovers_of_an_earlier_crash_are_swept_and_nothing_else() {
     }
 }
 
+/// A history damaged in the middle (by hand, or the disk): the next run
+/// stops before any change, naming the file and the line to remove, and
+/// takes no transaction's records for debris meanwhile.
+#[test]
+fn a_damaged_history_stops_a_run_before_any_change() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let m = sb.store().join("migrations/project");
+    let history = m.join("history.jsonl");
+    let mut text = fs_err::read_to_string(&history).expect("history");
+    text.insert_str(0, "{not json\n");
+    fs_err::write(&history, text).expect("damage");
+    fs_err::write(sb.project().join(".prodigy/state.json"), "{}").expect("w");
+    let before_store = files(&sb.store());
+    let before_project = files(&sb.project());
+    let out = run(&sb, &["migrate"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("history.jsonl")
+            && err.contains("line 1")
+            && err.contains("remove the damaged line"),
+        "{err}"
+    );
+    assert_eq!(
+        files(&sb.project()),
+        before_project,
+        "the project is untouched"
+    );
+    let after: Vec<_> = files(&sb.store())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("locks"))
+        .collect();
+    let before: Vec<_> = before_store
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("locks"))
+        .collect();
+    assert!(after == before, "the store is untouched");
+}
+
 /// Found by the exhaustive tier (SIGKILL at rename #6 and fsync #11): a
 /// kill while the journal was being replaced left its temp file, and
 /// recovery, following the old journal, never swept it.

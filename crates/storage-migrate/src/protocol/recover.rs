@@ -174,17 +174,15 @@ impl Tx<'_> {
     /// swept already. Backups are never touched.
     pub(super) fn sweep_debris(&self, temps: Vec<PathBuf>) -> Result<Option<String>> {
         let mut swept = temps;
-        // A damaged history is reported by the commands that read it; here
-        // it only means that no directory is taken for debris.
-        let history = super::read_history(&self.paths).ok();
+        // A damaged history stops here, with the line to remove, before any
+        // change (every caller would append to it at its end).
+        let history = super::read_history(&self.paths)?;
         for tx in fsx::read_dir_sorted(&self.paths.dir)? {
             if !tx.file_type.is_dir() {
                 continue;
             }
             let name = tx.name.to_string_lossy();
-            let unrecorded = history
-                .as_ref()
-                .is_some_and(|h| h.iter().all(|h| h.txid != name));
+            let unrecorded = history.iter().all(|h| h.txid != name);
             if unrecorded && std::fs::symlink_metadata(tx.path.join("backup")).is_err() {
                 remove_dir_all_if_exists(&tx.path)?;
                 swept.push(tx.path);

@@ -48,8 +48,6 @@ pub(super) struct Staged {
     split_lines: Option<u64>,
     /// Staged as a hard link to the source: its fingerprint after linking.
     linked: Option<Fingerprint>,
-    /// The source's modification time when planned (a copy gets it).
-    planned_mtime: (i64, u32),
     warnings: Vec<String>,
 }
 
@@ -206,7 +204,6 @@ impl Tx<'_> {
             as_copy: false,
             split_lines: None,
             linked: None,
-            planned_mtime: source.mtime,
             warnings: Vec::new(),
         };
         if source.split {
@@ -234,7 +231,13 @@ impl Tx<'_> {
                 // Event logs are appended to in place: never shared with the backup.
                 let link = may_link && out.category != Category::Events;
                 let dest = join(staging, &out.dest)?;
-                self.stage_verbatim(&mut r, dirs, (&mut file, &path, &meta), (oi, &dest), link)?;
+                self.stage_verbatim(
+                    &mut r,
+                    dirs,
+                    (&mut file, &path, &meta),
+                    (oi, &dest, source.mtime),
+                    link,
+                )?;
             }
             produce if meta.len() > MAX_VALIDATE => {
                 // Too large to hold in memory: check the JSON by streaming it,
@@ -257,7 +260,7 @@ impl Tx<'_> {
                     &mut r,
                     dirs,
                     (&mut file, &path, &meta),
-                    (oi, &dest),
+                    (oi, &dest, source.mtime),
                     may_link,
                 )?;
             }
@@ -307,13 +310,13 @@ impl Tx<'_> {
     /// Stages the legacy file `file` (at `path`, `meta` when opened) at
     /// `dest` byte for byte as output `oi`: as a hard link if `link` and
     /// [`link_source`](Self::link_source) succeeds, else as a copy dated
-    /// as planned. Records its size and hash in `r`.
+    /// `mtime` (the planned one). Records its size and hash in `r`.
     fn stage_verbatim(
         &self,
         r: &mut Staged,
         dirs: &mut Dirs,
         (file, path, meta): (&mut std::fs::File, &Path, &std::fs::Metadata),
-        (oi, dest): (usize, &Path),
+        (oi, dest, mtime): (usize, &Path, (i64, u32)),
         link: bool,
     ) -> Result<()> {
         dirs.ensure(&self.batch, fsx::parent(dest))?;
@@ -329,7 +332,7 @@ impl Tx<'_> {
         }
         let (size, hash) = match done {
             Some(read) => read,
-            None => copy::copy_new(file, path, dest, r.planned_mtime, &self.batch)?,
+            None => copy::copy_new(file, path, dest, mtime, &self.batch)?,
         };
         r.src_hash = hash;
         r.done.push((oi, size, hash));
