@@ -450,17 +450,24 @@ pub(crate) struct LogState {
     pub next: i64,
 }
 
+impl LogState {
+    /// From a row of `generation, first_seq, next_seq`.
+    fn of(row: &postgres::Row) -> Self {
+        Self {
+            generation: row.get(0),
+            first: row.get(1),
+            next: row.get(2),
+        }
+    }
+}
+
 /// Where the log of `repo`/`job` stands, if it exists.
 pub(crate) fn log_state(conn: &mut Conn, repo: &str, job: &str) -> PgResult<Option<LogState>> {
     let rows = conn.query(
         "SELECT generation, first_seq, next_seq FROM event_logs WHERE repo = $1 AND job = $2",
         &[&repo, &job],
     )?;
-    Ok(rows.first().map(|r| LogState {
-        generation: r.get(0),
-        first: r.get(1),
-        next: r.get(2),
-    }))
+    Ok(rows.first().map(LogState::of))
 }
 
 /// One page of a log, and the log's incarnation and first kept line as
@@ -575,11 +582,7 @@ pub(crate) fn lock_log(conn: &mut Conn, repo: &str, job: &str) -> PgResult<Optio
          WHERE repo = $1 AND job = $2 FOR UPDATE",
         &[&repo, &job],
     )?;
-    Ok(rows.first().map(|r| LogState {
-        generation: r.get(0),
-        first: r.get(1),
-        next: r.get(2),
-    }))
+    Ok(rows.first().map(LogState::of))
 }
 
 /// The first line of the longest run at the end of the log (from `first`

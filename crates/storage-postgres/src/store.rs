@@ -506,11 +506,11 @@ impl Storage for PgStorage {
                 pos = page.first;
                 continue;
             }
-            // A missing row (removed by hand: appends leave no gap) is
-            // corrupt in a strict read, skipped and reported in a lenient one.
-            let gap = |summary: &mut EventLogSummary, pos: i64, seq: i64| {
-                let reason = gap_reason(pos, seq);
-                let line = Some(u64::try_from(pos).expect("seq >= 0") + 1);
+            // A bad line at `seq` (a row that does not parse, or a missing
+            // one: removed by hand, since appends leave no gap) is corrupt
+            // in a strict read, skipped and reported in a lenient one.
+            let bad = |summary: &mut EventLogSummary, seq: i64, reason| {
+                let line = Some(u64::try_from(seq).expect("seq >= 0") + 1);
                 if mode == ReadMode::Strict {
                     return Err(Error::Corrupt {
                         path: file(),
@@ -523,31 +523,20 @@ impl Storage for PgStorage {
                 Ok(())
             };
             if page.lines.is_empty() {
-                gap(&mut summary, pos, log.next)?;
+                bad(&mut summary, pos, gap_reason(pos, log.next))?;
                 pos = log.next;
                 continue;
             }
             for (seq, line) in page.lines {
                 if seq != pos {
-                    gap(&mut summary, pos, seq)?;
+                    bad(&mut summary, pos, gap_reason(pos, seq))?;
                 }
                 match Self::parse_line(&line) {
                     Ok(record) => {
                         summary.records += 1;
                         visit(record);
                     }
-                    Err(reason) => {
-                        let line = Some(u64::try_from(seq).expect("seq >= 0") + 1);
-                        if mode == ReadMode::Strict {
-                            return Err(Error::Corrupt {
-                                path: file(),
-                                line,
-                                reason,
-                            });
-                        }
-                        let name = file().display().to_string();
-                        summary.skipped.push(Skipped::new(name, line, reason));
-                    }
+                    Err(reason) => bad(&mut summary, seq, reason)?,
                 }
                 pos = seq + 1;
             }
