@@ -24,7 +24,7 @@ use crate::record::{
     UnifiedSession, WorkflowCheckpoint,
 };
 use crate::storage::{
-    DocKey, EventCursor, EventRetention, LockWait, ReadMode, Retention, Scope, Storage,
+    Appended, DocKey, EventCursor, EventRetention, LockWait, ReadMode, Retention, Scope, Storage,
 };
 
 /// Generates one `#[test]` per conformance check; `$with` is called with each
@@ -61,6 +61,11 @@ macro_rules! storage_conformance_tests {
             prune_keeps_the_newest_documents,
             a_session_is_found_by_its_job,
             a_scan_visits_what_a_listing_lists,
+            compare_and_append_stores_a_retried_batch_once,
+            the_log_end_is_where_a_read_to_the_end_stops,
+            a_cursor_of_a_deleted_log_never_skips_its_successor,
+            a_cursor_is_carried_over_retention_without_a_skip,
+            a_cursor_past_the_end_restarts_and_says_so,
         );
     };
     (@each $with:expr; $($check:ident),+ $(,)?) => {
@@ -432,6 +437,22 @@ fn read_all(
         })
         .expect("read");
     (ns, summary.next)
+}
+
+/// Like [`read_all`], with whether the read restarted.
+fn read_all_restarted(
+    s: &dyn Storage,
+    r: &RepoKey,
+    j: &JobId,
+    from: &EventCursor,
+) -> (Vec<u64>, EventCursor, bool) {
+    let mut ns = Vec::new();
+    let summary = s
+        .read_events_from(r, j, from, ReadMode::Strict, &mut |e| {
+            ns.push(e.json()["event"]["n"].as_u64().expect("n"));
+        })
+        .expect("read");
+    (ns, summary.next, summary.restarted)
 }
 
 fn unified(id: &str, status: &str) -> UnifiedSession {
@@ -983,4 +1004,177 @@ pub fn a_scan_visits_what_a_listing_lists(s: &dyn Storage) {
     s.scan_entries(&Scope::Sessions(repo("absent")), &mut |_| none += 1)
         .expect("scan an absent scope");
     assert_eq!(none, 0);
+}
+
+/// A compare-and-append lands only at the expected end; a retry of a batch
+/// that landed (even after others appended behind it) is recognised and not
+/// stored again; a batch that did not land is refused with the log's end.
+pub fn compare_and_append_stores_a_retried_batch_once(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let ev = |n: u64| event("mapreduce-1", n);
+    let start = s.event_log_end(&r, &j).expect("end");
+    assert_eq!(
+        start,
+        EventCursor::START,
+        "a log that does not exist ends at its start"
+    );
+    let a = [ev(0), ev(1)];
+    let first = s.append_events_at(&r, &j, &start, &a).expect("append");
+    let Appended::Now { end: after_a } = first.clone() else {
+        panic!("expected Now, got {first:?}");
+    };
+    assert_eq!(s.event_log_end(&r, &j).expect("end"), after_a);
+    // The caller was told the outcome was unknown and retries: stored once.
+    let again = s.append_events_at(&r, &j, &start, &a).expect("retry");
+    assert_eq!(
+        again,
+        Appended::Already {
+            end: after_a.clone()
+        }
+    );
+    // Another writer appends; a retry of the first batch is still recognised.
+    s.append_events(&r, &j, &[ev(2)]).expect("append");
+    let late = s.append_events_at(&r, &j, &start, &a).expect("late retry");
+    assert_eq!(
+        late,
+        Appended::Already {
+            end: after_a.clone()
+        }
+    );
+    // A different batch at a stale position: refused, nothing written.
+    let err = s
+        .append_events_at(&r, &j, &after_a, &[ev(9)])
+        .expect_err("the log moved on");
+    let Error::AppendConflict { end, .. } = &err else {
+        panic!("expected AppendConflict, got {err:?}");
+    };
+    assert_eq!(*end, s.event_log_end(&r, &j).expect("end"));
+    assert!(
+        err.to_string().contains("another writer appended first"),
+        "{err}"
+    );
+    // At the end it names, the append lands.
+    let at_end = s.append_events_at(&r, &j, end, &[ev(3)]).expect("append");
+    assert!(matches!(at_end, Appended::Now { .. }), "{at_end:?}");
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [0, 1, 2, 3]);
+    // An empty batch at the end is a no-op that reports the end.
+    let end = s.event_log_end(&r, &j).expect("end");
+    assert_eq!(
+        s.append_events_at(&r, &j, &end, &[]).expect("empty"),
+        Appended::Now { end: end.clone() }
+    );
+    // The expected end of a log that does not exist is its start, and only that.
+    let other = job("mapreduce-2");
+    assert!(matches!(
+        s.append_events_at(&r, &other, &end, &[ev(5)]),
+        Err(Error::AppendConflict { .. })
+    ));
+    assert!(read_all(s, &r, &other, &EventCursor::START).0.is_empty());
+}
+
+/// `event_log_end` is the cursor a read to the end returns, so a follower's
+/// cursor is a compare-and-append's expected position.
+pub fn the_log_end_is_where_a_read_to_the_end_stops(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    for n in 0..3 {
+        s.append_events(&r, &j, &[event("mapreduce-1", n)])
+            .expect("append");
+        let (_, next) = read_all(s, &r, &j, &EventCursor::START);
+        assert_eq!(s.event_log_end(&r, &j).expect("end"), next);
+        let landed = s
+            .append_events_at(&r, &j, &next, &[event("mapreduce-1", 10 + n)])
+            .expect("append at a follower's cursor");
+        assert!(matches!(landed, Appended::Now { .. }), "{landed:?}");
+        assert_eq!(*landed.end(), s.event_log_end(&r, &j).expect("end"));
+    }
+    assert_eq!(
+        read_all(s, &r, &j, &EventCursor::START).0,
+        [0, 10, 1, 11, 2, 12]
+    );
+}
+
+/// A cursor of a log that was deleted and begun again (with records of the
+/// same sizes) never resumes inside the new log: the read starts over and
+/// says so, and every new record is delivered.
+pub fn a_cursor_of_a_deleted_log_never_skips_its_successor(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let batch: Vec<EventRecord> = (0..12).map(|n| event("mapreduce-1", n)).collect();
+    s.append_events(&r, &j, &batch[..2]).expect("append");
+    let (_, old) = read_all(s, &r, &j, &EventCursor::START);
+    assert!(s.delete_event_log(&r, &j).expect("delete"));
+    // The same bytes again, and more: a cursor by position alone would skip two.
+    s.append_events(&r, &j, &batch).expect("append");
+    let (got, next, restarted) = read_all_restarted(s, &r, &j, &old);
+    assert_eq!(got, (0..12).collect::<Vec<_>>(), "nothing skipped");
+    assert!(restarted, "the read says it started over");
+    let (none, _, again) = read_all_restarted(s, &r, &j, &next);
+    assert!(none.is_empty() && !again);
+    // Deleted and not begun again: nothing, and a restart.
+    assert!(s.delete_event_log(&r, &j).expect("delete"));
+    let (none, _, restarted) = read_all_restarted(s, &r, &j, &next);
+    assert!(none.is_empty() && restarted);
+}
+
+/// A cursor into a log that retention trimmed (once, then again) never
+/// skips a record that is still in the log; where the store carries it over
+/// the cut (not `restarted`), it delivers exactly the records after it.
+pub fn a_cursor_is_carried_over_retention_without_a_skip(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let batch: Vec<EventRecord> = (0..40).map(|n| event("mapreduce-1", n)).collect();
+    let keep =
+        |n: u64| EventRetention::new(Retention::keep_all().with_max_count(n)).without_archive();
+    s.append_events(&r, &j, &batch[..6]).expect("append");
+    let (_, after5) = read_all(s, &r, &j, &EventCursor::START);
+    s.append_events(&r, &j, &batch[6..20]).expect("append");
+    s.retain_events(&r, &j, &keep(15)).expect("retain"); // keeps 5..20
+    s.append_events(&r, &j, &batch[20..30]).expect("append");
+    let (got, next, restarted) = read_all_restarted(s, &r, &j, &after5);
+    let expect: Vec<u64> = (6..30).collect();
+    if restarted {
+        assert!(
+            expect.iter().all(|n| got.contains(n)),
+            "nothing skipped: {got:?}"
+        );
+    } else {
+        assert_eq!(got, expect, "carried over the cut");
+    }
+    // Three more trims with appends between them, the follower asleep.
+    s.retain_events(&r, &j, &keep(12)).expect("retain"); // keeps 18..30
+    s.append_events(&r, &j, &batch[30..35]).expect("append");
+    s.retain_events(&r, &j, &keep(8)).expect("retain"); // keeps 27..35
+    s.append_events(&r, &j, &batch[35..]).expect("append");
+    let (got, _, restarted) = read_all_restarted(s, &r, &j, &next);
+    let expect: Vec<u64> = (30..40).collect();
+    if restarted {
+        assert!(
+            expect.iter().all(|n| got.contains(n)),
+            "nothing skipped: {got:?}"
+        );
+    } else {
+        assert_eq!(got, expect, "carried over two cuts");
+    }
+    // A cursor into what retention dropped: the first record kept is next.
+    s.retain_events(&r, &j, &keep(3)).expect("retain"); // keeps 37..40
+    let (got, _, restarted) = read_all_restarted(s, &r, &j, &after5);
+    assert!(restarted || got == [37, 38, 39], "{got:?}");
+    assert!(got.ends_with(&[37, 38, 39]), "{got:?}");
+}
+
+/// A cursor past a log's end (from a longer incarnation) starts over, says
+/// so, and delivers everything.
+pub fn a_cursor_past_the_end_restarts_and_says_so(s: &dyn Storage) {
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let batch: Vec<EventRecord> = (0..12).map(|n| event("mapreduce-1", n)).collect();
+    s.append_events(&r, &j, &batch).expect("append");
+    let (_, long) = read_all(s, &r, &j, &EventCursor::START);
+    assert!(s.delete_event_log(&r, &j).expect("delete"));
+    s.append_events(&r, &j, &batch[..3]).expect("append");
+    let (got, _, restarted) = read_all_restarted(s, &r, &j, &long);
+    assert_eq!(got, [0, 1, 2]);
+    assert!(restarted);
+    assert!(
+        s.wait_for_events(&r, &j, &long, Duration::from_millis(10))
+            .expect("wait"),
+        "a follower at such a cursor is told to read"
+    );
 }

@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::id::{IdError, LockKey};
+use crate::id::{IdError, JobId, LockKey, RepoKey};
 use crate::record::{LockHolder, RecordError};
+use crate::storage::EventCursor;
 
 /// Errors from storage operations.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,31 @@ pub enum Error {
         /// The server's or the client library's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A compare-and-append found the log somewhere else than expected, and
+    /// the batch is not at the expected place: another writer appended
+    /// first. Nothing was written.
+    #[error(
+        "the event log of job `{job}` in `{repo}` no longer ends where this append expected: \
+         another writer appended first; nothing was written. Read what was added since, \
+         then append again at the log's end"
+    )]
+    AppendConflict {
+        /// Repository.
+        repo: RepoKey,
+        /// Job.
+        job: JobId,
+        /// Where the log ends now.
+        end: EventCursor,
+    },
+
+    /// The store does not implement an operation (a `Storage` written
+    /// outside this workspace, before the operation existed).
+    #[error("this store does not support {op}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
     },
 
     /// A system call on a path failed.

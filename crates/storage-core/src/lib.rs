@@ -67,8 +67,8 @@ pub use record::{
     SessionRecord, UnifiedSession, WorkflowCheckpoint,
 };
 pub use storage::{
-    DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait, LogEntry,
-    ReadMode, Retention, RetentionReport, Scope, Skipped, Storage, TornTail,
+    Appended, DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait,
+    LogEntry, ReadMode, Retention, RetentionReport, Scope, Skipped, Storage, TornTail,
 };
 pub use time::parse_rfc3339;
 

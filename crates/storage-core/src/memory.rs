@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::id::{ExtKind, JobId, LockKey, RepoKey};
 use crate::record::{EventRecord, LockHolder};
 use crate::storage::{
-    DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait, LogEntry,
-    ReadMode, RetentionReport, Scope, Storage,
+    Appended, DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait,
+    LogEntry, ReadMode, RetentionReport, Scope, Storage,
 };
 
 #[derive(Default)]
@@ -37,6 +37,9 @@ struct Doc {
 /// drops from the front and raises it, so a cursor (an absolute index)
 /// stays meaningful.
 struct Log {
+    /// This incarnation of the log: a log deleted and begun again gets a
+    /// new one, so a cursor of the old one never fits the new one.
+    generation: u64,
     base: u64,
     records: Vec<(EventRecord, u64)>,
     oldest: SystemTime,
@@ -45,8 +48,38 @@ struct Log {
 
 #[derive(Default)]
 struct Logs {
-    logs: Mutex<BTreeMap<(RepoKey, JobId), Log>>,
+    by_job: Mutex<BTreeMap<(RepoKey, JobId), Log>>,
     appended: Condvar,
+    /// The last generation given to a log.
+    last_generation: std::sync::atomic::AtomicU64,
+}
+
+impl Log {
+    fn end(&self) -> u64 {
+        self.base + self.records.len() as u64
+    }
+
+    fn cursor(&self, at: u64) -> EventCursor {
+        EventCursor {
+            segment: String::new(),
+            offset: at,
+            generation: self.generation,
+        }
+    }
+
+    /// Where a read from `from` starts, and whether that is a restart: at
+    /// the cursor if it is this incarnation's and inside the log, at the
+    /// first record kept if retention trimmed what it pointed at, and at the
+    /// start (a restart) for a cursor of another incarnation or past the end.
+    fn start_of(&self, from: &EventCursor) -> (u64, bool) {
+        if *from == EventCursor::START {
+            (self.base, false)
+        } else if from.generation == self.generation && from.offset <= self.end() {
+            (from.offset.max(self.base), false)
+        } else {
+            (self.base, true)
+        }
+    }
 }
 
 /// A [`Storage`] held in memory.
@@ -104,6 +137,39 @@ impl MemoryStorage {
     }
 }
 
+impl Log {
+    fn push(&mut self, events: &[EventRecord]) {
+        self.records
+            .extend(events.iter().map(|e| (e.clone(), line_bytes(e))));
+        self.modified = SystemTime::now();
+    }
+}
+
+impl MemoryStorage {
+    /// The log of `job`, begun (with a new generation) if it does not exist.
+    fn log_for_append<'a>(
+        &self,
+        logs: &'a mut BTreeMap<(RepoKey, JobId), Log>,
+        repo: &RepoKey,
+        job: &JobId,
+    ) -> &'a mut Log {
+        logs.entry((repo.clone(), job.clone())).or_insert_with(|| {
+            let now = SystemTime::now();
+            Log {
+                generation: self
+                    .events
+                    .last_generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1,
+                base: 0,
+                records: Vec::new(),
+                oldest: now,
+                modified: now,
+            }
+        })
+    }
+}
+
 impl Storage for MemoryStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(doc).map_or(0, |v| v.len() as u64);
@@ -153,7 +219,7 @@ impl Storage for MemoryStorage {
             .keys()
             .filter_map(|k| k.repo().cloned())
             .collect();
-        repos.extend(guard(&self.events.logs).keys().map(|(r, _)| r.clone()));
+        repos.extend(guard(&self.events.by_job).keys().map(|(r, _)| r.clone()));
         Ok(repos.into_iter().collect())
     }
 
@@ -194,20 +260,59 @@ impl Storage for MemoryStorage {
         if events.is_empty() {
             return Ok(());
         }
-        let now = SystemTime::now();
-        let mut logs = guard(&self.events.logs);
-        let log = logs.entry((repo.clone(), job.clone())).or_insert(Log {
-            base: 0,
-            records: Vec::new(),
-            oldest: now,
-            modified: now,
-        });
-        log.records
-            .extend(events.iter().map(|e| (e.clone(), line_bytes(e))));
-        log.modified = now;
+        let mut logs = guard(&self.events.by_job);
+        self.log_for_append(&mut logs, repo, job).push(events);
         drop(logs);
         self.events.appended.notify_all();
         Ok(())
+    }
+
+    fn event_log_end(&self, repo: &RepoKey, job: &JobId) -> Result<EventCursor> {
+        Ok(guard(&self.events.by_job)
+            .get(&(repo.clone(), job.clone()))
+            .map_or(EventCursor::START, |log| log.cursor(log.end())))
+    }
+
+    fn append_events_at(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        expected: &EventCursor,
+        events: &[EventRecord],
+    ) -> Result<Appended> {
+        let mut logs = guard(&self.events.by_job);
+        let end = logs
+            .get(&(repo.clone(), job.clone()))
+            .map_or(EventCursor::START, |log| log.cursor(log.end()));
+        if *expected != end {
+            // Is the batch already at `expected`? (An earlier attempt landed.)
+            if let Some(log) = logs.get(&(repo.clone(), job.clone()))
+                && (expected.generation == log.generation || *expected == EventCursor::START)
+                && expected.offset >= log.base
+            {
+                let at = usize::try_from(expected.offset - log.base).unwrap_or(usize::MAX);
+                let there = log.records.get(at..at.saturating_add(events.len()));
+                if there.is_some_and(|r| r.iter().map(|(e, _)| e).eq(events.iter())) {
+                    return Ok(Appended::Already {
+                        end: log.cursor(expected.offset + events.len() as u64),
+                    });
+                }
+            }
+            return Err(Error::AppendConflict {
+                repo: repo.clone(),
+                job: job.clone(),
+                end,
+            });
+        }
+        if events.is_empty() {
+            return Ok(Appended::Now { end });
+        }
+        let log = self.log_for_append(&mut logs, repo, job);
+        log.push(events);
+        let end = log.cursor(log.end());
+        drop(logs);
+        self.events.appended.notify_all();
+        Ok(Appended::Now { end })
     }
 
     fn read_events_from(
@@ -219,34 +324,27 @@ impl Storage for MemoryStorage {
         visit: &mut dyn FnMut(EventRecord),
     ) -> Result<EventLogSummary> {
         // Copy out first so a visitor that touches the store cannot deadlock.
-        let (base, records) = match guard(&self.events.logs).get(&(repo.clone(), job.clone())) {
-            None => (0, Vec::new()),
+        let mut summary = EventLogSummary::default();
+        let (next, records) = match guard(&self.events.by_job).get(&(repo.clone(), job.clone())) {
+            None => {
+                summary.restarted = *from != EventCursor::START;
+                (EventCursor::START, Vec::new())
+            }
             Some(log) => {
-                let end = log.base + log.records.len() as u64;
-                // A cursor before the log's start (trimmed) or past its end
-                // (the log was deleted and begun again) reads from the start.
-                let at = if from.offset < log.base || from.offset > end {
-                    log.base
-                } else {
-                    from.offset
-                };
+                let (at, restarted) = log.start_of(from);
+                summary.restarted = restarted;
                 let skip = usize::try_from(at - log.base).expect("within the log");
                 (
-                    at,
+                    log.cursor(log.end()),
                     log.records[skip..].iter().map(|(e, _)| e.clone()).collect(),
                 )
             }
         };
-        let mut summary = EventLogSummary::default();
         for r in records {
             summary.records += 1;
             visit(r);
         }
-        summary.next = EventCursor {
-            segment: String::new(),
-            offset: base + summary.records,
-            generation: 0,
-        };
+        summary.next = next;
         Ok(summary)
     }
 
@@ -258,13 +356,13 @@ impl Storage for MemoryStorage {
         timeout: Duration,
     ) -> Result<bool> {
         let deadline = Instant::now() + timeout;
-        let mut logs = guard(&self.events.logs);
+        let mut logs = guard(&self.events.by_job);
         loop {
-            if let Some(log) = logs.get(&(repo.clone(), job.clone())) {
-                let end = log.base + log.records.len() as u64;
-                if end != after.offset || after.offset < log.base {
-                    return Ok(true);
-                }
+            match logs.get(&(repo.clone(), job.clone())) {
+                Some(log) if log.start_of(after) != (log.end(), false) => return Ok(true),
+                // Deleted: a cursor into it does not fit what comes next.
+                None if *after != EventCursor::START => return Ok(true),
+                _ => {}
             }
             let now = Instant::now();
             if now >= deadline {
@@ -280,7 +378,7 @@ impl Storage for MemoryStorage {
     }
 
     fn event_logs(&self, repo: &RepoKey) -> Result<Vec<JobId>> {
-        Ok(guard(&self.events.logs)
+        Ok(guard(&self.events.by_job)
             .keys()
             .filter(|(r, _)| r == repo)
             .map(|(_, j)| j.clone())
@@ -288,7 +386,7 @@ impl Storage for MemoryStorage {
     }
 
     fn event_log_entry(&self, repo: &RepoKey, job: &JobId) -> Result<Option<LogEntry>> {
-        Ok(guard(&self.events.logs)
+        Ok(guard(&self.events.by_job)
             .get(&(repo.clone(), job.clone()))
             .map(|log| {
                 let bytes = log.records.iter().map(|(_, b)| b).sum();
@@ -297,7 +395,7 @@ impl Storage for MemoryStorage {
     }
 
     fn delete_event_log(&self, repo: &RepoKey, job: &JobId) -> Result<bool> {
-        let gone = guard(&self.events.logs)
+        let gone = guard(&self.events.by_job)
             .remove(&(repo.clone(), job.clone()))
             .is_some();
         self.events.appended.notify_all();
@@ -310,7 +408,7 @@ impl Storage for MemoryStorage {
         job: &JobId,
         policy: &EventRetention,
     ) -> Result<RetentionReport> {
-        let mut logs = guard(&self.events.logs);
+        let mut logs = guard(&self.events.by_job);
         let Some(log) = logs.get_mut(&(repo.clone(), job.clone())) else {
             return Ok(RetentionReport::default());
         };

@@ -243,14 +243,24 @@ impl LogEntry {
 }
 
 /// A position in an event log: where a reader stopped, and where the next
-/// read starts. Obtained from [`EventLogSummary::next`]; [`EventCursor::START`]
-/// is the start of every log.
+/// read starts. Obtained from [`EventLogSummary::next`] or
+/// [`Storage::event_log_end`]; [`EventCursor::START`] is the start of every log.
 ///
 /// Its parts mean something only to the implementation that made it (the
-/// file store: a file name, a byte offset and the file's inode; the memory
-/// store: a record index), so a cursor can be stored (it serializes) but not
-/// computed. A cursor that no longer fits its log (the log was deleted, or
-/// trimmed by retention) makes the next read start at the log's new start.
+/// file store: a file name, a byte offset, and the generation of the log's
+/// identity; PostgreSQL: a sequence number and the log's generation; the
+/// memory store: a record index and the log's generation), so a cursor can
+/// be stored (it serializes) but not computed.
+///
+/// A cursor never stands for a position in another log, nor in another
+/// incarnation of its own: the generation names the log's incarnation (a
+/// log deleted and begun again gets a new one), never an inode number, which
+/// a file system reuses. A cursor into a log that retention trimmed
+/// continues with the first record kept after it; one that no longer fits
+/// its log at all (the log was deleted and begun again, or the cursor is
+/// past the log's end, or from another store) makes the read start at the
+/// log's start and say so ([`EventLogSummary::restarted`]): a record may
+/// then be delivered again, but none is ever skipped.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct EventCursor {
     /// The part of the log (a file name; empty for the start).
@@ -473,6 +483,39 @@ pub struct EventLogSummary {
     /// line read. An unterminated line at the very end of the log is not
     /// passed, so a follower reads it once its writer finishes it.
     pub next: EventCursor,
+    /// The cursor read from did not fit the log (see [`EventCursor`]), so
+    /// the read began at the log's start: records delivered before may have
+    /// been delivered again. Never set for [`EventCursor::START`].
+    pub restarted: bool,
+}
+
+/// What [`Storage::append_events_at`] did: either way the batch is in the
+/// log exactly once, and `end` is where the next compare-and-append starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Appended {
+    /// The batch was appended now.
+    Now {
+        /// The log's end after the batch.
+        end: EventCursor,
+    },
+    /// The batch was already in the log at the expected position: a retry
+    /// of an append that landed although its caller was told it might not
+    /// have. Nothing was written.
+    Already {
+        /// The position just after that batch.
+        end: EventCursor,
+    },
+}
+
+impl Appended {
+    /// The position just after the batch.
+    #[must_use]
+    pub fn end(&self) -> &EventCursor {
+        match self {
+            Appended::Now { end } | Appended::Already { end } => end,
+        }
+    }
 }
 
 /// An unterminated last line that is not valid JSON: reported, never an error.
@@ -538,6 +581,11 @@ impl std::fmt::Debug for LockGuard {
 ///   returns the cursor to continue from; a torn last line is reported in the
 ///   summary; a corrupt earlier line is [`Error::Corrupt`](crate::Error::Corrupt)
 ///   in [`ReadMode::Strict`] and skipped (and reported) in [`ReadMode::Lenient`].
+/// - `append_events_at` appends only if the log ends where the caller says,
+///   and recognises a batch it already holds at that place: a retry after
+///   an error that left the outcome unknown stores the batch exactly once.
+/// - a read never delivers a record whose append failed, and a cursor never
+///   skips a record (see [`EventCursor`]).
 /// - `delete_event_log` and `retain_events` take the log's lock, so an
 ///   appender never loses events to them: its batch lands in the log
 ///   before the change or in the log that follows it.
@@ -590,6 +638,51 @@ pub trait Storage: Send + Sync {
 
     /// Appends `events` to the log of `job`, in order, durably.
     fn append_events(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord]) -> Result<()>;
+
+    /// Where the log of `job` ends now: the cursor after its last whole
+    /// record ([`EventCursor::START`] for a log that does not exist), equal
+    /// to the [`EventLogSummary::next`] of a read to its end. What
+    /// [`Storage::append_events_at`] expects.
+    ///
+    /// The default reads the whole log; stores answer it without reading.
+    fn event_log_end(&self, repo: &RepoKey, job: &JobId) -> Result<EventCursor> {
+        let s = self.read_events_from(
+            repo,
+            job,
+            &EventCursor::START,
+            ReadMode::Lenient,
+            &mut |_| {},
+        )?;
+        Ok(s.next)
+    }
+
+    /// Compare-and-append: appends `events` to the log of `job` only if the
+    /// log ends at `expected` (what [`Storage::event_log_end`] or the last
+    /// append or read returned), in order, durably.
+    ///
+    /// If the log has moved on, and the records at `expected` are not
+    /// exactly this batch, nothing is written and the result is
+    /// [`Error::AppendConflict`](crate::Error::AppendConflict) with the
+    /// log's end: read what was added and decide. If the records at
+    /// `expected` are exactly this batch, it is [`Appended::Already`]: the
+    /// earlier attempt landed. So a batch retried with the same `expected`
+    /// after any error is stored exactly once, whoever else appends in
+    /// between.
+    ///
+    /// The default refuses with [`Error::Unsupported`](crate::Error::Unsupported):
+    /// every store of this workspace implements it.
+    fn append_events_at(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        expected: &EventCursor,
+        events: &[EventRecord],
+    ) -> Result<Appended> {
+        let _ = (repo, job, expected, events);
+        Err(crate::Error::Unsupported {
+            op: "compare-and-append (append_events_at)",
+        })
+    }
 
     /// Streams the log of `job` from `from` to `visit`, in order; memory does
     /// not grow with the log. [`EventLogSummary::next`] is where to continue.

@@ -1,27 +1,37 @@
 //! JSONL event logs that many processes append to at once.
 //!
+//! # The log's lock and identity
+//!
+//! Every writer (append, retention, deletion) holds the exclusive lock of
+//! the log's own file `.log`, and every reader takes it shared while it
+//! opens the log's files and reads their lengths; `.log` also holds the
+//! log's identity, from which cursors take their generation. Why, and what
+//! that promises, is in [`ident`].
+//!
 //! # Appending
 //!
-//! An append opens the job's active log (`events.jsonl`) with `O_APPEND`,
-//! takes an exclusive `flock` on it, writes the whole batch with one
-//! `write_all`, `fsync`s, and unlocks. The lock makes each batch contiguous
-//! even when a write is split by the kernel, so lines of concurrent writers
-//! never interleave; `O_APPEND` alone does not promise that for large writes.
+//! An append takes the log's lock, opens its active file (`events.jsonl`)
+//! with `O_APPEND`, writes the whole batch with one `write_all`,
+//! `fdatasync`s, and unlocks. The lock makes each batch contiguous even
+//! when a write is split by the kernel, so lines of concurrent writers never
+//! interleave; `O_APPEND` alone does not promise that for large writes.
+//! Deleting a log and trimming it by retention happen under the same lock,
+//! so an appender's batch lands in the log before the change or in the log
+//! after it, never in a file that has left the log.
 //!
-//! Deleting a log and trimming it by retention (`retain`) replace or
-//! unlink the file *while holding its lock*. An appender that opened the
-//! old file and waited for the lock therefore checks, once it holds it,
-//! that the file is still the one at the path (same inode, still linked);
-//! if not, it opens the path again. So an appender never writes into a file
-//! that has left the log: its batch lands in the log before the change or
-//! in the log after it.
+//! A compare-and-append ([`append_at`]) first compares the log's end with
+//! the position its caller expects, under the lock; if they differ, it
+//! compares the bytes at the expected position with the batch's, so a retry
+//! of a batch that landed is recognised and not written again.
 //!
 //! If the write fails half-way (disk full), or the `fdatasync` after it
 //! fails (I/O error), the writer truncates the file back to where its batch
-//! began and syncs that before reporting the error, so the log never keeps
-//! a batch whose append reported failure and a retry never duplicates it. If
+//! began and syncs that before reporting the error and releasing the lock,
+//! so the log never keeps a batch whose append reported failure, and no
+//! reader ever saw it (readers wait for the lock). If
 //! that cut-back fails too, the error says so (the log may then hold part of
-//! the batch; read it before appending the batch again). If a writer was
+//! the batch; a compare-and-append retried with the same expected position
+//! finds out which). If a writer was
 //! killed mid-batch, the file ends in a torn line; the next appender moves
 //! those bytes into a side file `events.jsonl.torn-<offset>` (kept, never
 //! deleted or replaced: a different fragment torn at the same offset later
@@ -32,11 +42,13 @@
 //! # Reading
 //!
 //! A read starts at an [`EventCursor`] (a file name, a byte offset and the
-//! file's inode) and returns the cursor after the last whole line it read;
-//! an unterminated line at the end of the log is not passed, so a follower
-//! reads it once it is finished. A cursor whose file was replaced (another
-//! inode: retention rewrote it) or is shorter than its offset starts over
-//! at the log's start; one whose file is gone continues with the next file.
+//! generation of the log's identity) and returns the cursor after the last
+//! whole line it read; an unterminated line at the end of the log is not
+//! passed, so a follower reads it once it is finished. A cursor of the
+//! epoch before a retention is carried over its cut; one whose file is gone
+//! (retention dropped it) continues with the next file; one of another
+//! incarnation of the log, or past its end, starts over at the log's start
+//! and the summary says so (`restarted`).
 //! `wait` sleeps until the log changes: on Linux the kernel wakes it
 //! (`inotify` on the log's directory, so an idle follower costs nothing);
 //! elsewhere, or before the log's directory exists, it looks at the log's
@@ -65,12 +77,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use storage_core::{
-    Error, EventCursor, EventLogSummary, EventRecord, LogEntry, ReadMode, Result, Skipped, TornTail,
+    Appended, Error, EventCursor, EventLogSummary, EventRecord, JobId, LogEntry, ReadMode, RepoKey,
+    Result, Skipped, TornTail,
 };
 
 use crate::fsx;
 
+pub mod ident;
 mod retain;
+use ident::{LogLock, Record};
 pub(crate) use retain::retain;
 
 /// The longest line a reader holds in memory (16 MiB): a longer one is
@@ -84,11 +99,8 @@ const BLOCK: usize = 64 * 1024;
 /// One block of NULs, to recognize such blocks by comparison.
 static ZEROS: [u8; BLOCK] = [0; BLOCK];
 
-/// Serializes `events` as JSONL and appends them to the log file `log`.
-pub(crate) fn append(log: &Path, events: &[EventRecord]) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
+/// Serializes `events` as JSONL lines.
+fn serialize(log: &Path, events: &[EventRecord]) -> Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(events.len() * 320);
     for e in events {
         let start = buf.len();
@@ -109,17 +121,134 @@ pub(crate) fn append(log: &Path, events: &[EventRecord]) -> Result<()> {
             ));
         }
     }
-    append_lines(log, &buf)
+    Ok(buf)
 }
+
+/// Appends `events` to the log in `dir` (its active file `active`).
+pub(crate) fn append(dir: &Path, active: &Path, events: &[EventRecord]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let buf = serialize(active, events)?;
+    let lock = LogLock::exclusive(dir)?;
+    write_batch(&lock, active, &buf)?;
+    Ok(())
+}
+
+/// Compare-and-append ([`storage_core::Storage::append_events_at`]) to the
+/// log in `dir`, whose active file is `active`.
+pub(crate) fn append_at(
+    dir: &Path,
+    active: &Path,
+    ids: (&RepoKey, &JobId),
+    expected: &EventCursor,
+    events: &[EventRecord],
+) -> Result<Appended> {
+    let buf = serialize(active, events)?;
+    // Nothing to lock for a log that does not exist and is not expected to.
+    if events.is_empty() && *expected == EventCursor::START && !dir.exists() {
+        return Ok(Appended::Now {
+            end: EventCursor::START,
+        });
+    }
+    let lock = LogLock::exclusive(dir)?;
+    let snap = Snapshot::open(dir, Some(&lock.record))?;
+    let end = snap.end_cursor()?;
+    if end != *expected {
+        if let Some(at) = snap.batch_at(expected, &buf)? {
+            return Ok(Appended::Already { end: at });
+        }
+        return Err(Error::AppendConflict {
+            repo: ids.0.clone(),
+            job: ids.1.clone(),
+            end,
+        });
+    }
+    if events.is_empty() {
+        return Ok(Appended::Now { end });
+    }
+    let after = write_batch(&lock, active, &buf)?;
+    let name = ACTIVE_NAME;
+    let end = if snap.files.iter().all(|f| f.name.as_str() <= name) {
+        EventCursor {
+            segment: name.to_owned(),
+            offset: after,
+            generation: lock.record.generation(),
+        }
+    } else {
+        // The active file is not the log's last (a file named after it by
+        // someone else): its end is that file's.
+        Snapshot::open(dir, Some(&lock.record))?.end_cursor()?
+    };
+    Ok(Appended::Now { end })
+}
+
+/// The active file's name.
+const ACTIVE_NAME: &str = crate::layout::ACTIVE_EVENT_LOG;
 
 /// The operation named when a failed append cannot be undone: the log may
 /// then hold the batch, whole or in part, and the caller must look before
 /// appending it again.
 const CUT_BACK_FAILED: &str = "cut a failed append back off (the log may still hold part or all \
-     of that batch, and the next append moves a torn end aside: read the log before appending \
-     the batch again)";
+     of that batch, and the next append moves a torn end aside: read the log, or retry with \
+     append_events_at at the same expected position, which never stores it twice)";
 
-/// Appends complete JSONL lines (`buf` must end with `\n`) to `path` under its lock.
+/// Writes `buf` (whole lines) at the end of `active` under the log's lock;
+/// returns the file's length after it.
+fn write_batch(_lock: &LogLock, active: &Path, buf: &[u8]) -> Result<u64> {
+    debug_assert!(buf.ends_with(b"\n"));
+    let (file, created) = match OpenOptions::new()
+        .read(true)
+        .append(true)
+        .mode(fsx::FILE_MODE)
+        .open(active)
+    {
+        Ok(f) => (f, false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(fsx::FILE_MODE)
+                .open(active)
+                .map_err(|e| Error::io("create", active, e))?,
+            true,
+        ),
+        Err(e) => return Err(Error::io("open", active, e)),
+    };
+    let start = file
+        .metadata()
+        .map_err(|e| Error::io("stat", active, e))?
+        .len();
+    let start = repair_torn_tail(&file, active, start)?;
+    let written = (&file)
+        .write_all(buf)
+        .map_err(|e| Error::io("append to", active, e))
+        .and_then(|()| file.sync_data().map_err(|e| Error::io("fsync", active, e)));
+    if let Err(failed) = written {
+        // Take the batch (or the part written) back out, so the log ends on a
+        // whole line and a retry of the same batch cannot duplicate it. The
+        // cut-back is synced on its own: its metadata change is new, so an
+        // error on it is reported afresh (the failed sync is never retried
+        // for the data itself, which this removes). Readers wait for the
+        // lock, so none saw the batch.
+        return match file.set_len(start).and_then(|()| file.sync_data()) {
+            Ok(()) => Err(failed),
+            Err(e) => {
+                tracing::error!(log = %active.display(), error = %failed, "an append failed and its batch could not be cut back off");
+                Err(Error::io(CUT_BACK_FAILED, active, e))
+            }
+        };
+    }
+    if created {
+        fsx::fsync_dir(fsx::parent(active))?;
+    }
+    Ok(start + buf.len() as u64)
+}
+
+/// Appends complete JSONL lines (`buf` must end with `\n`) to the single
+/// file `path` under an exclusive `flock` on it (a journal of the store's
+/// own, not a job's log).
 pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
     debug_assert!(buf.ends_with(b"\n"));
     let open = |create: bool| {
@@ -141,11 +270,6 @@ pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("append to", path, e))
         .and_then(|()| file.sync_data().map_err(|e| Error::io("fsync", path, e)));
     if let Err(failed) = written {
-        // Take the batch (or the part written) back out, so the log ends on a
-        // whole line and a retry of the same batch cannot duplicate it. The
-        // cut-back is synced on its own: its metadata change is new, so an
-        // error on it is reported afresh (the failed sync is never retried
-        // for the data itself, which this removes).
         return match file.set_len(start).and_then(|()| file.sync_data()) {
             Ok(()) => Err(failed),
             Err(e) => {
@@ -160,13 +284,10 @@ pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Opens the log at `path` (creating it and its directory if needed) and
-/// takes its lock, making sure the locked file is still the one at `path`:
-/// a deletion or a retention may have unlinked or replaced it while this
-/// process waited for the lock. Returns whether this call created the file.
+/// Opens the file at `path` (creating it and its directory if needed) and
+/// takes its lock, making sure the locked file is still the one at `path`.
+/// Returns whether this call created the file.
 fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(File, bool)> {
-    // A few rounds at most: each retry follows a deletion or a trim that
-    // finished while this appender waited.
     let mut last = None;
     for _ in 0..64 {
         let (file, created) = match open(false) {
@@ -174,8 +295,6 @@ fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 match fsx::create_dir_all(fsx::parent(path)) {
                     Ok(()) => {}
-                    // A deletion removed an emptied parent while this created
-                    // the directories below it: create them again.
                     Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                         last = Some(source);
                         continue;
@@ -184,7 +303,6 @@ fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(
                 }
                 match open(true) {
                     Ok(f) => (f, true),
-                    // The directory was removed (the log deleted) between the two steps.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         last = Some(e);
                         continue;
@@ -205,7 +323,7 @@ fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(
             Err(e) => return Err(Error::io("stat", path, e)),
         }
         last = Some(io::Error::other(
-            "the log was replaced while waiting for its lock",
+            "the file was replaced while waiting for its lock",
         ));
     }
     Err(Error::io(
@@ -303,34 +421,211 @@ pub(crate) fn log_files(dir: &Path) -> Result<Vec<LogFile>> {
         .collect())
 }
 
-/// Where reading starts for `from`: the index of a file and an offset in it.
-fn locate(files: &[LogFile], from: &EventCursor) -> Result<(usize, u64)> {
-    if from.segment.is_empty() {
-        return Ok((0, 0));
+/// One file of a [`Snapshot`]: open, with its length when the snapshot was taken.
+#[derive(Debug)]
+struct SnapFile {
+    name: String,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+/// A log as one reader or writer sees it: its identity record and its
+/// files, opened and measured under the log's lock (shared for a reader),
+/// so that no append, retention or deletion is half seen. Reading the
+/// files afterwards needs no lock: only bytes up to `len` are read.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    record: Option<Record>,
+    files: Vec<SnapFile>,
+}
+
+impl Snapshot {
+    /// A reader's snapshot of the log in `dir`.
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
+        let shared = LogLock::shared(dir)?;
+        let record = shared.as_ref().map(|l| l.record.clone());
+        let snap = Self::open(dir, record.as_ref())?;
+        drop(shared);
+        Ok(snap)
     }
-    match files.iter().position(|f| f.name == from.segment) {
-        Some(i) => {
-            let meta = match std::fs::metadata(&files[i].path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((i + 1, 0)),
-                Err(e) => return Err(Error::io("stat", &files[i].path, e)),
+
+    /// The files of the log in `dir`, for a caller that holds its lock (or
+    /// through [`Snapshot::read`]) and has read `record`.
+    fn open(dir: &Path, record: Option<&Record>) -> Result<Self> {
+        let listed = match log_files(dir) {
+            Ok(l) => l,
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut files = Vec::with_capacity(listed.len());
+        for f in listed {
+            let file = match File::open(&f.path) {
+                Ok(file) => file,
+                // Removed between the listing and now (by an older Prodigy's
+                // clean-up: this store's writers wait for the lock).
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("open", &f.path, e)),
             };
-            if meta.ino() == from.generation && from.offset <= meta.len() {
-                Ok((i, from.offset))
-            } else {
-                // Replaced (retention rewrote it) or begun again: from the start.
-                Ok((0, 0))
-            }
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &f.path, e))?
+                .len();
+            files.push(SnapFile {
+                name: f.name,
+                path: f.path,
+                file,
+                len,
+            });
         }
-        // Its file is gone (retention dropped it): the next one.
-        None => Ok((
-            files
-                .iter()
-                .position(|f| f.name > from.segment)
-                .unwrap_or(files.len()),
-            0,
-        )),
+        Ok(Self {
+            record: record.cloned(),
+            files,
+        })
     }
+
+    /// The generation of cursors made from this snapshot.
+    fn generation(&self) -> u64 {
+        self.record.as_ref().map_or(0, Record::generation)
+    }
+
+    fn cursor(&self, i: usize, offset: u64) -> EventCursor {
+        EventCursor {
+            segment: self.files[i].name.clone(),
+            offset,
+            generation: self.generation(),
+        }
+    }
+
+    /// Where the log ends: after the last whole line of its last file;
+    /// [`EventCursor::START`] if it has no file.
+    fn end_cursor(&self) -> Result<EventCursor> {
+        let Some(last) = self.files.len().checked_sub(1) else {
+            return Ok(EventCursor::START);
+        };
+        let f = &self.files[last];
+        Ok(self.cursor(last, whole_line_end(&f.file, &f.path, f.len)?))
+    }
+
+    /// Where a read from `from` starts: a file's index and an offset in it,
+    /// and whether that is a restart at the log's start because `from` does
+    /// not fit this log (see [`EventCursor`]).
+    fn locate(&self, from: &EventCursor) -> Result<(usize, u64, bool)> {
+        if *from == EventCursor::START {
+            return Ok((0, 0, false));
+        }
+        if from.segment.is_empty() {
+            // Not a cursor of a file store.
+            return Ok((0, 0, true));
+        }
+        let Some(offset) = self.carry(from)? else {
+            return Ok((0, 0, true));
+        };
+        match self.files.iter().position(|f| f.name == from.segment) {
+            Some(i) if offset <= self.files[i].len => Ok((i, offset, false)),
+            // Past the end of its file: not a position this log ever had.
+            Some(_) => Ok((0, 0, true)),
+            // Its file is gone (retention dropped it): the next one.
+            None => Ok((
+                self.files
+                    .iter()
+                    .position(|f| f.name > from.segment)
+                    .unwrap_or(self.files.len()),
+                0,
+                false,
+            )),
+        }
+    }
+
+    /// `from`'s offset in the log as it is now, or `None` if `from` is not a
+    /// cursor of this log's incarnation (nor of the epoch before the last
+    /// retention, which is carried over its cut).
+    fn carry(&self, from: &EventCursor) -> Result<Option<u64>> {
+        let Some(r) = &self.record else {
+            return Ok((from.generation == 0).then_some(from.offset));
+        };
+        if from.generation == r.generation() {
+            return Ok(Some(from.offset));
+        }
+        if r.epoch == 0 || from.generation != r.generation_at(r.epoch - 1) {
+            return Ok(None);
+        }
+        match &r.cut {
+            Some(cut) if cut.segment == from.segment => {
+                // The retention recorded its cut before it put the rewritten
+                // file in place: make sure it did (a crash between the two
+                // leaves the old file, where the cut does not apply).
+                let Some(f) = self.files.iter().find(|f| f.name == cut.segment) else {
+                    return Ok(Some(0));
+                };
+                if ident::head_of(&f.file, &f.path, cut.head_len)? == cut.head {
+                    Ok(Some(from.offset.saturating_sub(cut.dropped)))
+                } else {
+                    Ok(None)
+                }
+            }
+            _ => Ok(Some(from.offset)),
+        }
+    }
+
+    /// The cursor after `buf` if the log holds exactly those bytes at `at`
+    /// (a batch that landed), else `None`.
+    fn batch_at(&self, at: &EventCursor, buf: &[u8]) -> Result<Option<EventCursor>> {
+        let (mut i, mut offset, restarted) = self.locate(at)?;
+        if restarted || *at == EventCursor::START && !self.files.is_empty() && buf.is_empty() {
+            return Ok(None);
+        }
+        // The end of one file is the start of the next.
+        while i + 1 < self.files.len() && offset == self.files[i].len {
+            i += 1;
+            offset = 0;
+        }
+        let Some(f) = self.files.get(i) else {
+            return Ok(None);
+        };
+        if f.len < offset + buf.len() as u64 {
+            return Ok(None);
+        }
+        let mut there = vec![0u8; buf.len()];
+        f.file
+            .read_exact_at(&mut there, offset)
+            .map_err(|e| Error::io("read", &f.path, e))?;
+        Ok((there == buf).then(|| self.cursor(i, offset + buf.len() as u64)))
+    }
+}
+
+/// The offset after the last `\n` of the first `len` bytes of `file`; 0 if
+/// there is none.
+fn whole_line_end(file: &File, path: &Path, len: u64) -> Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)
+        .map_err(|e| Error::io("read", path, e))?;
+    if last[0] == b'\n' {
+        return Ok(len);
+    }
+    let mut end = len;
+    let mut block = vec![0u8; BLOCK];
+    while end > 0 {
+        let from = end.saturating_sub(block.len() as u64);
+        let chunk = &mut block[..usize::try_from(end - from).expect("block fits")];
+        file.read_exact_at(chunk, from)
+            .map_err(|e| Error::io("read", path, e))?;
+        if chunk != &ZEROS[..chunk.len()]
+            && let Some(i) = chunk.iter().rposition(|&b| b == b'\n')
+        {
+            return Ok(from + i as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
+}
+
+/// Where the log in `dir` ends ([`storage_core::Storage::event_log_end`]).
+pub(crate) fn end(dir: &Path) -> Result<EventCursor> {
+    Snapshot::read(dir)?.end_cursor()
 }
 
 /// Streams every `*.jsonl` file in `dir`, in name order, to `visit`.
@@ -345,29 +640,20 @@ pub(crate) fn read_from(
     mode: ReadMode,
     visit: &mut dyn FnMut(EventRecord),
 ) -> Result<EventLogSummary> {
-    let files = log_files(dir)?;
-    let (first, offset) = locate(&files, from)?;
+    let snap = Snapshot::read(dir)?;
     let mut summary = EventLogSummary::default();
-    if !files.is_empty() {
-        summary.next = from.clone();
+    if snap.files.is_empty() {
+        summary.restarted = *from != EventCursor::START;
+        return Ok(summary);
     }
-    let last = files.len().saturating_sub(1);
-    for (i, f) in files.iter().enumerate().skip(first) {
+    let (first, offset, restarted) = snap.locate(from)?;
+    summary.restarted = restarted;
+    summary.next = snap.end_cursor()?;
+    let last = snap.files.len() - 1;
+    for (i, f) in snap.files.iter().enumerate().skip(first) {
         let start = if i == first { offset } else { 0 };
-        let (end, ino) = read_file(
-            &f.path,
-            &f.name,
-            start,
-            mode,
-            i == last,
-            &mut summary,
-            visit,
-        )?;
-        summary.next = EventCursor {
-            segment: f.name.clone(),
-            offset: end,
-            generation: ino,
-        };
+        let end = read_file(f, start, mode, i == last, &mut summary, visit)?;
+        summary.next = snap.cursor(i, end);
     }
     Ok(summary)
 }
@@ -381,32 +667,22 @@ pub fn read_dir_for_fuzzing(
     read(dir, visit)
 }
 
-/// Reads `path` from byte `start`; returns the offset after the last whole
-/// line consumed (an unterminated end of the last file is not consumed) and
-/// the file's inode.
+/// Reads the snapshot's file `f` from byte `start` to its length then;
+/// returns the offset after the last whole line consumed (an unterminated
+/// end of the last file is not consumed).
 fn read_file(
-    path: &Path,
-    name: &str,
+    f: &SnapFile,
     start: u64,
     mode: ReadMode,
     last_file: bool,
     summary: &mut EventLogSummary,
     visit: &mut dyn FnMut(EventRecord),
-) -> Result<(u64, u64)> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        // Dropped by retention between the listing and now: nothing to read.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((start, 0)),
-        Err(e) => return Err(Error::io("open", path, e)),
-    };
-    let ino = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .ino();
-    if start > 0 {
-        file.seek(SeekFrom::Start(start))
-            .map_err(|e| Error::io("seek", path, e))?;
-    }
+) -> Result<u64> {
+    let (path, name) = (f.path.as_path(), f.name.as_str());
+    let mut file = &f.file;
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| Error::io("seek", path, e))?;
+    let file = file.take(f.len.saturating_sub(start));
     let mut reader = BufReader::with_capacity(BLOCK, file);
     let mut line = Vec::with_capacity(1024);
     // Line numbers are known when reading from the start of the file; from
@@ -419,7 +695,7 @@ fn read_file(
         let read = read_line_bounded(&mut reader, &mut line, MAX_LINE_BYTES)
             .map_err(|e| Error::io("read", path, e))?;
         if read.bytes == 0 {
-            return Ok((pos, ino));
+            return Ok(pos);
         }
         number += 1;
         let at = pos;
@@ -457,7 +733,7 @@ fn read_file(
                 line: number,
                 bytes: read.bytes,
             });
-            return Ok((if last_file { pos } else { pos + read.bytes }, ino));
+            return Ok(if last_file { pos } else { pos + read.bytes });
         }
         let terminated = read.terminated;
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -596,7 +872,7 @@ pub(crate) fn wait(dir: &Path, after: &EventCursor, timeout: Duration) -> Result
     // Watch first, then look: a change between the two is then reported.
     let watch = Watch::new(dir);
     let first = snapshot(dir)?;
-    if has_whole_line_after(dir, &first, after)? {
+    if has_whole_line_after(dir, after)? {
         return Ok(true);
     }
     loop {
@@ -614,42 +890,35 @@ pub(crate) fn wait(dir: &Path, after: &EventCursor, timeout: Duration) -> Result
     }
 }
 
-/// Whether the files in `snap` hold a whole line past `after`.
-fn has_whole_line_after(
-    dir: &Path,
-    snap: &[(String, u64, u64)],
-    after: &EventCursor,
-) -> Result<bool> {
-    let Some(i) = snap.iter().position(|(n, _, _)| *n == after.segment) else {
-        // Its file is gone or it is the start: anything there is new.
-        return Ok(snap
-            .iter()
-            .any(|(n, _, len)| *len > 0 && (after.segment.is_empty() || *n > after.segment)));
+/// Whether the log in `dir` holds a whole line past `after`, or `after`
+/// does not fit it (a read then starts again at the start).
+fn has_whole_line_after(dir: &Path, after: &EventCursor) -> Result<bool> {
+    let snap = Snapshot::read(dir)?;
+    if snap.files.is_empty() {
+        return Ok(false);
+    }
+    let (i, offset, restarted) = snap.locate(after)?;
+    if restarted {
+        return Ok(snap.files.iter().any(|f| f.len > 0));
+    }
+    let Some(f) = snap.files.get(i) else {
+        return Ok(false);
     };
-    let (name, ino, len) = &snap[i];
-    if *ino != after.generation || after.offset > *len {
+    if snap.files[i + 1..].iter().any(|f| f.len > 0) {
         return Ok(true);
     }
-    if snap[i + 1..].iter().any(|(_, _, len)| *len > 0) {
-        return Ok(true);
-    }
-    if *len == after.offset {
+    if f.len <= offset {
         return Ok(false);
     }
     // Bytes after the cursor: whole lines, or only a torn tail? Look for a
     // newline in the first MiB of them (a torn line longer than that is
     // treated as torn until the log changes).
-    let path = crate::layout::log_file(dir, name);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-        Err(e) => return Err(Error::io("open", &path, e)),
-    };
-    let n = usize::try_from((len - after.offset).min(1 << 20)).expect("at most a MiB");
+    let n = usize::try_from((f.len - offset).min(1 << 20)).expect("at most a MiB");
     let mut buf = vec![0u8; n];
-    let got = file
-        .read_at(&mut buf, after.offset)
-        .map_err(|e| Error::io("read", &path, e))?;
+    let got = f
+        .file
+        .read_at(&mut buf, offset)
+        .map_err(|e| Error::io("read", &f.path, e))?;
     Ok(buf[..got].contains(&b'\n'))
 }
 
@@ -673,18 +942,17 @@ pub(crate) fn entry(dir: &Path) -> Result<Option<LogEntry>> {
     Ok(newest.zip(oldest).map(|(n, o)| LogEntry::new(bytes, n, o)))
 }
 
-/// Deletes the log in `dir` (its files and the side files of torn tails)
-/// under the lock of its active file `active`, then the directory if that
-/// leaves it empty. `false` if there was no log.
-pub(crate) fn delete(dir: &Path, active: &Path) -> Result<bool> {
-    let held = match OpenOptions::new().read(true).append(true).open(active) {
-        Ok(f) => {
-            f.lock().map_err(|e| Error::io("lock", active, e))?;
-            Some(f)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io("open", active, e)),
-    };
+/// Deletes the log in `dir` (its files, the side files of torn tails and
+/// `.log`) under its lock, then the directory if that leaves it empty.
+/// `false` if there was no log.
+pub(crate) fn delete(dir: &Path) -> Result<bool> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", dir, e)),
+    }
+    let lock = LogLock::exclusive(dir)?;
     let doomed: Vec<fsx::Entry> = fsx::read_dir_sorted(dir)?
         .into_iter()
         .filter(|e| {
@@ -694,9 +962,6 @@ pub(crate) fn delete(dir: &Path, active: &Path) -> Result<bool> {
                 && (n.ends_with(".jsonl") || n.contains(".jsonl.torn-"))
         })
         .collect();
-    if doomed.is_empty() {
-        return Ok(false);
-    }
     for e in &doomed {
         match std::fs::remove_file(&e.path) {
             Ok(()) => {}
@@ -704,10 +969,17 @@ pub(crate) fn delete(dir: &Path, active: &Path) -> Result<bool> {
             Err(err) => return Err(Error::io("remove", &e.path, err)),
         }
     }
+    // Last, still under its lock: a writer that waited for it finds it
+    // unlinked and begins a new log, with a new identity.
+    match std::fs::remove_file(lock.path()) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(Error::io("remove", lock.path(), err)),
+    }
     fsx::fsync_dir(dir)?;
-    drop(held);
+    drop(lock);
     fsx::remove_empty_dirs(&[dir.to_owned(), fsx::parent(dir).to_owned()])?;
-    Ok(true)
+    Ok(!doomed.is_empty())
 }
 
 /// What [`read_line_bounded`] found.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use storage_core::{
-    DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention, ExtKind,
-    JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
+    Appended, DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention,
+    ExtKind, JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
     RetentionReport, Scope, Storage,
 };
 
@@ -452,7 +452,31 @@ impl Storage for FsStorage {
     }
 
     fn append_events(&self, repo: &RepoKey, job: &JobId, records: &[EventRecord]) -> Result<()> {
-        events::append(&self.layout.active_event_log(repo, job), records)
+        events::append(
+            &self.layout.events_job_dir(repo, job),
+            &self.layout.active_event_log(repo, job),
+            records,
+        )
+    }
+
+    fn event_log_end(&self, repo: &RepoKey, job: &JobId) -> Result<EventCursor> {
+        events::end(&self.layout.events_job_dir(repo, job))
+    }
+
+    fn append_events_at(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        expected: &EventCursor,
+        records: &[EventRecord],
+    ) -> Result<Appended> {
+        events::append_at(
+            &self.layout.events_job_dir(repo, job),
+            &self.layout.active_event_log(repo, job),
+            (repo, job),
+            expected,
+            records,
+        )
     }
 
     fn read_events_from(
@@ -489,10 +513,7 @@ impl Storage for FsStorage {
     }
 
     fn delete_event_log(&self, repo: &RepoKey, job: &JobId) -> Result<bool> {
-        events::delete(
-            &self.layout.events_job_dir(repo, job),
-            &self.layout.active_event_log(repo, job),
-        )
+        events::delete(&self.layout.events_job_dir(repo, job))
     }
 
     fn retain_events(
@@ -503,7 +524,6 @@ impl Storage for FsStorage {
     ) -> Result<RetentionReport> {
         events::retain(
             &self.layout.events_job_dir(repo, job),
-            &self.layout.active_event_log(repo, job),
             &self.layout.event_archive_dir(repo, job),
             policy,
         )

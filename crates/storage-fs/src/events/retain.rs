@@ -10,18 +10,25 @@
 //! 2. by count and size: a backward scan from the end of the log, counting
 //!    whole lines until one more would break a limit or cross the age cut.
 //!
-//! Then, holding the lock of the active file (appenders wait; see the
-//! parent module for how they find the file again afterwards):
+//! Then, holding the log's lock (`.log`: appenders and readers wait; see
+//! [`super::ident`]):
 //!
 //! 1. the dropped part is streamed into a gzip archive
 //!    (`archive/events/<repo>/<job>/events-<time>.jsonl.gz`), `fsync`ed and
 //!    put in place without replacing anything, before anything is removed;
 //! 2. files wholly before the cut are unlinked;
-//! 3. the file the cut falls in is rewritten from the cut (a temp file
-//!    beside it, `fsync`, `rename` over it, `fsync` of the directory).
+//! 3. the file the cut falls in is rewritten from the cut: a temp file
+//!    beside it, `fsync`; then `.log` begins a new epoch that records the
+//!    cut (the file, the bytes dropped, a fingerprint of the rewritten
+//!    file's start), durably; then `rename` over the file, `fsync` of the
+//!    directory.
 //!
 //! A crash after step 1 leaves records both in the archive and in the log
-//! (a retry archives them again); never in neither.
+//! (a retry archives them again); never in neither. A crash between the
+//! new epoch and the rename leaves the old file under a record of a cut it
+//! did not get: a cursor of the epoch before is then not carried over
+//! (the fingerprint differs) but starts again at the log's start, so
+//! records may be delivered twice, never skipped.
 //!
 //! Freeing what was dropped (the kernel does it at the last close of an
 //! unlinked file, a few hundred milliseconds for a few hundred megabytes)
@@ -29,14 +36,15 @@
 //! is complete and durable before `retain` returns; only the freeing is
 //! not waited for.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::SystemTime;
 
 use storage_core::{Error, EventRetention, Result, RetentionReport};
 
+use super::ident::{self, LogLock};
 use super::{BLOCK, LogFile, log_files};
 use crate::fsx;
 
@@ -46,11 +54,19 @@ type Pos = (usize, u64);
 /// Trims the log in `dir` by `policy`; see the module docs.
 pub(crate) fn retain(
     dir: &Path,
-    active: &Path,
     archive_dir: &Path,
     policy: &EventRetention,
 ) -> Result<RetentionReport> {
-    let held = lock_existing(active)?;
+    match log_files(dir) {
+        Ok(files) if !files.is_empty() => {}
+        Ok(_) => return Ok(RetentionReport::default()),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(RetentionReport::default());
+        }
+        Err(e) => return Err(e),
+    }
+    // Every file of the log, whatever its name, under the log's own lock.
+    let mut held = LogLock::exclusive(dir)?;
     let files = log_files(dir)?;
     let mut lens = Vec::with_capacity(files.len());
     for f in &files {
@@ -122,20 +138,12 @@ pub(crate) fn retain(
         if let Ok(fd) = File::open(&f.path) {
             leaving.push(fd);
         }
-        fsx::write_atomic_with(&f.path, |out| {
-            let mut src = File::open(&f.path)?;
-            src.seek(SeekFrom::Start(cut.1))?;
-            // `io::copy` between files uses `copy_file_range` on Linux.
-            io::copy(&mut src, out).map(|_| ())
-        })?;
+        rewrite_from(&mut held, f, cut.1)?;
     } else {
         fsx::fsync_dir(dir)?;
     }
-    if let Some(h) = held {
-        // Appenders waiting for the lock go on now, into the new file.
-        let _ = h.unlock();
-        leaving.push(h);
-    }
+    // Appenders and readers waiting for the lock go on now, with the new file.
+    leaving.push(held.into_file());
     release_in_background(leaving);
     Ok(report)
 }
@@ -161,24 +169,41 @@ fn release_in_background(files: Vec<File>) {
     }
 }
 
-/// Opens and locks the active file if it exists, making sure the locked
-/// file is still the one at the path (a deletion may have unlinked it).
-fn lock_existing(active: &Path) -> Result<Option<File>> {
-    loop {
-        let f = match OpenOptions::new().read(true).append(true).open(active) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("open", active, e)),
-        };
-        f.lock().map_err(|e| Error::io("lock", active, e))?;
-        let held = f.metadata().map_err(|e| Error::io("stat", active, e))?;
-        match std::fs::metadata(active) {
-            Ok(now) if held.nlink() > 0 && now.ino() == held.ino() => return Ok(Some(f)),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("stat", active, e)),
-        }
+/// Replaces `f` with its bytes from `from` on (step 3 of the module docs):
+/// the new epoch, recording the cut, is durable before the rename.
+fn rewrite_from(held: &mut LogLock, f: &LogFile, from: u64) -> Result<()> {
+    let dir = fsx::parent(&f.path);
+    let (tmp, mut out) = fsx::create_temp(dir, &f.name)?;
+    let result = (|| {
+        let filled = (|| {
+            let mut src = File::open(&f.path)?;
+            src.seek(SeekFrom::Start(from))?;
+            // `io::copy` between files uses `copy_file_range` on Linux.
+            io::copy(&mut src, &mut out)?;
+            out.sync_all()
+        })();
+        filled.map_err(|e| Error::io("write", &tmp, e))?;
+        let kept = out
+            .metadata()
+            .map_err(|e| Error::io("stat", &tmp, e))?
+            .len();
+        let head_len = kept.min(ident::HEAD_BYTES);
+        let written = File::open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
+        let fingerprint = ident::head_of(&written, &tmp, head_len)?;
+        held.begin_epoch(Some(ident::Cut {
+            segment: f.name.clone(),
+            dropped: from,
+            head_len,
+            head: fingerprint,
+        }))?;
+        std::fs::rename(&tmp, &f.path).map_err(|e| Error::io("rename into place", &f.path, e))
+    })();
+    drop(out);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
     }
+    fsx::fsync_dir(dir)
 }
 
 /// Where the leading run of records older than `cutoff` ends.
@@ -480,10 +505,8 @@ mod tests {
             let shape: Vec<(u64, Option<SystemTime>)> =
                 lines.iter().map(|l| (l.len() as u64, time(l))).collect();
             let drop = keep.drop_count(&shape, now);
-            let active = dir.path().join("events.jsonl");
             let report = retain(
                 dir.path(),
-                &active,
                 &dir.path().join("archive"),
                 &EventRetention::new(keep).without_archive().at(now),
             )

@@ -57,7 +57,7 @@ fn an_append_after_a_crash_moves_the_torn_fragment_aside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("events.jsonl");
     fs::write(&log, "{\"id\":1}\n{\"id\":2,\"tor").expect("write");
-    append(&dir.path().join("events.jsonl"), &[ev(3)]).expect("append");
+    append(dir.path(), &dir.path().join("events.jsonl"), &[ev(3)]).expect("append");
     let (seen, summary) = collect(dir.path()).expect("read");
     assert_eq!(seen.len(), 2, "records 1 and 3");
     assert!(summary.torn_tails.is_empty());
@@ -88,14 +88,14 @@ fn a_later_torn_fragment_at_the_same_offset_never_replaces_a_kept_one() {
     let side = |name: &str| fs::read(dir.path().join(name)).expect(name);
     // Crash 1 tears a line at offset 9; the next append moves it aside.
     fs::write(&log, "{\"id\":1}\n{\"id\":2,\"first").expect("write");
-    append(&log, &[ev(3)]).expect("append");
+    append(dir.path(), &log, &[ev(3)]).expect("append");
     // Crash 2 tears a different line at the same offset (the log was cut back
     // to 9 bytes by hand, as a restore from backup would).
     fs::write(&log, "{\"id\":1}\n{\"id\":4,\"second").expect("write");
-    append(&log, &[ev(5)]).expect("append");
+    append(dir.path(), &log, &[ev(5)]).expect("append");
     // Crash 3 leaves the same bytes as crash 1: kept once is enough.
     fs::write(&log, "{\"id\":1}\n{\"id\":2,\"first").expect("write");
-    append(&log, &[ev(6)]).expect("append");
+    append(dir.path(), &log, &[ev(6)]).expect("append");
     assert_eq!(side("events.jsonl.torn-9"), b"{\"id\":2,\"first");
     assert_eq!(side("events.jsonl.torn-9-2"), b"{\"id\":4,\"second");
     let mut names: Vec<_> = fs::read_dir(dir.path())
@@ -106,6 +106,7 @@ fn a_later_torn_fragment_at_the_same_offset_never_replaces_a_kept_one() {
     assert_eq!(
         names,
         [
+            ".log",
             "events.jsonl",
             "events.jsonl.torn-9",
             "events.jsonl.torn-9-2"
@@ -140,7 +141,7 @@ fn lines_over_the_limit_are_never_loaded_and_never_written() {
     assert_eq!(collect(dir.path()).expect("read").0.len(), 1);
     // The appender refuses what a reader would not load.
     let big = EventRecord::from_json(json!({"p": huge})).expect("object");
-    let err = append(&log, &[big]).expect_err("too huge");
+    let err = append(dir.path(), &log, &[big]).expect_err("too huge");
     assert!(err.to_string().contains("cannot append to"), "{err}");
     assert_eq!(fs::read(&log).expect("read"), fits.as_bytes());
 }

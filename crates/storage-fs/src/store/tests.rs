@@ -380,3 +380,144 @@ fn a_put_never_fails_because_a_deletion_removed_its_emptied_directory() {
         "emptied directories are removed"
     );
 }
+
+/// Reads every record of the log and of its archives, counting each `n`.
+fn log_and_archives(store: &FsStorage, root: &Path, repo: &RepoKey, job: &JobId) -> Vec<u32> {
+    let mut seen = Vec::new();
+    let mut count = |n: u64| {
+        let n = usize::try_from(n).expect("small");
+        if seen.len() <= n {
+            seen.resize(n + 1, 0);
+        }
+        seen[n] += 1;
+    };
+    store
+        .read_events(repo, job, &mut |e| {
+            count(e.json()["n"].as_u64().expect("n"));
+        })
+        .expect("read");
+    let archives = root
+        .join("archive/events")
+        .join(repo.as_str())
+        .join(job.as_str());
+    if let Ok(entries) = fs::read_dir(&archives) {
+        for entry in entries {
+            let f = fs::File::open(entry.expect("entry").path()).expect("open");
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(f), &mut text)
+                .expect("gzip");
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+                count(v["n"].as_u64().expect("n"));
+            }
+        }
+    }
+    seen
+}
+
+/// Issue 20, item 1: two retentions at once of a log that has no
+/// `events.jsonl` (a migrated job's `events-0-legacy-*.jsonl`) used to take
+/// no lock, and lost records from both the log and the archives.
+#[test]
+fn concurrent_retentions_of_a_log_without_an_active_file_lose_nothing() {
+    use std::fmt::Write as _;
+    use storage_core::{EventRetention, Retention};
+    let total = 20_000u64;
+    for round in 0..3 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStorage::open(dir.path()).expect("open");
+        let (repo, job) = (
+            RepoKey::new("proj").expect("repo"),
+            JobId::new("job-1").expect("job"),
+        );
+        let job_dir = store.layout().events_job_dir(&repo, &job);
+        fs::create_dir_all(&job_dir).expect("mkdir");
+        let mut text = String::new();
+        for n in 0..total {
+            writeln!(text, r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(40)).expect("fmt");
+        }
+        fs::write(job_dir.join("events-0-legacy-tx-1.jsonl"), text).expect("write");
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for keep in [1_000u64, 1_500] {
+                let (store, repo, job, barrier) = (&store, &repo, &job, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    let policy = EventRetention::new(Retention::keep_all().with_max_count(keep));
+                    store.retain_events(repo, job, &policy).expect("retain");
+                });
+            }
+        });
+        let seen = log_and_archives(&store, dir.path(), &repo, &job);
+        assert_eq!(
+            seen.len() as u64,
+            total,
+            "round {round}: the newest record is kept"
+        );
+        let missing: Vec<usize> = (0..seen.len()).filter(|&n| seen[n] == 0).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} missing",
+            missing.len()
+        );
+        let mut kept = 0u64;
+        store
+            .read_events(&repo, &job, &mut |_| kept += 1)
+            .expect("read");
+        assert_eq!(kept, 1_000, "round {round}: the stricter policy wins");
+    }
+}
+
+/// Issue 20, item 3: a reader never delivers a batch whose append has not
+/// finished (its `fdatasync` may still fail and the batch be cut back): it
+/// waits for the log's lock, which the appender holds until then.
+#[test]
+fn a_reader_never_sees_a_batch_in_flight() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let (repo, job) = (
+        RepoKey::new("proj").expect("repo"),
+        JobId::new("job-1").expect("job"),
+    );
+    let one = storage_core::EventRecord::from_json(json!({"n": 0})).expect("event");
+    store.append_events(&repo, &job, &[one]).expect("append");
+    let job_dir = store.layout().events_job_dir(&repo, &job);
+    let active = job_dir.join("events.jsonl");
+    // An appender mid-batch: it holds the lock, its bytes are in the file.
+    let held = crate::events::ident::LogLock::exclusive(&job_dir).expect("lock");
+    let before = fs::metadata(&active).expect("stat").len();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"n\":1}\n"))
+        .expect("write");
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut ns = Vec::new();
+            store
+                .read_events(&repo, &job, &mut |e| ns.push(e.json()["n"].clone()))
+                .expect("read");
+            done.store(true, Ordering::SeqCst);
+            ns
+        });
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "the reader waits for the append to finish"
+        );
+        // Its fdatasync failed: the batch is cut back, then the lock released.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&active)
+            .and_then(|f| f.set_len(before))
+            .expect("cut back");
+        drop(held);
+        assert_eq!(
+            reader.join().expect("reader"),
+            [json!(0)],
+            "no phantom event"
+        );
+    });
+}
