@@ -9,6 +9,9 @@
 //! - `append`: 100,000 events of ~300 bytes in batches of 100 through
 //!   `FsStorage::append_events`, against `write` of the same bytes to a file
 //!   opened with `O_APPEND`, with an `fsync` per batch (same durability).
+//! - `append-at`: the same through `append_events_at` (compare-and-append,
+//!   each batch at the end the previous one returned), against
+//!   `append_events` in the same rounds: the cost of a retry-safe append.
 //! - `save`: durable session saves through `put`, against the bare sequence
 //!   (create temp, write, fsync, rename, fsync dir).
 //! - `read-rss`: peak RSS of a child process streaming a 100,000- and a
@@ -63,7 +66,7 @@ fn open_append(dir: &Path) -> File {
         .expect("open")
 }
 
-fn bench_append(base: &Path) -> (Duration, Duration, Duration) {
+fn bench_append(base: &Path) -> (Duration, Duration, Duration, Duration) {
     let events: Vec<EventRecord> = (0..EVENTS).map(event).collect();
     let lines: Vec<Vec<u8>> = events
         .chunks(BATCH)
@@ -78,13 +81,14 @@ fn bench_append(base: &Path) -> (Duration, Duration, Duration) {
         .collect();
     let avg = lines.iter().map(Vec::len).sum::<usize>() / EVENTS;
     eprintln!("append: {EVENTS} events, {avg} bytes each on average, batches of {BATCH}");
-    let (mut ours, mut raw, mut bytes_only) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut raw, mut bytes_only, mut at) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let repo = RepoKey::new("bench").expect("valid");
     let job = JobId::new("mapreduce-1757146800123").expect("valid");
     for round in 0..ROUNDS {
         // Rotate the order each round so that no side always runs after
         // another side's writeback.
-        for side in (0..3).map(|i| (i + round) % 3) {
+        for side in (0..4).map(|i| (i + round) % 4) {
             match side {
                 0 => {
                     let dir = scratch(base, "append-store");
@@ -114,6 +118,20 @@ fn bench_append(base: &Path) -> (Duration, Duration, Duration) {
                     }
                     raw.push(t.elapsed());
                 }
+                3 => {
+                    let dir = scratch(base, "append-at-store");
+                    let store = FsStorage::open(&dir).expect("open");
+                    let t = Instant::now();
+                    let mut end = storage_core::EventCursor::START;
+                    for chunk in events.chunks(BATCH) {
+                        end = store
+                            .append_events_at(&repo, &job, &end, chunk)
+                            .expect("append at")
+                            .end()
+                            .clone();
+                    }
+                    at.push(t.elapsed());
+                }
                 _ => {
                     // Floor: the same bytes already serialized (no JSON work at all).
                     let dir = scratch(base, "append-bytes");
@@ -128,7 +146,7 @@ fn bench_append(base: &Path) -> (Duration, Duration, Duration) {
             }
         }
     }
-    (median(ours), median(raw), median(bytes_only))
+    (median(ours), median(raw), median(bytes_only), median(at))
 }
 
 fn bench_save(base: &Path) -> (Duration, Duration, Duration, u32) {
@@ -259,7 +277,7 @@ fn main() {
     std::fs::create_dir_all(&base).expect("bench dir");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
-    let (ours, raw, bytes) = bench_append(&base);
+    let (ours, raw, bytes, at) = bench_append(&base);
     let ratio = ours.as_secs_f64() / raw.as_secs_f64();
     let floor = ours.as_secs_f64() / bytes.as_secs_f64();
     if json {
@@ -275,6 +293,20 @@ fn main() {
             ms(ours),
             ms(raw),
             ms(bytes)
+        );
+    }
+    let keyed = at.as_secs_f64() / ours.as_secs_f64();
+    if json {
+        println!(
+            r#"{{"bench":"store-append-at","ours_ms":{:.1},"baseline_ms":{:.1},"ratio":{keyed:.3},"target":1.1}}"#,
+            ms(at),
+            ms(ours)
+        );
+    } else {
+        println!(
+            "store append-at 100k      append_events_at {:>7.1} ms   append_events {:>7.1} ms   ratio {keyed:.2}x (target <= 1.1x)",
+            ms(at),
+            ms(ours)
         );
     }
     let (ours, raw, aw, aw_mode) = bench_save(&base);

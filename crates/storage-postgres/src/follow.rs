@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use storage_core::{EventRecord, JobId, RepoKey, Result};
+use storage_core::{EventCursor, EventRecord, JobId, RepoKey, Result};
 
 use crate::error::database;
 use crate::pool::{Conn, Pool};
@@ -168,25 +168,56 @@ impl std::fmt::Debug for Follower {
 }
 
 impl PgStorage {
-    /// Follows the event log of `repo`/`job` from `seq` `from` (0: from its
-    /// first line; a follower's [`Follower::cursor`] to resume). The log
-    /// need not exist yet.
-    pub fn follow(&self, repo: &RepoKey, job: &JobId, from: u64) -> Result<Follower> {
+    /// Follows the event log of `repo`/`job` from `from`:
+    /// [`EventCursor::START`] for its first line, or a follower's
+    /// [`Follower::cursor`] (or any cursor of this store's reads) to resume.
+    /// The log need not exist yet. A cursor of another incarnation of the
+    /// log (deleted and begun again), or past its end, starts at its first
+    /// line: nothing is skipped.
+    pub fn follow(&self, repo: &RepoKey, job: &JobId, from: &EventCursor) -> Result<Follower> {
+        let (cursor, generation) = match (
+            i64::try_from(from.generation),
+            from.segment.is_empty() && *from != EventCursor::START,
+        ) {
+            (Ok(g), true) if g > 0 => (from.offset, Some(g)),
+            // START, or not a cursor of this store: from the first line.
+            _ => (0, None),
+        };
         Ok(Follower {
             store: self.clone(),
             listener: Listener::new(self, repo, job)?,
             repo: repo.clone(),
             job: job.clone(),
-            cursor: from,
-            generation: None,
+            cursor,
+            generation,
         })
     }
 }
 
 impl Follower {
+    /// Where this follower stands: the cursor to resume from (with
+    /// [`PgStorage::follow`], or any read of this store). It names the
+    /// log's incarnation, so a resumed follower never continues in another.
+    #[must_use]
+    pub fn cursor(&self) -> EventCursor {
+        match self.generation {
+            Some(g) => EventCursor {
+                segment: String::new(),
+                offset: self.cursor,
+                generation: u64::try_from(g).expect("generations start at 1"),
+            },
+            None if self.cursor == 0 => EventCursor::START,
+            None => EventCursor {
+                segment: String::new(),
+                offset: self.cursor,
+                generation: 0,
+            },
+        }
+    }
+
     /// The `seq` of the next line this follower delivers.
     #[must_use]
-    pub fn cursor(&self) -> u64 {
+    pub fn seq(&self) -> u64 {
         self.cursor
     }
 
@@ -243,6 +274,12 @@ impl Follower {
                 }
                 None => self.generation = Some(page.generation),
                 Some(_) => {}
+            }
+            if from > page.next {
+                // Past the log's end: not a place this incarnation ever had
+                // (a cursor from elsewhere): its start.
+                self.cursor = u64::try_from(page.first).expect("seq >= 0");
+                continue;
             }
             if page.first > from {
                 // Retention dropped lines this follower had not read.

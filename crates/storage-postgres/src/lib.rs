@@ -57,7 +57,7 @@
 //! let job = JobId::new("mapreduce-1757146800123")?;
 //! let event = EventRecord::from_json(json!({"event": {"event_type": "job_started"}}))?;
 //! store.append_events(&repo, &job, &[event])?;
-//! let mut follower = store.follow(&repo, &job, 0)?;
+//! let mut follower = store.follow(&repo, &job, &storage_core::EventCursor::START)?;
 //! let n = follower.next(std::time::Duration::from_secs(5), &mut |seq, e| {
 //!     println!("{seq}: {:?}", e.event_type());
 //! })?;

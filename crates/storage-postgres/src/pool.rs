@@ -42,7 +42,13 @@ pub(crate) struct Conn {
     client: Option<Client>,
     statements: HashMap<&'static str, Statement>,
     lost: bool,
+    /// Since when it has been idle in the pool (`None` while in use).
+    idle_since: Option<Instant>,
 }
+
+/// How long a connection may have been idle before a write that must not
+/// be sent twice checks that it is still alive ([`Pool::checkout_live`]).
+const CHECK_AFTER_IDLE: Duration = Duration::from_millis(100);
 
 impl Drop for Conn {
     fn drop(&mut self) {
@@ -199,6 +205,7 @@ impl Pool {
                 client: Some(client),
                 statements: HashMap::new(),
                 lost: false,
+                idle_since: None,
             };
             crate::sql::setup_session(&mut conn, &self.schema, &self.store)?;
             Ok(conn)
@@ -252,6 +259,33 @@ impl Pool {
         }
     }
 
+    /// A pooled connection known to be alive, for a write that is not
+    /// repeated when its connection is lost (an append without an expected
+    /// position, a deletion, a trim): one that was idle for
+    /// [`CHECK_AFTER_IDLE`] or more is checked first with an empty query,
+    /// and one found dead (the server restarted, or ended the idle session)
+    /// is replaced before anything is sent. So the write fails as "may have
+    /// happened" only if the connection is lost while it is in flight.
+    pub(crate) fn checkout_live(&self) -> Result<Pooled<'_>> {
+        for _ in 0..3 {
+            let mut conn = self.checkout()?;
+            let stale = conn
+                .idle_since
+                .is_some_and(|t| t.elapsed() >= CHECK_AFTER_IDLE);
+            conn.idle_since = None;
+            if !stale {
+                return Ok(conn);
+            }
+            let alive = conn.client().is_valid(Duration::from_secs(10));
+            if alive.is_ok() {
+                return Ok(conn);
+            }
+            tracing::info!(store = %self.store, "an idle connection was found dead before a write; opening another");
+            conn.lost = true;
+        }
+        self.checkout()
+    }
+
     /// A connection that leaves the pool (an idle one, or a new one), for
     /// a lock or a follower; give it back with [`Pool::attach`].
     pub(crate) fn detach(&self) -> Result<Conn> {
@@ -275,6 +309,8 @@ impl Pool {
             self.lost();
             return;
         }
+        let mut conn = conn;
+        conn.idle_since = Some(Instant::now());
         let mut state = guard(&self.state);
         if state.open < self.size {
             state.open += 1;
@@ -294,6 +330,8 @@ impl Pool {
             return;
         }
         state.open += 1;
+        let mut conn = conn;
+        conn.idle_since = Some(Instant::now());
         state.idle.push(conn);
         drop(state);
         self.returned.notify_one();

@@ -169,6 +169,18 @@ pub(crate) fn setup_session(conn: &mut Conn, schema: &str, store: &str) -> Resul
             "the server runs with fsync off: a crash of its machine can lose committed data"
         );
     }
+    // A server's `idle_session_timeout` (PostgreSQL 14 and later) ends idle
+    // sessions, and with them the session-level advisory locks they hold:
+    // off for this store's connections (an older server has no such setting).
+    conn.client()
+        .batch_execute(
+            "DO $$ BEGIN \
+               IF current_setting('server_version_num')::int >= 140000 THEN \
+                 PERFORM set_config('idle_session_timeout', '0', false); \
+               END IF; \
+             END $$",
+        )
+        .map_err(map)?;
     Ok(())
 }
 
@@ -431,6 +443,79 @@ pub(crate) fn append_events(
         .expect("the upsert returns its row"))
 }
 
+/// Compare-and-append: appends `lines` to the log of `repo`/`job` only if
+/// it stands at `expected` = `(generation, next_seq)`, or does not exist
+/// when `expected` is `None` (the start of a log). One statement, so one
+/// transaction; the `event_logs` row lock orders it with every other
+/// append, as in [`append_events`]. Returns the log's `(generation,
+/// next_seq)` after the batch, or `None` (nothing written) if the log was
+/// not where expected.
+pub(crate) fn append_events_at(
+    conn: &mut Conn,
+    repo: &str,
+    job: &str,
+    expected: Option<(i64, i64)>,
+    lines: &[String],
+    bytes: i64,
+) -> PgResult<Option<(i64, i64)>> {
+    let count = i64::try_from(lines.len()).expect("a batch fits in memory, so in an i64");
+    let rows = match expected {
+        // A log that does not exist yet: create it, or nothing if another
+        // writer did first.
+        None => conn.query(
+            "WITH log AS ( \
+                 INSERT INTO event_logs AS l (repo, job, next_seq, bytes, modified_at) \
+                 VALUES ($1, $2, $3, $5, clock_timestamp()) \
+                 ON CONFLICT (repo, job) DO NOTHING \
+                 RETURNING l.generation, l.next_seq, l.modified_at \
+             ), added AS ( \
+                 INSERT INTO events (repo, job, seq, line, appended_at) \
+                 SELECT $1, $2, log.next_seq - $3 + t.n - 1, t.line, log.modified_at \
+                 FROM log, unnest($4::text[]) WITH ORDINALITY AS t(line, n) \
+             ) \
+             SELECT generation, next_seq FROM log",
+            &[&repo, &job, &count, &lines, &bytes],
+        )?,
+        // This incarnation at this length, or nothing.
+        Some((generation, next)) => conn.query(
+            "WITH log AS ( \
+                 UPDATE event_logs AS l SET next_seq = l.next_seq + $3, bytes = l.bytes + $5, \
+                     modified_at = greatest(l.modified_at, clock_timestamp()) \
+                 WHERE repo = $1 AND job = $2 AND generation = $6 AND next_seq = $7 \
+                 RETURNING l.generation, l.next_seq, l.modified_at \
+             ), added AS ( \
+                 INSERT INTO events (repo, job, seq, line, appended_at) \
+                 SELECT $1, $2, log.next_seq - $3 + t.n - 1, t.line, log.modified_at \
+                 FROM log, unnest($4::text[]) WITH ORDINALITY AS t(line, n) \
+             ) \
+             SELECT generation, next_seq FROM log",
+            &[&repo, &job, &count, &lines, &bytes, &generation, &next],
+        )?,
+    };
+    Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+}
+
+/// The lines `from <= seq < from + count` of the log of `repo`/`job` if it
+/// is the incarnation `generation` (any, if `None`) and holds them all.
+pub(crate) fn lines_at(
+    conn: &mut Conn,
+    repo: &str,
+    job: &str,
+    generation: Option<i64>,
+    from: i64,
+    count: i64,
+) -> PgResult<Option<Vec<String>>> {
+    let rows = conn.query(
+        "SELECT e.line FROM event_logs l JOIN events e ON e.repo = l.repo AND e.job = l.job \
+         WHERE l.repo = $1 AND l.job = $2 AND ($3::bigint IS NULL OR l.generation = $3) \
+           AND e.seq >= $4 AND e.seq < $4 + $5 \
+         ORDER BY e.seq",
+        &[&repo, &job, &generation, &from, &count],
+    )?;
+    let lines: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    Ok((lines.len() as u64 == u64::try_from(count).unwrap_or(u64::MAX)).then_some(lines))
+}
+
 /// Wakes the followers of a log's `channel`: its own transaction, which
 /// writes no data, so its commit waits for no disk flush and the server's
 /// notification lock is held for microseconds. `end` is the log's length.
@@ -478,6 +563,8 @@ pub(crate) fn log_state(conn: &mut Conn, repo: &str, job: &str) -> PgResult<Opti
 pub(crate) struct Page {
     pub generation: i64,
     pub first: i64,
+    /// The log's length as the same statement saw it.
+    pub next: i64,
     /// `(seq, line)` in `seq` order.
     pub lines: Vec<(i64, String)>,
 }
@@ -496,7 +583,7 @@ pub(crate) fn read_events_page(
 ) -> PgResult<Option<Page>> {
     let rows = conn.query(
         "WITH log AS ( \
-             SELECT generation, first_seq FROM event_logs WHERE repo = $1 AND job = $2 \
+             SELECT generation, first_seq, next_seq FROM event_logs WHERE repo = $1 AND job = $2 \
          ), page AS ( \
              SELECT seq, line FROM ( \
                  SELECT seq, line, \
@@ -505,7 +592,7 @@ pub(crate) fn read_events_page(
                  ORDER BY seq LIMIT $5 \
              ) w WHERE before < $6 \
          ) \
-         SELECT log.generation, log.first_seq, page.seq, page.line \
+         SELECT log.generation, log.first_seq, page.seq, page.line, log.next_seq \
          FROM log LEFT JOIN page ON true ORDER BY page.seq",
         &[&repo, &job, &from, &end, &max_rows, &max_bytes],
     )?;
@@ -515,6 +602,7 @@ pub(crate) fn read_events_page(
     let mut page = Page {
         generation: head.get(0),
         first: head.get(1),
+        next: head.get(4),
         lines: Vec::with_capacity(rows.len()),
     };
     for r in &rows {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use storage_core::{
-    DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention, ExtKind,
-    JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
+    Appended, DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention,
+    ExtKind, JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
     RetentionReport, Scope, Skipped, Storage,
 };
 
@@ -49,20 +49,26 @@ impl std::fmt::Debug for PgStorage {
     }
 }
 
-/// Where a read from `from` starts in a log that stands at `log`: at the
-/// cursor if it is one of this incarnation's and inside the log, at the
-/// log's first kept line if the cursor is before it (retention trimmed
-/// what it pointed at), and at the log's start for any other cursor
-/// ([`EventCursor::START`], one of an earlier incarnation, one of another
-/// store).
-pub(crate) fn start_of(log: LogState, from: &EventCursor) -> i64 {
+/// Where a read from `from` starts in a log that stands at `log`, and
+/// whether that is a restart: at the cursor if it is one of this
+/// incarnation's and inside the log, at the log's first kept line if the
+/// cursor is before it (retention trimmed what it pointed at), and at the
+/// log's start for [`EventCursor::START`]; any other cursor (one of an
+/// earlier incarnation, past the end, of another store) restarts there.
+pub(crate) fn start_of(log: LogState, from: &EventCursor) -> (i64, bool) {
+    if *from == EventCursor::START {
+        return (log.first, false);
+    }
     let ours = from.segment.is_empty()
         && i64::try_from(from.generation) == Ok(log.generation)
         && i64::try_from(from.offset).is_ok_and(|o| o <= log.next);
     if ours {
-        i64::try_from(from.offset).expect("checked").max(log.first)
+        (
+            i64::try_from(from.offset).expect("checked").max(log.first),
+            false,
+        )
     } else {
-        log.first
+        (log.first, true)
     }
 }
 
@@ -167,7 +173,12 @@ impl PgStorage {
         mut f: impl FnMut(&mut Conn) -> PgResult<T> + Send,
     ) -> Result<T> {
         off_runtime(|| {
-            let mut conn = self.pool.checkout()?;
+            // A write that is not repeated is sent only on a live connection.
+            let mut conn = if idempotent {
+                self.pool.checkout()?
+            } else {
+                self.pool.checkout_live()?
+            };
             match f(&mut conn) {
                 Ok(v) => Ok(v),
                 Err(e) if idempotent && conn.is_lost() => {
@@ -211,6 +222,31 @@ impl PgStorage {
                 format!("this build of storage-postgres does not know the scope {scope:?}"),
             )
         })
+    }
+
+    /// `events` as the lines the `events` table holds, and their bytes (a
+    /// newline each, as the file store counts them); an event over
+    /// [`MAX_LINE_BYTES`] is refused.
+    fn lines(&self, op: &'static str, events: &[EventRecord]) -> Result<(Vec<String>, i64)> {
+        let mut lines = Vec::with_capacity(events.len());
+        let mut bytes = 0i64;
+        for e in events {
+            let line = serde_json::to_string(e.json()).expect("a JSON map always serializes");
+            if line.len() > MAX_LINE_BYTES {
+                return Err(refused(
+                    op,
+                    self.store(),
+                    Some("store the large payload elsewhere and refer to it"),
+                    format!(
+                        "an event serializes to {} bytes, over the {MAX_LINE_BYTES} bytes a reader holds in memory",
+                        line.len()
+                    ),
+                ));
+            }
+            bytes += i64::try_from(line.len()).expect("at most 16 MiB") + 1;
+            lines.push(line);
+        }
+        Ok((lines, bytes))
     }
 
     /// Where a row is, for [`Error::Corrupt`] (which names a path).
@@ -418,29 +454,15 @@ impl Storage for PgStorage {
         if events.is_empty() {
             return Ok(());
         }
-        let mut lines = Vec::with_capacity(events.len());
-        let mut bytes = 0i64;
-        for e in events {
-            let line = serde_json::to_string(e.json()).expect("a JSON map always serializes");
-            if line.len() > MAX_LINE_BYTES {
-                return Err(refused(
-                    op,
-                    self.store(),
-                    Some("store the large payload elsewhere and refer to it"),
-                    format!(
-                        "an event serializes to {} bytes, over the {MAX_LINE_BYTES} bytes a reader holds in memory",
-                        line.len()
-                    ),
-                ));
-            }
-            bytes += i64::try_from(line.len()).expect("at most 16 MiB") + 1;
-            lines.push(line);
-        }
+        let (lines, bytes) = self.lines(op, events)?;
         let channel = keys::channel(self.schema(), repo, job);
         off_runtime(|| {
             // Never retried: if the connection was lost while the commit was
             // in flight, the batch may be in the log (whole) or not at all.
-            let mut conn = self.pool.checkout()?;
+            // A connection that died while idle is found out before the
+            // batch is sent (see `Pool::checkout_live`), so that case is
+            // never ambiguous.
+            let mut conn = self.pool.checkout_live()?;
             let end = match sql::append_events(
                 &mut conn,
                 repo.as_str(),
@@ -456,7 +478,8 @@ impl Storage for PgStorage {
                     {
                         *next = Some(
                             "the connection was lost, so the batch may be in the log (whole) or \
-                             not at all: read the log before appending it again",
+                             not at all: read the log before appending it again, or append with \
+                             append_events_at, whose retry never stores a batch twice",
                         );
                     }
                     return Err(err);
@@ -468,6 +491,88 @@ impl Storage for PgStorage {
                 tracing::warn!(store = %self.store(), error = %e, "appended, but could not notify the log's followers; they see the lines at their next read");
             }
             Ok(())
+        })
+    }
+
+    fn event_log_end(&self, repo: &RepoKey, job: &JobId) -> Result<EventCursor> {
+        let log = self.run("read the end of an event log in", true, |c| {
+            sql::log_state(c, repo.as_str(), job.as_str())
+        })?;
+        Ok(log.map_or(EventCursor::START, |l| cursor(l.generation, l.next)))
+    }
+
+    fn append_events_at(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        expected: &EventCursor,
+        events: &[EventRecord],
+    ) -> Result<Appended> {
+        let op = "append events to";
+        let (r, j) = (repo.as_str(), job.as_str());
+        let (lines, bytes) = self.lines(op, events)?;
+        let count = i64::try_from(lines.len()).expect("a batch fits in memory");
+        // `None`: the start of a log that does not exist; else this
+        // incarnation at this length. A cursor of another store never fits.
+        let at = if *expected == EventCursor::START {
+            None
+        } else {
+            match (
+                i64::try_from(expected.generation),
+                i64::try_from(expected.offset),
+            ) {
+                (Ok(g), Ok(o)) if expected.segment.is_empty() && g > 0 => Some((g, o)),
+                _ => Some((0, -1)),
+            }
+        };
+        let landed = if events.is_empty() {
+            let log = self.run(op, true, |c| sql::log_state(c, r, j))?;
+            let now = log.map(|l| (l.generation, l.next));
+            (now == at || (at.is_none() && log.is_none())).then_some(now)
+        } else {
+            // Retried on a new connection when the connection was lost: the
+            // comparison makes a repeat of a batch that landed a no-op, found
+            // out below.
+            self.run(op, true, |c| {
+                sql::append_events_at(c, r, j, at, &lines, bytes)
+            })?
+            .map(Some)
+        };
+        if let Some(now) = landed {
+            let end = now.map_or(EventCursor::START, |(g, n)| cursor(g, n));
+            if !events.is_empty() {
+                let channel = keys::channel(self.schema(), repo, job);
+                let notified = self.run("notify the followers of", true, |c| {
+                    sql::notify(c, &channel, end.offset.try_into().unwrap_or(i64::MAX))
+                });
+                if let Err(e) = notified {
+                    tracing::warn!(store = %self.store(), error = %e, "appended, but could not notify the log's followers; they see the lines at their next read");
+                }
+            }
+            return Ok(Appended::Now { end });
+        }
+        // Not where expected: the batch itself, at that place (an earlier
+        // attempt landed), or another writer's lines.
+        let (generation, from) = at.map_or((None, 0), |(g, o)| (Some(g), o));
+        if !events.is_empty() && from >= 0 {
+            let there = self.run(op, true, |c| {
+                sql::lines_at(c, r, j, generation, from, count)
+            })?;
+            if there.as_deref() == Some(lines.as_slice()) {
+                let log = self.run(op, true, |c| sql::log_state(c, r, j))?;
+                if let Some(log) = log
+                    && generation.is_none_or(|g| g == log.generation)
+                {
+                    return Ok(Appended::Already {
+                        end: cursor(log.generation, from + count),
+                    });
+                }
+            }
+        }
+        Err(Error::AppendConflict {
+            repo: repo.clone(),
+            job: job.clone(),
+            end: self.event_log_end(repo, job)?,
         })
     }
 
@@ -486,10 +591,12 @@ impl Storage for PgStorage {
         // length then, even while others append (it sees every line
         // committed before it began).
         let Some(log) = self.run(op, true, |c| sql::log_state(c, r, j))? else {
+            summary.restarted = *from != EventCursor::START;
             return Ok(summary);
         };
         let file = || self.log_location(repo, job);
-        let mut pos = start_of(log, from);
+        let (mut pos, restarted) = start_of(log, from);
+        summary.restarted = restarted;
         // One page per query, each on a connection checked out for that
         // query only (a visitor may use the store).
         while pos < log.next {
@@ -562,7 +669,7 @@ impl Storage for PgStorage {
             loop {
                 let log = sql::log_state(listener.conn(), repo.as_str(), job.as_str())
                     .map_err(|e| database(op, self.store(), e))?;
-                if log.is_some_and(|log| log.next > start_of(log, after)) {
+                if log.is_some_and(|log| log.next > start_of(log, after).0) {
                     return Ok(true);
                 }
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use storage_core::{
-    BlockingSection, DeadLetterItem, DocKey, Entry, EventCursor, EventRecord, EventRetention,
-    ExtKind, ItemId, JobCheckpoint, JobId, KindStats, LockGuard, LockHolder, LockKey, LockWait,
-    LogEntry, ReadMode, RepoKey, Result, Retention, RetentionReport, Scope, SessionId,
-    SessionJobMapping, SessionRecord, Skipped, Storage, StorageExt, UnifiedSession,
+    Appended, BlockingSection, DeadLetterItem, DocKey, Entry, EventCursor, EventRecord,
+    EventRetention, ExtKind, ItemId, JobCheckpoint, JobId, KindStats, LockGuard, LockHolder,
+    LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result, Retention, RetentionReport, Scope,
+    SessionId, SessionJobMapping, SessionRecord, Skipped, Storage, StorageExt, UnifiedSession,
     WorkflowCheckpoint, WorkflowId,
 };
 use tokio::task::JoinHandle;
@@ -204,6 +204,11 @@ impl AsyncStorage {
         fn extension_kinds(&self, repo: &RepoKey) -> Vec<ExtKind>;
         /// [`Storage::append_events`] on the blocking pool: the whole batch or none of it.
         fn append_events(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord]) -> ();
+        /// [`Storage::event_log_end`] on the blocking pool.
+        fn event_log_end(&self, repo: &RepoKey, job: &JobId) -> EventCursor;
+        /// [`Storage::append_events_at`] on the blocking pool: a retry with
+        /// the same `expected` never stores the batch twice.
+        fn append_events_at(&self, repo: &RepoKey, job: &JobId, expected: &EventCursor, events: &[EventRecord]) -> Appended;
         /// [`Storage::wait_for_events`] on the blocking pool (it holds a
         /// blocking thread while it waits; [`AsyncStorage::follow`] is the
         /// usual way to wait).

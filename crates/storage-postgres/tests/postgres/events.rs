@@ -418,7 +418,10 @@ fn a_follower_goes_on_after_a_trim_and_starts_over_after_a_deletion() {
     db.store
         .append_events(&repo(), &j, &batch[..5])
         .expect("append");
-    let mut f = db.store.follow(&repo(), &j, 0).expect("follow");
+    let mut f = db
+        .store
+        .follow(&repo(), &j, &storage_core::EventCursor::START)
+        .expect("follow");
     let mut seen = Vec::new();
     let take = |f: &mut storage_postgres::Follower, seen: &mut Vec<(u64, u64)>| {
         f.next(Duration::from_secs(5), &mut |seq, e| {
@@ -444,7 +447,7 @@ fn a_follower_goes_on_after_a_trim_and_starts_over_after_a_deletion() {
     seen.clear();
     assert_eq!(take(&mut f, &mut seen), 3);
     assert_eq!(seen, [(0, 0), (1, 1), (2, 2)]);
-    assert_eq!(f.cursor(), 3);
+    assert_eq!(f.seq(), 3);
 }
 
 /// Appenders, batches each, events per batch, in the tests with appenders at work.

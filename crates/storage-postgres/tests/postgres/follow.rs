@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use storage_core::{EventRecord, JobId, RepoKey, Storage};
+use storage_core::{EventCursor, EventRecord, JobId, RepoKey, Storage};
 
 use crate::support::TestDb;
 
@@ -38,7 +38,10 @@ fn a_follower_delivers_the_log_then_new_appends_and_runs_no_query_while_idle() {
     let Some(db) = TestDb::new() else { return };
     let (repo, job) = ids();
     // The log need not exist yet.
-    let mut f = db.store.follow(&repo, &job, 0).expect("follow");
+    let mut f = db
+        .store
+        .follow(&repo, &job, &EventCursor::START)
+        .expect("follow");
     let mut seen = Vec::new();
     let n = f
         .next(Duration::from_millis(200), &mut |seq, e| {
@@ -55,7 +58,11 @@ fn a_follower_delivers_the_log_then_new_appends_and_runs_no_query_while_idle() {
     assert_eq!(n, 3);
     assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [0, 1, 2]);
     assert_eq!(seen[2].1, event(2));
-    assert_eq!(f.cursor(), 3);
+    assert_eq!(f.seq(), 3);
+    assert_eq!(
+        f.cursor(),
+        db.store.event_log_end(&repo, &job).expect("end")
+    );
 
     // Idle: once the follower waits (after its one read), no statement runs
     // on any of the store's connections until the timeout.
@@ -108,10 +115,56 @@ fn a_new_follower_resumes_from_a_cursor() {
     let Some(db) = TestDb::new() else { return };
     let (repo, job) = ids();
     let batch: Vec<EventRecord> = (0..10).map(event).collect();
-    db.store.append_events(&repo, &job, &batch).expect("append");
-    let mut f = db.store.follow(&repo, &job, 7).expect("follow");
+    db.store
+        .append_events(&repo, &job, &batch[..7])
+        .expect("append");
+    let at7 = db.store.event_log_end(&repo, &job).expect("end");
+    db.store
+        .append_events(&repo, &job, &batch[7..])
+        .expect("append");
+    let mut f = db.store.follow(&repo, &job, &at7).expect("follow");
     let mut got = Vec::new();
     f.next(Duration::ZERO, &mut |seq, e| got.push((seq, e)))
         .expect("next");
     assert_eq!(got, (7..10).map(|n| (n, event(n))).collect::<Vec<_>>());
+}
+
+/// Issue 20, item 2: a follower resumed from its saved cursor after the log
+/// was deleted and begun again delivers every new event (its cursor names
+/// the log's incarnation), and one past the end starts at the first line.
+#[test]
+fn a_resumed_follower_never_skips_into_another_incarnation() {
+    let Some(db) = TestDb::new() else { return };
+    let (repo, job) = ids();
+    let batch: Vec<EventRecord> = (0..12).map(event).collect();
+    db.store
+        .append_events(&repo, &job, &batch[..10])
+        .expect("append");
+    let mut f = db
+        .store
+        .follow(&repo, &job, &EventCursor::START)
+        .expect("follow");
+    f.next(Duration::ZERO, &mut |_, _| {}).expect("read 10");
+    let saved = f.cursor();
+    drop(f);
+    assert!(db.store.delete_event_log(&repo, &job).expect("delete"));
+    db.store
+        .append_events(&repo, &job, &batch)
+        .expect("append 12");
+    let mut f = db.store.follow(&repo, &job, &saved).expect("resume");
+    let mut got = Vec::new();
+    f.next(Duration::ZERO, &mut |seq, _| got.push(seq))
+        .expect("next");
+    assert_eq!(got, (0..12).collect::<Vec<_>>(), "all 12 new events");
+    // A cursor past the end of this incarnation (from a longer one): from the start.
+    let past = EventCursor {
+        segment: String::new(),
+        offset: 50,
+        generation: f.cursor().generation,
+    };
+    let mut f = db.store.follow(&repo, &job, &past).expect("follow");
+    let mut got = Vec::new();
+    f.next(Duration::ZERO, &mut |seq, _| got.push(seq))
+        .expect("next");
+    assert_eq!(got, (0..12).collect::<Vec<_>>(), "not silently nothing");
 }

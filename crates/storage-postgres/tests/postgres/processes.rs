@@ -36,7 +36,9 @@ fn eight_processes_appending_a_thousand_events_each_give_every_reader_one_order_
                 let store = db.reopen();
                 let job = &job;
                 s.spawn(move || {
-                    let mut f = store.follow(&repo(), job, 0).expect("follow");
+                    let mut f = store
+                        .follow(&repo(), job, &storage_core::EventCursor::START)
+                        .expect("follow");
                     let mut seen = Vec::new();
                     let deadline = Instant::now() + Duration::from_secs(300);
                     while seen.len() < 8000 && Instant::now() < deadline {
