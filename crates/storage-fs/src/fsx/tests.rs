@@ -152,7 +152,7 @@ fn rename_noreplace_by_link_never_replaces_a_file_or_a_directory() {
 fn a_batch_makes_every_directory_it_changed_durable_on_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
-    let batch = Batch::new();
+    let batch = Batch::new(root).expect("batch");
     let deep = root.join("a/b/c");
     batch.create_dir_all(&deep).expect("mkdir");
     let (path, mut f) = (deep.join("f"), create_new(&deep.join("f")).expect("create"));
@@ -166,7 +166,7 @@ fn a_batch_makes_every_directory_it_changed_durable_on_finish() {
     let _ = take_dir_fsyncs();
     batch.finish(root).expect("finish");
     let synced = take_dir_fsyncs();
-    if PORTABLE {
+    if batch.portable() {
         let want: Vec<PathBuf> = ["", "a", "a/b", "a/b/c", "x"]
             .iter()
             .map(|d| {
@@ -192,7 +192,7 @@ fn a_batch_makes_every_directory_it_changed_durable_on_finish() {
 #[test]
 fn a_batch_skips_a_recorded_directory_removed_since() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let batch = Batch::new();
+    let batch = Batch::new(dir.path()).expect("batch");
     let gone = dir.path().join("gone");
     batch.create_dir_all(&gone.join("sub")).expect("mkdir");
     fs::remove_dir_all(&gone).expect("rm");
@@ -206,7 +206,7 @@ fn a_batch_skips_a_recorded_directory_removed_since() {
 fn a_batch_replaces_a_record_without_syncing_it_until_finish() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("entries.jsonl");
-    let batch = Batch::new();
+    let batch = Batch::new(dir.path()).expect("batch");
     batch
         .write_atomic_with(&target, |f| f.write_all(b"one"))
         .expect("write");
@@ -222,7 +222,7 @@ fn a_batch_replaces_a_record_without_syncing_it_until_finish() {
     assert_eq!(fs::read(&target).expect("read"), b"two", "kept as it was");
     assert_eq!(read_dir_sorted(dir.path()).expect("list").len(), 1);
     let _ = take_dir_fsyncs();
-    if PORTABLE {
+    if batch.portable() {
         assert_eq!(batch.pending(), [dir.path().to_owned()]);
     } else {
         assert!(batch.pending().is_empty());
@@ -230,7 +230,7 @@ fn a_batch_replaces_a_record_without_syncing_it_until_finish() {
     batch.finish(dir.path()).expect("finish");
     assert_eq!(
         take_dir_fsyncs(),
-        if PORTABLE {
+        if batch.portable() {
             vec![dir.path().to_owned()]
         } else {
             Vec::new()
@@ -244,7 +244,7 @@ fn a_file_written_beside_stays_locked_until_renamed_and_goes_if_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("entries.jsonl");
     write_atomic(&target, b"old").expect("write");
-    let batch = Batch::new();
+    let batch = Batch::new(dir.path()).expect("batch");
     let beside = batch
         .write_beside(&target, |f| f.write_all(b"new"))
         .expect("write beside");
@@ -273,4 +273,65 @@ fn a_file_written_beside_stays_locked_until_renamed_and_goes_if_dropped() {
         1,
         "the temp file went with it"
     );
+}
+
+/// Marks the calling test as not run here, for `reason` (what is missing):
+/// prints `SKIP: <test>: <reason>` past libtest's capture, and fails under
+/// `PRODIGY_REQUIRE_ALL_TESTS=1` (as `tests::skip` of the integration tests,
+/// which this crate cannot depend on).
+fn skip(reason: &str) {
+    assert!(
+        std::env::var_os("PRODIGY_REQUIRE_ALL_TESTS").is_none_or(|v| v != "1"),
+        "this test would be skipped ({reason}), but PRODIGY_REQUIRE_ALL_TESTS=1 requires every test to run"
+    );
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("a test");
+    let _ = writeln!(io::stderr().lock(), "SKIP: {name}: {reason}");
+}
+
+#[test]
+fn syncfs_is_trusted_from_linux_5_8_on() {
+    use super::batch::release_at_least;
+    for (release, yes) in [
+        ("5.8.0", true),
+        ("5.10.0-28-amd64", true),
+        ("6.18.44-fc-v1300", true),
+        ("5.7.19", false),
+        ("4.18.0-553.el8_10.x86_64", false),
+        ("5", false),
+        ("", false),
+        ("unknown", false),
+    ] {
+        assert_eq!(release_at_least(release, (5, 8)), yes, "{release}");
+    }
+}
+
+#[test]
+fn a_batch_syncs_only_file_systems_it_opened_before_writing_there() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let batch = Batch::new(&dir.path().join("not/yet")).expect("the nearest existing ancestor");
+    batch.finish(dir.path()).expect("the file system it covers");
+    // Another file system (procfs), never covered: no descriptor opened late.
+    let other = Path::new("/proc");
+    let covered_other = fs::metadata(other).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.dev() != fs::metadata(dir.path()).expect("stat").dev()
+    });
+    if !covered_other {
+        skip("no /proc on a file system of its own");
+        return;
+    }
+    if batch.portable() {
+        batch
+            .finish(other)
+            .expect("the portable path syncs what it recorded");
+        return;
+    }
+    let err = batch.finish(other).expect_err("not covered");
+    assert!(
+        matches!(&err, Error::Io { op: "syncfs", source, .. } if source.to_string().contains("Batch::cover")),
+        "{err:?}"
+    );
+    batch.cover(other).expect("cover");
+    batch.finish(other).expect("covered now");
 }
