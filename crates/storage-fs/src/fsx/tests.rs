@@ -289,6 +289,181 @@ fn skip(reason: &str) {
     let _ = writeln!(io::stderr().lock(), "SKIP: {name}: {reason}");
 }
 
+/// Mounts made by a test, unmounted (last first) when it ends, passed or not.
+struct Mounts(Vec<PathBuf>);
+
+impl Mounts {
+    /// Runs `mount args… at`; `false` if it failed (the reason on stderr).
+    fn mount(&mut self, args: &[&str], at: &Path) -> bool {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                self.0.push(at.to_owned());
+                true
+            }
+            Ok(o) => {
+                let _ = writeln!(
+                    io::stderr().lock(),
+                    "mount {args:?} {}: {}",
+                    at.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                false
+            }
+            Err(e) => {
+                let _ = writeln!(io::stderr().lock(), "mount: {e}");
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        for at in self.0.drain(..).rev() {
+            let umount = |lazy: bool| {
+                let mut c = std::process::Command::new("umount");
+                if lazy {
+                    c.arg("-l");
+                }
+                c.arg(&at)
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            // Lazily if something still holds it (a panic mid-test): it goes
+            // when the last descriptor does, and the loop device with it.
+            if !umount(false) {
+                let _ = umount(true);
+            }
+        }
+    }
+}
+
+/// An ext4 file system whose every write-back fails: it lives in an image
+/// file on a tmpfs that is full (the loop device's writes get `ENOSPC`),
+/// while ext4 itself has room, so writes succeed into the page cache and
+/// fail only when written back. `None` (skipped) without root, `mount`,
+/// `mkfs.ext4` or a loop device.
+///
+/// The ext4 has no journal: a failed journal write aborts the journal, and
+/// then every later `syncfs` fails whoever looks, which would hide what the
+/// test is about. Without one, a write-back error reaches `syncfs` only
+/// through the superblock's `errseq_t`.
+fn ext4_on_a_full_tmpfs(scratch: &Path) -> Option<(Mounts, PathBuf)> {
+    if !rustix::process::geteuid().is_root() {
+        skip("needs root (mount a tmpfs and a loop device)");
+        return None;
+    }
+    let (backing, ext4) = (scratch.join("tmpfs"), scratch.join("ext4"));
+    fs::create_dir(&backing).expect("mkdir");
+    fs::create_dir(&ext4).expect("mkdir");
+    let mut mounts = Mounts(Vec::new());
+    if !mounts.mount(&["-t", "tmpfs", "-o", "size=16m", "tmpfs"], &backing) {
+        skip("cannot mount a tmpfs here");
+        return None;
+    }
+    let image = backing.join("ext4.img");
+    File::create(&image)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("a sparse image");
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=0"])
+        .arg(&image)
+        .output();
+    if !mkfs.as_ref().is_ok_and(|o| o.status.success()) {
+        skip(&format!("no working mkfs.ext4 (e2fsprogs): {mkfs:?}"));
+        return None;
+    }
+    if !mounts.mount(
+        &["-t", "ext4", "-o", "loop", image.to_str().expect("utf-8")],
+        &ext4,
+    ) {
+        skip("cannot loop-mount an ext4 image here (no loop device?)");
+        return None;
+    }
+    // What mkfs and the mount wrote reaches the tmpfs now, while it has room.
+    let root = File::open(&ext4).expect("open");
+    rustix::fs::syncfs(&root).expect("syncfs of the fresh ext4");
+    // Then the tmpfs is filled up: every later write-back of the ext4 fails.
+    let mut fill = create_new(&backing.join("fill")).expect("create");
+    let chunk = vec![0u8; 1 << 20];
+    loop {
+        match fill.write_all(&chunk) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => break,
+            Err(e) => panic!("filling the tmpfs: {e}"),
+        }
+    }
+    Some((mounts, ext4))
+}
+
+/// Item 8 of issue 20: a write-back error of the batch's own writes is
+/// reported by its `finish`, even when another process's `syncfs` looked
+/// first. The kernel tells each open file description of an error once,
+/// and a descriptor opened after someone saw it is told nothing.
+#[test]
+fn a_batch_reports_a_write_back_error_another_process_saw_first() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let Some((_mounts, dir)) = ext4_on_a_full_tmpfs(scratch.path()) else {
+        return;
+    };
+    // Opened before the writes: its descriptor's sample predates any error.
+    let batch = Batch::new(&dir).expect("batch");
+    let mut written = Vec::new();
+    for i in 0..4 {
+        let path = dir.join(format!("f{i}"));
+        let mut f = create_new(&path).expect("create");
+        // Into the page cache: ext4 has room; the tmpfs under it has none.
+        f.write_all(&vec![b'x'; 1 << 20]).expect("write");
+        written.push((path, f));
+    }
+    // Another process makes the ext4's dirty pages write back first, and is
+    // told that it failed.
+    let other = match std::process::Command::new("sync")
+        .arg("--file-system")
+        .arg(&dir)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            skip(&format!(
+                "no `sync` (coreutils) to run another process's syncfs: {e}"
+            ));
+            return;
+        }
+    };
+    assert!(
+        !other.status.success(),
+        "the other process's syncfs saw the write-back error (else the set-up failed): {other:?}"
+    );
+    // A descriptor opened now is told nothing: the error has been seen.
+    let late = File::open(&dir).expect("open");
+    assert!(
+        rustix::fs::syncfs(&late).is_ok(),
+        "a descriptor opened after the error was seen is not told of it"
+    );
+    drop(late);
+    let result = written
+        .iter()
+        .try_for_each(|(path, f)| batch.file_written(f, path))
+        .and_then(|()| batch.finish(&dir));
+    let err = result.expect_err("the batch's writes were lost: it must not say they are durable");
+    let errno = match &err {
+        Error::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    assert!(
+        [rustix::io::Errno::NOSPC, rustix::io::Errno::IO]
+            .iter()
+            .any(|e| Some(e.raw_os_error()) == errno),
+        "{err}"
+    );
+}
+
 #[test]
 fn syncfs_is_trusted_from_linux_5_8_on() {
     use super::batch::release_at_least;
