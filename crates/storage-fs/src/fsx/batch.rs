@@ -65,10 +65,11 @@
 //! began fails the batch too, and so does an error from before it began
 //! that nobody had seen yet.
 //!
-//! Before Linux 5.8, `syncfs` returned only what the file system's own
-//! `sync_fs` and the flush of the block device returned, never a failed
-//! write-back of a file's pages: no descriptor, early or late, would have
-//! been told, and `Ok` would mean nothing. There a batch takes the
+//! Before Linux 5.8, `syncfs` returned only what writing back the block
+//! device's own page cache returned (the file system's `sync_fs` result
+//! was ignored), never a failed write-back of a file's pages: no
+//! descriptor, early or late, would have been told, and `Ok` would mean
+//! nothing. There a batch takes the
 //! portable path instead (decided from `uname`'s release, once): the
 //! `fsync` of each file goes through the descriptor it was written with,
 //! and `fsync` reports through the file's own `errseq_t` (since Linux
