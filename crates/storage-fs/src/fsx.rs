@@ -24,9 +24,12 @@
 //!   sharing one store see different ones) and get reused; a lock is
 //!   released by the kernel exactly when its writer is gone or done.
 //! - **Bulk writers** (the migration) make many changes durable at once
-//!   through a [`Batch`]: one `syncfs` on Linux, an `fsync` per file and per
-//!   changed directory on macOS (`F_FULLFSYNC`) and FreeBSD. Only this
-//!   module (with [`rename_noreplace`] and [`sync_file`]) knows which
+//!   through a [`Batch`]: one `syncfs` on Linux, through a descriptor the
+//!   batch opened before its writes (one opened later may never be told of
+//!   a write-back error another process was told of first; see the docs of
+//!   `fsx/batch.rs`), and an `fsync` per file and per changed
+//!   directory on macOS (`F_FULLFSYNC`), FreeBSD and Linux before 5.8. Only
+//!   this module (with [`rename_noreplace`] and [`sync_file`]) knows which
 //!   platform it runs on.
 
 use std::ffi::OsString;
@@ -470,17 +473,6 @@ pub fn rename_noreplace_by_link(from: &Path, to: &Path) -> Result<()> {
     }
     fs::hard_link(from, to).map_err(|e| Error::io("link into place", to, e))?;
     fs::remove_file(from).map_err(|e| Error::io("remove", from, e))
-}
-
-/// Flushes every dirty page of the file system holding `path` (`syncfs`,
-/// Linux only; elsewhere a [`Batch`] makes each change durable itself).
-///
-/// One `syncfs` after writing many files is far cheaper than an `fsync` per
-/// file and gives the same guarantee for all of them on Linux.
-#[cfg(target_os = "linux")]
-pub fn syncfs(path: &Path) -> Result<()> {
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    rustix::fs::syncfs(&f).map_err(|e| Error::io("syncfs", path, e.into()))
 }
 
 /// `fsync`s `file` all the way to stable storage: on macOS with

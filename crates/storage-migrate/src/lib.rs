@@ -208,7 +208,7 @@ pub fn migrate(
         owner: protocol::Owner::Project(repo.clone()),
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
-        batch: storage_fs::fsx::Batch::new(),
+        batch: storage_fs::fsx::Batch::new(store.root())?,
     };
     let _lock = tx.lock(opts.wait)?;
     fault::point("after-lock");
@@ -571,7 +571,7 @@ pub fn rollback(
         owner: protocol::Owner::Project(repo.clone()),
         paths: Paths::new(store.layout(), &repo),
         progress: opts.progress,
-        batch: storage_fs::fsx::Batch::new(),
+        batch: storage_fs::fsx::Batch::new(store.root())?,
     };
     marker::check(store, &project.join(LEGACY_DIR_NAME), "roll back")?;
     let _lock = tx.lock(opts.wait)?;
@@ -1010,7 +1010,7 @@ pub fn prune_backups(
             owner: protocol::Owner::Project(repo.clone()),
             paths: Paths::new(store.layout(), &repo),
             progress: &NoProgress,
-            batch: storage_fs::fsx::Batch::new(),
+            batch: storage_fs::fsx::Batch::new(store.root())?,
         };
         let _lock = tx.lock(Duration::from_secs(120))?;
         if protocol::read_journal(&tx.paths)?.is_some_and(|j| j.txid == b.txid) {

@@ -60,14 +60,14 @@ impl Default for DowngradeOptions<'_> {
     }
 }
 
-fn tx<'a>(store: &'a FsStorage, progress: &'a dyn Progress) -> Tx<'a> {
-    Tx {
+fn tx<'a>(store: &'a FsStorage, progress: &'a dyn Progress) -> Result<Tx<'a>> {
+    Ok(Tx {
         store,
         owner: Owner::Store,
         paths: Owner::Store.paths(store.layout()),
         progress,
-        batch: storage_fs::fsx::Batch::new(),
-    }
+        batch: storage_fs::fsx::Batch::new(store.root())?,
+    })
 }
 
 /// Whether the store needs [`upgrade`]: it holds layout-0 data, or an
@@ -110,7 +110,7 @@ fn finish_report(store: &FsStorage, mut r: MigrationReport) -> MigrationReport {
 /// write-free when there is nothing to upgrade. Safe when many processes
 /// start at once: one upgrades, the others wait and find it done.
 pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<MigrationReport> {
-    let tx = tx(store, opts.progress);
+    let tx = tx(store, opts.progress)?;
     let root = store.root();
     if !upgrade_due(store)? && !opts.dry_run {
         // Upgraded already (or nothing of layout 0): a few `stat`s, no walk.
@@ -210,7 +210,7 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
 /// rollback does). Prodigy's start-up then leaves the store alone until
 /// `upgrade` is run by hand.
 pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<RollbackReport> {
-    let tx = tx(store, opts.progress);
+    let tx = tx(store, opts.progress)?;
     let root = store.root().to_owned();
     let _lock = tx.lock(opts.wait)?;
     let journal = protocol::read_journal(&tx.paths)?;

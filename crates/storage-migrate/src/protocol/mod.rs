@@ -404,6 +404,9 @@ pub(crate) struct Tx<'a> {
     pub paths: Paths,
     pub progress: &'a dyn Progress,
     /// Makes each phase's changes durable at once (see the module docs).
+    /// Created with the store's root before the transaction writes
+    /// anything; a phase that writes on another file system (the
+    /// project's) covers it first (`fsx::Batch::cover`).
     pub batch: fsx::Batch,
 }
 
@@ -413,7 +416,8 @@ impl Tx<'_> {
     }
 
     /// Makes every change of the phase durable (`syncfs` of the file system
-    /// holding `path` on Linux; see [`fsx::Batch`]).
+    /// holding `path` on Linux, through the descriptor the batch opened
+    /// before writing there; see [`fsx::Batch`]).
     fn sync(&self, path: &Path) -> Result<()> {
         Ok(self.batch.finish(path)?)
     }

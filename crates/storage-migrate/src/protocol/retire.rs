@@ -132,6 +132,11 @@ impl Tx<'_> {
         let txid = m.txid.clone();
         let backup = self.paths.backup(&txid);
         let entries = self.paths.entries(&txid);
+        // The phase changes the project's file system (removals) and the
+        // backup's, and syncs each: their descriptors are opened before it
+        // writes there (see `fsx::Batch::cover`).
+        self.batch.cover(&legacy)?;
+        self.batch.cover(&backup)?;
         self.batch.create_dir_all(&backup)?;
         self.progress
             .start(Step::Retire, published.sources, published.source_bytes);

@@ -332,6 +332,10 @@ impl Tx<'_> {
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
         real_dir(&legacy)?;
+        // Restored files are written on the project's file system and made
+        // durable by its `syncfs`: its descriptor is opened before they are
+        // (see `fsx::Batch::cover`).
+        self.batch.cover(&legacy)?;
         let modes = dir_modes(m);
         let kept_dirs: std::collections::HashSet<&Path> =
             m.kept_dirs.iter().map(RelPath::as_path).collect();
