@@ -22,6 +22,10 @@
 //!   prepared `INSERT … ON CONFLICT DO UPDATE` of the same text into a table
 //!   like `documents`, interleaved save by save. The ratio is time over the
 //!   bare statement's (target at most 1.3x).
+//! - `pg-append-at`: 1,000 batches of 100 events to one log through
+//!   `append_events_at` (compare-and-append, each at the end the previous
+//!   returned), against `append_events` to another log, alternating batch
+//!   by batch: the cost of a retry-safe append (target at most 1.1x).
 //! - `pg-get-blocking-pool`: gets of one session on a thread of tokio's
 //!   blocking pool without a `BlockingSection` (where the store runs each
 //!   call on a thread of its own, because tokio does not tell its blocking
@@ -145,6 +149,23 @@ fn main() {
             ours.as_secs_f64() * 1e6 / SAVES as f64,
             ms(bare),
             bare.as_secs_f64() * 1e6 / SAVES as f64
+        ),
+    );
+
+    let (at, plain) = bench_append_at(&store);
+    let ratio = at.as_secs_f64() / plain.as_secs_f64();
+    report(
+        json_out,
+        &json!({"bench": "pg-append-at", "ours_ms": ms(at), "baseline_ms": ms(plain),
+                "ratio": (ratio * 100.0).round() / 100.0, "target": 1.1,
+                "ratio_is": "time of append_events_at over append_events (lower is better)",
+                "batches": SAVES, "batch": BATCH}),
+        &format!(
+            "pg-append-at: {SAVES} batches of {BATCH} to one log: append_events_at {:.1} ms ({:.0} us each), append_events {:.1} ms ({:.0} us each): {ratio:.2}x the time (target <= 1.1x)",
+            ms(at),
+            at.as_secs_f64() * 1e6 / SAVES as f64,
+            ms(plain),
+            plain.as_secs_f64() * 1e6 / SAVES as f64
         ),
     );
 
@@ -351,6 +372,45 @@ fn worker(spec: &str) {
 }
 
 /// Median times of `SAVES` saves (store, bare), interleaved save by save.
+/// Median times of `SAVES` batches appended one by one to a log through
+/// `append_events_at` (each at the end the previous returned) and through
+/// `append_events` to another log, batch by batch alternating (which goes
+/// first alternates too), so that both see the same disk.
+fn bench_append_at(store: &PgStorage) -> (Duration, Duration) {
+    let repo = RepoKey::new("bench").expect("valid");
+    let (mut ours, mut plain) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let at_job = JobId::new(format!("at-{round}")).expect("valid");
+        let plain_job = JobId::new(format!("plain-{round}")).expect("valid");
+        let batches: Vec<Vec<EventRecord>> = (0..SAVES)
+            .map(|b| (0..BATCH).map(|n| event(b, n)).collect())
+            .collect();
+        let (mut o, mut p) = (Duration::ZERO, Duration::ZERO);
+        let mut end = storage_core::EventCursor::START;
+        for (n, batch) in batches.iter().enumerate() {
+            for side in [n % 2, (n + 1) % 2] {
+                let t = Instant::now();
+                if side == 0 {
+                    end = store
+                        .append_events_at(&repo, &at_job, &end, batch)
+                        .expect("append at")
+                        .end()
+                        .clone();
+                    o += t.elapsed();
+                } else {
+                    store
+                        .append_events(&repo, &plain_job, batch)
+                        .expect("append");
+                    p += t.elapsed();
+                }
+            }
+        }
+        ours.push(o);
+        plain.push(p);
+    }
+    (median(ours), median(plain))
+}
+
 fn bench_save(store: &PgStorage, raw: &mut postgres::Client) -> (Duration, Duration) {
     let repo = RepoKey::new("bench").expect("valid");
     let doc = |n: usize| {
