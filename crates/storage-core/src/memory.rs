@@ -106,6 +106,9 @@ impl MemoryStorage {
 
 impl Storage for MemoryStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
+        // Refused here too, though this store could keep it: code tested
+        // against it must meet the refusal the other stores give.
+        crate::depth::check_document(doc)?;
         let bytes = serde_json::to_vec_pretty(doc).map_or(0, |v| v.len() as u64);
         guard(&self.docs).insert(
             key.clone(),
@@ -194,6 +197,7 @@ impl Storage for MemoryStorage {
         if events.is_empty() {
             return Ok(());
         }
+        crate::depth::check_events(events)?;
         let now = SystemTime::now();
         let mut logs = guard(&self.events.logs);
         let log = logs.entry((repo.clone(), job.clone())).or_insert(Log {
