@@ -423,6 +423,20 @@ fn copy_log(
         if failed.is_none() && !batch.is_empty() {
             match dest.append_events(repo, job, batch) {
                 Ok(()) => appended += batch.len() as u64,
+                // An event the destination refuses (nested too deep, from
+                // an older build): the error names the log, which the
+                // store's own error cannot.
+                Err(storage_core::Error::InvalidRecord(refused)) => {
+                    *failed = Some(Error::Refused {
+                        action: "copy",
+                        path: PathBuf::from(item),
+                        reason: format!(
+                            "the destination refuses an event of this log: {refused}. Nothing \
+                             of that batch was appended; the log cannot be copied while the \
+                             source holds that event"
+                        ),
+                    });
+                }
                 Err(e) => *failed = Some(e.into()),
             }
         }

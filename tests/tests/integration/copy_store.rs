@@ -507,3 +507,38 @@ fn a_source_document_the_destination_refuses_as_too_deep_is_skipped_and_named() 
     );
     assert_eq!(dest.get(&cook_7()).expect("get"), None);
 }
+
+#[test]
+fn a_source_event_the_destination_refuses_as_too_deep_stops_the_copy_naming_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let (repo, job) = (
+        RepoKey::new("api").expect("repo"),
+        JobId::new("mapreduce-2").expect("job"),
+    );
+    let levels = storage_core::MAX_JSON_DEPTH + 10;
+    let line = format!(
+        "{{\"id\": \"deep\", \"deep\": {}1{}}}\n",
+        "[".repeat(levels - 1),
+        "]".repeat(levels - 1)
+    );
+    storage_fs::events::append_lines(&src.layout().active_event_log(&repo, &job), line.as_bytes())
+        .expect("an older build's line");
+    let dest = MemoryStorage::new();
+    let opts = CopyOptions {
+        destination: "memory",
+        progress: &NoProgress,
+        overwrite: false,
+    };
+    let err = copy_store(&src, &dest, &opts).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("log api/mapreduce-2") && text.contains("nested 110 levels deep"),
+        "{text}"
+    );
+    assert_eq!(
+        events(&dest, "api", "mapreduce-1").len(),
+        2500,
+        "the other log was copied"
+    );
+}
