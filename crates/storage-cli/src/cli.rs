@@ -211,11 +211,21 @@ Examples:
     /// store (`migrations/.copy-store/`), so a copy that was interrupted
     /// resumes where it stopped, never appending an event twice. Running it
     /// again after it finished copies nothing.
+    ///
+    /// A document the destination already holds is never replaced
+    /// silently: equal to this store's, it is left as it is; different (or
+    /// unreadable), it is left as it is and reported as a conflict, the
+    /// rest is copied, and the command exits with status 1. Compare the
+    /// two, then delete the destination's document and run copy-store
+    /// again, or run it again with --overwrite.
     #[command(name = "copy-store")]
     CopyStore {
         /// The destination: a `postgres://…` URL, or a directory (another file store)
         #[arg(long, value_name = "URL|DIR")]
         to: String,
+        /// Replace documents in the destination that differ from this store's (they are still listed as conflicts, overwritten)
+        #[arg(long)]
+        overwrite: bool,
         /// Print one JSON document (see docs/cli.md)
         #[arg(long)]
         json: bool,

@@ -453,13 +453,39 @@ mod import {
         dest: &dyn storage_core::Storage,
         label: &str,
         json: bool,
+        overwrite: bool,
     ) -> Result<storage_migrate::CopyReport> {
         let display = Display::choose(cli.quiet || json);
         let opts = storage_migrate::CopyOptions {
             destination: label,
             progress: &display,
+            overwrite,
         };
         Ok(storage_migrate::copy_store(source, dest, &opts)?)
+    }
+
+    /// The error after a copy's report when destination documents that
+    /// differ from the source's were left as they were: the copy is not
+    /// complete, and the user decides. `after_migrate`: the copy followed
+    /// `migrate`/`upgrade --store`, which have no `--overwrite`.
+    pub fn conflicts_left(report: &storage_migrate::CopyReport, after_migrate: bool) -> Result<()> {
+        let n = report.conflicts_left().count();
+        if n == 0 {
+            return Ok(());
+        }
+        let next = if after_migrate {
+            "then delete the destination's document and run `prodigy-storage copy-store --to \
+             <URL>` (the team store's URL), or run that with --overwrite to replace them with \
+             this store's"
+        } else {
+            "then delete the destination's document and run copy-store again, or run it again \
+             with --overwrite to replace them with this store's"
+        };
+        anyhow::bail!(
+            "{n} document(s) in the destination differ from this store's and were left as they \
+             were, not copied (the report lists them as conflicts); everything else was copied. \
+             Compare each with this store's, {next}"
+        )
     }
 
     /// `migrate` or `upgrade` on the file store at `root`, then a copy of
@@ -523,13 +549,14 @@ mod import {
             _ => unreachable!("only migrate and upgrade are copied"),
         };
         let store = FsStorage::open(&root.path)?;
-        let copied = copy(cli, &store, dest, label, json)?;
+        let copied = copy(cli, &store, dest, label, json, false)?;
         emit(
             cli,
             json,
             &serde_json::json!({"schema_version": 1, "file_store": first, "copy": copied}),
             || format!("{human}{}", render::copied(&copied)),
         )?;
+        conflicts_left(&copied, true)?;
         Ok(ExitCode::SUCCESS)
     }
 
@@ -652,16 +679,25 @@ mod import {
                 emit(cli, *json, &report, || render::downgrade(&report))?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::CopyStore { to, json } if super::is_postgres_url(to) => {
+            Command::CopyStore {
+                to,
+                json,
+                overwrite,
+            } if super::is_postgres_url(to) => {
                 let source = FsStorage::peek(&root.path)?;
                 upgrade_first(cli, &source)?;
                 source.create()?;
                 let (dest, label) = open_team_store(to)?;
-                let report = copy(cli, &source, dest.as_ref(), &label, *json)?;
+                let report = copy(cli, &source, dest.as_ref(), &label, *json, *overwrite)?;
                 emit(cli, *json, &report, || render::copied(&report))?;
+                conflicts_left(&report, false)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::CopyStore { to, json } => {
+            Command::CopyStore {
+                to,
+                json,
+                overwrite,
+            } => {
                 let source = FsStorage::peek(&root.path)?;
                 upgrade_first(cli, &source)?;
                 source.create()?;
@@ -679,9 +715,11 @@ mod import {
                 let opts = storage_migrate::CopyOptions {
                     destination: &label,
                     progress: &display,
+                    overwrite: *overwrite,
                 };
                 let report = storage_migrate::copy_store(&source, &dest, &opts)?;
                 emit(cli, *json, &report, || render::copied(&report))?;
+                conflicts_left(&report, false)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status { .. } | Command::Layout | Command::List { .. } => {

@@ -22,6 +22,7 @@ pub fn paint(text: &str) -> String {
             Some(Red.on_default().bold())
         } else if line.trim_start().starts_with("warnings:")
             || line.trim_start().starts_with("conflicts ")
+            || line.starts_with("conflict (")
             || line.starts_with("interrupted:")
         {
             Some(Yellow.on_default())
@@ -705,6 +706,13 @@ pub fn copied(r: &storage_migrate::CopyReport) -> String {
             r.already_done
         );
     }
+    if r.already_equal > 0 {
+        let _ = writeln!(
+            out,
+            "{} document(s) were already in the destination, equal to this store's (not written again).",
+            r.already_equal
+        );
+    }
     if r.vanished > 0 {
         let _ = writeln!(
             out,
@@ -715,9 +723,23 @@ pub fn copied(r: &storage_migrate::CopyReport) -> String {
     for s in &r.skipped {
         let _ = writeln!(
             out,
-            "not copied (cannot be read as JSON; it stays in the source): {}: {}",
+            "not copied (it stays in the source): {}: {}",
             s.path.display(),
             s.reason
+        );
+    }
+    for c in &r.conflicts {
+        let what = if c.overwritten {
+            "overwritten with this store's document (--overwrite)"
+        } else {
+            "conflict (left as it is in the destination, not copied)"
+        };
+        let _ = writeln!(
+            out,
+            "{what}: {}: {}; this store's: {}",
+            c.item,
+            c.reason,
+            c.path.display()
         );
     }
     let _ = writeln!(

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
+use crate::depth::MAX_JSON_DEPTH;
 use crate::error::Error;
 use crate::ext::StorageExt;
 use crate::id::{DocName, ExtKind, ItemId, JobId, LockKey, RepoKey, SessionId, WorkflowId};
 use crate::record::{
-    DeadLetterItem, EventRecord, JobCheckpoint, LockHolder, SessionJobMapping, SessionRecord,
-    UnifiedSession, WorkflowCheckpoint,
+    DeadLetterItem, EventRecord, JobCheckpoint, LockHolder, RecordError, SessionJobMapping,
+    SessionRecord, UnifiedSession, WorkflowCheckpoint,
 };
 use crate::storage::{
     Appended, DocKey, EventCursor, EventRetention, LockWait, ReadMode, Retention, Scope, Storage,
@@ -66,6 +67,7 @@ macro_rules! storage_conformance_tests {
             a_cursor_of_a_deleted_log_never_skips_its_successor,
             a_cursor_is_carried_over_retention_without_a_skip,
             a_cursor_past_the_end_restarts_and_says_so,
+            json_nested_deeper_than_the_limit_is_refused_at_write,
         );
     };
     (@each $with:expr; $($check:ident),+ $(,)?) => {
@@ -1176,5 +1178,88 @@ pub fn a_cursor_past_the_end_restarts_and_says_so(s: &dyn Storage) {
         s.wait_for_events(&r, &j, &long, Duration::from_millis(10))
             .expect("wait"),
         "a follower at such a cursor is told to read"
+    );
+}
+
+/// `levels` arrays around `1`, parsed from text. Kept far below the depth
+/// at which `Value`'s own (recursive) drop and serialization would need a
+/// big stack.
+fn nested_arrays(levels: usize) -> serde_json::Value {
+    let text = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    serde_json::from_str(&text).expect("nested arrays")
+}
+
+/// `put` and `append_events` refuse a document or event nested deeper than
+/// [`MAX_JSON_DEPTH`], before writing anything, with an error naming the
+/// limit; one exactly at the limit is accepted and reads back equal.
+pub fn json_nested_deeper_than_the_limit_is_refused_at_write(s: &dyn Storage) {
+    let key = session_key("proj", "session-deep");
+    // An object around `levels - 1` arrays: `levels` deep.
+    let doc =
+        |levels: usize| json!({"session_id": "session-deep", "deep": nested_arrays(levels - 1)});
+    let at = doc(MAX_JSON_DEPTH);
+    s.put(&key, &at)
+        .expect("a document at the limit is accepted");
+    assert_eq!(s.get(&key).expect("get"), Some(at.clone()));
+    let err = s
+        .put(&key, &doc(MAX_JSON_DEPTH + 1))
+        .expect_err("a document over the limit is refused");
+    assert!(
+        matches!(&err, Error::InvalidRecord(RecordError::TooDeep { what: "document", depth })
+            if *depth == MAX_JSON_DEPTH + 1),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("over the {MAX_JSON_DEPTH} levels")),
+        "{err}"
+    );
+    assert_eq!(
+        s.get(&key).expect("get"),
+        Some(at),
+        "the earlier document is kept"
+    );
+    let fresh = session_key("proj", "session-never");
+    assert!(s.put(&fresh, &doc(MAX_JSON_DEPTH + 1)).is_err());
+    assert_eq!(s.get(&fresh).expect("get"), None, "nothing was written");
+
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let deep_event = |n: u64, levels: usize| {
+        EventRecord::from_json(json!({
+            "id": format!("e{n}"),
+            "event": {"event_type": "agent_completed", "job_id": "mapreduce-1", "n": n},
+            "deep": nested_arrays(levels - 1)
+        }))
+        .expect("object")
+    };
+    let accepted = [event("mapreduce-1", 0), deep_event(1, MAX_JSON_DEPTH)];
+    s.append_events(&r, &j, &accepted)
+        .expect("an event at the limit is accepted");
+    let err = s
+        .append_events(
+            &r,
+            &j,
+            &[event("mapreduce-1", 2), deep_event(3, MAX_JSON_DEPTH + 1)],
+        )
+        .expect_err("a batch with an event over the limit is refused");
+    assert!(
+        matches!(&err, Error::InvalidRecord(RecordError::TooDeep { what: "event", depth })
+            if *depth == MAX_JSON_DEPTH + 1),
+        "{err:?}"
+    );
+    s.append_events(&r, &j, &[event("mapreduce-1", 4)])
+        .expect("append after a refusal");
+    let mut seen = Vec::new();
+    let summary = s
+        .read_events_from(&r, &j, &EventCursor::START, ReadMode::Strict, &mut |e| {
+            seen.push(e);
+        })
+        .expect("a strict read passes what was accepted");
+    assert_eq!(summary.records, 3);
+    assert_eq!(seen[..2], accepted, "accepted events read back equal");
+    assert_eq!(
+        seen[2].json()["event"]["n"],
+        4,
+        "nothing of the refused batch was written"
     );
 }

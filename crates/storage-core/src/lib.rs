@@ -23,6 +23,9 @@
 //!
 //! - No I/O and no knowledge of paths on disk: only `storage-fs` knows the layout.
 //! - Records are never re-shaped: what is saved is what is loaded.
+//! - What a store accepts it can read back: every store refuses a document
+//!   or event nested deeper than [`MAX_JSON_DEPTH`] ([`check_document`],
+//!   [`check_events`]) instead of keeping what `serde_json` cannot read.
 //!
 //! # Example
 //!
@@ -43,6 +46,7 @@
 //! ```
 
 mod blocking;
+mod depth;
 mod error;
 mod ext;
 mod id;
@@ -55,6 +59,7 @@ mod time;
 pub mod conformance;
 
 pub use blocking::BlockingSection;
+pub use depth::{MAX_JSON_DEPTH, READER_JSON_DEPTH, check_document, check_events, json_depth};
 pub use error::{Error, Result};
 pub use ext::{KindStats, StorageExt};
 pub use id::{

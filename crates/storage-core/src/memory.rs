@@ -172,6 +172,9 @@ impl MemoryStorage {
 
 impl Storage for MemoryStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
+        // Refused here too, though this store could keep it: code tested
+        // against it must meet the refusal the other stores give.
+        crate::depth::check_document(doc)?;
         let bytes = serde_json::to_vec_pretty(doc).map_or(0, |v| v.len() as u64);
         guard(&self.docs).insert(
             key.clone(),
@@ -260,6 +263,7 @@ impl Storage for MemoryStorage {
         if events.is_empty() {
             return Ok(());
         }
+        crate::depth::check_events(events)?;
         let mut logs = guard(&self.events.by_job);
         self.log_for_append(&mut logs, repo, job).push(events);
         drop(logs);
@@ -280,6 +284,7 @@ impl Storage for MemoryStorage {
         expected: &EventCursor,
         events: &[EventRecord],
     ) -> Result<Appended> {
+        crate::depth::check_events(events)?;
         let mut logs = guard(&self.events.by_job);
         let end = logs
             .get(&(repo.clone(), job.clone()))

@@ -40,6 +40,32 @@ pub enum RecordError {
         #[source]
         source: IdError,
     },
+    /// The payload nests arrays and objects deeper than a store accepts
+    /// ([`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH)), close to where JSON
+    /// readers stop: refused before anything is written, so that no store
+    /// holds what it cannot give back.
+    #[error(
+        "{} {what} is nested {depth} levels deep, over the {max} levels a store accepts \
+         (JSON readers stop at {readers}); flatten it, or store the deep part as a JSON string",
+        article(.what),
+        max = crate::depth::MAX_JSON_DEPTH,
+        readers = crate::depth::READER_JSON_DEPTH
+    )]
+    TooDeep {
+        /// What was refused: `"document"` or `"event"`.
+        what: &'static str,
+        /// How deep it nests (see [`json_depth`](crate::json_depth)).
+        depth: usize,
+    },
+}
+
+/// `a` or `an`, for a noun in a message.
+fn article(noun: &str) -> &'static str {
+    if noun.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
 }
 
 fn object(record: &'static str, value: Value) -> Result<Map<String, Value>, RecordError> {

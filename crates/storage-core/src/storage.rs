@@ -572,6 +572,12 @@ impl std::fmt::Debug for LockGuard {
 /// - `get` returns the JSON that was `put`, unknown fields included (equal
 ///   as JSON; the order of an object's keys is the one `serde_json::Map`
 ///   gives, see `docs/adopting.md`).
+/// - `put` and `append_events` refuse, before writing anything, a document
+///   or event nested deeper than [`MAX_JSON_DEPTH`](crate::MAX_JSON_DEPTH)
+///   ([`RecordError::TooDeep`](crate::RecordError::TooDeep), through
+///   [`check_document`](crate::check_document) and
+///   [`check_events`](crate::check_events)), and accept one at the limit:
+///   what a store accepts, its readers can read.
 /// - `list` is sorted by key and never shows temp files or debris;
 ///   `list_entries` adds each document's size and modification time.
 /// - `delete` removes a document and any directory it leaves empty.

@@ -315,6 +315,8 @@ fn job_dirs(dir: &Path, has: impl Fn(&str) -> bool) -> Result<Vec<JobId>> {
 
 impl Storage for FsStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
+        // What `get` could not parse back is refused before it is written.
+        storage_core::check_document(doc)?;
         let path = self.layout.document(key);
         let bytes = serde_json::to_vec_pretty(doc).expect("a JSON value always serializes");
         // A deletion may remove an emptied directory between our creating
@@ -452,6 +454,8 @@ impl Storage for FsStorage {
     }
 
     fn append_events(&self, repo: &RepoKey, job: &JobId, records: &[EventRecord]) -> Result<()> {
+        // A line no strict reader could pass is refused before the batch is written.
+        storage_core::check_events(records)?;
         events::append(
             &self.layout.events_job_dir(repo, job),
             &self.layout.active_event_log(repo, job),
@@ -470,6 +474,7 @@ impl Storage for FsStorage {
         expected: &EventCursor,
         records: &[EventRecord],
     ) -> Result<Appended> {
+        storage_core::check_events(records)?;
         events::append_at(
             &self.layout.events_job_dir(repo, job),
             &self.layout.active_event_log(repo, job),

@@ -15,7 +15,8 @@
 //! skips the ids it finds there. An item done but not yet journalled when
 //! the copy was killed is done again:
 //!
-//! - a document is `put` again (a replace: idempotent);
+//! - a document is found in the destination, equal to the source's, and
+//!   is journalled without being written again (see below);
 //! - an event log is not appended twice: the destination's log is read
 //!   first, and if it is a prefix of the source's log (same records, in
 //!   order: compared by count and a running BLAKE3 of each record), only
@@ -24,6 +25,24 @@
 //!
 //! Memory holds the journal's ids, one scope's keys and one batch of
 //! events (1,000), never a whole log.
+//!
+//! # A document the destination already has
+//!
+//! Before a document is written, the destination's document at the same
+//! key is read. Equal to the source's (`==` on JSON): nothing is written,
+//! the item is journalled and counted in `already_equal`; this is also what
+//! a run resumed after a kill finds for an item the killed run had written
+//! but not journalled yet. Absent: the document is copied. Different, or
+//! not readable as JSON: it is someone else's data, so it is **not**
+//! overwritten. It is listed in the report's `conflicts` (its key, the
+//! source's file, why), is not journalled (the next run looks again), and
+//! the copy goes on with the other items; the CLI then exits with status
+//! 1 and says what to do: compare the two, then delete the destination's
+//! document or run again with `--overwrite`
+//! ([`CopyOptions::overwrite`]), which replaces it with the source's and
+//! still lists it (`overwritten: true`). The look and the write are two
+//! calls, not one transaction: a document someone writes into the
+//! destination between them is replaced.
 //!
 //! # What is verified
 //!
@@ -47,8 +66,10 @@ use storage_fs::{FsStorage, fsx};
 use crate::error::{Error, Result};
 use crate::progress::{Progress, Step};
 
-/// The schema of [`CopyReport`] as JSON.
-pub const COPY_REPORT_SCHEMA_VERSION: u32 = 1;
+/// The schema of [`CopyReport`] as JSON. 2: `already_equal` and
+/// `conflicts`; a copy with a conflict left is not complete, which a reader
+/// of version 1 would not know to look for.
+pub const COPY_REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// How many events are appended to the destination at once.
 const BATCH: usize = 1000;
@@ -66,8 +87,11 @@ pub struct CopyReport {
     pub source: PathBuf,
     /// The destination, as the caller named it (a URL without its password).
     pub destination: String,
-    /// Documents copied and verified by this run.
+    /// Documents copied and verified by this run (overwritten ones included).
     pub documents: u64,
+    /// Documents the destination already held, equal to the source's:
+    /// verified and journalled, not written again.
+    pub already_equal: u64,
     /// Event logs copied and verified by this run.
     pub event_logs: u64,
     /// Events appended by this run.
@@ -80,18 +104,46 @@ pub struct CopyReport {
     /// lines that are not JSON (interleaved writers): left in the source and
     /// not copied. A later run tries such documents again.
     pub skipped: Vec<SkippedItem>,
+    /// Documents the destination already held with other content (or
+    /// unreadable): left as they were and not copied, unless
+    /// [`CopyOptions::overwrite`] replaced them. See the module docs.
+    pub conflicts: Vec<CopyConflict>,
     /// The journal of this copy (in the source store).
     pub journal: PathBuf,
 }
 
-/// A source document that was not copied, and why.
+impl CopyReport {
+    /// The conflicts left: destination documents that differ from the
+    /// source's and were not overwritten. The copy is complete only when
+    /// there are none.
+    pub fn conflicts_left(&self) -> impl Iterator<Item = &CopyConflict> {
+        self.conflicts.iter().filter(|c| !c.overwritten)
+    }
+}
+
+/// A document the destination already held with other content than the
+/// source's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CopyConflict {
+    /// The document (its kind and key, as the journal names it).
+    pub item: String,
+    /// The source's file of it.
+    pub path: PathBuf,
+    /// How the destination's document differs.
+    pub reason: String,
+    /// Whether [`CopyOptions::overwrite`] replaced it with the source's
+    /// (then it was copied and verified); else it was left as it was.
+    pub overwritten: bool,
+}
+
+/// A source document or event-log line that was not copied, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SkippedItem {
     /// The item (its kind and key).
     pub item: String,
     /// The file in the source store.
     pub path: PathBuf,
-    /// Why it could not be read.
+    /// Why it could not be read, or why the destination refused it.
     pub reason: String,
 }
 
@@ -103,6 +155,10 @@ pub struct CopyOptions<'a> {
     pub destination: &'a str,
     /// Where progress goes.
     pub progress: &'a dyn Progress,
+    /// Replace a destination document that differs from the source's
+    /// instead of leaving it and reporting a conflict (it is still listed
+    /// in [`CopyReport::conflicts`], as overwritten).
+    pub overwrite: bool,
 }
 
 /// Copies every document and event log of `source` into `dest`; see the
@@ -137,6 +193,7 @@ pub fn copy_store(
         dest,
         &entry.key,
         &done,
+        opts.overwrite,
         &mut out,
         &mut report,
     ) {
@@ -175,12 +232,15 @@ pub fn copy_store(
     Ok(report)
 }
 
-/// Copies one document unless the journal has it, then verifies it.
+/// Copies one document unless the journal has it or the destination holds
+/// it already (equal: journalled; different: a conflict, left unless
+/// `overwrite`), then verifies it.
 fn copy_document(
     source: &FsStorage,
     dest: &dyn Storage,
     key: &DocKey,
     done: &HashSet<String>,
+    overwrite: bool,
     out: &mut Journal,
     report: &mut CopyReport,
 ) -> Result<()> {
@@ -211,7 +271,53 @@ fn copy_document(
         }
         Err(e) => return Err(e.into()),
     };
-    dest.put(key, &value)?;
+    let differs = match dest.get(key) {
+        Ok(None) => None,
+        Ok(Some(there)) if there == value => {
+            // Copied before (by a run killed before it journalled it, or
+            // by someone else): the same document, so nothing to write.
+            out.done(&item)?;
+            report.already_equal += 1;
+            return Ok(());
+        }
+        Ok(Some(_)) => Some("the destination holds a different document at this key".to_owned()),
+        // Unreadable in the destination: not the source's either, and
+        // maybe someone's data a repair would recover; never replaced
+        // silently.
+        Err(storage_core::Error::Corrupt { path, line, reason }) => Some(format!(
+            "the destination's document cannot be read as JSON (`{}`{}: {reason})",
+            path.display(),
+            line.map_or_else(String::new, |l| format!(" line {l}"))
+        )),
+        Err(e) => return Err(e.into()),
+    };
+    let source_path = || source.layout().document(key);
+    if let Some(reason) = &differs
+        && !overwrite
+    {
+        report.conflicts.push(CopyConflict {
+            item,
+            path: source_path(),
+            reason: reason.clone(),
+            overwritten: false,
+        });
+        return Ok(());
+    }
+    match dest.put(key, &value) {
+        Ok(()) => {}
+        // The destination refuses what it could not read back (nested too
+        // deep): the document stays in the source, named, and the copy
+        // goes on.
+        Err(storage_core::Error::InvalidRecord(refused)) => {
+            report.skipped.push(SkippedItem {
+                item,
+                path: source_path(),
+                reason: format!("the destination refuses it: {refused}"),
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     match dest.get(key)? {
         Some(back) if back == value => {}
         Some(_) => return Err(mismatch(&item, "the destination returns other JSON")),
@@ -219,6 +325,14 @@ fn copy_document(
     }
     out.done(&item)?;
     report.documents += 1;
+    if let Some(reason) = differs {
+        report.conflicts.push(CopyConflict {
+            item,
+            path: source_path(),
+            reason,
+            overwritten: true,
+        });
+    }
     Ok(())
 }
 
@@ -309,6 +423,20 @@ fn copy_log(
         if failed.is_none() && !batch.is_empty() {
             match dest.append_events(repo, job, batch) {
                 Ok(()) => appended += batch.len() as u64,
+                // An event the destination refuses (nested too deep, from
+                // an older build): the error names the log, which the
+                // store's own error cannot.
+                Err(storage_core::Error::InvalidRecord(refused)) => {
+                    *failed = Some(Error::Refused {
+                        action: "copy",
+                        path: PathBuf::from(item),
+                        reason: format!(
+                            "the destination refuses an event of this log: {refused}. Nothing \
+                             of that batch was appended; the log cannot be copied while the \
+                             source holds that event"
+                        ),
+                    });
+                }
                 Err(e) => *failed = Some(e.into()),
             }
         }

@@ -87,7 +87,7 @@ use storage_core::RepoKey;
 use storage_fs::{FsStorage, Layout};
 
 pub use copy_store::{
-    COPY_REPORT_SCHEMA_VERSION, CopyOptions, CopyReport, SkippedItem, copy_store,
+    COPY_REPORT_SCHEMA_VERSION, CopyConflict, CopyOptions, CopyReport, SkippedItem, copy_store,
 };
 pub use error::{Error, Result};
 pub use manifest::{Category, HistoryEntry, Phase, Special};

@@ -228,6 +228,9 @@ impl PgStorage {
     /// newline each, as the file store counts them); an event over
     /// [`MAX_LINE_BYTES`] is refused.
     fn lines(&self, op: &'static str, events: &[EventRecord]) -> Result<(Vec<String>, i64)> {
+        // A line no strict reader (a `Follower`) could pass is refused
+        // before the batch is written.
+        storage_core::check_events(events)?;
         let mut lines = Vec::with_capacity(events.len());
         let mut bytes = 0i64;
         for e in events {
@@ -317,6 +320,8 @@ fn gap_reason(next: i64, seq: i64) -> String {
 impl Storage for PgStorage {
     fn put(&self, key: &DocKey, doc: &Value) -> Result<()> {
         let op = "save a document in";
+        // What `get` could not parse back is refused before it is written.
+        storage_core::check_document(doc)?;
         let k = self.columns(op, key)?;
         // The JSON text is stored as it is, not as `jsonb` (which would
         // reorder fields and renormalise numbers): `get` parses exactly this.

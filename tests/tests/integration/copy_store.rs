@@ -145,6 +145,7 @@ fn a_store_is_copied_whole_verified_and_the_source_is_untouched() {
     let opts = CopyOptions {
         destination: "memory",
         progress: &NoProgress,
+        overwrite: false,
     };
     let r = copy_store(&src, &dest, &opts).expect("copy");
     assert_eq!(
@@ -275,6 +276,7 @@ fn an_interrupted_copy_resumes_without_duplicating_events() {
     let opts = CopyOptions {
         destination: "file:dest",
         progress: &NoProgress,
+        overwrite: false,
     };
     // Each run may write `budget` times, then fails (as a kill would stop
     // it). 11 documents, then the 2,500-event log in 3 batches of 1,000,
@@ -324,6 +326,7 @@ fn a_destination_log_that_is_not_the_source_s_start_is_refused() {
     let opts = CopyOptions {
         destination: "memory",
         progress: &NoProgress,
+        overwrite: false,
     };
     let err = copy_store(&src, &dest, &opts).expect_err("refused");
     let text = err.to_string();
@@ -332,5 +335,210 @@ fn a_destination_log_that_is_not_the_source_s_start_is_refused() {
         events(&dest, "api", "mapreduce-1").len(),
         1,
         "nothing appended"
+    );
+}
+
+fn cook_7() -> DocKey {
+    DocKey::Session {
+        repo: RepoKey::new("api").expect("repo"),
+        session: "cook-7".parse().expect("id"),
+    }
+}
+
+fn unified_1() -> DocKey {
+    DocKey::UnifiedSession {
+        session: "session-1".parse().expect("id"),
+    }
+}
+
+#[test]
+fn a_destination_document_that_differs_is_left_as_it_is_and_reported_and_the_rest_copied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let dest = FsStorage::open(dir.path().join("dest")).expect("dest");
+    // A teammate's session at a key the source has too, one document equal
+    // to the source's, and one the destination cannot read.
+    let theirs = json!({"session_id": "cook-7", "owner": "teammate", "status": "Running"});
+    dest.put(&cook_7(), &theirs).expect("put");
+    dest.put(
+        &unified_1(),
+        &src.get(&unified_1()).expect("get").expect("doc"),
+    )
+    .expect("put");
+    let checkpoint = DocKey::SessionCheckpoint {
+        session: "session-1".parse().expect("id"),
+    };
+    dest.put(&checkpoint, &json!({})).expect("put");
+    let torn = dest.layout().document(&checkpoint);
+    std::fs::write(&torn, "{\"step\": 3, \"tor").expect("write");
+    let theirs_bytes = std::fs::read(dest.layout().document(&cook_7())).expect("read");
+
+    let opts = CopyOptions {
+        destination: "file:dest",
+        progress: &NoProgress,
+        overwrite: false,
+    };
+    let r = copy_store(&src, &dest, &opts).expect("the copy goes on past a conflict");
+    assert_eq!(
+        (r.documents, r.already_equal, r.event_logs, r.events),
+        (8, 1, 2, 2501),
+        "{r:?}"
+    );
+    let items: Vec<(&str, bool)> = r
+        .conflicts
+        .iter()
+        .map(|c| (c.item.as_str(), c.overwritten))
+        .collect();
+    assert_eq!(
+        items,
+        [
+            (
+                "doc SessionCheckpoint { session: SessionId(\"session-1\") }",
+                false
+            ),
+            (
+                "doc Session { repo: RepoKey(\"api\"), session: SessionId(\"cook-7\") }",
+                false
+            ),
+        ],
+        "{r:?}"
+    );
+    assert!(
+        r.conflicts[0].reason.contains("cannot be read as JSON"),
+        "{r:?}"
+    );
+    assert!(
+        r.conflicts[1].reason.contains("different document"),
+        "{r:?}"
+    );
+    assert_eq!(r.conflicts[1].path, src.layout().document(&cook_7()));
+    assert_eq!(r.conflicts_left().count(), 2);
+    assert_eq!(
+        std::fs::read(dest.layout().document(&cook_7())).expect("read"),
+        theirs_bytes,
+        "the teammate's document is unchanged, byte for byte"
+    );
+    assert_eq!(std::fs::read(&torn).expect("read"), b"{\"step\": 3, \"tor");
+    assert_eq!(events(&dest, "api", "mapreduce-1").len(), 2500);
+
+    // Not journalled: the next run looks at them again, and only at them.
+    let again = copy_store(&src, &dest, &opts).expect("again");
+    assert_eq!(
+        (again.documents, again.already_done, again.conflicts.len()),
+        (0, 11, 2),
+        "{again:?}"
+    );
+
+    // Told to, it replaces them, and says so; then the copy is whole.
+    let overwrite = CopyOptions {
+        overwrite: true,
+        ..opts
+    };
+    let r = copy_store(&src, &dest, &overwrite).expect("overwrite");
+    assert_eq!((r.documents, r.conflicts.len()), (2, 2), "{r:?}");
+    assert!(r.conflicts.iter().all(|c| c.overwritten), "{r:?}");
+    assert_eq!(r.conflicts_left().count(), 0);
+    assert_same(&src, &dest);
+    let last = copy_store(&src, &dest, &opts).expect("last");
+    assert_eq!(
+        (last.already_done, last.conflicts.len()),
+        (13, 0),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn a_copy_resumed_after_its_journal_was_lost_finds_its_own_documents_equal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let dest = FsStorage::open(dir.path().join("dest")).expect("dest");
+    let opts = CopyOptions {
+        destination: "file:dest",
+        progress: &NoProgress,
+        overwrite: false,
+    };
+    let first = copy_store(&src, &dest, &opts).expect("copy");
+    // As if every item had been written but none journalled when the copy
+    // was killed: each is in the destination, equal, and no conflict.
+    std::fs::remove_file(&first.journal).expect("remove the journal");
+    let r = copy_store(&src, &dest, &opts).expect("resume");
+    assert_eq!(
+        (r.documents, r.already_equal, r.event_logs, r.events),
+        (0, 11, 2, 0),
+        "{r:?}"
+    );
+    assert!(r.conflicts.is_empty(), "{r:?}");
+    assert_same(&src, &dest);
+    assert_eq!(
+        events(&dest, "api", "mapreduce-1").len(),
+        2500,
+        "no event twice"
+    );
+}
+
+#[test]
+fn a_source_document_the_destination_refuses_as_too_deep_is_skipped_and_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    // Readable (under serde_json's 128) but over the stores' limit: an
+    // older build wrote it.
+    let levels = storage_core::MAX_JSON_DEPTH + 10;
+    let deep = format!(
+        "{{\"session_id\": \"cook-7\", \"deep\": {}1{}}}",
+        "[".repeat(levels - 1),
+        "]".repeat(levels - 1)
+    );
+    std::fs::write(src.layout().document(&cook_7()), deep).expect("write");
+    let dest = MemoryStorage::new();
+    let opts = CopyOptions {
+        destination: "memory",
+        progress: &NoProgress,
+        overwrite: false,
+    };
+    let r = copy_store(&src, &dest, &opts).expect("the copy goes on");
+    assert_eq!((r.documents, r.event_logs), (10, 2), "{r:?}");
+    assert_eq!(r.skipped.len(), 1, "{r:?}");
+    assert_eq!(r.skipped[0].path, src.layout().document(&cook_7()));
+    assert!(
+        r.skipped[0]
+            .reason
+            .contains("the destination refuses it: a document is nested 110 levels deep"),
+        "{r:?}"
+    );
+    assert_eq!(dest.get(&cook_7()).expect("get"), None);
+}
+
+#[test]
+fn a_source_event_the_destination_refuses_as_too_deep_stops_the_copy_naming_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let (repo, job) = (
+        RepoKey::new("api").expect("repo"),
+        JobId::new("mapreduce-2").expect("job"),
+    );
+    let levels = storage_core::MAX_JSON_DEPTH + 10;
+    let line = format!(
+        "{{\"id\": \"deep\", \"deep\": {}1{}}}\n",
+        "[".repeat(levels - 1),
+        "]".repeat(levels - 1)
+    );
+    storage_fs::events::append_lines(&src.layout().active_event_log(&repo, &job), line.as_bytes())
+        .expect("an older build's line");
+    let dest = MemoryStorage::new();
+    let opts = CopyOptions {
+        destination: "memory",
+        progress: &NoProgress,
+        overwrite: false,
+    };
+    let err = copy_store(&src, &dest, &opts).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("log api/mapreduce-2") && text.contains("nested 110 levels deep"),
+        "{text}"
+    );
+    assert_eq!(
+        events(&dest, "api", "mapreduce-1").len(),
+        2500,
+        "the other log was copied"
     );
 }

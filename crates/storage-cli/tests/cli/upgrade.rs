@@ -817,7 +817,8 @@ fn copy_store_copies_everything_verified_and_a_second_run_copies_nothing() {
     let dest = sb.path().join("team-store");
     let dest_arg = dest.to_str().expect("utf-8").to_owned();
     let report = run_json(&sb, &["copy-store", "--to", &dest_arg]);
-    assert_eq!(report["schema_version"], 1, "{report:#}");
+    assert_eq!(report["schema_version"], 2, "{report:#}");
+    assert_eq!(report["conflicts"], serde_json::json!([]), "{report:#}");
     let docs = report["documents"].as_u64().expect("documents");
     let logs = report["event_logs"].as_u64().expect("event logs");
     assert!(docs > 0 && logs > 0, "{report:#}");
@@ -864,6 +865,84 @@ fn copy_store_copies_everything_verified_and_a_second_run_copies_nothing() {
         String::from_utf8_lossy(&out.stderr).contains("into itself"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn copy_store_leaves_a_destination_document_that_differs_reports_it_and_exits_1() {
+    use storage_core::{DocKey, Storage};
+    let sb = Sandbox::new();
+    let source = storage_fs::FsStorage::open(sb.store()).expect("source");
+    let key = |id: &str| DocKey::Session {
+        repo: RepoKey::new("api").expect("repo"),
+        session: SessionId::new(id).expect("id"),
+    };
+    for id in ["session-1", "session-2", "session-3"] {
+        source
+            .put(
+                &key(id),
+                &serde_json::json!({"session_id": id, "from": "me"}),
+            )
+            .expect("put");
+    }
+    let dest = sb.path().join("team-store");
+    let dest_arg = dest.to_str().expect("utf-8").to_owned();
+    let team = storage_fs::FsStorage::open(&dest).expect("destination");
+    // A teammate's session-2; session-1 as this store has it.
+    team.put(
+        &key("session-2"),
+        &serde_json::json!({"session_id": "session-2", "from": "teammate"}),
+    )
+    .expect("put");
+    team.put(
+        &key("session-1"),
+        &source.get(&key("session-1")).expect("get").expect("doc"),
+    )
+    .expect("put");
+    let theirs = std::fs::read(team.layout().document(&key("session-2"))).expect("read");
+
+    let out = run(&sb, &["copy-store", "--to", &dest_arg, "--json"], false);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the report");
+    assert_eq!(
+        (&report["documents"], &report["already_equal"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{report:#}"
+    );
+    let conflicts = report["conflicts"].as_array().expect("conflicts");
+    assert_eq!(conflicts.len(), 1, "{report:#}");
+    assert!(
+        conflicts[0]["item"]
+            .as_str()
+            .expect("item")
+            .contains("session-2"),
+        "{report:#}"
+    );
+    assert_eq!(conflicts[0]["overwritten"], false, "{report:#}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 document(s) in the destination differ")
+            && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(team.layout().document(&key("session-2"))).expect("read"),
+        theirs,
+        "the teammate's document is unchanged"
+    );
+    // The human report names it too.
+    let out = run(&sb, &["copy-store", "--to", &dest_arg], false);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("conflict (left as it is in the destination, not copied): doc Session"),
+        "{text}"
+    );
+    // --overwrite replaces it, says so, and succeeds.
+    let report = run_json(&sb, &["copy-store", "--to", &dest_arg, "--overwrite"]);
+    assert_eq!(report["conflicts"][0]["overwritten"], true, "{report:#}");
+    assert_eq!(
+        team.get(&key("session-2")).expect("get"),
+        source.get(&key("session-2")).expect("get")
     );
 }
 

@@ -32,6 +32,7 @@ fn every_command_documents_itself_truthfully() {
         &["list"],
         &["upgrade"],
         &["downgrade"],
+        &["copy-store"],
     ] {
         let name = if args.is_empty() {
             "help".to_owned()

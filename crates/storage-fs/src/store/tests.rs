@@ -3,7 +3,7 @@
 use std::fs;
 
 use serde_json::json;
-use storage_core::SessionId;
+use storage_core::{SessionId, StorageExt};
 
 use super::*;
 
@@ -83,6 +83,109 @@ fn a_corrupt_document_names_its_path() {
             .contains("session-1.json` at line 2 is corrupt"),
         "{err}"
     );
+}
+
+/// JSON nested 200 deep, as an older build or a hand could have written it
+/// (no `Value` is built: its drop would recurse).
+fn nested_200(inner: &str) -> String {
+    format!("{}{inner}{}", "[".repeat(200), "]".repeat(200))
+}
+
+#[test]
+fn a_line_nested_too_deep_on_disk_fails_a_strict_read_and_a_lenient_one_reads_past_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let (repo, job) = (
+        RepoKey::new("proj").expect("valid"),
+        JobId::new("mapreduce-1").expect("valid"),
+    );
+    let log = store.layout().active_event_log(&repo, &job);
+    fs::create_dir_all(fsx::parent(&log)).expect("mkdir");
+    let line = |n: u64| format!("{{\"id\":\"e{n}\",\"event\":{{\"n\":{n}}}}}\n");
+    let deep = format!("{{\"id\":\"e1\",\"deep\":{}}}\n", nested_200("1"));
+    fs::write(&log, [line(0), deep, line(2), line(3)].concat()).expect("write");
+    let ns = |seen: &[EventRecord]| -> Vec<u64> {
+        seen.iter()
+            .map(|e| e.json()["event"]["n"].as_u64().expect("n"))
+            .collect()
+    };
+
+    let mut seen = Vec::new();
+    let err = store
+        .read_events_from(
+            &repo,
+            &job,
+            &EventCursor::START,
+            ReadMode::Strict,
+            &mut |e| {
+                seen.push(e);
+            },
+        )
+        .expect_err("a strict read stops at the deep line");
+    match &err {
+        Error::Corrupt { path, line, reason } => {
+            assert_eq!(path, &log);
+            assert_eq!(*line, Some(2));
+            assert!(reason.contains("recursion limit"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+
+    // A lenient reader (a follower that must not wedge) skips it, reports
+    // it, and goes on, and its cursor is past it.
+    let mut seen = Vec::new();
+    let summary = store
+        .read_events_from(
+            &repo,
+            &job,
+            &EventCursor::START,
+            ReadMode::Lenient,
+            &mut |e| {
+                seen.push(e);
+            },
+        )
+        .expect("lenient read");
+    assert_eq!(ns(&seen), [0, 2, 3]);
+    assert_eq!(summary.skipped.len(), 1, "{:?}", summary.skipped);
+    assert_eq!(summary.skipped[0].file, "events.jsonl");
+    assert_eq!(summary.skipped[0].line, Some(2));
+    store
+        .append_events(
+            &repo,
+            &job,
+            &[EventRecord::from_json(json!({"id": "e4", "event": {"n": 4}})).expect("object")],
+        )
+        .expect("append after it");
+    let mut seen = Vec::new();
+    store
+        .read_events_from(&repo, &job, &summary.next, ReadMode::Strict, &mut |e| {
+            seen.push(e);
+        })
+        .expect("from the cursor, strictly");
+    assert_eq!(ns(&seen), [4], "the next read starts after the deep line");
+
+    // A document nested that deep is corrupt, naming its file; a lenient
+    // listing skips it.
+    let key = DocKey::UnifiedSession {
+        session: SessionId::new("session-deep").expect("valid"),
+    };
+    store
+        .put(&key, &json!({"id": "session-deep"}))
+        .expect("put");
+    let path = store.layout().document(&key);
+    fs::write(
+        &path,
+        format!("{{\"id\":\"session-deep\",\"deep\":{}}}", nested_200("1")),
+    )
+    .expect("write");
+    let err = store.get(&key).expect_err("too deep to read");
+    assert!(
+        matches!(&err, Error::Corrupt { path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    let (sessions, skipped) = store.unified_sessions().expect("lenient listing");
+    assert!(sessions.is_empty());
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
 }
 
 #[test]

@@ -105,6 +105,39 @@ fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
     ));
     assert_eq!(again["already_done"].as_u64(), Some(2), "{again:#}");
 
+    // A document the team's store holds with other content is left as it
+    // is and reported, and the command exits 1; --overwrite replaces it.
+    let other = DocKey::Session {
+        repo: repo.clone(),
+        session: "cook-8".parse().expect("id"),
+    };
+    let mine = json!({"session_id": "cook-8", "from": "me"});
+    let theirs = json!({"session_id": "cook-8", "from": "teammate"});
+    file.put(&other, &mine).expect("put");
+    team.put(&other, &theirs).expect("put");
+    let out = run(
+        &bin,
+        home.path(),
+        &["copy-store", "--to", &url, "--json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).expect("the report");
+    assert_eq!(r["conflicts"][0]["overwritten"], false, "{r:#}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--overwrite"),
+        "{out:?}"
+    );
+    assert_eq!(team.get(&other).expect("get"), Some(theirs));
+    let r = json_of(&run(
+        &bin,
+        home.path(),
+        &["copy-store", "--to", &url, "--json", "--overwrite"],
+        &[],
+    ));
+    assert_eq!(r["conflicts"][0]["overwritten"], true, "{r:#}");
+    assert_eq!(team.get(&other).expect("get"), Some(mine));
+
     // --store (and PRODIGY_STORE) select the team's store for status.
     let s = json_of(&run(
         &bin,
