@@ -216,15 +216,23 @@ fn write_batch(_lock: &LogLock, active: &Path, buf: &[u8]) -> Result<u64> {
         ),
         Err(e) => return Err(Error::io("open", active, e)),
     };
+    write_at_end(&file, active, created, buf)
+}
+
+/// Writes `buf` (whole lines) at the end of `file` (at `path`, created now
+/// if `created`), whose lock the caller holds: a torn end is moved aside
+/// first, and a write or `fdatasync` that fails is cut back off before the
+/// error is returned. Returns the file's length after the batch.
+fn write_at_end(file: &File, path: &Path, created: bool, buf: &[u8]) -> Result<u64> {
     let start = file
         .metadata()
-        .map_err(|e| Error::io("stat", active, e))?
+        .map_err(|e| Error::io("stat", path, e))?
         .len();
-    let start = repair_torn_tail(&file, active, start)?;
-    let written = (&file)
+    let start = repair_torn_tail(file, path, start)?;
+    let written = (&*file)
         .write_all(buf)
-        .map_err(|e| Error::io("append to", active, e))
-        .and_then(|()| file.sync_data().map_err(|e| Error::io("fsync", active, e)));
+        .map_err(|e| Error::io("append to", path, e))
+        .and_then(|()| file.sync_data().map_err(|e| Error::io("fsync", path, e)));
     if let Err(failed) = written {
         // Take the batch (or the part written) back out, so the log ends on a
         // whole line and a retry of the same batch cannot duplicate it. The
@@ -235,13 +243,13 @@ fn write_batch(_lock: &LogLock, active: &Path, buf: &[u8]) -> Result<u64> {
         return match file.set_len(start).and_then(|()| file.sync_data()) {
             Ok(()) => Err(failed),
             Err(e) => {
-                tracing::error!(log = %active.display(), error = %failed, "an append failed and its batch could not be cut back off");
-                Err(Error::io(CUT_BACK_FAILED, active, e))
+                tracing::error!(log = %path.display(), error = %failed, "an append failed and its batch could not be cut back off");
+                Err(Error::io(CUT_BACK_FAILED, path, e))
             }
         };
     }
     if created {
-        fsx::fsync_dir(fsx::parent(active))?;
+        fsx::fsync_dir(fsx::parent(path))?;
     }
     Ok(start + buf.len() as u64)
 }
@@ -260,28 +268,7 @@ pub fn append_lines(path: &Path, buf: &[u8]) -> Result<()> {
             .open(path)
     };
     let (file, created) = open_locked(path, &open)?;
-    let start = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
-    let start = repair_torn_tail(&file, path, start)?;
-    let written = (&file)
-        .write_all(buf)
-        .map_err(|e| Error::io("append to", path, e))
-        .and_then(|()| file.sync_data().map_err(|e| Error::io("fsync", path, e)));
-    if let Err(failed) = written {
-        return match file.set_len(start).and_then(|()| file.sync_data()) {
-            Ok(()) => Err(failed),
-            Err(e) => {
-                tracing::error!(log = %path.display(), error = %failed, "an append failed and its batch could not be cut back off");
-                Err(Error::io(CUT_BACK_FAILED, path, e))
-            }
-        };
-    }
-    if created {
-        fsx::fsync_dir(fsx::parent(path))?;
-    }
-    Ok(())
+    write_at_end(&file, path, created, buf).map(|_| ())
 }
 
 /// Opens the file at `path` (creating it and its directory if needed) and

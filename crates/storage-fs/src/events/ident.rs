@@ -104,15 +104,7 @@ pub(crate) const HEAD_BYTES: u64 = 4096;
 /// file shorter than that has another fingerprint than any of that length.
 pub(crate) fn head_of(file: &File, path: &Path, len: u64) -> Result<String> {
     let mut buf = vec![0u8; usize::try_from(len.min(HEAD_BYTES)).expect("small")];
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", path, e)),
-        }
-    }
+    let got = read_prefix(file, path, &mut buf)?;
     let mut h = blake3::Hasher::new();
     h.update(&(got as u64).to_le_bytes());
     h.update(&buf[..got]);
@@ -294,8 +286,8 @@ fn create(dir: &Path, path: &Path) -> Result<()> {
     }
 }
 
-fn read_record(file: &File, path: &Path) -> Result<Record> {
-    let mut buf = vec![0u8; RECORD_BYTES];
+/// Reads the first bytes of `file` into `buf` (fewer at its end); returns how many.
+fn read_prefix(file: &File, path: &Path, buf: &mut [u8]) -> Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read_at(&mut buf[got..], got as u64) {
@@ -305,6 +297,12 @@ fn read_record(file: &File, path: &Path) -> Result<Record> {
             Err(e) => return Err(Error::io("read", path, e)),
         }
     }
+    Ok(got)
+}
+
+fn read_record(file: &File, path: &Path) -> Result<Record> {
+    let mut buf = vec![0u8; RECORD_BYTES];
+    let got = read_prefix(file, path, &mut buf)?;
     let record: Record = serde_json::from_slice(&buf[..got]).map_err(|e| Error::Corrupt {
         path: path.to_owned(),
         line: None,
