@@ -19,7 +19,7 @@
 //! so an appender's batch lands in the log before the change or in the log
 //! after it, never in a file that has left the log.
 //!
-//! A compare-and-append ([`append_at`]) first compares the log's end with
+//! A compare-and-append (`append_at`) first compares the log's end with
 //! the position its caller expects, under the lock; if they differ, it
 //! compares the bytes at the expected position with the batch's, so a retry
 //! of a batch that landed is recognised and not written again.
