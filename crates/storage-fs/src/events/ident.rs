@@ -145,7 +145,7 @@ impl LogLock {
     /// Takes the exclusive lock of the log in `dir`, creating `.log` (and
     /// `dir`) if needed.
     pub(crate) fn exclusive(dir: &Path) -> Result<Self> {
-        let path = dir.join(LOG_FILE);
+        let path = crate::layout::log_file(dir, LOG_FILE);
         let mut last = None;
         // A few rounds at most: each retry follows a deletion that finished
         // while this writer waited.
@@ -186,7 +186,7 @@ impl LogLock {
     /// Takes the shared lock of the log in `dir` if it has a `.log`; `None`
     /// if it has none (a log no writer of this store has touched).
     pub(crate) fn shared(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join(LOG_FILE);
+        let path = crate::layout::log_file(dir, LOG_FILE);
         for _ in 0..64 {
             let file = match File::open(&path) {
                 Ok(f) => f,
