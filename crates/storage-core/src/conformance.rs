@@ -25,7 +25,8 @@ use crate::record::{
     SessionRecord, UnifiedSession, WorkflowCheckpoint,
 };
 use crate::storage::{
-    Appended, DocKey, EventCursor, EventRetention, LockWait, ReadMode, Retention, Scope, Storage,
+    Appended, DocKey, EventCursor, EventRetention, Fence, LockWait, ReadMode, Retention, Scope,
+    Storage,
 };
 
 /// Generates one `#[test]` per conformance check; `$with` is called with each
@@ -68,6 +69,7 @@ macro_rules! storage_conformance_tests {
             a_cursor_is_carried_over_retention_without_a_skip,
             a_cursor_past_the_end_restarts_and_says_so,
             json_nested_deeper_than_the_limit_is_refused_at_write,
+            a_stale_holders_fenced_writes_are_refused,
         );
     };
     (@each $with:expr; $($check:ident),+ $(,)?) => {
@@ -1262,4 +1264,70 @@ pub fn json_nested_deeper_than_the_limit_is_refused_at_write(s: &dyn Storage) {
         4,
         "nothing of the refused batch was written"
     );
+}
+
+/// Every acquisition of a lock has a larger fencing token than the one
+/// before; a write fenced with an older token is refused and writes
+/// nothing, one fenced with the newest is made; a held lock checks as held.
+pub fn a_stale_holders_fenced_writes_are_refused(s: &dyn Storage) {
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let (r, j) = (repo("proj"), job("mapreduce-1"));
+    let doc = session_key("proj", "session-1");
+    let a = s.lock(&key, &holder(1), LockWait::NoWait).expect("lock");
+    let Some(old) = a.fence() else {
+        // A store without tokens (none in this workspace) says so.
+        assert!(matches!(a.check(), Err(Error::Unsupported { .. })));
+        return;
+    };
+    assert_eq!(a.check().expect("check"), true, "held");
+    assert!(!a.is_lost());
+    s.put_fenced(&doc, &json!({"session_id": "session-1", "by": "a"}), &old)
+        .expect("the holder writes");
+    s.append_events_fenced(&r, &j, &[event("mapreduce-1", 0)], &old)
+        .expect("the holder appends");
+    drop(a);
+    let b = s
+        .lock(&key, &holder(2), LockWait::NoWait)
+        .expect("lock again");
+    let new = b.fence().expect("a token");
+    assert!(new.token > old.token, "{} then {}", old.token, new.token);
+    s.put_fenced(&doc, &json!({"session_id": "session-1", "by": "b"}), &new)
+        .expect("the new holder writes");
+    // The old holder, not told: refused, nothing written.
+    let err = s
+        .put_fenced(
+            &doc,
+            &json!({"session_id": "session-1", "by": "a, late"}),
+            &old,
+        )
+        .expect_err("stale");
+    match &err {
+        Error::LockLost { token, current, .. } => {
+            assert_eq!((*token, *current), (old.token, Some(new.token)));
+        }
+        other => panic!("expected LockLost, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("no longer held by this writer"),
+        "{err}"
+    );
+    let err = s
+        .append_events_fenced(&r, &j, &[event("mapreduce-1", 9)], &old)
+        .expect_err("stale");
+    assert!(matches!(err, Error::LockLost { .. }), "{err:?}");
+    assert_eq!(
+        s.get(&doc).expect("get"),
+        Some(json!({"session_id": "session-1", "by": "b"}))
+    );
+    assert_eq!(read_all(s, &r, &j, &EventCursor::START).0, [0]);
+    // A token of another lock is not this lock's.
+    let other = Fence {
+        key: LockKey::new("mapreduce-2").expect("valid"),
+        token: new.token,
+    };
+    assert!(matches!(
+        s.put_fenced(&doc, &json!({"session_id": "session-1"}), &other),
+        Err(Error::LockLost { .. })
+    ));
+    drop(b);
 }

@@ -147,6 +147,24 @@ pub enum Error {
         end: EventCursor,
     },
 
+    /// A write under a lock was refused: the lock has been taken again
+    /// since the writer's acquisition (a larger token), or is held by
+    /// nobody. Nothing was written.
+    #[error(
+        "the lock {} is no longer held by this writer (its token {token}{}); nothing was written. \
+         Stop the work it guarded: another process may hold it now",
+        lock_name(.key),
+        current_text(*.current)
+    )]
+    LockLost {
+        /// The lock.
+        key: LockKey,
+        /// The writer's token.
+        token: u64,
+        /// The lock's newest token, if it is held.
+        current: Option<u64>,
+    },
+
     /// The store does not implement an operation (a `Storage` written
     /// outside this workspace, before the operation existed).
     #[error("this store does not support {op}")]
@@ -190,6 +208,13 @@ fn waited_text(waited: Option<Duration>) -> String {
 
 fn next_text(next: Option<&str>) -> String {
     next.map_or_else(String::new, |n| format!("; {n}"))
+}
+
+fn current_text(current: Option<u64>) -> String {
+    current.map_or_else(
+        || "; the lock's file or row is gone".to_owned(),
+        |c| format!(", the lock's is {c}"),
+    )
 }
 
 fn line_text(line: Option<u64>) -> String {

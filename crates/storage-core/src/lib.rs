@@ -72,8 +72,9 @@ pub use record::{
     SessionRecord, UnifiedSession, WorkflowCheckpoint,
 };
 pub use storage::{
-    Appended, DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait,
-    LogEntry, ReadMode, Retention, RetentionReport, Scope, Skipped, Storage, TornTail,
+    Appended, DocKey, Entry, EventCursor, EventLogSummary, EventRetention, Fence, HeldLock,
+    LockGuard, LockWait, LogEntry, ReadMode, Retention, RetentionReport, Scope, Skipped, Storage,
+    TornTail,
 };
 pub use time::parse_rfc3339;
 

@@ -15,14 +15,37 @@ use crate::error::{Error, Result};
 use crate::id::{ExtKind, JobId, LockKey, RepoKey};
 use crate::record::{EventRecord, LockHolder};
 use crate::storage::{
-    Appended, DocKey, Entry, EventCursor, EventLogSummary, EventRetention, LockGuard, LockWait,
-    LogEntry, ReadMode, RetentionReport, Scope, Storage,
+    Appended, DocKey, Entry, EventCursor, EventLogSummary, EventRetention, Fence, HeldLock,
+    LockGuard, LockWait, LogEntry, ReadMode, RetentionReport, Scope, Storage,
 };
 
 #[derive(Default)]
 struct Locks {
-    held: Mutex<BTreeMap<LockKey, LockHolder>>,
+    held: Mutex<LockTable>,
     freed: Condvar,
+}
+
+/// Who holds each lock, and each lock's newest fencing token.
+#[derive(Default)]
+struct LockTable {
+    holders: BTreeMap<LockKey, LockHolder>,
+    tokens: BTreeMap<LockKey, u64>,
+}
+
+impl LockTable {
+    /// Refuses a write fenced with anything but `fence.key`'s newest token.
+    fn check(&self, fence: &Fence) -> Result<()> {
+        let current = self.tokens.get(&fence.key).copied();
+        if current == Some(fence.token) {
+            Ok(())
+        } else {
+            Err(Error::LockLost {
+                key: fence.key.clone(),
+                token: fence.token,
+                current,
+            })
+        }
+    }
 }
 
 /// One stored document: its JSON, its size as the file store would write
@@ -120,13 +143,27 @@ fn line_bytes(e: &EventRecord) -> u64 {
 
 struct Held {
     key: LockKey,
+    token: u64,
     locks: Arc<Locks>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        guard(&self.locks.held).remove(&self.key);
+        guard(&self.locks.held).holders.remove(&self.key);
         self.locks.freed.notify_all();
+    }
+}
+
+impl HeldLock for Held {
+    fn token(&self) -> u64 {
+        self.token
+    }
+    // A lock in memory is lost only with its guard.
+    fn check(&self) -> Result<bool> {
+        Ok(true)
+    }
+    fn known_lost(&self) -> bool {
+        false
     }
 }
 
@@ -449,19 +486,22 @@ impl Storage for MemoryStorage {
         };
         let mut held = guard(&self.locks.held);
         loop {
-            if !held.contains_key(key) {
-                held.insert(key.clone(), holder.clone());
+            if !held.holders.contains_key(key) {
+                held.holders.insert(key.clone(), holder.clone());
+                let token = held.tokens.entry(key.clone()).or_insert(0);
+                *token += 1;
                 let h = Held {
                     key: key.clone(),
+                    token: *token,
                     locks: Arc::clone(&self.locks),
                 };
-                return Ok(LockGuard::new(key.clone(), Box::new(h)));
+                return Ok(LockGuard::with_liveness(key.clone(), Box::new(h)));
             }
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Locked {
                     key: key.clone(),
-                    holder: held.get(key).cloned(),
+                    holder: held.holders.get(key).cloned(),
                     waited: matches!(wait, LockWait::Timeout(_)).then(|| now - start),
                 });
             }
@@ -473,5 +513,25 @@ impl Storage for MemoryStorage {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    fn put_fenced(&self, key: &DocKey, doc: &Value, fence: &Fence) -> Result<()> {
+        // The lock table stays locked through the write: no acquisition
+        // comes between the check and the write.
+        let held = guard(&self.locks.held);
+        held.check(fence)?;
+        self.put(key, doc)
+    }
+
+    fn append_events_fenced(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        events: &[EventRecord],
+        fence: &Fence,
+    ) -> Result<()> {
+        let held = guard(&self.locks.held);
+        held.check(fence)?;
+        self.append_events(repo, job, events)
     }
 }

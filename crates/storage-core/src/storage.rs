@@ -529,26 +529,119 @@ pub struct TornTail {
     pub bytes: u64,
 }
 
+/// What a store keeps a held lock with; see [`LockGuard::with_liveness`].
+/// For implementations.
+pub trait HeldLock: Send + Sync {
+    /// The fencing token of this acquisition: larger than that of every
+    /// earlier acquisition of the same key in the same store.
+    fn token(&self) -> u64;
+
+    /// Looks now (I/O) whether this holder still holds the lock; `false`
+    /// once it is known lost (then for good).
+    fn check(&self) -> Result<bool>;
+
+    /// Whether the lock is known lost already, without I/O: a failed
+    /// [`HeldLock::check`], or what the store watches in the background
+    /// (PostgreSQL: a lock that has not been confirmed on its connection
+    /// for its lease).
+    fn known_lost(&self) -> bool;
+}
+
+/// The proof a write under a lock carries ([`Storage::put_fenced`],
+/// [`Storage::append_events_fenced`]): the lock and the token of its
+/// acquisition. The store refuses the write if the lock has been taken
+/// again since (a larger token) or is not held by its token's holder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The lock.
+    pub key: LockKey,
+    /// The token of the acquisition the writer holds.
+    pub token: u64,
+}
+
 /// A held lock; dropping it releases the lock.
 ///
 /// The guard owns whatever keeps the lock (an open file with a kernel `flock`
-/// for the on-disk store), so a process that dies releases its locks too.
+/// for the on-disk store, a connection for PostgreSQL), so a process that
+/// dies releases its locks too.
+///
+/// A lock can be lost while its guard lives: a PostgreSQL lock with its
+/// connection (a server restart, a terminated backend), a file lock when
+/// its file is removed or replaced by someone else. [`LockGuard::is_lost`]
+/// says so without I/O, [`LockGuard::check`] looks, and a write made with
+/// [`LockGuard::fence`] is refused by the store once another holder has
+/// taken the lock, so a stale holder cannot overwrite its successor's work.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
     key: LockKey,
-    _held: Box<dyn Send + Sync>,
+    held: Box<dyn HeldLock>,
+}
+
+/// A lock of a store that does not say whether it is still held.
+struct Opaque(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl HeldLock for Opaque {
+    fn token(&self) -> u64 {
+        0
+    }
+    fn check(&self) -> Result<bool> {
+        Err(crate::Error::Unsupported {
+            op: "checking whether a lock is still held",
+        })
+    }
+    fn known_lost(&self) -> bool {
+        false
+    }
 }
 
 impl LockGuard {
-    /// Wraps `held`, whose drop releases the lock. For implementations.
+    /// Wraps `held`, whose drop releases the lock, for a store that cannot
+    /// tell whether it still holds it (no token: [`LockGuard::fence`] is
+    /// `None`). For implementations.
     pub fn new(key: LockKey, held: Box<dyn Send + Sync>) -> Self {
-        Self { key, _held: held }
+        Self {
+            key,
+            held: Box::new(Opaque(held)),
+        }
+    }
+
+    /// Wraps `held`, which knows its token and whether it is still held.
+    /// For implementations.
+    pub fn with_liveness(key: LockKey, held: Box<dyn HeldLock>) -> Self {
+        Self { key, held }
     }
 
     /// The lock's key.
     #[must_use]
     pub fn key(&self) -> &LockKey {
         &self.key
+    }
+
+    /// The fencing token of this acquisition (0 for a store without tokens).
+    #[must_use]
+    pub fn token(&self) -> u64 {
+        self.held.token()
+    }
+
+    /// What writes under this lock carry; `None` for a store without tokens.
+    #[must_use]
+    pub fn fence(&self) -> Option<Fence> {
+        let token = self.held.token();
+        (token > 0).then(|| Fence {
+            key: self.key.clone(),
+            token,
+        })
+    }
+
+    /// Whether the lock is known lost, without I/O (see [`HeldLock::known_lost`]).
+    #[must_use]
+    pub fn is_lost(&self) -> bool {
+        self.held.known_lost()
+    }
+
+    /// Looks now whether this guard still holds the lock.
+    pub fn check(&self) -> Result<bool> {
+        self.held.check()
     }
 
     /// Releases the lock now (the same as dropping the guard).
@@ -559,6 +652,7 @@ impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LockGuard")
             .field("key", &self.key)
+            .field("token", &self.held.token())
             .finish_non_exhaustive()
     }
 }
@@ -596,7 +690,9 @@ impl std::fmt::Debug for LockGuard {
 ///   appender never loses events to them: its batch lands in the log
 ///   before the change or in the log that follows it.
 /// - `lock` is exclusive across threads and processes, and a lock whose holder
-///   died is free again.
+///   died is free again. Each acquisition has a larger fencing token than
+///   the one before, and a write fenced with a token that is no longer the
+///   lock's newest is refused with [`Error::LockLost`](crate::Error::LockLost).
 ///
 /// Methods added in later releases come with a default body, so an
 /// implementation outside this workspace keeps compiling.
@@ -742,4 +838,30 @@ pub trait Storage: Send + Sync {
 
     /// Takes the exclusive lock `key`, recording `holder` for messages.
     fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard>;
+
+    /// [`Storage::put`], only while `fence` is the newest acquisition of its
+    /// lock: else nothing is written and the result is
+    /// [`Error::LockLost`](crate::Error::LockLost). The check and the write
+    /// are one step: no acquisition of the lock comes between them.
+    fn put_fenced(&self, key: &DocKey, doc: &Value, fence: &Fence) -> Result<()> {
+        let _ = (key, doc, fence);
+        Err(crate::Error::Unsupported {
+            op: "fenced writes (put_fenced)",
+        })
+    }
+
+    /// [`Storage::append_events`], only while `fence` is the newest
+    /// acquisition of its lock (see [`Storage::put_fenced`]).
+    fn append_events_fenced(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        events: &[EventRecord],
+        fence: &Fence,
+    ) -> Result<()> {
+        let _ = (repo, job, events, fence);
+        Err(crate::Error::Unsupported {
+            op: "fenced writes (append_events_fenced)",
+        })
+    }
 }

@@ -22,10 +22,35 @@
 //! them in this order: migration lock, registry, resume locks; then no two
 //! processes can deadlock.
 //!
+//! # Fencing tokens and lost locks
+//!
+//! A resume lock ([`FencedLock`]) also has a fencing token: a number larger
+//! than that of every earlier acquisition of the same key, written into the
+//! lock file beside the holder's description (`"fence"`). It is the larger
+//! of the file's last token plus one and the current time in microseconds,
+//! so it keeps growing even when the lock file is removed and made again
+//! (only a clock set back by more than the time between two acquisitions
+//! could break that; the time is a floor, the file's count the rule). A
+//! write made with a token ([`with_fence`]) is refused unless the token is
+//! the one in the lock file, and the check and the write happen under a
+//! shared `flock` on the locks' directory, which an acquisition takes
+//! exclusively while it writes its token: no acquisition comes between the
+//! check and the write.
+//!
+//! A `flock` is not lost while its holder lives, but its *file* can be: a
+//! person or a program that removes or replaces `resume_locks/<key>.lock`
+//! lets the next process lock a new file while the old holder still holds
+//! the old one. [`FencedLock`]'s check compares the locked descriptor with
+//! the path (same inode on the same device, still linked: a descriptor
+//! held open keeps its inode from being reused), and its successor's token
+//! refuses the old holder's fenced writes.
+//!
 //! # Limitations
 //!
 //! `flock` is not reliable on some network file systems (older NFS); the store
-//! is meant for a local disk.
+//! is meant for a local disk. On NFS, a client that loses its lease loses
+//! its locks without being told; fenced writes are then refused only once
+//! another holder has written its token.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -96,7 +121,16 @@ impl FileLock {
     }
 
     fn write_holder(&mut self, holder: &LockHolder) -> Result<()> {
-        let text = serde_json::to_vec(holder).expect("a LockHolder always serializes");
+        self.write_holder_with(holder, None)
+    }
+
+    /// Writes the holder's description, and its fencing token if any.
+    fn write_holder_with(&mut self, holder: &LockHolder, fence: Option<u64>) -> Result<()> {
+        let mut value = serde_json::to_value(holder).expect("a LockHolder always serializes");
+        if let (Some(token), Some(map)) = (fence, value.as_object_mut()) {
+            map.insert("fence".to_owned(), token.into());
+        }
+        let text = serde_json::to_vec(&value).expect("JSON always serializes");
         // In place, never by rename: see the module docs. Not fsynced: a hint.
         (|| {
             self.file.set_len(0)?;
@@ -111,6 +145,157 @@ impl FileLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// A resume lock with its fencing token; see the module docs.
+#[derive(Debug)]
+pub struct FencedLock {
+    lock: FileLock,
+    token: u64,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl FencedLock {
+    /// Takes the lock on `path` like [`FileLock::acquire`], then gives it
+    /// the next fencing token, under the exclusive `flock` of the locks'
+    /// directory.
+    pub fn acquire(
+        path: &Path,
+        key: &LockKey,
+        holder: &LockHolder,
+        wait: LockWait,
+    ) -> Result<Self> {
+        let mut lock = FileLock::acquire(path, key, holder, wait)?;
+        let dir = DirLock::exclusive(fsx::parent(path))?;
+        let last = read_fence(path).unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let token = last.saturating_add(1).max(now);
+        lock.write_holder_with(holder, Some(token))?;
+        // Durable before any write relies on it: a token that a power loss
+        // could take back could be handed out twice.
+        lock.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync", &lock.path, e))?;
+        drop(dir);
+        Ok(Self {
+            lock,
+            token,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// The token of this acquisition.
+    #[must_use]
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// Whether the locked file is still the one at the lock's path; once
+    /// not, for good.
+    pub fn check(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering;
+        if self.lost.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let path = &self.lock.path;
+        let held = self
+            .lock
+            .file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?;
+        let same = match std::fs::symlink_metadata(path) {
+            Ok(now) => held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io("stat", path, e)),
+        };
+        if !same {
+            self.lost.store(true, Ordering::Relaxed);
+            tracing::warn!(lock = %path.display(), "a held lock's file was removed or replaced: the lock is lost");
+        }
+        Ok(same)
+    }
+
+    /// Whether [`FencedLock::check`] found the lock lost.
+    #[must_use]
+    pub fn known_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl storage_core::HeldLock for FencedLock {
+    fn token(&self) -> u64 {
+        self.token
+    }
+    fn check(&self) -> Result<bool> {
+        FencedLock::check(self)
+    }
+    fn known_lost(&self) -> bool {
+        FencedLock::known_lost(self)
+    }
+}
+
+/// A `flock` on a directory, released when dropped.
+struct DirLock {
+    _held: File,
+}
+
+impl DirLock {
+    fn exclusive(dir: &Path) -> Result<Self> {
+        let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+        f.lock().map_err(|e| Error::io("lock", dir, e))?;
+        Ok(Self { _held: f })
+    }
+
+    fn shared(dir: &Path) -> Result<Self> {
+        let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
+        f.lock_shared().map_err(|e| Error::io("lock", dir, e))?;
+        Ok(Self { _held: f })
+    }
+}
+
+/// The fencing token in the lock file at `path`, if it has one.
+fn read_fence(path: &Path) -> Option<u64> {
+    let mut text = Vec::new();
+    File::open(path).ok()?.read_to_end(&mut text).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&text)
+        .ok()?
+        .get("fence")?
+        .as_u64()
+}
+
+/// Runs `write` only if `fence` is the newest acquisition of the lock whose
+/// file is `path` (see the module docs); else [`Error::LockLost`].
+pub fn with_fence<T>(
+    path: &Path,
+    fence: &storage_core::Fence,
+    write: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let dir = fsx::parent(path);
+    let held = match DirLock::shared(dir) {
+        Ok(d) => d,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::LockLost {
+                key: fence.key.clone(),
+                token: fence.token,
+                current: None,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let current = read_fence(path);
+    if current != Some(fence.token) {
+        return Err(Error::LockLost {
+            key: fence.key.clone(),
+            token: fence.token,
+            current,
+        });
+    }
+    let out = write();
+    drop(held);
+    out
 }
 
 /// What the current (or last) holder of the lock at `path` wrote, if readable.

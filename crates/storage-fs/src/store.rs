@@ -8,12 +8,12 @@ use std::time::Duration;
 use serde_json::Value;
 use storage_core::{
     Appended, DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention,
-    ExtKind, JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
-    RetentionReport, Scope, Storage,
+    ExtKind, Fence, JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey,
+    Result, RetentionReport, Scope, Storage,
 };
 
 use crate::layout::{self, LAYOUT_VERSION, Layout};
-use crate::lock::{FileLock, this_process};
+use crate::lock::{FencedLock, FileLock, this_process};
 use crate::repo::{self, RepoRecord};
 use crate::{events, fsx};
 
@@ -535,8 +535,26 @@ impl Storage for FsStorage {
     }
 
     fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {
-        let lock = FileLock::acquire(&self.layout.resume_lock(key), key, holder, wait)?;
-        Ok(LockGuard::new(key.clone(), Box::new(lock)))
+        let lock = FencedLock::acquire(&self.layout.resume_lock(key), key, holder, wait)?;
+        Ok(LockGuard::with_liveness(key.clone(), Box::new(lock)))
+    }
+
+    fn put_fenced(&self, key: &DocKey, doc: &Value, fence: &Fence) -> Result<()> {
+        crate::lock::with_fence(&self.layout.resume_lock(&fence.key), fence, || {
+            self.put(key, doc)
+        })
+    }
+
+    fn append_events_fenced(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        records: &[EventRecord],
+        fence: &Fence,
+    ) -> Result<()> {
+        crate::lock::with_fence(&self.layout.resume_lock(&fence.key), fence, || {
+            self.append_events(repo, job, records)
+        })
     }
 }
 

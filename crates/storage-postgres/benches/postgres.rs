@@ -26,6 +26,9 @@
 //!   `append_events_at` (compare-and-append, each at the end the previous
 //!   returned), against `append_events` to another log, alternating batch
 //!   by batch: the cost of a retry-safe append (target at most 1.1x).
+//! - `pg-follow`: append-to-delivery latency of a `Follower` (`LISTEN`),
+//!   1,000 events appended by another process one every 5 ms: median, p99
+//!   and max (target p99 at most 20 ms).
 //! - `pg-get-blocking-pool`: gets of one session on a thread of tokio's
 //!   blocking pool without a `BlockingSection` (where the store runs each
 //!   call on a thread of its own, because tokio does not tell its blocking
@@ -51,6 +54,7 @@ const BATCHES_PER_PROCESS: usize = 25;
 const SAVES: usize = 1_000;
 const GETS: usize = 2_000;
 const ROUNDS: usize = 7;
+const FOLLOW_EVENTS: usize = 1_000;
 
 fn event(writer: usize, n: usize) -> EventRecord {
     EventRecord::from_json(json!({
@@ -166,6 +170,20 @@ fn main() {
             at.as_secs_f64() * 1e6 / SAVES as f64,
             ms(plain),
             plain.as_secs_f64() * 1e6 / SAVES as f64
+        ),
+    );
+
+    let (median_f, p99, max) = bench_follow(&url, &schema, &store);
+    report(
+        json_out,
+        &json!({"bench": "pg-follow", "median_ms": ms(median_f), "p99_ms": ms(p99), "max_ms": ms(max),
+                "target_p99_ms": 20, "events": FOLLOW_EVENTS,
+                "what": "append (another process, one event every 5 ms) to delivery by a Follower (LISTEN)"}),
+        &format!(
+            "pg-follow: {FOLLOW_EVENTS} events appended by another process one every 5 ms, delivered by a Follower: median {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 <= 20 ms)",
+            ms(median_f),
+            ms(p99),
+            ms(max)
         ),
     );
 
@@ -321,6 +339,28 @@ fn worker(spec: &str) {
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).expect("go");
     };
+    if verb == "follow" {
+        let store = PgStorage::connect_with(url, PgOptions::default().schema(schema).pool_size(1))
+            .expect("connect");
+        store.event_logs(&repo).expect("warm");
+        go();
+        let job = JobId::new("mapreduce-follow").expect("valid");
+        for n in 0..FOLLOW_EVENTS {
+            std::thread::sleep(Duration::from_millis(5));
+            let sent = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_nanos();
+            let e = EventRecord::from_json(json!({
+                "event": {"event_type": "agent_completed", "n": n},
+                "sent_ns": u64::try_from(sent).expect("fits"),
+            }))
+            .expect("object");
+            store.append_events(&repo, &job, &[e]).expect("append");
+        }
+        println!("done");
+        return;
+    }
     if verb.starts_with("store") {
         let job = if verb == "store-own-log" {
             JobId::new(format!("mapreduce-{w}")).expect("valid")
@@ -372,6 +412,50 @@ fn worker(spec: &str) {
 }
 
 /// Median times of `SAVES` saves (store, bare), interleaved save by save.
+/// Append-to-delivery latency: a worker process appends [`FOLLOW_EVENTS`]
+/// events one every 5 ms, each stamped with the wall-clock time just before
+/// its append; a `Follower` here notes when each arrives. Returns the
+/// median, p99 and max (both processes read the same clock).
+fn bench_follow(url: &str, schema: &str, store: &PgStorage) -> (Duration, Duration, Duration) {
+    let repo = RepoKey::new("bench").expect("valid");
+    let job = JobId::new("mapreduce-follow").expect("valid");
+    let mut follower = store
+        .follow(&repo, &job, &storage_core::EventCursor::START)
+        .expect("follow");
+    let mut child = Command::new(std::env::current_exe().expect("bench binary"))
+        .env(WORKER_VAR, json!(["follow", url, schema, 0, 0]).to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(out.next().expect("a line").expect("read"), "ready");
+    writeln!(child.stdin.take().expect("stdin"), "go").expect("go");
+    let mut latencies = Vec::with_capacity(FOLLOW_EVENTS);
+    while latencies.len() < FOLLOW_EVENTS {
+        follower
+            .next(Duration::from_secs(30), &mut |_, e| {
+                let received = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_nanos();
+                let sent = u128::from(e.json()["sent_ns"].as_u64().expect("stamped"));
+                latencies.push(Duration::from_nanos(
+                    u64::try_from(received.saturating_sub(sent)).expect("fits"),
+                ));
+            })
+            .expect("follow");
+    }
+    assert_eq!(out.next().expect("a line").expect("read"), "done");
+    assert!(child.wait().expect("wait").success());
+    latencies.sort();
+    (
+        latencies[FOLLOW_EVENTS / 2],
+        latencies[FOLLOW_EVENTS * 99 / 100],
+        latencies[FOLLOW_EVENTS - 1],
+    )
+}
+
 /// Median times of `SAVES` batches appended one by one to a log through
 /// `append_events_at` (each at the end the previous returned) and through
 /// `append_events` to another log, batch by batch alternating (which goes

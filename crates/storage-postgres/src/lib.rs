@@ -95,6 +95,7 @@ mod sql;
 mod store;
 
 pub use follow::Follower;
+pub use lock::{KEEP_EVERY as LOCK_KEEP_EVERY, LEASE as LOCK_LEASE};
 pub use options::{DEFAULT_SCHEMA, PgOptions};
 pub use sql::SCHEMA_VERSION;
 pub use store::{MAX_LINE_BYTES, PgStorage};

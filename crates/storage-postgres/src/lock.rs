@@ -22,6 +22,26 @@
 //! is `pg_advisory_lock` under `lock_timeout`: the server wakes the waiter
 //! the moment the holder lets go, with no polling.
 //!
+//! # Knowing that the lock is still held, and fencing
+//!
+//! A guard has a keeper: a thread that confirms, every second
+//! ([`KEEP_EVERY`]), on the lock's own connection, that its session still
+//! holds the advisory lock (`pg_locks`). That also keeps the connection
+//! busy, so no idle timeout ends it (and every connection of the store
+//! turns the server's `idle_session_timeout` off). A failed confirmation
+//! (the backend terminated, the server restarted, the network broken)
+//! marks the lock lost; so does a lease of [`LEASE`] without a
+//! confirmation (a query that hangs on a vanished network). The holder
+//! asks `LockGuard::is_lost` (no I/O) or `LockGuard::check` (a query).
+//! Cost: one short statement per second per held lock.
+//!
+//! Each acquisition also takes the next fencing token, in the lock's
+//! `locks` row (`fence`: one more than the last, and at least the server's
+//! time in microseconds). A fenced write reads that token `FOR SHARE` in
+//! the write's transaction and writes only if it is the writer's: a new
+//! acquisition's update of the row waits for the write's commit, so no
+//! acquisition comes between the check and the write.
+//!
 //! # The holder's description
 //!
 //! After taking the lock, the holder upserts its [`LockHolder`] into the
@@ -30,7 +50,8 @@
 //! so a row left behind by a holder that died names nobody. Like the file
 //! store's, the description is a hint for messages, never the lock.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use storage_core::{Error, LockGuard, LockHolder, LockKey, LockWait, Result};
@@ -40,19 +61,77 @@ use crate::keys;
 use crate::pool::{Conn, PgResult, Pool};
 use crate::sql;
 
-/// What a [`LockGuard`] owns: the connection whose session holds the lock.
+/// How often a guard's keeper confirms that its lock is still held.
+pub const KEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a lock counts as held without a confirmation.
+pub const LEASE: Duration = Duration::from_secs(2);
+
+/// What a guard and its keeper share.
+struct Shared {
+    conn: Mutex<Option<Conn>>,
+    id: i64,
+    lost: AtomicBool,
+    /// When the lock was last confirmed held.
+    confirmed: Mutex<Instant>,
+}
+
+impl Shared {
+    /// Asks the lock's session whether it still holds the lock; a lost
+    /// connection or a "no" marks it lost for good.
+    fn confirm(&self) -> bool {
+        if self.lost.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(c) = conn.as_mut() else {
+            return false;
+        };
+        let held = sql::holds_lock(c, self.id).unwrap_or(false);
+        if held {
+            *self
+                .confirmed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        } else {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+        held
+    }
+
+    fn known_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+            || self
+                .confirmed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+                > LEASE
+    }
+}
+
+/// What a [`LockGuard`] owns: the connection whose session holds the lock,
+/// and the keeper that watches it.
 struct Held {
     pool: Arc<Pool>,
-    conn: Mutex<Option<Conn>>,
+    shared: Arc<Shared>,
     key: String,
-    id: i64,
+    token: u64,
+    stop: Option<mpsc::Sender<()>>,
+    keeper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // Stop the keeper first: it uses the connection.
+        drop(self.stop.take());
+        if let Some(k) = self.keeper.take() {
+            let _ = k.join();
+        }
         let conn = self
+            .shared
             .conn
-            .get_mut()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let Some(conn) = conn else { return };
@@ -61,9 +140,23 @@ impl Drop for Held {
     }
 }
 
+impl storage_core::HeldLock for Held {
+    fn token(&self) -> u64 {
+        self.token
+    }
+
+    fn check(&self) -> Result<bool> {
+        Ok(crate::runtime::off_runtime(|| self.shared.confirm()))
+    }
+
+    fn known_lost(&self) -> bool {
+        self.shared.known_lost()
+    }
+}
+
 impl Held {
     fn release(&self, mut conn: Conn) {
-        match sql::unlock(&mut conn, &self.key, self.id) {
+        match sql::unlock(&mut conn, self.shared.id) {
             Ok(true) => self.pool.attach(conn),
             Ok(false) => {
                 tracing::warn!(store = %self.pool.store(), key = %self.key, "a released lock was not held by its connection; closing it");
@@ -79,6 +172,27 @@ impl Held {
             }
         }
     }
+}
+
+/// Starts the keeper of `shared`: it confirms the lock every
+/// [`KEEP_EVERY`] until told to stop or the lock is lost.
+fn keep(shared: &Arc<Shared>) -> (mpsc::Sender<()>, Option<std::thread::JoinHandle<()>>) {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let theirs = Arc::clone(shared);
+    let keeper = std::thread::Builder::new()
+        .name("prodigy-storage-lock-keeper".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(KEEP_EVERY) {
+                if !theirs.confirm() {
+                    tracing::warn!(
+                        "a held lock was lost (its connection's session no longer holds it)"
+                    );
+                    return;
+                }
+            }
+        })
+        .ok();
+    (stop, keeper)
 }
 
 /// Takes lock `key` for `holder`, waiting as `wait` says.
@@ -119,17 +233,27 @@ fn acquire_here(
         });
     }
     let text = serde_json::to_string(holder).expect("a LockHolder always serializes");
-    if let Err(e) = sql::record_holder(&mut conn, key.as_str(), &text) {
+    let token = match sql::record_holder(&mut conn, key.as_str(), &text) {
+        Ok(t) => u64::try_from(t).unwrap_or(0),
         // Dropping the connection releases the lock with its session.
-        return Err(database("record a lock's holder in", pool.store(), e));
-    }
+        Err(e) => return Err(database("record a lock's holder in", pool.store(), e)),
+    };
+    let shared = Arc::new(Shared {
+        conn: Mutex::new(Some(conn)),
+        id,
+        lost: AtomicBool::new(false),
+        confirmed: Mutex::new(Instant::now()),
+    });
+    let (stop, keeper) = keep(&shared);
     let held = Held {
         pool: Arc::clone(pool),
-        conn: Mutex::new(Some(conn)),
+        shared,
         key: key.as_str().to_owned(),
-        id,
+        token,
+        stop: Some(stop),
+        keeper,
     };
-    Ok(LockGuard::new(key.clone(), Box::new(held)))
+    Ok(LockGuard::with_liveness(key.clone(), Box::new(held)))
 }
 
 fn attempt(conn: &mut Conn, id: i64, wait: LockWait, start: Instant) -> PgResult<bool> {

@@ -20,10 +20,10 @@ use crate::options::quoted;
 use crate::pool::{Conn, PgResult};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// The migrations, in order: `MIGRATIONS[n]` goes from version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// Version 1: documents, event logs, lock holders.
 const V1: &str = r#"
@@ -121,6 +121,15 @@ CREATE TABLE event_archives (
 );
 CREATE INDEX event_archives_log ON event_archives (repo, job, id);
 COMMENT ON TABLE event_archives IS 'Prodigy storage: what event retention dropped, lines first_seq to end_seq - 1 of a log as gzip JSONL (bytes uncompressed)';
+"#;
+
+/// Version 3: each lock's fencing token. The `locks` row of a key now
+/// stays when its lock is released (it names no holder then: a refused
+/// caller reads a holder only while its session holds the lock), so the
+/// token keeps growing.
+const V3: &str = r#"
+ALTER TABLE locks ADD COLUMN fence bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN locks.fence IS 'the fencing token of the newest acquisition: larger than every earlier one; a write fenced with another is refused';
 "#;
 
 /// Sets up a new connection: the search path (the store's schema only),
@@ -790,14 +799,39 @@ pub(crate) fn lock_waiting(conn: &mut Conn, id: i64, timeout: Duration) -> PgRes
 }
 
 /// Records who holds lock `key` (called by the holder, on its connection).
-pub(crate) fn record_holder(conn: &mut Conn, key: &str, holder: &str) -> PgResult<()> {
-    conn.execute(
-        "INSERT INTO locks (key, holder, backend_pid) VALUES ($1, $2, pg_backend_pid()) \
+pub(crate) fn record_holder(conn: &mut Conn, key: &str, holder: &str) -> PgResult<i64> {
+    // The token: one more than the last, and at least the server's time in
+    // microseconds, so that it keeps growing even if the row is removed.
+    let row = conn.query_one(
+        "INSERT INTO locks AS l (key, holder, backend_pid, fence) \
+         VALUES ($1, $2, pg_backend_pid(), \
+                 (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
          ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, \
-             backend_pid = excluded.backend_pid, acquired_at = excluded.acquired_at",
+             backend_pid = excluded.backend_pid, acquired_at = excluded.acquired_at, \
+             fence = greatest(l.fence + 1, excluded.fence) \
+         RETURNING l.fence",
         &[&key, &holder],
     )?;
-    Ok(())
+    Ok(row.get(0))
+}
+
+/// The newest fencing token of lock `key`, if it was ever taken, locked
+/// against a new acquisition (`FOR SHARE`) until the transaction ends.
+pub(crate) fn fence_for_share(conn: &mut Conn, key: &str) -> PgResult<Option<i64>> {
+    let rows = conn.query("SELECT fence FROM locks WHERE key = $1 FOR SHARE", &[&key])?;
+    Ok(rows.first().map(|r| r.get(0)))
+}
+
+/// Whether this connection's session holds the advisory lock `id`.
+pub(crate) fn holds_lock(conn: &mut Conn, id: i64) -> PgResult<bool> {
+    let (classid, objid) = keys::lock_id_halves(id);
+    let row = conn.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid() \
+               AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1)",
+        &[&classid, &objid],
+    )?;
+    Ok(row.get(0))
 }
 
 /// What the holder of lock `key` recorded, if the connection that recorded
@@ -816,13 +850,9 @@ pub(crate) fn holder(conn: &mut Conn, key: &str, id: i64) -> PgResult<Option<Str
     Ok(rows.first().map(|r| r.get(0)))
 }
 
-/// Removes this connection's holder row of `key` and releases lock `id`;
-/// whether the lock was held.
-pub(crate) fn unlock(conn: &mut Conn, key: &str, id: i64) -> PgResult<bool> {
-    conn.execute(
-        "DELETE FROM locks WHERE key = $1 AND backend_pid = pg_backend_pid()",
-        &[&key],
-    )?;
+/// Releases lock `id`; whether it was held. The lock's `locks` row stays
+/// (its token must keep growing); it names nobody once the lock is free.
+pub(crate) fn unlock(conn: &mut Conn, id: i64) -> PgResult<bool> {
     Ok(conn
         .query("SELECT pg_advisory_unlock($1)", &[&id])?
         .first()

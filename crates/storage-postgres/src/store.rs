@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use storage_core::{
     Appended, DocKey, Entry, Error, EventCursor, EventLogSummary, EventRecord, EventRetention,
-    ExtKind, JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result,
-    RetentionReport, Scope, Skipped, Storage,
+    ExtKind, Fence, JobId, LockGuard, LockHolder, LockKey, LockWait, LogEntry, ReadMode, RepoKey,
+    Result, RetentionReport, Scope, Skipped, Storage,
 };
 
 use crate::error::{database, refused};
@@ -308,6 +308,20 @@ impl PgStorage {
                 })
             })
             .collect()
+    }
+}
+
+/// `Ok` if `current` (a lock's newest token) is `fence`'s, else [`Error::LockLost`].
+fn fenced(fence: &Fence, current: Option<i64>) -> Result<()> {
+    let current = current.and_then(|c| u64::try_from(c).ok());
+    if current == Some(fence.token) {
+        Ok(())
+    } else {
+        Err(Error::LockLost {
+            key: fence.key.clone(),
+            token: fence.token,
+            current,
+        })
     }
 }
 
@@ -728,5 +742,60 @@ impl Storage for PgStorage {
 
     fn lock(&self, key: &LockKey, holder: &LockHolder, wait: LockWait) -> Result<LockGuard> {
         crate::lock::acquire(&self.pool, key, holder, wait)
+    }
+
+    fn put_fenced(&self, key: &DocKey, doc: &Value, fence: &Fence) -> Result<()> {
+        let op = "save a document in";
+        storage_core::check_document(doc)?;
+        let k = self.columns(op, key)?;
+        let body = serde_json::to_string(doc).expect("a JSON value always serializes");
+        let token = i64::try_from(fence.token).unwrap_or(-1);
+        // One transaction: the token read `FOR SHARE` holds off a new
+        // acquisition until the write commits (see `lock.rs`). Not
+        // repeated on a lost connection: a repeat after a commit whose
+        // answer was lost could be refused by a newer holder's token.
+        let current = self.run(op, false, |c| {
+            sql::in_transaction(c, |c| {
+                let current = sql::fence_for_share(c, fence.key.as_str())?;
+                if current == Some(token) {
+                    sql::put_document(c, &k, &body)?;
+                }
+                Ok(current)
+            })
+        })?;
+        fenced(fence, current)
+    }
+
+    fn append_events_fenced(
+        &self,
+        repo: &RepoKey,
+        job: &JobId,
+        events: &[EventRecord],
+        fence: &Fence,
+    ) -> Result<()> {
+        let op = "append events to";
+        let (lines, bytes) = self.lines(op, events)?;
+        let token = i64::try_from(fence.token).unwrap_or(-1);
+        let (r, j) = (repo.as_str(), job.as_str());
+        let current = self.run(op, false, |c| {
+            sql::in_transaction(c, |c| {
+                let current = sql::fence_for_share(c, fence.key.as_str())?;
+                let end = if current == Some(token) && !lines.is_empty() {
+                    Some(sql::append_events(c, r, j, &lines, bytes)?)
+                } else {
+                    None
+                };
+                Ok((current, end))
+            })
+        })?;
+        if let (_, Some(end)) = current {
+            let channel = keys::channel(self.schema(), repo, job);
+            if let Err(e) = self.run("notify the followers of", true, |c| {
+                sql::notify(c, &channel, end)
+            }) {
+                tracing::warn!(store = %self.store(), error = %e, "appended, but could not notify the log's followers; they see the lines at their next read");
+            }
+        }
+        fenced(fence, current.0)
     }
 }

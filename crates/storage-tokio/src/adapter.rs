@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use storage_core::{
     Appended, BlockingSection, DeadLetterItem, DocKey, Entry, EventCursor, EventRecord,
-    EventRetention, ExtKind, ItemId, JobCheckpoint, JobId, KindStats, LockGuard, LockHolder,
+    EventRetention, ExtKind, Fence, ItemId, JobCheckpoint, JobId, KindStats, LockGuard, LockHolder,
     LockKey, LockWait, LogEntry, ReadMode, RepoKey, Result, Retention, RetentionReport, Scope,
     SessionId, SessionJobMapping, SessionRecord, Skipped, Storage, StorageExt, UnifiedSession,
     WorkflowCheckpoint, WorkflowId,
@@ -227,6 +227,10 @@ impl AsyncStorage {
         /// wait). If this future is dropped while the call waits, a lock it
         /// then gets is released at once.
         fn lock(&self, key: &LockKey, holder: &LockHolder; wait: LockWait) -> LockGuard;
+        /// [`Storage::put_fenced`] on the blocking pool.
+        fn put_fenced(&self, key: &DocKey, doc: &Value, fence: &Fence) -> ();
+        /// [`Storage::append_events_fenced`] on the blocking pool.
+        fn append_events_fenced(&self, repo: &RepoKey, job: &JobId, events: &[EventRecord], fence: &Fence) -> ();
 
         /// [`StorageExt::save_session`] on the blocking pool.
         fn save_session(&self, repo: &RepoKey, session: &SessionRecord) -> ();

@@ -624,3 +624,45 @@ fn a_reader_never_sees_a_batch_in_flight() {
         );
     });
 }
+
+/// Issue 20, item 5 (file store): a held lock whose file someone removes
+/// lets another process lock a new file; the first holder's check says it
+/// lost the lock, and its fenced writes are refused once the new holder
+/// has its token.
+#[test]
+fn a_holder_whose_lock_file_was_replaced_learns_it_and_is_fenced_off() {
+    use storage_core::{LockKey, LockWait};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let doc = DocKey::Session {
+        repo: RepoKey::new("proj").expect("valid"),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    let a = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("lock");
+    let old = a.fence().expect("a token");
+    assert!(a.check().expect("check") && !a.is_lost());
+    // Someone clears the lock directory, as an older Prodigy's release does.
+    fs::remove_file(store.layout().resume_lock(&key)).expect("remove");
+    assert!(!a.check().expect("check"), "the holder learns it");
+    assert!(a.is_lost(), "and it stays known");
+    let b = store
+        .lock(&key, &this_process("b"), LockWait::NoWait)
+        .expect("the next process gets a new file");
+    let new = b.fence().expect("a token");
+    assert!(new.token > old.token);
+    store
+        .put_fenced(&doc, &json!({"session_id": "session-1", "by": "b"}), &new)
+        .expect("the new holder writes");
+    let err = store
+        .put_fenced(&doc, &json!({"session_id": "session-1", "by": "a"}), &old)
+        .expect_err("the old holder is fenced off");
+    assert!(matches!(err, Error::LockLost { .. }), "{err:?}");
+    assert_eq!(
+        store.get(&doc).expect("get"),
+        Some(json!({"session_id": "session-1", "by": "b"}))
+    );
+    drop((a, b));
+}

@@ -201,3 +201,85 @@ fn after_its_connections_are_killed_reads_retry_and_an_append_goes_to_a_live_con
     );
     assert!(db.store.delete_event_log(&repo(), &job).expect("delete"));
 }
+
+/// Issue 20, item 5: a lock whose connection the server ends is known lost
+/// by its holder within the lease (printed: the figure), another process
+/// takes it with a larger token, and the old holder's fenced writes are
+/// refused.
+#[test]
+fn a_lock_whose_connection_dies_is_known_lost_and_its_holder_fenced_off() {
+    use storage_core::{LockHolder, LockKey, LockWait, SessionId};
+    // Alone on the server: it sets a role-wide idle timeout for a moment.
+    let Some(db) = TestDb::alone() else { return };
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let me = |pid: u32| LockHolder {
+        job_id: "mapreduce-1".into(),
+        process_id: pid,
+        hostname: "test".into(),
+        acquired_at: "2026-12-07T00:00:00Z".into(),
+    };
+    let doc = storage_core::DocKey::Session {
+        repo: repo(),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    let a = db.store.lock(&key, &me(1), LockWait::NoWait).expect("lock");
+    let old = a.fence().expect("a token");
+    assert!(a.check().expect("check"));
+    // Idle for longer than the server's idle timeout would allow, if the
+    // store had not turned it off: still held.
+    let mut raw = db.raw();
+    raw.batch_execute("ALTER ROLE CURRENT_USER SET idle_session_timeout = '500ms'")
+        .expect("set a short idle timeout for new sessions");
+    let b_store = db.reopen();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    assert!(!a.is_lost() && a.check().expect("check"), "kept alive");
+    raw.batch_execute("ALTER ROLE CURRENT_USER RESET idle_session_timeout")
+        .expect("reset");
+    // The server ends every session of the store: the lock is gone with it.
+    let killed_at = std::time::Instant::now();
+    let n: i64 = raw
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            &[&db.schema],
+        )
+        .expect("terminate")
+        .get(0);
+    assert!(n >= 1);
+    while !a.is_lost() {
+        assert!(
+            killed_at.elapsed() < std::time::Duration::from_secs(5),
+            "not known lost after 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let detected = killed_at.elapsed();
+    eprintln!(
+        "lock loss known to its holder {} ms after its connection died",
+        detected.as_millis()
+    );
+    assert!(detected <= storage_postgres::LOCK_LEASE + std::time::Duration::from_millis(500));
+    assert!(!a.check().expect("check"));
+    // Another process takes it, with a larger token, and writes.
+    let b = b_store
+        .lock(&key, &me(2), LockWait::NoWait)
+        .expect("free again");
+    let new = b.fence().expect("a token");
+    assert!(new.token > old.token);
+    b_store
+        .put_fenced(&doc, &json!({"session_id": "session-1", "by": "b"}), &new)
+        .expect("the new holder writes");
+    let err = db
+        .store
+        .put_fenced(&doc, &json!({"session_id": "session-1", "by": "a"}), &old)
+        .expect_err("the old holder is fenced off");
+    assert!(
+        matches!(err, storage_core::Error::LockLost { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        db.store.get(&doc).expect("get"),
+        Some(json!({"session_id": "session-1", "by": "b"}))
+    );
+    drop((a, b));
+}
