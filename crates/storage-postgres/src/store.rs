@@ -544,6 +544,7 @@ impl Storage for PgStorage {
                 _ => Some((0, -1)),
             }
         };
+        let channel = keys::channel(self.schema(), repo, job);
         let landed = if events.is_empty() {
             let log = self.run(op, true, |c| sql::log_state(c, r, j))?;
             let now = log.map(|l| (l.generation, l.next));
@@ -551,23 +552,22 @@ impl Storage for PgStorage {
         } else {
             // Retried on a new connection when the connection was lost: the
             // comparison makes a repeat of a batch that landed a no-op, found
-            // out below.
+            // out below. The followers are woken on the same connection,
+            // right after the commit (a failed wake-up only delays them
+            // until their next read).
             self.run(op, true, |c| {
-                sql::append_events_at(c, r, j, at, &lines, bytes)
+                let landed = sql::append_events_at(c, r, j, at, &lines, bytes)?;
+                if let Some((_, next)) = landed
+                    && let Err(e) = sql::notify(c, &channel, next)
+                {
+                    tracing::warn!(store = %self.store(), error = %e, "appended, but could not notify the log's followers; they see the lines at their next read");
+                }
+                Ok(landed)
             })?
             .map(Some)
         };
         if let Some(now) = landed {
             let end = now.map_or(EventCursor::START, |(g, n)| cursor(g, n));
-            if !events.is_empty() {
-                let channel = keys::channel(self.schema(), repo, job);
-                let notified = self.run("notify the followers of", true, |c| {
-                    sql::notify(c, &channel, end.offset.try_into().unwrap_or(i64::MAX))
-                });
-                if let Err(e) = notified {
-                    tracing::warn!(store = %self.store(), error = %e, "appended, but could not notify the log's followers; they see the lines at their next read");
-                }
-            }
             return Ok(Appended::Now { end });
         }
         // Not where expected: the batch itself, at that place (an earlier
