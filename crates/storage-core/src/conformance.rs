@@ -1273,23 +1273,23 @@ pub fn a_stale_holders_fenced_writes_are_refused(s: &dyn Storage) {
     let key = LockKey::new("mapreduce-1").expect("valid");
     let (r, j) = (repo("proj"), job("mapreduce-1"));
     let doc = session_key("proj", "session-1");
-    let a = s.lock(&key, &holder(1), LockWait::NoWait).expect("lock");
-    let Some(old) = a.fence() else {
+    let first = s.lock(&key, &holder(1), LockWait::NoWait).expect("lock");
+    let Some(old) = first.fence() else {
         // A store without tokens (none in this workspace) says so.
-        assert!(matches!(a.check(), Err(Error::Unsupported { .. })));
+        assert!(matches!(first.check(), Err(Error::Unsupported { .. })));
         return;
     };
-    assert_eq!(a.check().expect("check"), true, "held");
-    assert!(!a.is_lost());
+    assert!(first.check().expect("check"), "held");
+    assert!(!first.is_lost());
     s.put_fenced(&doc, &json!({"session_id": "session-1", "by": "a"}), &old)
         .expect("the holder writes");
     s.append_events_fenced(&r, &j, &[event("mapreduce-1", 0)], &old)
         .expect("the holder appends");
-    drop(a);
-    let b = s
+    drop(first);
+    let second = s
         .lock(&key, &holder(2), LockWait::NoWait)
         .expect("lock again");
-    let new = b.fence().expect("a token");
+    let new = second.fence().expect("a token");
     assert!(new.token > old.token, "{} then {}", old.token, new.token);
     s.put_fenced(&doc, &json!({"session_id": "session-1", "by": "b"}), &new)
         .expect("the new holder writes");
@@ -1329,5 +1329,5 @@ pub fn a_stale_holders_fenced_writes_are_refused(s: &dyn Storage) {
         s.put_fenced(&doc, &json!({"session_id": "session-1"}), &other),
         Err(Error::LockLost { .. })
     ));
-    drop(b);
+    drop(second);
 }

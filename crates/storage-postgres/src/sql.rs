@@ -127,10 +127,10 @@ COMMENT ON TABLE event_archives IS 'Prodigy storage: what event retention droppe
 /// stays when its lock is released (it names no holder then: a refused
 /// caller reads a holder only while its session holds the lock), so the
 /// token keeps growing.
-const V3: &str = r#"
+const V3: &str = r"
 ALTER TABLE locks ADD COLUMN fence bigint NOT NULL DEFAULT 0;
 COMMENT ON COLUMN locks.fence IS 'the fencing token of the newest acquisition: larger than every earlier one; a write fenced with another is refused';
-"#;
+";
 
 /// Sets up a new connection: the search path (the store's schema only),
 /// server-side TCP keepalives (a holder whose machine vanished releases its
