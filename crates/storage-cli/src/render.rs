@@ -137,6 +137,10 @@ pub fn layout(root: &RootChoice) -> String {
             "the job's event log: every *.jsonl, read in name order",
         ),
         (
+            "events/<repo>/<job>/.log",
+            "the log's lock and identity (cursors carry its generation)",
+        ),
+        (
             "legacy/<repo>/",
             "legacy files kept verbatim by migration (and conflicts, unrouted events)",
         ),
@@ -147,6 +151,10 @@ pub fn layout(root: &RootChoice) -> String {
         (
             "resume_locks/<key>.lock",
             "resume locks (flock); the holder is written inside for messages",
+        ),
+        (
+            "resume_locks/<key>.fence",
+            "each resume lock's newest fencing token",
         ),
         (
             "locks/<name>.lock",

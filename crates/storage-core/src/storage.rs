@@ -549,8 +549,9 @@ pub trait HeldLock: Send + Sync {
 
 /// The proof a write under a lock carries ([`Storage::put_fenced`],
 /// [`Storage::append_events_fenced`]): the lock and the token of its
-/// acquisition. The store refuses the write if the lock has been taken
-/// again since (a larger token) or is not held by its token's holder.
+/// acquisition. The store refuses the write once the lock has been taken
+/// again since (a larger token). Releasing a lock does not end its token:
+/// write with it only while the guard lives.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Fence {
     /// The lock.

@@ -153,7 +153,7 @@ pub(crate) fn append_at(
     }
     let lock = LogLock::exclusive(dir)?;
     let snap = Snapshot::open(dir, Some(&lock.record))?;
-    let end = snap.end_cursor()?;
+    let end = snap.end_cursor();
     if end != *expected {
         if let Some(at) = snap.batch_at(expected, &buf)? {
             return Ok(Appended::Already { end: at });
@@ -178,7 +178,7 @@ pub(crate) fn append_at(
     } else {
         // The active file is not the log's last (a file named after it by
         // someone else): its end is that file's.
-        Snapshot::open(dir, Some(&lock.record))?.end_cursor()?
+        Snapshot::open(dir, Some(&lock.record))?.end_cursor()
     };
     Ok(Appended::Now { end })
 }
@@ -408,13 +408,21 @@ pub(crate) fn log_files(dir: &Path) -> Result<Vec<LogFile>> {
         .collect())
 }
 
-/// One file of a [`Snapshot`]: open, with its length when the snapshot was taken.
+/// One file of a [`Snapshot`]: open, with its length when the snapshot was
+/// taken and where its last whole line ended then.
+///
+/// A reader reads only up to `whole`: the bytes after it (a torn tail) are
+/// cut off by the next appender, which writes its batch in their place, on
+/// this very inode, before that batch is committed. Everything before
+/// `whole` is committed and never rewritten in place (retention replaces a
+/// file by rename; a failed batch is cut back only from where it began).
 #[derive(Debug)]
 struct SnapFile {
     name: String,
     path: PathBuf,
     file: File,
     len: u64,
+    whole: u64,
 }
 
 /// A log as one reader or writer sees it: its identity record and its
@@ -430,11 +438,21 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// A reader's snapshot of the log in `dir`.
     pub(crate) fn read(dir: &Path) -> Result<Self> {
-        let shared = LogLock::shared(dir)?;
-        let record = shared.as_ref().map(|l| l.record.clone());
-        let snap = Self::open(dir, record.as_ref())?;
-        drop(shared);
-        Ok(snap)
+        loop {
+            let shared = LogLock::shared(dir)?;
+            let record = shared.as_ref().map(|l| l.record.clone());
+            let snap = Self::open(dir, record.as_ref())?;
+            if shared.is_some() {
+                return Ok(snap);
+            }
+            // No `.log`: no writer of this store had touched the log. One
+            // makes `.log` before it writes, so if there is still none now,
+            // nothing this snapshot saw was a batch in flight; if there is,
+            // look again under its lock.
+            if !crate::layout::log_file(dir, ident::LOG_FILE).exists() {
+                return Ok(snap);
+            }
+        }
     }
 
     /// The files of the log in `dir`, for a caller that holds its lock (or
@@ -458,11 +476,13 @@ impl Snapshot {
                 .metadata()
                 .map_err(|e| Error::io("stat", &f.path, e))?
                 .len();
+            let whole = whole_line_end(&file, &f.path, len)?;
             files.push(SnapFile {
                 name: f.name,
                 path: f.path,
                 file,
                 len,
+                whole,
             });
         }
         Ok(Self {
@@ -486,12 +506,22 @@ impl Snapshot {
 
     /// Where the log ends: after the last whole line of its last file;
     /// [`EventCursor::START`] if it has no file.
-    fn end_cursor(&self) -> Result<EventCursor> {
+    fn end_cursor(&self) -> EventCursor {
         let Some(last) = self.files.len().checked_sub(1) else {
-            return Ok(EventCursor::START);
+            return EventCursor::START;
         };
-        let f = &self.files[last];
-        Ok(self.cursor(last, whole_line_end(&f.file, &f.path, f.len)?))
+        // A log of empty files (an empty `events.jsonl` left by a first
+        // append that failed) holds nothing: it ends at its start, so a
+        // compare-and-append retried at the start still fits.
+        if self.is_empty() {
+            return EventCursor::START;
+        }
+        self.cursor(last, self.files[last].whole)
+    }
+
+    /// Whether the log holds no whole line at all.
+    fn is_empty(&self) -> bool {
+        self.files.iter().all(|f| f.whole == 0)
     }
 
     /// Where a read from `from` starts: a file's index and an offset in it,
@@ -509,7 +539,7 @@ impl Snapshot {
             return Ok((0, 0, true));
         };
         match self.files.iter().position(|f| f.name == from.segment) {
-            Some(i) if offset <= self.files[i].len => Ok((i, offset, false)),
+            Some(i) if offset <= self.files[i].whole => Ok((i, offset, false)),
             // Past the end of its file: not a position this log ever had.
             Some(_) => Ok((0, 0, true)),
             // Its file is gone (retention dropped it): the next one.
@@ -563,14 +593,14 @@ impl Snapshot {
             return Ok(None);
         }
         // The end of one file is the start of the next.
-        while i + 1 < self.files.len() && offset == self.files[i].len {
+        while i + 1 < self.files.len() && offset == self.files[i].whole {
             i += 1;
             offset = 0;
         }
         let Some(f) = self.files.get(i) else {
             return Ok(None);
         };
-        if f.len < offset + buf.len() as u64 {
+        if f.whole < offset + buf.len() as u64 {
             return Ok(None);
         }
         let mut there = vec![0u8; buf.len()];
@@ -579,6 +609,23 @@ impl Snapshot {
             .map_err(|e| Error::io("read", &f.path, e))?;
         Ok((there == buf).then(|| self.cursor(i, offset + buf.len() as u64)))
     }
+}
+
+/// Whether the torn tail of `f` (after its last whole line) is only
+/// whitespace (not reported). A long one is not read through: only its
+/// first 4 KiB are looked at.
+fn tail_is_blank(f: &SnapFile) -> Result<bool> {
+    if f.len - f.whole > 4096 {
+        return Ok(false);
+    }
+    let mut buf = vec![0u8; usize::try_from(f.len - f.whole).expect("at most 4 KiB")];
+    // The tail may have been cut off since the snapshot (an appender moved
+    // it aside): then it was not blank to that appender either.
+    let got = f
+        .file
+        .read_at(&mut buf, f.whole)
+        .map_err(|e| Error::io("read", &f.path, e))?;
+    Ok(got == buf.len() && buf.iter().all(u8::is_ascii_whitespace))
 }
 
 /// The offset after the last `\n` of the first `len` bytes of `file`; 0 if
@@ -612,7 +659,7 @@ fn whole_line_end(file: &File, path: &Path, len: u64) -> Result<u64> {
 
 /// Where the log in `dir` ends ([`storage_core::Storage::event_log_end`]).
 pub(crate) fn end(dir: &Path) -> Result<EventCursor> {
-    Snapshot::read(dir)?.end_cursor()
+    Ok(Snapshot::read(dir)?.end_cursor())
 }
 
 /// Streams every `*.jsonl` file in `dir`, in name order, to `visit`.
@@ -635,12 +682,14 @@ pub(crate) fn read_from(
     }
     let (first, offset, restarted) = snap.locate(from)?;
     summary.restarted = restarted;
-    summary.next = snap.end_cursor()?;
-    let last = snap.files.len() - 1;
+    summary.next = snap.end_cursor();
     for (i, f) in snap.files.iter().enumerate().skip(first) {
         let start = if i == first { offset } else { 0 };
-        let end = read_file(f, start, mode, i == last, &mut summary, visit)?;
+        let end = read_file(f, start, mode, &mut summary, visit)?;
         summary.next = snap.cursor(i, end);
+    }
+    if snap.is_empty() {
+        summary.next = EventCursor::START;
     }
     Ok(summary)
 }
@@ -654,14 +703,14 @@ pub fn read_dir_for_fuzzing(
     read(dir, visit)
 }
 
-/// Reads the snapshot's file `f` from byte `start` to its length then;
-/// returns the offset after the last whole line consumed (an unterminated
-/// end of the last file is not consumed).
+/// Reads the snapshot's file `f` from byte `start` to the end of its last
+/// whole line then (see [`SnapFile`]); returns that offset. What follows it
+/// (an unterminated last line: a writer's crash, or a line being written)
+/// is reported as a torn tail, never read as records.
 fn read_file(
     f: &SnapFile,
     start: u64,
     mode: ReadMode,
-    last_file: bool,
     summary: &mut EventLogSummary,
     visit: &mut dyn FnMut(EventRecord),
 ) -> Result<u64> {
@@ -669,7 +718,7 @@ fn read_file(
     let mut file = &f.file;
     file.seek(SeekFrom::Start(start))
         .map_err(|e| Error::io("seek", path, e))?;
-    let file = file.take(f.len.saturating_sub(start));
+    let file = file.take(f.whole.saturating_sub(start));
     let mut reader = BufReader::with_capacity(BLOCK, file);
     let mut line = Vec::with_capacity(1024);
     // Line numbers are known when reading from the start of the file; from
@@ -682,6 +731,13 @@ fn read_file(
         let read = read_line_bounded(&mut reader, &mut line, MAX_LINE_BYTES)
             .map_err(|e| Error::io("read", path, e))?;
         if read.bytes == 0 {
+            if f.len > f.whole && !tail_is_blank(f)? {
+                summary.torn_tails.push(TornTail {
+                    file: name.to_owned(),
+                    line: number + 1,
+                    bytes: f.len - f.whole,
+                });
+            }
             return Ok(pos);
         }
         number += 1;
@@ -715,51 +771,24 @@ fn read_file(
                     reason,
                 });
             }
-            summary.torn_tails.push(TornTail {
-                file: name.to_owned(),
-                line: number,
-                bytes: read.bytes,
-            });
-            return Ok(if last_file { pos } else { pos + read.bytes });
+            unreachable!("a read bounded at the last newline ends on one");
         }
         let terminated = read.terminated;
         let body = line.strip_suffix(b"\n").unwrap_or(&line);
         let body = body.strip_suffix(b"\r").unwrap_or(body);
         if body.iter().all(u8::is_ascii_whitespace) {
-            if terminated || !last_file {
-                pos += read.bytes;
-            }
+            pos += read.bytes;
             continue;
         }
         let parsed = serde_json::from_slice(body)
             .map_err(|e| e.to_string())
             .and_then(|v| EventRecord::from_json(v).map_err(|e| e.to_string()));
+        debug_assert!(terminated, "a read bounded at the last newline ends on one");
         match parsed {
-            // Whole JSON but no newline at the end of the log: its writer
-            // has not finished the line (or was killed), and the next
-            // appender moves it aside as torn; reading it now and passing
-            // it could hand a follower a cursor into the next line.
-            Ok(_) if !terminated && last_file => {
-                summary.torn_tails.push(TornTail {
-                    file: name.to_owned(),
-                    line: number,
-                    bytes: body.len() as u64,
-                });
-            }
             Ok(record) => {
                 pos += read.bytes;
                 summary.records += 1;
                 visit(record);
-            }
-            Err(_) if !terminated => {
-                summary.torn_tails.push(TornTail {
-                    file: name.to_owned(),
-                    line: number,
-                    bytes: body.len() as u64,
-                });
-                if !last_file {
-                    pos += read.bytes;
-                }
             }
             Err(reason) if mode == ReadMode::Lenient => {
                 summary
@@ -886,27 +915,12 @@ fn has_whole_line_after(dir: &Path, after: &EventCursor) -> Result<bool> {
     }
     let (i, offset, restarted) = snap.locate(after)?;
     if restarted {
-        return Ok(snap.files.iter().any(|f| f.len > 0));
+        return Ok(!snap.is_empty());
     }
     let Some(f) = snap.files.get(i) else {
         return Ok(false);
     };
-    if snap.files[i + 1..].iter().any(|f| f.len > 0) {
-        return Ok(true);
-    }
-    if f.len <= offset {
-        return Ok(false);
-    }
-    // Bytes after the cursor: whole lines, or only a torn tail? Look for a
-    // newline in the first MiB of them (a torn line longer than that is
-    // treated as torn until the log changes).
-    let n = usize::try_from((f.len - offset).min(1 << 20)).expect("at most a MiB");
-    let mut buf = vec![0u8; n];
-    let got = f
-        .file
-        .read_at(&mut buf, offset)
-        .map_err(|e| Error::io("read", &f.path, e))?;
-    Ok(buf[..got].contains(&b'\n'))
+    Ok(f.whole > offset || snap.files[i + 1..].iter().any(|f| f.whole > 0))
 }
 
 /// The size and times of the log in `dir`, or `None` if it has no file.

@@ -22,6 +22,7 @@
 //! <root>/legacy/<repo>/...                                 legacy files kept verbatim
 //! <root>/migrations/<repo>/...                             journal, staging, backups
 //! <root>/resume_locks/<key>.lock                           flock; holder JSON for messages
+//! <root>/resume_locks/<key>.fence                          the lock's newest fencing token
 //! <root>/locks/<name>.lock                                 the store's own flock locks
 //! ```
 //!
@@ -501,6 +502,13 @@ pub fn event_archive_file(dir: &Path, stamp: &str, n: u32) -> PathBuf {
 #[must_use]
 pub fn copy_store_journal(dir: &Path) -> PathBuf {
     dir.join("done.jsonl")
+}
+
+/// The fence file of the lock whose file is `lock` (`<key>.lock` →
+/// `<key>.fence`): its newest fencing token.
+#[must_use]
+pub fn lock_fence_file(lock: &Path) -> PathBuf {
+    lock.with_extension("fence")
 }
 
 /// A file named `name` in the directory of a job's log.

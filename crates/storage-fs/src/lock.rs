@@ -25,17 +25,18 @@
 //! # Fencing tokens and lost locks
 //!
 //! A resume lock ([`FencedLock`]) also has a fencing token: a number larger
-//! than that of every earlier acquisition of the same key, written into the
-//! lock file beside the holder's description (`"fence"`). It is the larger
-//! of the file's last token plus one and the current time in microseconds,
-//! so it keeps growing even when the lock file is removed and made again
-//! (only a clock set back by more than the time between two acquisitions
-//! could break that; the time is a floor, the file's count the rule). A
-//! write made with a token ([`with_fence`]) is refused unless the token is
-//! the one in the lock file, and the check and the write happen under a
-//! shared `flock` on the locks' directory, which an acquisition takes
-//! exclusively while it writes its token: no acquisition comes between the
-//! check and the write.
+//! than that of every earlier acquisition of the same key, kept in the
+//! key's fence file `resume_locks/<key>.fence` (and copied into the lock
+//! file's description as `"fence"`, for people). It is the larger of the
+//! fence file's last token plus one and the current time in microseconds:
+//! the count is the rule, so a clock set back changes nothing while the
+//! fence file exists, and the time is the floor that keeps tokens growing
+//! if someone removes it. A write made with a token ([`with_fence`]) holds
+//! the fence file's `flock` shared while it checks the token and writes;
+//! an acquisition holds it exclusively while it writes the next token, so
+//! no acquisition comes between a check and its write. Only the same key's
+//! acquisition waits for a fenced write (a stale holder's, finishing);
+//! other keys never do.
 //!
 //! A `flock` is not lost while its holder lives, but its *file* can be: a
 //! person or a program that removes or replaces `resume_locks/<key>.lock`
@@ -80,6 +81,13 @@ impl FileLock {
         holder: &LockHolder,
         wait: LockWait,
     ) -> Result<Self> {
+        let mut lock = Self::take(path, key, wait)?;
+        lock.write_holder(holder)?;
+        Ok(lock)
+    }
+
+    /// Takes the lock like [`FileLock::acquire`] without writing a holder.
+    fn take(path: &Path, key: &LockKey, wait: LockWait) -> Result<Self> {
         fsx::create_dir_all(fsx::parent(path))?;
         let file = OpenOptions::new()
             .read(true)
@@ -112,12 +120,10 @@ impl FileLock {
             std::thread::sleep(pause.min(limit.saturating_sub(waited)));
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-        let mut lock = Self {
+        Ok(Self {
             file,
             path: path.to_owned(),
-        };
-        lock.write_holder(holder)?;
-        Ok(lock)
+        })
     }
 
     fn write_holder(&mut self, holder: &LockHolder) -> Result<()> {
@@ -157,28 +163,35 @@ pub struct FencedLock {
 
 impl FencedLock {
     /// Takes the lock on `path` like [`FileLock::acquire`], then gives it
-    /// the next fencing token, under the exclusive `flock` of the locks'
-    /// directory.
+    /// the next fencing token, under the exclusive `flock` of the key's
+    /// fence file.
     pub fn acquire(
         path: &Path,
         key: &LockKey,
         holder: &LockHolder,
         wait: LockWait,
     ) -> Result<Self> {
-        let mut lock = FileLock::acquire(path, key, holder, wait)?;
-        let dir = DirLock::exclusive(fsx::parent(path))?;
-        let last = read_fence(path).unwrap_or(0);
+        let mut lock = FileLock::take(path, key, wait)?;
+        let fence_path = crate::layout::lock_fence_file(path);
+        let fence = Fence::open(&fence_path, true)?.expect("created if missing");
+        fence
+            .0
+            .lock()
+            .map_err(|e| Error::io("lock", &fence_path, e))?;
+        let fence = fence.still_linked(&fence_path, true)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let token = last.saturating_add(1).max(now);
-        lock.write_holder_with(holder, Some(token))?;
+        let token = fence
+            .token(&fence_path)?
+            .unwrap_or(0)
+            .saturating_add(1)
+            .max(now);
         // Durable before any write relies on it: a token that a power loss
         // could take back could be handed out twice.
-        lock.file
-            .sync_data()
-            .map_err(|e| Error::io("fsync", &lock.path, e))?;
-        drop(dir);
+        fence.write(&fence_path, token)?;
+        lock.write_holder_with(holder, Some(token))?;
+        drop(fence);
         Ok(Self {
             lock,
             token,
@@ -195,25 +208,14 @@ impl FencedLock {
     /// Whether the locked file is still the one at the lock's path; once
     /// not, for good.
     pub fn check(&self) -> Result<bool> {
-        use std::os::unix::fs::MetadataExt;
         use std::sync::atomic::Ordering;
         if self.lost.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let path = &self.lock.path;
-        let held = self
-            .lock
-            .file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?;
-        let same = match std::fs::symlink_metadata(path) {
-            Ok(now) => held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-            Err(e) => return Err(Error::io("stat", path, e)),
-        };
+        let same = is_linked_at(&self.lock.file, &self.lock.path)?;
         if !same {
             self.lost.store(true, Ordering::Relaxed);
-            tracing::warn!(lock = %path.display(), "a held lock's file was removed or replaced: the lock is lost");
+            tracing::warn!(lock = %self.lock.path.display(), "a held lock's file was removed or replaced: the lock is lost");
         }
         Ok(same)
     }
@@ -237,33 +239,81 @@ impl storage_core::HeldLock for FencedLock {
     }
 }
 
-/// A `flock` on a directory, released when dropped.
-struct DirLock {
-    _held: File,
-}
-
-impl DirLock {
-    fn exclusive(dir: &Path) -> Result<Self> {
-        let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-        f.lock().map_err(|e| Error::io("lock", dir, e))?;
-        Ok(Self { _held: f })
-    }
-
-    fn shared(dir: &Path) -> Result<Self> {
-        let f = File::open(dir).map_err(|e| Error::io("open", dir, e))?;
-        f.lock_shared().map_err(|e| Error::io("lock", dir, e))?;
-        Ok(Self { _held: f })
+/// Whether `file` (held open) is still the file at `path`: same inode on
+/// the same device, still linked. The inode cannot have been reused: the
+/// open descriptor keeps it alive.
+fn is_linked_at(file: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(now) => Ok(held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("stat", path, e)),
     }
 }
 
-/// The fencing token in the lock file at `path`, if it has one.
-fn read_fence(path: &Path) -> Option<u64> {
-    let mut text = Vec::new();
-    File::open(path).ok()?.read_to_end(&mut text).ok()?;
-    serde_json::from_slice::<serde_json::Value>(&text)
-        .ok()?
-        .get("fence")?
-        .as_u64()
+/// A key's fence file, open: its token as decimal text.
+struct Fence(File);
+
+impl Fence {
+    /// Opens the fence file at `path`, creating it if `create`; `None` if
+    /// it does not exist and is not to be created.
+    fn open(path: &Path, create: bool) -> Result<Option<Self>> {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(fsx::FILE_MODE)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(Self(f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => Ok(None),
+            Err(e) => Err(Error::io("open", path, e)),
+        }
+    }
+
+    /// Makes sure the locked fence file is still the one at `path` (someone
+    /// may have removed it while this waited); if not, an acquisition
+    /// (`create`) locks a new one, and a fenced write gets `None`.
+    fn still_linked(self, path: &Path, create: bool) -> Result<Self> {
+        let mut fence = self;
+        for _ in 0..64 {
+            if is_linked_at(&fence.0, path)? {
+                return Ok(fence);
+            }
+            if !create {
+                break;
+            }
+            fence = Self::open(path, true)?.expect("created");
+            fence.0.lock().map_err(|e| Error::io("lock", path, e))?;
+        }
+        Err(Error::io(
+            "lock (it kept being removed)",
+            path,
+            std::io::Error::other("the fence file was removed while waiting for it"),
+        ))
+    }
+
+    /// The token written in it, if any.
+    fn token(&self, path: &Path) -> Result<Option<u64>> {
+        let mut text = String::new();
+        (&self.0)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::io("read", path, e))?;
+        Ok(text.trim().parse().ok())
+    }
+
+    /// Writes `token` in place and `fdatasync`s it.
+    fn write(&self, path: &Path, token: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{token}\n");
+        self.0
+            .set_len(0)
+            .and_then(|()| self.0.write_all_at(text.as_bytes(), 0))
+            .and_then(|()| self.0.sync_data())
+            .map_err(|e| Error::io("write", path, e))
+    }
 }
 
 /// Runs `write` only if `fence` is the newest acquisition of the lock whose
@@ -273,28 +323,27 @@ pub fn with_fence<T>(
     fence: &storage_core::Fence,
     write: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
-    let dir = fsx::parent(path);
-    let held = match DirLock::shared(dir) {
-        Ok(d) => d,
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::LockLost {
-                key: fence.key.clone(),
-                token: fence.token,
-                current: None,
-            });
-        }
-        Err(e) => return Err(e),
+    let lost = |current| Error::LockLost {
+        key: fence.key.clone(),
+        token: fence.token,
+        current,
     };
-    let current = read_fence(path);
+    let fence_path = crate::layout::lock_fence_file(path);
+    let Some(file) = Fence::open(&fence_path, false)? else {
+        return Err(lost(None));
+    };
+    file.0
+        .lock_shared()
+        .map_err(|e| Error::io("lock", &fence_path, e))?;
+    if !is_linked_at(&file.0, &fence_path)? {
+        return Err(lost(None));
+    }
+    let current = file.token(&fence_path)?;
     if current != Some(fence.token) {
-        return Err(Error::LockLost {
-            key: fence.key.clone(),
-            token: fence.token,
-            current,
-        });
+        return Err(lost(current));
     }
     let out = write();
-    drop(held);
+    drop(file);
     out
 }
 

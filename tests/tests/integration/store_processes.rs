@@ -509,7 +509,7 @@ fn an_append_whose_fdatasync_fails_leaves_no_trace_and_a_retry_one_copy() {
     assert!(!ok);
     assert!(
         stderr.contains("cannot cut a failed append back off")
-            && stderr.contains("read the log before appending the batch again")
+            && stderr.contains("read the log, or retry with append_events_at")
             && stderr.contains("events.jsonl"),
         "{stderr}"
     );

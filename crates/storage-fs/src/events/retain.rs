@@ -133,7 +133,21 @@ pub(crate) fn retain(
             Err(e) => return Err(Error::io("remove", &f.path, e)),
         }
     }
-    if cut.0 < files.len() && cut.1 > 0 {
+    if cut.0 < files.len() && cut.1 >= lens[cut.0] {
+        // Nothing of the file is kept: removed like the files before it (a
+        // rewrite to nothing would leave a fingerprint of no bytes, which
+        // any file matches).
+        let f = &files[cut.0];
+        if let Ok(fd) = File::open(&f.path) {
+            leaving.push(fd);
+        }
+        match std::fs::remove_file(&f.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &f.path, e)),
+        }
+        fsx::fsync_dir(dir)?;
+    } else if cut.0 < files.len() && cut.1 > 0 {
         let f = &files[cut.0];
         if let Ok(fd) = File::open(&f.path) {
             leaving.push(fd);

@@ -666,3 +666,166 @@ fn a_holder_whose_lock_file_was_replaced_learns_it_and_is_fenced_off() {
     );
     drop((a, b));
 }
+
+/// Review of issue 20 (defect 1): a reader whose snapshot covers a torn
+/// tail must not read what an appender writes in its place afterwards (the
+/// appender cuts the tail off in place and writes there before its batch is
+/// committed). The reader stops at the last whole line it saw, and its
+/// cursor then continues exactly at the batch.
+#[test]
+fn a_reader_never_reads_what_an_appender_writes_over_a_torn_tail() {
+    use std::sync::mpsc;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let (repo, job) = (
+        RepoKey::new("proj").expect("repo"),
+        JobId::new("job-1").expect("job"),
+    );
+    let ev = |n: u64| storage_core::EventRecord::from_json(json!({"n": n})).expect("event");
+    store
+        .append_events(&repo, &job, &[ev(0), ev(1)])
+        .expect("append");
+    // A writer killed mid-line: a long torn tail, room for many short lines.
+    let active = store.layout().active_event_log(&repo, &job);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, "{\"n\":99,\"pad\":\"".repeat(40).as_bytes())
+        })
+        .expect("tear");
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let (store_r, repo_r, job_r) = (&store, &repo, &job);
+        let reader = s.spawn(move || {
+            let mut ns = Vec::new();
+            let summary = store_r
+                .read_events(repo_r, job_r, &mut |e| {
+                    if ns.is_empty() {
+                        seen_tx.send(()).expect("send");
+                        go_rx.recv().expect("go on");
+                    }
+                    ns.push(e.json()["n"].as_u64().expect("n"));
+                })
+                .expect("read");
+            (ns, summary)
+        });
+        seen_rx.recv().expect("the reader has its snapshot");
+        // Moves the tail aside and writes its batch where it was.
+        store
+            .append_events(&repo, &job, &(2..12).map(ev).collect::<Vec<_>>())
+            .expect("append");
+        go_tx.send(()).expect("go on");
+        let (ns, summary) = reader.join().expect("reader");
+        assert_eq!(ns, [0, 1], "only what the snapshot held");
+        assert_eq!(summary.torn_tails.len(), 1, "the tail it saw is reported");
+        let mut rest = Vec::new();
+        let after = store
+            .read_events_from(&repo, &job, &summary.next, ReadMode::Strict, &mut |e| {
+                rest.push(e.json()["n"].as_u64().expect("n"));
+            })
+            .expect("read on");
+        assert!(!after.restarted);
+        assert_eq!(
+            rest,
+            (2..12).collect::<Vec<_>>(),
+            "nothing skipped, nothing twice"
+        );
+    });
+}
+
+/// Review of issue 20 (defect 4): a first compare-and-append that failed and
+/// was cut back leaves an empty `events.jsonl`; the log still ends at its
+/// start, so the retry at the start lands.
+#[test]
+fn a_retry_at_the_start_after_a_failed_first_append_lands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let (repo, job) = (
+        RepoKey::new("proj").expect("repo"),
+        JobId::new("job-1").expect("job"),
+    );
+    // What the failed attempt left: the log's `.log` and an empty active file.
+    let job_dir = store.layout().events_job_dir(&repo, &job);
+    drop(crate::events::ident::LogLock::exclusive(&job_dir).expect("lock"));
+    fs::write(store.layout().active_event_log(&repo, &job), "").expect("empty");
+    assert_eq!(
+        store.event_log_end(&repo, &job).expect("end"),
+        EventCursor::START
+    );
+    let e = storage_core::EventRecord::from_json(json!({"n": 0})).expect("event");
+    let landed = store
+        .append_events_at(&repo, &job, &EventCursor::START, std::slice::from_ref(&e))
+        .expect("the retry lands");
+    assert!(
+        matches!(landed, storage_core::Appended::Now { .. }),
+        "{landed:?}"
+    );
+    let mut n = 0;
+    let summary = store
+        .read_events(&repo, &job, &mut |_| n += 1)
+        .expect("read");
+    assert_eq!((n, summary.next), (1, landed.end().clone()));
+}
+
+/// Review of issue 20 (defects 2 and 3): a token is larger than the last
+/// one even when the clock is behind it, and a lock of another key never
+/// waits for a fenced write (which may wait on a log's lock).
+#[test]
+fn fencing_tokens_follow_the_count_and_other_keys_never_wait_for_a_fenced_write() {
+    use storage_core::{LockKey, LockWait};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = LockKey::new("job-1").expect("valid");
+    let first = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("lock");
+    let t1 = first.token();
+    drop(first);
+    // The last token was handed out while the clock was an hour ahead.
+    let ahead = t1 + 3_600_000_000;
+    let fence_file = crate::layout::lock_fence_file(&store.layout().resume_lock(&key));
+    fs::write(&fence_file, format!("{ahead}\n")).expect("write");
+    let second = store
+        .lock(&key, &this_process("b"), LockWait::NoWait)
+        .expect("lock");
+    assert_eq!(second.token(), ahead + 1, "the count rules, not the clock");
+    // A fenced append waits behind the log's lock (a long retention).
+    let (repo, job) = (
+        RepoKey::new("proj").expect("repo"),
+        JobId::new("job-1").expect("job"),
+    );
+    let e = storage_core::EventRecord::from_json(json!({"n": 0})).expect("event");
+    store
+        .append_events(&repo, &job, std::slice::from_ref(&e))
+        .expect("append");
+    let held =
+        crate::events::ident::LogLock::exclusive(&store.layout().events_job_dir(&repo, &job))
+            .expect("lock the log");
+    let fence = second.fence().expect("fence");
+    std::thread::scope(|s| {
+        let writer =
+            s.spawn(|| store.append_events_fenced(&repo, &job, std::slice::from_ref(&e), &fence));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        let other = store
+            .lock(
+                &LockKey::new("job-2").expect("valid"),
+                &this_process("c"),
+                LockWait::NoWait,
+            )
+            .expect("another key is free");
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(150),
+            "another key's lock waited {:?}",
+            t.elapsed()
+        );
+        drop(other);
+        drop(held);
+        writer
+            .join()
+            .expect("writer")
+            .expect("the fenced append lands");
+    });
+}
