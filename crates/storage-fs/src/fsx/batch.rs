@@ -366,7 +366,8 @@ pub(crate) fn syncfs_reports_write_back_errors() -> bool {
 
 /// Whether the kernel release `release` (as `uname -r` prints it:
 /// `6.1.0-18-amd64`, `4.18.0-553.el8_10.x86_64`) is `major.minor` or
-/// later; `false` if it does not start with two numbers.
+/// later; `false` if it does not start with two numbers. (Only Linux asks.)
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
