@@ -471,11 +471,15 @@ fn bench_append_at(store: &PgStorage) -> (Duration, Duration) {
         // showed a log named `at-N` 1.18x slower than one named `plain-N`
         // (where their rows fall in the indexes), a bias as large as what
         // is measured.
-        let (a, b) = (
+        let (first, second) = (
             JobId::new(format!("a-{round}")).expect("valid"),
             JobId::new(format!("b-{round}")).expect("valid"),
         );
-        let (at_job, plain_job) = if round % 2 == 0 { (a, b) } else { (b, a) };
+        let (at_job, plain_job) = if round % 2 == 0 {
+            (first, second)
+        } else {
+            (second, first)
+        };
         let batches: Vec<Vec<EventRecord>> = (0..SAVES)
             .map(|b| (0..BATCH).map(|n| event(b, n)).collect())
             .collect();
