@@ -323,35 +323,11 @@ fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(
 /// If the log does not end in `\n`, saves the torn bytes beside it and cuts
 /// them off; returns the new length. Caller holds the log's lock.
 fn repair_torn_tail(file: &File, path: &Path, len: u64) -> Result<u64> {
-    if len == 0 {
-        return Ok(0);
-    }
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1)
-        .map_err(|e| Error::io("read", path, e))?;
-    if last[0] == b'\n' {
+    let cut = whole_line_end(file, path, len)?;
+    if cut == len {
         return Ok(len);
     }
-    // Find the start of the torn line, reading backwards in blocks.
-    let mut cut = 0;
-    let mut end = len;
     let mut block = vec![0u8; BLOCK];
-    'search: while end > 0 {
-        let from = end.saturating_sub(block.len() as u64);
-        let chunk = &mut block[..usize::try_from(end - from).expect("block fits")];
-        file.read_exact_at(chunk, from)
-            .map_err(|e| Error::io("read", path, e))?;
-        // A block of NULs (`memcmp`, fast even unoptimized) holds no newline.
-        if chunk == &ZEROS[..chunk.len()] {
-            end = from;
-            continue;
-        }
-        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
-            cut = from + i as u64 + 1;
-            break 'search;
-        }
-        end = from;
-    }
     // Never over an earlier fragment: a later crash can tear a line at the
     // same offset again, and every fragment is kept. Streamed through one
     // block: a torn tail can be a gigabyte of NULs after a power loss.
