@@ -275,7 +275,10 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
     if unfinished.is_some() {
         tx.release_reserve(&txid)?;
     }
-    let Ok(m) = protocol::read_manifest(&tx.paths, &txid) else {
+    // Only a manifest that does not exist means an upgrade that moved
+    // nothing; one that cannot be read (damaged, or of a newer build's
+    // format) stops the downgrade before anything changes.
+    let Some(m) = protocol::read_manifest_if_any(&tx.paths, &txid)? else {
         // An upgrade that moved nothing: it only wrote `layout.json`.
         tx.record_downgrade(&txid)?;
         store.remove_layout_version()?;

@@ -994,3 +994,29 @@ fn store_selects_a_directory_like_home_and_a_database_needs_the_postgres_build()
         "without the feature it says so; with it, the connection fails: {err}"
     );
 }
+
+/// Issue 21, item 2: a manifest that cannot be read (here a newer build's
+/// format) is not "an upgrade that moved nothing": `downgrade` stops with
+/// the reason before it changes anything, and works once the manifest is
+/// readable again.
+#[test]
+fn downgrade_refuses_a_manifest_it_cannot_read_and_changes_nothing() {
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    let manifest = upgrade_backup(&sb).with_file_name("manifest.json");
+    let text = fs_err::read_to_string(&manifest).expect("manifest");
+    let mut newer: serde_json::Value = serde_json::from_str(&text).expect("json");
+    newer["manifest_version"] = 99.into();
+    fs_err::write(&manifest, newer.to_string()).expect("write");
+    let upgraded = store_tree(&sb);
+    let out = run(&sb, &["downgrade"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("format version 99"), "{err}");
+    assert!(sb.store().join("layout.json").exists(), "still upgraded");
+    assert_same_tree(&store_tree(&sb), &upgraded, "nothing changed");
+    fs_err::write(&manifest, text).expect("restore");
+    let r = run_json(&sb, &["downgrade"]);
+    assert_eq!(r["restored_files"], 12, "{r:#}");
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}

@@ -192,12 +192,20 @@ pub(crate) fn read_journal(paths: &Paths) -> Result<Option<Journal>> {
 }
 
 pub(crate) fn read_manifest(paths: &Paths, txid: &str) -> Result<Manifest> {
-    let path = paths.manifest(txid);
-    let m: Manifest = read_json(&path, manifest::DAMAGED)?.ok_or_else(|| Error::Record {
-        path: path.clone(),
+    read_manifest_if_any(paths, txid)?.ok_or_else(|| Error::Record {
+        path: paths.manifest(txid),
         reason: "it does not exist".into(),
         next: "the migration's records were removed; nothing can be done automatically".into(),
-    })?;
+    })
+}
+
+/// The manifest of `txid`, or `None` only if it does not exist: a damaged
+/// one, or one of another format version, is an error.
+pub(crate) fn read_manifest_if_any(paths: &Paths, txid: &str) -> Result<Option<Manifest>> {
+    let path = paths.manifest(txid);
+    let Some(m) = read_json::<Manifest>(&path, manifest::DAMAGED)? else {
+        return Ok(None);
+    };
     if m.format_version != manifest::MANIFEST_VERSION {
         return Err(Error::Record {
             path,
@@ -209,7 +217,7 @@ pub(crate) fn read_manifest(paths: &Paths, txid: &str) -> Result<Manifest> {
             next: "use the prodigy-storage that wrote it".into(),
         });
     }
-    Ok(m)
+    Ok(Some(m))
 }
 
 fn set_journal(paths: &Paths, txid: &str, phase: Phase, force: bool) -> Result<()> {
