@@ -23,6 +23,10 @@ fn main() -> ExitCode {
     init_logging(&cli);
     match run(&cli) {
         Ok(code) => code,
+        // The reader of our output went away (`prodigy-storage list | head`):
+        // there is no one left to tell, and nothing failed; end quietly, as
+        // ripgrep and git do.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             let mut err = anstream::stderr().lock();
             let red = anstyle::AnsiColor::Red.on_default().bold();
@@ -33,6 +37,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a write to a closed pipe (stdout's reader exited).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Diagnostics on stderr: warnings by default, `-v` info, `-vv` debug (every

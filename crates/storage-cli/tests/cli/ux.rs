@@ -517,3 +517,26 @@ fn fish_completes_the_options_of_every_command() {
     let top = complete("prodigy-storage ");
     assert!(top.iter().any(|w| w == "rollback"), "{top:?}");
 }
+
+/// Issue 23, item 3: output into a pipe whose reader has gone
+/// (`prodigy-storage list | head -2`) ends quietly with success, instead of
+/// "error: Broken pipe" and exit 1.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    for args in [&["list"][..], &["layout"], &["status"], &["help"]] {
+        let mut child = crate::support::cmd(&sb, &sb.project(), args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start");
+        // The reader exits before reading anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}: {err}", out.status);
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}
