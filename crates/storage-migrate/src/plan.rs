@@ -357,6 +357,17 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
             ),
         });
     }
+    if is_a_store(&legacy) {
+        return Err(Error::Refused {
+            action: "migrate",
+            path: legacy.clone(),
+            reason: format!(
+                "this `.prodigy` is a prodigy-storage store (it has `layout.json`), not legacy storage, \
+                 so nothing in it is migrated; to use that store, pass --home {} or set PRODIGY_HOME",
+                legacy.display()
+            ),
+        });
+    }
     if store.starts_with(&legacy) || within(&store, legacy_id) {
         return Err(Error::Refused {
             action: "migrate",
@@ -379,6 +390,14 @@ pub fn check_project(project: &Path, store_root: &Path) -> Result<(PathBuf, Path
         });
     }
     Ok((project, legacy))
+}
+
+/// Whether `dir` is a store of this tool (it has a `layout.json`): a
+/// current store's files are never a project's legacy storage, whatever
+/// their names, even where a `.prodigy` of a project is expected.
+#[must_use]
+pub fn is_a_store(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join("layout.json")).is_ok_and(|m| m.is_file())
 }
 
 /// Device and inode of `path` (following links, as a path lookup does).
@@ -419,7 +438,8 @@ const NOT_ENTERED: [&str; 4] = [".git", "node_modules", "target", LEGACY_DIR_NAM
 /// device and inode) or another repository or worktree (a directory with
 /// its own `.git`, which is that project's business), and does not read
 /// `.gitignore`: `.prodigy/` is usually ignored by git. A directory that
-/// cannot be listed is skipped.
+/// cannot be listed is skipped, and so is a `.prodigy` that is a store of
+/// this tool ([`is_a_store`]).
 #[must_use]
 pub fn discover(project: &Path, store_root: &Path) -> Vec<PathBuf> {
     let store = std::fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_owned());
@@ -434,7 +454,13 @@ pub fn discover(project: &Path, store_root: &Path) -> Vec<PathBuf> {
             if depth > 0 && name == LEGACY_DIR_NAME && ft.is_dir() {
                 let legacy = dir.join(&name);
                 let is_store = identity(&legacy).is_some_and(|id| Some(id) == store_id);
-                if !is_store
+                if is_a_store(&legacy) {
+                    // Another store of this tool (PRODIGY_HOME pointed
+                    // there once): its files are its own, never legacy.
+                    if !is_store {
+                        tracing::warn!(dir = %legacy.display(), "a prodigy-storage store (it has layout.json) inside the project is not legacy storage: left alone");
+                    }
+                } else if !is_store
                     && !store.starts_with(&legacy)
                     && has_legacy_storage(&legacy).unwrap_or(false)
                 {

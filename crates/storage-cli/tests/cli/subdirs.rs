@@ -128,3 +128,56 @@ fn a_project_whose_only_legacy_storage_is_in_a_sub_directory_is_migrated() {
     run_json(&sb, &["rollback"]);
     assert_same_tree(&before, &snapshot(&p), "project after rollback");
 }
+
+/// A store of this tool in `<dir>` (it has `layout.json`), with an event log.
+fn plant_store(
+    dir: &Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, crate::support::fixture::Node> {
+    let store = storage_fs::FsStorage::open(dir).expect("a store");
+    let (repo, job) = (
+        storage_core::RepoKey::new("tools").expect("valid"),
+        storage_core::JobId::new("mapreduce-1").expect("valid"),
+    );
+    let e = storage_core::EventRecord::from_json(serde_json::json!({"n": 1})).expect("event");
+    storage_core::Storage::append_events(&store, &repo, &job, &[e]).expect("append");
+    snapshot(dir)
+}
+
+/// Issue 21, item 3: a store of this tool nested in the project (PRODIGY_HOME
+/// once pointed at `tools/.prodigy`) is not a legacy directory: `migrate`
+/// and start-up leave it exactly as it is (its log used to vanish into the
+/// project's migration).
+#[test]
+fn a_store_nested_in_the_project_is_never_migrated() {
+    let sb = fixture_sandbox();
+    let nested = sb.project().join("tools/.prodigy");
+    let before = plant_store(&nested);
+    let r = run_json(&sb, &["migrate"]);
+    assert_eq!(
+        legacy_dirs(&r).len(),
+        1,
+        "only the project's own .prodigy: {r:#}"
+    );
+    assert_same_tree(&snapshot(&nested), &before, "the nested store is untouched");
+    let status = run_json(&sb, &["status"]);
+    assert!(
+        !status.to_string().contains("tools/.prodigy"),
+        "status does not offer it: {status:#}"
+    );
+}
+
+/// The project's own `.prodigy` being a store of this tool (not the one in
+/// use) is refused with the reason, and nothing in it changes.
+#[test]
+fn a_project_whose_own_prodigy_is_a_store_is_refused_with_the_reason() {
+    let sb = Sandbox::new();
+    let own = sb.project().join(".prodigy");
+    let before = plant_store(&own);
+    let out = run(&sb, &["migrate"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is a prodigy-storage store") && err.contains("--home"),
+        "{err}"
+    );
+    assert_same_tree(&snapshot(&own), &before, "untouched");
+}
