@@ -143,7 +143,7 @@ fn plant_store(
     snapshot(dir)
 }
 
-/// Issue 21, item 3: a store of this tool nested in the project (PRODIGY_HOME
+/// Issue 21, item 3: a store of this tool nested in the project (`PRODIGY_HOME`
 /// once pointed at `tools/.prodigy`) is not a legacy directory: `migrate`
 /// and start-up leave it exactly as it is (its log used to vanish into the
 /// project's migration).
