@@ -252,8 +252,9 @@ Examples:
         /// Show what would be deleted, delete nothing
         #[arg(long)]
         dry_run: bool,
-        /// Also delete the backup of each project's latest migration (the only
-        /// way to roll it back) and backups that hold bytes found nowhere else
+        /// Also delete the backups of each project's latest migration (the only
+        /// way to roll it back: its own and its sub-directories') and backups
+        /// that hold bytes found nowhere else
         /// (a split event log, a rewritten metadata.json); kept without it
         #[arg(long)]
         force: bool,

@@ -1033,10 +1033,13 @@ pub fn prune_backups(
                 continue;
             }
         }
-        if !force && latest_migration(&tx.paths)?.as_deref() == Some(b.txid.as_str()) {
+        // The latest migration is undone with every transaction of its
+        // run (one `migrate` that imported sub-directories ran one each):
+        // each of their backups is needed to roll it back.
+        if !force && latest_run(&tx.paths)?.iter().any(|t| *t == b.txid) {
             report.kept.push(KeptBackup {
                 reason: format!(
-                    "it is the only way to roll back migration {}, the latest of repository `{}`; \
+                    "it is needed to roll back migration {}, the latest of repository `{}`; \
                      prune with --force to delete it anyway (that migration can then no longer be rolled back)",
                     b.txid, b.repo
                 ),

@@ -181,3 +181,37 @@ fn a_project_whose_own_prodigy_is_a_store_is_refused_with_the_reason() {
     );
     assert_same_tree(&snapshot(&own), &before, "untouched");
 }
+
+/// Issue 21, item 7: `backups prune` keeps every backup the latest
+/// migration's rollback needs, the root's and its sub-directories' (it used
+/// to keep only the newest transaction's, so the root's went and `rollback`
+/// was then impossible).
+#[test]
+fn prune_keeps_every_backup_of_the_latest_run_and_rollback_still_works() {
+    let sb = Sandbox::new();
+    // Only typed legacy files, published unchanged: no backup holds a file
+    // found nowhere else, so only the rollback rule can keep them.
+    for (dir, job) in [
+        (".prodigy", "mapreduce-1"),
+        ("services/api/.prodigy", "mapreduce-77"),
+    ] {
+        write(
+            &sb.project()
+                .join(dir)
+                .join(format!("mapreduce/dlq/{job}/items/item_1.json")),
+            r#"{"item_id": "item_1", "failure_count": 1}"#,
+        );
+    }
+    let before = snapshot(&sb.project());
+    let report = run_json(&sb, &["migrate"]);
+    assert_eq!(report["subdirectories"].as_array().map(Vec::len), Some(1));
+    let pruned = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(pruned["pruned"], serde_json::json!([]), "{pruned:#}");
+    assert_eq!(
+        pruned["kept"].as_array().map(Vec::len),
+        Some(2),
+        "the root's and the sub-directory's: {pruned:#}"
+    );
+    run_json(&sb, &["rollback"]);
+    assert_same_tree(&before, &snapshot(&sb.project()), "project after rollback");
+}
