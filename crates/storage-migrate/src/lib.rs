@@ -1036,7 +1036,7 @@ pub fn prune_backups(
         // The latest migration is undone with every transaction of its
         // run (one `migrate` that imported sub-directories ran one each):
         // each of their backups is needed to roll it back.
-        if !force && latest_run(&tx.paths)?.iter().any(|t| *t == b.txid) {
+        if !force && latest_run(&tx.paths)?.contains(&b.txid) {
             report.kept.push(KeptBackup {
                 reason: format!(
                     "it is needed to roll back migration {}, the latest of repository `{}`; \
