@@ -747,21 +747,29 @@ pub fn verify(store: &FsStorage, project: &Path) -> Result<VerifyReport> {
             }
         }
     }
+    // The problems so far are legacy files waiting in the project.
+    let waiting = r.problems.len();
     let Some(repo) = store.find_repo_key(&canonical)? else {
         return Ok(r);
     };
     r.repo = Some(repo.to_string());
     let paths = Paths::new(store.layout(), &repo);
+    let rolled_back = protocol::read_history(&paths)?
+        .pop()
+        .filter(|e| e.event == "rolled_back")
+        .map(|e| e.txid);
+    if rolled_back.is_some() {
+        // A rollback on request put them back: that is its result, not a
+        // problem (the report says it was rolled back, and how many wait).
+        r.problems.drain(..waiting);
+    }
     if let Some(j) = protocol::read_journal(&paths)? {
         r.problems.push(format!(
             "migration {} was interrupted ({:?}); run `prodigy-storage migrate` to finish or undo it",
             j.txid, j.phase
         ));
     }
-    r.rolled_back = protocol::read_history(&paths)?
-        .pop()
-        .filter(|e| e.event == "rolled_back")
-        .map(|e| e.txid);
+    r.rolled_back = rolled_back;
     let run = latest_run(&paths)?;
     let Some(latest) = run.first() else {
         return Ok(r);

@@ -594,6 +594,11 @@ fn verify_after_a_rollback_and_rollback_after_a_prune_say_what_happened() {
         .expect("run");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["rolled_back"], txid.as_str(), "{json:#}");
+    // Issue 23, item 6: a rollback on request is no problem: exit 0, and
+    // the legacy files it put back are counted, not reported as waiting.
+    assert!(out.status.success(), "{json:#}");
+    assert_eq!(json["problems"], serde_json::json!([]), "{json:#}");
+    assert!(json["legacy_files_left"].as_u64() > Some(0), "{json:#}");
 
     run(&sb, &["migrate"], true);
     run(
