@@ -166,6 +166,10 @@ fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
         }
         ["state", repo, "sessions", "session_state.json"] => {
             match (valid_repo(repo), session_id_of(path)) {
+                // Its own name is the session's: already where the API
+                // reads it (moving it onto itself, then retiring the
+                // source, left it only in the backup).
+                (true, Some(id)) if id.as_str() == "session_state" => Fate0::InPlace,
                 (true, Some(id)) => Fate0::Move(
                     ["state", repo, "sessions", &format!("{id}.json")]
                         .iter()

@@ -1020,3 +1020,31 @@ fn downgrade_refuses_a_manifest_it_cannot_read_and_changes_nothing() {
     assert_eq!(r["restored_files"], 12, "{r:#}");
     assert_same_tree(&store_tree(&sb), &before, "after downgrade");
 }
+
+/// Issue 21, item 5: a repository's `session_state.json` whose session is
+/// itself called `session_state` is already where the store reads it: it
+/// stays in place (it used to be moved onto itself and then retired, so it
+/// was left only in the backup), is listed, and downgrade is exact.
+#[test]
+fn a_session_named_session_state_stays_where_it_is() {
+    let sb = layout0_sandbox();
+    let path = sb.store().join("state/web/sessions/session_state.json");
+    let text = r#"{"session_id": "session_state", "status": "InProgress"}"#;
+    fs_err::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    fs_err::write(&path, text).expect("write");
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    assert_eq!(fs_err::read_to_string(&path).expect("still there"), text);
+    let store = storage_fs::FsStorage::open(sb.store()).expect("open");
+    let web = RepoKey::new("web").expect("valid");
+    let id = SessionId::new("session_state").expect("valid");
+    let keys = storage_core::Storage::list(&store, &storage_core::Scope::Sessions(web.clone()))
+        .expect("list");
+    assert_eq!(keys.len(), 1, "the API lists it: {keys:?}");
+    assert!(
+        store.load_session(&web, &id).expect("load").is_some(),
+        "and reads it"
+    );
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}
