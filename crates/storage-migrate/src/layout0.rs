@@ -99,6 +99,13 @@ fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
                 Fate0::NotOurs
             }
         }
+        // The accident's two job slots name one job; dead letters of
+        // another job nested there (J2 and J3 under J1) have no one home:
+        // kept aside (moving both to J1's would collide).
+        ["dlq", repo, job, "mapreduce", "dlq", inner, ..] if inner != job => Fate0::Preserve(
+            "dead letters of another job nested under this job's directory: the API cannot tell \
+             which job they belong to",
+        ),
         ["dlq", repo, job, "mapreduce", "dlq", _, rest @ ..] => {
             let dest = match rest {
                 ["items", item] if item.ends_with(".json") => Some(vec!["items", *item]),

@@ -1048,3 +1048,38 @@ fn a_session_named_session_state_stays_where_it_is() {
     run(&sb, &["downgrade"], true);
     assert_same_tree(&store_tree(&sb), &before, "after downgrade");
 }
+
+/// Issue 21, item 4: dead letters of other jobs nested under one job's
+/// directory (`dlq/R/J1/mapreduce/dlq/J2/…` and `…/J3/…`, the same item
+/// names) made every upgrade fail with "File exists" in staging; they are
+/// kept aside, and downgrade is exact.
+#[test]
+fn dead_letters_of_other_jobs_nested_under_a_job_are_kept_aside() {
+    let sb = layout0_sandbox();
+    for inner in ["mapreduce-2", "mapreduce-3"] {
+        let dir = sb
+            .store()
+            .join(format!("dlq/api/mapreduce-1/mapreduce/dlq/{inner}"));
+        fs_err::create_dir_all(dir.join("items")).expect("mkdir");
+        fs_err::write(
+            dir.join("items/item-1.json"),
+            format!(r#"{{"item_id": "item-1", "job": "{inner}"}}"#),
+        )
+        .expect("write");
+        fs_err::write(dir.join("index.json"), r#"{"item_count": 1}"#).expect("write");
+    }
+    let before = store_tree(&sb);
+    let r = run_json(&sb, &["upgrade"]);
+    assert_eq!(r["outcome"], "migrated", "{r:#}");
+    let kept = crate::support::files(&sb.store().join("legacy"));
+    for inner in ["mapreduce-2", "mapreduce-3"] {
+        assert!(
+            kept.iter().any(|(p, b)| p.to_string_lossy().contains(inner)
+                && b.ends_with(format!("\"{inner}\"}}").as_bytes())),
+            "{inner} kept aside: {:?}",
+            kept.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    }
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "after downgrade");
+}
