@@ -424,7 +424,9 @@ mod import {
     /// A command that writes upgrades a layout-0 store first, and says so
     /// on stderr (as Prodigy's start-up does; a store a person downgraded
     /// is refused instead, naming `upgrade`).
-    fn upgrade_first(cli: &Cli, store: &FsStorage) -> Result<()> {
+    /// `wait` is how long the command waits for another process (its
+    /// `--wait`), which an upgrade another process is running counts too.
+    fn upgrade_first(cli: &Cli, store: &FsStorage, wait: Duration) -> Result<()> {
         if !storage_migrate::upgrade_due(store)? {
             return Ok(());
         }
@@ -434,10 +436,13 @@ mod import {
             &storage_migrate::UpgradeOptions {
                 progress: &display,
                 automatic: true,
+                wait,
                 ..storage_migrate::UpgradeOptions::default()
             },
         )?;
-        if !cli.quiet {
+        // Said only when this process upgraded something: another one that
+        // finished while this waited is no news ("first, … needs no upgrade").
+        if !cli.quiet && report.outcome == storage_migrate::Outcome::Migrated {
             eprint!("first, {}", render::upgrade(&report));
         }
         Ok(())
@@ -525,7 +530,7 @@ mod import {
                 }
                 let project = project_dir(project.project.as_deref())?;
                 let store = FsStorage::peek(&root.path)?;
-                upgrade_first(cli, &store)?;
+                upgrade_first(cli, &store, Duration::from_secs(*wait))?;
                 let display = Display::choose(cli.quiet || *json);
                 let opts = MigrateOptions {
                     dry_run: false,
@@ -586,7 +591,7 @@ mod import {
                 // `migrate` creates the store only once its refusals have passed.
                 let store = FsStorage::peek(&root.path)?;
                 if !*dry_run {
-                    upgrade_first(cli, &store)?;
+                    upgrade_first(cli, &store, Duration::from_secs(*wait))?;
                 }
                 let display = Display::choose(cli.quiet || *json);
                 let opts = MigrateOptions {
@@ -698,7 +703,7 @@ mod import {
                 overwrite,
             } if super::is_postgres_url(to) => {
                 let source = FsStorage::peek(&root.path)?;
-                upgrade_first(cli, &source)?;
+                upgrade_first(cli, &source, Duration::from_secs(120))?;
                 source.create()?;
                 let (dest, label) = open_team_store(to)?;
                 let report = copy(cli, &source, dest.as_ref(), &label, *json, *overwrite)?;
@@ -712,7 +717,7 @@ mod import {
                 overwrite,
             } => {
                 let source = FsStorage::peek(&root.path)?;
-                upgrade_first(cli, &source)?;
+                upgrade_first(cli, &source, Duration::from_secs(120))?;
                 source.create()?;
                 let dest_path = std::path::absolute(to)
                     .with_context(|| format!("cannot resolve the destination `{to}`"))?;

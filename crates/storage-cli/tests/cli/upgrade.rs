@@ -1083,3 +1083,54 @@ fn dead_letters_of_other_jobs_nested_under_a_job_are_kept_aside() {
     run(&sb, &["downgrade"], true);
     assert_same_tree(&store_tree(&sb), &before, "after downgrade");
 }
+
+/// Issue 21, item 18: `migrate --wait 1` behind another process's upgrade
+/// gives up after about a second (it waited the upgrade's own 120 s), and a
+/// command that waited while another process upgraded says nothing of an
+/// upgrade it did not make (it printed "first, … needs no upgrade").
+#[test]
+fn a_command_waits_for_an_upgrade_as_its_wait_says_and_reports_only_its_own() {
+    let sb = layout0_sandbox();
+    fixture::legacy_project(&sb.project());
+    let pause = sb.path().join("paused");
+    let upgrading = cmd(&sb, &sb.project(), &["upgrade", "--json"])
+        .env("PRODIGY_STORAGE_PAUSE_AT", "after-lock")
+        .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = std::time::Instant::now();
+    while !pause.exists() {
+        assert!(start.elapsed().as_secs() < 30, "never reached `after-lock`");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let t = std::time::Instant::now();
+    let out = run(&sb, &["migrate", "--wait", "1"], false);
+    let waited = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(waited.as_secs() < 10, "waited {waited:?}: {err}");
+    assert!(err.contains("locked"), "{err}");
+    // Now one that waits long enough: the upgrade is the other process's.
+    let waiting = cmd(&sb, &sb.project(), &["migrate", "--wait", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fs_err::remove_file(&pause).expect("let the upgrade go on");
+    assert!(
+        upgrading
+            .wait_with_output()
+            .expect("upgrade")
+            .status
+            .success()
+    );
+    let out = waiting.wait_with_output().expect("migrate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("first,"),
+        "no upgrade of its own to report: {err}"
+    );
+}
