@@ -401,8 +401,9 @@ fn digest_of(store: &dyn Storage, repo: &RepoKey, job: &JobId) -> Result<Digest>
 
 /// Copies one log (only what the destination lacks), then verifies it;
 /// returns how many events were appended. Lines of the source that are not
-/// JSON (two writers of an older Prodigy interleaved) are skipped, stay in
-/// the source, and are added to `skipped`.
+/// JSON (two writers of an older Prodigy interleaved) and torn lines (a
+/// writer stopped mid-line, in the middle of a log or at its end) are
+/// skipped, stay in the source, and are added to `skipped`.
 fn copy_log(
     source: &FsStorage,
     dest: &dyn Storage,
@@ -476,6 +477,19 @@ fn copy_log(
         return Err(e);
     }
     let dir = source.layout().events_job_dir(repo, job);
+    // A torn line (a writer killed mid-line, or two older writers
+    // interleaved) is no record: not copied, and listed like a corrupt one.
+    for t in &summary.torn_tails {
+        skipped.push(SkippedItem {
+            item: item.to_owned(),
+            path: storage_fs::layout::log_file(&dir, &t.file),
+            reason: format!(
+                "line {}: a torn line of {} byte(s) (its writer stopped mid-line); not copied, \
+                 left in the source",
+                t.line, t.bytes
+            ),
+        });
+    }
     for s in summary.skipped {
         skipped.push(SkippedItem {
             item: item.to_owned(),

@@ -542,3 +542,51 @@ fn a_source_event_the_destination_refuses_as_too_deep_stops_the_copy_naming_the_
         "the other log was copied"
     );
 }
+
+/// Issue 21, item 17: a torn line in the middle of a source log (an older
+/// writer stopped mid-line, then the log went on in the next file) is not
+/// copied, and is listed as skipped; it used to vanish from the report.
+#[test]
+fn a_torn_line_in_the_middle_of_a_log_is_listed_not_dropped_silently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = source(&dir.path().join("store"));
+    let (repo, job) = (
+        RepoKey::new("api").expect("repo"),
+        JobId::new("mapreduce-9").expect("job"),
+    );
+    let log_dir = src.layout().events_job_dir(&repo, &job);
+    std::fs::create_dir_all(&log_dir).expect("mkdir");
+    let line = |n: u64| {
+        format!(
+            "{}\n",
+            Value::Object(event("mapreduce-9", n).json().clone())
+        )
+    };
+    // Prodigy's rotated file ends mid-line; the log goes on after it.
+    std::fs::write(
+        log_dir.join("events-20250906_082000.jsonl"),
+        format!("{}{{\"id\":\"e1\",\"torn", line(0)),
+    )
+    .expect("write");
+    std::fs::write(log_dir.join("events-20250906_083000.jsonl"), line(2)).expect("write");
+    let dest = MemoryStorage::new();
+    let opts = CopyOptions {
+        destination: "memory",
+        progress: &NoProgress,
+        overwrite: false,
+    };
+    let r = copy_store(&src, &dest, &opts).expect("copy");
+    let ns: Vec<u64> = events(&dest, "api", "mapreduce-9")
+        .iter()
+        .map(|e| e.json()["event"]["n"].as_u64().expect("n"))
+        .collect();
+    assert_eq!(ns, [0, 2], "the whole records");
+    let torn: Vec<_> = r
+        .skipped
+        .iter()
+        .filter(|s| s.reason.contains("torn line"))
+        .collect();
+    assert_eq!(torn.len(), 1, "{r:?}");
+    assert_eq!(torn[0].path, log_dir.join("events-20250906_082000.jsonl"));
+    assert!(torn[0].reason.starts_with("line 2:"), "{}", torn[0].reason);
+}
