@@ -762,3 +762,31 @@ fn backups_list_has_a_header() {
     assert!(row.starts_with("project "), "{out}");
     assert!(row.contains(" 25 ") && row.contains(" migrated "), "{out}");
 }
+
+/// Issue 21, item 16: a dangling symbolic link where a legacy file is to
+/// be restored. `rollback` said to run `migrate`, which (following no link)
+/// found nothing: a loop. It now says to move it away, and once that is
+/// done the rollback restores the project exactly.
+#[test]
+fn a_link_where_a_legacy_file_is_to_be_restored_is_named_with_a_way_out() {
+    let sb = fixture_sandbox();
+    let before = snapshot(&sb.project());
+    run(&sb, &["migrate"], true);
+    let place = sb.project().join(".prodigy/session_state.json");
+    std::os::unix::fs::symlink("/nowhere/at/all", &place).expect("symlink");
+    let out = run(&sb, &["rollback"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hold a link, a directory or a special file")
+            && err.contains("move them away"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("prodigy-storage migrate"),
+        "no advice that loops: {err}"
+    );
+    assert!(run_json(&sb, &["migrate"])["outcome"] == "nothing_to_migrate");
+    fs_err::remove_file(&place).expect("move it away");
+    run(&sb, &["rollback"], true);
+    assert_same_tree(&snapshot(&sb.project()), &before, "after rollback");
+}

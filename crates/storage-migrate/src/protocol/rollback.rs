@@ -243,6 +243,7 @@ impl Tx<'_> {
         let root = self.layout().root();
         let mut missing = Vec::new();
         let mut blocked = Vec::new();
+        let mut not_files = Vec::new();
         let mut changed = Vec::new();
         manifest::for_each_chunk(&self.paths.entries(&m.txid), |chunk| {
             for s in chunk.iter().flat_map(|e| &e.sources) {
@@ -262,8 +263,13 @@ impl Tx<'_> {
                     // written in place since: the layout-0 name holds it.
                     continue;
                 }
-                if at_legacy != AtPath::Missing {
-                    blocked.push(join(legacy, &s.rel)?);
+                match at_legacy {
+                    AtPath::Missing => {}
+                    // A link, a directory or a special file: no legacy
+                    // file, and `migrate` never takes one (it follows no
+                    // link): only moving it away frees the place.
+                    AtPath::NotAFile => not_files.push(join(legacy, &s.rel)?),
+                    AtPath::File(_) => blocked.push(join(legacy, &s.rel)?),
                 }
                 // The backup is the inode a layout-0 upgrade linked to its
                 // published name (see `stage`), now with other bytes: written
@@ -298,6 +304,18 @@ impl Tx<'_> {
                     missing[0].display()
                 ),
                 paths: missing,
+            });
+        }
+        if !not_files.is_empty() {
+            return Err(Error::RollbackRefused {
+                reason: format!(
+                    "{} place(s) where a legacy file is to be restored hold a link, a directory or a \
+                     special file now, first `{}`; migration never takes those, so move them away \
+                     (nothing of the legacy files is in them) and run the rollback again",
+                    not_files.len(),
+                    not_files[0].display()
+                ),
+                paths: not_files,
             });
         }
         if !blocked.is_empty() {
