@@ -245,7 +245,23 @@ fn walk(legacy: &Path, mut visit: impl FnMut(Found) -> Result<()>) -> Result<Wal
         // only storage files and directories need a `stat`.
         let stat = || std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e));
         if ft.is_dir() {
-            out.dir_modes.insert(rel.clone(), stat()?.mode() & 0o7777);
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) => {
+                    out.dir_modes.insert(rel.clone(), meta.mode() & 0o7777);
+                }
+                // A directory of the user's that cannot even be looked at
+                // (deeper than PATH_MAX: "File name too long") holds no
+                // storage: note it and go on, as for one that cannot be listed.
+                Err(e) if !storage_dir(&rel) => {
+                    out.unlisted.push(format!(
+                        "`{}` could not be looked at ({e}); it was left alone",
+                        rel.display()
+                    ));
+                    out.impure.insert(rel);
+                    continue;
+                }
+                Err(e) => return Err(Error::io("stat", &path, e)),
+            }
             match list(&path) {
                 Ok(sub) => {
                     if sub.len() == 0 {
@@ -421,6 +437,11 @@ pub fn has_legacy_storage(legacy: &Path) -> Result<bool> {
 /// (the directory holding it, counted in components: `services/worker` is 2).
 pub const DISCOVERY_DEPTH: usize = 8;
 
+/// How many directories [`discover`] lists at most: it stops there (with a
+/// warning) so that `status` run from `/` or a home directory answers in
+/// a second rather than walking the whole disk.
+pub const DISCOVERY_DIRS: usize = 20_000;
+
 /// Directories [`discover`] never enters, besides links, the store and
 /// other repositories: version control, and the two trees of generated
 /// files that can hold millions of entries.
@@ -442,12 +463,23 @@ const NOT_ENTERED: [&str; 4] = [".git", "node_modules", "target", LEGACY_DIR_NAM
 /// this tool ([`is_a_store`]).
 #[must_use]
 pub fn discover(project: &Path, store_root: &Path) -> Vec<PathBuf> {
+    discover_within(project, store_root, DISCOVERY_DIRS)
+}
+
+/// [`discover`], listing at most `max_dirs` directories.
+fn discover_within(project: &Path, store_root: &Path, max_dirs: usize) -> Vec<PathBuf> {
     let store = std::fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_owned());
     let store_id = identity(&store);
     let mut found = Vec::new();
     // Depth first in path order: (directory, its depth below the project).
     let mut stack = vec![(project.to_owned(), 0_usize)];
+    let mut listed = 0_usize;
     while let Some((dir, depth)) = stack.pop() {
+        listed += 1;
+        if listed > max_dirs {
+            tracing::warn!(project = %project.display(), "stopped looking for legacy `.prodigy` directories after {max_dirs} directories (is this a project's root?)");
+            break;
+        }
         let Ok(listing) = list(&dir) else { continue };
         let mut children = Vec::new();
         for (name, ft) in listing {
@@ -960,4 +992,28 @@ fn add_sessions(
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    /// Issue 21, item 6: the walk is bounded by the number of directories
+    /// it lists (`status` run from `/` walked for 10 s), and within the
+    /// bound it finds what it always found.
+    #[test]
+    fn the_walk_stops_after_its_bound_of_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let project = dir.path().join("project");
+        for i in 0..200 {
+            std::fs::create_dir_all(project.join(format!("a{i:03}"))).expect("mkdir");
+        }
+        // Last in path order: found only by a walk that gets that far.
+        let legacy = project.join("z/.prodigy");
+        std::fs::create_dir_all(&legacy).expect("mkdir");
+        std::fs::write(legacy.join("state.json"), "{}").expect("write");
+        let store = dir.path().join("store");
+        assert_eq!(discover_within(&project, &store, 1_000), [legacy]);
+        assert!(discover_within(&project, &store, 50).is_empty(), "stopped");
+    }
 }

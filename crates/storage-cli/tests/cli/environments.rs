@@ -1081,3 +1081,43 @@ fn the_same_store_by_another_path_finishes_its_own_migration() {
             .exists()
     );
 }
+
+/// Issue 21, item 6: a directory of the user's deeper than `PATH_MAX` inside
+/// `.prodigy/` is skipped with a note, as documented; `status` and
+/// `migrate` used to exit 1 with "File name too long" and a 4 KB path.
+#[test]
+fn a_user_directory_deeper_than_path_max_is_left_alone() {
+    use rustix::fs::{Mode, OFlags, mkdirat, openat};
+    let sb = crate::support::fixture_sandbox();
+    // 20 levels of 250-byte names: about 5 KB, past PATH_MAX (4,096).
+    let name = "d".repeat(250);
+    let mut dir = openat(
+        rustix::fs::CWD,
+        &sb.project().join(".prodigy"),
+        OFlags::DIRECTORY | OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .expect("open .prodigy");
+    for _ in 0..20 {
+        mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o755)).expect("mkdirat");
+        dir = openat(
+            &dir,
+            name.as_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY,
+            Mode::empty(),
+        )
+        .expect("openat");
+    }
+    drop(dir);
+    crate::support::run(&sb, &["status"], true);
+    let r = crate::support::run_json(&sb, &["migrate"]);
+    assert_eq!(r["outcome"], "migrated", "{r:#}");
+    assert!(
+        r.to_string().contains("File name too long"),
+        "the note says what was left alone: {r:#}"
+    );
+    assert!(
+        sb.project().join(".prodigy").join(&name).is_dir(),
+        "the user's directory stays"
+    );
+}
