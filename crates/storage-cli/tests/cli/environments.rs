@@ -1093,7 +1093,7 @@ fn a_user_directory_deeper_than_path_max_is_left_alone() {
     let name = "d".repeat(250);
     let mut dir = openat(
         rustix::fs::CWD,
-        &sb.project().join(".prodigy"),
+        sb.project().join(".prodigy"),
         OFlags::DIRECTORY | OFlags::RDONLY,
         Mode::empty(),
     )
