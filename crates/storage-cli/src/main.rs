@@ -302,7 +302,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 // 2: `repo` is null for global documents (unified sessions), and
                 // the kinds of layout 2 (extension kinds by their own names).
                 &serde_json::json!({"schema_version": 2, "store": json_path(&root.path), "items": items}),
-                || render::list(&items),
+                || render::list(&items, repo.as_ref().map(storage_core::RepoKey::as_str)),
             )?;
             Ok(ExitCode::SUCCESS)
         }

@@ -77,29 +77,65 @@ pub fn store_line(root: &RootChoice, layout_version: Option<u64>) -> String {
     )
 }
 
-/// `list`: one line per document or log, grouped by repository.
-pub fn list(items: &[storage_fs::Listed]) -> String {
+/// `list`: one line per document or log, grouped by repository; each
+/// column as wide as its longest value, so that long ids never push the
+/// sizes out of line. `repo` is the `--repo` filter, named when it
+/// matched nothing.
+pub fn list(items: &[storage_fs::Listed], repo: Option<&str>) -> String {
     let mut out = String::new();
     if items.is_empty() {
-        out.push_str("No documents or event logs in this store.\n");
+        match repo {
+            Some(r) => {
+                let _ = writeln!(
+                    out,
+                    "No documents or event logs of repository `{r}` in this store \
+                     (`prodigy-storage list` shows every repository)."
+                );
+            }
+            None => out.push_str("No documents or event logs in this store.\n"),
+        }
         return out;
     }
-    let _ = writeln!(
-        out,
-        "{:<16} {:<20} {:<28} {:<40} {:>10}  MODIFIED",
-        "REPO", "KIND", "JOB", "ID", "SIZE"
-    );
-    for i in items {
+    let rows: Vec<[String; 6]> = items
+        .iter()
+        .map(|i| {
+            [
+                i.repo.as_deref().unwrap_or("(global)").to_owned(),
+                i.kind.clone(),
+                i.job.as_deref().unwrap_or("-").to_owned(),
+                i.id.as_deref().unwrap_or("-").to_owned(),
+                bytes(i.size),
+                i.modified.get(..19).unwrap_or(&i.modified).to_owned(),
+            ]
+        })
+        .collect();
+    let header = ["REPO", "KIND", "JOB", "ID", "SIZE", "MODIFIED"];
+    let mut width = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |out: &mut String, cells: [&str; 6]| {
         let _ = writeln!(
             out,
-            "{:<16} {:<20} {:<28} {:<40} {:>10}  {}",
-            i.repo.as_deref().unwrap_or("(global)"),
-            i.kind,
-            i.job.as_deref().unwrap_or("-"),
-            i.id.as_deref().unwrap_or("-"),
-            bytes(i.size),
-            i.modified.get(..19).unwrap_or(&i.modified)
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {:>w4$}  {}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2],
+            w3 = width[3],
+            w4 = width[4],
         );
+    };
+    line(&mut out, header);
+    for row in &rows {
+        line(&mut out, row.each_ref().map(String::as_str));
     }
     let total: u64 = items.iter().map(|i| i.size).sum();
     let _ = writeln!(out, "{} item(s), {}", items.len(), bytes(total));

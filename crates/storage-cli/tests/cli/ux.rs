@@ -540,3 +540,32 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
     }
 }
+
+/// Issue 23, item 8: `list` keeps its columns in line whatever the length
+/// of an id (the SIZE column stays aligned), and `--repo` of a repository
+/// the store does not have says so by name.
+#[test]
+fn list_keeps_its_columns_in_line_and_names_an_unknown_repository() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let store = storage_fs::FsStorage::open(sb.store()).expect("open");
+    let repo = storage_core::RepoKey::new("project").expect("valid");
+    let long = storage_core::JobId::new(format!("mapreduce-{}", "9".repeat(60))).expect("valid");
+    let e = storage_core::EventRecord::from_json(serde_json::json!({"n": 1})).expect("event");
+    storage_core::Storage::append_events(&store, &repo, &long, &[e]).expect("append");
+    let text = String::from_utf8(run(&sb, &["list"], true).stdout).expect("utf8");
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.ends_with(')') && l.contains("  "))
+        .collect();
+    // The SIZE column ends at the same place on every row (it is right-aligned).
+    let size_end = |l: &str| {
+        let head = &l[..l.trim_end().rfind("  ").expect("the time column")];
+        head.trim_end().len()
+    };
+    let ends: std::collections::BTreeSet<usize> = rows.iter().map(|l| size_end(l)).collect();
+    assert_eq!(ends.len(), 1, "SIZE out of line:\n{text}");
+    let out = run(&sb, &["list", "--repo", "nope"], true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("repository `nope`"), "{text}");
+}
