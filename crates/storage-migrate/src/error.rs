@@ -69,6 +69,26 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// One `migrate` migrates the project's `.prodigy/` and its
+    /// sub-directories' one transaction each: one failed after others had
+    /// committed. What committed stays migrated (and verified); the failed
+    /// one left everything of its own as it was.
+    #[error(
+        "the legacy storage in `{}` could not be migrated; the {} migration(s) before it in this run          ({}) were committed and stay migrated. Fix what the cause below says and run          `prodigy-storage migrate` again (it picks up what is left), or `prodigy-storage rollback`          to undo what was migrated",
+        .dir.display(),
+        .committed.len(),
+        .committed.join(", ")
+    )]
+    PartlyMigrated {
+        /// The legacy directory that failed.
+        dir: PathBuf,
+        /// The transactions of this run that committed.
+        committed: Vec<String>,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A link (or a file) stands where the legacy storage had a directory;
     /// nothing is ever written through it.
     #[error(

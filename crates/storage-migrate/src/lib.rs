@@ -249,10 +249,25 @@ pub fn migrate(
         None => None,
     };
     let mut subreports = Vec::new();
+    let mut committed: Vec<String> = root.iter().filter_map(|r| r.txid.clone()).collect();
     for sub in &subdirs {
-        if let Some((m, summary)) = import(sub)? {
+        let partly = |e: Error, committed: &[String]| {
+            if committed.is_empty() {
+                e
+            } else {
+                Error::PartlyMigrated {
+                    dir: sub.clone(),
+                    committed: committed.to_vec(),
+                    source: Box::new(e),
+                }
+            }
+        };
+        let imported = import(sub).map_err(|e| partly(e, &committed))?;
+        if let Some((m, summary)) = imported {
             let r = report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, None);
-            tx.commit(&m, &summary, &r)?;
+            tx.commit(&m, &summary, &r)
+                .map_err(|e| partly(e, &committed))?;
+            committed.extend(r.txid.clone());
             subreports.push(r);
         }
     }
@@ -366,8 +381,11 @@ pub enum AutoOutcome {
         /// Why.
         reason: String,
     },
-    /// Migration failed; everything was left as it was. Prodigy can go on
-    /// using the store and should show this error to the user.
+    /// Migration failed. What failed left everything of its own as it was;
+    /// an [`Error::PartlyMigrated`] says which transactions of the run
+    /// (the project's own, earlier sub-directories) had committed and stay
+    /// migrated. Prodigy can go on using the store and should show this
+    /// error to the user.
     Failed(Error),
 }
 

@@ -215,3 +215,66 @@ fn prune_keeps_every_backup_of_the_latest_run_and_rollback_still_works() {
     run_json(&sb, &["rollback"]);
     assert_same_tree(&before, &snapshot(&sb.project()), "project after rollback");
 }
+
+/// Issue 21, item 10: a sub-directory whose migration fails after the
+/// project's own transaction committed: the error says what committed and
+/// stays migrated (it claimed everything was as it was), and the next
+/// `migrate` picks up what is left.
+#[test]
+fn a_sub_directory_failing_after_the_root_committed_says_what_stays_migrated() {
+    use std::process::Stdio;
+    let sb = fixture_sandbox();
+    let item = sb
+        .project()
+        .join("services/api/.prodigy/mapreduce/dlq/mapreduce-77/items/item_1.json");
+    write(&item, r#"{"item_id": "item_1", "failure_count": 1}"#);
+    let pause = sb.path().join("paused");
+    let wait_for_pause = || {
+        let start = std::time::Instant::now();
+        while !pause.exists() {
+            assert!(start.elapsed().as_secs() < 60, "never paused");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let child = crate::support::cmd(&sb, &sb.project(), &["migrate"])
+        .env("PRODIGY_STORAGE_PAUSE_AT", "before-verify")
+        .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The project's own transaction: let it go on.
+    wait_for_pause();
+    std::fs::remove_file(&pause).expect("go on");
+    // The sub-directory's: its staged copy is damaged before verification.
+    wait_for_pause();
+    let records = sb.store().join("migrations/project");
+    let staged: Vec<_> = crate::support::files(&records)
+        .into_iter()
+        .map(|(p, _)| records.join(p))
+        .filter(|p| p.to_string_lossy().contains("staging") && p.ends_with("item_1.json"))
+        .collect();
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    std::fs::write(&staged[0], "damaged").expect("damage");
+    std::fs::remove_file(&pause).expect("go on");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("could not be migrated")
+            && err.contains("were committed and stay migrated")
+            && err.contains("prodigy-storage rollback"),
+        "{err}"
+    );
+    assert!(
+        item.exists(),
+        "the failed sub-directory's file is where it was"
+    );
+    assert!(
+        !sb.project().join(".prodigy/session_state.json").exists(),
+        "the project's own files stay migrated"
+    );
+    let again = run_json(&sb, &["migrate"]);
+    assert_eq!(again["outcome"], "migrated", "{again:#}");
+    assert!(!item.exists(), "picked up by the next run");
+}
