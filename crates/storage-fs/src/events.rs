@@ -300,14 +300,8 @@ fn open_locked(path: &Path, open: &dyn Fn(bool) -> io::Result<File>) -> Result<(
             Err(e) => return Err(Error::io("open", path, e)),
         };
         file.lock().map_err(|e| Error::io("lock", path, e))?;
-        let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        match std::fs::metadata(path) {
-            Ok(now) if held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev() => {
-                return Ok((file, created));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("stat", path, e)),
+        if fsx::is_linked_at(&file, path)? {
+            return Ok((file, created));
         }
         last = Some(io::Error::other(
             "the file was replaced while waiting for its lock",

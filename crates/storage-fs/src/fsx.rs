@@ -158,6 +158,22 @@ pub fn create_new(path: &Path) -> Result<File> {
         .map_err(|e| Error::io("create", path, e))
 }
 
+/// Whether `file`, held open (and usually just locked), is still the file
+/// at `path`: the same inode on the same device, and not unlinked. This is
+/// the one re-check after waiting for a lock on a file that someone may
+/// remove or replace meanwhile (a log's `.log`, a resume lock, a fence
+/// file, a journal); the inode compared cannot have been reused, because
+/// the open descriptor keeps it alive. A link at `path` is not followed.
+pub fn is_linked_at(file: &File, path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    match fs::symlink_metadata(path) {
+        Ok(now) => Ok(held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
 /// Creates a fresh temp file in `dir` for a write to `target_name` (see
 /// [`temp_name`]) and takes an exclusive `flock` on it, held until the
 /// returned file is closed: while it is held, no sweep removes the file.
@@ -166,16 +182,11 @@ pub fn create_new(path: &Path) -> Result<File> {
 /// file is gone by the time the lock is ours (no links left), and a new one
 /// is made.
 pub fn create_temp(dir: &Path, target_name: &str) -> Result<(PathBuf, File)> {
-    use std::os::unix::fs::MetadataExt;
     loop {
         let tmp = dir.join(temp_name(target_name));
         let f = create_new(&tmp)?;
         f.lock().map_err(|e| Error::io("lock", &tmp, e))?;
-        let links = f
-            .metadata()
-            .map_err(|e| Error::io("stat", &tmp, e))?
-            .nlink();
-        if links > 0 {
+        if is_linked_at(&f, &tmp)? {
             return Ok((tmp, f));
         }
     }

@@ -87,43 +87,54 @@ impl FileLock {
     }
 
     /// Takes the lock like [`FileLock::acquire`] without writing a holder.
+    ///
+    /// Once it holds the `flock`, it checks that the file it locked is still
+    /// the one at `path` ([`fsx::is_linked_at`]): an older Prodigy releases
+    /// a resume lock by removing its file, and a process that waited on the
+    /// removed file would otherwise hold a lock nobody else can see while the
+    /// next process locks a new file. Then it locks the file now at `path`.
     fn take(path: &Path, key: &LockKey, wait: LockWait) -> Result<Self> {
-        fsx::create_dir_all(fsx::parent(path))?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(fsx::FILE_MODE)
-            .open(path)
-            .map_err(|e| Error::io("open lock file", path, e))?;
         let start = Instant::now();
-        let mut pause = Duration::from_millis(1);
+        let limit = match wait {
+            LockWait::NoWait => Duration::ZERO,
+            LockWait::Timeout(d) => d,
+        };
         loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+            fsx::create_dir_all(fsx::parent(path))?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(fsx::FILE_MODE)
+                .open(path)
+                .map_err(|e| Error::io("open lock file", path, e))?;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(TryLockError::WouldBlock) => {}
+                    Err(TryLockError::Error(e)) => return Err(Error::io("lock", path, e)),
+                }
+                let waited = start.elapsed();
+                if waited >= limit {
+                    return Err(Error::Locked {
+                        key: key.clone(),
+                        holder: read_holder(path),
+                        waited: matches!(wait, LockWait::Timeout(_)).then_some(waited),
+                    });
+                }
+                std::thread::sleep(pause.min(limit.saturating_sub(waited)));
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
-            let waited = start.elapsed();
-            let limit = match wait {
-                LockWait::NoWait => Duration::ZERO,
-                LockWait::Timeout(d) => d,
-            };
-            if waited >= limit {
-                return Err(Error::Locked {
-                    key: key.clone(),
-                    holder: read_holder(path),
-                    waited: matches!(wait, LockWait::Timeout(_)).then_some(waited),
+            if fsx::is_linked_at(&file, path)? {
+                return Ok(Self {
+                    file,
+                    path: path.to_owned(),
                 });
             }
-            std::thread::sleep(pause.min(limit.saturating_sub(waited)));
-            pause = (pause * 2).min(Duration::from_millis(50));
+            tracing::debug!(lock = %path.display(), "the lock file was removed while this waited for it; locking the one there now");
         }
-        Ok(Self {
-            file,
-            path: path.to_owned(),
-        })
     }
 
     fn write_holder(&mut self, holder: &LockHolder) -> Result<()> {
@@ -212,7 +223,7 @@ impl FencedLock {
         if self.lost.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let same = is_linked_at(&self.lock.file, &self.lock.path)?;
+        let same = fsx::is_linked_at(&self.lock.file, &self.lock.path)?;
         if !same {
             self.lost.store(true, Ordering::Relaxed);
             tracing::warn!(lock = %self.lock.path.display(), "a held lock's file was removed or replaced: the lock is lost");
@@ -236,19 +247,6 @@ impl storage_core::HeldLock for FencedLock {
     }
     fn known_lost(&self) -> bool {
         FencedLock::known_lost(self)
-    }
-}
-
-/// Whether `file` (held open) is still the file at `path`: same inode on
-/// the same device, still linked. The inode cannot have been reused: the
-/// open descriptor keeps it alive.
-fn is_linked_at(file: &File, path: &Path) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-    match std::fs::symlink_metadata(path) {
-        Ok(now) => Ok(held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("stat", path, e)),
     }
 }
 
@@ -279,7 +277,7 @@ impl Fence {
     fn still_linked(self, path: &Path, create: bool) -> Result<Self> {
         let mut fence = self;
         for _ in 0..64 {
-            if is_linked_at(&fence.0, path)? {
+            if fsx::is_linked_at(&fence.0, path)? {
                 return Ok(fence);
             }
             if !create {
@@ -335,7 +333,7 @@ pub fn with_fence<T>(
     file.0
         .lock_shared()
         .map_err(|e| Error::io("lock", &fence_path, e))?;
-    if !is_linked_at(&file.0, &fence_path)? {
+    if !fsx::is_linked_at(&file.0, &fence_path)? {
         return Err(lost(None));
     }
     let current = file.token(&fence_path)?;

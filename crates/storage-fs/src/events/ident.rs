@@ -47,7 +47,7 @@
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -168,7 +168,7 @@ impl LogLock {
                 Err(e) => return Err(Error::io("open", &path, e)),
             };
             file.lock().map_err(|e| Error::io("lock", &path, e))?;
-            if still_linked(&file, &path)? {
+            if fsx::is_linked_at(&file, &path)? {
                 let record = read_record(&file, &path)?;
                 return Ok(Self { file, path, record });
             }
@@ -196,7 +196,7 @@ impl LogLock {
             };
             file.lock_shared()
                 .map_err(|e| Error::io("lock", &path, e))?;
-            if still_linked(&file, &path)? {
+            if fsx::is_linked_at(&file, &path)? {
                 let record = read_record(&file, &path)?;
                 return Ok(Some(Self { file, path, record }));
             }
@@ -237,18 +237,6 @@ fn open_rw(path: &Path) -> io::Result<File> {
         .write(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
         .open(path)
-}
-
-/// Whether `file` (locked) is still the one at `path`: same inode on the
-/// same device, and not unlinked. The inode cannot have been reused: the
-/// descriptor keeps it alive.
-fn still_linked(file: &File, path: &Path) -> Result<bool> {
-    let held = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-    match std::fs::symlink_metadata(path) {
-        Ok(now) => Ok(held.nlink() > 0 && now.ino() == held.ino() && now.dev() == held.dev()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io("stat", path, e)),
-    }
 }
 
 /// Creates `dir/.log` with a new identity, never replacing one: a temp file

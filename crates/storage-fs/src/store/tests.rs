@@ -829,3 +829,45 @@ fn fencing_tokens_follow_the_count_and_other_keys_never_wait_for_a_fenced_write(
             .expect("the fenced append lands");
     });
 }
+
+/// A process waiting for a resume lock whose file is removed meanwhile (an
+/// older Prodigy releases its locks so) must not count the removed file's
+/// `flock` as the lock: it locks the file now at the path, and waits for its
+/// holder like everyone else.
+#[test]
+fn a_waiter_whose_lock_file_was_removed_locks_the_file_there_now() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use storage_core::{LockKey, LockWait};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let first = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("lock");
+    let got = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let g = store
+                .lock(
+                    &key,
+                    &this_process("b"),
+                    LockWait::Timeout(Duration::from_secs(20)),
+                )
+                .expect("the waiter gets it in the end");
+            got.store(true, Ordering::SeqCst);
+            g.token()
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        fs::remove_file(store.layout().resume_lock(&key)).expect("remove");
+        let third = store
+            .lock(&key, &this_process("c"), LockWait::NoWait)
+            .expect("a new file, free");
+        // The waiter now gets the removed file's flock: it must not stop there.
+        drop(first);
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!got.load(Ordering::SeqCst), "two holders at once");
+        let third_token = third.token();
+        drop(third);
+        assert!(waiter.join().expect("waiter") > third_token);
+    });
+}
