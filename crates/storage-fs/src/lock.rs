@@ -5,9 +5,12 @@
 //! A `flock` belongs to an open file description; the kernel drops it when
 //! the last descriptor closes, which includes the holder being killed. So a
 //! crashed holder never leaves a lock that someone must delete by hand (the
-//! failure mode of pid files and `O_EXCL` lock files). The lock file is never
-//! replaced or deleted while the store exists: a lock on a file that is later
-//! renamed over would guard a dead inode.
+//! failure mode of pid files and `O_EXCL` lock files). This store never
+//! replaces or deletes a lock file: a lock on a file that is later renamed
+//! over, or removed, would guard a dead inode. An older Prodigy does remove
+//! its resume lock files to release them, so a process that waited for one
+//! checks, once it holds the `flock`, that the file is still the one at the
+//! path, and locks the new one if not.
 //!
 //! After taking the lock, the holder writes who it is (pid, host, time) into
 //! the file. That text is a hint for messages ("locked by process 4711 on
@@ -209,16 +212,16 @@ impl FencedLock {
             lost: std::sync::atomic::AtomicBool::new(false),
         })
     }
+}
 
-    /// The token of this acquisition.
-    #[must_use]
-    pub fn token(&self) -> u64 {
+impl storage_core::HeldLock for FencedLock {
+    fn token(&self) -> u64 {
         self.token
     }
 
     /// Whether the locked file is still the one at the lock's path; once
     /// not, for good.
-    pub fn check(&self) -> Result<bool> {
+    fn check(&self) -> Result<bool> {
         use std::sync::atomic::Ordering;
         if self.lost.load(Ordering::Relaxed) {
             return Ok(false);
@@ -231,22 +234,8 @@ impl FencedLock {
         Ok(same)
     }
 
-    /// Whether [`FencedLock::check`] found the lock lost.
-    #[must_use]
-    pub fn known_lost(&self) -> bool {
-        self.lost.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-impl storage_core::HeldLock for FencedLock {
-    fn token(&self) -> u64 {
-        self.token
-    }
-    fn check(&self) -> Result<bool> {
-        FencedLock::check(self)
-    }
     fn known_lost(&self) -> bool {
-        FencedLock::known_lost(self)
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -208,13 +208,17 @@ impl LogLock {
         ))
     }
 
-    /// Begins a new epoch after a retention that rewrote a file (`cut`), or
-    /// only dropped whole files (`None`), durably.
-    pub(crate) fn begin_epoch(&mut self, cut: Option<Cut>) -> Result<()> {
+    /// Begins a new epoch, durably, for a retention that rewrites a file
+    /// from `cut` (dropping whole files needs none: a cursor into a file
+    /// that is gone goes on with the next).
+    pub(crate) fn begin_epoch(&mut self, cut: Cut) -> Result<()> {
         let mut next = self.record.clone();
         next.epoch += 1;
-        next.cut = cut;
+        next.cut = Some(cut);
         write_record(&self.file, &self.path, &next)?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io("fsync", &self.path, e))?;
         self.record = next;
         Ok(())
     }
@@ -313,7 +317,7 @@ fn read_record(file: &File, path: &Path) -> Result<Record> {
     Ok(record)
 }
 
-/// Writes `record` as one padded block at offset 0 and `fdatasync`s it.
+/// Writes `record` as one padded block at offset 0 (the caller makes it durable).
 fn write_record(file: &File, path: &Path, record: &Record) -> Result<()> {
     let mut buf = serde_json::to_vec(record).expect("a record serializes");
     if buf.len() >= RECORD_BYTES {
@@ -333,7 +337,6 @@ fn write_record(file: &File, path: &Path, record: &Record) -> Result<()> {
     buf.resize(RECORD_BYTES - 1, b' ');
     buf.push(b'\n');
     file.write_all_at(&buf, 0)
-        .and_then(|()| file.sync_data())
         .map_err(|e| Error::io("write", path, e))
 }
 

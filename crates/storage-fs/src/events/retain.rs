@@ -204,12 +204,12 @@ fn rewrite_from(held: &mut LogLock, f: &LogFile, from: u64) -> Result<()> {
         let head_len = kept.min(ident::HEAD_BYTES);
         let written = File::open(&tmp).map_err(|e| Error::io("open", &tmp, e))?;
         let fingerprint = ident::head_of(&written, &tmp, head_len)?;
-        held.begin_epoch(Some(ident::Cut {
+        held.begin_epoch(ident::Cut {
             segment: f.name.clone(),
             dropped: from,
             head_len,
             head: fingerprint,
-        }))?;
+        })?;
         std::fs::rename(&tmp, &f.path).map_err(|e| Error::io("rename into place", &f.path, e))
     })();
     drop(out);

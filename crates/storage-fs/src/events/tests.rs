@@ -145,3 +145,74 @@ fn lines_over_the_limit_are_never_loaded_and_never_written() {
     assert!(err.to_string().contains("cannot append to"), "{err}");
     assert_eq!(fs::read(&log).expect("read"), fits.as_bytes());
 }
+
+fn read_on(dir: &Path, from: &EventCursor) -> (Vec<u64>, EventLogSummary) {
+    let mut ns = Vec::new();
+    let s = read_from(dir, from, ReadMode::Strict, &mut |e| {
+        ns.push(e.json()["id"].as_u64().expect("id"));
+    })
+    .expect("read");
+    (ns, s)
+}
+
+/// `ident`'s promise for a crash between a retention's new epoch and its
+/// rename: the cut is recorded but the old file stays, so a cursor of the
+/// epoch before must not be carried over the cut (it would land inside the
+/// old file and skip records): its fingerprint differs, and the read
+/// starts over and says so, delivering every record.
+#[test]
+fn a_cut_recorded_but_never_made_restarts_old_cursors_instead_of_skipping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("events.jsonl");
+    append(dir.path(), &active, &(0..10).map(ev).collect::<Vec<_>>()).expect("append");
+    let (_, at_end) = read_on(dir.path(), &EventCursor::START);
+    // What a retention keeping the last 5 records would record, fingerprint
+    // included; the crash comes before its rename.
+    let bytes = fs::read(&active).expect("log");
+    let dropped = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(4)
+        .map(|(i, _)| i as u64 + 1)
+        .expect("five lines");
+    let kept = dir.path().join("kept");
+    fs::write(&kept, &bytes[usize::try_from(dropped).expect("small")..]).expect("write");
+    let head_len = (bytes.len() as u64 - dropped).min(ident::HEAD_BYTES);
+    let head = ident::head_of(&File::open(&kept).expect("open"), &kept, head_len).expect("head");
+    let mut lock = LogLock::exclusive(dir.path()).expect("lock");
+    lock.begin_epoch(ident::Cut {
+        segment: "events.jsonl".into(),
+        dropped,
+        head_len,
+        head,
+    })
+    .expect("epoch");
+    drop(lock);
+    append(dir.path(), &active, &[ev(10), ev(11)]).expect("append");
+    let (got, summary) = read_on(dir.path(), &at_end.next);
+    assert!(
+        summary.restarted,
+        "not carried over a cut that was never made"
+    );
+    assert_eq!(got, (0..12).collect::<Vec<_>>(), "nothing skipped");
+}
+
+/// `ident`'s promise for a log that had files before its `.log` (an older
+/// Prodigy's, or a migrated one): cursors read from it before (generation
+/// 0) keep fitting once this store's first append makes `.log`.
+#[test]
+fn cursors_of_a_log_without_identity_keep_fitting_once_it_gets_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(
+        dir.path().join("events-20250906_082000.jsonl"),
+        "{\"id\":0}\n{\"id\":1}\n{\"id\":2}\n",
+    )
+    .expect("write");
+    let (seen, before) = read_on(dir.path(), &EventCursor::START);
+    assert_eq!((seen.len(), before.next.generation), (3, 0));
+    append(dir.path(), &dir.path().join("events.jsonl"), &[ev(3)]).expect("append");
+    let (got, summary) = read_on(dir.path(), &before.next);
+    assert!(!summary.restarted, "the old cursor still fits");
+    assert_eq!(got, [3], "exactly what came after it");
+}

@@ -871,3 +871,61 @@ fn a_waiter_whose_lock_file_was_removed_locks_the_file_there_now() {
         assert!(waiter.join().expect("waiter") > third_token);
     });
 }
+
+/// The fenced write's promise: no acquisition of the lock comes between
+/// its check of the token and its write. An acquisition waits for a fenced
+/// write in progress (the old holder's, finishing) before it hands out the
+/// next token; the write lands, and the next holder's token is larger.
+#[test]
+fn an_acquisition_waits_for_a_fenced_write_in_progress() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use storage_core::{LockKey, LockWait};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let doc = DocKey::Session {
+        repo: RepoKey::new("proj").expect("valid"),
+        session: SessionId::new("session-1").expect("valid"),
+    };
+    let first = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("lock");
+    let fence = first.fence().expect("a token");
+    let (inside_tx, inside_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let acquired = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (store_w, key_w, fence_w, doc_w) = (&store, &key, &fence, &doc);
+        let writer = s.spawn(move || {
+            crate::lock::with_fence(&store_w.layout().resume_lock(key_w), fence_w, || {
+                inside_tx.send(()).expect("send");
+                go_rx.recv().expect("go");
+                store_w.put(doc_w, &json!({"session_id": "session-1", "by": "a"}))
+            })
+        });
+        inside_rx.recv().expect("the write checked its token");
+        drop(first);
+        let next = s.spawn(|| {
+            let g = store
+                .lock(
+                    &key,
+                    &this_process("b"),
+                    LockWait::Timeout(Duration::from_secs(20)),
+                )
+                .expect("lock");
+            acquired.store(true, Ordering::SeqCst);
+            g.token()
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let early = acquired.load(Ordering::SeqCst);
+        go_tx.send(()).expect("go");
+        assert!(!early, "acquired between the write's check and its write");
+        writer.join().expect("writer").expect("the write lands");
+        assert!(next.join().expect("next") > fence.token);
+    });
+    assert_eq!(
+        store.get(&doc).expect("get"),
+        Some(json!({"session_id": "session-1", "by": "a"}))
+    );
+}
