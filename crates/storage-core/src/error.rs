@@ -148,8 +148,9 @@ pub enum Error {
     },
 
     /// A write under a lock was refused: the lock has been taken again
-    /// since the writer's acquisition (a larger token), or is held by
-    /// nobody. Nothing was written.
+    /// since the writer's acquisition (a larger token), or the record of
+    /// its tokens is gone (its fence file or row was removed). Nothing was
+    /// written.
     #[error(
         "the lock {} is no longer held by this writer (its token {token}{}); nothing was written. \
          Stop the work it guarded: another process may hold it now",
@@ -161,7 +162,7 @@ pub enum Error {
         key: LockKey,
         /// The writer's token.
         token: u64,
-        /// The lock's newest token, if it is held.
+        /// The lock's newest token, if its record is there.
         current: Option<u64>,
     },
 

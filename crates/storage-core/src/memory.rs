@@ -78,6 +78,12 @@ struct Logs {
 }
 
 impl Log {
+    fn push(&mut self, events: &[EventRecord]) {
+        self.records
+            .extend(events.iter().map(|e| (e.clone(), line_bytes(e))));
+        self.modified = SystemTime::now();
+    }
+
     fn end(&self) -> u64 {
         self.base + self.records.len() as u64
     }
@@ -172,17 +178,7 @@ impl MemoryStorage {
         let jobs: BTreeSet<JobId> = guard(&self.docs).keys().filter_map(f).collect();
         jobs.into_iter().collect()
     }
-}
 
-impl Log {
-    fn push(&mut self, events: &[EventRecord]) {
-        self.records
-            .extend(events.iter().map(|e| (e.clone(), line_bytes(e))));
-        self.modified = SystemTime::now();
-    }
-}
-
-impl MemoryStorage {
     /// The log of `job`, begun (with a new generation) if it does not exist.
     fn log_for_append<'a>(
         &self,

@@ -578,8 +578,11 @@ pub struct LockGuard {
     held: Box<dyn HeldLock>,
 }
 
-/// A lock of a store that does not say whether it is still held.
-struct Opaque(#[allow(dead_code)] Box<dyn Send + Sync>);
+/// A lock of a store that does not say whether it is still held (what it
+/// holds is only kept, to be dropped with the guard).
+struct Opaque {
+    _held: Box<dyn Send + Sync>,
+}
 
 impl HeldLock for Opaque {
     fn token(&self) -> u64 {
@@ -602,7 +605,7 @@ impl LockGuard {
     pub fn new(key: LockKey, held: Box<dyn Send + Sync>) -> Self {
         Self {
             key,
-            held: Box::new(Opaque(held)),
+            held: Box::new(Opaque { _held: held }),
         }
     }
 

@@ -99,14 +99,24 @@ impl Shared {
         held
     }
 
+    /// Lost for good once a confirmation failed or the lease ran out: a
+    /// holder told so must not be told otherwise later (a confirmation
+    /// that arrives after the lease, from a connection that hung, does not
+    /// take it back).
     fn known_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
-            || self
-                .confirmed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .elapsed()
-                > LEASE
+        if self.lost.load(Ordering::Relaxed) {
+            return true;
+        }
+        let expired = self
+            .confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            > LEASE;
+        if expired {
+            self.lost.store(true, Ordering::Relaxed);
+        }
+        expired
     }
 }
 

@@ -151,16 +151,7 @@ fn after_its_connections_are_killed_reads_retry_and_an_append_goes_to_a_live_con
     let one = [EventRecord::from_json(json!({"n": 1})).expect("object")];
     db.store.append_events(&repo(), &job, &one).expect("append");
     let kill_all = || {
-        let mut raw = db.raw();
-        let n: i64 = raw
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                &[&db.schema],
-            )
-            .expect("terminate")
-            .get(0);
-        assert!(n >= 1);
+        assert!(db.terminate_sessions() >= 1);
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     kill_all();
@@ -237,15 +228,7 @@ fn a_lock_whose_connection_dies_is_known_lost_and_its_holder_fenced_off() {
         .expect("reset");
     // The server ends every session of the store: the lock is gone with it.
     let killed_at = std::time::Instant::now();
-    let n: i64 = raw
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE application_name = $1 AND pid <> pg_backend_pid()",
-            &[&db.schema],
-        )
-        .expect("terminate")
-        .get(0);
-    assert!(n >= 1);
+    assert!(db.terminate_sessions() >= 1);
     while !a.is_lost() {
         assert!(
             killed_at.elapsed() < std::time::Duration::from_secs(5),
@@ -282,4 +265,64 @@ fn a_lock_whose_connection_dies_is_known_lost_and_its_holder_fenced_off() {
         Some(json!({"session_id": "session-1", "by": "b"}))
     );
     drop((a, b));
+}
+
+/// The lease's promise: a lock whose connection hangs (the server process
+/// stopped, as a vanished network would leave it) is known lost within
+/// `LOCK_LEASE` plus one `LOCK_KEEP_EVERY`, and stays lost when the
+/// connection comes back: the holder is never told otherwise later.
+#[test]
+fn a_lock_whose_connection_hangs_is_known_lost_after_its_lease_for_good() {
+    use storage_core::{LockHolder, LockKey, LockWait};
+    // Alone on the server: it stops the store's server processes for a while.
+    let Some(db) = TestDb::alone() else { return };
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let holder = LockHolder {
+        job_id: "mapreduce-1".into(),
+        process_id: 1,
+        hostname: "test".into(),
+        acquired_at: "2026-12-07T00:00:00Z".into(),
+    };
+    let guard = db
+        .store
+        .lock(&key, &holder, LockWait::NoWait)
+        .expect("lock");
+    assert!(guard.check().expect("check"));
+    let signal = |sig: &str, pids: &[i32]| {
+        for pid in pids {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .expect("kill")
+                .success();
+            assert!(ok, "kill {sig} {pid}");
+        }
+    };
+    let pids = db.session_pids();
+    assert!(!pids.is_empty());
+    signal("-STOP", &pids);
+    let stopped = std::time::Instant::now();
+    while !guard.is_lost() && stopped.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let known = stopped.elapsed();
+    signal("-CONT", &pids);
+    eprintln!(
+        "a hung lock connection known lost after {} ms",
+        known.as_millis()
+    );
+    assert!(guard.is_lost(), "not known lost after 10 s");
+    assert!(
+        known
+            <= storage_postgres::LOCK_LEASE
+                + storage_postgres::LOCK_KEEP_EVERY
+                + std::time::Duration::from_millis(500),
+        "{known:?}"
+    );
+    // The connection answers again, and the lock is in fact still held by
+    // its session: the holder, told it was lost, is not told otherwise.
+    std::thread::sleep(storage_postgres::LOCK_KEEP_EVERY * 2);
+    assert!(guard.is_lost());
+    assert!(!guard.check().expect("check"), "lost for good");
+    drop(guard);
 }

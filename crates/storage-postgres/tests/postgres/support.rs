@@ -164,6 +164,33 @@ impl TestDb {
             .expect("reopen")
     }
 
+    /// The server processes of the store's connections (found by their
+    /// `application_name`, the schema's name), but the one asking.
+    pub fn session_pids(&self) -> Vec<i32> {
+        self.raw()
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&self.schema],
+            )
+            .expect("pg_stat_activity")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Ends every session of the store on the server side (as a server
+    /// restart or an administrator would); how many it ended.
+    pub fn terminate_sessions(&self) -> i64 {
+        self.raw()
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                &[&self.schema],
+            )
+            .expect("terminate")
+            .get(0)
+    }
+
     /// A plain client with the search path on the store's schema, to look
     /// at (or tamper with) the tables directly.
     pub fn raw(&self) -> postgres::Client {
