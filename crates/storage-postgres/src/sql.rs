@@ -504,8 +504,9 @@ pub(crate) fn append_events_at(
     Ok(rows.first().map(|r| (r.get(0), r.get(1))))
 }
 
-/// The lines `from <= seq < from + count` of the log of `repo`/`job` if it
-/// is the incarnation `generation` (any, if `None`) and holds them all.
+/// The lines `from <= seq < from + count` of the log of `repo`/`job`, and
+/// the log's generation, as one statement saw them, if the log is the
+/// incarnation `generation` (any, if `None`) and holds them all.
 pub(crate) fn lines_at(
     conn: &mut Conn,
     repo: &str,
@@ -513,16 +514,20 @@ pub(crate) fn lines_at(
     generation: Option<i64>,
     from: i64,
     count: i64,
-) -> PgResult<Option<Vec<String>>> {
+) -> PgResult<Option<(i64, Vec<String>)>> {
     let rows = conn.query(
-        "SELECT e.line FROM event_logs l JOIN events e ON e.repo = l.repo AND e.job = l.job \
+        "SELECT l.generation, e.line FROM event_logs l \
+         JOIN events e ON e.repo = l.repo AND e.job = l.job \
          WHERE l.repo = $1 AND l.job = $2 AND ($3::bigint IS NULL OR l.generation = $3) \
            AND e.seq >= $4 AND e.seq < $4 + $5 \
          ORDER BY e.seq",
         &[&repo, &job, &generation, &from, &count],
     )?;
-    let lines: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    Ok((lines.len() as u64 == u64::try_from(count).unwrap_or(u64::MAX)).then_some(lines))
+    let all = rows.len() as u64 == u64::try_from(count).unwrap_or(u64::MAX);
+    Ok(rows
+        .first()
+        .filter(|_| all)
+        .map(|first| (first.get(0), rows.iter().map(|r| r.get(1)).collect())))
 }
 
 /// Wakes the followers of a log's `channel`: its own transaction, which

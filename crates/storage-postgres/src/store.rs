@@ -548,7 +548,7 @@ impl Storage for PgStorage {
         let landed = if events.is_empty() {
             let log = self.run(op, true, |c| sql::log_state(c, r, j))?;
             let now = log.map(|l| (l.generation, l.next));
-            (now == at || (at.is_none() && log.is_none())).then_some(now)
+            (now == at).then_some(now)
         } else {
             // Retried on a new connection when the connection was lost: the
             // comparison makes a repeat of a batch that landed a no-op, found
@@ -577,15 +577,12 @@ impl Storage for PgStorage {
             let there = self.run(op, true, |c| {
                 sql::lines_at(c, r, j, generation, from, count)
             })?;
-            if there.as_deref() == Some(lines.as_slice()) {
-                let log = self.run(op, true, |c| sql::log_state(c, r, j))?;
-                if let Some(log) = log
-                    && generation.is_none_or(|g| g == log.generation)
-                {
-                    return Ok(Appended::Already {
-                        end: cursor(log.generation, from + count),
-                    });
-                }
+            if let Some((found, there)) = there
+                && there == lines
+            {
+                return Ok(Appended::Already {
+                    end: cursor(found, from + count),
+                });
             }
         }
         Err(Error::AppendConflict {
