@@ -173,10 +173,6 @@ fn fate(parts: &[&str], path: &Path) -> Result<Fate0> {
         }
         ["state", repo, "sessions", "session_state.json"] => {
             match (valid_repo(repo), session_id_of(path)) {
-                // Its own name is the session's: already where the API
-                // reads it (moving it onto itself, then retiring the
-                // source, left it only in the backup).
-                (true, Some(id)) if id.as_str() == "session_state" => Fate0::InPlace,
                 (true, Some(id)) => Fate0::Move(
                     ["state", repo, "sessions", &format!("{id}.json")]
                         .iter()
@@ -347,6 +343,13 @@ pub(crate) fn plan(
                 let fate = match parts {
                     Some(parts) => fate(&parts, &e.path)?,
                     None => Fate0::Preserve("a name that is not UTF-8"),
+                };
+                // A move onto its own path (a `session_state.json` whose
+                // session is called `session_state`) is no move: moving it,
+                // then retiring its source, left it only in the backup.
+                let fate = match fate {
+                    Fate0::Move(dest, _) if dest == rel => Fate0::InPlace,
+                    f => f,
                 };
                 let (dest, category, produce) = match fate {
                     Fate0::InPlace => {
