@@ -93,8 +93,10 @@ pub enum Error {
     },
 
     /// The store holds data in the layout Prodigy's own code wrote before
-    /// this storage layer ("layout 0": no `layout.json`). Nothing is written
-    /// to it until it is upgraded, so that no data becomes unreachable.
+    /// this storage layer ("layout 0": no `layout.json`), and this build
+    /// cannot read it in place (the file store without its feature
+    /// `layout-0`). Nothing is written to it until it is upgraded, so that
+    /// no data becomes unreachable.
     #[error(
         "the store at `{}` holds Prodigy data in the layout older Prodigy versions wrote (layout 0) \
          and has not been upgraded yet; nothing was written. Run `prodigy-storage upgrade` \

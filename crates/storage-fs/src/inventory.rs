@@ -143,7 +143,9 @@ impl FsStorage {
     }
 
     fn push_doc(&self, out: &mut Vec<Listed>, key: &DocKey) -> Result<()> {
-        let path = self.layout().document(key);
+        // Where the store reads it: a layout-0 path for a document only
+        // layout 0 holds, or holds in a newer copy.
+        let path = crate::layout0::winner(self.layout(), key);
         let (job, id): (Option<&str>, Option<String>) = match key {
             DocKey::Session { session, .. }
             | DocKey::SessionJob { session, .. }

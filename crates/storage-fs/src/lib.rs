@@ -50,6 +50,7 @@ pub mod events;
 pub mod fsx;
 mod inventory;
 pub mod layout;
+mod layout0;
 pub mod lock;
 pub mod repo;
 mod root;

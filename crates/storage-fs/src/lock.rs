@@ -5,12 +5,35 @@
 //! A `flock` belongs to an open file description; the kernel drops it when
 //! the last descriptor closes, which includes the holder being killed. So a
 //! crashed holder never leaves a lock that someone must delete by hand (the
-//! failure mode of pid files and `O_EXCL` lock files). This store never
-//! replaces or deletes a lock file: a lock on a file that is later renamed
-//! over, or removed, would guard a dead inode. An older Prodigy does remove
-//! its resume lock files to release them, so a process that waited for one
-//! checks, once it holds the `flock`, that the file is still the one at the
-//! path, and locks the new one if not.
+//! failure mode of pid files and `O_EXCL` lock files). Whoever takes a lock
+//! checks, once it holds the `flock`, that the file it locked is still the
+//! one at the path ([`fsx::is_linked_at`]), and locks the file now there if
+//! not: a lock on a file that was removed or renamed over guards a dead
+//! inode.
+//!
+//! That check is what makes removing a lock file safe, and a resume lock
+//! ([`FencedLock`]) removes its file when it is released, while it still
+//! holds the `flock`, as Prodigy's own resume locks always did (its code
+//! and its tests look for the file to tell a held lock). A process that
+//! opened the file before the removal and waits for its `flock` then finds
+//! it unlinked and starts again on a new file. A holder killed before its
+//! release leaves the file behind, unlocked: the next process locks it and
+//! overwrites the holder it names. The store's own locks (`locks/`) stay.
+//!
+//! # Next to an older Prodigy
+//!
+//! Prodigy before this store takes a resume lock by creating its file with
+//! `O_EXCL`, writing `{job_id, process_id, hostname, acquired_at}`, and
+//! removing the file to release it; it takes no `flock`. So a `flock` alone
+//! would let this store take a lock an older Prodigy holds. A resume lock
+//! file whose holder has no `"fence"` (every holder this store writes has
+//! one) was written by an older Prodigy: it is honoured as that Prodigy
+//! honours it, held while its `process_id` is a live process on this
+//! machine, stale (taken over) once it is not. Both directions are covered:
+//! an older Prodigy reads this store's holder (the same four fields) and
+//! sees a live process. Left open: an older Prodigy that has created its
+//! file but not yet written it looks, for those microseconds, like a free
+//! lock.
 //!
 //! After taking the lock, the holder writes who it is (pid, host, time) into
 //! the file. That text is a hint for messages ("locked by process 4711 on
@@ -185,7 +208,28 @@ impl FencedLock {
         holder: &LockHolder,
         wait: LockWait,
     ) -> Result<Self> {
-        let mut lock = FileLock::take(path, key, wait)?;
+        let start = Instant::now();
+        let mut lock = loop {
+            let lock = FileLock::take(path, key, wait)?;
+            let Some(older) = older_prodigys_holder(path) else {
+                break lock;
+            };
+            // An older Prodigy holds it (see the module docs): wait on, or refuse.
+            drop(lock);
+            let limit = match wait {
+                LockWait::NoWait => Duration::ZERO,
+                LockWait::Timeout(d) => d,
+            };
+            let waited = start.elapsed();
+            if waited >= limit {
+                return Err(Error::Locked {
+                    key: key.clone(),
+                    holder: Some(older),
+                    waited: matches!(wait, LockWait::Timeout(_)).then_some(waited),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50).min(limit.saturating_sub(waited)));
+        };
         let fence_path = crate::layout::lock_fence_file(path);
         let fence = Fence::open(&fence_path, true)?.expect("created if missing");
         fence
@@ -211,6 +255,59 @@ impl FencedLock {
             token,
             lost: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+}
+
+impl Drop for FencedLock {
+    /// Releases the lock by removing its file first, under the `flock` (see
+    /// the module docs); a file that is no longer the one at the path (it
+    /// was removed or replaced: the lock was lost) is not ours to remove.
+    fn drop(&mut self) {
+        match fsx::is_linked_at(&self.lock.file, &self.lock.path) {
+            Ok(true) => {
+                if let Err(e) = std::fs::remove_file(&self.lock.path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    // Still released (the `flock` goes with the file's
+                    // descriptor); the next holder overwrites the file.
+                    tracing::warn!(lock = %self.lock.path.display(), error = %e, "could not remove a released lock's file");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(lock = %self.lock.path.display(), error = %e, "could not check a released lock's file");
+            }
+        }
+    }
+}
+
+/// The holder an older Prodigy wrote into the lock file at `path`, if it
+/// did (a holder without `"fence"`) and its process is alive on this
+/// machine; `None` for a free file, one this store wrote, or a stale one.
+/// Like Prodigy, it looks at the process id alone, whatever the host.
+fn older_prodigys_holder(path: &Path) -> Option<LockHolder> {
+    let mut text = Vec::new();
+    File::open(path).ok()?.read_to_end(&mut text).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    if value.get("fence").is_some() {
+        return None;
+    }
+    let holder: LockHolder = serde_json::from_value(value).ok()?;
+    process_alive(holder.process_id).then_some(holder)
+}
+
+/// Whether a process with id `pid` exists in this pid namespace (`kill(pid,
+/// 0)`: a process of another user answers `EPERM`, and is alive).
+fn process_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    match rustix::process::test_kill_process(pid) {
+        Ok(()) => true,
+        Err(e) => e == rustix::io::Errno::PERM,
     }
 }
 

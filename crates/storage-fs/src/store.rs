@@ -15,7 +15,7 @@ use storage_core::{
 use crate::layout::{self, LAYOUT_VERSION, Layout};
 use crate::lock::{FencedLock, FileLock, this_process};
 use crate::repo::{self, RepoRecord};
-use crate::{events, fsx};
+use crate::{events, fsx, layout0};
 
 /// The global store on disk, rooted at one directory.
 ///
@@ -39,6 +39,12 @@ impl FsStorage {
     /// Opens the store at `root`, creating it (0700) and its `layout.json` if
     /// needed. A store written by a newer layout is refused with
     /// [`Error::UnsupportedLayout`], never guessed at.
+    ///
+    /// A root that Prodigy's own code wrote (layout 0), or still writes
+    /// beside this store, is served as it is: reads reach both layouts,
+    /// writes go to the current one (see `docs/storage-layout.md`, "One
+    /// root, two layouts"), and no `layout.json` is stamped onto it until
+    /// `prodigy-storage upgrade` has moved what layout 0 keeps elsewhere.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let store = Self::peek(root)?;
         store.create()?;
@@ -76,11 +82,20 @@ impl FsStorage {
                 self.stamp_layout_version()
             }
             Some(_) => Ok(()),
-            // Never stamp a version onto data written in Prodigy's older
-            // layout: the upgrade moves it first (storage-migrate).
-            None if has_layout_0_data(self.layout.root())? => Err(Error::UpgradeRequired {
-                path: self.layout.root().to_owned(),
-            }),
+            // Data in Prodigy's older layout and no version: served as it is
+            // (reads reach both layouts, writes go to the current one; see
+            // `layout0`), and no version is stamped, so that the upgrade,
+            // which moves what layout 0 keeps elsewhere, stays due.
+            None if has_layout_0_data(self.layout.root())? => {
+                if !layout0::ENABLED {
+                    // This build cannot read it: nothing is written until it is upgraded.
+                    return Err(Error::UpgradeRequired {
+                        path: self.layout.root().to_owned(),
+                    });
+                }
+                tracing::debug!(root = %self.layout.root().display(), "the store holds data in Prodigy's older layout (layout 0): reading both layouts until `prodigy-storage upgrade`");
+                Ok(())
+            }
             None => self.stamp_layout_version(),
         }
     }
@@ -341,9 +356,25 @@ impl Storage for FsStorage {
     }
 
     fn get(&self, key: &DocKey) -> Result<Option<Value>> {
-        let path = self.layout.document(key);
-        let Some(bytes) = fsx::read_optional(&path)? else {
-            return Ok(None);
+        let mut path = layout0::winner(&self.layout, key);
+        let bytes = if let Some(bytes) = fsx::read_optional(&path)? {
+            bytes
+        } else {
+            // Removed between the choice and the read: the other copy, if any.
+            let current = self.layout.document(key);
+            let other = if path == current {
+                layout0::older_file(&self.layout, key)
+            } else {
+                Some(current)
+            };
+            let Some(other) = other else {
+                return Ok(None);
+            };
+            let Some(bytes) = fsx::read_optional(&other)? else {
+                return Ok(None);
+            };
+            path = other;
+            bytes
         };
         serde_json::from_slice(&bytes)
             .map(Some)
@@ -359,7 +390,12 @@ impl Storage for FsStorage {
         if removed {
             fsx::remove_empty_dirs(&self.layout.removable_dirs(key))?;
         }
-        Ok(removed)
+        // Its layout-0 copy too, or a reprocessed dead letter would be back.
+        let older = match layout0::older_file(&self.layout, key) {
+            Some(path) => fsx::remove_file_durable(&path)?,
+            None => false,
+        };
+        Ok(removed || older)
     }
 
     fn list(&self, scope: &Scope) -> Result<Vec<DocKey>> {
@@ -367,16 +403,18 @@ impl Storage for FsStorage {
             .into_iter()
             .filter(|e| e.file_type.is_file())
             .filter_map(|e| layout::key_for_name(scope, &e.name.to_string_lossy()))
+            .filter(|k| !layout0::is_alias(&self.layout, k))
             .collect();
+        keys.extend(layout0::older_keys(&self.layout, scope)?);
         keys.sort();
+        keys.dedup();
         Ok(keys)
     }
 
     fn list_entries(&self, scope: &Scope) -> Result<Vec<Entry>> {
         let mut out = Vec::new();
         for key in self.list(scope)? {
-            let path = self.layout.document(&key);
-            if let Some(e) = stat_entry(key, &path)? {
+            if let Some(e) = self.entry(&key)? {
                 out.push(e);
             }
         }
@@ -384,6 +422,13 @@ impl Storage for FsStorage {
     }
 
     fn scan_entries(&self, scope: &Scope, visit: &mut dyn FnMut(Entry)) -> Result<()> {
+        if !layout0::older_keys(&self.layout, scope)?.is_empty() {
+            // Both layouts: each key once, from the copy `get` reads.
+            for e in self.list_entries(scope)? {
+                visit(e);
+            }
+            return Ok(());
+        }
         let dir = self.layout.scope_dir(scope);
         let rd = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
@@ -396,6 +441,9 @@ impl Storage for FsStorage {
             else {
                 continue;
             };
+            if layout0::is_alias(&self.layout, &key) {
+                continue;
+            }
             if let Some(e) = stat_entry(key, &entry.path())? {
                 visit(e);
             }
@@ -404,7 +452,7 @@ impl Storage for FsStorage {
     }
 
     fn entry(&self, key: &DocKey) -> Result<Option<Entry>> {
-        stat_entry(key.clone(), &self.layout.document(key))
+        stat_entry(key.clone(), &layout0::winner(&self.layout, key))
     }
 
     fn repos(&self) -> Result<Vec<RepoKey>> {
@@ -427,7 +475,7 @@ impl Storage for FsStorage {
                 repo: repo.clone(),
                 job: job.clone(),
             };
-            let has_index = self.layout.document(&index).is_file();
+            let has_index = self.entry(&index)?.is_some();
             if has_index
                 || !self
                     .list(&Scope::DeadLetters(repo.clone(), job.clone()))?

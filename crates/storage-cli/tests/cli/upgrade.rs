@@ -27,7 +27,7 @@ fn store_tree(sb: &Sandbox) -> BTreeMap<PathBuf, fixture::Node> {
 }
 
 #[test]
-fn a_layout_0_store_is_recognised_and_never_stamped_with_a_version() {
+fn a_layout_0_store_is_recognised_served_as_it_is_and_never_stamped_with_a_version() {
     let sb = layout0_sandbox();
     let before = snapshot(&sb.store());
     let out = run(&sb, &["status"], true);
@@ -36,12 +36,16 @@ fn a_layout_0_store_is_recognised_and_never_stamped_with_a_version() {
         text.contains("layout 0, written by an older Prodigy: an upgrade is due"),
         "{text}"
     );
-    // Opening it for writing is refused, with the next step; nothing written.
-    let err = storage_fs::FsStorage::open(sb.store()).expect_err("refused");
-    assert!(
-        err.to_string().contains("`prodigy-storage upgrade`"),
-        "{err}"
+    // Opened, it is served as it is: its doubly nested dead letters and its
+    // `session_state.json` are read where layout 0 keeps them; nothing is
+    // written, no version stamped (the upgrade stays due).
+    let store = storage_fs::FsStorage::open(sb.store()).expect("served");
+    let (repo, job) = (
+        RepoKey::new("api").expect("valid"),
+        JobId::new(JOB).expect("valid"),
     );
+    assert_eq!(store.dead_letters(&repo, &job).expect("read").len(), 2);
+    assert!(storage_migrate::upgrade_due(&store).expect("due"));
     assert_same_tree(&snapshot(&sb.store()), &before, "nothing written");
 }
 

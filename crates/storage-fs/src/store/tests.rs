@@ -929,3 +929,220 @@ fn an_acquisition_waits_for_a_fenced_write_in_progress() {
         Some(json!({"session_id": "session-1", "by": "a"}))
     );
 }
+
+/// Issue 19: a released resume lock leaves no lock file (Prodigy's code and
+/// tests look for it), and the next holder gets a fresh one.
+#[test]
+fn a_released_resume_lock_leaves_no_lock_file() {
+    use storage_core::{LockKey, LockWait};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let path = store.layout().resume_lock(&key);
+    let a = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("lock");
+    assert!(path.is_file(), "a held lock has its file");
+    let held = crate::lock::read_holder(&path).expect("a holder, as Prodigy reads it");
+    assert_eq!(held.process_id, std::process::id());
+    drop(a);
+    assert!(!path.exists(), "released: no lock file");
+    let b = store
+        .lock(&key, &this_process("b"), LockWait::NoWait)
+        .expect("free again");
+    assert!(path.is_file());
+    drop(b);
+    assert!(!path.exists());
+}
+
+/// Issue 19: an older Prodigy's resume lock (a file it created with
+/// `O_EXCL`, no `flock`, no `"fence"`) is held while its process lives and
+/// taken over once it does not, as that Prodigy decides it.
+#[test]
+fn an_older_prodigys_lock_is_honoured_while_its_process_lives() {
+    use storage_core::{LockKey, LockWait};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = LockKey::new("mapreduce-1").expect("valid");
+    let path = store.layout().resume_lock(&key);
+    fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("a live process");
+    let older = |pid: u32| {
+        json!({"job_id": "mapreduce-1", "process_id": pid, "hostname": "elsewhere",
+               "acquired_at": "2026-12-07T10:00:00Z"})
+        .to_string()
+    };
+    fs::write(&path, older(child.id())).expect("an older Prodigy's lock");
+    let err = store
+        .lock(
+            &key,
+            &this_process("a"),
+            LockWait::Timeout(Duration::from_millis(200)),
+        )
+        .expect_err("held by a live process");
+    match &err {
+        Error::Locked {
+            holder: Some(h), ..
+        } => assert_eq!(h.process_id, child.id()),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&child.id().to_string()),
+        "the refusal names the holder: {err}"
+    );
+    assert!(path.is_file(), "the older Prodigy's file is left alone");
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    let g = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("its process is gone: stale, taken over");
+    assert_eq!(
+        crate::lock::read_holder(&path).expect("holder").process_id,
+        std::process::id()
+    );
+    drop(g);
+    assert!(!path.exists());
+}
+
+/// Issue 19: a root an older Prodigy wrote (layout 0) opens without
+/// refusing; dead letters and a session at their layout-0 paths are read,
+/// writes go to the current layout, the newer copy of a document in both
+/// wins, and a deletion removes both copies.
+#[cfg(feature = "layout-0")]
+#[test]
+fn a_layout_0_root_is_served_reading_both_layouts_and_writing_the_current_one() {
+    use storage_core::{ItemId, JobId};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let nested = root.join("dlq/proj/job-1/mapreduce/dlq/job-1");
+    fs::create_dir_all(nested.join("items")).expect("mkdir");
+    fs::write(
+        nested.join("items/item-1.json"),
+        r#"{"item_id": "item-1", "by": "old"}"#,
+    )
+    .expect("old dead letter");
+    fs::write(
+        nested.join("items/item-2.json"),
+        r#"{"item_id": "item-2", "by": "old"}"#,
+    )
+    .expect("old dead letter");
+    fs::write(
+        nested.join("index.json"),
+        r#"{"item_ids": ["item-1", "item-2"]}"#,
+    )
+    .expect("index");
+    fs::create_dir_all(root.join("state/proj/sessions")).expect("mkdir");
+    fs::write(
+        root.join("state/proj/sessions/session_state.json"),
+        r#"{"session_id": "session-9", "status": "running"}"#,
+    )
+    .expect("session state");
+    assert!(has_layout_0_data(root).expect("probe"));
+    let store = FsStorage::open(root).expect("a layout-0 root opens");
+    assert_eq!(
+        layout_version(root).expect("version"),
+        None,
+        "nothing stamped"
+    );
+    assert!(
+        has_layout_0_data(root).expect("probe"),
+        "the upgrade stays due"
+    );
+
+    let (repo, job) = (
+        RepoKey::new("proj").expect("valid"),
+        JobId::new("job-1").expect("valid"),
+    );
+    let item = |id: &str| DocKey::DeadLetter {
+        repo: repo.clone(),
+        job: job.clone(),
+        item: ItemId::new(id).expect("valid"),
+    };
+    let scope = Scope::DeadLetters(repo.clone(), job.clone());
+    assert_eq!(
+        store.list(&scope).expect("list"),
+        [item("item-1"), item("item-2")]
+    );
+    assert_eq!(
+        store.jobs_with_dead_letters(&repo).expect("jobs"),
+        std::slice::from_ref(&job)
+    );
+    assert_eq!(
+        store.get(&item("item-2")).expect("get"),
+        Some(json!({"item_id": "item-2", "by": "old"}))
+    );
+    let sessions = store.list(&Scope::Sessions(repo.clone())).expect("list");
+    let session = DocKey::Session {
+        repo: repo.clone(),
+        session: SessionId::new("session-9").expect("valid"),
+    };
+    assert_eq!(
+        sessions,
+        std::slice::from_ref(&session),
+        "keyed by its session_id"
+    );
+    assert_eq!(
+        store.get(&session).expect("get").expect("found")["status"],
+        "running"
+    );
+
+    // A write goes to the current layout and, being newer, is what is read.
+    store
+        .put(&item("item-1"), &json!({"item_id": "item-1", "by": "new"}))
+        .expect("put");
+    assert!(store.layout().document(&item("item-1")).is_file());
+    assert_eq!(
+        fs::read_to_string(nested.join("items/item-1.json")).expect("old copy"),
+        r#"{"item_id": "item-1", "by": "old"}"#,
+        "the layout-0 file is not written"
+    );
+    assert_eq!(
+        store.get(&item("item-1")).expect("get"),
+        Some(json!({"item_id": "item-1", "by": "new"}))
+    );
+    // An older Prodigy writes it again later: its copy is now the newer one.
+    std::thread::sleep(Duration::from_millis(20));
+    fs::write(
+        nested.join("items/item-1.json"),
+        r#"{"item_id": "item-1", "by": "old again"}"#,
+    )
+    .expect("older Prodigy writes");
+    assert_eq!(
+        store.get(&item("item-1")).expect("get"),
+        Some(json!({"item_id": "item-1", "by": "old again"}))
+    );
+    assert_eq!(store.list(&scope).expect("list").len(), 2, "each key once");
+    let entries = store.list_entries(&scope).expect("entries");
+    assert_eq!(entries.len(), 2);
+    let mut scanned = Vec::new();
+    store
+        .scan_entries(&scope, &mut |e| scanned.push(e.key))
+        .expect("scan");
+    scanned.sort();
+    assert_eq!(scanned, [item("item-1"), item("item-2")]);
+
+    // A deletion removes both copies: a reprocessed item does not come back.
+    assert!(store.delete(&item("item-1")).expect("delete"));
+    assert!(store.delete(&item("item-2")).expect("delete"));
+    assert_eq!(store.get(&item("item-1")).expect("get"), None);
+    assert!(store.list(&scope).expect("list").is_empty());
+    assert!(!nested.join("items/item-1.json").exists());
+}
+
+/// Without the feature `layout-0`, a root an older Prodigy wrote is refused
+/// with the next step, and nothing is written.
+#[cfg(not(feature = "layout-0"))]
+#[test]
+fn without_layout_0_reading_a_layout_0_root_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nested = dir.path().join("dlq/proj/job-1/mapreduce/dlq/job-1/items");
+    fs::create_dir_all(&nested).expect("mkdir");
+    fs::write(nested.join("item-1.json"), "{}").expect("write");
+    let err = FsStorage::open(dir.path()).expect_err("refused");
+    assert!(matches!(err, Error::UpgradeRequired { .. }), "{err:?}");
+    assert!(err.to_string().contains("prodigy-storage upgrade"), "{err}");
+    assert_eq!(layout_version(dir.path()).expect("version"), None);
+}

@@ -1,0 +1,192 @@
+//! Prodigy's older layout ("layout 0") as the store *reads* it: the one
+//! module of `storage-fs` that knows where layout 0 keeps a document the
+//! current layout keeps somewhere else.
+//!
+//! # Why the store reads two layouts
+//!
+//! Prodigy adopts the store one module at a time, and users run an older
+//! Prodigy beside a newer one, so one root holds both layouts at once,
+//! written by two generations of code: an unported module (or an older
+//! binary) goes on writing dead letters to their layout-0 path after the
+//! ported ones started reading the current one. Refusing such a root, or
+//! reading only the current paths, hides those records. So
+//! [`FsStorage`](crate::FsStorage) serves a root in either layout or both:
+//!
+//! - **Reads** reach both. A document that exists at both paths is read
+//!   from the one modified last (the current path on a tie): whichever
+//!   generation wrote it last wrote the newer version. The other copy stays
+//!   on disk, untouched, and `prodigy-storage upgrade` keeps it in its
+//!   backup; nothing is hidden for good.
+//! - **Writes** go to the current layout only; nothing is created or
+//!   rewritten at a layout-0 path.
+//! - **Deletes** remove the document at both paths: a dead letter that was
+//!   reprocessed must not come back from its older copy.
+//!
+//! The documents layout 0 keeps elsewhere (the rest of layout 0 is where the
+//! current layout reads it already; see `docs/storage-layout.md`):
+//!
+//! | document | layout 0 | current |
+//! |---|---|---|
+//! | dead letter | `dlq/<repo>/<job>/mapreduce/dlq/<job>/items/<item>.json` | `dlq/<repo>/<job>/items/<item>.json` |
+//! | dead-letter index | `dlq/<repo>/<job>/mapreduce/dlq/<job>/index.json` | `dlq/<repo>/<job>/index.json` |
+//! | a session's workflow checkpoint | `state/<session>/checkpoints/<wf>.checkpoint.json` | `sessions/<session>/checkpoints/<wf>.checkpoint.json` |
+//! | a repository's session record | `state/<repo>/sessions/session_state.json` (keyed by its `session_id`) | `state/<repo>/sessions/<session>.json` |
+//!
+//! Not read in place: a log rotated at 100 MB (`events-<ts>.<ts2>.jsonl.gz`,
+//! plain text despite its name) until the upgrade renames it, and what the
+//! API has no home for (reduce-phase checkpoints, archives, orphan
+//! registries, agent logs), which stays Prodigy's.
+//!
+//! It is the cargo feature `layout-0` (on by default): without it, every
+//! function here answers "layout 0 keeps nothing elsewhere", and
+//! [`FsStorage::open`](crate::FsStorage::open) refuses a root holding
+//! layout-0 data ([`Error::UpgradeRequired`](storage_core::Error)) as it
+//! did before the store could read one. The CLI enables it with its
+//! `legacy-import`, so `cargo xtask size` counts it there.
+
+/// Whether this build reads layout 0 in place (feature `layout-0`).
+pub(crate) const ENABLED: bool = cfg!(feature = "layout-0");
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use storage_core::{DocKey, RepoKey, Result, Scope, SessionId};
+
+use crate::fsx;
+use crate::layout::{self, Layout};
+
+/// Where layout 0 keeps the document `key`, if it keeps that kind of
+/// document somewhere other than the current layout (whether or not a file
+/// is there).
+#[must_use]
+pub(crate) fn older_file(layout: &Layout, key: &DocKey) -> Option<PathBuf> {
+    if !ENABLED {
+        return None;
+    }
+    match key {
+        DocKey::DeadLetter { repo, job, item } => Some(
+            nested_dlq(layout, repo, job.as_str())
+                .join("items")
+                .join(format!("{item}.json")),
+        ),
+        DocKey::DeadLetterIndex { repo, job } => {
+            Some(nested_dlq(layout, repo, job.as_str()).join("index.json"))
+        }
+        DocKey::SessionWorkflowCheckpoint { session, workflow } => {
+            session_slot(layout, session).map(|d| d.join(format!("{workflow}.checkpoint.json")))
+        }
+        DocKey::Session { repo, session } => {
+            let path = session_state_file(layout, repo);
+            (session_state_id(&path).as_ref() == Some(session)).then_some(path)
+        }
+        _ => None,
+    }
+}
+
+/// The keys of `scope` that layout 0 holds at its own paths.
+pub(crate) fn older_keys(layout: &Layout, scope: &Scope) -> Result<Vec<DocKey>> {
+    if !ENABLED {
+        return Ok(Vec::new());
+    }
+    let dir = match scope {
+        Scope::DeadLetters(repo, job) => nested_dlq(layout, repo, job.as_str()).join("items"),
+        Scope::SessionWorkflowCheckpoints(session) => match session_slot(layout, session) {
+            Some(dir) => dir,
+            None => return Ok(Vec::new()),
+        },
+        Scope::Sessions(repo) => {
+            let id = session_state_id(&session_state_file(layout, repo));
+            return Ok(id
+                .map(|session| DocKey::Session {
+                    repo: repo.clone(),
+                    session,
+                })
+                .into_iter()
+                .collect());
+        }
+        _ => return Ok(Vec::new()),
+    };
+    Ok(fsx::read_dir_sorted(&dir)?
+        .into_iter()
+        .filter(|e| e.file_type.is_file())
+        .filter_map(|e| layout::key_for_name(scope, &e.name.to_string_lossy()))
+        .collect())
+}
+
+/// Whether `key`, as the current layout's listing of `scope` names it, is
+/// really a layout-0 file standing for another key: a repository's
+/// `session_state.json` is listed as a session called `session_state`,
+/// and is the session its `session_id` names.
+#[must_use]
+pub(crate) fn is_alias(layout: &Layout, key: &DocKey) -> bool {
+    if !ENABLED {
+        return false;
+    }
+    match key {
+        DocKey::Session { repo, session } if session.as_str() == "session_state" => {
+            session_state_id(&session_state_file(layout, repo)).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// The file that holds `key`'s document now: the current path, or its
+/// layout-0 path when only that exists or it was modified later.
+#[must_use]
+pub(crate) fn winner(layout: &Layout, key: &DocKey) -> PathBuf {
+    let current = layout.document(key);
+    let Some(older) = older_file(layout, key) else {
+        return current;
+    };
+    match (modified(&current), modified(&older)) {
+        (None, Some(_)) => older,
+        (Some(c), Some(o)) if o > c => older,
+        _ => current,
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?
+        .modified()
+        .ok()
+}
+
+/// `dlq/<repo>/<job>/mapreduce/dlq/<job>/`: the doubly nested job directory
+/// layout 0 wrote (joining two base paths by accident).
+fn nested_dlq(layout: &Layout, repo: &RepoKey, job: &str) -> PathBuf {
+    layout
+        .dlq_repo_dir(repo)
+        .join(job)
+        .join("mapreduce")
+        .join("dlq")
+        .join(job)
+}
+
+/// `state/<session>/checkpoints/`: layout 0 keyed a session's workflow
+/// checkpoints by putting the session id in the repository slot. `None` for
+/// a session id that cannot be a repository key (layout 0 cannot have
+/// written it).
+fn session_slot(layout: &Layout, session: &SessionId) -> Option<PathBuf> {
+    let slot = RepoKey::new(session.as_str()).ok()?;
+    Some(layout.workflow_checkpoints_dir(&slot))
+}
+
+fn session_state_file(layout: &Layout, repo: &RepoKey) -> PathBuf {
+    layout.sessions_dir(repo).join("session_state.json")
+}
+
+/// The session a repository's `session_state.json` holds, if it names a
+/// valid one other than `session_state` (which the current layout's
+/// listing names already).
+fn session_state_id(path: &Path) -> Option<SessionId> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > 64 * 1024 * 1024 {
+        return None;
+    }
+    let bytes = fsx::read_optional(path).ok()??;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let id = SessionId::new(doc.get("session_id")?.as_str()?).ok()?;
+    (id.as_str() != "session_state").then_some(id)
+}
