@@ -41,6 +41,7 @@ pub struct DeadLetterQueue {
     store: AsyncStorage,
     repo: RepoKey,
     job: JobId,
+    capacity: Option<usize>,
     writing: Arc<Mutex<()>>,
 }
 
@@ -73,6 +74,13 @@ impl Reprocess {
     #[must_use]
     pub fn eligible() -> Self {
         Self::matching(|_| true)
+    }
+
+    /// The eligible items among `ids` (Prodigy's `reprocess(item_ids)`).
+    #[must_use]
+    pub fn ids(ids: impl IntoIterator<Item = ItemId>) -> Self {
+        let ids: std::collections::BTreeSet<ItemId> = ids.into_iter().collect();
+        Self::matching(move |item| ids.contains(item.item_id()))
     }
 
     /// The eligible items that `select` accepts (Prodigy's filters: by
@@ -157,8 +165,19 @@ impl DeadLetterQueue {
             store,
             repo,
             job,
+            capacity: None,
             writing: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Holds at most `max_items` items (Prodigy's `max_items`): an add to a
+    /// full queue first evicts the oldest tenth of that capacity (at least
+    /// one item), oldest `last_attempt` first, as Prodigy's `evict_oldest`
+    /// does. An item without a readable `last_attempt` counts as oldest.
+    #[must_use]
+    pub fn with_capacity(mut self, max_items: usize) -> Self {
+        self.capacity = Some(max_items.max(1));
+        self
     }
 
     /// The jobs of `repo` that have dead letters.
@@ -166,12 +185,36 @@ impl DeadLetterQueue {
         Ok(store.jobs_with_dead_letters(repo).await?)
     }
 
-    /// Adds `item` (replacing an item with its id) and refreshes the index.
+    /// Adds `item` (replacing an item with its id) and refreshes the index;
+    /// a queue [`with_capacity`](Self::with_capacity) evicts first.
     pub async fn add(&self, item: &DeadLetterItem) -> Result<()> {
-        let item = item.clone();
+        self.add_evicting(item).await.map(drop)
+    }
+
+    /// [`add`](Self::add), returning the ids evicted to make room, in one
+    /// call on the blocking pool (the eviction and the add land together).
+    pub async fn add_evicting(&self, item: &DeadLetterItem) -> Result<Vec<ItemId>> {
+        let (item, capacity) = (item.clone(), self.capacity);
         self.write(move |s, repo, job| {
+            let mut evicted = Vec::new();
+            if let Some(max) = capacity {
+                let mut items = s.dead_letters_lenient(repo, job)?.0;
+                let replaces = items.iter().any(|i| i.item_id() == item.item_id());
+                if items.len() >= max && !replaces {
+                    let when = |i: &DeadLetterItem| {
+                        i.str_field("last_attempt")
+                            .and_then(storage_core::parse_rfc3339)
+                    };
+                    items.sort_by_key(|i| (when(i), i.item_id().clone()));
+                    for old in items.iter().take((max / 10).max(1)) {
+                        if s.delete_dead_letter(repo, job, old.item_id())? {
+                            evicted.push(old.item_id().clone());
+                        }
+                    }
+                }
+            }
             s.save_dead_letter(repo, job, &item)?;
-            Ok(())
+            Ok(evicted)
         })
         .await
     }

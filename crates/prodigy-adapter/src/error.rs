@@ -64,6 +64,12 @@ fn kept_text(kept: &[u64]) -> String {
 }
 
 impl Error {
+    /// Whether this is a refusal to lock because another process holds it.
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        matches!(self, Error::Storage(storage_core::Error::Locked { .. }))
+    }
+
     /// Who holds the lock, when this is a refusal to lock and the holder
     /// left its description.
     #[must_use]

@@ -21,6 +21,7 @@
 //! lock, [`ResumeLock`](crate::ResumeLock)); saves from one manager are
 //! serialized.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
@@ -36,13 +37,29 @@ use crate::time::rfc3339;
 /// How many checkpoint versions a job keeps (Prodigy's `MAX_CHECKPOINTS`).
 pub const KEEP_CHECKPOINTS: usize = 3;
 
+/// Where a store keeps a job's checkpoint version, for callers whose
+/// public API names files (see [`JobStateManager::with_checkpoint_paths`]).
+pub type CheckpointPaths = Arc<dyn Fn(&RepoKey, &JobId, u64) -> PathBuf + Send + Sync>;
+
 /// Saves, loads, lists and deletes the MapReduce job checkpoints of one repository.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JobStateManager {
     store: AsyncStorage,
     repo: RepoKey,
     keep: usize,
     saving: Arc<Mutex<()>>,
+    paths: Option<CheckpointPaths>,
+}
+
+impl std::fmt::Debug for JobStateManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStateManager")
+            .field("store", &self.store)
+            .field("repo", &self.repo)
+            .field("keep", &self.keep)
+            .field("paths", &self.paths.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// One stored checkpoint version of a job.
@@ -111,7 +128,27 @@ impl JobStateManager {
             repo,
             keep: KEEP_CHECKPOINTS,
             saving: Arc::new(Mutex::new(())),
+            paths: None,
         }
+    }
+
+    /// Names, in each metadata document, the file of the version it points
+    /// to (`"path"`), as Prodigy's `CheckpointInfo` does: an older Prodigy
+    /// reading the same store finds the latest checkpoint through that
+    /// field, and refuses metadata without it. `paths` says where the store
+    /// keeps a version (for the file store, `dirs::checkpoint_file`);
+    /// nothing here reads the field back.
+    #[must_use]
+    pub fn with_checkpoint_paths(mut self, paths: CheckpointPaths) -> Self {
+        self.paths = Some(paths);
+        self
+    }
+
+    /// Where the store keeps `version` of `job`, if this manager was given
+    /// [`with_checkpoint_paths`](Self::with_checkpoint_paths).
+    #[must_use]
+    pub fn checkpoint_path(&self, job: &JobId, version: u64) -> Option<PathBuf> {
+        self.paths.as_ref().map(|p| p(&self.repo, job, version))
     }
 
     /// Keeps `versions` versions of each job instead (at least 1).
@@ -129,29 +166,52 @@ impl JobStateManager {
     /// The metadata has no `path`: where the store files a document is the
     /// store's business, and the latest version is found by listing.
     pub async fn save(&self, state: &JobCheckpoint) -> Result<u64> {
+        self.save_version(state, None).await
+    }
+
+    /// Saves `state` as version `version`, the caller's choice (Prodigy's
+    /// `save_checkpoint` files a state under its own `checkpoint_version`),
+    /// replacing a version of that number; the metadata then names it as
+    /// the latest, whatever the other versions' numbers, and versions
+    /// beyond the newest kept (by number) are removed, as Prodigy does. The
+    /// payload is stored as given.
+    pub async fn save_as(&self, state: &JobCheckpoint, version: u64) -> Result<()> {
+        self.save_version(state, Some(version)).await.map(drop)
+    }
+
+    async fn save_version(&self, state: &JobCheckpoint, chosen: Option<u64>) -> Result<u64> {
         let (repo, keep, saving) = (self.repo.clone(), self.keep, Arc::clone(&self.saving));
+        let paths = self.paths.clone();
         let state = state.clone();
         self.store
             .run(move |s| {
                 let _one_at_a_time = guard(&saving);
                 let job = state.job_id().clone();
-                let keys = s.list(&Scope::JobCheckpoints(repo.clone(), job.clone()))?;
-                let version = keys
-                    .iter()
-                    .filter_map(version_of)
-                    .max()
-                    .map_or(0, |v| v + 1);
-                let mut json = state.json().clone();
-                json.insert("checkpoint_version".into(), json!(version));
-                let size_bytes = serde_json::to_vec_pretty(&json).map_or(0, |b| b.len());
-                let state =
-                    JobCheckpoint::from_json(Value::Object(json)).map_err(StoreError::from)?;
+                let (version, state) = if let Some(v) = chosen {
+                    (v, state)
+                } else {
+                    let keys = s.list(&Scope::JobCheckpoints(repo.clone(), job.clone()))?;
+                    let version = keys
+                        .iter()
+                        .filter_map(version_of)
+                        .max()
+                        .map_or(0, |v| v + 1);
+                    let mut json = state.json().clone();
+                    json.insert("checkpoint_version".into(), json!(version));
+                    let state =
+                        JobCheckpoint::from_json(Value::Object(json)).map_err(StoreError::from)?;
+                    (version, state)
+                };
+                let size_bytes = serde_json::to_vec_pretty(state.json()).map_or(0, |b| b.len());
                 s.save_job_checkpoint(&repo, version, &state)?;
-                let meta = json!({
+                let mut meta = json!({
                     "version": version,
                     "created_at": rfc3339(SystemTime::now()),
                     "size_bytes": size_bytes,
                 });
+                if let Some(paths) = &paths {
+                    meta["path"] = json!(paths(&repo, &job, version));
+                }
                 s.put(
                     &DocKey::JobMetadata {
                         repo: repo.clone(),
@@ -165,9 +225,24 @@ impl JobStateManager {
             .await
     }
 
-    /// The newest checkpoint of `job`, with its version; `None` if it has none.
+    /// The latest checkpoint of `job`, with its version; `None` if it has
+    /// none. The latest is the version the job's metadata names, as
+    /// Prodigy defines it: the one saved last, whatever its number. A
+    /// checkpoint that no readable metadata names is not a state to resume
+    /// from (a save writes the checkpoint, then the metadata; a crash
+    /// between leaves the metadata naming the version before), so without
+    /// readable metadata, or with metadata naming a version that is gone,
+    /// there is no latest.
     pub async fn load_latest(&self, job: &JobId) -> Result<Option<(u64, JobCheckpoint)>> {
-        Ok(self.store.latest_job_checkpoint(&self.repo, job).await?)
+        let (repo, job) = (self.repo.clone(), job.clone());
+        self.store
+            .run(move |s| {
+                let Some(v) = named_version(s, &repo, &job)? else {
+                    return Ok(None);
+                };
+                Ok(s.load_job_checkpoint(&repo, &job, v)?.map(|cp| (v, cp)))
+            })
+            .await
     }
 
     /// Version `version` of `job`, or its newest for `None` (Prodigy's
@@ -238,6 +313,25 @@ impl JobStateManager {
             .await
     }
 
+    /// Removes all but the `keep` highest versions of `job`, as Prodigy's
+    /// `cleanup_old_checkpoints` does; returns the versions removed.
+    pub async fn keep_newest(&self, job: &JobId, keep: usize) -> Result<Vec<u64>> {
+        let (repo, job) = (self.repo.clone(), job.clone());
+        Ok(self
+            .store
+            .run(move |s| s.keep_newest_job_checkpoints(&repo, &job, keep))
+            .await?)
+    }
+
+    /// Whether `job` has metadata (Prodigy's `has_checkpoint`).
+    pub async fn has_metadata(&self, job: &JobId) -> Result<bool> {
+        let key = DocKey::JobMetadata {
+            repo: self.repo.clone(),
+            job: job.clone(),
+        };
+        Ok(self.store.entry(&key).await?.is_some())
+    }
+
     /// Removes every checkpoint version of `job` and its metadata (its dead
     /// letters and event log are the queue's and the log's); returns how
     /// many documents went.
@@ -246,15 +340,48 @@ impl JobStateManager {
     }
 }
 
+/// The version `job`'s metadata names as its latest, if the metadata is
+/// there and readable.
+fn named_version(
+    s: &dyn Storage,
+    repo: &RepoKey,
+    job: &JobId,
+) -> storage_core::Result<Option<u64>> {
+    let meta = DocKey::JobMetadata {
+        repo: repo.clone(),
+        job: job.clone(),
+    };
+    match s.get(&meta) {
+        Ok(Some(m)) => Ok(m.get("version").and_then(Value::as_u64)),
+        Ok(None) | Err(StoreError::Corrupt { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn resumable_in(s: &dyn Storage, repos: &[RepoKey]) -> Result<ResumableJobs> {
     let mut out = ResumableJobs::default();
     for repo in repos {
         for job in s.jobs(repo)? {
             let keys = s.list(&Scope::JobCheckpoints(repo.clone(), job.clone()))?;
-            let Some(key) = keys.iter().max_by_key(|k| version_of(k)) else {
+            if keys.is_empty() {
                 continue; // metadata without a checkpoint: nothing to resume from
+            }
+            // The latest is what the metadata names (Prodigy's rule).
+            let named = named_version(s, repo, &job)?
+                .filter(|v| keys.iter().any(|k| version_of(k) == Some(*v)));
+            let Some(version) = named else {
+                out.skipped.push(Skipped::new(
+                    format!("job `{job}` of repository `{repo}`"),
+                    None,
+                    "no readable metadata names one of its checkpoints as the latest",
+                ));
+                continue;
             };
-            let version = version_of(key).expect("a job checkpoint key has a version");
+            let key = &DocKey::JobCheckpoint {
+                repo: repo.clone(),
+                job: job.clone(),
+                version,
+            };
             let name = format!("job `{job}` of repository `{repo}` (checkpoint version {version})");
             let cp = match s.get(key) {
                 Ok(Some(v)) => match JobCheckpoint::from_json(v) {

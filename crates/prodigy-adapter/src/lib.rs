@@ -58,6 +58,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#[cfg(feature = "fs")]
+pub mod dirs;
 mod dlq;
 mod error;
 mod events;
@@ -77,7 +79,8 @@ pub use dlq::{DeadLetterQueue, DeadLetters, Reprocess, Reprocessed, is_eligible}
 pub use error::{Error, Result};
 pub use events::{EventLogger, FlushPolicy};
 pub use job_state::{
-    CheckpointVersion, JobStateManager, KEEP_CHECKPOINTS, ResumableJob, ResumableJobs,
+    CheckpointPaths, CheckpointVersion, JobStateManager, KEEP_CHECKPOINTS, ResumableJob,
+    ResumableJobs,
 };
 pub use resume_lock::{ResumeLock, ResumeTarget};
 pub use sessions::{SessionKind, SessionManager, SessionStatus, Sessions, new_session};

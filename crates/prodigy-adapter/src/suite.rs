@@ -46,11 +46,13 @@ macro_rules! adapter_tests {
             a_checkpoint_is_the_next_version_and_says_so,
             only_the_newest_checkpoints_are_kept,
             a_missing_checkpoint_names_the_versions_kept,
+            a_callers_version_is_kept_and_the_latest_is_what_the_metadata_names,
             resumable_jobs_are_the_incomplete_ones_in_every_repository,
             deleting_a_job_removes_its_checkpoints_and_metadata,
             adding_and_removing_dead_letters_refresh_the_index,
             listing_dead_letters_skips_and_reports_bad_items,
             reprocessing_takes_eligible_matching_items_out,
+            a_full_queue_evicts_its_oldest_tenth_first,
             purging_empties_the_queue_or_drops_old_items,
             a_resume_lock_is_exclusive_and_names_its_holder,
             a_resume_lock_is_released_on_drop,
@@ -283,6 +285,26 @@ pub async fn resumable_jobs_are_the_incomplete_ones_in_every_repository(store: A
             &json!("not a checkpoint"),
         )
         .expect("put");
+    store
+        .put(
+            &DocKey::JobMetadata {
+                repo: repo("web"),
+                job: job("mapreduce-6"),
+            },
+            &json!({"version": 0}),
+        )
+        .expect("put");
+    // A checkpoint no metadata names (a crash before the metadata was written).
+    store
+        .put(
+            &DocKey::JobCheckpoint {
+                repo: repo("web"),
+                job: job("mapreduce-7"),
+                version: 0,
+            },
+            &json!({"job_id": "mapreduce-7", "is_complete": false}),
+        )
+        .expect("put");
 
     let everywhere = api.resumable_jobs_everywhere().await.expect("list");
     let found: Vec<(String, String, u64)> = everywhere
@@ -308,13 +330,73 @@ pub async fn resumable_jobs_are_the_incomplete_ones_in_every_repository(store: A
         Some("2025-09-06T08:31:02.907114Z")
     );
     let skipped: Vec<String> = everywhere.skipped.iter().map(ToString::to_string).collect();
-    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
     assert!(skipped[0].contains("mapreduce-5") && skipped[0].contains("is_complete"));
     assert!(skipped[1].contains("mapreduce-6") && skipped[1].contains("JSON object"));
+    assert!(skipped[2].contains("mapreduce-7") && skipped[2].contains("metadata"));
 
     let here = api.resumable_jobs().await.expect("list");
     assert_eq!(here.jobs.len(), 1);
     assert!(here.skipped.is_empty());
+}
+
+/// A caller's version (Prodigy files a state under its own
+/// `checkpoint_version`) is stored as given, the metadata names it, and it
+/// is the latest even when a higher version exists; the newest three by
+/// number are kept. Without metadata there is no latest.
+pub async fn a_callers_version_is_kept_and_the_latest_is_what_the_metadata_names(
+    store: Arc<dyn Storage>,
+) {
+    let r = repo("api");
+    let jobs = JobStateManager::new(AsyncStorage::from_arc(Arc::clone(&store)), r.clone());
+    let j = job("mapreduce-1");
+    for v in [5, 7, 6] {
+        jobs.save_as(&state("mapreduce-1", false, v), v)
+            .await
+            .expect("save");
+    }
+    let (version, latest) = jobs.load(&j, None).await.expect("latest");
+    assert_eq!(version, 6, "the one saved last, not the highest");
+    assert_eq!(latest.checkpoint_version(), Some(6), "stored as given");
+    jobs.save_as(&state("mapreduce-1", true, 2), 2)
+        .await
+        .expect("save");
+    let kept: Vec<u64> = jobs
+        .versions(&j)
+        .await
+        .expect("versions")
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(kept, [7, 6, 5], "the three highest numbers are kept");
+    assert!(
+        jobs.load(&j, None).await.is_err(),
+        "the metadata names version 2, which was not kept: no latest"
+    );
+    assert!(jobs.has_metadata(&j).await.expect("metadata"));
+    assert_eq!(jobs.keep_newest(&j, 1).await.expect("prune"), [5, 6]);
+    assert!(
+        jobs.checkpoint_path(&j, 7).is_none(),
+        "no paths unless given"
+    );
+
+    let orphan = job("mapreduce-2");
+    store
+        .put(
+            &DocKey::JobCheckpoint {
+                repo: r.clone(),
+                job: orphan.clone(),
+                version: 0,
+            },
+            &json!({"job_id": "mapreduce-2", "is_complete": false}),
+        )
+        .expect("put");
+    assert_eq!(
+        jobs.load_latest(&orphan).await.expect("load"),
+        None,
+        "a checkpoint no metadata names is not a latest"
+    );
+    assert!(!jobs.has_metadata(&orphan).await.expect("metadata"));
 }
 
 /// Deleting a job removes every version and the metadata, nothing else.
@@ -464,6 +546,46 @@ pub async fn reprocessing_takes_eligible_matching_items_out(store: Arc<dyn Stora
     assert_eq!(forced.items.len(), 2);
     assert!(queue.list().await.expect("list").items.is_empty());
     assert_eq!(queue.index().await.expect("index"), None);
+}
+
+/// A queue with a capacity evicts the oldest tenth of it (by
+/// `last_attempt`, at least one item) before an add to a full queue, as
+/// Prodigy's `evict_oldest` does; replacing an item evicts nothing; a
+/// reprocess by ids takes the eligible ones among them.
+pub async fn a_full_queue_evicts_its_oldest_tenth_first(store: Arc<dyn Storage>) {
+    let (r, j) = (repo("api"), job("mapreduce-1"));
+    let queue = DeadLetterQueue::new(AsyncStorage::from_arc(store), r, j).with_capacity(3);
+    for (id, when) in [
+        ("item_b", "2025-09-06T08:00:02Z"),
+        ("item_a", "2025-09-06T08:00:03Z"),
+        ("item_c", "2025-09-06T08:00:01Z"),
+    ] {
+        let evicted = queue
+            .add_evicting(&dead_letter(id, true, when))
+            .await
+            .expect("add");
+        assert!(evicted.is_empty(), "room left");
+    }
+    let evicted = queue
+        .add_evicting(&dead_letter("item_a", false, "2025-09-06T09:00:00Z"))
+        .await
+        .expect("replace");
+    assert!(evicted.is_empty(), "a replacement takes no room");
+    let evicted = queue
+        .add_evicting(&dead_letter("item_d", true, "2025-09-06T09:00:00Z"))
+        .await
+        .expect("add to a full queue");
+    assert_eq!(evicted, [item_id("item_c")], "the oldest last attempt goes");
+    let left = queue.index().await.expect("index").expect("index");
+    assert_eq!(left["item_ids"], json!(["item_a", "item_b", "item_d"]));
+
+    let done = queue
+        .reprocess(Reprocess::ids([item_id("item_a"), item_id("item_d")]))
+        .await
+        .expect("reprocess");
+    let ids: Vec<&str> = done.items.iter().map(|i| i.item_id().as_str()).collect();
+    assert_eq!(ids, ["item_d"], "item_a is not eligible any more");
+    assert_eq!(done.ineligible, 1);
 }
 
 /// Purging removes every item and the index; purging by age removes the

@@ -18,6 +18,8 @@ mod many_jobs;
 mod random_trees;
 // Random layout-0 stores: upgrade keeps every byte, downgrade restores the exact store.
 mod random_layout0;
+// One root, two layouts: ported modules beside an older Prodigy.
+mod two_layouts;
 // A test that cannot run here says so, and fails where every test must run.
 mod skips;
 
