@@ -458,10 +458,46 @@ mod with_import {
             r.removed_from_store
         );
         displaced(&mut out, r);
-        let _ = writeln!(
-            out,
-            "An older Prodigy can use it again. Prodigy's start-up leaves it so until you run `prodigy-storage upgrade`."
-        );
+        if !r.kept_newer.is_empty() {
+            let _ = writeln!(
+                out,
+                "  kept {} newer version(s) an older Prodigy wrote since at the layout-0 path \
+                 (layout 0 holds one there); the upgrade's originals stay in its backup, first `{}`",
+                r.kept_newer.len(),
+                r.kept_newer[0].display()
+            );
+        }
+        for other in &r.also_undone {
+            let _ = writeln!(
+                out,
+                "  also undid the earlier upgrade {}: restored {} file(s), removed {} file(s)",
+                other.txid, other.restored_files, other.removed_from_store
+            );
+            if !other.kept_newer.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    kept {} newer version(s) an older Prodigy wrote since at the layout-0 path \
+                     (layout 0 holds one there); that upgrade's originals stay in its backup, first `{}`",
+                    other.kept_newer.len(),
+                    other.kept_newer[0].display()
+                );
+            }
+        }
+        if r.not_read_by_older > 0 {
+            let _ = writeln!(
+                out,
+                "An older Prodigy can use it again, except {} file(s) in places only the current layout \
+                 has (sessions/<id>/checkpoints/, state/<repo>/sessions/<id>.json, ext/, archive/): \
+                 they stay, and an older Prodigy does not read them. Prodigy's start-up leaves the \
+                 store so until you run `prodigy-storage upgrade`.",
+                r.not_read_by_older
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "An older Prodigy can use it again. Prodigy's start-up leaves it so until you run `prodigy-storage upgrade`."
+            );
+        }
         out
     }
 

@@ -268,6 +268,26 @@ pub struct Layout0Counts {
     pub preserved: BTreeMap<String, u64>,
     /// Files not on the allow-list (left in place).
     pub not_ours: u64,
+    /// On a re-run (the store was upgraded before): files the store has no
+    /// home for, left where older Prodigy code reads and writes them.
+    pub left_for_older: u64,
+    /// On a re-run: current-layout documents (relative to the root) that a
+    /// newer layout-0 copy supersedes; they go aside first (see
+    /// [`plan_superseded`]).
+    #[serde(skip)]
+    pub superseded: Vec<PathBuf>,
+}
+
+/// Whether this is the first upgrade of the store, or a re-run that
+/// imports what older Prodigy code wrote since (the store has
+/// `layout.json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Run {
+    /// No `layout.json`: everything of layout 0 is planned.
+    First,
+    /// `layout.json`: only what the store reads in a new place moves; what
+    /// it has no home for stays where older code uses it.
+    Again,
 }
 
 /// Plans the upgrade of the layout-0 store at `layout`, handing each moved
@@ -276,6 +296,7 @@ pub struct Layout0Counts {
 pub(crate) fn plan(
     layout: &Layout,
     txid: &str,
+    run: Run,
     sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<(Manifest, Layout0Counts)> {
     let root = layout.root();
@@ -349,8 +370,20 @@ pub(crate) fn plan(
                 // then retiring its source, left it only in the backup.
                 let fate = match fate {
                     Fate0::Move(dest, _) if dest == rel => Fate0::InPlace,
+                    // A re-run moves nothing the store has no home for:
+                    // older code, still running, reads and writes it there.
+                    Fate0::Preserve(_) if run == Run::Again => {
+                        counts.left_for_older += 1;
+                        taint(&rel_dir, &mut impure);
+                        continue;
+                    }
                     f => f,
                 };
+                if let (Run::Again, Fate0::Move(dest, _)) = (run, &fate)
+                    && supersedes(&e.path, &root.join(dest))?
+                {
+                    counts.superseded.push(dest.clone());
+                }
                 let (dest, category, produce) = match fate {
                     Fate0::InPlace => {
                         counts.in_place += 1;
@@ -453,5 +486,174 @@ pub(crate) fn plan(
             counts.in_place
         ));
     }
+    if counts.left_for_older > 0 {
+        m.warn(format!(
+            "{} file(s) the store has no home for (reduce checkpoints, archives, orphan \
+             registries, agent logs, names it cannot address) stay where older Prodigy code \
+             reads them",
+            counts.left_for_older
+        ));
+    }
     Ok((m, counts))
+}
+
+/// Whether the layout-0 file at `source` is a newer version of the
+/// current-layout document at `dest`: `dest` exists with other bytes and
+/// was modified before `source` (the rule `storage-fs` reads by).
+fn supersedes(source: &Path, dest: &Path) -> Result<bool> {
+    let dest_meta = match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", dest, e)),
+    };
+    let src_meta = std::fs::symlink_metadata(source).map_err(|e| Error::io("stat", source, e))?;
+    let newer = match (src_meta.modified(), dest_meta.modified()) {
+        (Ok(s), Ok(d)) => s > d,
+        _ => false,
+    };
+    if !newer {
+        return Ok(false);
+    }
+    let same = src_meta.len() == dest_meta.len()
+        && std::fs::read(source).map_err(|e| Error::io("read", source, e))?
+            == std::fs::read(dest).map_err(|e| Error::io("read", dest, e))?;
+    Ok(!same)
+}
+
+/// Plans moving the current-layout documents at `dests` (relative to the
+/// root) that newer layout-0 copies supersede to
+/// `legacy/.layout-0/superseded/<txid>/<dest>`, so that the re-run's
+/// import can publish the newer copies in their place without overwriting
+/// anything. A transaction of its own, undone by `downgrade` like any
+/// upgrade.
+pub(crate) fn plan_superseded(
+    layout: &Layout,
+    txid: &str,
+    dests: &[PathBuf],
+    sink: &mut dyn FnMut(&Entry) -> Result<()>,
+) -> Result<Manifest> {
+    let root = layout.root();
+    let real_root = std::fs::canonicalize(root).map_err(|e| Error::io("resolve", root, e))?;
+    let mut m = Manifest::new(txid, &real_root, &real_root, REPO_LABEL);
+    let area = layout.layout_0_area().join("superseded").join(txid);
+    let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    for (index, rel) in dests.iter().enumerate() {
+        let path = root.join(rel);
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        let mut p = rel.parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if !dirs.contains_key(d) {
+                let dm = std::fs::symlink_metadata(root.join(d))
+                    .map_err(|e| Error::io("stat", root.join(d), e))?;
+                dirs.insert(d.to_owned(), dm.mode() & 0o7777);
+            }
+            p = d.parent();
+        }
+        let abs = Layout::under(&area, rel).expect("planned paths are relative");
+        sink(&Entry {
+            index,
+            sources: vec![Source {
+                rel: RelPath(rel.clone()),
+                size: meta.len(),
+                mtime: mtime_of(&meta),
+                mode: meta.mode() & 0o7777,
+                hash: None,
+                split: false,
+                split_lines: None,
+                fingerprint: Fingerprint::of(&meta),
+                linked: false,
+                left: None,
+            }],
+            outputs: vec![Output {
+                dest: RelPath(rel_in_store(layout, &abs).0),
+                produce: Produce::Copy,
+                category: Category::LegacyPreserved,
+                size: Some(meta.len()),
+                hash: None,
+                lines: None,
+                fate: Fate::Pending,
+            }],
+        })?;
+    }
+    m.dirs = dirs
+        .iter()
+        .map(|(d, mode)| (RelPath(d.clone()), *mode))
+        .collect();
+    m.kept_dirs = dirs.keys().map(|d| RelPath(d.clone())).collect();
+    m.warn(format!(
+        "{} document(s) of the current layout were older than the copies an older Prodigy \
+         wrote since at their layout-0 paths: kept under `legacy/.layout-0/superseded/{txid}/`, \
+         and the newer copies imported in their place",
+        dests.len()
+    ));
+    Ok(m)
+}
+
+/// Whether the upgraded store at `layout` holds files an older Prodigy
+/// wrote since at layout-0 paths the store reads in a new place (what a
+/// re-run of the upgrade imports): doubly nested dead letters, a
+/// repository's `session_state.json` naming a session, a rotated log named
+/// `.gz`, a session's workflow checkpoints in a repository slot. Reads
+/// directory listings and `stat`s, never a file's content but a
+/// `session_state.json`'s; writes nothing.
+pub(crate) fn has_leftovers(layout: &Layout) -> Result<bool> {
+    let root = layout.root();
+    let dirs_in = |dir: &Path| -> Result<Vec<fsx::Entry>> {
+        Ok(fsx::read_dir_sorted(dir)?
+            .into_iter()
+            .filter(|e| e.file_type.is_dir())
+            .collect())
+    };
+    let has_file_under = |dir: &Path| -> Result<bool> {
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in fsx::read_dir_sorted(&d)? {
+                if e.file_type.is_dir() {
+                    stack.push(e.path);
+                } else {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    };
+    for repo in dirs_in(&root.join("dlq"))? {
+        for job in dirs_in(&repo.path)? {
+            // `mapreduce/dlq/<the same job>/`: another job's letters nested
+            // there stay (a re-run leaves what it cannot place).
+            let nested = job.path.join("mapreduce").join("dlq").join(&job.name);
+            if has_file_under(&nested)? {
+                return Ok(true);
+            }
+        }
+    }
+    for slot in dirs_in(&root.join("state"))? {
+        let state = slot.path.join("sessions").join("session_state.json");
+        if session_id_of(&state).is_some_and(|id| id.as_str() != "session_state") {
+            return Ok(true);
+        }
+        let name = slot.name.to_string_lossy();
+        if SessionId::new(name.as_ref()).is_ok()
+            && is_unified_session(&slot.path.join("checkpoints").join("x"), &name)
+            && has_file_under(&slot.path.join("checkpoints"))?
+        {
+            return Ok(true);
+        }
+    }
+    for repo in dirs_in(&root.join("events"))? {
+        for job in dirs_in(&repo.path)? {
+            for f in fsx::read_dir_sorted(&job.path)? {
+                let name = f.name.to_string_lossy();
+                if f.file_type.is_file()
+                    && name.starts_with("events-")
+                    && name.ends_with(".jsonl.gz")
+                    && !is_real_gzip(&f.path)?
+                {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }

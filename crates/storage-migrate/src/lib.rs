@@ -609,6 +609,8 @@ pub fn rollback(
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
+            kept_newer: Vec::new(),
+            not_read_by_older: 0,
             txid: j.txid.clone(),
             project,
             restored_files: summary.sources,
@@ -675,6 +677,8 @@ pub fn rollback(
         reports.push(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
+            kept_newer: Vec::new(),
+            not_read_by_older: 0,
             txid: txid.clone(),
             project: project.clone(),
             restored_files: summary.sources,
@@ -724,6 +728,8 @@ fn undo_unfinished(
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
         also_undone: Vec::new(),
+        kept_newer: Vec::new(),
+        not_read_by_older: 0,
         txid: txid.to_owned(),
         project: project.to_owned(),
         restored_files: summary.sources,

@@ -285,10 +285,31 @@ pub struct RollbackReport {
     /// What recovery of an earlier interrupted run did first, if anything.
     pub recovered: Option<String>,
     /// The other transactions of the same `migrate` run (one per legacy
-    /// directory: the project's and its sub-directories'), undone after
-    /// this one, newest first. Absent when none.
+    /// directory: the project's and its sub-directories'), or the earlier
+    /// runs of an upgrade, undone after this one, newest first. Absent
+    /// when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also_undone: Vec<RollbackReport>,
+    /// A downgrade: layout-0 files an older Prodigy wrote again since the
+    /// upgrade, newer versions of files the upgrade had moved. They stay
+    /// where they are (layout 0 holds one version there); the upgrade's
+    /// originals stay in its backup. Absent when none.
+    #[serde(
+        serialize_with = "lossless_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub kept_newer: Vec<PathBuf>,
+    /// A downgrade: files left in places only the current layout has (a
+    /// session's workflow checkpoints in `sessions/<id>/checkpoints/`, a
+    /// repository's sessions by id, `ext/`, `archive/`), written after the
+    /// upgrade: they stay, and an older Prodigy does not read them.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_read_by_older: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // Reason: serde's `skip_serializing_if` passes a reference.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What `verify` found.
@@ -375,6 +396,8 @@ mod tests {
         let r = RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
+            kept_newer: Vec::new(),
+            not_read_by_older: 0,
             txid: "t".into(),
             project: odd.to_owned(),
             restored_files: 0,

@@ -70,11 +70,31 @@ fn tx<'a>(store: &'a FsStorage, progress: &'a dyn Progress) -> Result<Tx<'a>> {
     })
 }
 
-/// Whether the store needs [`upgrade`]: it holds layout-0 data, or an
-/// upgrade was interrupted. Reads a few directory entries; writes nothing.
+/// Whether the store needs [`upgrade`]: it holds layout-0 data and no
+/// `layout.json`, or it was upgraded and an older Prodigy wrote files
+/// since at layout-0 paths the store reads in a new place
+/// (`layout0::has_leftovers`), or an upgrade was interrupted. Reads
+/// directory listings; writes nothing.
 pub fn upgrade_due(store: &FsStorage) -> Result<bool> {
     let paths = Owner::Store.paths(store.layout());
-    Ok(paths.journal().exists() || storage_fs::has_layout_0_data(store.root())?)
+    Ok(paths.journal().exists() || due(store)?)
+}
+
+/// What `upgrade` would do, and under which rules.
+fn due(store: &FsStorage) -> Result<bool> {
+    Ok(match run_kind(store)? {
+        layout0::Run::First => storage_fs::has_layout_0_data(store.root())?,
+        layout0::Run::Again => layout0::has_leftovers(store.layout())?,
+    })
+}
+
+/// A first upgrade (no `layout.json`) or a re-run over an upgraded store.
+fn run_kind(store: &FsStorage) -> Result<layout0::Run> {
+    Ok(if storage_fs::layout_version(store.root())?.is_some() {
+        layout0::Run::Again
+    } else {
+        layout0::Run::First
+    })
 }
 
 fn downgraded_by_request(tx: &Tx<'_>) -> Result<bool> {
@@ -109,6 +129,16 @@ fn finish_report(store: &FsStorage, mut r: MigrationReport) -> MigrationReport {
 /// `layout0`), and writing `layout.json` as the commit. Cheap and
 /// write-free when there is nothing to upgrade. Safe when many processes
 /// start at once: one upgrades, the others wait and find it done.
+///
+/// It can run any number of times. Over a store upgraded before, it imports
+/// what an older Prodigy (still running beside the new one) wrote since at
+/// the layout-0 paths the store reads in a new place, and leaves what the
+/// store has no home for where that older code reads it. A document an
+/// older Prodigy wrote again since, newer than the store's copy, is
+/// imported as the newer version: the store's older copy goes to
+/// `legacy/.layout-0/superseded/<txid>/` first, in a transaction of its
+/// own; an older layout-0 copy is kept aside as a conflict. Nothing is
+/// dropped, and `downgrade` undoes every run.
 pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<MigrationReport> {
     let tx = tx(store, opts.progress)?;
     let root = store.root();
@@ -127,12 +157,11 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
     if opts.dry_run {
         let txid = plan::new_txid();
         let mut summary = Summary::default();
-        let (m, _) = layout0::plan(store.layout(), &txid, &mut |e| {
+        let (m, _) = layout0::plan(store.layout(), &txid, run_kind(store)?, &mut |e| {
             summary.add(e);
             Ok(())
         })?;
-        let due = storage_fs::has_layout_0_data(root)?;
-        let outcome = if opts.dry_run && due {
+        let outcome = if due(store)? && summary.outputs > 0 {
             Outcome::DryRun
         } else {
             Outcome::NothingToMigrate
@@ -152,7 +181,7 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
         // Recovery may just have finished a downgrade a person asked for.
         return Err(downgraded(root));
     }
-    if !storage_fs::has_layout_0_data(root)? {
+    if !due(store)? {
         // Another process upgraded it while this one waited, or recovery
         // just finished an interrupted upgrade.
         if let Some(finished) = recovery.and_then(|r| r.finished) {
@@ -162,24 +191,39 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
                 report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, recovered);
             return Ok(finish_report(store, r));
         }
-        let m = Manifest::new("none", root, root, layout0::REPO_LABEL);
-        return Ok(report::from_manifest(
-            store,
-            &tx.paths,
-            &m,
-            &Summary::default(),
-            Outcome::NothingToMigrate,
-            recovered,
-        ));
+        return Ok(nothing(store, &tx, recovered));
+    }
+    let run = run_kind(store)?;
+    if run == layout0::Run::Again {
+        // The store's copies that newer layout-0 copies supersede go aside
+        // first, in a transaction of their own, so that the import below
+        // publishes the newer ones without overwriting anything.
+        let (_, counts) = layout0::plan(store.layout(), "probe", run, &mut |_| Ok(()))?;
+        if !counts.superseded.is_empty() {
+            let txid = plan::new_txid();
+            let done = tx.run(&txid, |sink| {
+                layout0::plan_superseded(store.layout(), &txid, &counts.superseded, sink)
+            })?;
+            if let Some((m, summary)) = done {
+                let r =
+                    report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, None);
+                tx.commit(&m, &summary, &r)?;
+            }
+        }
     }
     let txid = plan::new_txid();
     let mut in_place = None;
     let done = tx.run(&txid, |sink| {
-        let (m, counts) = layout0::plan(store.layout(), &txid, sink)?;
+        let (m, counts) = layout0::plan(store.layout(), &txid, run, sink)?;
         in_place = Some((m.clone(), counts));
         Ok(m)
     })?;
     let Some((m, summary)) = done else {
+        if run == layout0::Run::Again {
+            // Nothing to move after all (what the probe saw stays, or
+            // another process moved it): nothing to record.
+            return Ok(nothing(store, &tx, recovered));
+        }
         // Everything is already where the store reads it: the upgrade is
         // `layout.json` alone, recorded so that a downgrade removes it.
         let (m, _) = in_place.expect("planned");
@@ -203,13 +247,80 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
     Ok(r)
 }
 
+/// The report of an upgrade with nothing to do.
+fn nothing(store: &FsStorage, tx: &Tx<'_>, recovered: Option<String>) -> MigrationReport {
+    let root = store.root();
+    let m = Manifest::new("none", root, root, layout0::REPO_LABEL);
+    report::from_manifest(
+        store,
+        &tx.paths,
+        &m,
+        &Summary::default(),
+        Outcome::NothingToMigrate,
+        recovered,
+    )
+}
+
 /// Gives back the layout-0 store an [`upgrade`] started from, byte for byte
 /// (modes and modification times too), so that an older Prodigy works
 /// again; `layout.json` is removed last. Refuses, changing nothing, when a
 /// file the upgrade moved changed since (`force`: moved aside instead, as
 /// rollback does). Prodigy's start-up then leaves the store alone until
 /// `upgrade` is run by hand.
+///
+/// A store upgraded more than once (re-runs importing what an older
+/// Prodigy wrote since) is given back through every run, newest first;
+/// the report is the newest's, with the others in `also_undone`.
 pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<RollbackReport> {
+    let mut first = downgrade_one(store, opts)?;
+    let paths = Owner::Store.paths(store.layout());
+    while protocol::read_journal(&paths)?.is_none() && crate::latest_migration(&paths)?.is_some() {
+        let next = downgrade_one(store, opts)?;
+        first.also_undone.push(next);
+    }
+    first.not_read_by_older = not_read_by_older(store)?;
+    Ok(first)
+}
+
+/// How many files are in places only the current layout has, which an
+/// older Prodigy never reads (see [`RollbackReport::not_read_by_older`]).
+fn not_read_by_older(store: &FsStorage) -> Result<u64> {
+    use storage_fs::fsx::read_dir_sorted;
+    fn count(dir: &std::path::Path) -> Result<u64> {
+        let mut n = 0;
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in read_dir_sorted(&d)? {
+                if e.file_type.is_dir() {
+                    stack.push(e.path);
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+    let root = store.root();
+    let mut n = count(&root.join("ext"))? + count(&root.join("archive"))?;
+    for s in read_dir_sorted(&root.join("sessions"))? {
+        if s.file_type.is_dir() {
+            n += count(&s.path.join("checkpoints"))?;
+        }
+    }
+    for r in read_dir_sorted(&root.join("state"))? {
+        if r.file_type.is_dir() {
+            for f in read_dir_sorted(&r.path.join("sessions"))? {
+                if f.file_type.is_file() && f.name != "session_state.json" {
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Undoes the latest upgrade not undone yet (see [`downgrade`]).
+fn downgrade_one(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<RollbackReport> {
     let tx = tx(store, opts.progress)?;
     let root = store.root().to_owned();
     let _lock = tx.lock(opts.wait)?;
@@ -229,6 +340,8 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
+            kept_newer: Vec::new(),
+            not_read_by_older: 0,
             txid: j.txid.clone(),
             project: root,
             restored_files: summary.sources,
@@ -248,6 +361,8 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
+            kept_newer: Vec::new(),
+            not_read_by_older: 0,
             txid: done.txid.clone(),
             project: root,
             restored_files: 0,
@@ -285,6 +400,8 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         return Ok(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
+            kept_newer: Vec::new(),
+            not_read_by_older: 0,
             txid,
             project: root,
             restored_files: 0,
@@ -295,7 +412,7 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
             recovered,
         });
     };
-    let changed = tx.rollback_check(&m)?;
+    let (changed, kept_newer) = tx.rollback_check_keeping(&m, true)?;
     if !changed.is_empty() && !opts.force {
         return Err(Error::RollbackRefused {
             reason: format!(
@@ -320,7 +437,9 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         also_undone: Vec::new(),
         txid: txid.clone(),
         project: root,
-        restored_files: summary.sources,
+        restored_files: summary.sources.saturating_sub(kept_newer.len() as u64),
+        kept_newer,
+        not_read_by_older: 0,
         restored_bytes: summary.source_bytes,
         removed_from_store: summary.published.saturating_sub(changed.len() as u64),
         displaced: if opts.force { changed } else { Vec::new() },

@@ -123,9 +123,14 @@ proptest! {
                 fs_err::write(&path, bytes).expect("write");
             }
         }
-        let untouched = files(&root);
+        let mut untouched = files(&root);
+        let layout_0 = storage_fs::has_layout_0_data(&root).expect("probe");
         let store = FsStorage::open(&root).expect("a layout-0 root opens");
         let before = visible(&store);
+        if !layout_0 {
+            // Nothing of layout 0 (only a worktree, say): a new store, stamped.
+            untouched.insert("layout.json".into(), fs_err::read(root.join("layout.json")).expect("stamped"));
+        }
         prop_assert_eq!(files(&root), untouched, "opening and reading wrote nothing");
         storage_migrate::upgrade(&store, &UpgradeOptions::default()).expect("upgrade");
         let after = visible(&FsStorage::open(&root).expect("open"));
@@ -184,6 +189,96 @@ proptest! {
             let diff: Vec<_> = before.iter().filter(|(k, v)| after.get(*k) != Some(*v)).map(|(k, _)| k.clone())
                 .chain(after.keys().filter(|k| !before.contains_key(*k)).cloned()).collect();
             prop_assert!(diff.is_empty(), "differs after downgrade: {:?}", diff);
+        }
+    }
+}
+
+/// One step of a rollout: an older Prodigy writing a dead letter at its
+/// layout-0 path, or an upgrade (the first, or a re-run).
+#[derive(Clone, Debug)]
+enum Step {
+    /// The older Prodigy writes version `.1` of item `.0`.
+    OlderWrites(u8, u32),
+    /// `upgrade` (also what Prodigy's start-up runs).
+    Upgrade,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..4, 0u32..1000).prop_map(|(i, v)| Step::OlderWrites(i, v)),
+        1 => Just(Step::Upgrade),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Issue 19: an older Prodigy writing dead letters at their layout-0
+    /// path between any number of upgrades. After every step, through the
+    /// store, each item is listed once and reads as the version written
+    /// last; after a final upgrade nothing is left to import; and the
+    /// downgrade through every run leaves each item's last version at its
+    /// layout-0 path, as the older Prodigy would read it.
+    #[test]
+    fn every_dead_letter_an_older_prodigy_writes_is_read_once_as_its_last_version(
+        steps in proptest::collection::vec(step_strategy(), 1..10)
+    ) {
+        use storage_core::{DocKey, ItemId, JobId, RepoKey, Scope, Storage};
+        let sb = Sandbox::new();
+        let root = sb.store();
+        let job = "mapreduce-1";
+        let nested = root.join(format!("dlq/api/{job}/mapreduce/dlq/{job}/items"));
+        let (repo, job_id) = (RepoKey::new("api").expect("valid"), JobId::new(job).expect("valid"));
+        let mut last: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // Modification times the older Prodigy's writes get: strictly
+        // increasing, whatever the clock's granularity.
+        let t0 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_001);
+        let mut tick = 0u64;
+        for step in &steps {
+            match step {
+                Step::OlderWrites(i, v) => {
+                    let id = format!("item-{i}");
+                    let bytes = format!("{{\"item_id\": \"{id}\", \"v\": {v}}}").into_bytes();
+                    fs_err::create_dir_all(&nested).expect("mkdir");
+                    let path = nested.join(format!("{id}.json"));
+                    fs_err::write(&path, &bytes).expect("write");
+                    tick += 1;
+                    std::fs::File::options().write(true).open(&path).expect("open")
+                        .set_modified(t0 + std::time::Duration::from_secs(tick)).expect("mtime");
+                    last.insert(id, bytes);
+                }
+                Step::Upgrade => {
+                    let store = FsStorage::peek(&root).expect("peek");
+                    storage_migrate::upgrade(&store, &UpgradeOptions::default()).expect("upgrade");
+                }
+            }
+            let store = FsStorage::open(&root).expect("open");
+            let listed = store.list(&Scope::DeadLetters(repo.clone(), job_id.clone())).expect("list");
+            prop_assert_eq!(listed.len(), last.len(), "each item listed once: {:?}", listed);
+            for (id, bytes) in &last {
+                let key = DocKey::DeadLetter {
+                    repo: repo.clone(), job: job_id.clone(), item: ItemId::new(id).expect("valid"),
+                };
+                let got = store.get(&key).expect("get").expect("found");
+                let want: serde_json::Value = serde_json::from_slice(bytes).expect("json");
+                prop_assert_eq!(got, want, "{} after {:?}", id, step);
+            }
+        }
+        let store = FsStorage::peek(&root).expect("peek");
+        storage_migrate::upgrade(&store, &UpgradeOptions::default()).expect("upgrade");
+        prop_assert!(!storage_migrate::upgrade_due(&store).expect("due"), "nothing left to import");
+        if last.is_empty() {
+            return Ok(()); // never layout 0: nothing to downgrade
+        }
+        storage_migrate::downgrade(&store, &DowngradeOptions::default()).expect("downgrade");
+        prop_assert!(!root.join("layout.json").exists());
+        for (id, bytes) in &last {
+            let back = fs_err::read(nested.join(format!("{id}.json"))).expect("at its layout-0 path");
+            prop_assert_eq!(&back, bytes, "{} after the downgrade", id);
         }
     }
 }

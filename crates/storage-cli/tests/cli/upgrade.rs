@@ -305,7 +305,10 @@ fn a_file_rewritten_in_place_while_it_is_linked_stops_the_upgrade_and_is_kept() 
 /// name. The next `upgrade` used to stop for good ("its staged copy is gone
 /// but it was not published"), and `downgrade` called the backup damaged;
 /// now the upgrade finishes, keeps the newer bytes in the store and at the
-/// layout-0 path, says so, and `downgrade --force` works.
+/// layout-0 path, says so, and `downgrade --force` works. (The same
+/// `upgrade` then imports what is left at layout-0 paths, as any re-run
+/// does: the layout-0 name holds bytes the store already has, so that name
+/// goes into the backup and nothing is published twice.)
 #[test]
 fn a_file_rewritten_in_place_after_a_crash_while_publishing_does_not_block_recovery() {
     let newer = b"{\"item_id\": \"item-1\", \"failure_count\": 777}";
@@ -320,7 +323,10 @@ fn a_file_rewritten_in_place_after_a_crash_while_publishing_does_not_block_recov
     let report = run_json(&sb, &["upgrade"]);
     assert_eq!(report["outcome"], "migrated", "{report:#}");
     assert_eq!(fs_err::read(&published).expect("read"), newer);
-    assert_eq!(fs_err::read(&item).expect("read"), newer);
+    assert!(
+        !item.exists(),
+        "imported by the same run: one copy, the store's"
+    );
     let out = run(&sb, &["downgrade"], false);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("have changed since"), "{err}");
@@ -1147,4 +1153,195 @@ fn a_command_waits_for_an_upgrade_as_its_wait_says_and_reports_only_its_own() {
         !err.contains("first,"),
         "no upgrade of its own to report: {err}"
     );
+}
+
+/// Issue 19: an older Prodigy goes on writing layout 0 after the upgrade.
+/// What it writes is read where it is; the next `upgrade` imports what the
+/// store reads in a new place, never twice and never dropping a newer
+/// version (the store's older copy goes aside first), leaves what the
+/// store has no home for where the older code uses it, and says "needs no
+/// upgrade" only when nothing is left; `downgrade` undoes every run.
+#[test]
+fn upgrade_runs_again_to_import_what_an_older_prodigy_wrote_since() {
+    let sb = layout0_sandbox();
+    let root = sb.store();
+    let nested = root.join(format!("dlq/api/{JOB}/mapreduce/dlq/{JOB}/items"));
+    run(&sb, &["upgrade"], true);
+    let current = root.join(format!("dlq/api/{JOB}/items"));
+    let moved_v1 = fs_err::read(current.join("item-1.json")).expect("moved by the first upgrade");
+
+    // The older Prodigy, after the upgrade: a new dead letter, a newer
+    // version of one the upgrade moved, a session, an agent log.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let v2 = br#"{"item_id": "item-1", "failure_count": 9}"#;
+    // (`DLQStorage::persist` creates its directories, as every writer here.)
+    fs_err::create_dir_all(&nested).expect("mkdir");
+    fs_err::create_dir_all(root.join("state/api/sessions")).expect("mkdir");
+    fs_err::create_dir_all(root.join("logs/api")).expect("mkdir");
+    fs_err::write(nested.join("item-1.json"), v2).expect("newer version");
+    fs_err::write(nested.join("item-9.json"), br#"{"item_id": "item-9"}"#).expect("new item");
+    fs_err::write(
+        root.join("state/api/sessions/session_state.json"),
+        br#"{"session_id": "session-late", "status": "running"}"#,
+    )
+    .expect("session");
+    fs_err::write(root.join("logs/api/late.log"), b"agent output\n").expect("log");
+
+    // Read where they are, before any import.
+    let store = storage_fs::FsStorage::open(&root).expect("open");
+    let (repo, job) = (
+        RepoKey::new("api").expect("valid"),
+        JobId::new(JOB).expect("valid"),
+    );
+    let item = |id: &str| storage_core::DocKey::DeadLetter {
+        repo: repo.clone(),
+        job: job.clone(),
+        item: storage_core::ItemId::new(id).expect("valid"),
+    };
+    let get = |id: &str| {
+        storage_core::Storage::get(&store, &item(id))
+            .expect("get")
+            .expect("found")
+    };
+    assert_eq!(get("item-1")["failure_count"], 9, "the newer copy is read");
+    assert_eq!(get("item-9")["item_id"], "item-9");
+    assert!(storage_migrate::upgrade_due(&store).expect("due"));
+
+    let r = run_json(&sb, &["upgrade"]);
+    assert_eq!(r["outcome"], "migrated", "{r:#}");
+    assert_eq!(fs_err::read(current.join("item-1.json")).expect("read"), v2);
+    assert!(current.join("item-9.json").is_file());
+    assert!(
+        root.join("state/api/sessions/session-late.json").is_file(),
+        "the session is imported under its id"
+    );
+    assert!(
+        root.join("logs/api/late.log").is_file(),
+        "what the store has no home for stays where the older code reads it"
+    );
+    let superseded: Vec<_> = crate::support::files(&root.join("legacy/.layout-0/superseded"))
+        .into_iter()
+        .filter(|(_, b)| *b == moved_v1)
+        .collect();
+    assert_eq!(superseded.len(), 1, "the store's older copy is kept aside");
+    assert!(
+        !nested.exists() || crate::support::files(&nested).is_empty(),
+        "nothing left to import twice"
+    );
+    assert!(!storage_migrate::upgrade_due(&store).expect("due"));
+    let again = run_json(&sb, &["upgrade"]);
+    assert_eq!(again["outcome"], "nothing_to_migrate", "{again:#}");
+    assert_eq!(get("item-1")["failure_count"], 9);
+    assert_eq!(
+        storage_core::StorageExt::dead_letters(&store, &repo, &job)
+            .expect("read")
+            .len(),
+        3,
+        "each dead letter once"
+    );
+
+    // The new Prodigy writes a session's workflow checkpoint, a place only
+    // the current layout has.
+    let session = storage_core::SessionId::new(SESSION).expect("valid");
+    storage_core::StorageExt::save_session_workflow_checkpoint(
+        &store,
+        &session,
+        &storage_core::WorkflowCheckpoint::from_json(serde_json::json!({
+            "workflow_id": "wf-1", "step": 3
+        }))
+        .expect("a checkpoint"),
+    )
+    .expect("save");
+
+    // Down through every run: no layout.json, nothing left in the current
+    // layout's new places, every layout-0 file the older Prodigy wrote back.
+    let d = run_json(&sb, &["downgrade"]);
+    assert_eq!(
+        d["not_read_by_older"], 1,
+        "the downgrade says what an older Prodigy will not see: {d:#}"
+    );
+    assert_eq!(d["also_undone"].as_array().map(Vec::len), Some(2), "{d:#}");
+    assert!(!root.join("layout.json").exists());
+    assert_eq!(
+        fs_err::read(nested.join("item-9.json")).expect("back"),
+        br#"{"item_id": "item-9"}"#
+    );
+    assert!(root.join("state/api/sessions/session_state.json").is_file());
+    assert!(!current.join("item-9.json").exists());
+    // Layout 0 holds one version per path: the newer ones the older
+    // Prodigy wrote stay, the first upgrade's originals stay in its backup.
+    assert_eq!(fs_err::read(nested.join("item-1.json")).expect("back"), v2);
+    let first = &d["also_undone"][1];
+    assert_eq!(
+        first["kept_newer"].as_array().map(Vec::len),
+        Some(2),
+        "{first:#}"
+    );
+    assert!(
+        crate::support::files(&root.join("migrations"))
+            .iter()
+            .any(|(_, b)| *b == moved_v1),
+        "the original is in the backup"
+    );
+}
+
+/// Issue 19: a crash at every step of a re-run of the upgrade (one that
+/// only imports new files, and one whose first transaction puts a
+/// superseded copy aside) is recovered by the next run: each dead letter
+/// then reads as the version the older Prodigy wrote last, nothing is left
+/// to import, and the downgrade leaves those versions at their layout-0
+/// paths.
+#[test]
+fn a_crash_at_every_step_of_a_re_run_is_recovered() {
+    let points: Vec<&str> = storage_migrate::CRASH_POINTS
+        .iter()
+        .copied()
+        .filter(|p| !p.contains("rollback"))
+        .collect();
+    for superseding in [false, true] {
+        for point in &points {
+            let sb = layout0_sandbox();
+            let root = sb.store();
+            run(&sb, &["upgrade"], true);
+            let nested = root.join(format!("dlq/api/{JOB}/mapreduce/dlq/{JOB}/items"));
+            fs_err::create_dir_all(&nested).expect("mkdir");
+            let mut want = vec![("item-7", br#"{"item_id": "item-7"}"#.to_vec())];
+            if superseding {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                want.push((
+                    "item-1",
+                    br#"{"item_id": "item-1", "failure_count": 5}"#.to_vec(),
+                ));
+            }
+            for (id, bytes) in &want {
+                fs_err::write(nested.join(format!("{id}.json")), bytes).expect("older Prodigy");
+            }
+            crash(&sb, &["upgrade"], point);
+            let report = run_json(&sb, &["upgrade"]);
+            let case = format!("{point} (superseding: {superseding})");
+            assert_eq!(report["outcome"], "migrated", "{case}: {report:#}");
+            let store = storage_fs::FsStorage::open(&root).expect("open");
+            assert!(
+                !storage_migrate::upgrade_due(&store).expect("due"),
+                "{case}"
+            );
+            let current = root.join(format!("dlq/api/{JOB}/items"));
+            for (id, bytes) in &want {
+                assert_eq!(
+                    &fs_err::read(current.join(format!("{id}.json"))).expect("imported"),
+                    bytes,
+                    "{case}"
+                );
+            }
+            run(&sb, &["downgrade"], true);
+            for (id, bytes) in &want {
+                assert_eq!(
+                    &fs_err::read(nested.join(format!("{id}.json"))).expect("back"),
+                    bytes,
+                    "{case}"
+                );
+            }
+            assert!(!root.join("layout.json").exists(), "{case}");
+        }
+    }
 }

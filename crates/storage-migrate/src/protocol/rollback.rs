@@ -237,6 +237,21 @@ impl Tx<'_> {
 
     /// Checks that rolling `m` back loses nothing; returns changed published files.
     pub fn rollback_check(&self, m: &Manifest) -> Result<Vec<PathBuf>> {
+        self.rollback_check_keeping(m, false)
+            .map(|(changed, _)| changed)
+    }
+
+    /// [`Tx::rollback_check`]; with `keep_newer` (a downgrade), a legacy
+    /// path that holds other content again (an older Prodigy, still
+    /// running, wrote a newer version there) is not a refusal: the newer
+    /// version stays, the original stays in the backup (as rolling back
+    /// does for one written during the rollback), and the path is returned
+    /// second.
+    pub fn rollback_check_keeping(
+        &self,
+        m: &Manifest,
+        keep_newer: bool,
+    ) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         let backup = self.paths.backup(&m.txid);
         let legacy = &m.legacy_dir.0;
         real_dir(legacy)?;
@@ -318,6 +333,9 @@ impl Tx<'_> {
                 paths: not_files,
             });
         }
+        if keep_newer {
+            return Ok((changed, blocked));
+        }
         if !blocked.is_empty() {
             return Err(Error::RollbackRefused {
                 reason: format!(
@@ -329,7 +347,7 @@ impl Tx<'_> {
                 paths: blocked,
             });
         }
-        Ok(changed)
+        Ok((changed, Vec::new()))
     }
 
     /// Rolls `m` back; returns the totals of its entries.
