@@ -17,6 +17,7 @@ pub fn run_bench(args: &[String]) -> Result<()> {
         ("storage-fs", "store"),
         ("storage-migrate", "migrate"),
         ("storage-migrate", "upgrade"),
+        ("storage-migrate", "two_layouts"),
     ] {
         eprintln!("running {pkg} {bench} (a few minutes; release build)...");
         let out = output(
@@ -90,6 +91,19 @@ fn render(rows: &[serde_json::Value]) -> String {
                 r["files"],
                 r["bytes"],
                 r["event_lines"]
+            );
+        }
+        if name == "list-layout-0" {
+            let _ = writeln!(
+                out,
+                "{:<16} ratio range {}-{}; peak RSS {} KiB, {} KiB at 10x ({} KiB upgraded); start-up check: {} system calls",
+                "",
+                r["ratio_min"],
+                r["ratio_max"],
+                r["peak_rss_kib"],
+                r["peak_rss_kib_10x"],
+                r["peak_rss_kib_10x_upgraded"],
+                r["startup_check_syscalls"]
             );
         }
         if let Some(a) = r.get("atomicwrites_ms") {
