@@ -690,6 +690,18 @@ mod with_import {
         backups: &[BackupInfo],
     ) -> String {
         let mut out = store_line(root, layout_version);
+        let since = layout_version.is_some()
+            && storage_fs::FsStorage::peek(&root.path)
+                .ok()
+                .and_then(|store| storage_migrate::upgrade_due(&store).ok())
+                == Some(true);
+        if since {
+            let _ = writeln!(
+                out,
+                "  an older Prodigy wrote files since the upgrade at layout-0 paths: the store reads \
+                 them there; `prodigy-storage upgrade` imports them (Prodigy's start-up does too)"
+            );
+        }
         let _ = writeln!(out, "project: {}", s.project.display());
         match (&s.repo, &s.proposed_repo) {
             (Some(r), _) => {

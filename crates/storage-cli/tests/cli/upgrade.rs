@@ -1206,6 +1206,12 @@ fn upgrade_runs_again_to_import_what_an_older_prodigy_wrote_since() {
     assert_eq!(get("item-1")["failure_count"], 9, "the newer copy is read");
     assert_eq!(get("item-9")["item_id"], "item-9");
     assert!(storage_migrate::upgrade_due(&store).expect("due"));
+    let status = run(&sb, &["status"], true);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("an older Prodigy wrote files since the upgrade"),
+        "status says so: {text}"
+    );
 
     let r = run_json(&sb, &["upgrade"]);
     assert_eq!(r["outcome"], "migrated", "{r:#}");
