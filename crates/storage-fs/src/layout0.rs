@@ -20,7 +20,12 @@
 //! - **Writes** go to the current layout only; nothing is created or
 //!   rewritten at a layout-0 path.
 //! - **Deletes** remove the document at both paths: a dead letter that was
-//!   reprocessed must not come back from its older copy.
+//!   reprocessed must not come back from its older copy. The exception is a
+//!   repository's `session_state.json`: the older Prodigy's one live file
+//!   for whichever session it runs, rewritten by rename at any moment, so
+//!   it is never removed by the store (a deleted session it names is read
+//!   from it again until the older Prodigy moves on or the upgrade imports
+//!   it).
 //!
 //! The documents layout 0 keeps elsewhere (the rest of layout 0 is where the
 //! current layout reads it already; see `docs/storage-layout.md`):
@@ -29,7 +34,7 @@
 //! |---|---|---|
 //! | dead letter | `dlq/<repo>/<job>/mapreduce/dlq/<job>/items/<item>.json` | `dlq/<repo>/<job>/items/<item>.json` |
 //! | dead-letter index | `dlq/<repo>/<job>/mapreduce/dlq/<job>/index.json` | `dlq/<repo>/<job>/index.json` |
-//! | a session's workflow checkpoint | `state/<session>/checkpoints/<wf>.checkpoint.json` | `sessions/<session>/checkpoints/<wf>.checkpoint.json` |
+//! | a session's workflow checkpoint | `state/<session>/checkpoints/<wf>.checkpoint.json`, read so only without `layout.json` and with a unified session of that id (with `layout.json`, that directory is a repository's) | `sessions/<session>/checkpoints/<wf>.checkpoint.json` |
 //! | a repository's session record | `state/<repo>/sessions/session_state.json` (keyed by its `session_id`) | `state/<repo>/sessions/<session>.json` |
 //!
 //! Not read in place: a log rotated at 100 MB (`events-<ts>.<ts2>.jsonl.gz`,
@@ -165,12 +170,41 @@ fn nested_dlq(layout: &Layout, repo: &RepoKey, job: &str) -> PathBuf {
 }
 
 /// `state/<session>/checkpoints/`: layout 0 keyed a session's workflow
-/// checkpoints by putting the session id in the repository slot. `None` for
-/// a session id that cannot be a repository key (layout 0 cannot have
-/// written it).
+/// checkpoints by putting the session id in the repository slot. In the
+/// current layout that directory is a repository's own workflow
+/// checkpoints, so it is read as a session's only where the root has no
+/// `layout.json` (layout 0 alone wrote it) and the store has a unified
+/// session of that id (the upgrade's rule); never for a session id that
+/// cannot be a repository key.
 fn session_slot(layout: &Layout, session: &SessionId) -> Option<PathBuf> {
     let slot = RepoKey::new(session.as_str()).ok()?;
-    Some(layout.workflow_checkpoints_dir(&slot))
+    if std::fs::symlink_metadata(layout.version_file()).is_ok() {
+        return None;
+    }
+    let unified = layout.document(&DocKey::UnifiedSession {
+        session: session.clone(),
+    });
+    let has_session = std::fs::symlink_metadata(&unified).is_ok()
+        || std::fs::symlink_metadata(layout.unified_session_dir(session)).is_ok();
+    has_session.then(|| layout.workflow_checkpoints_dir(&slot))
+}
+
+/// Whether `bytes`, read from a repository's `session_state.json`, are the
+/// session `session` (an older Prodigy rewrites that one file for whichever
+/// session it runs: what was checked before the read may have changed).
+#[must_use]
+pub(crate) fn is_session_state_of(bytes: &[u8], session: &SessionId) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|d| d.get("session_id")?.as_str().map(str::to_owned))
+        .is_some_and(|id| id == session.as_str())
+}
+
+/// Whether `path` is a repository's `session_state.json` (the older
+/// Prodigy's one live file per repository).
+#[must_use]
+pub(crate) fn is_session_state_file(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "session_state.json")
 }
 
 fn session_state_file(layout: &Layout, repo: &RepoKey) -> PathBuf {

@@ -31,9 +31,18 @@
 //! honours it, held while its `process_id` is a live process on this
 //! machine, stale (taken over) once it is not. Both directions are covered:
 //! an older Prodigy reads this store's holder (the same four fields) and
-//! sees a live process. Left open: an older Prodigy that has created its
-//! file but not yet written it looks, for those microseconds, like a free
-//! lock.
+//! sees a live process. Left open, because an older Prodigy's own
+//! takeover is not atomic (it reads a dead pid, then removes the file,
+//! then creates its own): an older Prodigy that read the stale holder
+//! before this store replaced it removes this store's file afterwards and
+//! holds the lock too (the same race two older Prodigies have with each
+//! other); and one that has created its file but not yet written it looks,
+//! for those microseconds, like a free lock. After writing its holder this
+//! store checks its file is still the one at the path (and starts again if
+//! not), so the window is that of the older Prodigy's own steps; past it,
+//! the guard's `check` reports the lock lost and fenced writes are refused
+//! (a fenced write also checks that the lock file still carries its
+//! token).
 //!
 //! After taking the lock, the holder writes who it is (pid, host, time) into
 //! the file. That text is a hint for messages ("locked by process 4711 on
@@ -209,6 +218,27 @@ impl FencedLock {
         wait: LockWait,
     ) -> Result<Self> {
         let start = Instant::now();
+        loop {
+            let Some(lock) = Self::take_once(path, key, holder, wait, start)? else {
+                continue;
+            };
+            // An older Prodigy taking over a stale file removes it and
+            // creates its own: if that happened while this wrote its
+            // holder, the file this locked is gone: start again.
+            if fsx::is_linked_at(&lock.lock.file, path)? {
+                return Ok(lock);
+            }
+            tracing::debug!(lock = %path.display(), "the lock file was replaced while this took it; taking the one there now");
+        }
+    }
+
+    fn take_once(
+        path: &Path,
+        key: &LockKey,
+        holder: &LockHolder,
+        wait: LockWait,
+        start: Instant,
+    ) -> Result<Option<Self>> {
         let mut lock = loop {
             let lock = FileLock::take(path, key, wait)?;
             let Some(older) = older_prodigys_holder(path) else {
@@ -248,13 +278,21 @@ impl FencedLock {
         // Durable before any write relies on it: a token that a power loss
         // could take back could be handed out twice.
         fence.write(&fence_path, token)?;
+        // Once more, right before writing: an older Prodigy may have created
+        // and written its file while this made the token durable (an empty
+        // file, its first moment, looked free). The outer loop then waits
+        // or refuses as for any holder.
+        if older_prodigys_holder(path).is_some() {
+            drop(fence);
+            return Ok(None);
+        }
         lock.write_holder_with(holder, Some(token))?;
         drop(fence);
-        Ok(Self {
+        Ok(Some(Self {
             lock,
             token,
             lost: std::sync::atomic::AtomicBool::new(false),
-        })
+        }))
     }
 }
 
@@ -424,6 +462,18 @@ pub fn with_fence<T>(
     }
     let current = file.token(&fence_path)?;
     if current != Some(fence.token) {
+        return Err(lost(current));
+    }
+    // The lock file must still be the holder's: an older Prodigy that took
+    // the lock over (it removes a file it thinks stale and creates its own,
+    // which has no `fence`) leaves the fence file alone. An acquisition
+    // writes its holder before it lets go of the fence file, so the holder
+    // of the newest token is there by now.
+    let holder_fence = std::fs::read(path)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("fence").and_then(serde_json::Value::as_u64));
+    if holder_fence != Some(fence.token) {
         return Err(lost(current));
     }
     let out = write();

@@ -271,11 +271,12 @@ pub struct Layout0Counts {
     /// On a re-run (the store was upgraded before): files the store has no
     /// home for, left where older Prodigy code reads and writes them.
     pub left_for_older: u64,
-    /// On a re-run: current-layout documents (relative to the root) that a
-    /// newer layout-0 copy supersedes; they go aside first (see
-    /// [`plan_superseded`]).
+    /// Current-layout documents that a newer layout-0 copy supersedes, as
+    /// (layout-0 source, current document), relative to the root; they go
+    /// aside first (see [`plan_superseded`]). A root served as it is holds
+    /// both before its first upgrade too.
     #[serde(skip)]
-    pub superseded: Vec<PathBuf>,
+    pub superseded: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Whether this is the first upgrade of the store, or a re-run that
@@ -370,6 +371,10 @@ pub(crate) fn plan(
                 // then retiring its source, left it only in the backup.
                 let fate = match fate {
                     Fate0::Move(dest, _) if dest == rel => Fate0::InPlace,
+                    // With `layout.json`, `state/<slot>/checkpoints/` is a
+                    // repository's own (the store writes it): never moved
+                    // into a session of the same name.
+                    Fate0::Move(_, Category::Checkpoints) if run == Run::Again => Fate0::InPlace,
                     // A re-run moves nothing the store has no home for:
                     // older code, still running, reads and writes it there.
                     Fate0::Preserve(_) if run == Run::Again => {
@@ -379,10 +384,10 @@ pub(crate) fn plan(
                     }
                     f => f,
                 };
-                if let (Run::Again, Fate0::Move(dest, _)) = (run, &fate)
+                if let Fate0::Move(dest, _) = &fate
                     && supersedes(&e.path, &root.join(dest))?
                 {
-                    counts.superseded.push(dest.clone());
+                    counts.superseded.push((rel.clone(), dest.clone()));
                 }
                 let (dest, category, produce) = match fate {
                     Fate0::InPlace => {
@@ -530,7 +535,7 @@ fn supersedes(source: &Path, dest: &Path) -> Result<bool> {
 pub(crate) fn plan_superseded(
     layout: &Layout,
     txid: &str,
-    dests: &[PathBuf],
+    pairs: &[(PathBuf, PathBuf)],
     sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<Manifest> {
     let root = layout.root();
@@ -538,7 +543,14 @@ pub(crate) fn plan_superseded(
     let mut m = Manifest::new(txid, &real_root, &real_root, REPO_LABEL);
     let area = layout.layout_0_area().join("superseded").join(txid);
     let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
-    for (index, rel) in dests.iter().enumerate() {
+    let mut index = 0;
+    for (source, rel) in pairs {
+        // Again, inside the transaction (its lock held): the store may have
+        // written the document since the probe, and then it is the newer
+        // one and stays. A write after this is caught by its fingerprint.
+        if !supersedes(&root.join(source), &root.join(rel))? {
+            continue;
+        }
         let path = root.join(rel);
         let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
         let mut p = rel.parent();
@@ -551,8 +563,9 @@ pub(crate) fn plan_superseded(
             p = d.parent();
         }
         let abs = Layout::under(&area, rel).expect("planned paths are relative");
+        index += 1;
         sink(&Entry {
-            index,
+            index: index - 1,
             sources: vec![Source {
                 rel: RelPath(rel.clone()),
                 size: meta.len(),
@@ -582,10 +595,9 @@ pub(crate) fn plan_superseded(
         .collect();
     m.kept_dirs = dirs.keys().map(|d| RelPath(d.clone())).collect();
     m.warn(format!(
-        "{} document(s) of the current layout were older than the copies an older Prodigy \
-         wrote since at their layout-0 paths: kept under `legacy/.layout-0/superseded/{txid}/`, \
-         and the newer copies imported in their place",
-        dests.len()
+        "{index} document(s) of the current layout were older than the copies an older Prodigy \
+         wrote at their layout-0 paths: kept under `legacy/.layout-0/superseded/{txid}/`, and \
+         the newer copies imported in their place"
     ));
     Ok(m)
 }
@@ -594,7 +606,8 @@ pub(crate) fn plan_superseded(
 /// wrote since at layout-0 paths the store reads in a new place (what a
 /// re-run of the upgrade imports): doubly nested dead letters, a
 /// repository's `session_state.json` naming a session, a rotated log named
-/// `.gz`, a session's workflow checkpoints in a repository slot. Reads
+/// `.gz` (a session's workflow checkpoints in a repository slot are the
+/// repository's own once the store has `layout.json`). Reads
 /// directory listings and `stat`s, never a file's content but a
 /// `session_state.json`'s; writes nothing.
 pub(crate) fn has_leftovers(layout: &Layout) -> Result<bool> {
@@ -631,13 +644,6 @@ pub(crate) fn has_leftovers(layout: &Layout) -> Result<bool> {
     for slot in dirs_in(&root.join("state"))? {
         let state = slot.path.join("sessions").join("session_state.json");
         if session_id_of(&state).is_some_and(|id| id.as_str() != "session_state") {
-            return Ok(true);
-        }
-        let name = slot.name.to_string_lossy();
-        if SessionId::new(name.as_ref()).is_ok()
-            && is_unified_session(&slot.path.join("checkpoints").join("x"), &name)
-            && has_file_under(&slot.path.join("checkpoints"))?
-        {
             return Ok(true);
         }
     }

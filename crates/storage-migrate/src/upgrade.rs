@@ -194,10 +194,11 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
         return Ok(nothing(store, &tx, recovered));
     }
     let run = run_kind(store)?;
-    if run == layout0::Run::Again {
+    {
         // The store's copies that newer layout-0 copies supersede go aside
         // first, in a transaction of their own, so that the import below
-        // publishes the newer ones without overwriting anything.
+        // publishes the newer ones without overwriting anything (a root
+        // served as it is holds both before its first upgrade too).
         let (_, counts) = layout0::plan(store.layout(), "probe", run, &mut |_| Ok(()))?;
         if !counts.superseded.is_empty() {
             let txid = plan::new_txid();
@@ -263,9 +264,10 @@ fn nothing(store: &FsStorage, tx: &Tx<'_>, recovered: Option<String>) -> Migrati
 
 /// Gives back the layout-0 store an [`upgrade`] started from, byte for byte
 /// (modes and modification times too), so that an older Prodigy works
-/// again; `layout.json` is removed last. Refuses, changing nothing, when a
-/// file the upgrade moved changed since (`force`: moved aside instead, as
-/// rollback does). Prodigy's start-up then leaves the store alone until
+/// again; `layout.json` is removed last. Refuses, changing nothing of that
+/// run, when a file it moved changed since (`force`: moved aside instead,
+/// as rollback does); runs are undone newest first, and a refusal by an
+/// earlier run names the later ones already undone. Prodigy's start-up then leaves the store alone until
 /// `upgrade` is run by hand.
 ///
 /// A store upgraded more than once (re-runs importing what an older
@@ -275,7 +277,26 @@ pub fn downgrade(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
     let mut first = downgrade_one(store, opts)?;
     let paths = Owner::Store.paths(store.layout());
     while protocol::read_journal(&paths)?.is_none() && crate::latest_migration(&paths)?.is_some() {
-        let next = downgrade_one(store, opts)?;
+        // An earlier run can refuse (a file it moved changed since) after
+        // the later ones were undone: those stay undone, and the refusal
+        // says so, so that `--force` is run knowing where things are.
+        let next = match downgrade_one(store, opts) {
+            Ok(next) => next,
+            Err(Error::RollbackRefused { reason, paths }) => {
+                let done: Vec<&str> = std::iter::once(first.txid.as_str())
+                    .chain(first.also_undone.iter().map(|r| r.txid.as_str()))
+                    .collect();
+                return Err(Error::RollbackRefused {
+                    reason: format!(
+                        "the later upgrade run(s) {} were undone (their files are back at their \
+                         layout-0 paths), then an earlier run refused: {reason}",
+                        done.join(", ")
+                    ),
+                    paths,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         first.also_undone.push(next);
     }
     first.not_read_by_older = not_read_by_older(store)?;

@@ -21,3 +21,5 @@ mod environments;
 mod upgrade;
 // Legacy `.prodigy/` left in sub-directories by an old Prodigy run from there.
 mod subdirs;
+// One root written by two generations of Prodigy: an adversarial review's tests.
+mod two_layouts;
