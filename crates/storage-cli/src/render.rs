@@ -458,30 +458,14 @@ mod with_import {
             r.removed_from_store
         );
         displaced(&mut out, r);
-        if !r.kept_newer.is_empty() {
-            let _ = writeln!(
-                out,
-                "  kept {} newer version(s) an older Prodigy wrote since at the layout-0 path \
-                 (layout 0 holds one there); the upgrade's originals stay in its backup, first `{}`",
-                r.kept_newer.len(),
-                r.kept_newer[0].display()
-            );
-        }
+        kept_newer(&mut out, r, "  ");
         for other in &r.also_undone {
             let _ = writeln!(
                 out,
                 "  also undid the earlier upgrade {}: restored {} file(s), removed {} file(s)",
                 other.txid, other.restored_files, other.removed_from_store
             );
-            if !other.kept_newer.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "    kept {} newer version(s) an older Prodigy wrote since at the layout-0 path \
-                     (layout 0 holds one there); that upgrade's originals stay in its backup, first `{}`",
-                    other.kept_newer.len(),
-                    other.kept_newer[0].display()
-                );
-            }
+            kept_newer(&mut out, other, "    ");
         }
         if r.not_read_by_older > 0 {
             let _ = writeln!(
@@ -499,6 +483,20 @@ mod with_import {
             );
         }
         out
+    }
+
+    /// The newer layout-0 versions a downgrade run left where they were.
+    fn kept_newer(out: &mut String, r: &RollbackReport, indent: &str) {
+        if let Some(first) = r.kept_newer.first() {
+            let _ = writeln!(
+                out,
+                "{indent}kept {} newer version(s) an older Prodigy wrote since at the layout-0 path \
+                 (layout 0 holds one there); upgrade {}'s originals stay in its backup, first `{}`",
+                r.kept_newer.len(),
+                r.txid,
+                first.display()
+            );
+        }
     }
 
     /// The files a forced rollback or downgrade moved aside, if any.

@@ -423,31 +423,7 @@ pub(crate) fn plan(
                 };
                 let meta = std::fs::symlink_metadata(&e.path)
                     .map_err(|err| Error::io("stat", &e.path, err))?;
-                let entry = Entry {
-                    index,
-                    sources: vec![Source {
-                        rel: RelPath(rel.clone()),
-                        size: meta.len(),
-                        mtime: mtime_of(&meta),
-                        mode: meta.mode() & 0o7777,
-                        hash: None,
-                        split: false,
-                        split_lines: None,
-                        fingerprint: Fingerprint::of(&meta),
-                        linked: false,
-                        left: None,
-                    }],
-                    outputs: vec![Output {
-                        dest: RelPath(dest),
-                        produce,
-                        category,
-                        // A byte-for-byte copy: known before staging (dry runs).
-                        size: Some(meta.len()),
-                        hash: None,
-                        lines: None,
-                        fate: Fate::Pending,
-                    }],
-                };
+                let entry = copy_entry(index, &rel, &meta, dest, produce, category);
                 index += 1;
                 // Only the directories that hold moved files are recorded:
                 // emptied ones are removed, and a downgrade recreates them.
@@ -500,6 +476,43 @@ pub(crate) fn plan(
         ));
     }
     Ok((m, counts))
+}
+
+/// The entry that copies (or links) the file at `rel`, as `meta` describes
+/// it, to `dest`: one source, one output of the same size.
+fn copy_entry(
+    index: usize,
+    rel: &Path,
+    meta: &std::fs::Metadata,
+    dest: PathBuf,
+    produce: Produce,
+    category: Category,
+) -> Entry {
+    Entry {
+        index,
+        sources: vec![Source {
+            rel: RelPath(rel.to_owned()),
+            size: meta.len(),
+            mtime: mtime_of(meta),
+            mode: meta.mode() & 0o7777,
+            hash: None,
+            split: false,
+            split_lines: None,
+            fingerprint: Fingerprint::of(meta),
+            linked: false,
+            left: None,
+        }],
+        outputs: vec![Output {
+            dest: RelPath(dest),
+            produce,
+            category,
+            // A byte-for-byte copy: known before staging (dry runs).
+            size: Some(meta.len()),
+            hash: None,
+            lines: None,
+            fate: Fate::Pending,
+        }],
+    }
 }
 
 /// Whether the layout-0 file at `source` is a newer version of the
@@ -564,30 +577,14 @@ pub(crate) fn plan_superseded(
         }
         let abs = Layout::under(&area, rel).expect("planned paths are relative");
         index += 1;
-        sink(&Entry {
-            index: index - 1,
-            sources: vec![Source {
-                rel: RelPath(rel.clone()),
-                size: meta.len(),
-                mtime: mtime_of(&meta),
-                mode: meta.mode() & 0o7777,
-                hash: None,
-                split: false,
-                split_lines: None,
-                fingerprint: Fingerprint::of(&meta),
-                linked: false,
-                left: None,
-            }],
-            outputs: vec![Output {
-                dest: RelPath(rel_in_store(layout, &abs).0),
-                produce: Produce::Copy,
-                category: Category::LegacyPreserved,
-                size: Some(meta.len()),
-                hash: None,
-                lines: None,
-                fate: Fate::Pending,
-            }],
-        })?;
+        sink(&copy_entry(
+            index - 1,
+            rel,
+            &meta,
+            rel_in_store(layout, &abs).0,
+            Produce::Copy,
+            Category::LegacyPreserved,
+        ))?;
     }
     m.dirs = dirs
         .iter()

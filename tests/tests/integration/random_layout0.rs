@@ -101,6 +101,37 @@ fn visible(store: &FsStorage) -> BTreeMap<Listed, Vec<u8>> {
         .collect()
 }
 
+/// One step of a rollout: an older Prodigy writing a dead letter at its
+/// layout-0 path, or an upgrade (the first, or a re-run).
+#[derive(Clone, Debug)]
+enum Step {
+    /// The older Prodigy writes version `.1` of item `.0`.
+    OlderWrites(u8, u32),
+    /// `upgrade` (also what Prodigy's start-up runs).
+    Upgrade,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..4, 0u32..1000).prop_map(|(i, v)| Step::OlderWrites(i, v)),
+        1 => Just(Step::Upgrade),
+    ]
+}
+
+/// Writes `store_files` under `root`, skipping a path that a file earlier
+/// in the map already blocks (a file where a directory is needed).
+fn write_files(root: &std::path::Path, store_files: &BTreeMap<String, Vec<u8>>) {
+    for (rel, bytes) in store_files {
+        let path = root.join(rel);
+        if path.ancestors().skip(1).any(std::path::Path::is_file) {
+            continue;
+        }
+        if fs_err::create_dir_all(path.parent().expect("parent")).is_ok() && !path.is_dir() {
+            fs_err::write(&path, bytes).expect("write");
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
@@ -114,15 +145,7 @@ proptest! {
     ) {
         let sb = Sandbox::new();
         let root = sb.store();
-        for (rel, bytes) in &store_files {
-            let path = root.join(rel);
-            if path.ancestors().skip(1).any(std::path::Path::is_file) {
-                continue;
-            }
-            if fs_err::create_dir_all(path.parent().expect("parent")).is_ok() && !path.is_dir() {
-                fs_err::write(&path, bytes).expect("write");
-            }
-        }
+        write_files(&root, &store_files);
         let mut untouched = files(&root);
         let layout_0 = storage_fs::has_layout_0_data(&root).expect("probe");
         let store = FsStorage::open(&root).expect("a layout-0 root opens");
@@ -154,15 +177,7 @@ proptest! {
     ) {
         let sb = Sandbox::new();
         let root = sb.store();
-        for (rel, bytes) in &store_files {
-            let path = root.join(rel);
-            if path.ancestors().skip(1).any(std::path::Path::is_file) {
-                continue;
-            }
-            if fs_err::create_dir_all(path.parent().expect("parent")).is_ok() && !path.is_dir() {
-                fs_err::write(&path, bytes).expect("write");
-            }
-        }
+        write_files(&root, &store_files);
         let before = tree(&root);
         let before_files = files(&root);
         let store = FsStorage::peek(&root).expect("peek");
@@ -191,31 +206,6 @@ proptest! {
             prop_assert!(diff.is_empty(), "differs after downgrade: {:?}", diff);
         }
     }
-}
-
-/// One step of a rollout: an older Prodigy writing a dead letter at its
-/// layout-0 path, or an upgrade (the first, or a re-run).
-#[derive(Clone, Debug)]
-enum Step {
-    /// The older Prodigy writes version `.1` of item `.0`.
-    OlderWrites(u8, u32),
-    /// `upgrade` (also what Prodigy's start-up runs).
-    Upgrade,
-}
-
-fn step_strategy() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        3 => (0u8..4, 0u32..1000).prop_map(|(i, v)| Step::OlderWrites(i, v)),
-        1 => Just(Step::Upgrade),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
 
     /// Issue 19: an older Prodigy writing dead letters at their layout-0
     /// path between any number of upgrades. After every step, through the
