@@ -501,6 +501,7 @@ fn copy_entry(
             fingerprint: Fingerprint::of(meta),
             linked: false,
             left: None,
+            skip: None,
         }],
         outputs: vec![Output {
             dest: RelPath(dest),

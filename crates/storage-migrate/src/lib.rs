@@ -226,8 +226,18 @@ pub fn migrate(
         }
         let txid = plan::new_txid();
         let group = several.then(|| run.get_or_insert_with(|| txid.clone()).clone());
+        let imported = imported_logs(&tx.paths, legacy)?;
         tx.run(&txid, |sink| {
-            let mut m = plan::plan(&project, legacy, store.layout(), &repo, &txid, false, sink)?;
+            let mut m = plan::plan(
+                &project,
+                legacy,
+                store.layout(),
+                &repo,
+                &txid,
+                false,
+                &imported,
+                sink,
+            )?;
             m.run = group;
             Ok(m)
         })
@@ -351,6 +361,7 @@ fn plan_summary(
     preview: bool,
 ) -> Result<(manifest::Manifest, Summary)> {
     let mut summary = Summary::default();
+    let imported = imported_logs(&Paths::new(store.layout(), repo), legacy)?;
     let m = plan::plan(
         project,
         legacy,
@@ -358,6 +369,7 @@ fn plan_summary(
         repo,
         txid,
         preview,
+        &imported,
         &mut |e| {
             summary.add(e);
             Ok(())
@@ -542,6 +554,34 @@ fn registered(store: &FsStorage, project: &Path) -> Result<(PathBuf, RepoKey)> {
 }
 
 /// The migrations of a repository that have not been rolled back, oldest first.
+/// The split logs of `legacy` that migrations not rolled back imported and
+/// left in the project (they grew after verification,
+/// [`manifest::Left::InProject`]), with the size and hash of the version
+/// imported; the newest import of a path wins (it covers the older ones).
+fn imported_logs(paths: &Paths, legacy: &Path) -> Result<plan::Imported> {
+    let mut out = plan::Imported::new();
+    for txid in live_migrations(paths)? {
+        let Some(m) = protocol::read_manifest_if_any(paths, &txid)? else {
+            continue;
+        };
+        if m.legacy_dir.0 != legacy {
+            continue;
+        }
+        manifest::for_each_chunk(&paths.entries(&txid), |chunk| {
+            for s in chunk.iter().flat_map(|e| &e.sources) {
+                if s.split
+                    && s.left == Some(manifest::Left::InProject)
+                    && let Some(hash) = &s.hash
+                {
+                    out.insert(s.rel.0.clone(), (s.size, hash.clone()));
+                }
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
 fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
     let mut live: Vec<String> = Vec::new();
     for e in protocol::read_history(paths)? {

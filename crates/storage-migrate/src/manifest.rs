@@ -169,6 +169,14 @@ pub struct Source {
     /// backup, as verified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left: Option<Left>,
+    /// For a split log an earlier migration imported and left in the
+    /// project (it grew after verification, [`Left::InProject`]): the bytes
+    /// at its start whose lines that migration imported (up to the last
+    /// whole line of the version it verified, checked unchanged while
+    /// planning). Only what follows is split; the whole file goes into
+    /// the backup as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip: Option<u64>,
 }
 
 /// Where a legacy file that did not go into the backup as verified is.
@@ -803,6 +811,7 @@ mod entry_tests {
                 fingerprint: Fingerprint::default(),
                 linked: false,
                 left: None,
+                skip: None,
             }],
             outputs: vec![Output {
                 dest: RelPath(PathBuf::from(format!("legacy/r/cache/{index}.json"))),

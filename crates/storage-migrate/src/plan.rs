@@ -639,6 +639,12 @@ fn is_real_gzip(path: &Path) -> Result<bool> {
 /// With `preview` (dry runs, status) it also reads what staging would read
 /// to finish the plan: the job ids in event logs and the validity of JSON
 /// documents. A real run leaves both to staging, which reads the files anyway.
+///
+/// `imported` names the split logs earlier migrations of this legacy
+/// directory imported and left in the project because they grew after
+/// verification (see [`imported_logs`]): only what was appended since is
+/// planned from them.
+#[allow(clippy::too_many_arguments)] // Reason: one call site per use; a struct would only rename them.
 pub fn plan(
     project: &Path,
     legacy: &Path,
@@ -646,6 +652,7 @@ pub fn plan(
     repo: &RepoKey,
     txid: &str,
     preview: bool,
+    imported: &Imported,
     sink: &mut dyn FnMut(&Entry) -> Result<()>,
 ) -> Result<Manifest> {
     let mut manifest = Manifest::new(txid, project, legacy, repo.as_str());
@@ -692,6 +699,7 @@ pub fn plan(
             fingerprint: found.fingerprint,
             linked: false,
             left: None,
+            skip: None,
         };
         let this = index;
         index += 1;
@@ -802,11 +810,39 @@ pub fn plan(
                 Category::LegacyPreserved,
             ),
             Class::GlobalEventLog => {
+                if let Some((size, hash)) = imported.get(&found.rel) {
+                    if let Some(skip) = prefix_skip(&path, *size, hash)? {
+                        entry.sources[0].skip = Some(skip);
+                        manifest.warn(format!(
+                            "`{}` grew since an earlier migration imported its first {size} \
+                             byte(s), which are unchanged: only what follows is imported",
+                            found.rel.display()
+                        ));
+                    } else {
+                        // Rewritten, not appended to: its lines cannot be
+                        // told apart from those already imported.
+                        manifest.warn(format!(
+                            "`{}` changed (not only grew) since an earlier migration imported \
+                             it: kept verbatim under the legacy area, not imported again",
+                            found.rel.display()
+                        ));
+                        entry.outputs.push(out(
+                            preserved(&found.rel),
+                            Produce::Copy,
+                            Category::LegacyPreserved,
+                        ));
+                        return sink(&entry);
+                    }
+                }
                 entry.sources[0].split = true;
                 if preview {
                     // Staging routes the lines and creates the outputs; a
                     // preview routes them now to show where they would go.
-                    let (file, _) = open_regular(&path)?;
+                    let (mut file, _) = open_regular(&path)?;
+                    if let Some(skip) = entry.sources[0].skip {
+                        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(skip))
+                            .map_err(|e| Error::io("seek", &path, e))?;
+                    }
                     let routes = split::for_each_line(file, &path, |_, _| Ok(()))?;
                     entry.sources[0].split_lines = Some(routes.values().map(|t| t.lines).sum());
                     for (route, totals) in routes {
@@ -867,6 +903,37 @@ pub fn plan(
 /// Where the lines of split log `rel` (entry `index`) for `route` go,
 /// relative to the store root: the job's event directory, or the legacy
 /// area for lines that name no job.
+/// Split logs earlier migrations imported and left in the project, by path
+/// relative to the legacy directory: the size and BLAKE3 of the version
+/// they verified.
+pub type Imported = std::collections::HashMap<PathBuf, (u64, String)>;
+
+/// Where the lines not imported yet start in the log at `path`, an earlier
+/// migration having imported a version of `size` bytes hashing to `hash`:
+/// just past the last line break of that version (a torn last line it kept
+/// verbatim is read again with what was appended to it). `None` if the
+/// file's first `size` bytes are not that version any more.
+pub(crate) fn prefix_skip(path: &Path, size: u64, hash: &str) -> Result<Option<u64>> {
+    let (file, _) = open_regular(path)?;
+    let mut reader = std::io::Read::take(file, size);
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut read, mut last_break) = (0u64, 0u64);
+    loop {
+        let n =
+            std::io::Read::read(&mut reader, &mut buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            last_break = read + i as u64 + 1;
+        }
+        hasher.update(&buf[..n]);
+        read += n as u64;
+    }
+    Ok((read == size && hasher.finalize().to_hex().as_str() == hash).then_some(last_break))
+}
+
 pub(crate) fn split_dest(
     layout: &Layout,
     repo: &RepoKey,
@@ -1015,5 +1082,28 @@ mod discovery_tests {
         let store = dir.path().join("store");
         assert_eq!(discover_within(&project, &store, 1_000), [legacy]);
         assert!(discover_within(&project, &store, 50).is_empty(), "stopped");
+    }
+
+    /// A grown log's lines not imported yet start after the last line break
+    /// of the version imported: a torn last line is read again with what
+    /// was appended to it; a changed or shortened prefix is no prefix.
+    #[test]
+    fn what_follows_an_imported_version_starts_after_its_last_whole_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("events.jsonl");
+        let version = b"{\"a\":1}\n{\"b\":2}\n{\"c\":";
+        let hash = blake3::hash(version).to_hex().to_string();
+        let size = version.len() as u64;
+        std::fs::write(&log, version).expect("write");
+        assert_eq!(prefix_skip(&log, size, &hash).expect("read"), Some(16));
+        let mut grown = version.to_vec();
+        grown.extend_from_slice(b"3}\n{\"d\":4}\n");
+        std::fs::write(&log, &grown).expect("write");
+        assert_eq!(prefix_skip(&log, size, &hash).expect("read"), Some(16));
+        grown[2] = b'x';
+        std::fs::write(&log, &grown).expect("write");
+        assert_eq!(prefix_skip(&log, size, &hash).expect("read"), None);
+        std::fs::write(&log, &version[..10]).expect("write");
+        assert_eq!(prefix_skip(&log, size, &hash).expect("read"), None);
     }
 }

@@ -221,6 +221,27 @@ fn a_line_appended_during_the_backup_sync_across_devices_is_kept() {
     );
     assert_eq!(again["outcome"], "migrated", "{again:#}");
     assert!(!holders(&sb.store(), b"\"id\":\"late\"").is_empty());
+    // Issue 19: only what was appended is imported the second time; the
+    // lines the first run imported are in the job's log once.
+    let copies = |id: &str| -> usize {
+        let needle = format!("\"id\":\"{id}\"");
+        files(&sb.store().join("events"))
+            .into_iter()
+            .map(|(_, b)| {
+                b.windows(needle.len())
+                    .filter(|w| *w == needle.as_bytes())
+                    .count()
+            })
+            .sum()
+    };
+    for n in [0, 7, 19] {
+        assert_eq!(
+            copies(&n.to_string()),
+            1,
+            "line {n} stored twice: {again:#}"
+        );
+    }
+    assert_eq!(copies("late"), 1);
 }
 
 /// Items 3 and 7 on one file system: a file of a directory that is moved
@@ -1120,4 +1141,108 @@ fn a_user_directory_deeper_than_path_max_is_left_alone() {
         sb.project().join(".prodigy").join(&name).is_dir(),
         "the user's directory stays"
     );
+}
+
+/// Issue 19: an older Prodigy appends to the legacy global log after the
+/// migration verified it (so the log stays in the project, grown), then
+/// appends more. The next `migrate` imports only what follows the version
+/// the first one imported (each line is in the store once) and its
+/// rollback gives the whole grown log back; a log rewritten instead of
+/// appended to is kept verbatim aside, not imported a second time.
+#[test]
+fn a_log_that_grew_after_its_import_contributes_only_what_was_appended() {
+    for rewritten in [false, true] {
+        let sb = Sandbox::new();
+        let project = sb.project();
+        small_project(&project);
+        let log = project.join(".prodigy/mapreduce/events/global/events.jsonl");
+        let append = |line: &str| {
+            use std::io::Write;
+            let mut f = fs_err::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .expect("open");
+            f.write_all(line.as_bytes()).expect("append");
+        };
+        let pause = sb.path().join("paused");
+        let child = cmd(&sb, &project, &["migrate", "--json"])
+            .env("PRODIGY_STORAGE_PAUSE_AT", "after-publish")
+            .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        wait_for("the pause after publishing", || pause.exists());
+        append(&format!(
+            "{{\"id\":\"late\",\"event\":{{\"job_id\":\"{JOB}\"}}}}\n"
+        ));
+        fs_err::remove_file(&pause).expect("go on");
+        let first = json_of(&finish(child));
+        assert_eq!(first["outcome"], "migrated", "{first:#}");
+        assert!(log.is_file(), "grown after verification: it stays");
+        if rewritten {
+            let text = fs_err::read_to_string(&log).expect("read");
+            fs_err::write(&log, text.replacen("\"id\":\"0\"", "\"id\":\"zero\"", 1))
+                .expect("rewrite");
+        } else {
+            append(&format!(
+                "{{\"id\":\"later\",\"event\":{{\"job_id\":\"{JOB}\"}}}}\n"
+            ));
+        }
+        let grown = fs_err::read(&log).expect("read");
+        let again = json_of(
+            &cmd(&sb, &project, &["migrate", "--json"])
+                .output()
+                .expect("run"),
+        );
+        assert_eq!(again["outcome"], "migrated", "{again:#}");
+        let copies = |id: &str| -> usize {
+            let needle = format!("\"id\":\"{id}\"");
+            files(&sb.store().join("events"))
+                .into_iter()
+                .map(|(_, b)| {
+                    b.windows(needle.len())
+                        .filter(|w| *w == needle.as_bytes())
+                        .count()
+                })
+                .sum()
+        };
+        for n in [0, 7, 19] {
+            assert_eq!(copies(&n.to_string()), 1, "line {n}: {again:#}");
+        }
+        let warnings = again["warnings"].to_string();
+        if rewritten {
+            assert!(warnings.contains("changed (not only grew)"), "{again:#}");
+            assert_eq!(copies("late"), 0, "not imported from a rewritten log");
+            assert_eq!(
+                holders(&sb.store().join("legacy"), b"\"id\":\"zero\"").len(),
+                1,
+                "the rewritten log is kept verbatim"
+            );
+        } else {
+            assert!(
+                warnings.contains("only what follows is imported"),
+                "{again:#}"
+            );
+            assert_eq!(copies("late"), 1);
+            assert_eq!(copies("later"), 1);
+        }
+        assert!(!log.exists(), "in the backup now");
+        let back = cmd(&sb, &project, &["rollback", "."])
+            .output()
+            .expect("run");
+        assert!(
+            back.status.success(),
+            "{}",
+            String::from_utf8_lossy(&back.stderr)
+        );
+        assert_eq!(
+            fs_err::read(&log).expect("restored"),
+            grown,
+            "byte for byte"
+        );
+        for n in [0, 7, 19] {
+            assert_eq!(copies(&n.to_string()), 1, "after the rollback, line {n}");
+        }
+    }
 }

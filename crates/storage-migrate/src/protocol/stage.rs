@@ -425,7 +425,20 @@ impl Tx<'_> {
         let mut writers: BTreeMap<split::Route, (PathBuf, BufWriter<std::fs::File>)> =
             BTreeMap::new();
         let mut whole = blake3::Hasher::new();
-        let (file, _) = open_regular(path)?;
+        let (mut file, _) = open_regular(path)?;
+        if let Some(skip) = source.skip {
+            // Imported by an earlier migration (checked while planning):
+            // hashed with the rest, as the file is retired whole, not split.
+            let copied = std::io::copy(&mut std::io::Read::take(&mut file, skip), &mut whole)
+                .map_err(|e| Error::io("read", path, e))?;
+            if copied != skip {
+                return Err(Error::io(
+                    "read",
+                    path,
+                    std::io::Error::other("the log is shorter than what was imported of it"),
+                ));
+            }
+        }
         let totals = split::for_each_line(file, path, |route, line| {
             whole.update(line);
             if !writers.contains_key(route) {
