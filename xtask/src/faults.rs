@@ -1,7 +1,8 @@
 //! `cargo xtask faults`: the exhaustive tier of the fault suite. Sweeps every
 //! index of every traced syscall (kills, EIO, ENOSPC), every crash point,
 //! many random kills on a large tree, the environments (bind mounts, mounts
-//! inside the store, two stores, an old Prodigy writing during the run),
+//! inside the store, two stores, an old Prodigy writing during the run, one
+//! root written by two generations of Prodigy),
 //! and 500 random legacy trees; then
 //! prints the counts that `docs/reliability.md` quotes.
 //!
@@ -40,6 +41,12 @@ pub fn run_faults() -> Result<()> {
             "storage-cli",
             "cli",
             "upgrade",
+            ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
+        ),
+        (
+            "storage-cli",
+            "cli",
+            "two_layouts",
             ("PRODIGY_FAULTS_EXHAUSTIVE", "1"),
         ),
         (
