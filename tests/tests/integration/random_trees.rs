@@ -4,6 +4,7 @@
 //! rollback restores the exact tree (types, modes, mtimes, bytes).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use proptest::prelude::*;
@@ -119,5 +120,107 @@ proptest! {
         let diff: Vec<_> = before.iter().filter(|(k, v)| after.get(*k) != Some(*v)).map(|(k, _)| k.clone())
             .chain(after.keys().filter(|k| !before.contains_key(*k)).cloned()).collect();
         prop_assert!(diff.is_empty(), "differs after rollback: {:?}", diff);
+    }
+}
+
+/// One step of an older Prodigy's life beside `migrate` (issue 19).
+#[derive(Clone, Debug)]
+enum Step {
+    /// It appends `.1` lines of job `.0` to the project's global event log.
+    Appends(u8, u8),
+    /// `migrate` (what Prodigy's start-up runs too).
+    Migrate,
+    /// `rollback` of the latest migration.
+    Rollback,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..3, 1u8..6).prop_map(|(j, n)| Step::Appends(j, n)),
+        2 => Just(Step::Migrate),
+        1 => Just(Step::Rollback),
+    ]
+}
+
+/// How many times each `"id":"l<N>"` line is where a reader finds it: in
+/// the store's event logs (`events/`) and in the project's legacy log.
+fn line_counts(store: &std::path::Path, project: &std::path::Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut count = |bytes: &[u8]| {
+        for line in bytes.split(|b| *b == b'\n') {
+            let text = String::from_utf8_lossy(line);
+            if let Some(rest) = text.strip_prefix("{\"id\":\"l")
+                && let Some(end) = rest.find('"')
+            {
+                *out.entry(format!("l{}", &rest[..end])).or_default() += 1;
+            }
+        }
+    };
+    if store.join("events").is_dir() {
+        for (_, bytes) in files(&store.join("events")) {
+            count(&bytes);
+        }
+    }
+    if let Ok(bytes) = fs_err::read(project.join(".prodigy/mapreduce/events/global/events.jsonl")) {
+        count(&bytes);
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// Issue 19: an older Prodigy appending to a project's legacy global
+    /// event log between any number of migrations and rollbacks. After
+    /// every step, every line it wrote is in exactly one place a reader
+    /// looks: the store's job logs or the project's log, once.
+    #[test]
+    fn every_line_an_older_prodigy_appends_is_found_exactly_once(
+        steps in proptest::collection::vec(step_strategy(), 1..12)
+    ) {
+        let sb = Sandbox::new();
+        let project = sb.project();
+        let log = project.join(".prodigy/mapreduce/events/global/events.jsonl");
+        let store = FsStorage::open(sb.store()).expect("open");
+        let mut written = 0u32;
+        for step in &steps {
+            match step {
+                Step::Appends(job, n) => {
+                    fs_err::create_dir_all(log.parent().expect("parent")).expect("mkdir");
+                    let mut text = String::new();
+                    for _ in 0..*n {
+                        let _ = writeln!(
+                            text,
+                            "{{\"id\":\"l{written}\",\"event\":{{\"job_id\":\"mapreduce-{job}\"}}}}"
+                        );
+                        written += 1;
+                    }
+                    std::io::Write::write_all(
+                        &mut fs_err::OpenOptions::new().create(true).append(true).open(&log).expect("open"),
+                        text.as_bytes(),
+                    )
+                    .expect("append");
+                }
+                Step::Migrate => {
+                    storage_migrate::migrate(&store, &project, &MigrateOptions::default())
+                        .expect("migrate");
+                }
+                Step::Rollback => {
+                    // Refused (nothing to undo, or the log exists again with
+                    // newer lines): then nothing changed, which the check
+                    // below sees as well.
+                    let _ = storage_migrate::rollback(&store, &project, &RollbackOptions::default());
+                }
+            }
+            let counts = line_counts(&sb.store(), &project);
+            for n in 0..written {
+                let id = format!("l{n}");
+                prop_assert_eq!(counts.get(&id).copied().unwrap_or(0), 1, "{} after {:?}", id, step);
+            }
+        }
     }
 }
