@@ -64,6 +64,50 @@ fn files(root: &std::path::Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
+/// One step of an older Prodigy's life beside `migrate` (issue 19).
+#[derive(Clone, Debug)]
+enum Step {
+    /// It appends `.1` lines of job `.0` to the project's global event log.
+    Appends(u8, u8),
+    /// `migrate` (what Prodigy's start-up runs too).
+    Migrate,
+    /// `rollback` of the latest migration.
+    Rollback,
+}
+
+fn step_strategy() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0u8..3, 1u8..6).prop_map(|(j, n)| Step::Appends(j, n)),
+        2 => Just(Step::Migrate),
+        1 => Just(Step::Rollback),
+    ]
+}
+
+/// How many times each `"id":"l<N>"` line is where a reader finds it: in
+/// the store's event logs (`events/`) and in the project's legacy log.
+fn line_counts(store: &std::path::Path, project: &std::path::Path) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut count = |bytes: &[u8]| {
+        for line in bytes.split(|b| *b == b'\n') {
+            let text = String::from_utf8_lossy(line);
+            if let Some(rest) = text.strip_prefix("{\"id\":\"l")
+                && let Some(end) = rest.find('"')
+            {
+                *out.entry(format!("l{}", &rest[..end])).or_default() += 1;
+            }
+        }
+    };
+    if store.join("events").is_dir() {
+        for (_, bytes) in files(&store.join("events")) {
+            count(&bytes);
+        }
+    }
+    if let Ok(bytes) = fs_err::read(project.join(".prodigy/mapreduce/events/global/events.jsonl")) {
+        count(&bytes);
+    }
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
@@ -121,58 +165,6 @@ proptest! {
             .chain(after.keys().filter(|k| !before.contains_key(*k)).cloned()).collect();
         prop_assert!(diff.is_empty(), "differs after rollback: {:?}", diff);
     }
-}
-
-/// One step of an older Prodigy's life beside `migrate` (issue 19).
-#[derive(Clone, Debug)]
-enum Step {
-    /// It appends `.1` lines of job `.0` to the project's global event log.
-    Appends(u8, u8),
-    /// `migrate` (what Prodigy's start-up runs too).
-    Migrate,
-    /// `rollback` of the latest migration.
-    Rollback,
-}
-
-fn step_strategy() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        3 => (0u8..3, 1u8..6).prop_map(|(j, n)| Step::Appends(j, n)),
-        2 => Just(Step::Migrate),
-        1 => Just(Step::Rollback),
-    ]
-}
-
-/// How many times each `"id":"l<N>"` line is where a reader finds it: in
-/// the store's event logs (`events/`) and in the project's legacy log.
-fn line_counts(store: &std::path::Path, project: &std::path::Path) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    let mut count = |bytes: &[u8]| {
-        for line in bytes.split(|b| *b == b'\n') {
-            let text = String::from_utf8_lossy(line);
-            if let Some(rest) = text.strip_prefix("{\"id\":\"l")
-                && let Some(end) = rest.find('"')
-            {
-                *out.entry(format!("l{}", &rest[..end])).or_default() += 1;
-            }
-        }
-    };
-    if store.join("events").is_dir() {
-        for (_, bytes) in files(&store.join("events")) {
-            count(&bytes);
-        }
-    }
-    if let Ok(bytes) = fs_err::read(project.join(".prodigy/mapreduce/events/global/events.jsonl")) {
-        count(&bytes);
-    }
-    out
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
 
     /// Issue 19: an older Prodigy appending to a project's legacy global
     /// event log between any number of migrations and rollbacks. After

@@ -95,6 +95,19 @@ fn holders(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// How many lines `"id":"<id>"` the store's event logs hold.
+fn line_copies(store: &Path, id: &str) -> usize {
+    let needle = format!("\"id\":\"{id}\"");
+    files(&store.join("events"))
+        .into_iter()
+        .map(|(_, b)| {
+            b.windows(needle.len())
+                .filter(|w| *w == needle.as_bytes())
+                .count()
+        })
+        .sum()
+}
+
 /// Waits until `cond` holds (a process is at a known step), at most 20 s.
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -223,17 +236,7 @@ fn a_line_appended_during_the_backup_sync_across_devices_is_kept() {
     assert!(!holders(&sb.store(), b"\"id\":\"late\"").is_empty());
     // Issue 19: only what was appended is imported the second time; the
     // lines the first run imported are in the job's log once.
-    let copies = |id: &str| -> usize {
-        let needle = format!("\"id\":\"{id}\"");
-        files(&sb.store().join("events"))
-            .into_iter()
-            .map(|(_, b)| {
-                b.windows(needle.len())
-                    .filter(|w| *w == needle.as_bytes())
-                    .count()
-            })
-            .sum()
-    };
+    let copies = |id: &str| line_copies(&sb.store(), id);
     for n in [0, 7, 19] {
         assert_eq!(
             copies(&n.to_string()),
@@ -1196,17 +1199,7 @@ fn a_log_that_grew_after_its_import_contributes_only_what_was_appended() {
                 .expect("run"),
         );
         assert_eq!(again["outcome"], "migrated", "{again:#}");
-        let copies = |id: &str| -> usize {
-            let needle = format!("\"id\":\"{id}\"");
-            files(&sb.store().join("events"))
-                .into_iter()
-                .map(|(_, b)| {
-                    b.windows(needle.len())
-                        .filter(|w| *w == needle.as_bytes())
-                        .count()
-                })
-                .sum()
-        };
+        let copies = |id: &str| line_copies(&sb.store(), id);
         for n in [0, 7, 19] {
             assert_eq!(copies(&n.to_string()), 1, "line {n}: {again:#}");
         }
