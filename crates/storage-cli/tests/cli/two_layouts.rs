@@ -37,6 +37,26 @@ fn item(id: &str) -> DocKey {
     }
 }
 
+/// A new, empty store in a temporary directory (kept while the first part lives).
+fn fresh_store() -> (tempfile::TempDir, PathBuf, storage_fs::FsStorage) {
+    let dir = tempfile::tempdir().expect("test setup");
+    let root = dir.path().join("store");
+    let store = storage_fs::FsStorage::open(&root).expect("open");
+    (dir, root, store)
+}
+
+/// An older Prodigy's write of `session_state.json` in `sessions`: a new
+/// file renamed over it, naming session `id` (`n` names the temp file).
+fn write_session_state(sessions: &Path, id: &str, n: usize) {
+    let tmp = sessions.join(format!(".tmp-{n}"));
+    std::fs::write(
+        &tmp,
+        format!(r#"{{"session_id": "{id}", "status": "running"}}"#),
+    )
+    .expect("test setup");
+    std::fs::rename(&tmp, sessions.join("session_state.json")).expect("test setup");
+}
+
 fn nested(root: &Path) -> PathBuf {
     root.join(format!("dlq/api/{JOB}/mapreduce/dlq/{JOB}/items"))
 }
@@ -82,28 +102,17 @@ fn r1_first_upgrade_keeps_the_newer_layout0_copy() {
 /// naming session X, then Y. get(Session X) must never return Y's document.
 #[test]
 fn r2_session_state_get_never_returns_another_session() {
-    let dir = tempfile::tempdir().expect("test setup");
-    let root = dir.path().join("store");
-    let store = storage_fs::FsStorage::open(&root).expect("open");
+    let (_dir, root, store) = fresh_store();
     let repo = RepoKey::new("api").expect("test setup");
     let sessions = root.join("state/api/sessions");
     fs_err::create_dir_all(&sessions).expect("test setup");
     let ss = sessions.join("session_state.json");
-    let write = |id: &str, n: usize| {
-        let tmp = sessions.join(format!(".tmp-{n}"));
-        std::fs::write(
-            &tmp,
-            format!(r#"{{"session_id": "{id}", "status": "running"}}"#),
-        )
-        .expect("test setup");
-        std::fs::rename(&tmp, &ss).expect("test setup");
-    };
+    let write = |id: &str, n: usize| write_session_state(&sessions, id, n);
     write("session-x", 0);
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();
         let sessions = sessions.clone();
-        let ss = ss.clone();
         std::thread::spawn(move || {
             let mut n = 0usize;
             while !stop.load(Ordering::Relaxed) {
@@ -113,13 +122,7 @@ fn r2_session_state_get_never_returns_another_session() {
                 } else {
                     "session-y"
                 };
-                let tmp = sessions.join(format!(".tmp-{n}"));
-                std::fs::write(
-                    &tmp,
-                    format!(r#"{{"session_id": "{id}", "status": "running"}}"#),
-                )
-                .expect("test setup");
-                std::fs::rename(&tmp, &ss).expect("test setup");
+                write_session_state(&sessions, id, n);
             }
         })
     };
@@ -173,9 +176,7 @@ fn r2_session_state_get_never_returns_another_session() {
 /// R3: a repository and a session with the same name.
 #[test]
 fn r3_repo_checkpoints_are_not_a_sessions() {
-    let dir = tempfile::tempdir().expect("test setup");
-    let root = dir.path().join("store");
-    let store = storage_fs::FsStorage::open(&root).expect("open");
+    let (_dir, _root, store) = fresh_store();
     let repo = RepoKey::new("demo").expect("test setup");
     let session = SessionId::new("demo").expect("test setup");
     let wf = WorkflowId::new("wf-1").expect("test setup");
@@ -455,9 +456,7 @@ fn dead_pid() -> u32 {
 /// older Prodigy take it over at once. Can both hold it?
 #[test]
 fn r8_stale_takeover_race_with_an_older_prodigy() {
-    let dir = tempfile::tempdir().expect("test setup");
-    let root = dir.path().join("store");
-    let store = storage_fs::FsStorage::open(&root).expect("test setup");
+    let (_dir, root, store) = fresh_store();
     let key = LockKey::new("job-1").expect("test setup");
     let path = root.join("resume_locks/job-1.lock");
     let dead = dead_pid();
