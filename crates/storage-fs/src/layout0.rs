@@ -60,11 +60,12 @@ use storage_core::{DocKey, RepoKey, Result, Scope, SessionId};
 use crate::fsx;
 use crate::layout::{self, Layout};
 
-/// Where layout 0 keeps the document `key`, if it keeps that kind of
+/// Where layout 0 may keep the document `key`, if it keeps that kind of
 /// document somewhere other than the current layout (whether or not a file
-/// is there).
+/// is there). For a session, a repository's `session_state.json`, which is
+/// that session's only if its bytes say so ([`accepts`]).
 #[must_use]
-pub(crate) fn older_file(layout: &Layout, key: &DocKey) -> Option<PathBuf> {
+fn older_path(layout: &Layout, key: &DocKey) -> Option<PathBuf> {
     if !ENABLED {
         return None;
     }
@@ -80,11 +81,82 @@ pub(crate) fn older_file(layout: &Layout, key: &DocKey) -> Option<PathBuf> {
         DocKey::SessionWorkflowCheckpoint { session, workflow } => {
             session_slot(layout, session).map(|d| d.join(format!("{workflow}.checkpoint.json")))
         }
-        DocKey::Session { repo, session } => {
-            let path = session_state_file(layout, repo);
-            (session_state_id(&path).as_ref() == Some(session)).then_some(path)
-        }
+        DocKey::Session { repo, .. } => Some(session_state_file(layout, repo)),
         _ => None,
+    }
+}
+
+/// Whether `bytes`, read from `key`'s layout-0 path, are `key`'s document:
+/// always, but for a repository's `session_state.json`, which an older
+/// Prodigy rewrites for whichever session it runs (what it named when
+/// another check ran may have changed since).
+fn accepts(key: &DocKey, bytes: &[u8]) -> bool {
+    match key {
+        DocKey::Session { session, .. } => session_id_in(bytes).as_ref() == Some(session),
+        _ => true,
+    }
+}
+
+/// The current path and, when layout 0 has a file for `key` too, its
+/// layout-0 path, the one to read first (the one modified last; the
+/// current one on a tie) first. One failed `stat` when layout 0 has none.
+fn candidates(layout: &Layout, key: &DocKey) -> Vec<PathBuf> {
+    let current = layout.document(key);
+    let Some(older) = older_path(layout, key) else {
+        return vec![current];
+    };
+    let Some(older_time) = modified(&older) else {
+        return vec![current];
+    };
+    match modified(&current) {
+        Some(current_time) if current_time >= older_time => vec![current, older],
+        _ => vec![older, current],
+    }
+}
+
+/// `key`'s document as the store reads it, with the file it came from:
+/// from the layout-0 path or the current one, whichever was modified last
+/// (see the module docs); from the other if that one is gone by the time
+/// it is read, or is another session's `session_state.json`.
+pub(crate) fn read(layout: &Layout, key: &DocKey) -> Result<Option<(PathBuf, Vec<u8>)>> {
+    let current = layout.document(key);
+    for path in candidates(layout, key) {
+        if let Some(bytes) = fsx::read_optional(&path)?
+            && (path == current || accepts(key, &bytes))
+        {
+            return Ok(Some((path, bytes)));
+        }
+    }
+    Ok(None)
+}
+
+/// The file [`read`] would read `key` from (for its size and time), without
+/// reading it unless that is a `session_state.json` to check.
+#[must_use]
+pub(crate) fn winner(layout: &Layout, key: &DocKey) -> PathBuf {
+    let current = layout.document(key);
+    for path in candidates(layout, key) {
+        let ours = path == current
+            || !matches!(key, DocKey::Session { .. })
+            || fsx::read_optional(&path)
+                .ok()
+                .flatten()
+                .is_some_and(|bytes| accepts(key, &bytes));
+        if ours {
+            return path;
+        }
+    }
+    current
+}
+
+/// The layout-0 copy of `key` a deletion removes too (a reprocessed dead
+/// letter must not come back from it); never an older Prodigy's live
+/// `session_state.json` (see the module docs).
+#[must_use]
+pub(crate) fn older_copy_to_delete(layout: &Layout, key: &DocKey) -> Option<PathBuf> {
+    match key {
+        DocKey::Session { .. } => None,
+        _ => older_path(layout, key),
     }
 }
 
@@ -135,21 +207,6 @@ pub(crate) fn is_alias(layout: &Layout, key: &DocKey) -> bool {
     }
 }
 
-/// The file that holds `key`'s document now: the current path, or its
-/// layout-0 path when only that exists or it was modified later.
-#[must_use]
-pub(crate) fn winner(layout: &Layout, key: &DocKey) -> PathBuf {
-    let current = layout.document(key);
-    let Some(older) = older_file(layout, key) else {
-        return current;
-    };
-    match (modified(&current), modified(&older)) {
-        (None, Some(_)) => older,
-        (Some(c), Some(o)) if o > c => older,
-        _ => current,
-    }
-}
-
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::symlink_metadata(path)
         .ok()
@@ -189,24 +246,8 @@ fn session_slot(layout: &Layout, session: &SessionId) -> Option<PathBuf> {
     has_session.then(|| layout.workflow_checkpoints_dir(&slot))
 }
 
-/// Whether `bytes`, read from a repository's `session_state.json`, are the
-/// session `session` (an older Prodigy rewrites that one file for whichever
-/// session it runs: what was checked before the read may have changed).
-#[must_use]
-pub(crate) fn is_session_state_of(bytes: &[u8], session: &SessionId) -> bool {
-    serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|d| d.get("session_id")?.as_str().map(str::to_owned))
-        .is_some_and(|id| id == session.as_str())
-}
-
-/// Whether `path` is a repository's `session_state.json` (the older
-/// Prodigy's one live file per repository).
-#[must_use]
-pub(crate) fn is_session_state_file(path: &Path) -> bool {
-    path.file_name().is_some_and(|n| n == "session_state.json")
-}
-
+/// `state/<repo>/sessions/session_state.json`: layout 0's one session
+/// record per repository.
 fn session_state_file(layout: &Layout, repo: &RepoKey) -> PathBuf {
     layout.sessions_dir(repo).join("session_state.json")
 }
@@ -219,8 +260,12 @@ fn session_state_id(path: &Path) -> Option<SessionId> {
     if !meta.is_file() || meta.len() > 64 * 1024 * 1024 {
         return None;
     }
-    let bytes = fsx::read_optional(path).ok()??;
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let id = SessionId::new(doc.get("session_id")?.as_str()?).ok()?;
+    let id = session_id_in(&fsx::read_optional(path).ok()??)?;
     (id.as_str() != "session_state").then_some(id)
+}
+
+/// The valid `session_id` a JSON document names, if any.
+fn session_id_in(bytes: &[u8]) -> Option<SessionId> {
+    let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    SessionId::new(doc.get("session_id")?.as_str()?).ok()
 }

@@ -324,9 +324,7 @@ impl Drop for FencedLock {
 /// machine; `None` for a free file, one this store wrote, or a stale one.
 /// Like Prodigy, it looks at the process id alone, whatever the host.
 fn older_prodigys_holder(path: &Path) -> Option<LockHolder> {
-    let mut text = Vec::new();
-    File::open(path).ok()?.read_to_end(&mut text).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let value = holder_json(path)?;
     if value.get("fence").is_some() {
         return None;
     }
@@ -469,10 +467,7 @@ pub fn with_fence<T>(
     // which has no `fence`) leaves the fence file alone. An acquisition
     // writes its holder before it lets go of the fence file, so the holder
     // of the newest token is there by now.
-    let holder_fence = std::fs::read(path)
-        .ok()
-        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("fence").and_then(serde_json::Value::as_u64));
+    let holder_fence = holder_json(path).and_then(|v| v.get("fence")?.as_u64());
     if holder_fence != Some(fence.token) {
         return Err(lost(current));
     }
@@ -484,6 +479,12 @@ pub fn with_fence<T>(
 /// What the current (or last) holder of the lock at `path` wrote, if readable.
 #[must_use]
 pub fn read_holder(path: &Path) -> Option<LockHolder> {
+    serde_json::from_value(holder_json(path)?).ok()
+}
+
+/// The JSON the lock file at `path` holds, if it is readable JSON: the
+/// holder's description, and `"fence"` when this store wrote it.
+fn holder_json(path: &Path) -> Option<serde_json::Value> {
     let mut text = Vec::new();
     File::open(path).ok()?.read_to_end(&mut text).ok()?;
     serde_json::from_slice(&text).ok()

@@ -356,44 +356,9 @@ impl Storage for FsStorage {
     }
 
     fn get(&self, key: &DocKey) -> Result<Option<Value>> {
-        let mut path = layout0::winner(&self.layout, key);
-        let bytes = if let Some(bytes) = fsx::read_optional(&path)? {
-            bytes
-        } else {
-            // Removed between the choice and the read: the other copy, if any.
-            let current = self.layout.document(key);
-            let other = if path == current {
-                layout0::older_file(&self.layout, key)
-            } else {
-                Some(current)
-            };
-            let Some(other) = other else {
-                return Ok(None);
-            };
-            let Some(bytes) = fsx::read_optional(&other)? else {
-                return Ok(None);
-            };
-            path = other;
-            bytes
+        let Some((path, bytes)) = layout0::read(&self.layout, key)? else {
+            return Ok(None);
         };
-        // A repository's `session_state.json` stands for whichever session
-        // the older Prodigy wrote last: the bytes read must be this one's.
-        if let DocKey::Session { session, .. } = key
-            && layout0::is_session_state_file(&path)
-            && !layout0::is_session_state_of(&bytes, session)
-        {
-            let current = self.layout.document(key);
-            let Some(bytes) = fsx::read_optional(&current)? else {
-                return Ok(None);
-            };
-            return serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Corrupt {
-                    path: current,
-                    line: Some(e.line() as u64),
-                    reason: e.to_string(),
-                });
-        }
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::Corrupt {
@@ -408,13 +373,9 @@ impl Storage for FsStorage {
         if removed {
             fsx::remove_empty_dirs(&self.layout.removable_dirs(key))?;
         }
-        // Its layout-0 copy too, or a reprocessed dead letter would be back;
-        // never an older Prodigy's live `session_state.json` (see `layout0`).
-        let older = match layout0::older_file(&self.layout, key) {
-            Some(path) if !layout0::is_session_state_file(&path) => {
-                fsx::remove_file_durable(&path)?
-            }
-            _ => false,
+        let older = match layout0::older_copy_to_delete(&self.layout, key) {
+            Some(path) => fsx::remove_file_durable(&path)?,
+            None => false,
         };
         Ok(removed || older)
     }
