@@ -661,3 +661,57 @@ pub(crate) fn has_leftovers(layout: &Layout) -> Result<bool> {
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A superseded copy is decided again when its transaction plans it: a
+    /// store write since the probe makes the store's copy the newer one,
+    /// and it is not moved aside.
+    #[test]
+    fn a_store_copy_written_since_the_probe_is_not_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let (source, dest) = (
+            PathBuf::from("dlq/api/job-1/mapreduce/dlq/job-1/items/item-1.json"),
+            PathBuf::from("dlq/api/job-1/items/item-1.json"),
+        );
+        for rel in [&dest, &source] {
+            std::fs::create_dir_all(root.join(rel).parent().expect("parent")).expect("mkdir");
+        }
+        let at = |rel: &Path, secs: u64, text: &str| {
+            std::fs::write(root.join(rel), text).expect("write");
+            std::fs::File::options()
+                .write(true)
+                .open(root.join(rel))
+                .expect("open")
+                .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .expect("mtime");
+        };
+        at(&dest, 1_700_000_001, r#"{"v": "store, older"}"#);
+        at(&source, 1_700_000_002, r#"{"v": "layout 0, newer"}"#);
+        let layout = Layout::new(root);
+        let pairs = vec![(source.clone(), dest.clone())];
+        let mut planned = Vec::new();
+        plan_superseded(&layout, "t1", &pairs, &mut |e| {
+            planned.push(e.sources[0].rel.0.clone());
+            Ok(())
+        })
+        .expect("plan");
+        assert_eq!(
+            planned,
+            std::slice::from_ref(&dest),
+            "the older store copy goes aside"
+        );
+        // The store writes it again after the probe: now it is the newer.
+        at(&dest, 1_700_000_003, r#"{"v": "store, newest"}"#);
+        let mut planned = Vec::new();
+        plan_superseded(&layout, "t2", &pairs, &mut |e| {
+            planned.push(e.sources[0].rel.0.clone());
+            Ok(())
+        })
+        .expect("plan");
+        assert!(planned.is_empty(), "the newer store copy stays");
+    }
+}

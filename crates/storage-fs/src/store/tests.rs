@@ -7,6 +7,22 @@ use storage_core::{SessionId, StorageExt};
 
 use super::*;
 
+/// A new store, and the resume-lock key the lock tests take.
+fn store_with_lock_key() -> (tempfile::TempDir, FsStorage, storage_core::LockKey) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = FsStorage::open(dir.path()).expect("open");
+    let key = storage_core::LockKey::new("mapreduce-1").expect("valid");
+    (dir, store, key)
+}
+
+/// The session document the fenced-write tests write.
+fn session_doc() -> DocKey {
+    DocKey::Session {
+        repo: RepoKey::new("proj").expect("valid"),
+        session: SessionId::new("session-1").expect("valid"),
+    }
+}
+
 #[test]
 fn a_newer_layout_is_refused_with_the_versions_and_the_next_step() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -631,14 +647,9 @@ fn a_reader_never_sees_a_batch_in_flight() {
 /// has its token.
 #[test]
 fn a_holder_whose_lock_file_was_replaced_learns_it_and_is_fenced_off() {
-    use storage_core::{LockKey, LockWait};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FsStorage::open(dir.path()).expect("open");
-    let key = LockKey::new("mapreduce-1").expect("valid");
-    let doc = DocKey::Session {
-        repo: RepoKey::new("proj").expect("valid"),
-        session: SessionId::new("session-1").expect("valid"),
-    };
+    use storage_core::LockWait;
+    let (_dir, store, key) = store_with_lock_key();
+    let doc = session_doc();
     let a = store
         .lock(&key, &this_process("a"), LockWait::NoWait)
         .expect("lock");
@@ -837,10 +848,8 @@ fn fencing_tokens_follow_the_count_and_other_keys_never_wait_for_a_fenced_write(
 #[test]
 fn a_waiter_whose_lock_file_was_removed_locks_the_file_there_now() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use storage_core::{LockKey, LockWait};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FsStorage::open(dir.path()).expect("open");
-    let key = LockKey::new("mapreduce-1").expect("valid");
+    use storage_core::LockWait;
+    let (_dir, store, key) = store_with_lock_key();
     let first = store
         .lock(&key, &this_process("a"), LockWait::NoWait)
         .expect("lock");
@@ -880,14 +889,9 @@ fn a_waiter_whose_lock_file_was_removed_locks_the_file_there_now() {
 fn an_acquisition_waits_for_a_fenced_write_in_progress() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
-    use storage_core::{LockKey, LockWait};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FsStorage::open(dir.path()).expect("open");
-    let key = LockKey::new("mapreduce-1").expect("valid");
-    let doc = DocKey::Session {
-        repo: RepoKey::new("proj").expect("valid"),
-        session: SessionId::new("session-1").expect("valid"),
-    };
+    use storage_core::LockWait;
+    let (_dir, store, key) = store_with_lock_key();
+    let doc = session_doc();
     let first = store
         .lock(&key, &this_process("a"), LockWait::NoWait)
         .expect("lock");
@@ -934,10 +938,8 @@ fn an_acquisition_waits_for_a_fenced_write_in_progress() {
 /// tests look for it), and the next holder gets a fresh one.
 #[test]
 fn a_released_resume_lock_leaves_no_lock_file() {
-    use storage_core::{LockKey, LockWait};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FsStorage::open(dir.path()).expect("open");
-    let key = LockKey::new("mapreduce-1").expect("valid");
+    use storage_core::LockWait;
+    let (_dir, store, key) = store_with_lock_key();
     let path = store.layout().resume_lock(&key);
     let a = store
         .lock(&key, &this_process("a"), LockWait::NoWait)
@@ -960,10 +962,8 @@ fn a_released_resume_lock_leaves_no_lock_file() {
 /// taken over once it does not, as that Prodigy decides it.
 #[test]
 fn an_older_prodigys_lock_is_honoured_while_its_process_lives() {
-    use storage_core::{LockKey, LockWait};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = FsStorage::open(dir.path()).expect("open");
-    let key = LockKey::new("mapreduce-1").expect("valid");
+    use storage_core::LockWait;
+    let (_dir, store, key) = store_with_lock_key();
     let path = store.layout().resume_lock(&key);
     fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
     let mut child = std::process::Command::new("sleep")
@@ -1145,4 +1145,86 @@ fn without_layout_0_reading_a_layout_0_root_is_refused() {
     assert!(matches!(err, Error::UpgradeRequired { .. }), "{err:?}");
     assert!(err.to_string().contains("prodigy-storage upgrade"), "{err}");
     assert_eq!(layout_version(dir.path()).expect("version"), None);
+}
+
+/// Issue 19's rule for a document in both layouts, at its edges: on a tie
+/// of modification times the current copy is read; a repository's
+/// `session_state.json` is never removed by a deletion (the older
+/// Prodigy's live file), and it is read only for the session it names.
+#[cfg(feature = "layout-0")]
+#[test]
+fn a_tie_reads_the_current_copy_and_session_state_is_never_deleted() {
+    use storage_core::{ItemId, JobId};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let nested = root.join("dlq/proj/job-1/mapreduce/dlq/job-1/items");
+    fs::create_dir_all(&nested).expect("mkdir");
+    fs::write(nested.join("item-1.json"), r#"{"by": "old"}"#).expect("write");
+    let store = FsStorage::open(root).expect("open");
+    let item = DocKey::DeadLetter {
+        repo: RepoKey::new("proj").expect("valid"),
+        job: JobId::new("job-1").expect("valid"),
+        item: ItemId::new("item-1").expect("valid"),
+    };
+    store.put(&item, &json!({"by": "new"})).expect("put");
+    let when = fs::metadata(store.layout().document(&item))
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    fs::File::options()
+        .write(true)
+        .open(nested.join("item-1.json"))
+        .and_then(|f| f.set_modified(when))
+        .expect("same mtime");
+    assert_eq!(store.get(&item).expect("get"), Some(json!({"by": "new"})));
+
+    let sessions = root.join("state/proj/sessions");
+    fs::create_dir_all(&sessions).expect("mkdir");
+    let state = sessions.join("session_state.json");
+    fs::write(&state, r#"{"session_id": "session-9"}"#).expect("write");
+    let key = |id: &str| DocKey::Session {
+        repo: RepoKey::new("proj").expect("valid"),
+        session: SessionId::new(id).expect("valid"),
+    };
+    assert_eq!(
+        store.get(&key("session-8")).expect("get"),
+        None,
+        "not its file"
+    );
+    assert!(store.get(&key("session-9")).expect("get").is_some());
+    assert!(!store.delete(&key("session-9")).expect("delete"));
+    assert!(state.is_file(), "the older Prodigy's live file stays");
+}
+
+/// A fenced write checks that the lock file still carries its token: an
+/// older Prodigy that took the lock over by writing its own holder into the
+/// very file (it found it empty, created by this store a moment before)
+/// leaves the inode in place, so `check` cannot see it; the write is
+/// refused all the same.
+#[test]
+fn a_fenced_write_is_refused_when_the_lock_file_holds_another_holder() {
+    use storage_core::LockWait;
+    let (_dir, store, key) = store_with_lock_key();
+    let g = store
+        .lock(&key, &this_process("a"), LockWait::NoWait)
+        .expect("lock");
+    let fence = g.fence().expect("a token");
+    let doc = session_doc();
+    store
+        .put_fenced(&doc, &json!({"session_id": "session-1"}), &fence)
+        .expect("ours to write");
+    fs::write(
+        store.layout().resume_lock(&key),
+        json!({"job_id": "mapreduce-1", "process_id": 1, "hostname": "h",
+               "acquired_at": "2026-12-07T10:00:00Z"})
+        .to_string(),
+    )
+    .expect("an older Prodigy writes its holder in place");
+    assert!(
+        g.check().expect("check"),
+        "the same file: check cannot tell"
+    );
+    let err = store
+        .put_fenced(&doc, &json!({"session_id": "session-1", "v": 2}), &fence)
+        .expect_err("refused");
+    assert!(matches!(err, Error::LockLost { .. }), "{err:?}");
 }
