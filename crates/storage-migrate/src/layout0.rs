@@ -37,6 +37,7 @@ use crate::manifest::{
     Category, Entry, Fate, Fingerprint, Manifest, Output, Produce, RelPath, Source, Special,
 };
 use crate::plan::rel_in_store;
+use crate::supersede::Newer;
 
 /// The repository label in an upgrade's manifest and report: one upgrade
 /// spans every repository of the store.
@@ -385,7 +386,7 @@ pub(crate) fn plan(
                     f => f,
                 };
                 if let Fate0::Move(dest, _) = &fate
-                    && supersedes(&e.path, &root.join(dest))?
+                    && crate::supersede::supersedes(&e.path, root, dest, false)?
                 {
                     counts.superseded.push((rel.clone(), dest.clone()));
                 }
@@ -480,7 +481,7 @@ pub(crate) fn plan(
 
 /// The entry that copies (or links) the file at `rel`, as `meta` describes
 /// it, to `dest`: one source, one output of the same size.
-fn copy_entry(
+pub(crate) fn copy_entry(
     index: usize,
     rel: &Path,
     meta: &std::fs::Metadata,
@@ -516,36 +517,10 @@ fn copy_entry(
     }
 }
 
-/// Whether the layout-0 file at `source` is a newer version of the
-/// current-layout document at `dest`: `dest` exists with other bytes and
-/// was modified before `source` (the rule `storage-fs` reads by).
-fn supersedes(source: &Path, dest: &Path) -> Result<bool> {
-    let dest_meta = match std::fs::symlink_metadata(dest) {
-        Ok(m) if m.is_file() => m,
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io("stat", dest, e)),
-    };
-    let src_meta = std::fs::symlink_metadata(source).map_err(|e| Error::io("stat", source, e))?;
-    let newer = match (src_meta.modified(), dest_meta.modified()) {
-        (Ok(s), Ok(d)) => s > d,
-        _ => false,
-    };
-    if !newer {
-        return Ok(false);
-    }
-    let same = src_meta.len() == dest_meta.len()
-        && std::fs::read(source).map_err(|e| Error::io("read", source, e))?
-            == std::fs::read(dest).map_err(|e| Error::io("read", dest, e))?;
-    Ok(!same)
-}
-
-/// Plans moving the current-layout documents at `dests` (relative to the
-/// root) that newer layout-0 copies supersede to
-/// `legacy/.layout-0/superseded/<txid>/<dest>`, so that the re-run's
-/// import can publish the newer copies in their place without overwriting
-/// anything. A transaction of its own, undone by `downgrade` like any
-/// upgrade.
+/// Plans moving the current-layout documents that newer layout-0 copies
+/// supersede (`pairs`: layout-0 path, destination, both relative to the
+/// root) to `legacy/.layout-0/superseded/<txid>/<dest>`; see
+/// [`crate::supersede::plan`].
 pub(crate) fn plan_superseded(
     layout: &Layout,
     txid: &str,
@@ -554,50 +529,22 @@ pub(crate) fn plan_superseded(
 ) -> Result<Manifest> {
     let root = layout.root();
     let real_root = std::fs::canonicalize(root).map_err(|e| Error::io("resolve", root, e))?;
-    let mut m = Manifest::new(txid, &real_root, &real_root, REPO_LABEL);
-    let area = layout.layout_0_area().join("superseded").join(txid);
-    let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
-    let mut index = 0;
-    for (source, rel) in pairs {
-        // Again, inside the transaction (its lock held): the store may have
-        // written the document since the probe, and then it is the newer
-        // one and stays. A write after this is caught by its fingerprint.
-        if !supersedes(&root.join(source), &root.join(rel))? {
-            continue;
-        }
-        let path = root.join(rel);
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
-        let mut p = rel.parent();
-        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-            if !dirs.contains_key(d) {
-                let dm = std::fs::symlink_metadata(root.join(d))
-                    .map_err(|e| Error::io("stat", root.join(d), e))?;
-                dirs.insert(d.to_owned(), dm.mode() & 0o7777);
-            }
-            p = d.parent();
-        }
-        let abs = Layout::under(&area, rel).expect("planned paths are relative");
-        index += 1;
-        sink(&copy_entry(
-            index - 1,
-            rel,
-            &meta,
-            rel_in_store(layout, &abs).0,
-            Produce::Copy,
-            Category::LegacyPreserved,
-        ))?;
-    }
-    m.dirs = dirs
+    let newer: Vec<Newer> = pairs
         .iter()
-        .map(|(d, mode)| (RelPath(d.clone()), *mode))
+        .map(|(source, dest)| Newer {
+            source: root.join(source),
+            dest: dest.clone(),
+            rewrite: false,
+        })
         .collect();
-    m.kept_dirs = dirs.keys().map(|d| RelPath(d.clone())).collect();
-    m.warn(format!(
-        "{index} document(s) of the current layout were older than the copies an older Prodigy \
-         wrote at their layout-0 paths: kept under `legacy/.layout-0/superseded/{txid}/`, and \
-         the newer copies imported in their place"
-    ));
-    Ok(m)
+    crate::supersede::plan(
+        layout,
+        &layout.layout_0_area().join("superseded").join(txid),
+        &Manifest::new(txid, &real_root, &real_root, REPO_LABEL),
+        &newer,
+        "an older Prodigy wrote at their layout-0 paths",
+        sink,
+    )
 }
 
 /// Whether the upgraded store at `layout` holds files an older Prodigy

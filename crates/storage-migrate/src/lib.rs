@@ -77,6 +77,7 @@ mod progress;
 mod protocol;
 mod report;
 mod split;
+mod supersede;
 mod upgrade;
 
 use std::path::{Path, PathBuf};
@@ -216,7 +217,10 @@ pub fn migrate(
     let recovered = recovery.as_ref().map(|r| r.what.clone());
     // One transaction per legacy directory; with several, each manifest
     // names the run (the first one's id) so that rollback undoes them together.
-    let mut run: Option<String> = None;
+    // A run whose setting aside (`supersede`) committed but whose import
+    // did not (a crash between them, finished by recovery just now): this
+    // import joins it, so that one rollback undoes both.
+    let mut run: Option<String> = unfinished_run(store, &tx.paths)?;
     let several = !subdirs.is_empty();
     let mut import = |legacy: &Path| -> Result<Option<(manifest::Manifest, Summary)>> {
         // A process that waited for the lock usually finds the work done:
@@ -224,9 +228,42 @@ pub fn migrate(
         if !plan::has_legacy_storage(legacy)? {
             return Ok(None);
         }
-        let txid = plan::new_txid();
-        let group = several.then(|| run.get_or_insert_with(|| txid.clone()).clone());
         let imported = imported_logs(&tx.paths, legacy)?;
+        // Documents an older Prodigy wrote again since the store's copies
+        // were written are imported as the newer versions: the store's
+        // older copies go aside first, in a transaction of the same run
+        // (one rollback undoes both), since publishing never overwrites.
+        let newer = supersede::probe_project(&project, legacy, store.layout(), &repo, &imported)?;
+        if !newer.is_empty() {
+            let txid = plan::new_txid();
+            let group = run.get_or_insert_with(|| txid.clone()).clone();
+            let real_root = std::fs::canonicalize(store.root())
+                .map_err(|e| Error::io("resolve", store.root(), e))?;
+            let done = tx.run(&txid, |sink| {
+                let mut m = supersede::plan(
+                    store.layout(),
+                    &store
+                        .layout()
+                        .legacy_dir(&repo)
+                        .join("superseded")
+                        .join(&txid),
+                    &manifest::Manifest::new(&txid, &project, &real_root, repo.as_str()),
+                    &newer,
+                    "an older Prodigy wrote again in the project since",
+                    sink,
+                )?;
+                m.run = Some(group.clone());
+                Ok(m)
+            })?;
+            if let Some((m, summary)) = done {
+                let r =
+                    report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, None);
+                tx.commit(&m, &summary, &r)?;
+            }
+        }
+        let txid = plan::new_txid();
+        let group =
+            (several || run.is_some()).then(|| run.get_or_insert_with(|| txid.clone()).clone());
         tx.run(&txid, |sink| {
             let mut m = plan::plan(
                 &project,
@@ -582,6 +619,20 @@ fn imported_logs(paths: &Paths, legacy: &Path) -> Result<plan::Imported> {
     Ok(out)
 }
 
+/// The run of the latest migration of `paths`, when that migration only
+/// set the store's older copies aside (`supersede`) and the import that
+/// follows it in the same run has not committed.
+fn unfinished_run(store: &FsStorage, paths: &Paths) -> Result<Option<String>> {
+    let Some(latest) = latest_migration(paths)? else {
+        return Ok(None);
+    };
+    let m = protocol::read_manifest(paths, &latest)?;
+    let root = store.root();
+    let in_store =
+        m.legacy_dir.0 == root || std::fs::canonicalize(root).is_ok_and(|r| r == m.legacy_dir.0);
+    Ok(if in_store { m.run } else { None })
+}
+
 fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
     let mut live: Vec<String> = Vec::new();
     for e in protocol::read_history(paths)? {
@@ -685,11 +736,23 @@ pub fn rollback(
         group.push((txid, m));
     }
     let mut checked = Vec::new();
+    // What the later transactions of the run published, which undoing them
+    // removes first: an earlier one that set the store's older copies
+    // aside (`supersede`) restores them there.
+    let mut freed = std::collections::BTreeSet::new();
     for (txid, m) in group {
         tracing::info!(project = %m.project.as_path().display(), txid = %txid, "rolling back migration");
-        let changed = tx
-            .rollback_check(&m)
+        let (changed, _) = tx
+            .rollback_check_freeing(&m, false, &freed)
             .map_err(|e| pruned_backup(e, &tx.paths.backup(&txid), &txid))?;
+        manifest::for_each_chunk(&tx.paths.entries(&txid), |chunk| {
+            for o in chunk.iter().flat_map(|e| &e.outputs) {
+                if o.fate == manifest::Fate::Published {
+                    freed.insert(o.dest.0.clone());
+                }
+            }
+            Ok(())
+        })?;
         if !changed.is_empty() && !opts.force {
             return Err(Error::RollbackRefused {
                 reason: format!(

@@ -233,28 +233,46 @@ fn a_dry_run_changes_nothing_at_all() {
     assert!(!sb.store().exists(), "the store is not even created");
 }
 
+/// Sets the modification time of `path` to `secs` after the epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    fs_err::File::options()
+        .write(true)
+        .open(path)
+        .expect("open")
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .expect("mtime");
+}
+
+/// What an old Prodigy writes again after a migration is imported by the
+/// next one: a document it wrote again after the store's copy was written
+/// is imported as the newer version (the store's older copy kept under
+/// `legacy/<repo>/superseded/<txid>/`); one older than the store's copy is
+/// kept aside as a conflict; one rollback undoes both transactions.
 #[test]
-fn files_an_old_prodigy_writes_again_are_migrated_additively() {
+fn files_an_old_prodigy_writes_again_are_migrated_as_newer_versions() {
     let sb = fixture_sandbox();
     run(&sb, &["migrate"], true);
     let store = sb.store();
     let job_dir = format!("state/project/mapreduce/jobs/{}", fixture::JOB);
-    let v3_before = fs_err::read(store.join(&job_dir).join("checkpoint-v3.json")).expect("v3");
+    let v3 = store.join(&job_dir).join("checkpoint-v3.json");
+    let v2 = store.join(&job_dir).join("checkpoint-v2.json");
+    let (v3_before, v2_before) = (
+        fs_err::read(&v3).expect("v3"),
+        fs_err::read(&v2).expect("v2"),
+    );
     let legacy = sb.project().join(".prodigy");
     fs_err::write(
         legacy.join("session_state.json"),
         br#"{"session_id": "session-new", "status": "Completed"}"#,
     )
     .expect("w");
-    fs_err::create_dir_all(legacy.join(format!("mapreduce/jobs/{}", fixture::JOB))).expect("mkdir");
-    fs_err::write(
-        legacy.join(format!(
-            "mapreduce/jobs/{}/checkpoint-v3.json",
-            fixture::JOB
-        )),
-        b"{\"job_id\": \"other\"}",
-    )
-    .expect("w");
+    let jobs = legacy.join(format!("mapreduce/jobs/{}", fixture::JOB));
+    fs_err::create_dir_all(&jobs).expect("mkdir");
+    // Written again, after the store's copy: the newer version.
+    fs_err::write(jobs.join("checkpoint-v3.json"), b"{\"job_id\": \"newer\"}").expect("w");
+    // Written again, but the store's copy was written after it.
+    fs_err::write(jobs.join("checkpoint-v2.json"), b"{\"job_id\": \"older\"}").expect("w");
+    set_mtime(&jobs.join("checkpoint-v2.json"), 1_000_000_000);
     fs_err::create_dir_all(legacy.join("mapreduce/events/global")).expect("mkdir");
     fs_err::write(
         legacy.join("mapreduce/events/global/events.jsonl"),
@@ -266,21 +284,36 @@ fn files_an_old_prodigy_writes_again_are_migrated_additively() {
     .expect("w");
     let report = run_json(&sb, &["migrate"]);
     assert_eq!(report["outcome"], "migrated");
-    assert_eq!(report["legacy_files"], 3);
+    assert_eq!(report["legacy_files"], 4);
     assert_eq!(
-        report["conflicts"].as_array().expect("list").len(),
-        1,
-        "{report:#}"
+        fs_err::read(&v3).expect("v3"),
+        b"{\"job_id\": \"newer\"}",
+        "the newer version is what the store serves"
     );
+    let superseded = || -> Vec<(PathBuf, Vec<u8>)> {
+        files(&store.join("legacy/project"))
+            .into_iter()
+            .filter(|(p, _)| p.starts_with("superseded"))
+            .collect()
+    };
+    let kept = superseded();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0].0.ends_with(format!("{job_dir}/checkpoint-v3.json")),
+        "{kept:?}"
+    );
+    assert_eq!(kept[0].1, v3_before, "the older one is kept");
+    let conflicts = report["conflicts"].as_array().expect("list");
+    assert_eq!(conflicts.len(), 1, "{report:#}");
     assert_eq!(
-        fs_err::read(store.join(&job_dir).join("checkpoint-v3.json")).expect("v3"),
-        v3_before,
+        fs_err::read(&v2).expect("v2"),
+        v2_before,
         "never overwritten"
     );
-    let kept = store.join(report["conflicts"][0]["kept_at"].as_str().expect("kept_at"));
+    let kept = store.join(conflicts[0]["kept_at"].as_str().expect("kept_at"));
     assert_eq!(
         fs_err::read(kept).expect("kept"),
-        b"{\"job_id\": \"other\"}"
+        b"{\"job_id\": \"older\"}"
     );
     assert!(
         store
@@ -296,6 +329,21 @@ fn files_an_old_prodigy_writes_again_are_migrated_additively() {
         3,
         "two earlier sources and the new one: {logs:?}"
     );
+    // One rollback undoes the import and the setting aside: the store
+    // serves what it did before, the project has what the old Prodigy wrote.
+    let undone = run_json(&sb, &["rollback"]);
+    assert_eq!(
+        undone["also_undone"].as_array().map(Vec::len),
+        Some(1),
+        "{undone:#}"
+    );
+    assert_eq!(fs_err::read(&v3).expect("v3"), v3_before);
+    assert_eq!(fs_err::read(&v2).expect("v2"), v2_before);
+    assert_eq!(
+        fs_err::read(jobs.join("checkpoint-v3.json")).expect("legacy v3"),
+        b"{\"job_id\": \"newer\"}"
+    );
+    assert_eq!(superseded(), Vec::new(), "nothing left aside");
 }
 
 #[test]
@@ -789,4 +837,64 @@ fn a_link_where_a_legacy_file_is_to_be_restored_is_named_with_a_way_out() {
     fs_err::remove_file(&place).expect("move it away");
     run(&sb, &["rollback"], true);
     assert_same_tree(&snapshot(&sb.project()), &before, "after rollback");
+}
+
+/// Issue 19: a crash at every step of a re-import whose first transaction
+/// sets the store's older copy aside, and at every step of rolling the two
+/// back, is recovered by the next run: the store then serves the newer
+/// version with the older one kept, and after the rollback the older one
+/// again, with the project holding what the old Prodigy wrote.
+#[test]
+fn a_crash_at_every_step_of_a_superseding_re_import_is_recovered() {
+    for point in storage_migrate::CRASH_POINTS {
+        let sb = fixture_sandbox();
+        run(&sb, &["migrate"], true);
+        let store = sb.store();
+        let v3 = store.join(format!(
+            "state/project/mapreduce/jobs/{}/checkpoint-v3.json",
+            fixture::JOB
+        ));
+        let before = fs_err::read(&v3).expect("v3");
+        let jobs = sb
+            .project()
+            .join(format!(".prodigy/mapreduce/jobs/{}", fixture::JOB));
+        fs_err::create_dir_all(&jobs).expect("mkdir");
+        let newer = b"{\"job_id\": \"newer\"}".to_vec();
+        fs_err::write(jobs.join("checkpoint-v3.json"), &newer).expect("old Prodigy");
+        let in_rollback = point.contains("rollback");
+        if in_rollback {
+            run(&sb, &["migrate"], true);
+            crate::crash::crash(&sb, &["rollback"], point);
+        } else {
+            crate::crash::crash(&sb, &["migrate"], point);
+            let report = run_json(&sb, &["migrate"]);
+            assert_eq!(
+                report["conflicts"],
+                serde_json::json!([]),
+                "{point}: {report:#}"
+            );
+            assert_eq!(fs_err::read(&v3).expect("v3"), newer, "{point}");
+            let kept: Vec<_> = files(&store.join("legacy/project"))
+                .into_iter()
+                .filter(|(p, b)| p.starts_with("superseded") && *b == before)
+                .collect();
+            assert_eq!(kept.len(), 1, "{point}: the older copy is kept");
+        }
+        let undone = run_json(&sb, &["rollback"]);
+        // Recovery may have finished the interrupted rollback of the import:
+        // the next one undoes what is left of the run.
+        if in_rollback && fs_err::read(&v3).ok().as_ref() != Some(&before) {
+            run(&sb, &["rollback"], true);
+        }
+        assert_eq!(
+            fs_err::read(&v3).unwrap_or_else(|e| panic!("{point}: {e}; {undone:#}")),
+            before,
+            "{point}"
+        );
+        assert_eq!(
+            fs_err::read(jobs.join("checkpoint-v3.json")).expect("legacy"),
+            newer,
+            "{point}"
+        );
+    }
 }

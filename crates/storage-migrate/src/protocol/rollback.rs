@@ -1,6 +1,7 @@
 //! Rollback (and downgrade): the legacy files restored from the backup,
 //! what the transaction published removed; never through a link.
 
+use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 
@@ -252,6 +253,20 @@ impl Tx<'_> {
         m: &Manifest,
         keep_newer: bool,
     ) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        self.rollback_check_freeing(m, keep_newer, &BTreeSet::new())
+    }
+
+    /// [`Tx::rollback_check_keeping`] for a transaction of a run whose
+    /// later transactions are undone first: `freed` (relative to the store
+    /// root) is what those publish and their rollback removes, so a
+    /// document this one set aside (`supersede`) may be restored there.
+    pub fn rollback_check_freeing(
+        &self,
+        m: &Manifest,
+        keep_newer: bool,
+        freed: &BTreeSet<PathBuf>,
+    ) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+        let in_store = self.is_store_root(&m.legacy_dir.0);
         let backup = self.paths.backup(&m.txid);
         let legacy = &m.legacy_dir.0;
         real_dir(legacy)?;
@@ -280,6 +295,7 @@ impl Tx<'_> {
                 }
                 match at_legacy {
                     AtPath::Missing => {}
+                    _ if in_store && freed.contains(s.rel.as_path()) => {}
                     // A link, a directory or a special file: no legacy
                     // file, and `migrate` never takes one (it follows no
                     // link): only moving it away frees the place.

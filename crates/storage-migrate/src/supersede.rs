@@ -1,0 +1,179 @@
+//! A newer version of a document the store already holds: an older
+//! Prodigy (or a module of Prodigy not ported yet) wrote it again, at its
+//! legacy path, after the store's copy was written.
+//!
+//! Publishing never overwrites, so an import run again would keep the
+//! newer version aside as a conflict and go on serving the older one. The
+//! rule is the one `storage-fs` reads both layouts by: the copy modified
+//! last wins. So before such an import, the store's older copies move to a
+//! `superseded/<txid>/` area in a transaction of their own (staged,
+//! verified, published, backed up and undone like any other), and the
+//! import then publishes the newer versions where they were. Nothing is
+//! dropped: the older copy is in the superseded area, and a rollback of
+//! the two transactions (one run) gives back exactly what the store held.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use storage_fs::{Layout, fsx};
+
+use crate::error::{Error, Result};
+use crate::manifest::{Category, Entry, Manifest, Produce, RelPath};
+use crate::plan::rel_in_store;
+
+/// A legacy file that is a newer version of the store's document at `dest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Newer {
+    /// The legacy file (absolute).
+    pub source: PathBuf,
+    /// The store's document, relative to the store root.
+    pub dest: PathBuf,
+    /// The import rewrites it (a job's `metadata.json`, whose `path` names
+    /// its new place): compare the rewritten bytes, not the file's.
+    pub rewrite: bool,
+}
+
+/// Whether the legacy file at `source` is a newer version of the document
+/// at `root/dest`: that document exists, holds other bytes than the import
+/// would publish, and was modified before `source`.
+pub(crate) fn supersedes(source: &Path, root: &Path, dest: &Path, rewrite: bool) -> Result<bool> {
+    let target = root.join(dest);
+    let dest_meta = match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", &target, e)),
+    };
+    let src_meta = match std::fs::symlink_metadata(source) {
+        Ok(m) if m.is_file() => m,
+        // Gone since it was listed (a concurrent import took it): the
+        // import decides about it, not this.
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("stat", source, e)),
+    };
+    let newer = match (src_meta.modified(), dest_meta.modified()) {
+        (Ok(s), Ok(d)) => s > d,
+        _ => false,
+    };
+    if !newer {
+        return Ok(false);
+    }
+    if !rewrite && src_meta.len() != dest_meta.len() {
+        return Ok(true);
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("read", p, e));
+    let mut published = read(source)?;
+    if rewrite {
+        let new_dir = fsx::parent(&target).to_owned();
+        published = crate::protocol::rewrite_metadata_path(&published, &new_dir).0;
+    }
+    Ok(published != read(&target)?)
+}
+
+/// Plans moving each document of `newer` that (decided again here, under
+/// the transaction's lock) a newer legacy version supersedes to
+/// `area/<dest>`, in the manifest `m` (whose sources are relative to the
+/// store root): the transaction that runs before the import that
+/// publishes the newer versions in their place. `who` says who wrote them,
+/// for the report.
+pub(crate) fn plan(
+    layout: &Layout,
+    area: &Path,
+    m: &Manifest,
+    newer: &[Newer],
+    who: &str,
+    sink: &mut dyn FnMut(&Entry) -> Result<()>,
+) -> Result<Manifest> {
+    let root = layout.root();
+    let mut m = m.clone();
+    let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    let mut index = 0;
+    for n in newer {
+        // Again, inside the transaction (its lock held): the store may have
+        // written the document since the probe, and then it is the newer
+        // one and stays. A write after this is caught by its fingerprint.
+        if !supersedes(&n.source, root, &n.dest, n.rewrite)? {
+            continue;
+        }
+        let path = root.join(&n.dest);
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io("stat", &path, e))?;
+        let mut p = n.dest.parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if !dirs.contains_key(d) {
+                let dm = std::fs::symlink_metadata(root.join(d))
+                    .map_err(|e| Error::io("stat", root.join(d), e))?;
+                dirs.insert(d.to_owned(), dm.mode() & 0o7777);
+            }
+            p = d.parent();
+        }
+        let abs = Layout::under(area, &n.dest).expect("planned paths are relative");
+        index += 1;
+        sink(&crate::layout0::copy_entry(
+            index - 1,
+            &n.dest,
+            &meta,
+            rel_in_store(layout, &abs).0,
+            Produce::Copy,
+            Category::LegacyPreserved,
+        ))?;
+    }
+    m.dirs = dirs
+        .iter()
+        .map(|(d, mode)| (RelPath(d.clone()), *mode))
+        .collect();
+    m.kept_dirs = dirs.keys().map(|d| RelPath(d.clone())).collect();
+    let kept = rel_in_store(layout, area);
+    m.warn(format!(
+        "{index} document(s) in the store were older than the versions {who}: kept under \
+         `{}/`, and the newer versions imported in their place",
+        kept.0.display()
+    ));
+    Ok(m)
+}
+
+/// The documents of the store that the files of a project's `legacy`
+/// directory, imported again, would supersede: what the import plans as a
+/// whole-file copy (or a rewritten `metadata.json`) onto a document the
+/// store holds, older and with other bytes. Walks and plans as the import
+/// does (no file's content read but those two's), writes nothing.
+pub(crate) fn probe_project(
+    project: &Path,
+    legacy: &Path,
+    layout: &Layout,
+    repo: &storage_core::RepoKey,
+    imported: &crate::plan::Imported,
+) -> Result<Vec<Newer>> {
+    let root = layout.root();
+    let mut out = Vec::new();
+    crate::plan::plan(
+        project,
+        legacy,
+        layout,
+        repo,
+        "probe",
+        false,
+        imported,
+        &mut |e| {
+            let ([source], [output]) = (e.sources.as_slice(), e.outputs.as_slice()) else {
+                return Ok(());
+            };
+            let rewrite = match output.produce {
+                Produce::Copy => false,
+                Produce::RewriteMetadataPath => true,
+                Produce::SplitEvents { .. } => return Ok(()),
+            };
+            let source = legacy.join(source.rel.as_path());
+            if supersedes(&source, root, output.dest.as_path(), rewrite)? {
+                out.push(Newer {
+                    source,
+                    dest: output.dest.0.clone(),
+                    rewrite,
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
+}
