@@ -13,11 +13,24 @@
 //! A batch whose append fails goes back to the front of the buffer and is
 //! tried again by the next flush; the store appends a batch whole or not
 //! at all.
+//!
+//! Rotation: Prodigy's `JsonlEventWriter::with_rotation(path, size)` renames
+//! a file that reached `size` aside and starts a new one. A job's log in
+//! the store is one log that many processes append to, so renaming it is
+//! not an option; its equivalent is the store's retention: with
+//! [`FlushPolicy::with_rotation`] (or [`rotate_if_over`] after an append),
+//! a log that reached the size has every record moved to a gzip archive of
+//! the job (`archive/events/<repo>/<job>/` in the file store) and starts
+//! empty, under the store's own rules: records appended meanwhile by other
+//! processes are kept or archived whole, and followers' cursors go on
+//! after the cut without skipping or repeating a record.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use storage_core::{EventCursor, EventRecord, JobId, RepoKey, Storage};
+use storage_core::{
+    EventCursor, EventRecord, EventRetention, JobId, RepoKey, Retention, RetentionReport, Storage,
+};
 use storage_tokio::{AsyncStorage, FollowStream};
 use tokio::task::JoinHandle;
 
@@ -31,6 +44,9 @@ pub struct FlushPolicy {
     pub max_records: usize,
     /// Append what waits this often (Prodigy: 5 s).
     pub interval: Duration,
+    /// After an append, archive the whole log once it holds this many bytes
+    /// (see the module docs); `None` (the default) never rotates.
+    pub rotate_at: Option<u64>,
 }
 
 impl Default for FlushPolicy {
@@ -38,6 +54,7 @@ impl Default for FlushPolicy {
         Self {
             max_records: 1000,
             interval: Duration::from_secs(5),
+            rotate_at: None,
         }
     }
 }
@@ -49,7 +66,36 @@ impl FlushPolicy {
         Self {
             max_records: max_records.max(1),
             interval: interval.max(Duration::from_millis(1)),
+            rotate_at: None,
         }
+    }
+
+    /// Also rotates the log once it holds `bytes` bytes (at least 1), as
+    /// Prodigy's `with_rotation` does: see the module docs.
+    #[must_use]
+    pub fn with_rotation(mut self, bytes: u64) -> Self {
+        self.rotate_at = Some(bytes.max(1));
+        self
+    }
+}
+
+/// Archives every record of the log of `job` in `repo` when it holds at
+/// least `at_bytes` bytes, and returns what the store did (`None`: below
+/// the size, or no such log). What Prodigy's size rotation becomes for a
+/// log in the store (module docs). Blocking: call it on the blocking pool
+/// (`AsyncStorage::run`), as the logger does.
+pub fn rotate_if_over(
+    s: &dyn Storage,
+    repo: &RepoKey,
+    job: &JobId,
+    at_bytes: u64,
+) -> storage_core::Result<Option<RetentionReport>> {
+    match s.event_log_entry(repo, job)? {
+        Some(entry) if entry.bytes >= at_bytes => {
+            let all = EventRetention::new(Retention::keep_all().with_max_bytes(0));
+            Ok(Some(s.retain_events(repo, job, &all)?))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -57,6 +103,7 @@ struct Shared {
     store: AsyncStorage,
     repo: RepoKey,
     job: JobId,
+    rotate_at: Option<u64>,
     buffer: Mutex<Vec<EventRecord>>,
     /// Held while a batch is taken and appended (see the module docs).
     appending: Mutex<()>,
@@ -76,7 +123,18 @@ impl Shared {
             return Ok(0);
         }
         match s.append_events(&self.repo, &self.job, &batch) {
-            Ok(()) => Ok(batch.len()),
+            Ok(()) => {
+                if let Some(at) = self.rotate_at
+                    && let Err(e) = rotate_if_over(s, &self.repo, &self.job, at)
+                {
+                    // The batch is stored; the next flush tries again.
+                    tracing::warn!(
+                        repo = %self.repo, job = %self.job, error = %e,
+                        "rotating the event log failed; it is tried again after the next append"
+                    );
+                }
+                Ok(batch.len())
+            }
             Err(e) => {
                 let mut buffer = lock(&self.buffer);
                 let newer = std::mem::replace(&mut *buffer, batch);
@@ -122,6 +180,7 @@ impl EventLogger {
             store,
             repo,
             job,
+            rotate_at: policy.rotate_at,
             buffer: Mutex::new(Vec::new()),
             appending: Mutex::new(()),
         });

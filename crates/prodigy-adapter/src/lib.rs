@@ -77,7 +77,7 @@ extern crate self as prodigy_adapter;
 
 pub use dlq::{DeadLetterQueue, DeadLetters, Reprocess, Reprocessed, is_eligible};
 pub use error::{Error, Result};
-pub use events::{EventLogger, FlushPolicy};
+pub use events::{EventLogger, FlushPolicy, rotate_if_over};
 pub use job_state::{
     CheckpointPaths, CheckpointVersion, JobStateManager, KEEP_CHECKPOINTS, ResumableJob,
     ResumableJobs,

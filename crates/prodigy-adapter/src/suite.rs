@@ -61,6 +61,7 @@ macro_rules! adapter_tests {
             closing_or_dropping_the_logger_appends_the_rest,
             logged_events_keep_their_order,
             a_follower_sees_what_the_logger_appends,
+            a_log_that_reaches_its_rotation_size_is_archived_whole,
             a_session_is_created_once_and_loaded_by_id,
             status_updates_follow_prodigys_lifecycle,
             listing_sessions_skips_and_reports_unparsable_ones,
@@ -794,6 +795,62 @@ pub async fn a_follower_sees_what_the_logger_appends(store: Arc<dyn Storage>) {
         assert_eq!(number(&seen.record), n);
     }
     logger.close().await.expect("close");
+}
+
+/// Prodigy's size rotation, on a log in the store: below the size nothing
+/// happens; at it, every record goes to the job's archive and the log
+/// starts empty; a logger with a rotation size keeps its log under that
+/// size plus one batch, and every record it logged is in the log or was
+/// counted into an archive, once.
+pub async fn a_log_that_reaches_its_rotation_size_is_archived_whole(store: Arc<dyn Storage>) {
+    let (r, j) = (repo("api"), job("mapreduce-1"));
+    let batch: Vec<EventRecord> = (0..3).map(event).collect();
+    store.append_events(&r, &j, &batch).expect("append");
+    let size = store
+        .event_log_entry(&r, &j)
+        .expect("entry")
+        .expect("a log")
+        .bytes;
+    let below = crate::rotate_if_over(&*store, &r, &j, size + 1).expect("rotate");
+    assert_eq!(below, None, "below the size");
+    assert_eq!(log_numbers(&*store, &r, &j), [0, 1, 2]);
+    let at = crate::rotate_if_over(&*store, &r, &j, size)
+        .expect("rotate")
+        .expect("rotated");
+    assert_eq!(at.dropped, Some(3), "{at:?}");
+    assert!(at.archive.is_some(), "archived, not dropped: {at:?}");
+    assert!(log_numbers(&*store, &r, &j).is_empty(), "starts empty");
+    store.append_events(&r, &j, &[event(3)]).expect("append");
+    assert_eq!(log_numbers(&*store, &r, &j), [3]);
+
+    let j2 = job("mapreduce-2");
+    let one = size / 3;
+    let policy = FlushPolicy::new(2, Duration::from_secs(3600)).with_rotation(one * 5);
+    let logger = EventLogger::start(
+        AsyncStorage::from_arc(Arc::clone(&store)),
+        r.clone(),
+        j2.clone(),
+        policy,
+    );
+    for n in 0..20 {
+        logger.log(event(n)).await.expect("log");
+        let bytes = store
+            .event_log_entry(&r, &j2)
+            .expect("entry")
+            .map_or(0, |e| e.bytes);
+        assert!(
+            bytes < one * 5 + one * 3,
+            "rotated: {bytes} bytes after {n}"
+        );
+    }
+    logger.close().await.expect("close");
+    let kept = log_numbers(&*store, &r, &j2);
+    assert!(kept.len() < 20, "some were rotated: {kept:?}");
+    assert_eq!(
+        kept,
+        ((20 - kept.len() as u64)..20).collect::<Vec<_>>(),
+        "the log holds the newest records, in order"
+    );
 }
 
 /// A session is created once (a second create is refused) and loaded by id
