@@ -364,18 +364,36 @@ pub(crate) struct LogFile {
 }
 
 /// The files of the log in `dir`, in reading order (name order).
+///
+/// A part an older Prodigy rotated (`….jsonl.gz`, plain text) is listed
+/// under the name the upgrade gives it (`layout0::rotated_log_name`); where
+/// both exist, the renamed file is the one listed.
 pub(crate) fn log_files(dir: &Path) -> Result<Vec<LogFile>> {
-    Ok(fsx::read_dir_sorted(dir)?
+    let mut rotated = false;
+    let mut files: Vec<(LogFile, bool)> = fsx::read_dir_sorted(dir)?
         .into_iter()
         .filter_map(|e| {
             let name = e.name.to_str()?.to_owned();
+            if !e.file_type.is_file() || name.starts_with('.') {
+                return None;
+            }
             // Reason: logs are `.jsonl` exactly, as the appender names them.
             #[allow(clippy::case_sensitive_file_extension_comparisons)]
-            let is_log = name.ends_with(".jsonl");
-            (e.file_type.is_file() && !name.starts_with('.') && is_log)
-                .then_some(LogFile { name, path: e.path })
+            if name.ends_with(".jsonl") {
+                return Some((LogFile { name, path: e.path }, false));
+            }
+            let name = crate::layout0::rotated_log_name(&name, &e.path)?;
+            rotated = true;
+            Some((LogFile { name, path: e.path }, true))
         })
-        .collect())
+        .collect();
+    if rotated {
+        files.sort_by(|(a, a_rotated), (b, b_rotated)| {
+            (&a.name, a_rotated).cmp(&(&b.name, b_rotated))
+        });
+        files.dedup_by(|(later, _), (first, _)| later.name == first.name);
+    }
+    Ok(files.into_iter().map(|(f, _)| f).collect())
 }
 
 /// One file of a [`Snapshot`]: open, with its length when the snapshot was
@@ -930,7 +948,9 @@ pub(crate) fn delete(dir: &Path) -> Result<bool> {
             let n = e.name.to_string_lossy();
             e.file_type.is_file()
                 && !n.starts_with('.')
-                && (n.ends_with(".jsonl") || n.contains(".jsonl.torn-"))
+                && (n.ends_with(".jsonl")
+                    || n.contains(".jsonl.torn-")
+                    || crate::layout0::rotated_log_name(&n, &e.path).is_some())
         })
         .collect();
     for e in &doomed {

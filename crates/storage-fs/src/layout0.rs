@@ -37,10 +37,16 @@
 //! | a session's workflow checkpoint | `state/<session>/checkpoints/<wf>.checkpoint.json`, read so only without `layout.json` and with a unified session of that id (with `layout.json`, that directory is a repository's) | `sessions/<session>/checkpoints/<wf>.checkpoint.json` |
 //! | a repository's session record | `state/<repo>/sessions/session_state.json` (keyed by its `session_id`) | `state/<repo>/sessions/<session>.json` |
 //!
-//! Not read in place: a log rotated at 100 MB (`events-<ts>.<ts2>.jsonl.gz`,
-//! plain text despite its name) until the upgrade renames it, and what the
-//! API has no home for (reduce-phase checkpoints, archives, orphan
-//! registries, agent logs), which stays Prodigy's.
+//! A job's log rotated at 100 MB (`events-<ts>.<ts2>.jsonl.gz`, plain text
+//! despite its name) is read in place as the part of the log named
+//! `events-<ts>.<ts2>.jsonl`, the name the upgrade renames it to (so that a
+//! reader's cursor into it stays valid across the upgrade; where both names
+//! exist, the renamed one is read). A real gzip file of that name is not a
+//! part of the log.
+//!
+//! Not read in place: what the API has no home for (reduce-phase
+//! checkpoints, archives, orphan registries, agent logs), which stays
+//! Prodigy's.
 //!
 //! It is the cargo feature `layout-0` (on by default): without it, every
 //! function here answers "layout 0 keeps nothing elsewhere", and
@@ -268,4 +274,25 @@ fn session_state_id(path: &Path) -> Option<SessionId> {
 fn session_id_in(bytes: &[u8]) -> Option<SessionId> {
     let doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     SessionId::new(doc.get("session_id")?.as_str()?).ok()
+}
+
+/// The name under which the file `name` at `path` in a job's event-log
+/// directory is a part of the log, if it is a log rotated by an older
+/// Prodigy: `<stem>.jsonl.gz` holding plain text (not gzip) is read as
+/// `<stem>.jsonl` (module docs). Reads the file's first two bytes.
+pub(crate) fn rotated_log_name(name: &str, path: &Path) -> Option<String> {
+    if !ENABLED || name.starts_with('.') {
+        return None;
+    }
+    let logical = name.strip_suffix(".gz")?;
+    // Reason: the older Prodigy names them exactly so.
+    #[allow(clippy::case_sensitive_file_extension_comparisons)]
+    let is_jsonl = logical.ends_with(".jsonl");
+    if !is_jsonl {
+        return None;
+    }
+    let mut magic = [0u8; 2];
+    let mut file = std::fs::File::open(path).ok()?;
+    let n = std::io::Read::read(&mut file, &mut magic).ok()?;
+    (n < 2 || magic != [0x1f, 0x8b]).then(|| logical.to_owned())
 }

@@ -232,3 +232,101 @@ fn event_files_in_a_store_are_its_job_logs() {
         EventFile::Plain(_)
     ));
 }
+
+/// A job's log that an older Prodigy rotated at 100 MB
+/// (`events-<ts>.<ts2>.jsonl.gz`, plain text despite the name) is read in
+/// place, before its newer part, and a cursor into it stays valid across
+/// the upgrade that renames it; a real gzip file of such a name is not read.
+#[test]
+fn a_log_an_older_prodigy_rotated_is_read_in_place_and_across_the_upgrade() {
+    use storage_core::{EventCursor, EventRecord, ReadMode, Storage};
+    let home = tempfile::tempdir().expect("tempdir");
+    let root = home.path().join(".prodigy");
+    let dir = root.join(format!("events/api/{JOB}"));
+    fs_err::create_dir_all(&dir).expect("mkdir");
+    let line =
+        |n: u32| format!("{{\"id\":\"e{n}\",\"event\":{{\"job_id\":\"{JOB}\",\"n\":{n}}}}}\n");
+    fs_err::write(
+        dir.join("events-20261207_101500.20261207_111500.jsonl.gz"),
+        format!("{}{}", line(0), line(1)),
+    )
+    .expect("rotated part");
+    fs_err::write(dir.join("events-20261207_101500.jsonl"), line(2)).expect("live part");
+    // A gzip member's header (magic, deflate, no flags), then anything.
+    let mut gz = vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
+    gz.extend_from_slice(line(9).as_bytes());
+    fs_err::write(dir.join("events-20261206_101500.archive.jsonl.gz"), gz).expect("real gzip");
+    let (repo, job) = (
+        RepoKey::new("api").expect("repo"),
+        JobId::new(JOB).expect("job"),
+    );
+    let read = |store: &storage_fs::FsStorage, from: &EventCursor| {
+        let mut ns = Vec::new();
+        let summary = store
+            .read_events_from(
+                &repo,
+                &job,
+                from,
+                ReadMode::Strict,
+                &mut |e: EventRecord| {
+                    ns.push(e.json()["event"]["n"].as_u64().expect("n"));
+                },
+            )
+            .expect("read");
+        (ns, summary.next)
+    };
+    let store = storage_fs::FsStorage::open(&root).expect("open");
+    let (ns, after_first) = read(&store, &EventCursor::START);
+    assert_eq!(
+        ns,
+        [0, 1, 2],
+        "the rotated part first, the real gzip not at all"
+    );
+    // A cursor in the middle of the rotated part.
+    let mut middle = after_first.clone();
+    middle.segment = "events-20261207_101500.20261207_111500.jsonl".to_owned();
+    middle.offset = line(0).len() as u64;
+    assert_eq!(
+        read(&store, &middle).0,
+        [1, 2],
+        "a cursor names the part as upgraded"
+    );
+    store
+        .append_events(
+            &repo,
+            &job,
+            &[
+                EventRecord::from_json(json!({"id": "e3", "event": {"job_id": JOB, "n": 3}}))
+                    .expect("record"),
+            ],
+        )
+        .expect("append");
+    let report = storage_migrate::upgrade(&store, &storage_migrate::UpgradeOptions::default())
+        .expect("upgrade");
+    assert_eq!(
+        report.outcome,
+        storage_migrate::Outcome::Migrated,
+        "{report:?}"
+    );
+    assert!(
+        dir.join("events-20261207_101500.20261207_111500.jsonl")
+            .is_file(),
+        "renamed"
+    );
+    let store = storage_fs::FsStorage::open(&root).expect("open");
+    assert_eq!(read(&store, &EventCursor::START).0, [0, 1, 2, 3]);
+    assert_eq!(
+        read(&store, &middle).0,
+        [1, 2, 3],
+        "the same cursor, after the upgrade"
+    );
+    let (ns, _) = read(&store, &after_first);
+    assert_eq!(
+        ns,
+        [3],
+        "the end cursor taken before the upgrade goes on from there"
+    );
+    // Deleting the log removes every part, the rotated one included.
+    assert!(store.delete_event_log(&repo, &job).expect("delete"));
+    assert!(read(&store, &EventCursor::START).0.is_empty());
+}
