@@ -311,12 +311,16 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub(crate) struct Paths {
     pub dir: PathBuf,
+    /// The store's root, where it is now: what a manifest of the store's
+    /// own files ([`Manifest::in_store`]) is read against.
+    pub root: PathBuf,
 }
 
 impl Paths {
     pub fn new(layout: &Layout, repo: &RepoKey) -> Self {
         Self {
             dir: layout.migrations_dir(repo),
+            root: layout.root().to_owned(),
         }
     }
     pub fn journal(&self) -> PathBuf {
@@ -396,9 +400,55 @@ pub struct Manifest {
     /// first, the same in all of them, so that `rollback` undoes them together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// The transaction moves the store's own files (the store's older
+    /// copies set aside before an import): `legacy_dir` is the store
+    /// itself. An upgrade's (`repo` is `<repo>`) is so too, and its
+    /// `project` as well. Such paths are written as `.` and read as the
+    /// store where it is now, so that a store copied or moved undoes and
+    /// finishes its own transactions, never the original's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_store: bool,
 }
 
 impl Manifest {
+    /// Whether `legacy_dir` and `project` are the store itself.
+    fn store_relative(&self) -> (bool, bool) {
+        let upgrade = self.repo == crate::layout0::REPO_LABEL;
+        (upgrade || self.in_store, upgrade)
+    }
+
+    /// What is written to disk: the store's own paths as `.`.
+    #[must_use]
+    pub(crate) fn to_disk(&self) -> Manifest {
+        let mut m = self.clone();
+        let (legacy, project) = self.store_relative();
+        if legacy {
+            m.legacy_dir = RelPath(PathBuf::from("."));
+        }
+        if project {
+            m.project = RelPath(PathBuf::from("."));
+        }
+        m
+    }
+
+    /// A manifest read from disk, its store-relative paths placed at the
+    /// store's `root` where it is now (canonical, as they were recorded;
+    /// records written before they were relative named the root they were
+    /// made in, which a copy or a move makes wrong).
+    #[must_use]
+    pub(crate) fn placed(mut self, root: &Path) -> Manifest {
+        let (legacy, project) = self.store_relative();
+        if legacy || project {
+            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+            if legacy {
+                self.legacy_dir = RelPath(root.clone());
+            }
+            if project {
+                self.project = RelPath(root);
+            }
+        }
+        self
+    }
     /// The manifest of a new transaction, with nothing planned yet.
     #[must_use]
     pub fn new(txid: &str, project: &Path, legacy_dir: &Path, repo: &str) -> Self {
@@ -418,6 +468,7 @@ impl Manifest {
             warnings: Vec::new(),
             warnings_omitted: 0,
             run: None,
+            in_store: false,
         }
     }
 
@@ -1017,6 +1068,7 @@ mod entry_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let paths = Paths {
             dir: dir.path().to_owned(),
+            root: dir.path().to_owned(),
         };
         std::fs::create_dir_all(paths.tx("t")).expect("mkdir");
         let mut doc = serde_json::json!({

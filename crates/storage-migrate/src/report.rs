@@ -359,6 +359,7 @@ mod tests {
         let store = FsStorage::peek(dir.path().join("store")).expect("store");
         let paths = Paths {
             dir: dir.path().join("migrations/r"),
+            root: dir.path().join("store"),
         };
         let mut m = Manifest::new("t", Path::new("/p"), Path::new("/p/.prodigy"), "r");
         for i in 0..MAX_LISTED + 2 {

@@ -88,6 +88,7 @@ pub(crate) fn plan(
 ) -> Result<Manifest> {
     let root = layout.root();
     let mut m = m.clone();
+    m.in_store = true;
     let mut dirs: BTreeMap<PathBuf, u32> = BTreeMap::new();
     let mut index = 0;
     for n in newer {

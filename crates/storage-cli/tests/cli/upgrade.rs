@@ -1351,3 +1351,97 @@ fn a_crash_at_every_step_of_a_re_run_is_recovered() {
         }
     }
 }
+
+/// `cp -a` of the store at `from` to the store of `to` (which has none).
+fn copy_store(from: &Sandbox, to: &Sandbox) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from.store())
+        .arg(to.store())
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp -a");
+}
+
+/// Issue 21, item 1: a store copied (`cp -a`) or moved after its upgrade,
+/// or in the middle of one, undoes and finishes its own transactions where
+/// it is, and never touches the original (the records named the store's
+/// absolute path, and a copy's downgrade moved the original's files).
+#[test]
+fn a_copied_or_moved_store_undoes_and_finishes_its_own_upgrade() {
+    // Copied after the upgrade.
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    let upgraded = snapshot(&sb.store());
+    let copy = Sandbox::new();
+    copy_store(&sb, &copy);
+    run(&copy, &["downgrade"], true);
+    assert_same_tree(
+        &store_tree(&copy),
+        &before,
+        "the copy is downgraded where it is",
+    );
+    assert_same_tree(
+        &snapshot(&sb.store()),
+        &upgraded,
+        "the original is untouched",
+    );
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(
+        &store_tree(&sb),
+        &before,
+        "the original downgrades on its own",
+    );
+
+    // Moved after the upgrade.
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    run(&sb, &["upgrade"], true);
+    let moved = Sandbox::new();
+    fs_err::rename(sb.store(), moved.store()).expect("mv");
+    run(&moved, &["downgrade"], true);
+    assert_same_tree(
+        &store_tree(&moved),
+        &before,
+        "the moved store is downgraded",
+    );
+
+    // Copied in the middle of an upgrade, at every step: each store
+    // finishes its own, and gives back its own layout-0 tree.
+    for point in storage_migrate::CRASH_POINTS
+        .iter()
+        .filter(|p| !p.contains("rollback"))
+    {
+        let sb = layout0_sandbox();
+        let before = store_tree(&sb);
+        crash(&sb, &["upgrade"], point);
+        let halfway = snapshot(&sb.store());
+        let copy = Sandbox::new();
+        copy_store(&sb, &copy);
+        let report = run_json(&copy, &["upgrade"]);
+        assert_eq!(report["outcome"], "migrated", "{point}: {report:#}");
+        assert_eq!(
+            report["warnings"].as_array().map(|w| w
+                .iter()
+                .filter(|w| w.as_str().is_some_and(|w| w.contains("changed after")))
+                .count()),
+            Some(0),
+            "{point}: {report:#}"
+        );
+        assert_same_tree(&snapshot(&sb.store()), &halfway, point);
+        run(&copy, &["downgrade"], true);
+        assert_same_tree(
+            &store_tree(&copy),
+            &before,
+            &format!("{point}: the copy, downgraded"),
+        );
+        run(&sb, &["upgrade"], true);
+        run(&sb, &["downgrade"], true);
+        assert_same_tree(
+            &store_tree(&sb),
+            &before,
+            &format!("{point}: the original, downgraded"),
+        );
+    }
+}

@@ -133,6 +133,7 @@ impl Owner {
             Owner::Project(repo) => Paths::new(layout, repo),
             Owner::Store => Paths {
                 dir: layout.layout_0_upgrade_dir(),
+                root: layout.root().to_owned(),
             },
         }
     }
@@ -217,7 +218,7 @@ pub(crate) fn read_manifest_if_any(paths: &Paths, txid: &str) -> Result<Option<M
             next: "use the prodigy-storage that wrote it".into(),
         });
     }
-    Ok(Some(m))
+    Ok(Some(m.placed(&paths.root)))
 }
 
 fn set_journal(paths: &Paths, txid: &str, phase: Phase, force: bool) -> Result<()> {
@@ -519,13 +520,13 @@ impl Tx<'_> {
                 return Ok(None);
             }
             tracing::info!(project = %m.project.as_path().display(), files = planned.sources, txid, "migrating legacy storage");
-            write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+            write_json_in(&self.batch, &self.paths.manifest(txid), &m.to_disk())?;
             fault::point("after-journal");
             let written = m.clone();
             let staged = self.stage(&mut m, &planned, splits)?;
             if m != written {
                 // Staging's warnings.
-                write_json_in(&self.batch, &self.paths.manifest(txid), &m)?;
+                write_json_in(&self.batch, &self.paths.manifest(txid), &m.to_disk())?;
             }
             self.reserve(txid)?;
             // Verification only reads (the staged copies, the legacy files'
@@ -612,7 +613,7 @@ impl Tx<'_> {
         if m != written {
             // Retiring's warnings (a file changed after verification); as
             // written otherwise, and durable since staging's `syncfs`.
-            write_json(&self.paths.manifest(txid), &m).map_err(wrap)?;
+            write_json(&self.paths.manifest(txid), &m.to_disk()).map_err(wrap)?;
         }
         fault::point("after-retire");
         Ok(Some((m, published)))

@@ -124,7 +124,7 @@ impl Tx<'_> {
                     set_journal(&self.paths, &txid, Phase::Retiring, false).map_err(wrap)?;
                 }
                 self.retire(&mut m, &summary).map_err(wrap)?;
-                write_json(&self.paths.manifest(&txid), &m).map_err(wrap)?;
+                write_json(&self.paths.manifest(&txid), &m.to_disk()).map_err(wrap)?;
                 let report = crate::report::from_manifest(
                     self.store,
                     &self.paths,

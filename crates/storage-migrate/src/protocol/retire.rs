@@ -49,6 +49,11 @@ pub(super) fn now_of(path: &Path, s: &Source) -> Result<Now> {
     };
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_file() && unchanged(&meta) => Ok(Now::Unchanged),
+        // Another inode or change time, the verified bytes: the store (or
+        // the project) was copied since (`cp -a` keeps the times it can set,
+        // not the inode or the change time), or the file was rewritten with
+        // the same content. Nothing to lose: it is the version verified.
+        Ok(meta) if meta.is_file() && same_content(path, &meta, s)? => Ok(Now::Unchanged),
         Ok(_) => Ok(Now::Changed),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Now::Missing),
         Err(e) => Err(Error::io("stat", path, e)),
@@ -61,6 +66,22 @@ pub(super) fn moved_as_verified(meta: &std::fs::Metadata, s: &Source) -> bool {
     std::os::unix::fs::MetadataExt::ino(meta) == s.fingerprint.ino
         && meta.len() == s.size
         && copy::mtime_of(meta) == s.mtime
+}
+
+/// Whether the file at `path` (described by `meta`) holds the bytes `s` was
+/// verified as: its size, then its BLAKE3. Asked only when the fingerprint
+/// says "another file" (a copied store or project has new inodes).
+fn same_content(path: &Path, meta: &std::fs::Metadata, s: &Source) -> Result<bool> {
+    if meta.len() != s.size || s.hash.is_none() {
+        return Ok(false);
+    }
+    let (_, h) = copy::hash_file(path)?;
+    Ok(Some(h.to_hex().to_string()) == s.hash)
+}
+
+/// [`moved_as_verified`], or, for another inode (a copy), the same bytes.
+fn is_verified_version(path: &Path, meta: &std::fs::Metadata, s: &Source) -> Result<bool> {
+    Ok(moved_as_verified(meta, s) || (meta.is_file() && same_content(path, meta, s)?))
 }
 
 /// The count of regular files under `base/d` and the sum of their names'
@@ -272,7 +293,7 @@ impl Tx<'_> {
                 Ok(()) => {
                     let meta =
                         std::fs::symlink_metadata(&bak).map_err(|e| Error::io("stat", &bak, e))?;
-                    if moved_as_verified(&meta, s) {
+                    if is_verified_version(&bak, &meta, s)? {
                         Ok(Retired::Moved)
                     } else {
                         // Written between the check and the rename.
@@ -300,7 +321,7 @@ impl Tx<'_> {
     ) -> Result<Retired> {
         let bak = join(backup, &s.rel)?;
         match std::fs::symlink_metadata(&bak) {
-            Ok(meta) if moved_as_verified(&meta, s) => Ok(Retired::Moved),
+            Ok(meta) if is_verified_version(&bak, &meta, s)? => Ok(Retired::Moved),
             Ok(_) => self.put_back(txid, legacy, &bak, modes, s),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Retired::Left(Left::Gone)),
             Err(e) => Err(Error::io("stat", &bak, e)),
