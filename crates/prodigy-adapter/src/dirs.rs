@@ -51,11 +51,11 @@ pub struct Home {
 }
 
 impl Home {
-    fn local(root: &Path) -> Result<Self> {
-        Ok(Self {
+    fn local(root: &Path) -> Self {
+        Self {
             root: root.to_owned(),
-            repo: RepoKey::new(LOCAL_REPO).map_err(storage_core::Error::from)?,
-        })
+            repo: RepoKey::new(LOCAL_REPO).expect("`local` is a valid repository key"),
+        }
     }
 }
 
@@ -74,24 +74,26 @@ fn tail(path: &Path, n: usize) -> Option<(PathBuf, Vec<&str>)> {
 }
 
 /// Where `DeadLetterQueue::new(job, base_path)` keeps its items.
-pub fn dead_letter_home(base_path: &Path, job: &str) -> Result<Home> {
+#[must_use]
+pub fn dead_letter_home(base_path: &Path, job: &str) -> Home {
     if let Some((root, names)) = tail(base_path, 3)
         && let [slot, repo, "dlq"] = names.as_slice()
         && *slot == job
         && let Ok(repo) = RepoKey::new(*repo)
     {
-        return Ok(Home { root, repo });
+        return Home { root, repo };
     }
     Home::local(base_path)
 }
 
 /// Where `CheckpointManager::new(base_dir)` keeps job checkpoints.
-pub fn checkpoint_home(base_dir: &Path) -> Result<Home> {
+#[must_use]
+pub fn checkpoint_home(base_dir: &Path) -> Home {
     if let Some((root, names)) = tail(base_dir, 3)
         && let ["mapreduce", repo, "state"] = names.as_slice()
         && let Ok(repo) = RepoKey::new(*repo)
     {
-        return Ok(Home { root, repo });
+        return Home { root, repo };
     }
     // `cli/commands/resume.rs` derives `state/<repo>` from a job's
     // directory (one level short of `state/<repo>/mapreduce`): it means
@@ -100,7 +102,7 @@ pub fn checkpoint_home(base_dir: &Path) -> Result<Home> {
         && let [repo, "state"] = names.as_slice()
         && let Ok(repo) = RepoKey::new(*repo)
     {
-        return Ok(Home { root, repo });
+        return Home { root, repo };
     }
     Home::local(base_dir)
 }
@@ -204,14 +206,14 @@ mod tests {
     fn global_storage_shapes_map_to_their_store_and_repository() {
         let home = Path::new("/home/u/.prodigy");
         assert_eq!(
-            dead_letter_home(&home.join("dlq/api/mapreduce-1"), "mapreduce-1").expect("home"),
+            dead_letter_home(&home.join("dlq/api/mapreduce-1"), "mapreduce-1"),
             Home {
                 root: home.to_owned(),
                 repo: repo("api")
             }
         );
         assert_eq!(
-            checkpoint_home(&home.join("state/api/mapreduce")).expect("home"),
+            checkpoint_home(&home.join("state/api/mapreduce")),
             Home {
                 root: home.to_owned(),
                 repo: repo("api")
@@ -234,19 +236,17 @@ mod tests {
             root: dir.to_owned(),
             repo: repo(LOCAL_REPO),
         };
-        assert_eq!(dead_letter_home(dir, "job-1").expect("home"), local);
+        assert_eq!(dead_letter_home(dir, "job-1"), local);
         // The job slot must be the job's: another job's directory is not a queue's.
         let other = Path::new("/h/dlq/api/job-2");
-        assert_eq!(dead_letter_home(other, "job-1").expect("home").root, other);
-        assert_eq!(checkpoint_home(dir).expect("home"), local);
+        assert_eq!(dead_letter_home(other, "job-1").root, other);
+        assert_eq!(checkpoint_home(dir), local);
         assert_eq!(
-            checkpoint_home(Path::new("/h/state/api/other"))
-                .expect("home")
-                .repo,
+            checkpoint_home(Path::new("/h/state/api/other")).repo,
             repo(LOCAL_REPO)
         );
         assert_eq!(
-            checkpoint_home(Path::new("/h/state/api")).expect("home"),
+            checkpoint_home(Path::new("/h/state/api")),
             Home {
                 root: "/h".into(),
                 repo: repo("api")

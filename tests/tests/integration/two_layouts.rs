@@ -64,7 +64,7 @@ fn a_ported_queue_and_an_older_prodigy_share_one_root() {
     let root = home.path();
     older_prodigy_adds(root, "item-1");
     // `create_global_dlq`: `GlobalStorage::get_dlq_dir(repo, job)`.
-    let placed = dirs::dead_letter_home(&root.join(format!("dlq/api/{JOB}")), JOB).expect("home");
+    let placed = dirs::dead_letter_home(&root.join(format!("dlq/api/{JOB}")), JOB);
     assert_eq!(placed.root, root);
     rt().block_on(async {
         let store = dirs::open_store(&placed.root)
@@ -113,7 +113,7 @@ fn an_older_prodigy_finds_the_ported_managers_latest_checkpoint() {
     let home = tempfile::tempdir().expect("tempdir");
     let root = home.path();
     // `DefaultJobStateManager::new_with_global`: `get_state_dir(repo, "mapreduce")`.
-    let placed = dirs::checkpoint_home(&root.join("state/api/mapreduce")).expect("home");
+    let placed = dirs::checkpoint_home(&root.join("state/api/mapreduce"));
     rt().block_on(async {
         let store = dirs::open_store(&placed.root).await.expect("open");
         let jobs = JobStateManager::new(store, placed.repo.clone())
