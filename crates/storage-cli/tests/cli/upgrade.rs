@@ -1445,3 +1445,71 @@ fn a_copied_or_moved_store_undoes_and_finishes_its_own_upgrade() {
         );
     }
 }
+
+/// Issue 21, item 20: a downgrade that copies files back across file
+/// systems (the dead letters' directory is a mount), killed at every
+/// link, rename, unlink and fsync (a spread sample in the quick tier): the
+/// next run finishes it and leaves no temp file beside a restored one (a
+/// killed run's `.prodigy-storage-restore-…` stayed in the layout-0 tree).
+#[test]
+fn a_downgrade_across_file_systems_killed_anywhere_leaves_no_temp_file() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        crate::support::skip("`strace` is not available here; the test did not run");
+        return;
+    }
+    let exhaustive = std::env::var_os("PRODIGY_FAULTS_EXHAUSTIVE").is_some();
+    let set = "link,linkat,rename,renameat,renameat2,unlink,unlinkat,fsync,fdatasync";
+    let prepare = || -> Option<(Sandbox, crate::support::Mount)> {
+        let sb = Sandbox::new();
+        let mount = crate::support::Mount::tmpfs(&sb.store().join("dlq"), "16m")?;
+        layout0::store(&sb.store());
+        Some((sb, mount))
+    };
+    let Some((probe, _m)) = prepare() else {
+        return;
+    };
+    run(&probe, &["upgrade"], true);
+    let total = traced_upgrade(&probe, set, 0, &["downgrade"]);
+    let picks: Vec<u64> = if exhaustive {
+        (1..=total).collect()
+    } else {
+        (1..=total).step_by(7).collect()
+    };
+    let mut left = Vec::new();
+    for n in &picks {
+        let Some((sb, _mount)) = prepare() else {
+            return;
+        };
+        let before = store_tree(&sb);
+        run(&sb, &["upgrade"], true);
+        traced_upgrade(&sb, set, *n, &["downgrade"]);
+        run(&sb, &["downgrade"], true);
+        let temps: Vec<PathBuf> = snapshot(&sb.store())
+            .into_keys()
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(".prodigy-storage-restore-"))
+            })
+            .collect();
+        if !temps.is_empty() {
+            left.push((*n, temps));
+        }
+        assert_same_tree(
+            &store_tree(&sb)
+                .into_iter()
+                .filter(|(p, _)| {
+                    !p.file_name().is_some_and(|f| {
+                        f.to_string_lossy().starts_with(".prodigy-storage-restore-")
+                    })
+                })
+                .collect(),
+            &before,
+            &format!("downgrade killed at {set} #{n}"),
+        );
+    }
+    assert_eq!(left, Vec::new(), "temp files left after the re-run");
+    eprintln!(
+        "faults: SIGKILL in a downgrade across file systems: {} of {total} indices",
+        picks.len()
+    );
+}

@@ -14,7 +14,7 @@ use super::{
     read_manifest, real_dir, remove_dir_all_if_exists, set_journal,
 };
 
-/// Restores the backup `bak` as `name` in the directory `parent` (opened
+/// Restores the backup `bak` of transaction `txid` as `name` in the directory `parent` (opened
 /// without following links, see [`open_dir_beneath`]): copied, with the
 /// source's mode and mtime, to `restoring/<tmp>` (this rollback's own
 /// directory), then linked into place without replacing anything (a link
@@ -24,7 +24,7 @@ use super::{
 /// and `fsync`ed (no `syncfs` of the project covers another mount).
 pub(super) fn restore_one(
     batch: &fsx::Batch,
-    bak: &Path,
+    (bak, txid): (&Path, &str),
     (restoring, tmp): (&OwnedFd, &str),
     (parent, name): (&OwnedFd, &std::ffi::OsStr),
     dest: &Path,
@@ -65,7 +65,7 @@ pub(super) fn restore_one(
         }
         Err(rustix::io::Errno::XDEV) => {
             unlinkat(restoring, tmp, AtFlags::empty()).map_err(io("remove", dest))?;
-            let beside = format!(".prodigy-storage-restore-{}-{tmp}", std::process::id());
+            let beside = beside_name(txid, name);
             // A crashed run's temp file of that name is ours: gone first.
             let _ = unlinkat(parent, beside.as_str(), AtFlags::empty());
             fill(parent, &beside)?;
@@ -89,6 +89,15 @@ pub(super) fn restore_one(
             Err(io("link into place", dest)(e))
         }
     }
+}
+
+/// The temp name beside the restored file `name` where it is copied in
+/// across file systems: the same for every run of the rollback of `txid`
+/// (not the process's id), so that a run finishing a killed one finds and
+/// removes what the killed one left (the name's hash keeps it short).
+fn beside_name(txid: &str, name: &std::ffi::OsStr) -> String {
+    let h = blake3::hash(std::os::unix::ffi::OsStrExt::as_bytes(name)).to_hex();
+    format!(".prodigy-storage-restore-{txid}-{}", &h[..16])
 }
 
 /// Opens `base`, then each component of `rel` below it, as directories and
@@ -415,6 +424,16 @@ impl Tx<'_> {
                 }
                 let dest = join(&legacy, &s.rel)?;
                 let parent = open_dir_beneath(&legacy, s.rel.as_path().parent(), &modes, owner)?;
+                if distrust {
+                    // Finishing a killed rollback: its temp file beside
+                    // this one, if it left one (a copy across file systems).
+                    let name = s.rel.as_path().file_name().unwrap_or_default();
+                    let _ = rustix::fs::unlinkat(
+                        &parent,
+                        beside_name(&m.txid, name).as_str(),
+                        rustix::fs::AtFlags::empty(),
+                    );
+                }
                 let bak = join(&backup, &s.rel)?;
                 let at_dest = probe(&dest)?;
                 let same =
@@ -441,7 +460,7 @@ impl Tx<'_> {
                     let name = s.rel.as_path().file_name().unwrap_or_default();
                     restore_one(
                         &self.batch,
-                        &bak,
+                        (&bak, &m.txid),
                         (&restoring_fd, &n.to_string()),
                         (&parent, name),
                         &dest,
