@@ -869,3 +869,26 @@ pub trait Storage: Send + Sync {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte limit keeps the newest entries whose total is at most the
+    /// limit: at exactly the limit, all of them (the boundary a `>=` would
+    /// move by one entry).
+    #[test]
+    fn a_byte_limit_keeps_entries_that_fill_it_exactly() {
+        let now = SystemTime::UNIX_EPOCH;
+        let entries = [(10, None), (10, None), (10, None)];
+        let keep = |max: u64| {
+            Retention::keep_all()
+                .with_max_bytes(max)
+                .drop_count(&entries, now)
+        };
+        assert_eq!(keep(20), 1, "two entries of 10 fill 20 exactly");
+        assert_eq!(keep(19), 2);
+        assert_eq!(keep(30), 0);
+        assert_eq!(keep(0), 3);
+    }
+}

@@ -1239,3 +1239,127 @@ fn a_log_that_grew_after_its_import_contributes_only_what_was_appended() {
         }
     }
 }
+
+/// Mutation found (issue 21): a file changed after verification stays in
+/// the project and is not in the backup; the store's copy of the verified
+/// version may be its only copy, so a rollback keeps it (it removed it).
+#[test]
+fn a_rollback_keeps_the_stores_copy_of_a_file_that_changed_after_verification() {
+    let sb = Sandbox::new();
+    let project = sb.project();
+    small_project(&project);
+    let a = project.join(".prodigy/cache/a.json");
+    let pause = sb.path().join("paused");
+    let child = cmd(&sb, &project, &["migrate", "--json"])
+        .env("PRODIGY_STORAGE_PAUSE_AT", "after-publish")
+        .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for("the pause after publishing", || pause.exists());
+    fs_err::write(&a, b"{\"a\": \"newer\"}\n").expect("an old Prodigy writes");
+    fs_err::remove_file(&pause).expect("go on");
+    let report = json_of(&finish(child));
+    assert_eq!(report["outcome"], "migrated", "{report:#}");
+    assert_eq!(fs_err::read(&a).expect("stays"), b"{\"a\": \"newer\"}\n");
+    let verified = holders(&sb.store(), b"{\"a\": 1}");
+    assert_eq!(verified.len(), 1, "the store holds the verified version");
+    let back = cmd(&sb, &project, &["rollback", "."])
+        .output()
+        .expect("run");
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert_eq!(
+        holders(&sb.store(), b"{\"a\": 1}"),
+        verified,
+        "the verified version is found nowhere else: kept"
+    );
+    assert_eq!(fs_err::read(&a).expect("project"), b"{\"a\": \"newer\"}\n");
+}
+
+/// Mutation found (issue 21): recovery sweeps a crash's transaction
+/// directories that no history line names, but never one holding a
+/// backup (it may be a legacy file's only copy).
+#[test]
+fn recovery_never_sweeps_a_transaction_directory_that_holds_a_backup() {
+    let sb = Sandbox::new();
+    let project = sb.project();
+    small_project(&project);
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(cmd(&sb, &project, &["migrate", "."]).output().expect("run"));
+    let records = sb.store().join("migrations/project");
+    let kept = records.join("20991231T000000Z-abcdef/backup/cache/only-copy.json");
+    fs_err::create_dir_all(kept.parent().expect("parent")).expect("mkdir");
+    fs_err::write(&kept, b"{}").expect("write");
+    let debris = records.join("20991231T000001Z-123456/staging");
+    fs_err::create_dir_all(&debris).expect("mkdir");
+    ok(cmd(&sb, &project, &["migrate", "."]).output().expect("run"));
+    assert!(kept.is_file(), "a backup is never swept");
+    assert!(
+        !debris.parent().expect("tx").exists(),
+        "an unrecorded transaction without a backup is"
+    );
+}
+
+/// Mutation found (issue 21): the commit makes the report, the removals
+/// and `layout.json` durable (one `syncfs` of the store) before it
+/// removes the journal: a crash before that barrier must still
+/// find the journal and redo them.
+#[test]
+fn the_commit_syncs_before_it_removes_the_journal() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        crate::support::skip("`strace` is not available here; the test did not run");
+        return;
+    }
+    let sb = Sandbox::new();
+    let project = sb.project();
+    small_project(&project);
+    let log = sb.path().join("strace");
+    let st = Command::new("strace")
+        .args(["-f", "-qq", "-y", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=syncfs,fsync,fdatasync,unlink,unlinkat,rename,renameat,renameat2",
+        ])
+        .arg(bin())
+        .arg("--home")
+        .arg(sb.store())
+        .args(["migrate", "."])
+        .current_dir(&project)
+        .env("HOME", sb.home())
+        .env_remove("PRODIGY_HOME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("strace");
+    assert!(st.success());
+    let text = fs_err::read_to_string(&log).expect("trace");
+    let lines: Vec<&str> = text.lines().collect();
+    let removal = lines
+        .iter()
+        .rposition(|l| l.contains("unlink") && l.contains("journal.json\""))
+        .unwrap_or_else(|| panic!("no removal of the journal:\n{text}"));
+    let pid = lines[removal].split_whitespace().next().unwrap_or_default();
+    let before = lines[..removal]
+        .iter()
+        .rev()
+        .find(|l| l.split_whitespace().next() == Some(pid))
+        .unwrap_or_else(|| panic!("nothing before the journal's removal:\n{text}"));
+    // (On Linux the barrier is one `syncfs` of the store; the portable
+    // path's `fsync`s are not what this checks.)
+    assert!(
+        before.contains("syncfs("),
+        "the journal is removed right after the store's `syncfs`, not after `{before}`"
+    );
+}

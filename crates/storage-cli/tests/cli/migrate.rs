@@ -898,3 +898,45 @@ fn a_crash_at_every_step_of_a_superseding_re_import_is_recovered() {
         );
     }
 }
+
+/// Mutation found (issue 21): a backup whose manifest cannot be read (a
+/// newer build's format, damage) has nothing to prove its files are
+/// elsewhere, so `backups prune` keeps it without `--force` (counted as 0
+/// files found nowhere else, it was deleted though it is the only copy).
+#[test]
+fn a_backup_whose_records_cannot_be_read_is_never_pruned_without_force() {
+    let sb = fixture_sandbox();
+    run(&sb, &["migrate"], true);
+    let txid = fs_err::read_dir(sb.store().join("migrations/project"))
+        .expect("records")
+        .find_map(|e| {
+            let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+            name.starts_with("20").then_some(name)
+        })
+        .expect("the migration's records");
+    // Rolled back and migrated again, so the first is not the latest
+    // (whose backup prune keeps anyway) and no live run needs its records.
+    run(&sb, &["rollback"], true);
+    run(&sb, &["migrate"], true);
+    let tx = sb.store().join("migrations/project").join(&txid);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs_err::read(tx.join("manifest.json")).expect("read"))
+            .expect("json");
+    m["manifest_version"] = 99.into();
+    fs_err::write(tx.join("manifest.json"), m.to_string()).expect("a newer build's");
+    let out = run(
+        &sb,
+        &["backups", "prune", "--older-than", "0s", "--json"],
+        true,
+    );
+    let report = crate::support::json_of(&out);
+    assert!(tx.join("backup").is_dir(), "kept: {report:#}");
+    assert!(
+        report["kept"]
+            .as_array()
+            .expect("kept")
+            .iter()
+            .any(|k| k["txid"] == txid.as_str()),
+        "{report:#}"
+    );
+}

@@ -510,3 +510,32 @@ fn a_batch_syncs_only_file_systems_it_opened_before_writing_there() {
     batch.cover(other).expect("cover");
     batch.finish(other).expect("covered now");
 }
+
+/// An atomic replace is durable only once its directory is: the rename is
+/// followed by an `fsync` of the parent (the one directory it syncs).
+#[test]
+fn an_atomic_write_makes_its_directory_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("doc.json");
+    fs::write(&target, b"old").expect("old");
+    let _ = take_dir_fsyncs();
+    write_atomic(&target, b"new").expect("write");
+    assert_eq!(take_dir_fsyncs(), vec![dir.path().to_owned()]);
+    assert_eq!(fs::read(&target).expect("read"), b"new");
+}
+
+/// An exclusive create never opens, truncates or writes an existing file:
+/// two writers can never share a temp file or a lock file.
+#[test]
+fn an_exclusive_create_refuses_an_existing_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("taken");
+    fs::write(&path, b"someone else's").expect("write");
+    match create_new(&path) {
+        Err(Error::Io { source, .. }) => {
+            assert_eq!(source.kind(), io::ErrorKind::AlreadyExists);
+        }
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(fs::read(&path).expect("read"), b"someone else's");
+}

@@ -230,9 +230,20 @@ mod tests {
         let at = staging.join("a.json");
         assert_eq!(linked_size(&legacy, &at, &s, &o).expect("ok"), Some(8));
 
-        // Another inode with the same bytes.
+        // Another inode with the same bytes, and even the same modification
+        // time (`cp -p`, `touch -r`): only the fingerprint tells.
         std::fs::remove_file(&at).expect("rm");
         std::fs::write(&at, b"{\"a\": 1}").expect("write");
+        let (secs, nanos) = s.mtime;
+        std::fs::File::options()
+            .write(true)
+            .open(&at)
+            .expect("open")
+            .set_modified(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::new(u64::try_from(secs).expect("after 1970"), nanos),
+            )
+            .expect("mtime");
         let err = linked_size(&legacy, &at, &s, &o).expect_err("another inode");
         assert!(
             err.to_string()
