@@ -399,7 +399,9 @@ fn plan_summary(
 ) -> Result<(manifest::Manifest, Summary)> {
     let mut summary = Summary::default();
     let imported = imported_logs(&Paths::new(store.layout(), repo), legacy)?;
-    let m = plan::plan(
+    let area = store.layout().legacy_dir(repo);
+    let mut newer = 0u64;
+    let mut m = plan::plan(
         project,
         legacy,
         store.layout(),
@@ -408,10 +410,23 @@ fn plan_summary(
         preview,
         &imported,
         &mut |e| {
-            summary.add(e);
+            if preview {
+                // What publishing will find: conflicts, and newer versions.
+                let (marked, supersedes) =
+                    supersede::preview(e, legacy, store.layout(), &area, txid)?;
+                newer += u64::from(supersedes);
+                summary.add(marked.as_ref().unwrap_or(e));
+            } else {
+                summary.add(e);
+            }
             Ok(())
         },
     )?;
+    if newer > 0 {
+        m.warn(format!(
+            "{newer} document(s) in the store are older than the versions an older Prodigy wrote              again in the project since: the store's copies would be kept under `legacy/{repo}/superseded/`,              and the newer versions imported in their place"
+        ));
+    }
     Ok((m, summary))
 }
 

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use storage_fs::{Layout, fsx};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Category, Entry, Manifest, Produce, RelPath};
+use crate::manifest::{Category, Entry, Fate, Manifest, Produce, RelPath};
 use crate::plan::rel_in_store;
 
 /// A legacy file that is a newer version of the store's document at `dest`.
@@ -34,34 +34,32 @@ pub(crate) struct Newer {
     pub rewrite: bool,
 }
 
-/// Whether the legacy file at `source` is a newer version of the document
-/// at `root/dest`: that document exists, holds other bytes than the import
-/// would publish, and was modified before `source`.
-pub(crate) fn supersedes(source: &Path, root: &Path, dest: &Path, rewrite: bool) -> Result<bool> {
+/// How the legacy file at `source` compares with the document at
+/// `root/dest`: `None` if there is no such document (or no such file);
+/// otherwise whether it holds other bytes than the import would publish,
+/// and whether `source` was modified after it.
+fn compare(source: &Path, root: &Path, dest: &Path, rewrite: bool) -> Result<Option<(bool, bool)>> {
     let target = root.join(dest);
     let dest_meta = match std::fs::symlink_metadata(&target) {
         Ok(m) if m.is_file() => m,
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("stat", &target, e)),
     };
     let src_meta = match std::fs::symlink_metadata(source) {
         Ok(m) if m.is_file() => m,
         // Gone since it was listed (a concurrent import took it): the
         // import decides about it, not this.
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("stat", source, e)),
     };
     let newer = match (src_meta.modified(), dest_meta.modified()) {
         (Ok(s), Ok(d)) => s > d,
         _ => false,
     };
-    if !newer {
-        return Ok(false);
-    }
     if !rewrite && src_meta.len() != dest_meta.len() {
-        return Ok(true);
+        return Ok(Some((true, newer)));
     }
     let read = |p: &Path| std::fs::read(p).map_err(|e| Error::io("read", p, e));
     let mut published = read(source)?;
@@ -69,7 +67,52 @@ pub(crate) fn supersedes(source: &Path, root: &Path, dest: &Path, rewrite: bool)
         let new_dir = fsx::parent(&target).to_owned();
         published = crate::protocol::rewrite_metadata_path(&published, &new_dir).0;
     }
-    Ok(published != read(&target)?)
+    Ok(Some((published != read(&target)?, newer)))
+}
+
+/// Whether the legacy file at `source` is a newer version of the document
+/// at `root/dest`: that document exists, holds other bytes than the import
+/// would publish, and was modified before `source`.
+pub(crate) fn supersedes(source: &Path, root: &Path, dest: &Path, rewrite: bool) -> Result<bool> {
+    Ok(compare(source, root, dest, rewrite)?.is_some_and(|(differs, newer)| differs && newer))
+}
+
+/// What a dry run shows of `e` (its legacy file under `base`) where the
+/// real run would not publish it as planned: a destination holding other,
+/// not older, bytes is a conflict (kept under `area/conflicts/<txid>/`, as
+/// publishing would); returns the entry so marked, and whether it is a
+/// newer version that the real run imports in the store copy's place.
+pub(crate) fn preview(
+    e: &Entry,
+    base: &Path,
+    layout: &Layout,
+    area: &Path,
+    txid: &str,
+) -> Result<(Option<Entry>, bool)> {
+    let ([source], [output]) = (e.sources.as_slice(), e.outputs.as_slice()) else {
+        return Ok((None, false));
+    };
+    let rewrite = match output.produce {
+        Produce::Copy => false,
+        Produce::RewriteMetadataPath => true,
+        Produce::SplitEvents { .. } => return Ok((None, false)),
+    };
+    let from = base.join(source.rel.as_path());
+    match compare(&from, layout.root(), output.dest.as_path(), rewrite)? {
+        Some((true, true)) => Ok((None, true)),
+        Some((true, false)) => {
+            let mut marked = e.clone();
+            let alt = area
+                .join("conflicts")
+                .join(txid)
+                .join(output.dest.as_path());
+            marked.outputs[0].fate = Fate::Conflict {
+                alt: rel_in_store(layout, &alt),
+            };
+            Ok((Some(marked), false))
+        }
+        _ => Ok((None, false)),
+    }
 }
 
 /// Plans moving each document of `newer` that (decided again here, under

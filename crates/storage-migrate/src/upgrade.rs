@@ -157,8 +157,14 @@ pub fn upgrade(store: &FsStorage, opts: &UpgradeOptions<'_>) -> Result<Migration
     if opts.dry_run {
         let txid = plan::new_txid();
         let mut summary = Summary::default();
+        let area = store.layout().layout_0_area();
         let (m, _) = layout0::plan(store.layout(), &txid, run_kind(store)?, &mut |e| {
-            summary.add(e);
+            // What publishing will find: a conflict where the store's copy
+            // is not older (a newer layout-0 copy is already in the plan's
+            // warnings, as superseding the store's).
+            let (marked, _) =
+                crate::supersede::preview(e, store.root(), store.layout(), &area, &txid)?;
+            summary.add(marked.as_ref().unwrap_or(e));
             Ok(())
         })?;
         let outcome = if due(store)? && summary.outputs > 0 {

@@ -282,9 +282,29 @@ fn files_an_old_prodigy_writes_again_are_migrated_as_newer_versions() {
         ),
     )
     .expect("w");
+    // The dry run shows what the real run finds (issue 21, item 14: it
+    // listed no conflict where the real run kept one).
+    let preview = run_json(&sb, &["migrate", "--dry-run"]);
+    assert_eq!(preview["outcome"], "dry_run", "{preview:#}");
+    let predicted = preview["conflicts"].as_array().expect("list");
+    assert_eq!(predicted.len(), 1, "{preview:#}");
+    assert!(
+        predicted[0]["dest"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("checkpoint-v2.json")),
+        "{preview:#}"
+    );
+    assert!(
+        preview["warnings"].to_string().contains("superseded"),
+        "{preview:#}"
+    );
     let report = run_json(&sb, &["migrate"]);
     assert_eq!(report["outcome"], "migrated");
     assert_eq!(report["legacy_files"], 4);
+    assert_eq!(
+        report["conflicts"][0]["dest"], predicted[0]["dest"],
+        "the conflict the dry run predicted"
+    );
     assert_eq!(
         fs_err::read(&v3).expect("v3"),
         b"{\"job_id\": \"newer\"}",

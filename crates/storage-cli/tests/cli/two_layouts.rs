@@ -541,3 +541,47 @@ fn r8_stale_takeover_race_with_an_older_prodigy() {
 fn pid_alive(pid: u64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
+
+/// Issue 21, item 14: an upgrade's dry run lists the conflict its real run
+/// keeps (a layout-0 copy older than the store's, with other bytes), at
+/// the same destination.
+#[test]
+fn an_upgrades_dry_run_lists_the_conflict_the_real_run_keeps() {
+    let sb = sb0();
+    let root = sb.store();
+    run(&sb, &["upgrade"], true);
+    let written_later = json!({"item_id": "item-1", "by": "the store"});
+    storage_fs::FsStorage::open(&root)
+        .expect("open")
+        .put(&item("item-1"), &written_later)
+        .expect("put");
+    fs_err::create_dir_all(nested(&root)).expect("mkdir");
+    let older = nested(&root).join("item-1.json");
+    fs_err::write(
+        &older,
+        br#"{"item_id": "item-1", "by": "an older Prodigy, earlier"}"#,
+    )
+    .expect("write");
+    fs_err::File::options()
+        .write(true)
+        .open(&older)
+        .expect("open")
+        .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        .expect("mtime");
+    let preview = run_json(&sb, &["upgrade", "--dry-run"]);
+    let predicted = preview["conflicts"].as_array().expect("list").clone();
+    assert_eq!(predicted.len(), 1, "{preview:#}");
+    let report = run_json(&sb, &["upgrade"]);
+    let kept = report["conflicts"].as_array().expect("list");
+    assert_eq!(kept.len(), 1, "{report:#}");
+    assert_eq!(
+        kept[0]["dest"], predicted[0]["dest"],
+        "{preview:#}\n{report:#}"
+    );
+    let store = storage_fs::FsStorage::open(&root).expect("open");
+    assert_eq!(
+        store.get(&item("item-1")).expect("get"),
+        Some(written_later),
+        "the store's newer copy is what it serves"
+    );
+}
