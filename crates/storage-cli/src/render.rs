@@ -501,16 +501,23 @@ mod with_import {
 
     /// The files a forced rollback or downgrade moved aside, if any.
     fn displaced(out: &mut String, r: &RollbackReport) {
-        if r.displaced.is_empty() {
-            return;
+        if !r.displaced.is_empty() {
+            let _ = writeln!(
+                out,
+                "  moved aside because they had changed: {}",
+                r.displaced.len()
+            );
         }
-        let _ = writeln!(
-            out,
-            "  moved aside because they had changed: {}",
-            r.displaced.len()
-        );
         for d in &r.displaced {
             let _ = writeln!(out, "    {}", d.display());
+        }
+        if let Some(first) = r.kept_changed.first() {
+            let _ = writeln!(
+                out,
+                "  left in the store because they had changed since they were published: {} (first `{}`)",
+                r.kept_changed.len(),
+                first.display()
+            );
         }
     }
 

@@ -722,6 +722,7 @@ pub fn rollback(
             restored_files: summary.sources,
             restored_bytes: summary.source_bytes,
             removed_from_store: summary.published,
+            kept_changed: Vec::new(),
             displaced: Vec::new(),
             backup: tx.paths.backup(&j.txid),
             recovered,
@@ -791,7 +792,8 @@ pub fn rollback(
     }
     let mut reports = Vec::new();
     for (txid, m, changed) in checked {
-        let summary = tx.start_rollback(&m, opts.force)?;
+        let undone = tx.start_rollback(&m, opts.force)?;
+        let summary = &undone.summary;
         reports.push(RollbackReport {
             schema_version: REPORT_SCHEMA_VERSION,
             also_undone: Vec::new(),
@@ -801,7 +803,8 @@ pub fn rollback(
             project: project.clone(),
             restored_files: summary.sources,
             restored_bytes: summary.source_bytes,
-            removed_from_store: summary.published - changed.len() as u64,
+            removed_from_store: undone.removed,
+            kept_changed: undone.kept,
             displaced: if opts.force { changed } else { Vec::new() },
             backup: tx.paths.backup(&txid),
             recovered: None,
@@ -842,7 +845,8 @@ fn undo_unfinished(
             paths: changed,
         });
     }
-    let summary = tx.start_rollback(&m, opts.force)?;
+    let undone = tx.start_rollback(&m, opts.force)?;
+    let summary = &undone.summary;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
         also_undone: Vec::new(),
@@ -852,7 +856,8 @@ fn undo_unfinished(
         project: project.to_owned(),
         restored_files: summary.sources,
         restored_bytes: summary.source_bytes,
-        removed_from_store: summary.published.saturating_sub(changed.len() as u64),
+        removed_from_store: undone.removed,
+        kept_changed: undone.kept,
         displaced: if opts.force { changed } else { Vec::new() },
         backup: tx.paths.backup(txid),
         recovered: Some(format!(

@@ -279,6 +279,14 @@ pub struct RollbackReport {
     /// With `--force`: changed files moved aside instead of removed.
     #[serde(serialize_with = "lossless_list")]
     pub displaced: Vec<PathBuf>,
+    /// Files it had published that changed since and were left where they
+    /// are (finishing an interrupted rollback, which has no `--force` to
+    /// ask for). Absent when none.
+    #[serde(
+        serialize_with = "lossless_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub kept_changed: Vec<PathBuf>,
     /// The backup, which stays until pruned.
     #[serde(serialize_with = "lossless")]
     pub backup: PathBuf,
@@ -404,6 +412,7 @@ mod tests {
             restored_files: 0,
             restored_bytes: 0,
             removed_from_store: 0,
+            kept_changed: Vec::new(),
             displaced: vec![odd.to_owned(), PathBuf::from("plain")],
             backup: PathBuf::from("b"),
             recovered: None,

@@ -374,6 +374,7 @@ fn downgrade_one(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
             restored_files: summary.sources,
             restored_bytes: summary.source_bytes,
             removed_from_store: summary.published,
+            kept_changed: Vec::new(),
             displaced: Vec::new(),
             backup: tx.paths.backup(&j.txid),
             recovered,
@@ -395,6 +396,7 @@ fn downgrade_one(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
             restored_files: 0,
             restored_bytes: 0,
             removed_from_store: 0,
+            kept_changed: Vec::new(),
             displaced: Vec::new(),
             backup: tx.paths.backup(&done.txid),
             recovered: Some(format!(
@@ -434,6 +436,7 @@ fn downgrade_one(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
             restored_files: 0,
             restored_bytes: 0,
             removed_from_store: 0,
+            kept_changed: Vec::new(),
             displaced: Vec::new(),
             backup: tx.paths.backup("none"),
             recovered,
@@ -458,7 +461,8 @@ fn downgrade_one(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
             paths: changed,
         });
     }
-    let summary = tx.start_rollback(&m, opts.force)?;
+    let undone = tx.start_rollback(&m, opts.force)?;
+    let summary = &undone.summary;
     Ok(RollbackReport {
         schema_version: REPORT_SCHEMA_VERSION,
         also_undone: Vec::new(),
@@ -468,7 +472,8 @@ fn downgrade_one(store: &FsStorage, opts: &DowngradeOptions<'_>) -> Result<Rollb
         kept_newer,
         not_read_by_older: 0,
         restored_bytes: summary.source_bytes,
-        removed_from_store: summary.published.saturating_sub(changed.len() as u64),
+        removed_from_store: undone.removed,
+        kept_changed: undone.kept,
         displaced: if opts.force { changed } else { Vec::new() },
         backup: tx.paths.backup(&txid),
         recovered,

@@ -960,3 +960,42 @@ fn a_backup_whose_records_cannot_be_read_is_never_pruned_without_force() {
         "{report:#}"
     );
 }
+
+/// Issue 21, item 9: undoing a migration that stopped after it began
+/// publishing counts what it removes, and a file it published that
+/// changed since is not silently kept: the rollback refuses, naming it,
+/// and `--force` moves it aside (before, it stayed, and the report said
+/// 0 removed).
+#[test]
+fn undoing_an_unfinished_migration_accounts_for_every_published_file() {
+    let sb = fixture_sandbox();
+    let before = snapshot_without_locks(&sb.project());
+    crate::crash::crash(&sb, &["migrate"], "mid-publish");
+    let v3 = sb.store().join(format!(
+        "state/project/mapreduce/jobs/{}/checkpoint-v3.json",
+        fixture::JOB
+    ));
+    assert!(v3.is_file(), "published before the crash");
+    fs_err::write(&v3, b"{\"changed\": \"by Prodigy since\"}").expect("write");
+    let refused = run(&sb, &["rollback"], false);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("checkpoint-v3.json"), "{err}");
+    let report = run_json(&sb, &["rollback", "--force"]);
+    let displaced = report["displaced"].as_array().expect("displaced");
+    assert_eq!(displaced.len(), 1, "{report:#}");
+    assert!(
+        report["removed_from_store"].as_u64().is_some_and(|n| n > 0),
+        "{report:#}"
+    );
+    assert!(!v3.exists(), "moved aside");
+    let aside: Vec<_> = files(&sb.store().join("legacy/project/rollback-displaced"))
+        .into_iter()
+        .filter(|(_, b)| b.as_slice() == b"{\"changed\": \"by Prodigy since\"}")
+        .collect();
+    assert_eq!(aside.len(), 1, "the change is kept aside");
+    assert_same_tree(
+        &snapshot_without_locks(&sb.project()),
+        &before,
+        "the project, back",
+    );
+}

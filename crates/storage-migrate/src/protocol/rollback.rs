@@ -91,6 +91,19 @@ pub(super) fn restore_one(
     }
 }
 
+/// What rolling back did besides restoring: the files it removed from the
+/// store, and the ones it left because they changed since they were
+/// published (without `--force`; with it they are moved aside instead).
+#[derive(Debug)]
+pub(crate) struct Undone {
+    /// The totals of the transaction's entries.
+    pub summary: Summary,
+    /// Files removed from the store.
+    pub removed: u64,
+    /// Files it had published that changed since: left where they are.
+    pub kept: Vec<PathBuf>,
+}
+
 /// The temp name beside the restored file `name` where it is copied in
 /// across file systems: the same for every run of the rollback of `txid`
 /// (not the process's id), so that a run finishing a killed one finds and
@@ -321,10 +334,19 @@ impl Tx<'_> {
                 }
             }
             for o in chunk.iter().flat_map(|e| &e.outputs) {
+                let pending;
                 let rel = match &o.fate {
                     Fate::Published => &o.dest,
                     Fate::Conflict { alt } => alt,
-                    Fate::AlreadyPresent | Fate::Pending => continue,
+                    Fate::AlreadyPresent => continue,
+                    // An unfinished migration: what left staging was published.
+                    Fate::Pending => match self.published_pending(m, o)? {
+                        Some(at) => {
+                            pending = at;
+                            &pending
+                        }
+                        None => continue,
+                    },
                 };
                 let path = join(root, rel)?;
                 if !matches!(probe(&path)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash)
@@ -376,7 +398,7 @@ impl Tx<'_> {
     }
 
     /// Rolls `m` back; returns the totals of its entries.
-    pub fn start_rollback(&self, m: &Manifest, force: bool) -> Result<Summary> {
+    pub fn start_rollback(&self, m: &Manifest, force: bool) -> Result<Undone> {
         set_journal(&self.paths, &m.txid, Phase::RollingBack, force)?;
         self.finish_rollback(m, force, false)
     }
@@ -388,7 +410,7 @@ impl Tx<'_> {
         m: &Manifest,
         force: bool,
         distrust: bool,
-    ) -> Result<Summary> {
+    ) -> Result<Undone> {
         let backup = self.paths.backup(&m.txid);
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
@@ -489,6 +511,7 @@ impl Tx<'_> {
             .join("rollback-displaced")
             .join(&m.txid);
         let mut first = true;
+        let (mut removed, mut kept) = (0u64, Vec::new());
         manifest::for_each_chunk(&entries, |chunk| {
             // The store keeps what a source that is not in the backup was
             // verified as: it may hold bytes found nowhere else.
@@ -502,29 +525,10 @@ impl Tx<'_> {
                     Fate::Conflict { alt } => alt.clone(),
                     Fate::AlreadyPresent => continue,
                     // An unfinished migration being undone: what left staging was published.
-                    Fate::Pending => {
-                        if std::fs::symlink_metadata(join(&staging, &o.dest)?).is_ok() {
-                            continue;
-                        }
-                        let alt = conflict_alt(
-                            self.layout(),
-                            &self.owner.area(self.layout()),
-                            &m.txid,
-                            &o.dest,
-                        );
-                        let ours = |rel: &RelPath| -> Result<bool> {
-                            Ok(
-                                matches!(probe(&join(&root, rel)?)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash),
-                            )
-                        };
-                        if ours(&o.dest)? {
-                            o.dest.clone()
-                        } else if ours(&alt)? {
-                            alt
-                        } else {
-                            continue;
-                        }
-                    }
+                    Fate::Pending => match self.published_pending(m, o)? {
+                        Some(at) => at,
+                        None => continue,
+                    },
                 };
                 let rel = &rel;
                 let path = join(&root, rel)?;
@@ -540,6 +544,7 @@ impl Tx<'_> {
                     AtPath::Missing => tidy(),
                     AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash => {
                         fsx::remove_file_durable(&path)?;
+                        removed += 1;
                         tracing::debug!(file = %rel.as_path().display(), "removed from the store");
                         tidy();
                     }
@@ -550,6 +555,7 @@ impl Tx<'_> {
                     }
                     _ => {
                         tracing::warn!(path = %path.display(), "changed since migration; left in place");
+                        kept.push(path);
                     }
                 }
                 if std::mem::take(&mut first) {
@@ -579,6 +585,51 @@ impl Tx<'_> {
             },
         )?;
         fsx::remove_file_durable(&self.paths.journal())?;
-        Ok(summary)
+        Ok(Undone {
+            summary,
+            removed,
+            kept,
+        })
+    }
+
+    /// Where an output of an unfinished transaction (its fate still
+    /// `Pending`) was published, relative to the store root: `None` while
+    /// staging still holds it (never published), or if nothing is at
+    /// either place. Publishing moves it out of staging to its
+    /// destination, or to its conflict place where the destination was
+    /// taken: the conflict place if a file is there, else the destination.
+    pub(super) fn published_pending(
+        &self,
+        m: &Manifest,
+        o: &manifest::Output,
+    ) -> Result<Option<RelPath>> {
+        let staging = self.paths.staging(&m.txid);
+        if std::fs::symlink_metadata(join(&staging, &o.dest)?).is_ok() {
+            return Ok(None);
+        }
+        let root = self.layout().root();
+        let alt = conflict_alt(
+            self.layout(),
+            &self.owner.area(self.layout()),
+            &m.txid,
+            &o.dest,
+        );
+        let ours = |rel: &RelPath| -> Result<bool> {
+            Ok(
+                matches!(probe(&join(root, rel)?)?, AtPath::File(h) if Some(h.to_hex().to_string()) == o.hash),
+            )
+        };
+        let exists = |rel: &RelPath| -> Result<bool> {
+            Ok(std::fs::symlink_metadata(join(root, rel)?).is_ok())
+        };
+        Ok(if ours(&o.dest)? {
+            Some(o.dest.clone())
+        } else if ours(&alt)? || exists(&alt)? {
+            Some(alt)
+        } else if exists(&o.dest)? {
+            Some(o.dest.clone())
+        } else {
+            None
+        })
     }
 }
