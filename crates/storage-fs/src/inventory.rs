@@ -3,7 +3,8 @@
 //! modification time (`prodigy-storage list`).
 //!
 //! It reads directory listings and one `stat` per file, never a file's
-//! content. Repositories are the valid names found under `state/`, `dlq/`
+//! content (but the first two bytes of a log part named `.gz`, to tell a
+//! log an older Prodigy rotated from a real gzip file). Repositories are the valid names found under `state/`, `dlq/`
 //! and `events/` (registered or not: an upgraded layout-0 store has data
 //! under base names no project registered yet).
 
@@ -124,18 +125,17 @@ impl FsStorage {
             }
             for job in self.event_logs(repo)? {
                 let dir = self.layout().events_job_dir(repo, &job);
-                for e in fsx::read_dir_sorted(&dir)? {
-                    let name = e.name.to_string_lossy();
-                    if e.file_type.is_file() && !name.starts_with('.') && name.ends_with(".jsonl") {
-                        push(
-                            &mut out,
-                            "event log",
-                            Some(repo),
-                            Some(job.as_str()),
-                            Some(&name),
-                            &e.path,
-                        )?;
-                    }
+                // The parts the log reader reads (`events::log_files`),
+                // a part an older Prodigy rotated (`….jsonl.gz`) included.
+                for f in crate::events::log_files(&dir)? {
+                    push(
+                        &mut out,
+                        "event log",
+                        Some(repo),
+                        Some(job.as_str()),
+                        Some(&f.path.file_name().unwrap_or_default().to_string_lossy()),
+                        &f.path,
+                    )?;
                 }
             }
         }

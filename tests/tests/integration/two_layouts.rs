@@ -282,6 +282,21 @@ fn a_log_an_older_prodigy_rotated_is_read_in_place_and_across_the_upgrade() {
         [0, 1, 2],
         "the rotated part first, the real gzip not at all"
     );
+    let listed: Vec<String> = store
+        .inventory(Some(&repo))
+        .expect("list")
+        .into_iter()
+        .filter(|i| i.kind == "event log")
+        .filter_map(|i| i.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "events-20261207_101500.20261207_111500.jsonl.gz",
+            "events-20261207_101500.jsonl"
+        ],
+        "`list` shows what is read, the rotated part included"
+    );
     // A cursor in the middle of the rotated part.
     let mut middle = after_first.clone();
     middle.segment = "events-20261207_101500.20261207_111500.jsonl".to_owned();
