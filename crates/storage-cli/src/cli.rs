@@ -163,6 +163,71 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// Print one document the store holds, as JSON (indented; --compact for one line)
+    ///
+    /// The document as Prodigy reads it back through the storage API, from
+    /// either store (`--store postgres://…` too). KIND and its ids are what
+    /// `list` shows in its KIND, JOB and ID columns. Exits 1 if there is no
+    /// such document.
+    #[command(
+        verbatim_doc_comment,
+        after_help = "\
+Examples:
+  prodigy-storage show dead-letter mapreduce-1757146800123 item_12 --repo api
+  prodigy-storage show job-checkpoint mapreduce-1757146800123 3
+  prodigy-storage show unified-session session-0b9f3c9e --compact"
+    )]
+    Show {
+        /// What it is (each takes the ids named in its help)
+        #[arg(value_enum)]
+        kind: ShowKind,
+        /// Its ids: SESSION; JOB VERSION; JOB; WORKFLOW; JOB ITEM; SESSION WORKFLOW; KIND NAME
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        /// The repository [default: the current project's, if this store has registered it]
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+        /// One line instead of indented
+        #[arg(long)]
+        compact: bool,
+    },
+    /// Print a job's event log, one JSON record per line (--follow: and what is appended)
+    ///
+    /// Reads the log as Prodigy does: in order, a corrupt line skipped and
+    /// said on stderr, a torn last line left for its writer to finish. With
+    /// --json each line is `{"record": …, "cursor": …, "exact": …}`: --after
+    /// with a cursor marked exact goes on right after its record, with one
+    /// not exact from a little before it (a record may come again, none is
+    /// skipped). Ctrl-C ends --follow.
+    #[command(
+        verbatim_doc_comment,
+        after_help = "\
+Examples:
+  prodigy-storage events mapreduce-1757146800123 --repo api
+  prodigy-storage events mapreduce-1757146800123 --follow --since 10m
+  prodigy-storage events mapreduce-1757146800123 --json | tail -1   # the cursor to go on from"
+    )]
+    Events {
+        /// The job (or session) whose log to print
+        #[arg(value_name = "JOB")]
+        job: String,
+        /// The repository [default: the current project's, if this store has registered it]
+        #[arg(long, value_name = "REPO")]
+        repo: Option<String>,
+        /// Keep printing what is appended, until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        /// Only records whose `timestamp` is at or after this: an age (90s, 10m, 2h, 1d) or an
+        /// RFC 3339 time; records without one are printed
+        #[arg(long, value_name = "AGE|TIME", value_parser = parse_since)]
+        since: Option<std::time::SystemTime>,
+        /// Go on after this cursor, as --json prints it
+        #[arg(long, value_name = "CURSOR", value_parser = parse_cursor)]
+        after: Option<storage_core::EventCursor>,
+        /// Print each record with its cursor
+        #[arg(long)]
+        json: bool,
+    },
     /// Upgrade a store that an older Prodigy wrote (layout 0) to the current layout
     ///
     /// Files already where the store reads them stay untouched; the others
@@ -232,6 +297,59 @@ Examples:
     },
 }
 
+/// The kinds of document `show` prints, with the ids each takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShowKind {
+    /// A repository's session: SESSION
+    Session,
+    /// A MapReduce job's checkpoint: JOB VERSION
+    JobCheckpoint,
+    /// A MapReduce job's `metadata.json`: JOB
+    JobMetadata,
+    /// A repository's workflow checkpoint: WORKFLOW
+    WorkflowCheckpoint,
+    /// A dead letter: JOB ITEM
+    DeadLetter,
+    /// A job's dead-letter index: JOB
+    DeadLetterIndex,
+    /// A session's job: SESSION
+    SessionJob,
+    /// A unified session (global, no repository): SESSION
+    UnifiedSession,
+    /// A unified session's checkpoint (global): SESSION
+    SessionCheckpoint,
+    /// A unified session's workflow checkpoint (global): SESSION WORKFLOW
+    SessionWorkflowCheckpoint,
+    /// A document of an extension kind: KIND NAME
+    Ext,
+}
+
+impl ShowKind {
+    /// The ids it takes, in order.
+    #[must_use]
+    pub fn ids(self) -> &'static [&'static str] {
+        match self {
+            Self::Session | Self::SessionJob | Self::UnifiedSession | Self::SessionCheckpoint => {
+                &["SESSION"]
+            }
+            Self::JobCheckpoint => &["JOB", "VERSION"],
+            Self::JobMetadata | Self::DeadLetterIndex => &["JOB"],
+            Self::WorkflowCheckpoint => &["WORKFLOW"],
+            Self::DeadLetter => &["JOB", "ITEM"],
+            Self::SessionWorkflowCheckpoint => &["SESSION", "WORKFLOW"],
+            Self::Ext => &["KIND", "NAME"],
+        }
+    }
+
+    /// Its name on the command line.
+    #[must_use]
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BackupsAction {
     /// List every backup, with its size and age
@@ -283,4 +401,121 @@ pub fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     }
     .ok_or_else(|| format!("`{text}` is not an age like 30d, 12h, 90m or 45s"))?;
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// `--since`: an age (`90s`, `10m`, `2h`, `1d`) or an RFC 3339 time.
+pub fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(age) = parse_age(text) {
+        return Ok(std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH));
+    }
+    parse_time(text.trim()).ok_or_else(|| {
+        format!(
+            "`{text}` is neither an age (90s, 10m, 2h, 1d) nor an RFC 3339 time \
+             (2026-12-07T10:00:00Z, 2026-12-07T11:00:00+01:00)"
+        )
+    })
+}
+
+/// `--after`: a cursor as `events --json` prints it.
+pub fn parse_cursor(text: &str) -> Result<storage_core::EventCursor, String> {
+    serde_json::from_str(text).map_err(|e| {
+        format!("`{text}` is not a cursor as `events --json` prints it (`{{\"segment\": …}}`): {e}")
+    })
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
+pub fn parse_time(text: &str) -> Option<std::time::SystemTime> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = text.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: u32 = 0;
+    if b.get(i) == Some(&b'.') {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        let frac = &text[i + 1..i + 1 + digits.min(9)];
+        nanos = frac.parse::<u32>().ok()? * 10u32.pow(9 - u32::try_from(frac.len()).ok()?);
+        i += 1 + digits;
+    }
+    let offset = match &text[i..] {
+        "Z" | "z" => 0,
+        tz if tz.len() == 6
+            && matches!(tz.as_bytes()[0], b'+' | b'-')
+            && tz.as_bytes()[3] == b':' =>
+        {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            let sign = if tz.starts_with('-') { -1 } else { 1 };
+            sign * (oh * 3600 + om * 60)
+        }
+        _ => return None,
+    };
+    let secs =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_parse_as_rfc_3339() {
+        let at = |s| parse_time(s).map(|t| t.duration_since(UNIX_EPOCH).expect("after"));
+        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
+        assert_eq!(
+            at("2025-09-06T08:31:02.907114Z"),
+            Some(Duration::new(1_757_147_462, 907_114_000))
+        );
+        assert_eq!(at("2025-09-06T10:31:02+02:00"), at("2025-09-06T08:31:02Z"));
+        assert_eq!(
+            at("2024-02-29T00:00:00Z"),
+            Some(Duration::from_secs(1_709_164_800))
+        );
+        for bad in [
+            "2025-09-06",
+            "2025-13-01T00:00:00Z",
+            "2025-09-06T08:31:02",
+            "x",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
 }

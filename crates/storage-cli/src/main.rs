@@ -6,6 +6,7 @@
 mod cli;
 #[cfg(feature = "legacy-import")]
 mod progress;
+mod read;
 mod render;
 
 use std::io::Write;
@@ -252,6 +253,34 @@ fn check_store_path(root: &RootChoice) -> Result<()> {
     }
 }
 
+/// The repository `show` and `events` read: `--repo`, else the current
+/// project's key if this store registered it.
+fn file_repo(store: &FsStorage, repo: Option<&str>) -> Result<Option<storage_core::RepoKey>> {
+    if let Some(r) = repo {
+        return Ok(Some(storage_core::RepoKey::new(r)?));
+    }
+    let project = project_dir(None)?;
+    Ok(store.find_repo_key(&project).ok().flatten())
+}
+
+/// "session `s1` of repository `api`": what `show` looked for.
+fn show_label(kind: cli::ShowKind, repo: Option<&storage_core::RepoKey>, ids: &[String]) -> String {
+    let ids: Vec<String> = ids.iter().map(|i| format!("`{i}`")).collect();
+    match repo {
+        Some(r)
+            if !matches!(
+                kind,
+                cli::ShowKind::UnifiedSession
+                    | cli::ShowKind::SessionCheckpoint
+                    | cli::ShowKind::SessionWorkflowCheckpoint
+            ) =>
+        {
+            format!("{} {} of repository `{r}`", kind.name(), ids.join(" "))
+        }
+        _ => format!("{} {}", kind.name(), ids.join(" ")),
+    }
+}
+
 /// `status` of a path that is not a directory: an error, not a report that
 /// it "cannot be read" with exit status 0 (a mistyped path looked fine).
 fn check_project_dir(project: &Path) -> Result<()> {
@@ -311,6 +340,43 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             check_project_dir(&project)?;
             let store = FsStorage::peek(&root.path)?;
             status(cli, &root, &store, &project, *json)
+        }
+        Command::Show {
+            kind,
+            ids,
+            repo,
+            compact,
+        } => {
+            let store = FsStorage::peek(&root.path)?;
+            let repo = file_repo(&store, repo.as_deref())?;
+            let key = read::doc_key(*kind, repo.as_ref(), ids)?;
+            read::show(
+                &store,
+                &key,
+                &show_label(*kind, repo.as_ref(), ids),
+                *compact,
+            )
+        }
+        Command::Events {
+            job,
+            repo,
+            follow,
+            since,
+            after,
+            json,
+        } => {
+            let store = FsStorage::peek(&root.path)?;
+            let repo = file_repo(&store, repo.as_deref())?.context(
+                "name the repository with --repo (or run it in a project registered in this \
+                 store; `prodigy-storage list` shows every repository)",
+            )?;
+            let opts = read::EventsOptions {
+                follow: *follow,
+                since: *since,
+                after: after.clone(),
+                json: *json,
+            };
+            read::events(&store, &repo, &storage_core::JobId::new(job)?, &opts)
         }
         #[cfg(feature = "legacy-import")]
         other => import::run(cli, &root, other),
@@ -740,7 +806,11 @@ mod import {
                 conflicts_left(&report, false)?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Status { .. } | Command::Layout | Command::List { .. } => {
+            Command::Status { .. }
+            | Command::Layout
+            | Command::List { .. }
+            | Command::Show { .. }
+            | Command::Events { .. } => {
                 unreachable!("handled by the caller")
             }
         }
@@ -789,6 +859,48 @@ mod team {
                 )?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Show {
+                kind,
+                ids,
+                repo,
+                compact,
+            } => {
+                let store = PgStorage::connect(url)?;
+                let repo = repo
+                    .as_deref()
+                    .map(storage_core::RepoKey::new)
+                    .transpose()?;
+                let key = super::read::doc_key(*kind, repo.as_ref(), ids)?;
+                let what = super::show_label(*kind, repo.as_ref(), ids);
+                super::read::show(&store, &key, &what, *compact)
+            }
+            Command::Events {
+                job,
+                repo,
+                follow,
+                since,
+                after,
+                json,
+            } => {
+                let store = PgStorage::connect(url)?;
+                let Some(repo) = repo else {
+                    anyhow::bail!(
+                        "name the repository with --repo: a team's store ({source}) knows no project"
+                    );
+                };
+                let opts = super::read::EventsOptions {
+                    follow: *follow,
+                    since: *since,
+                    after: after.clone(),
+                    json: *json,
+                };
+                super::read::events(
+                    &store,
+                    &storage_core::RepoKey::new(repo)?,
+                    &storage_core::JobId::new(job)?,
+                    &opts,
+                )
+            }
             #[cfg(feature = "legacy-import")]
             Command::Migrate { .. } | Command::Upgrade { .. } => {
                 // The migration's guarantees (staging, verification, backup,
@@ -802,8 +914,9 @@ mod team {
                 "`{}` works on the file store, where migrations keep their journals and \
                  backups; run it without --store / PRODIGY_STORE (the file store is --home, \
                  PRODIGY_HOME or ~/.prodigy). With a team's store ({source}) this build runs \
-                 status, migrate and upgrade (on the file store, then copied into the team's \
-                 store); `copy-store --to <URL>` copies the file store into it",
+                 status, show, events, migrate and upgrade (the last two on the file store, \
+                 then copied into the team's store); `copy-store --to <URL>` copies the file \
+                 store into it",
                 command_name(other)
             ),
         }
@@ -818,6 +931,8 @@ mod team {
             Command::Backups { .. } => "backups",
             Command::Layout => "layout",
             Command::List { .. } => "list",
+            Command::Show { .. } => "show",
+            Command::Events { .. } => "events",
             Command::Upgrade { .. } => "upgrade",
             Command::Downgrade { .. } => "downgrade",
             Command::CopyStore { .. } => "copy-store",

@@ -23,3 +23,5 @@ mod upgrade;
 mod subdirs;
 // One root written by two generations of Prodigy: an adversarial review's tests.
 mod two_layouts;
+// Reading back what the store holds: `show` and `events`.
+mod read;

@@ -30,6 +30,8 @@ fn every_command_documents_itself_truthfully() {
         &["backups", "prune"],
         &["layout"],
         &["list"],
+        &["show"],
+        &["events"],
         &["upgrade"],
         &["downgrade"],
         &["copy-store"],

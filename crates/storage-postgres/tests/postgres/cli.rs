@@ -162,6 +162,66 @@ fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
         "{s:#}"
     );
 
+    // show and events read the team's store through the same API.
+    let out = run(
+        &bin,
+        home.path(),
+        &[
+            "--store",
+            &url,
+            "show",
+            "session",
+            "cook-7",
+            "--repo",
+            "api",
+            "--compact",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).expect("json"),
+        json!({"session_id": "cook-7", "ünïcødé": [1, 2.5, null]})
+    );
+    let out = run(
+        &bin,
+        home.path(),
+        &[
+            "--store",
+            &url,
+            "events",
+            "mapreduce-1",
+            "--repo",
+            "api",
+            "--json",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 1500);
+    assert_eq!(lines[1499]["record"]["event"]["n"], 1499);
+    let after = lines[1499]["cursor"].to_string();
+    let out = run(
+        &bin,
+        home.path(),
+        &[
+            "--store",
+            &url,
+            "events",
+            "mapreduce-1",
+            "--repo",
+            "api",
+            "--after",
+            &after,
+        ],
+        &[],
+    );
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+
     // A command that needs the file store's journals is refused, naming why.
     let out = run(&bin, home.path(), &["--store", &url, "rollback"], &[]);
     assert!(!out.status.success());

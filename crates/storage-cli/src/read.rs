@@ -1,0 +1,221 @@
+//! `show` and `events`: reading what the store holds, on either store,
+//! through the `Storage` API only (so what they print is what Prodigy
+//! reads back, with the API's cursor guarantees).
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use storage_core::{
+    DocKey, EventCursor, EventRecord, ExtKind, ItemId, JobId, ReadMode, RepoKey, SessionId,
+    Storage, WorkflowId,
+};
+
+use crate::cli::ShowKind;
+
+/// How long one wait of `events --follow` lasts before it looks again
+/// (the store wakes it earlier when the log grows).
+const WAIT_SLICE: Duration = Duration::from_secs(1);
+
+/// The key `kind` and `ids` name in `repo` (`None`: the kind is global).
+pub fn doc_key(kind: ShowKind, repo: Option<&RepoKey>, ids: &[String]) -> Result<DocKey> {
+    let want = kind.ids();
+    if ids.len() != want.len() {
+        bail!(
+            "`show {}` takes {} id(s), {}; got {}",
+            kind.name(),
+            want.len(),
+            want.join(" "),
+            ids.len()
+        );
+    }
+    let repo = || -> Result<RepoKey> {
+        repo.cloned().context(
+            "name the repository with --repo (or run it in a project registered in this store; \
+             `prodigy-storage list` shows every repository)",
+        )
+    };
+    let id = |i: usize| ids[i].as_str();
+    let job = |i: usize| JobId::new(id(i)).map_err(anyhow::Error::from);
+    let session = |i: usize| SessionId::new(id(i)).map_err(anyhow::Error::from);
+    let workflow = |i: usize| WorkflowId::new(id(i)).map_err(anyhow::Error::from);
+    Ok(match kind {
+        ShowKind::Session => DocKey::Session {
+            repo: repo()?,
+            session: session(0)?,
+        },
+        ShowKind::JobCheckpoint => DocKey::JobCheckpoint {
+            repo: repo()?,
+            job: job(0)?,
+            // `3`, or `v3` as `list` shows it.
+            version: id(1)
+                .strip_prefix('v')
+                .unwrap_or(id(1))
+                .parse()
+                .with_context(|| {
+                    format!(
+                        "`{}` is not a checkpoint version (a number, or v<N> as `list` shows it)",
+                        id(1)
+                    )
+                })?,
+        },
+        ShowKind::JobMetadata => DocKey::JobMetadata {
+            repo: repo()?,
+            job: job(0)?,
+        },
+        ShowKind::WorkflowCheckpoint => DocKey::WorkflowCheckpoint {
+            repo: repo()?,
+            workflow: workflow(0)?,
+        },
+        ShowKind::DeadLetter => DocKey::DeadLetter {
+            repo: repo()?,
+            job: job(0)?,
+            item: ItemId::new(id(1))?,
+        },
+        ShowKind::DeadLetterIndex => DocKey::DeadLetterIndex {
+            repo: repo()?,
+            job: job(0)?,
+        },
+        ShowKind::SessionJob => DocKey::SessionJob {
+            repo: repo()?,
+            session: session(0)?,
+        },
+        ShowKind::UnifiedSession => DocKey::UnifiedSession {
+            session: session(0)?,
+        },
+        ShowKind::SessionCheckpoint => DocKey::SessionCheckpoint {
+            session: session(0)?,
+        },
+        ShowKind::SessionWorkflowCheckpoint => DocKey::SessionWorkflowCheckpoint {
+            session: session(0)?,
+            workflow: workflow(1)?,
+        },
+        ShowKind::Ext => DocKey::Extension {
+            repo: repo()?,
+            kind: ExtKind::new(id(0))?,
+            name: storage_core::DocName::new(id(1))?,
+        },
+    })
+}
+
+/// `show`: the document, indented (or on one line), or exit 1 naming it
+/// (`what`: its kind and ids as given).
+pub fn show(store: &dyn Storage, key: &DocKey, what: &str, compact: bool) -> Result<ExitCode> {
+    let Some(doc) = store.get(key)? else {
+        let mut err = anstream::stderr().lock();
+        let _ = writeln!(
+            err,
+            "error: this store holds no {what}; `prodigy-storage list` shows what it holds"
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let text = if compact {
+        serde_json::to_string(&doc)?
+    } else {
+        serde_json::to_string_pretty(&doc)?
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `events` prints and from where.
+pub struct EventsOptions {
+    pub follow: bool,
+    pub since: Option<SystemTime>,
+    pub after: Option<EventCursor>,
+    pub json: bool,
+}
+
+/// `events`: the log of `job` from its start (or after a cursor), one
+/// record per line; with `follow`, then every record appended, until
+/// interrupted. Records are read leniently: a corrupt line is skipped and
+/// said on stderr, a torn last line waits for its end.
+pub fn events(
+    store: &dyn Storage,
+    repo: &RepoKey,
+    job: &JobId,
+    opts: &EventsOptions,
+) -> Result<ExitCode> {
+    if !opts.follow && store.event_log_entry(repo, job)?.is_none() {
+        let mut err = anstream::stderr().lock();
+        let _ = writeln!(
+            err,
+            "error: repository `{repo}` has no event log of job `{job}`; `prodigy-storage list --repo {repo}` shows its logs"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut cursor = opts.after.clone().unwrap_or(EventCursor::START);
+    let mut out = std::io::stdout().lock();
+    let mut failed: Option<std::io::Error> = None;
+    loop {
+        let start = cursor.clone();
+        // The last record of a pass is printed with the pass's end, the
+        // only exact cursor (as the API's followers do).
+        let mut held: Option<EventRecord> = None;
+        let mut print = |record: &EventRecord, at: &EventCursor, exact: bool| {
+            if failed.is_some() || !opts.since.is_none_or(|t| recent(record, t)) {
+                return;
+            }
+            let line = if opts.json {
+                serde_json::json!({"record": record.json(), "cursor": at, "exact": exact})
+                    .to_string()
+            } else {
+                serde_json::to_string(record.json()).unwrap_or_default()
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                failed = Some(e);
+            }
+        };
+        let summary =
+            store.read_events_from(repo, job, &start, ReadMode::Lenient, &mut |record| {
+                if let Some(previous) = held.replace(record) {
+                    print(&previous, &start, false);
+                }
+            })?;
+        if let Some(last) = held {
+            print(&last, &summary.next, true);
+        }
+        if let Some(e) = failed {
+            // A closed pipe (`events … | head`) ends quietly.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                return Ok(ExitCode::SUCCESS);
+            }
+            return Err(e).context("cannot write to standard output");
+        }
+        out.flush().ok();
+        report(&summary);
+        cursor = summary.next;
+        if !opts.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+        while !store.wait_for_events(repo, job, &cursor, WAIT_SLICE)? {}
+    }
+}
+
+/// Says on stderr what a read skipped or started over.
+fn report(summary: &storage_core::EventLogSummary) {
+    let mut err = anstream::stderr().lock();
+    if summary.restarted {
+        let _ = writeln!(
+            err,
+            "note: the cursor no longer fits this log (it was deleted and begun again, or \
+             the cursor is from elsewhere): read from the log's start"
+        );
+    }
+    for skipped in &summary.skipped {
+        let _ = writeln!(err, "warning: skipped a corrupt line: {skipped}");
+    }
+}
+
+/// Whether `record`'s `timestamp` is at or after `since` (a record without a
+/// readable one is shown: it is never hidden for a time it does not have).
+fn recent(record: &EventRecord, since: SystemTime) -> bool {
+    record
+        .json()
+        .get("timestamp")
+        .and_then(serde_json::Value::as_str)
+        .and_then(crate::cli::parse_time)
+        .is_none_or(|t| t >= since)
+}
