@@ -91,6 +91,123 @@ fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
+/// What a `--store` / `PRODIGY_STORE` value is.
+#[derive(Debug, PartialEq, Eq)]
+enum StoreValue {
+    /// A PostgreSQL URL or libpq `key=value` connection string.
+    Postgres,
+    /// A directory: the file store.
+    Directory,
+    /// Neither: another scheme (`mysql://`, `http://`), or `key=value`
+    /// words that are not a PostgreSQL connection string. The reason.
+    Refused(String),
+}
+
+/// The parameters of a libpq connection string (`host=… dbname=…`).
+const LIBPQ_KEYS: &[&str] = &[
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "passfile",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "connect_timeout",
+    "application_name",
+    "options",
+    "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// Classifies a store value by its form only (no file-system access): a
+/// value with a URL scheme or in `key=value` form is never a directory, so
+/// a mistyped URL cannot become a store built inside the current directory.
+fn classify_store(value: &str) -> StoreValue {
+    if is_postgres_url(value) {
+        return StoreValue::Postgres;
+    }
+    let scheme = value.split_once("://").map(|(s, _)| s).filter(|s| {
+        !s.is_empty()
+            && s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    });
+    if let Some(scheme) = scheme {
+        return StoreValue::Refused(format!(
+            "`{scheme}://` is not a store: give a directory (the file store) or a PostgreSQL \
+             URL (`postgres://user@host/db`)"
+        ));
+    }
+    let words: Vec<&str> = value.split_whitespace().collect();
+    let keyed: Vec<&str> = words
+        .iter()
+        .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+        .collect();
+    if keyed.is_empty() {
+        return StoreValue::Directory;
+    }
+    if keyed.len() == words.len() && keyed.iter().all(|k| LIBPQ_KEYS.contains(k)) {
+        return StoreValue::Postgres;
+    }
+    // One word with an `=` may be a directory's name; several, or a known
+    // parameter among them, is a connection string gone wrong.
+    if words.len() == 1 && !LIBPQ_KEYS.contains(&keyed[0]) {
+        return StoreValue::Directory;
+    }
+    let unknown: Vec<&str> = keyed
+        .iter()
+        .copied()
+        .filter(|k| !LIBPQ_KEYS.contains(k))
+        .collect();
+    StoreValue::Refused(if unknown.is_empty() {
+        "it looks like a PostgreSQL connection string but not every word is `key=value`: \
+         give a directory, a URL (`postgres://user@host/db`) or `host=… dbname=… user=…`"
+            .to_owned()
+    } else {
+        format!(
+            "it looks like a connection string, but `{}` is no PostgreSQL parameter: give a \
+             directory, a URL (`postgres://user@host/db`) or `host=… dbname=… user=…`",
+            unknown.join("`, `")
+        )
+    })
+}
+
+/// `value` with any password in it replaced by `***` (a URL's `user:pass@`,
+/// a `password=` word, a `password=` query parameter), for messages.
+fn redact(value: &str) -> String {
+    let mut out = value.to_owned();
+    if let Some((scheme, rest)) = value.split_once("://") {
+        let (auth_end, _) = rest
+            .char_indices()
+            .find(|(_, c)| *c == '/' || *c == '?')
+            .unwrap_or((rest.len(), ' '));
+        if let Some(at) = rest[..auth_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out = format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
+        }
+    }
+    let mut words: Vec<String> = Vec::new();
+    for w in out.split(' ') {
+        words.push(match w.split_once("password=") {
+            Some((before, _)) if before.is_empty() || before.ends_with(['?', '&']) => {
+                format!("{before}password=***")
+            }
+            _ => w.to_owned(),
+        });
+    }
+    words.join(" ")
+}
+
 /// `--store`, then `--home`, then `PRODIGY_STORE`, then `PRODIGY_HOME`,
 /// then `~/.prodigy`: an option beats a variable; a `postgres://` URL is a
 /// database store, anything else a directory.
@@ -106,14 +223,17 @@ fn target(cli: &Cli) -> Result<Target> {
     let Some((value, flag)) = chosen else {
         return Ok(Target::File(store_root(cli)?));
     };
-    if is_postgres_url(&value) {
-        return Ok(Target::Postgres {
-            url: value,
-            source: if flag { "--store" } else { "PRODIGY_STORE" },
-        });
+    let source = if flag { "--store" } else { "PRODIGY_STORE" };
+    match classify_store(&value) {
+        StoreValue::Postgres => return Ok(Target::Postgres { url: value, source }),
+        StoreValue::Refused(why) => anyhow::bail!(
+            "the store `{}` (chosen by {source}) is refused: {why}",
+            redact(&value)
+        ),
+        StoreValue::Directory => {}
     }
     let path = std::path::absolute(&value)
-        .with_context(|| format!("cannot resolve the store path `{value}`"))?;
+        .with_context(|| format!("cannot resolve the store path `{}`", redact(&value)))?;
     Ok(Target::File(RootChoice {
         path,
         source: if flag {
@@ -128,6 +248,26 @@ fn target(cli: &Cli) -> Result<Target> {
 /// `--store` says: where migrations run and what `copy-store` copies.
 fn store_root(cli: &Cli) -> Result<RootChoice> {
     let env = std::env::var_os("PRODIGY_HOME");
+    // `--home` and `PRODIGY_HOME` name a directory: a URL there is a
+    // mistake (a PostgreSQL store is `--store`), never a directory to make.
+    for (value, source) in [
+        (cli.home.as_deref().map(Path::as_os_str), "--home"),
+        (env.as_deref(), "PRODIGY_HOME"),
+    ] {
+        if let Some(value) = value.and_then(std::ffi::OsStr::to_str)
+            && value.contains("://")
+        {
+            let hint = if is_postgres_url(value) {
+                "a PostgreSQL store is chosen with --store or PRODIGY_STORE".to_owned()
+            } else {
+                "give a directory".to_owned()
+            };
+            anyhow::bail!(
+                "the store `{}` (chosen by {source}) is a URL, not a directory; {hint}",
+                redact(value)
+            );
+        }
+    }
     let home = dirs::home_dir();
     let mut choice = resolve_root(cli.home.as_deref(), env.as_deref(), home.as_deref())?;
     choice.path = std::path::absolute(&choice.path)
@@ -958,5 +1098,55 @@ mod team {
             "{source} names a PostgreSQL store, and this build of prodigy-storage has no \
              PostgreSQL support (built without the `postgres` feature); use a build with it"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StoreValue, classify_store, redact};
+
+    #[test]
+    fn a_store_value_is_a_directory_a_postgresql_store_or_refused_by_its_form() {
+        for pg in [
+            "postgres://u@h/db",
+            "postgresql://u:p@h:5433/db?sslmode=require",
+            "host=/run/postgresql dbname=prodigy user=bob",
+            "host=db.example password=s3cret",
+        ] {
+            assert_eq!(classify_store(pg), StoreValue::Postgres, "{pg}");
+        }
+        for dir in ["/home/dev/.prodigy", "store", "./a=b", "my store", "a:b"] {
+            assert_eq!(classify_store(dir), StoreValue::Directory, "{dir}");
+        }
+        for bad in [
+            "mysql://u:p@h/db",
+            "http://example.com/store",
+            "sqlite:///tmp/x",
+            "host=h db=x",
+            "host=h dbname",
+        ] {
+            assert!(
+                matches!(classify_store(bad), StoreValue::Refused(_)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(redact("mysql://u:s3cret@h/db"), "mysql://u:***@h/db");
+        assert_eq!(
+            redact("postgres://bob:p%40ss@db:5432/x?sslmode=require"),
+            "postgres://bob:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            redact("host=h password=s3cret user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact("postgres://h/db?password=s3cret"),
+            "postgres://h/db?password=***"
+        );
+        assert_eq!(redact("/home/dev/.prodigy"), "/home/dev/.prodigy");
     }
 }

@@ -198,3 +198,65 @@ fn a_layout_version_of_zero_is_refused() {
         "{err}"
     );
 }
+
+/// Issue 22, item 1: a store value with another scheme (`mysql://`,
+/// `http://`) or `key=value` words that are not a PostgreSQL connection
+/// string is refused before anything is written (it was taken as a
+/// directory: `migrate` built a store inside the project and printed the
+/// password in its path); no message shows a password; a URL given to
+/// `--home` or `PRODIGY_HOME` is refused too.
+#[test]
+fn a_store_value_that_is_neither_a_directory_nor_postgresql_is_refused_without_its_password() {
+    let sb = crate::support::fixture_sandbox();
+    let before = crate::support::snapshot(sb.path());
+    let bare = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(crate::support::bin());
+        c.args(args)
+            .current_dir(sb.project())
+            .env("HOME", sb.home())
+            .env_remove("PRODIGY_HOME")
+            .env_remove("PRODIGY_STORE")
+            .env("NO_COLOR", "1");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run prodigy-storage")
+    };
+    for (args, env) in [
+        (
+            vec!["--store", "mysql://bob:s3cret@db/prodigy", "migrate"],
+            vec![],
+        ),
+        (
+            vec!["--store", "http://bob:s3cret@example.com/store", "status"],
+            vec![],
+        ),
+        (
+            vec!["--store", "host=db db=prodigy password=s3cret", "migrate"],
+            vec![],
+        ),
+        (
+            vec!["migrate"],
+            vec![("PRODIGY_STORE", "mysql://bob:s3cret@db/x")],
+        ),
+        (
+            vec!["--home", "postgres://bob:s3cret@db/x", "migrate"],
+            vec![],
+        ),
+        (
+            vec!["migrate"],
+            vec![("PRODIGY_HOME", "https://bob:s3cret@h/x")],
+        ),
+    ] {
+        let out = bare(&args, &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} {env:?}: {err}");
+        assert!(!err.contains("s3cret"), "a password shown: {err}");
+        assert!(err.contains("***") || err.contains("refused"), "{err}");
+    }
+    assert_eq!(
+        crate::support::snapshot(sb.path()),
+        before,
+        "nothing written anywhere"
+    );
+}
