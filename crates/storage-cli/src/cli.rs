@@ -43,6 +43,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL|DIR", conflicts_with = "home")]
     pub store: Option<String>,
 
+    /// The PostgreSQL schema that holds a team's store's tables [default: prodigy]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub schema: Option<String>,
+
     /// Print only errors
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,

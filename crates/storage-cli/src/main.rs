@@ -208,6 +208,28 @@ fn redact(value: &str) -> String {
     words.join(" ")
 }
 
+/// Connects to the team's store at `url`, in `--schema`'s PostgreSQL schema.
+#[cfg(feature = "postgres")]
+fn pg_connect(cli: &Cli, url: &str) -> Result<storage_postgres::PgStorage> {
+    let mut options = storage_postgres::PgOptions::default();
+    if let Some(schema) = &cli.schema {
+        options = options.schema(schema.clone());
+    }
+    Ok(storage_postgres::PgStorage::connect_with(url, options)?)
+}
+
+/// `--schema` names a PostgreSQL schema: with a file store it is a mistake.
+fn check_schema_use(cli: &Cli, postgres: bool) -> Result<()> {
+    if cli.schema.is_some() && !postgres {
+        anyhow::bail!(
+            "--schema names the PostgreSQL schema of a team's store; this command uses the \
+             file store (choose a PostgreSQL store with --store or PRODIGY_STORE, or copy-store \
+             --to a postgres:// URL)"
+        );
+    }
+    Ok(())
+}
+
 /// `--store`, then `--home`, then `PRODIGY_STORE`, then `PRODIGY_HOME`,
 /// then `~/.prodigy`: an option beats a variable; a `postgres://` URL is a
 /// database store, anything else a directory.
@@ -441,7 +463,11 @@ fn check_project_dir(project: &Path) -> Result<()> {
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
-    let root = match target(cli)? {
+    let target = target(cli)?;
+    let postgres = matches!(target, Target::Postgres { .. })
+        || matches!(&cli.command, Command::CopyStore { to, .. } if is_postgres_url(to));
+    check_schema_use(cli, postgres)?;
+    let root = match target {
         Target::File(root) => root,
         // `copy-store` copies the file store wherever `--to` says.
         Target::Postgres { .. } if matches!(cli.command, Command::CopyStore { .. }) => {
@@ -656,14 +682,14 @@ mod import {
 
     /// A team's store and its name for messages (without a password).
     #[cfg(feature = "postgres")]
-    fn open_team_store(url: &str) -> Result<(Box<dyn storage_core::Storage>, String)> {
-        let store = storage_postgres::PgStorage::connect(url)?;
+    fn open_team_store(cli: &Cli, url: &str) -> Result<(Box<dyn storage_core::Storage>, String)> {
+        let store = super::pg_connect(cli, url)?;
         let name = store.store().to_owned();
         Ok((Box::new(store), name))
     }
 
     #[cfg(not(feature = "postgres"))]
-    fn open_team_store(_url: &str) -> Result<(Box<dyn storage_core::Storage>, String)> {
+    fn open_team_store(_cli: &Cli, _url: &str) -> Result<(Box<dyn storage_core::Storage>, String)> {
         anyhow::bail!(
             "--to names a PostgreSQL store, and this build of prodigy-storage has no PostgreSQL \
              support (built without the `postgres` feature); use a build with it"
@@ -911,7 +937,7 @@ mod import {
                 let source = FsStorage::peek(&root.path)?;
                 upgrade_first(cli, &source, Duration::from_secs(120))?;
                 source.create()?;
-                let (dest, label) = open_team_store(to)?;
+                let (dest, label) = open_team_store(cli, to)?;
                 let report = copy(cli, &source, dest.as_ref(), &label, *json, *overwrite)?;
                 emit(cli, *json, &report, || render::copied(&report))?;
                 conflicts_left(&report, false)?;
@@ -964,7 +990,6 @@ mod team {
 
     use anyhow::Result;
     use storage_core::StorageExt;
-    use storage_postgres::PgStorage;
 
     use super::{emit, render};
     use crate::cli::{Cli, Command};
@@ -977,7 +1002,7 @@ mod team {
     ) -> Result<ExitCode> {
         match &cli.command {
             Command::Status { json, .. } => {
-                let store = PgStorage::connect(url)?;
+                let store = super::pg_connect(cli, url)?;
                 let stats = store.stats()?;
                 let kinds: Vec<serde_json::Value> = stats
                     .iter()
@@ -1005,7 +1030,7 @@ mod team {
                 repo,
                 compact,
             } => {
-                let store = PgStorage::connect(url)?;
+                let store = super::pg_connect(cli, url)?;
                 let repo = repo
                     .as_deref()
                     .map(storage_core::RepoKey::new)
@@ -1022,7 +1047,7 @@ mod team {
                 after,
                 json,
             } => {
-                let store = PgStorage::connect(url)?;
+                let store = super::pg_connect(cli, url)?;
                 let Some(repo) = repo else {
                     anyhow::bail!(
                         "name the repository with --repo: a team's store ({source}) knows no project"
@@ -1047,7 +1072,7 @@ mod team {
                 // rollback) rest on the file store: the command runs there,
                 // then the file store is copied into the team's store.
                 super::check_store_path(file_root)?;
-                let store = PgStorage::connect(url)?;
+                let store = super::pg_connect(cli, url)?;
                 super::import::then_copy(cli, file_root, &store, store.store())
             }
             other => anyhow::bail!(

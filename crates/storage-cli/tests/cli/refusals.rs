@@ -254,6 +254,13 @@ fn a_store_value_that_is_neither_a_directory_nor_postgresql_is_refused_without_i
         assert!(!err.contains("s3cret"), "a password shown: {err}");
         assert!(err.contains("***") || err.contains("refused"), "{err}");
     }
+    // --schema names a PostgreSQL schema: with the file store, a mistake.
+    let out = bare(&["--schema", "team_a", "status"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--schema names the PostgreSQL schema"),
+        "{out:?}"
+    );
     assert_eq!(
         crate::support::snapshot(sb.path()),
         before,

@@ -91,7 +91,7 @@ fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
         "the destination is named without its password: {r:#}"
     );
     let team = PgStorage::connect(&url).expect("connect");
-    assert_eq!(team.get(&key).expect("get"), Some(doc));
+    assert_eq!(team.get(&key).expect("get"), Some(doc.clone()));
     let mut n = 0;
     team.read_events(&repo, &job, &mut |_| n += 1)
         .expect("read");
@@ -221,6 +221,26 @@ fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
         &[],
     );
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+
+    // --schema: another PostgreSQL schema, another store.
+    let schema = format!("cli_{}", std::process::id());
+    let r = json_of(&run(
+        &bin,
+        home.path(),
+        &["copy-store", "--to", &url, "--schema", &schema, "--json"],
+        &[],
+    ));
+    assert_eq!(r["documents"].as_u64(), Some(2), "{r:#}");
+    let s = json_of(&run(
+        &bin,
+        home.path(),
+        &["--store", &url, "--schema", &schema, "status", "--json"],
+        &[],
+    ));
+    assert_eq!(s["schema"], schema.as_str(), "{s:#}");
+    let raw = PgStorage::connect_with(&url, storage_postgres::PgOptions::default().schema(&schema))
+        .expect("connect");
+    assert_eq!(raw.get(&key).expect("get"), Some(doc));
 
     // A command that needs the file store's journals is refused, naming why.
     let out = run(&bin, home.path(), &["--store", &url, "rollback"], &[]);
