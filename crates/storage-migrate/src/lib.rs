@@ -1071,52 +1071,68 @@ pub struct BackupInfo {
     pub age_secs: u64,
 }
 
-/// Every backup in the store, oldest first within each repository.
+/// The `repo` of an upgrade's backup in [`backups`]: the upgrades of a
+/// layout-0 store span every repository.
+pub const UPGRADE_BACKUPS: &str = "(upgrade)";
+
+/// Every backup in the store, oldest first within each repository; the
+/// backups of upgrades from layout 0 last, as repository
+/// [`UPGRADE_BACKUPS`].
 pub fn backups(store: &FsStorage) -> Result<Vec<BackupInfo>> {
     let mut out = Vec::new();
     for entry in storage_fs::fsx::read_dir_sorted(&store.root().join("migrations"))? {
         let Ok(repo) = RepoKey::new(entry.name.to_string_lossy()) else {
             continue;
         };
-        let paths = Paths::new(store.layout(), &repo);
-        let history = protocol::read_history(&paths)?;
-        for tx in storage_fs::fsx::read_dir_sorted(&paths.dir)? {
-            let txid = tx.name.to_string_lossy().into_owned();
-            let backup = paths.backup(&txid);
-            let Ok(meta) = std::fs::symlink_metadata(&backup) else {
-                continue;
-            };
-            let (mut files, mut bytes) = (0, 0);
-            let mut stack = vec![backup.clone()];
-            while let Some(d) = stack.pop() {
-                for e in storage_fs::fsx::read_dir_sorted(&d)? {
-                    if e.file_type.is_dir() {
-                        stack.push(e.path);
-                    } else {
-                        files += 1;
-                        bytes += std::fs::symlink_metadata(&e.path).map_or(0, |m| m.len());
-                    }
+        backups_in(&Paths::new(store.layout(), &repo), repo.as_str(), &mut out)?;
+    }
+    backups_in(
+        &protocol::Owner::Store.paths(store.layout()),
+        UPGRADE_BACKUPS,
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// The backups of the transactions recorded in `paths`, as `label`'s.
+fn backups_in(paths: &Paths, label: &str, out: &mut Vec<BackupInfo>) -> Result<()> {
+    let history = protocol::read_history(paths)?;
+    for tx in storage_fs::fsx::read_dir_sorted(&paths.dir)? {
+        let txid = tx.name.to_string_lossy().into_owned();
+        let backup = paths.backup(&txid);
+        let Ok(meta) = std::fs::symlink_metadata(&backup) else {
+            continue;
+        };
+        let (mut files, mut bytes) = (0, 0);
+        let mut stack = vec![backup.clone()];
+        while let Some(d) = stack.pop() {
+            for e in storage_fs::fsx::read_dir_sorted(&d)? {
+                if e.file_type.is_dir() {
+                    stack.push(e.path);
+                } else {
+                    files += 1;
+                    bytes += std::fs::symlink_metadata(&e.path).map_or(0, |m| m.len());
                 }
             }
-            let age_secs = meta
-                .modified()
-                .ok()
-                .and_then(|m| SystemTime::now().duration_since(m).ok())
-                .map_or(0, |d| d.as_secs());
-            out.push(BackupInfo {
-                repo: repo.to_string(),
-                rolled_back: history
-                    .iter()
-                    .any(|h| h.txid == txid && h.event == "rolled_back"),
-                txid,
-                path: backup,
-                files,
-                bytes,
-                age_secs,
-            });
         }
+        let age_secs = meta
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .map_or(0, |d| d.as_secs());
+        out.push(BackupInfo {
+            repo: label.to_owned(),
+            rolled_back: history
+                .iter()
+                .any(|h| h.txid == txid && h.event == "rolled_back"),
+            txid,
+            path: backup,
+            files,
+            bytes,
+            age_secs,
+        });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A backup that [`prune_backups`] kept, and why.
@@ -1159,11 +1175,18 @@ pub fn prune_backups(
         if b.age_secs < older_than.as_secs() {
             continue;
         }
-        let repo = RepoKey::new(b.repo.as_str()).map_err(storage_core::Error::from)?;
+        let upgrade = b.repo == UPGRADE_BACKUPS;
+        let owner = if upgrade {
+            protocol::Owner::Store
+        } else {
+            protocol::Owner::Project(
+                RepoKey::new(b.repo.as_str()).map_err(storage_core::Error::from)?,
+            )
+        };
         let tx = Tx {
             store,
-            owner: protocol::Owner::Project(repo.clone()),
-            paths: Paths::new(store.layout(), &repo),
+            paths: owner.paths(store.layout()),
+            owner,
             progress: &NoProgress,
             batch: storage_fs::fsx::Batch::new(store.root())?,
         };
@@ -1188,10 +1211,24 @@ pub fn prune_backups(
                 continue;
             }
         }
+        // A downgrade undoes every upgrade not undone yet: each of their
+        // backups is needed for it.
+        if !force && upgrade && live_migrations(&tx.paths)?.contains(&b.txid) {
+            report.kept.push(KeptBackup {
+                reason: format!(
+                    "it is needed to downgrade the store (a downgrade undoes every upgrade \
+                     run, {} included); prune with --force to delete it anyway (the store can \
+                     then no longer be downgraded)",
+                    b.txid
+                ),
+                backup: b,
+            });
+            continue;
+        }
         // The latest migration is undone with every transaction of its
         // run (one `migrate` that imported sub-directories ran one each):
         // each of their backups is needed to roll it back.
-        if !force && latest_run(&tx.paths)?.contains(&b.txid) {
+        if !force && !upgrade && latest_run(&tx.paths)?.contains(&b.txid) {
             report.kept.push(KeptBackup {
                 reason: format!(
                     "it is needed to roll back migration {}, the latest of repository `{}`; \

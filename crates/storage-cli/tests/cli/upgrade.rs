@@ -1513,3 +1513,47 @@ fn a_downgrade_across_file_systems_killed_anywhere_leaves_no_temp_file() {
         picks.len()
     );
 }
+
+/// Issue 21, item 19: an upgrade's backup is listed by `backups list` (as
+/// repository `(upgrade)`) and pruned like a migration's: kept while a
+/// downgrade needs it, pruned once downgraded (the copies a downgrade
+/// restored doubled the store's size until then), and `--force` prunes a
+/// live one, after which `downgrade` refuses, naming the pruned backup.
+#[test]
+fn upgrade_backups_are_listed_and_pruned_with_the_same_safety() {
+    let sb = layout0_sandbox();
+    run(&sb, &["upgrade"], true);
+    let list = run_json(&sb, &["backups", "list"]);
+    let ours: Vec<&serde_json::Value> = list["backups"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|b| b["repo"] == "(upgrade)")
+        .collect();
+    assert_eq!(ours.len(), 1, "{list:#}");
+    let path = PathBuf::from(ours[0]["path"].as_str().expect("path"));
+    assert!(path.is_dir());
+    let kept = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(kept["pruned"], serde_json::json!([]), "{kept:#}");
+    assert!(
+        kept["kept"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("needed to downgrade")),
+        "{kept:#}"
+    );
+    run(&sb, &["downgrade"], true);
+    let pruned = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
+    assert_eq!(
+        pruned["pruned"].as_array().map(Vec::len),
+        Some(1),
+        "{pruned:#}"
+    );
+    assert!(!path.exists(), "a downgraded upgrade's backup is pruned");
+
+    // --force prunes a live one; the downgrade then says why it cannot.
+    run(&sb, &["upgrade"], true);
+    run_json(&sb, &["backups", "prune", "--older-than", "0s", "--force"]);
+    let out = run(&sb, &["downgrade"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pruned"), "{err}");
+}
