@@ -595,7 +595,8 @@ fn status(
     let s = storage_migrate::status(store, project)?;
     let backups: Vec<_> = storage_migrate::backups(store)?
         .into_iter()
-        .filter(|b| Some(&b.repo) == s.repo.as_ref())
+        // The project's, and the store's own from its upgrades.
+        .filter(|b| Some(&b.repo) == s.repo.as_ref() || b.repo == storage_migrate::UPGRADE_BACKUPS)
         .collect();
     let layout_version = storage_fs::layout_version(&root.path)?;
     emit(

@@ -1533,6 +1533,15 @@ fn upgrade_backups_are_listed_and_pruned_with_the_same_safety() {
     assert_eq!(ours.len(), 1, "{list:#}");
     let path = PathBuf::from(ours[0]["path"].as_str().expect("path"));
     assert!(path.is_dir());
+    let status = run_json(&sb, &["status"]);
+    assert!(
+        status["backups"]
+            .as_array()
+            .expect("backups")
+            .iter()
+            .any(|b| b["repo"] == "(upgrade)"),
+        "status lists it too: {status:#}"
+    );
     let kept = run_json(&sb, &["backups", "prune", "--older-than", "0s"]);
     assert_eq!(kept["pruned"], serde_json::json!([]), "{kept:#}");
     assert!(
