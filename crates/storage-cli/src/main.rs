@@ -491,6 +491,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 .map(storage_core::RepoKey::new)
                 .transpose()?;
             let items = store.inventory(repo.as_ref())?;
+            // Half upgraded or half downgraded: say so, the list may miss
+            // what is between the two layouts until it is finished.
+            #[cfg(feature = "legacy-import")]
+            if !cli.quiet
+                && let Some(i) = storage_migrate::interrupted_upgrade(&store)?
+            {
+                eprint!(
+                    "note: what is listed may be incomplete: {}",
+                    render::interrupted_line(&i).trim_start()
+                );
+            }
             emit(
                 cli,
                 *json,
@@ -606,6 +617,7 @@ fn status(
             "schema_version": storage_migrate::REPORT_SCHEMA_VERSION,
             "store": json_path(&root.path), "store_source": root.source, "layout_version": layout_version,
             "upgrade_due": storage_migrate::upgrade_due(store)?,
+            "upgrade_interrupted": storage_migrate::interrupted_upgrade(store)?,
             "legacy_import": true, "project": s, "backups": backups,
         }),
         || render::status(root, layout_version, &s, &backups),

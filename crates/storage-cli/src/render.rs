@@ -688,6 +688,25 @@ mod with_import {
         out
     }
 
+    /// What to do about an interrupted upgrade or downgrade of the store.
+    pub fn interrupted_line(i: &storage_migrate::InterruptedUpgrade) -> String {
+        if i.downgrade {
+            format!(
+                "  a downgrade ({}) was interrupted: run `prodigy-storage downgrade` to finish it; \
+                 until then the store is part layout 0, part current\n",
+                i.txid
+            )
+        } else {
+            format!(
+                "  an upgrade ({}) was interrupted while {}: run `prodigy-storage upgrade` to finish \
+                 it (Prodigy's start-up and every writing command do too), or `prodigy-storage \
+                 downgrade` to undo it\n",
+                i.txid,
+                i.phase.replace('_', " ")
+            )
+        }
+    }
+
     pub fn status(
         root: &RootChoice,
         layout_version: Option<u64>,
@@ -695,10 +714,19 @@ mod with_import {
         backups: &[BackupInfo],
     ) -> String {
         let mut out = store_line(root, layout_version);
-        let since = layout_version.is_some()
-            && storage_fs::FsStorage::peek(&root.path)
-                .ok()
-                .and_then(|store| storage_migrate::upgrade_due(&store).ok())
+        let store = storage_fs::FsStorage::peek(&root.path).ok();
+        let interrupted = store
+            .as_ref()
+            .and_then(|store| storage_migrate::interrupted_upgrade(store).ok())
+            .flatten();
+        if let Some(i) = &interrupted {
+            out.push_str(&interrupted_line(i));
+        }
+        let since = interrupted.is_none()
+            && layout_version.is_some()
+            && store
+                .as_ref()
+                .and_then(|store| storage_migrate::upgrade_due(store).ok())
                 == Some(true);
         if since {
             let _ = writeln!(

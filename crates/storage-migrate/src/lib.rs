@@ -98,7 +98,10 @@ pub use report::{
     CategoryReport, ConflictReport, MigrationReport, Outcome, REPORT_SCHEMA_VERSION,
     RollbackReport, VerifyReport, shell_quote,
 };
-pub use upgrade::{DowngradeOptions, UpgradeOptions, downgrade, upgrade, upgrade_due};
+pub use upgrade::{
+    DowngradeOptions, InterruptedUpgrade, UpgradeOptions, downgrade, interrupted_upgrade, upgrade,
+    upgrade_due,
+};
 
 use crate::copy::{AtPath, probe};
 use crate::manifest::{Fate, Summary};

@@ -70,6 +70,35 @@ fn tx<'a>(store: &'a FsStorage, progress: &'a dyn Progress) -> Result<Tx<'a>> {
     })
 }
 
+/// An upgrade or downgrade of the store that was interrupted (a crash, a
+/// kill, a full disk): what its journal says.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct InterruptedUpgrade {
+    /// Its transaction.
+    pub txid: String,
+    /// `staging`, `publishing`, `retiring` or `committed` (an upgrade), or
+    /// `rolling_back` (a downgrade).
+    pub phase: String,
+    /// Whether it is a downgrade.
+    pub downgrade: bool,
+}
+
+/// The upgrade or downgrade of the store that was interrupted, if one was:
+/// `upgrade` (or any writing command, or Prodigy's start-up) finishes or
+/// undoes an upgrade, `downgrade` finishes a downgrade. Reads the journal
+/// only.
+pub fn interrupted_upgrade(store: &FsStorage) -> Result<Option<InterruptedUpgrade>> {
+    let paths = Owner::Store.paths(store.layout());
+    Ok(protocol::read_journal(&paths)?.map(|j| InterruptedUpgrade {
+        phase: serde_json::to_value(j.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        downgrade: j.phase == crate::manifest::Phase::RollingBack,
+        txid: j.txid,
+    }))
+}
+
 /// Whether the store needs [`upgrade`]: it holds layout-0 data and no
 /// `layout.json`, or it was upgraded and an older Prodigy wrote files
 /// since at layout-0 paths the store reads in a new place

@@ -1566,3 +1566,45 @@ fn upgrade_backups_are_listed_and_pruned_with_the_same_safety() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pruned"), "{err}");
 }
+
+/// Issue 21, item 13: an upgrade killed half-way, or a downgrade, is what
+/// `status` says (text and `--json`'s `upgrade_interrupted`), with the
+/// command that finishes it; `list` warns that it may be incomplete meanwhile.
+#[test]
+fn status_and_list_say_an_upgrade_or_downgrade_was_interrupted() {
+    let sb = layout0_sandbox();
+    crash(&sb, &["upgrade"], "mid-retire");
+    let s = run_json(&sb, &["status"]);
+    assert_eq!(s["upgrade_interrupted"]["phase"], "retiring", "{s:#}");
+    assert_eq!(s["upgrade_interrupted"]["downgrade"], false, "{s:#}");
+    let text = String::from_utf8_lossy(&run(&sb, &["status"], true).stdout).into_owned();
+    assert!(
+        text.contains("was interrupted while retiring: run `prodigy-storage upgrade`"),
+        "{text}"
+    );
+    run(&sb, &["upgrade"], true);
+    assert_eq!(
+        run_json(&sb, &["status"])["upgrade_interrupted"],
+        serde_json::Value::Null
+    );
+
+    crash(&sb, &["downgrade"], "mid-rollback-restore");
+    let s = run_json(&sb, &["status"]);
+    assert_eq!(s["upgrade_interrupted"]["downgrade"], true, "{s:#}");
+    let text = String::from_utf8_lossy(&run(&sb, &["status"], true).stdout).into_owned();
+    assert!(text.contains("a downgrade ("), "{text}");
+    assert!(
+        !text.contains("an older Prodigy wrote files since"),
+        "not mistaken for new layout-0 files: {text}"
+    );
+    let listed = run(&sb, &["list"], true);
+    assert!(
+        String::from_utf8_lossy(&listed.stderr).contains("what is listed may be incomplete"),
+        "{listed:?}"
+    );
+    run(&sb, &["downgrade"], true);
+    assert_eq!(
+        run_json(&sb, &["status"])["upgrade_interrupted"],
+        serde_json::Value::Null
+    );
+}
