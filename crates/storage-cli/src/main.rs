@@ -1037,6 +1037,34 @@ mod team {
                 )?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::List { repo, json } => {
+                let store = super::pg_connect(cli, url)?;
+                let repo = repo
+                    .as_deref()
+                    .map(storage_core::RepoKey::new)
+                    .transpose()?;
+                let items = super::read::inventory(&store, repo.as_ref())?;
+                let rows: Vec<storage_fs::Listed> = items
+                    .iter()
+                    .map(|i| storage_fs::Listed {
+                        kind: i.kind.clone(),
+                        repo: i.repo.clone(),
+                        job: i.job.clone(),
+                        id: i.id.clone(),
+                        path: std::path::PathBuf::new(),
+                        size: i.size,
+                        modified: i.modified.clone(),
+                    })
+                    .collect();
+                emit(
+                    cli,
+                    *json,
+                    &serde_json::json!({"schema_version": 2, "store_kind": "postgres",
+                        "store": store.store(), "items": items}),
+                    || render::list(&rows, repo.as_ref().map(storage_core::RepoKey::as_str)),
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Show {
                 kind,
                 ids,
@@ -1092,7 +1120,7 @@ mod team {
                 "`{}` works on the file store, where migrations keep their journals and \
                  backups; run it without --store / PRODIGY_STORE (the file store is --home, \
                  PRODIGY_HOME or ~/.prodigy). With a team's store ({source}) this build runs \
-                 status, show, events, migrate and upgrade (the last two on the file store, \
+                 status, list, show, events, migrate and upgrade (the last two on the file store, \
                  then copied into the team's store); `copy-store --to <URL>` copies the file \
                  store into it",
                 command_name(other)

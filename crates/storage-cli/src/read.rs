@@ -219,3 +219,139 @@ fn recent(record: &EventRecord, since: SystemTime) -> bool {
         .and_then(crate::cli::parse_time)
         .is_none_or(|t| t >= since)
 }
+
+/// One document or event log of a store read through the API (a team's
+/// store: no path to show), as `list --json` prints it.
+#[cfg(feature = "postgres")]
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Item {
+    pub kind: String,
+    pub repo: Option<String>,
+    pub job: Option<String>,
+    pub id: Option<String>,
+    pub size: u64,
+    pub modified: String,
+}
+
+/// Every document and event log of `store` (of `repo` only, if given),
+/// through the `Storage` API: what `list` shows for a team's store, in the
+/// file store's order (repository, kind, job, id).
+#[cfg(feature = "postgres")]
+pub fn inventory(store: &dyn Storage, repo: Option<&RepoKey>) -> Result<Vec<Item>> {
+    let mut out = Vec::new();
+    let push = |key: &DocKey, out: &mut Vec<Item>| -> Result<()> {
+        let Some(entry) = store.entry(key)? else {
+            return Ok(());
+        };
+        let (job, id) = ids_of(key);
+        out.push(Item {
+            kind: key.kind().to_owned(),
+            repo: key.repo().map(ToString::to_string),
+            job,
+            id,
+            size: entry.bytes,
+            modified: storage_fs::time::rfc3339(entry.modified),
+        });
+        Ok(())
+    };
+    if repo.is_none() {
+        for key in store.list(&storage_core::Scope::UnifiedSessions)? {
+            push(&key, &mut out)?;
+            if let DocKey::UnifiedSession { session } = &key {
+                push(
+                    &DocKey::SessionCheckpoint {
+                        session: session.clone(),
+                    },
+                    &mut out,
+                )?;
+                for k in store.list(&storage_core::Scope::SessionWorkflowCheckpoints(
+                    session.clone(),
+                ))? {
+                    push(&k, &mut out)?;
+                }
+            }
+        }
+    }
+    let repos = match repo {
+        Some(r) => vec![r.clone()],
+        None => store.repos()?,
+    };
+    for repo in &repos {
+        use storage_core::Scope;
+        for kind in store.extension_kinds(repo)? {
+            for key in store.list(&Scope::Extension(repo.clone(), kind))? {
+                push(&key, &mut out)?;
+            }
+        }
+        for scope in [
+            Scope::Sessions(repo.clone()),
+            Scope::WorkflowCheckpoints(repo.clone()),
+            Scope::SessionJobs(repo.clone()),
+        ] {
+            for key in store.list(&scope)? {
+                push(&key, &mut out)?;
+            }
+        }
+        for job in store.jobs(repo)? {
+            for key in store.list(&Scope::JobCheckpoints(repo.clone(), job.clone()))? {
+                push(&key, &mut out)?;
+            }
+            push(
+                &DocKey::JobMetadata {
+                    repo: repo.clone(),
+                    job,
+                },
+                &mut out,
+            )?;
+        }
+        for job in store.jobs_with_dead_letters(repo)? {
+            for key in store.list(&Scope::DeadLetters(repo.clone(), job.clone()))? {
+                push(&key, &mut out)?;
+            }
+            push(
+                &DocKey::DeadLetterIndex {
+                    repo: repo.clone(),
+                    job,
+                },
+                &mut out,
+            )?;
+        }
+        for job in store.event_logs(repo)? {
+            if let Some(log) = store.event_log_entry(repo, &job)? {
+                out.push(Item {
+                    kind: "event log".to_owned(),
+                    repo: Some(repo.to_string()),
+                    job: Some(job.to_string()),
+                    id: None,
+                    size: log.bytes,
+                    modified: storage_fs::time::rfc3339(log.modified),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The JOB and ID columns of `list` for `key`.
+#[cfg(feature = "postgres")]
+fn ids_of(key: &DocKey) -> (Option<String>, Option<String>) {
+    match key {
+        DocKey::Session { session, .. }
+        | DocKey::SessionJob { session, .. }
+        | DocKey::UnifiedSession { session }
+        | DocKey::SessionCheckpoint { session } => (None, Some(session.to_string())),
+        DocKey::JobCheckpoint { job, version, .. } => {
+            (Some(job.to_string()), Some(format!("v{version}")))
+        }
+        DocKey::JobMetadata { job, .. } | DocKey::DeadLetterIndex { job, .. } => {
+            (Some(job.to_string()), None)
+        }
+        DocKey::WorkflowCheckpoint { workflow, .. } => (None, Some(workflow.to_string())),
+        DocKey::SessionWorkflowCheckpoint { session, workflow } => {
+            (None, Some(format!("{session}/{workflow}")))
+        }
+        DocKey::DeadLetter { job, item, .. } => (Some(job.to_string()), Some(item.to_string())),
+        DocKey::Extension { name, .. } => (None, Some(name.to_string())),
+        _ => (None, None),
+    }
+}

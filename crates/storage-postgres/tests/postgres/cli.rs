@@ -162,7 +162,26 @@ fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
         "{s:#}"
     );
 
-    // show and events read the team's store through the same API.
+    // list, show and events read the team's store through the same API.
+    let listed = json_of(&run(
+        &bin,
+        home.path(),
+        &["--store", &url, "list", "--json"],
+        &[],
+    ));
+    let items = listed["items"].as_array().expect("items");
+    assert!(
+        items
+            .iter()
+            .any(|i| i["kind"] == "session" && i["id"] == "cook-7" && i["repo"] == "api"),
+        "{listed:#}"
+    );
+    assert!(
+        items
+            .iter()
+            .any(|i| i["kind"] == "event log" && i["job"] == "mapreduce-1"),
+        "{listed:#}"
+    );
     let out = run(
         &bin,
         home.path(),
