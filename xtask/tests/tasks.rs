@@ -58,6 +58,36 @@ fn assets_writes_the_completions_and_man_pages() {
     ] {
         assert!(dir.path().join(f).is_file(), "no {f}:\n{}", text(&out));
     }
+    // The pages say what a man page says, and print as written.
+    let top = fs_err::read_to_string(dir.path().join("prodigy-storage.1")).expect("page");
+    for section in [
+        ".SH ENVIRONMENT",
+        ".SH \"EXIT STATUS\"",
+        ".SH EXAMPLES\n.nf\n",
+    ] {
+        assert!(
+            top.contains(section),
+            "no {section:?} in prodigy-storage.1:\n{top}"
+        );
+    }
+    assert!(
+        top.contains("PRODIGY_HOME") && top.contains("PRODIGY_STORE"),
+        "{top}"
+    );
+    for page in fs_err::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+    {
+        if page.extension().is_some_and(|e| e == "1") {
+            let text = fs_err::read_to_string(&page).expect("page");
+            assert!(
+                !text.contains('`'),
+                "a literal backtick in {}",
+                page.display()
+            );
+            assert!(text.contains(".SH \"EXIT STATUS\""), "{}", page.display());
+        }
+    }
 }
 
 #[test]

@@ -96,6 +96,7 @@ fn write_man_pages(cmd: &clap::Command, dir: &Path) -> Result<()> {
     man.render(&mut buf)
         .with_context(|| format!("cannot render the man page `{}`", path.display()))?;
     let page = with_value_names(cmd, &String::from_utf8_lossy(&buf));
+    let page = finish_page(&page, cmd.get_name() == "prodigy-storage");
     std::fs::write(&path, page).with_context(|| format!("cannot write `{}`", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
@@ -131,6 +132,106 @@ fn with_value_names(cmd: &clap::Command, page: &str) -> String {
             }
         }
         out.push_str(&line);
+    }
+    out
+}
+
+/// What every page says about the environment and the exit status.
+const ENVIRONMENT: &str = r".SH ENVIRONMENT
+.TP
+\fBPRODIGY_HOME\fR
+The file store's directory when \fB\-\-home\fR is not given (an empty value is ignored); else \fI~/.prodigy\fR.
+.TP
+\fBPRODIGY_STORE\fR
+The store when neither \fB\-\-store\fR nor \fB\-\-home\fR is given: a \fIpostgres://\fR URL or libpq connection string (a team's store), or a directory.
+.TP
+\fBHOME\fR
+Where \fI~/.prodigy\fR is.
+.TP
+\fBRUST_LOG\fR
+The level of diagnostics on standard error (\fIwarn\fR by default; \fB\-v\fR and \fB\-vv\fR raise it).
+.TP
+\fBNO_COLOR\fR
+Set (to anything): no colours, also on a terminal.
+";
+
+const EXIT_STATUS: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+Success, including "nothing to migrate".
+.TP
+\fB1\fR
+The command failed (the error on standard error names the path and the next step); \fBverify\fR found a problem; \fBshow\fR or \fBevents\fR found nothing of that name; \fBcopy\-store\fR (or \fBmigrate\fR and \fBupgrade\fR with a team's store) left a conflict.
+.TP
+\fB2\fR
+A usage error (an unknown option, a missing argument).
+"#;
+
+/// Finishes a page `clap_mangen` rendered: inline code (`` `x` ``) in
+/// bold instead of literal backticks; the help's "Examples:" as an
+/// EXAMPLES section printed as written (roff would fill the lines into
+/// one paragraph, cutting comments in the middle); and the ENVIRONMENT
+/// and EXIT STATUS sections (`top`: the page of `prodigy-storage` itself).
+fn finish_page(page: &str, top: bool) -> String {
+    let mut out = String::with_capacity(page.len() + 2048);
+    let mut in_examples = false;
+    let mut tail_added = false;
+    for line in page.split_inclusive('\n') {
+        if line.starts_with(".SH ") {
+            if in_examples {
+                out.push_str(".fi\n");
+                in_examples = false;
+            }
+            if line.starts_with(".SH VERSION") || line.starts_with(".SH AUTHORS") {
+                out.push_str(ENVIRONMENT);
+                out.push_str(EXIT_STATUS);
+                tail_added = true;
+            }
+            if line.starts_with(".SH EXTRA") {
+                out.push_str(".SH EXAMPLES\n.nf\n");
+                in_examples = true;
+                continue;
+            }
+        }
+        if in_examples && line.trim_end() == "Examples:" {
+            continue;
+        }
+        if line.starts_with('.') || line.starts_with('\'') {
+            out.push_str(line);
+        } else {
+            out.push_str(&code_in_bold(line));
+        }
+    }
+    if in_examples {
+        out.push_str(".fi\n");
+    }
+    if !tail_added && top {
+        out.push_str(ENVIRONMENT);
+        out.push_str(EXIT_STATUS);
+    } else if !tail_added {
+        out.push_str(EXIT_STATUS);
+    }
+    out
+}
+
+/// `` `x` `` as `\fBx\fR`; an unpaired backtick stays.
+fn code_in_bold(line: &str) -> String {
+    let parts: Vec<&str> = line.split('`').collect();
+    if parts.len() < 3 {
+        return line.to_owned();
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    let pairs = (parts.len() - 1) / 2;
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            let closing = i % 2 == 0;
+            if i <= pairs * 2 {
+                out.push_str(if closing { "\\fR" } else { "\\fB" });
+            } else {
+                out.push('`');
+            }
+        }
+        out.push_str(part);
     }
     out
 }
