@@ -675,7 +675,7 @@ mod import {
         if !storage_migrate::upgrade_due(store)? {
             return Ok(());
         }
-        let display = Display::choose(cli.quiet);
+        let display = Display::choose(cli.quiet, cli.verbose > 0);
         let report = storage_migrate::upgrade(
             store,
             &storage_migrate::UpgradeOptions {
@@ -718,7 +718,7 @@ mod import {
         json: bool,
         overwrite: bool,
     ) -> Result<storage_migrate::CopyReport> {
-        let display = Display::choose(cli.quiet || json);
+        let display = Display::choose(cli.quiet || json, cli.verbose > 0);
         let opts = storage_migrate::CopyOptions {
             destination: label,
             progress: &display,
@@ -776,7 +776,7 @@ mod import {
                 let project = project_dir(project.project.as_deref())?;
                 let store = FsStorage::peek(&root.path)?;
                 upgrade_first(cli, &store, Duration::from_secs(*wait))?;
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = MigrateOptions {
                     dry_run: false,
                     wait: Duration::from_secs(*wait),
@@ -798,7 +798,7 @@ mod import {
                     );
                 }
                 let store = FsStorage::peek(&root.path)?;
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = storage_migrate::UpgradeOptions {
                     dry_run: false,
                     wait: Duration::from_secs(*wait),
@@ -838,7 +838,7 @@ mod import {
                 if !*dry_run {
                     upgrade_first(cli, &store, Duration::from_secs(*wait))?;
                 }
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = MigrateOptions {
                     dry_run: *dry_run,
                     wait: Duration::from_secs(*wait),
@@ -867,7 +867,7 @@ mod import {
             } => {
                 let project = project_dir(project.project.as_deref())?;
                 let store = FsStorage::peek(&root.path)?;
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = RollbackOptions {
                     txid: None,
                     force: *force,
@@ -919,7 +919,7 @@ mod import {
                 wait,
             } => {
                 let store = FsStorage::peek(&root.path)?;
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = storage_migrate::UpgradeOptions {
                     dry_run: *dry_run,
                     wait: Duration::from_secs(*wait),
@@ -932,7 +932,7 @@ mod import {
             }
             Command::Downgrade { force, json, wait } => {
                 let store = FsStorage::peek(&root.path)?;
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = storage_migrate::DowngradeOptions {
                     force: *force,
                     wait: Duration::from_secs(*wait),
@@ -974,7 +974,7 @@ mod import {
                 }
                 let dest = FsStorage::open(&dest_path)?;
                 let label = format!("file:{}", dest_path.display());
-                let display = Display::choose(cli.quiet || *json);
+                let display = Display::choose(cli.quiet || *json, cli.verbose > 0);
                 let opts = storage_migrate::CopyOptions {
                     destination: &label,
                     progress: &display,

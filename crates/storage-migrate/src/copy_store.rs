@@ -184,7 +184,7 @@ pub fn copy_store(
     };
     let mut out = Journal::open(&journal)?;
 
-    opts.progress.start(Step::Copy, 0, 0);
+    opts.progress.start(Step::CopyStore, 0, 0);
     // The visitor speaks the store's error type; this copy's own refusals
     // are kept aside and returned once the walk has stopped.
     let mut failed: Option<Error> = None;
@@ -228,7 +228,7 @@ pub fn copy_store(
         }
     }
     out.sync()?;
-    opts.progress.finish(Step::Copy);
+    opts.progress.finish(Step::CopyStore);
     Ok(report)
 }
 

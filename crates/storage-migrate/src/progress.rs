@@ -17,6 +17,9 @@ pub enum Step {
     Retire,
     /// Restoring legacy files from the backup (rollback).
     Restore,
+    /// `copy_store`: copying documents and event logs into another store
+    /// (no totals: they are counted as they go); labelled "copying".
+    CopyStore,
 }
 
 impl Step {
@@ -30,6 +33,7 @@ impl Step {
             Step::Publish => "publishing",
             Step::Retire => "backing up",
             Step::Restore => "restoring",
+            Step::CopyStore => "copying",
         }
     }
 }

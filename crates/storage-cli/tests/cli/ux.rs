@@ -59,6 +59,11 @@ fn every_command_documents_itself_truthfully() {
 
 /// Runs `prodigy-storage` inside a pseudo-terminal with `script`; `None` where `script` is missing.
 fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
+    in_pty_of(sb, args, no_color, 80)
+}
+
+/// [`in_pty`] on a terminal `columns` wide.
+fn in_pty_of(sb: &Sandbox, args: &str, no_color: bool, columns: u16) -> Option<String> {
     if Command::new("script").arg("--version").output().is_err() {
         crate::support::skip(
             "`script` (util-linux) is not installed; the pseudo-terminal test did not run",
@@ -67,7 +72,7 @@ fn in_pty(sb: &Sandbox, args: &str, no_color: bool) -> Option<String> {
     }
     let log = sb.path().join("typescript");
     let line = format!(
-        "stty cols 80; {} --home {} {args} {}",
+        "stty rows 24 cols {columns}; {} --home {} {args} {}",
         bin().display(),
         sb.store().display(),
         sb.project().display()
@@ -116,15 +121,23 @@ fn on_a_terminal_progress_bars_render_and_the_report_is_coloured() {
     );
 }
 
-/// On an 80-column terminal no progress line is wider than the terminal
-/// (a wider one wraps and is redrawn below itself: `ESC [1A` cursor moves),
-/// and the verify bar shows no byte counter stuck at `0 B`.
+/// On an 80-column terminal, and on a 60-column one, no progress line is
+/// wider than the terminal (a wider one wraps and is redrawn below itself:
+/// `ESC [1A` cursor moves), every bar keeps a bar (at 60 columns it once
+/// shrank to nothing), and a run of a second shows no time left (a first
+/// guess said "eta 47m").
 #[test]
 fn progress_lines_fit_an_80_column_terminal() {
-    let sb = fixture_sandbox();
-    let Some(screen) = in_pty(&sb, "migrate", true) else {
-        return;
-    };
+    for columns in [80, 60] {
+        let sb = fixture_sandbox();
+        let Some(screen) = in_pty_of(&sb, "migrate", true, columns) else {
+            return;
+        };
+        check_bars(&screen, columns.into());
+    }
+}
+
+fn check_bars(screen: &str, columns: usize) {
     assert!(
         !screen.contains("\u{1b}[1A"),
         "a progress line wrapped:\n{screen}"
@@ -148,14 +161,23 @@ fn progress_lines_fit_an_80_column_terminal() {
     }
     let bars: Vec<&str> = plain
         .split(['\r', '\n'])
-        .filter(|l| l.contains("] ") && l.contains(" eta "))
+        .filter(|l| l.contains(" [") && l.contains("] "))
         .collect();
     assert!(bars.len() > 4, "no progress bars:\n{plain}");
     for line in bars {
         assert!(
-            line.chars().count() <= 80,
-            "{} columns: {line}",
+            line.chars().count() <= columns,
+            "{} columns of {columns}: {line}",
             line.chars().count()
+        );
+        let bar = line
+            .split_once(" [")
+            .and_then(|(_, rest)| rest.split_once("] "))
+            .map_or(0, |(bar, _)| bar.chars().count());
+        assert!(bar >= 10, "a bar of {bar} columns at {columns}: {line}");
+        assert!(
+            !line.contains(" eta "),
+            "a guess of the time left after a moment: {line}"
         );
     }
     assert!(
@@ -184,10 +206,25 @@ fn no_color_means_no_colour_even_on_a_terminal() {
     );
 }
 
+/// Off a terminal (a pipe, a script), no progress unless `-v` asks for
+/// plain lines: what each step starts with (bytes only where there are
+/// some: publishing renames), and the files it did; verification counts
+/// each file once.
 #[test]
 fn off_a_terminal_progress_is_plain_lines_and_the_report_has_no_escapes() {
     let sb = fixture_sandbox();
     let out = cmd(&sb, &sb.project(), &["migrate"])
+        .env_remove("NO_COLOR")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let quiet = String::from_utf8(out.stderr).expect("utf8");
+    assert!(
+        !quiet.contains("staging"),
+        "no progress without -v: {quiet}"
+    );
+    let sb = fixture_sandbox();
+    let out = cmd(&sb, &sb.project(), &["-v", "migrate"])
         .env_remove("NO_COLOR")
         .output()
         .expect("run");
@@ -198,7 +235,26 @@ fn off_a_terminal_progress_is_plain_lines_and_the_report_has_no_escapes() {
         stderr.contains("staging: 25 file(s), 6.7 KiB\n"),
         "{stderr}"
     );
-    assert!(stderr.contains("staging: done in "), "{stderr}");
+    assert!(stderr.contains("staging: 25 file(s) done in "), "{stderr}");
+    let verify = stderr
+        .lines()
+        .find(|l| l.starts_with("verifying: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let outputs: u64 = verify["verifying: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{verify}"));
+    assert!(
+        outputs < 40,
+        "each file once, not its source and its copy: {verify}"
+    );
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("publishing") && l.ends_with(" 0 B")),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
         "escape codes off a terminal"

@@ -86,8 +86,7 @@ impl Tx<'_> {
         let legacy = &m.legacy_dir.0;
         let staging = self.paths.staging(&m.txid);
         let total: u64 = staged.categories.values().map(|(_, bytes)| bytes).sum();
-        self.progress
-            .start(Step::Verify, staged.sources + staged.outputs, total);
+        self.progress.start(Step::Verify, staged.outputs, total);
         let mut corrupt = fault::armed(&Fault::CorruptStaged);
         manifest::for_each_chunk(&self.paths.entries(&m.txid), |chunk| {
             if corrupt && let Some(o) = chunk.iter().find_map(|e| e.outputs.first()) {
@@ -97,7 +96,6 @@ impl Tx<'_> {
             for s in chunk.iter().flat_map(|e| &e.sources) {
                 if s.linked {
                     // Checked through its staged name, the same inode (`linked_size`).
-                    self.progress.advance(1, 0);
                     continue;
                 }
                 // The bytes staged were hashed as they were read; an unchanged
@@ -109,7 +107,6 @@ impl Tx<'_> {
                 if now != s.fingerprint || s.hash.is_none() {
                     return Err(changed_while_migrated(path, s, &now));
                 }
-                self.progress.advance(1, 0);
             }
             // Output by output, so a split log's big per-job files spread over the cores.
             let outputs: Vec<(&Entry, &Output)> = chunk
