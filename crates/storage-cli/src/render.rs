@@ -145,11 +145,31 @@ pub fn list(items: &[storage_fs::Listed], repo: Option<&str>) -> String {
 /// The store's layout, one line per directory.
 pub fn layout(root: &RootChoice) -> String {
     let mut out = store_line(root, storage_fs::layout_version(&root.path).ok().flatten());
-    for (path, what) in [
+    let rows = [
         ("layout.json", "the layout version of this store"),
         (
             "repos/<repo>.json",
             "which project directory owns each repository key",
+        ),
+        (
+            "sessions/<session>.json",
+            "unified sessions: global, keyed by id",
+        ),
+        (
+            "sessions/<session>/checkpoint.json",
+            "a unified session's own checkpoint",
+        ),
+        (
+            "sessions/<session>/checkpoints/<workflow>.checkpoint.json",
+            "the session's workflow checkpoints",
+        ),
+        (
+            "ext/<repo>/<kind>/<name>.json",
+            "extension kinds (documents of kinds the API does not name)",
+        ),
+        (
+            "archive/events/<repo>/<job>/",
+            "what event-log retention dropped (gzip JSONL)",
         ),
         ("state/<repo>/sessions/<session>.json", "session state"),
         (
@@ -200,8 +220,10 @@ pub fn layout(root: &RootChoice) -> String {
             "worktrees/<repo>/",
             "Prodigy's git worktrees (not managed by this tool)",
         ),
-    ] {
-        let _ = writeln!(out, "  {path:<52} {what}");
+    ];
+    let width = rows.iter().map(|(path, _)| path.len()).max().unwrap_or(0);
+    for (path, what) in rows {
+        let _ = writeln!(out, "  {path:<width$}  {what}");
     }
     out
 }

@@ -25,3 +25,5 @@ mod subdirs;
 mod two_layouts;
 // Reading back what the store holds: `show` and `events`.
 mod read;
+// What the docs say a command prints, checked against the command.
+mod docs;
