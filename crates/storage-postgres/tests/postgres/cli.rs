@@ -147,6 +147,40 @@ fn the_command_copies_a_file_store_into_postgres_and_works_on_it() {
     ));
     assert_eq!(s["store_kind"], "postgres", "{s:#}");
     assert_eq!(s["store_source"], "--store");
+    // docs/cli.md shows this document: the same keys, in order.
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/cli.md"),
+    )
+    .expect("docs/cli.md");
+    let example = docs
+        .split_once("`status --json` describes\nthat store instead:")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split_once("```json\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the documented example");
+    let documented: Vec<&str> = example
+        .lines()
+        .filter(|l| l.starts_with("  \""))
+        .filter_map(|l| l.trim_start().strip_prefix('"')?.split('"').next())
+        .collect();
+    // (This crate's serde_json sorts keys: compared as sets.)
+    let mut documented = documented;
+    documented.sort_unstable();
+    let printed: Vec<&str> = s
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(documented, printed, "docs/cli.md's team status example");
+    assert!(
+        example.contains(&format!(
+            "\"postgres_schema_version\": {},",
+            storage_postgres::SCHEMA_VERSION
+        )),
+        "{example}"
+    );
     let s = json_of(&run(
         &bin,
         home.path(),
