@@ -225,6 +225,8 @@ pub fn migrate(
     // import joins it, so that one rollback undoes both.
     let mut run: Option<String> = unfinished_run(store, &tx.paths)?;
     let several = !subdirs.is_empty();
+    // What setting the store's older copies aside said, for this run's report.
+    let mut set_aside: Vec<String> = Vec::new();
     let mut import = |legacy: &Path| -> Result<Option<(manifest::Manifest, Summary)>> {
         // A process that waited for the lock usually finds the work done:
         // it answers without writing a journal.
@@ -262,6 +264,7 @@ pub fn migrate(
                 let r =
                     report::from_manifest(store, &tx.paths, &m, &summary, Outcome::Migrated, None);
                 tx.commit(&m, &summary, &r)?;
+                set_aside.extend(m.warnings);
             }
         }
         let txid = plan::new_txid();
@@ -321,8 +324,14 @@ pub fn migrate(
             subreports.push(r);
         }
     }
+    // A set-aside copy whose newer version the import did not publish (it
+    // left the project meanwhile) goes back where the store reads it.
+    set_aside.extend(supersede::restore_unreplaced(store, &tx.paths, &tx.batch)?);
     let mut report = match root {
-        Some(r) => r,
+        Some(mut r) => {
+            r.warnings.extend(set_aside);
+            r
+        }
         // The migration that recovery just finished is what this run did:
         // its report, not "nothing to migrate".
         None => {
@@ -340,6 +349,7 @@ pub fn migrate(
                     Outcome::NothingToMigrate,
                     recovered,
                 );
+                r.warnings.extend(set_aside);
                 if subreports.is_empty() {
                     return Ok(r);
                 }
@@ -427,7 +437,9 @@ fn plan_summary(
     )?;
     if newer > 0 {
         m.warn(format!(
-            "{newer} document(s) in the store are older than the versions an older Prodigy wrote              again in the project since: the store's copies would be kept under `legacy/{repo}/superseded/`,              and the newer versions imported in their place"
+            "{newer} document(s) in the store are older than the versions an older Prodigy wrote \
+             again in the project since: the store's copies would be kept under \
+             `legacy/{repo}/superseded/`, and the newer versions imported in their place"
         ));
     }
     Ok((m, summary))
@@ -651,7 +663,7 @@ fn unfinished_run(store: &FsStorage, paths: &Paths) -> Result<Option<String>> {
     Ok(if in_store { m.run } else { None })
 }
 
-fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
+pub(crate) fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
     let mut live: Vec<String> = Vec::new();
     for e in protocol::read_history(paths)? {
         match e.event.as_str() {
@@ -709,7 +721,48 @@ pub fn rollback(
     {
         // A migration that stopped half-way is undone, not finished first:
         // undoing needs no space in the store (finishing may be what failed).
-        return undo_unfinished(&tx, &project, &j.txid, opts);
+        let run = protocol::read_manifest(&tx.paths, &j.txid)?.run;
+        let mut report = undo_unfinished(&tx, &project, &j.txid, opts)?;
+        // The import of a run whose first transaction set the store's older
+        // copies aside (`supersede`): that one is undone too, as one
+        // rollback undoes a whole run.
+        if unfinished_run(store, &tx.paths)?.is_some_and(|r| run.as_ref() == Some(&r))
+            && let Some(latest) = latest_migration(&tx.paths)?
+        {
+            let m = protocol::read_manifest(&tx.paths, &latest)?;
+            let changed = tx.rollback_check(&m)?;
+            if !changed.is_empty() && !opts.force {
+                return Err(Error::RollbackRefused {
+                    reason: format!(
+                        "undid the unfinished migration {}, but not {latest}, which set the \
+                         store's older copies aside for it: {} of them changed since (first `{}`). \
+                         To keep them, do not roll back further. To roll back anyway, run \
+                         rollback again with --force",
+                        report.txid,
+                        changed.len(),
+                        changed[0].display()
+                    ),
+                    paths: changed,
+                });
+            }
+            let undone = tx.start_rollback(&m, opts.force)?;
+            report.also_undone.push(RollbackReport {
+                schema_version: REPORT_SCHEMA_VERSION,
+                also_undone: Vec::new(),
+                kept_newer: Vec::new(),
+                not_read_by_older: 0,
+                txid: latest.clone(),
+                project: project.clone(),
+                restored_files: undone.summary.sources,
+                restored_bytes: undone.summary.source_bytes,
+                removed_from_store: undone.removed,
+                kept_changed: undone.kept,
+                displaced: if opts.force { changed } else { Vec::new() },
+                backup: tx.paths.backup(&latest),
+                recovered: None,
+            });
+        }
+        return Ok(report);
     }
     let recovered = tx.recover()?;
     if let Some(j) = interrupted.filter(|j| j.phase == Phase::RollingBack) {

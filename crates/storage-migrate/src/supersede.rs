@@ -221,3 +221,83 @@ pub(crate) fn probe_project(
     )?;
     Ok(out)
 }
+
+/// Puts back where the store reads it each document that a committed
+/// setting aside of `paths`' transactions (a manifest [`Manifest::in_store`])
+/// moved away and that nothing replaced since: the import that was to
+/// publish the newer version did not (the legacy file left the project, or
+/// a crash, then nothing left to import). The set-aside copy is linked
+/// back (copied where a link cannot be made), never over anything: a place
+/// that holds a file is left alone. Returns a warning per document put
+/// back. Safe to repeat; a later rollback of the setting aside finds the
+/// document already where it restores it.
+pub(crate) fn restore_unreplaced(
+    store: &storage_fs::FsStorage,
+    paths: &crate::manifest::Paths,
+    batch: &fsx::Batch,
+) -> Result<Vec<String>> {
+    let root = store.root();
+    let mut out = Vec::new();
+    for txid in crate::live_migrations(paths)? {
+        let Some(m) = crate::protocol::read_manifest_if_any(paths, &txid)? else {
+            continue;
+        };
+        if !m.in_store {
+            continue;
+        }
+        crate::manifest::for_each_chunk(&paths.entries(&txid), |chunk| {
+            for e in chunk {
+                let (Some(source), Some(output)) = (e.sources.first(), e.outputs.first()) else {
+                    continue;
+                };
+                let place = root.join(source.rel.as_path());
+                let kept = root.join(output.dest.as_path());
+                if std::fs::symlink_metadata(&place).is_ok() || !kept.is_file() {
+                    continue;
+                }
+                fsx::create_dir_all(fsx::parent(&place))?;
+                match std::fs::hard_link(&kept, &place) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(_) => {
+                        // Another file system (a mount inside the store):
+                        // a copy, renamed into place without replacing.
+                        let bytes =
+                            std::fs::read(&kept).map_err(|e| Error::io("read", &kept, e))?;
+                        let dir = fsx::parent(&place);
+                        let name = place
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let (tmp, mut f) = fsx::create_temp(dir, &name)?;
+                        std::io::Write::write_all(&mut f, &bytes)
+                            .map_err(|e| Error::io("write", &tmp, e))?;
+                        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+                        drop(f);
+                        if let Err(e) = fsx::rename_noreplace(&tmp, &place) {
+                            let _ = std::fs::remove_file(&tmp);
+                            if matches!(&e, storage_core::Error::Io { source, .. }
+                                if source.kind() == std::io::ErrorKind::AlreadyExists)
+                            {
+                                continue;
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                }
+                batch.dir_changed(fsx::parent(&place));
+                out.push(format!(
+                    "`{}` was set aside for a newer version that was not imported (it left the \
+                     project); it is back where the store reads it (a copy stays at `{}`)",
+                    source.rel.as_path().display(),
+                    output.dest.as_path().display()
+                ));
+            }
+            Ok(())
+        })?;
+    }
+    if !out.is_empty() {
+        batch.finish(root)?;
+    }
+    Ok(out)
+}

@@ -305,6 +305,10 @@ fn files_an_old_prodigy_writes_again_are_migrated_as_newer_versions() {
         report["conflicts"][0]["dest"], predicted[0]["dest"],
         "the conflict the dry run predicted"
     );
+    assert!(
+        report["warnings"].to_string().contains("superseded"),
+        "the report says the store's copy was set aside: {report:#}"
+    );
     assert_eq!(
         fs_err::read(&v3).expect("v3"),
         b"{\"job_id\": \"newer\"}",
@@ -997,5 +1001,172 @@ fn undoing_an_unfinished_migration_accounts_for_every_published_file() {
         &snapshot_without_locks(&sb.project()),
         &before,
         "the project, back",
+    );
+}
+
+/// Runs `migrate` pausing at `point`; at its `n`th pause (1-based) calls
+/// `at_pause`, which says whether to go on (`true`) or kill it there.
+fn migrate_pausing(
+    sb: &Sandbox,
+    point: &str,
+    n: usize,
+    at_pause: impl FnOnce() -> bool,
+) -> Option<std::process::Output> {
+    let pause = sb.home().join("pause");
+    let mut child = crate::support::cmd(sb, &sb.project(), &["migrate", "--json"])
+        .env("PRODIGY_STORAGE_PAUSE_AT", point)
+        .env("PRODIGY_STORAGE_PAUSE_FILE", &pause)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let wait = |child: &mut std::process::Child| {
+        let start = std::time::Instant::now();
+        while !pause.exists() {
+            assert!(
+                child.try_wait().expect("poll").is_none(),
+                "exited before pausing"
+            );
+            assert!(start.elapsed() < std::time::Duration::from_secs(60));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    for _ in 1..n {
+        wait(&mut child);
+        fs_err::remove_file(&pause).expect("go on");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    wait(&mut child);
+    if at_pause() {
+        // Let it go on through every later pause at that point too.
+        while child.try_wait().expect("poll").is_none() {
+            let _ = std::fs::remove_file(&pause);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Some(child.wait_with_output().expect("wait"))
+    } else {
+        child.kill().expect("kill");
+        let _ = child.wait();
+        let _ = fs_err::remove_file(&pause);
+        None
+    }
+}
+
+/// The fixture migrated, then its checkpoint v3 written again in the
+/// project by an old Prodigy: (the store's v3 path, its bytes, the project's).
+fn newer_v3(sb: &Sandbox) -> (PathBuf, Vec<u8>, PathBuf) {
+    run(sb, &["migrate"], true);
+    let v3 = sb.store().join(format!(
+        "state/project/mapreduce/jobs/{}/checkpoint-v3.json",
+        fixture::JOB
+    ));
+    let before = fs_err::read(&v3).expect("v3");
+    let jobs = sb
+        .project()
+        .join(format!(".prodigy/mapreduce/jobs/{}", fixture::JOB));
+    fs_err::create_dir_all(&jobs).expect("mkdir");
+    fs_err::write(jobs.join("checkpoint-v3.json"), b"{\"job_id\": \"newer\"}").expect("w");
+    (v3, before, jobs.join("checkpoint-v3.json"))
+}
+
+/// Review finding: the newer version leaves the project between the
+/// setting aside and the import: the store's copy goes back where the store
+/// reads it (it stayed only under `superseded/`, and `verify` said OK).
+#[test]
+fn a_set_aside_copy_whose_newer_version_left_goes_back() {
+    let sb = fixture_sandbox();
+    let (v3, before, legacy) = newer_v3(&sb);
+    let out = migrate_pausing(&sb, "after-retire", 1, || {
+        fs_err::remove_file(&legacy).expect("an old Prodigy removes it");
+        true
+    })
+    .expect("finished");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs_err::read(&v3).expect("back"), before);
+    let report = crate::support::json_of(&out);
+    assert!(
+        report["warnings"]
+            .to_string()
+            .contains("is back where the store reads it"),
+        "{report:#}"
+    );
+    run(&sb, &["verify"], true);
+    run(&sb, &["rollback"], true);
+    assert_eq!(fs_err::read(&v3).expect("v3"), before);
+}
+
+/// Review finding: the store writes the document again between the setting
+/// aside and the import: the import keeps the project's version as a
+/// conflict; a rollback then refuses as for any change since, and
+/// `--force` moves the store's newer write aside (it said "legacy files
+/// exist again … run migrate", which could not help).
+#[test]
+fn a_store_write_between_setting_aside_and_import_is_a_change_a_rollback_names() {
+    let sb = fixture_sandbox();
+    let (v3, before, legacy) = newer_v3(&sb);
+    let written = b"{\"job_id\": \"the store, meanwhile\"}".to_vec();
+    let out = migrate_pausing(&sb, "after-commit-journal", 1, || {
+        let tmp = v3.with_extension("tmp-put");
+        fs_err::write(&tmp, &written).expect("w");
+        fs_err::rename(&tmp, &v3).expect("renamed over, as a put does");
+        true
+    })
+    .expect("finished");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs_err::read(&v3).expect("v3"),
+        written,
+        "the store's newest write stays"
+    );
+    let refused = run(&sb, &["rollback"], false);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("changed since") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!err.contains("run `prodigy-storage migrate`"), "{err}");
+    run(&sb, &["rollback", "--force"], true);
+    assert_eq!(
+        fs_err::read(&v3).expect("v3"),
+        before,
+        "the store's copy before the run"
+    );
+    assert_eq!(
+        fs_err::read(&legacy).expect("project"),
+        b"{\"job_id\": \"newer\"}"
+    );
+    let aside: Vec<_> = files(&sb.store().join("legacy/project/rollback-displaced"))
+        .into_iter()
+        .filter(|(_, b)| *b == written)
+        .collect();
+    assert_eq!(aside.len(), 1, "the store's newest write is kept aside");
+}
+
+/// Review finding: the import of a superseding run killed while
+/// publishing; one `rollback` undoes it and the setting aside (it undid
+/// only the import, and the store's copy stayed missing).
+#[test]
+fn one_rollback_undoes_a_superseding_run_whose_import_was_killed() {
+    let sb = fixture_sandbox();
+    let (v3, before, legacy) = newer_v3(&sb);
+    assert!(migrate_pausing(&sb, "mid-publish", 2, || false).is_none());
+    let report = crate::support::run_json(&sb, &["rollback"]);
+    assert_eq!(
+        report["also_undone"].as_array().map(Vec::len),
+        Some(1),
+        "{report:#}"
+    );
+    assert_eq!(fs_err::read(&v3).expect("v3"), before);
+    assert_eq!(
+        fs_err::read(&legacy).expect("project"),
+        b"{\"job_id\": \"newer\"}"
     );
 }

@@ -288,7 +288,10 @@ impl Tx<'_> {
         keep_newer: bool,
         freed: &BTreeSet<PathBuf>,
     ) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
-        let in_store = self.is_store_root(&m.legacy_dir.0);
+        // A project's transaction over the store's own files: the store's
+        // older copies set aside (`supersede`), not a layout-0 upgrade.
+        let in_store =
+            matches!(self.owner, Owner::Project(_)) && self.is_store_root(&m.legacy_dir.0);
         let backup = self.paths.backup(&m.txid);
         let legacy = &m.legacy_dir.0;
         real_dir(legacy)?;
@@ -322,6 +325,10 @@ impl Tx<'_> {
                     // file, and `migrate` never takes one (it follows no
                     // link): only moving it away frees the place.
                     AtPath::NotAFile => not_files.push(join(legacy, &s.rel)?),
+                    // The store wrote that document again after it was set
+                    // aside (`supersede`): a change since, which `--force`
+                    // moves aside, not a legacy file to import.
+                    AtPath::File(_) if in_store => changed.push(join(legacy, &s.rel)?),
                     AtPath::File(_) => blocked.push(join(legacy, &s.rel)?),
                 }
                 // The backup is the inode a layout-0 upgrade linked to its
@@ -415,6 +422,12 @@ impl Tx<'_> {
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
         real_dir(&legacy)?;
+        let in_store = matches!(self.owner, Owner::Project(_)) && self.is_store_root(&legacy);
+        let displaced_area = self
+            .owner
+            .area(self.layout())
+            .join("rollback-displaced")
+            .join(&m.txid);
         // Restored files are written on the project's file system and made
         // durable by its `syncfs`: its descriptor is opened before they are
         // (see `fsx::Batch::cover`).
@@ -461,12 +474,22 @@ impl Tx<'_> {
                 let same =
                     matches!(at_dest, AtPath::File(h) if Some(h.to_hex().to_string()) == s.hash);
                 if !same && at_dest != AtPath::Missing {
-                    // Written since this rollback began (the checks before it
-                    // found nothing there): an old Prodigy's newer version,
-                    // which stays; the backup keeps the original.
-                    tracing::warn!(file = %dest.display(), "written since the rollback began; the newer version is kept, the original stays in the backup");
-                    self.progress.advance(1, s.size);
-                    continue;
+                    if in_store && force && matches!(at_dest, AtPath::File(_)) {
+                        // The store's own newer write of a document set
+                        // aside: moved aside as `--force` asked, and the
+                        // older copy restored in its place.
+                        let aside = join(&displaced_area, &s.rel)?;
+                        fsx::create_dir_all(fsx::parent(&aside))?;
+                        self.batch.rename_noreplace(&dest, &aside)?;
+                    } else {
+                        // Written since this rollback began (the checks
+                        // before it found nothing there): an old Prodigy's
+                        // newer version, which stays; the backup keeps the
+                        // original.
+                        tracing::warn!(file = %dest.display(), "written since the rollback began; the newer version is kept, the original stays in the backup");
+                        self.progress.advance(1, s.size);
+                        continue;
+                    }
                 }
                 // Finishing an interrupted rollback, a restored copy is made
                 // again: its `syncfs` may have failed, and a retried sync
