@@ -414,7 +414,7 @@ pub fn parse_since(text: &str) -> Result<std::time::SystemTime, String> {
             .checked_sub(age)
             .unwrap_or(std::time::UNIX_EPOCH));
     }
-    parse_time(text.trim()).ok_or_else(|| {
+    storage_core::parse_rfc3339(text.trim()).ok_or_else(|| {
         format!(
             "`{text}` is neither an age (90s, 10m, 2h, 1d) nor an RFC 3339 time \
              (2026-12-07T10:00:00Z, 2026-12-07T11:00:00+01:00)"
@@ -427,99 +427,4 @@ pub fn parse_cursor(text: &str) -> Result<storage_core::EventCursor, String> {
     serde_json::from_str(text).map_err(|e| {
         format!("`{text}` is not a cursor as `events --json` prints it (`{{\"segment\": …}}`): {e}")
     })
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`.
-pub fn parse_time(text: &str) -> Option<std::time::SystemTime> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(r)?;
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())?
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos: u32 = 0;
-    if b.get(i) == Some(&b'.') {
-        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        let frac = &text[i + 1..i + 1 + digits.min(9)];
-        nanos = frac.parse::<u32>().ok()? * 10u32.pow(9 - u32::try_from(frac.len()).ok()?);
-        i += 1 + digits;
-    }
-    let offset = match &text[i..] {
-        "Z" | "z" => 0,
-        tz if tz.len() == 6
-            && matches!(tz.as_bytes()[0], b'+' | b'-')
-            && tz.as_bytes()[3] == b':' =>
-        {
-            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            let sign = if tz.starts_with('-') { -1 } else { 1 };
-            sign * (oh * 3600 + om * 60)
-        }
-        _ => return None,
-    };
-    let secs =
-        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    let secs = u64::try_from(secs).ok()?;
-    Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn times_parse_as_rfc_3339() {
-        let at = |s| parse_time(s).map(|t| t.duration_since(UNIX_EPOCH).expect("after"));
-        assert_eq!(at("1970-01-01T00:00:00Z"), Some(Duration::ZERO));
-        assert_eq!(
-            at("2025-09-06T08:31:02.907114Z"),
-            Some(Duration::new(1_757_147_462, 907_114_000))
-        );
-        assert_eq!(at("2025-09-06T10:31:02+02:00"), at("2025-09-06T08:31:02Z"));
-        assert_eq!(
-            at("2024-02-29T00:00:00Z"),
-            Some(Duration::from_secs(1_709_164_800))
-        );
-        for bad in [
-            "2025-09-06",
-            "2025-13-01T00:00:00Z",
-            "2025-09-06T08:31:02",
-            "x",
-        ] {
-            assert_eq!(parse_time(bad), None, "{bad}");
-        }
-    }
 }

@@ -216,7 +216,7 @@ fn recent(record: &EventRecord, since: SystemTime) -> bool {
         .json()
         .get("timestamp")
         .and_then(serde_json::Value::as_str)
-        .and_then(crate::cli::parse_time)
+        .and_then(storage_core::parse_rfc3339)
         .is_none_or(|t| t >= since)
 }
 
@@ -243,7 +243,7 @@ pub fn inventory(store: &dyn Storage, repo: Option<&RepoKey>) -> Result<Vec<Item
         let Some(entry) = store.entry(key)? else {
             return Ok(());
         };
-        let (job, id) = ids_of(key);
+        let (job, id) = storage_fs::list_columns(key);
         out.push(Item {
             kind: key.kind().to_owned(),
             repo: key.repo().map(ToString::to_string),
@@ -330,28 +330,4 @@ pub fn inventory(store: &dyn Storage, repo: Option<&RepoKey>) -> Result<Vec<Item
         }
     }
     Ok(out)
-}
-
-/// The JOB and ID columns of `list` for `key`.
-#[cfg(feature = "postgres")]
-fn ids_of(key: &DocKey) -> (Option<String>, Option<String>) {
-    match key {
-        DocKey::Session { session, .. }
-        | DocKey::SessionJob { session, .. }
-        | DocKey::UnifiedSession { session }
-        | DocKey::SessionCheckpoint { session } => (None, Some(session.to_string())),
-        DocKey::JobCheckpoint { job, version, .. } => {
-            (Some(job.to_string()), Some(format!("v{version}")))
-        }
-        DocKey::JobMetadata { job, .. } | DocKey::DeadLetterIndex { job, .. } => {
-            (Some(job.to_string()), None)
-        }
-        DocKey::WorkflowCheckpoint { workflow, .. } => (None, Some(workflow.to_string())),
-        DocKey::SessionWorkflowCheckpoint { session, workflow } => {
-            (None, Some(format!("{session}/{workflow}")))
-        }
-        DocKey::DeadLetter { job, item, .. } => (Some(job.to_string()), Some(item.to_string())),
-        DocKey::Extension { name, .. } => (None, Some(name.to_string())),
-        _ => (None, None),
-    }
 }

@@ -146,26 +146,41 @@ impl FsStorage {
         // Where the store reads it: a layout-0 path for a document only
         // layout 0 holds, or holds in a newer copy.
         let path = crate::layout0::winner(self.layout(), key);
-        let (job, id): (Option<&str>, Option<String>) = match key {
-            DocKey::Session { session, .. }
-            | DocKey::SessionJob { session, .. }
-            | DocKey::UnifiedSession { session }
-            | DocKey::SessionCheckpoint { session } => (None, Some(session.to_string())),
-            DocKey::JobCheckpoint { job, version, .. } => {
-                (Some(job.as_str()), Some(format!("v{version}")))
-            }
-            DocKey::JobMetadata { job, .. } | DocKey::DeadLetterIndex { job, .. } => {
-                (Some(job.as_str()), None)
-            }
-            DocKey::WorkflowCheckpoint { workflow, .. } => (None, Some(workflow.to_string())),
-            DocKey::SessionWorkflowCheckpoint { session, workflow } => {
-                (None, Some(format!("{session}/{workflow}")))
-            }
-            DocKey::DeadLetter { job, item, .. } => (Some(job.as_str()), Some(item.to_string())),
-            DocKey::Extension { name, .. } => (None, Some(name.to_string())),
-            _ => (None, None),
-        };
-        push(out, key.kind(), key.repo(), job, id.as_deref(), &path)
+        let (job, id) = columns(key);
+        push(
+            out,
+            key.kind(),
+            key.repo(),
+            job.as_deref(),
+            id.as_deref(),
+            &path,
+        )
+    }
+}
+
+/// The JOB and ID of `key` as [`Listed`] has them (`list`'s columns): the
+/// job of job state, dead letters and logs; the session, workflow, item,
+/// `v<N>` of a checkpoint version, or `<session>/<workflow>`.
+#[must_use]
+pub fn columns(key: &DocKey) -> (Option<String>, Option<String>) {
+    match key {
+        DocKey::Session { session, .. }
+        | DocKey::SessionJob { session, .. }
+        | DocKey::UnifiedSession { session }
+        | DocKey::SessionCheckpoint { session } => (None, Some(session.to_string())),
+        DocKey::JobCheckpoint { job, version, .. } => {
+            (Some(job.to_string()), Some(format!("v{version}")))
+        }
+        DocKey::JobMetadata { job, .. } | DocKey::DeadLetterIndex { job, .. } => {
+            (Some(job.to_string()), None)
+        }
+        DocKey::WorkflowCheckpoint { workflow, .. } => (None, Some(workflow.to_string())),
+        DocKey::SessionWorkflowCheckpoint { session, workflow } => {
+            (None, Some(format!("{session}/{workflow}")))
+        }
+        DocKey::DeadLetter { job, item, .. } => (Some(job.to_string()), Some(item.to_string())),
+        DocKey::Extension { name, .. } => (None, Some(name.to_string())),
+        _ => (None, None),
     }
 }
 

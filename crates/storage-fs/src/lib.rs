@@ -57,7 +57,7 @@ mod root;
 mod store;
 pub mod time;
 
-pub use inventory::Listed;
+pub use inventory::{Listed, columns as list_columns};
 pub use layout::{LAYOUT_VERSION, Layout};
 pub use lock::FileLock;
 pub use repo::RepoRecord;

@@ -155,3 +155,77 @@ fn the_status_json_example_has_the_printed_keys() {
         );
     }
 }
+
+/// The first JSON block of the section of docs/cli.md headed `heading`.
+fn json_example(heading: &str) -> String {
+    let text = doc("docs/cli.md");
+    let from = text
+        .find(&format!("## {heading}"))
+        .unwrap_or_else(|| panic!("no section {heading}"));
+    let rest = &text[from..];
+    // Within the section: up to the next heading.
+    let rest = &rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)];
+    let start = rest
+        .find("```json\n")
+        .unwrap_or_else(|| panic!("no JSON block in {heading}"))
+        + "```json\n".len();
+    let end = rest[start..].find("```").expect("its end");
+    rest[start..start + end].to_owned()
+}
+
+/// The example of `heading` names every top-level key `printed` has, and
+/// `printed` has every key the example shows, but those it marks as
+/// present only sometimes ("only when …", "absent …").
+#[track_caller]
+fn check_keys(heading: &str, printed: &serde_json::Value) {
+    let example = json_example(heading);
+    let printed = printed.as_object().expect("a JSON object");
+    for key in printed.keys() {
+        assert!(
+            example.contains(&format!("\"{key}\":")),
+            "`{key}` is printed but not in docs/cli.md's {heading}:\n{example}"
+        );
+    }
+    for line in example.lines().filter(|l| l.starts_with("  \"")) {
+        let key = line.trim_start()[1..].split('"').next().unwrap_or_default();
+        let sometimes = line.contains("only") || line.contains("absent");
+        assert!(
+            sometimes || printed.contains_key(key),
+            "docs/cli.md's {heading} shows `{key}`, which is not printed"
+        );
+    }
+}
+
+/// Every JSON document docs/cli.md shows has the keys the command prints.
+#[test]
+fn every_documented_json_document_has_the_printed_keys() {
+    let sb = fixture_sandbox();
+    let json = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push("--json");
+        json_of(&run(&sb, &all, true))
+    };
+    check_keys("`migrate --json`", &json(&["migrate"]));
+    check_keys("`verify --json`", &json(&["verify"]));
+    check_keys("`list --json`", &json(&["list"]));
+    check_keys("`backups list --json`", &json(&["backups", "list"]));
+    let to = sb.path().join("copy");
+    check_keys(
+        "`copy-store --json`",
+        &json(&["copy-store", "--to", to.to_str().expect("utf-8")]),
+    );
+    check_keys("`rollback --json`", &json(&["rollback"]));
+    let sb = Sandbox::new();
+    storage_tests::layout0::store(&sb.store());
+    // docs/cli.md: "`upgrade` prints the same document as `migrate --json`".
+    let up = json_of(&run(&sb, &["upgrade", "--json"], true));
+    check_keys("`migrate --json`", &up);
+    // … "`downgrade` prints the same document as `rollback --json`", with
+    // the fields it names besides.
+    let down = json_of(&run(&sb, &["downgrade", "--json"], true));
+    let mut rollback_like = down.clone();
+    for extra in ["also_undone", "kept_newer", "not_read_by_older"] {
+        rollback_like.as_object_mut().expect("object").remove(extra);
+    }
+    check_keys("`rollback --json`", &rollback_like);
+}
