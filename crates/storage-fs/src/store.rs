@@ -240,10 +240,18 @@ fn read_layout_version(layout: &Layout) -> Result<Option<u64>> {
     let Some(bytes) = fsx::read_optional(&path)? else {
         return Ok(None);
     };
+    // What to do is part of the reason: without a readable version the
+    // store cannot be opened, and without the file at all an upgraded
+    // store would look like layout 0 and be upgraded again.
     let corrupt = |reason: String| Error::Corrupt {
         path: path.clone(),
         line: None,
-        reason,
+        reason: format!(
+            "{reason}. It holds only the store's layout version: restore it from a backup, or, \
+             if this store was created or upgraded by a prodigy-storage of layout version \
+             {LAYOUT_VERSION}, write `{{\"layout_version\": {LAYOUT_VERSION}}}` into it \
+             (docs/storage-layout.md); never delete it"
+        ),
     };
     let doc: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
     match doc.get("layout_version").and_then(Value::as_u64) {

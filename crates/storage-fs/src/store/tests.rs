@@ -1228,3 +1228,19 @@ fn a_fenced_write_is_refused_when_the_lock_file_holds_another_holder() {
         .expect_err("refused");
     assert!(matches!(err, Error::LockLost { .. }), "{err:?}");
 }
+
+/// Issue 21, item 21: a corrupt `layout.json` says what to do, not only
+/// that it is corrupt.
+#[test]
+fn a_corrupt_layout_file_says_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("layout.json"), b"{\"layout_version\": ").expect("write");
+    let err = FsStorage::open(dir.path()).expect_err("corrupt");
+    let text = err.to_string();
+    assert!(text.contains("layout.json` is corrupt"), "{text}");
+    assert!(
+        text.contains(&format!("write `{{\"layout_version\": {LAYOUT_VERSION}}}`")),
+        "{text}"
+    );
+    assert!(text.contains("never delete it"), "{text}");
+}
