@@ -343,14 +343,20 @@ impl Storage for FsStorage {
         let path = self.layout.document(key);
         let bytes = serde_json::to_vec_pretty(doc).expect("a JSON value always serializes");
         // A deletion may remove an emptied directory between our creating
-        // it and writing into it: create it again (a few times at most).
-        let mut tries = 0;
+        // it and writing into it: create it again. Each try loses only to a
+        // deletion that emptied the directory in that very window, so this
+        // ends; on two busy cores it took more than 8 tries (the bound it
+        // had), so after a few each try first yields to the deleter.
+        let mut tries = 0u32;
         loop {
             match fsx::write_atomic(&path, &bytes) {
                 Err(Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound && tries < 8 =>
+                    if source.kind() == std::io::ErrorKind::NotFound && tries < 10_000 =>
                 {
                     tries += 1;
+                    if tries > 8 {
+                        std::thread::yield_now();
+                    }
                     match fsx::create_dir_all(fsx::parent(&path)) {
                         // A deletion removed an emptied parent meanwhile: again.
                         Err(Error::Io { source, .. })
