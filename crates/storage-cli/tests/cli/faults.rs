@@ -359,6 +359,11 @@ fn a_full_disk_mid_copy_is_a_clean_error_and_publishes_nothing() {
         err.contains(&sb.store().display().to_string()),
         "names a path in the store: {err}"
     );
+    // Issue 21, item 21: and says what happened and what to do.
+    assert!(
+        err.contains("Nothing was published") && err.contains("Free space on the file system"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert_same_tree(
         &snapshot_without_locks(&sb.project()),

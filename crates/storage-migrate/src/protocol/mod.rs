@@ -583,7 +583,7 @@ impl Tx<'_> {
                 let _ = marker::remove(self.store, &legacy);
                 let _ = remove_dir_all_if_exists(&self.paths.tx(txid));
                 let _ = fsx::remove_file_durable(&self.paths.journal());
-                return Err(e);
+                return Err(self.full_while_staging(e));
             }
         };
         fault::point("after-verify");
@@ -649,6 +649,39 @@ impl Tx<'_> {
             finish: format!("prodigy-storage --home {home} migrate {project_q}"),
             undo: format!("prodigy-storage --home {home} rollback {project_q}"),
             source: Box::new(source),
+        }
+    }
+
+    /// A disk full while staging, said with what happened and what to do
+    /// (it was "cannot write `…/staging/…`: No space left on device").
+    fn full_while_staging(&self, e: Error) -> Error {
+        let full = matches!(&e, Error::Store(storage_core::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(28));
+        if !full {
+            return e;
+        }
+        let (action, command, what) = match &self.owner {
+            Owner::Project(_) => (
+                "migrate into",
+                "migrate",
+                "the project's legacy files stay where they are",
+            ),
+            Owner::Store => (
+                "upgrade",
+                "upgrade",
+                "the store is as it was before the upgrade",
+            ),
+        };
+        Error::Refused {
+            action,
+            path: self.layout().root().to_owned(),
+            reason: format!(
+                "the store's file system is full: staging copies the legacy files into the store \
+                 before anything is published, and it ran out of space ({e}: No space left on \
+                 device). Nothing was published and the staging area was removed; {what}. Free \
+                 space on the file system that holds the store (or choose another store with \
+                 --home) and run `prodigy-storage {command}` again"
+            ),
         }
     }
 
