@@ -44,6 +44,9 @@ fn compare(source: &Path, root: &Path, dest: &Path, rewrite: bool) -> Result<Opt
         Ok(m) if m.is_file() => m,
         Ok(_) => return Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(not_a_directory(root, dest));
+        }
         Err(e) => return Err(Error::io("stat", &target, e)),
     };
     let src_meta = match std::fs::symlink_metadata(source) {
@@ -68,6 +71,28 @@ fn compare(source: &Path, root: &Path, dest: &Path, rewrite: bool) -> Result<Opt
         published = crate::protocol::rewrite_metadata_path(&published, &new_dir).0;
     }
     Ok(Some((published != read(&target)?, newer)))
+}
+
+/// Refuses, while planning (nothing changed yet), a destination below a
+/// file where the store needs a directory: publishing would stop half-way.
+fn not_a_directory(root: &Path, dest: &Path) -> Error {
+    let mut at = root.to_owned();
+    for c in dest.parent().into_iter().flat_map(Path::components) {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir()) {
+            break;
+        }
+    }
+    Error::Refused {
+        action: "import into",
+        path: root.to_owned(),
+        reason: format!(
+            "`{}` is a file where the store needs a directory (for `{}`); nothing was changed: \
+             move that file away and run the command again",
+            at.display(),
+            dest.display()
+        ),
+    }
 }
 
 /// Whether the legacy file at `source` is a newer version of the document

@@ -1608,3 +1608,53 @@ fn status_and_list_say_an_upgrade_or_downgrade_was_interrupted() {
         serde_json::Value::Null
     );
 }
+
+/// Issue 21, item 8: a file where the store needs a directory is refused
+/// while planning, with nothing changed (it stopped half-way); an upgrade
+/// that does stop half-way names `upgrade` and `downgrade` as the ways
+/// out, which work (it named `migrate` and `rollback` of the store's root).
+#[test]
+fn an_upgrade_names_its_own_ways_out() {
+    let sb = layout0_sandbox();
+    let items = sb.store().join(format!("dlq/api/{JOB}/items"));
+    fs_err::write(&items, b"not a directory").expect("a file in the way");
+    let before = store_tree(&sb);
+    let out = run(&sb, &["upgrade"], false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is a file where the store needs a directory"),
+        "{err}"
+    );
+    assert_same_tree(&store_tree(&sb), &before, "nothing changed");
+    fs_err::remove_file(&items).expect("moved away");
+    run(&sb, &["upgrade"], true);
+
+    if Command::new("strace").arg("-V").output().is_err() {
+        crate::support::skip("`strace` is not available here; the rest did not run");
+        return;
+    }
+    let sb = layout0_sandbox();
+    let before = store_tree(&sb);
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=renameat2"])
+        .args(["-e", "inject=renameat2:error=EIO:when=3+"])
+        .arg(crate::support::bin())
+        .arg("--home")
+        .arg(sb.store())
+        .arg("upgrade")
+        .env("HOME", sb.home())
+        .env_remove("PRODIGY_HOME")
+        .output()
+        .expect("strace");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stopped half-way"), "{err}");
+    let home = sb.store().display().to_string();
+    assert!(err.contains(&format!("--home {home} upgrade`")), "{err}");
+    assert!(err.contains(&format!("--home {home} downgrade`")), "{err}");
+    assert!(
+        !err.contains(" rollback ") && !err.contains(" migrate "),
+        "{err}"
+    );
+    run(&sb, &["downgrade"], true);
+    assert_same_tree(&store_tree(&sb), &before, "the named way out works");
+}

@@ -643,11 +643,24 @@ impl Tx<'_> {
     fn unfinished(&self, txid: &str, project: &Path, source: Error) -> Error {
         let home = crate::shell_quote(self.layout().root());
         let project_q = crate::shell_quote(project);
+        // An upgrade of the store is finished by `upgrade` and undone by
+        // `downgrade` (`migrate` and `rollback` of the store's root would
+        // take it for a project).
+        let (finish, undo) = match self.owner {
+            Owner::Project(_) => (
+                format!("prodigy-storage --home {home} migrate {project_q}"),
+                format!("prodigy-storage --home {home} rollback {project_q}"),
+            ),
+            Owner::Store => (
+                format!("prodigy-storage --home {home} upgrade"),
+                format!("prodigy-storage --home {home} downgrade"),
+            ),
+        };
         Error::Unfinished {
             txid: txid.to_owned(),
             project: project.to_owned(),
-            finish: format!("prodigy-storage --home {home} migrate {project_q}"),
-            undo: format!("prodigy-storage --home {home} rollback {project_q}"),
+            finish,
+            undo,
             source: Box::new(source),
         }
     }
