@@ -223,7 +223,7 @@ pub fn migrate(
     // A run whose setting aside (`supersede`) committed but whose import
     // did not (a crash between them, finished by recovery just now): this
     // import joins it, so that one rollback undoes both.
-    let mut run: Option<String> = unfinished_run(store, &tx.paths)?;
+    let mut run: Option<String> = unfinished_run(&tx.paths)?;
     let several = !subdirs.is_empty();
     // What setting the store's older copies aside said, for this run's report.
     let mut set_aside: Vec<String> = Vec::new();
@@ -652,15 +652,12 @@ fn imported_logs(paths: &Paths, legacy: &Path) -> Result<plan::Imported> {
 /// The run of the latest migration of `paths`, when that migration only
 /// set the store's older copies aside (`supersede`) and the import that
 /// follows it in the same run has not committed.
-fn unfinished_run(store: &FsStorage, paths: &Paths) -> Result<Option<String>> {
+fn unfinished_run(paths: &Paths) -> Result<Option<String>> {
     let Some(latest) = latest_migration(paths)? else {
         return Ok(None);
     };
     let m = protocol::read_manifest(paths, &latest)?;
-    let root = store.root();
-    let in_store =
-        m.legacy_dir.0 == root || std::fs::canonicalize(root).is_ok_and(|r| r == m.legacy_dir.0);
-    Ok(if in_store { m.run } else { None })
+    Ok(if m.in_store { m.run } else { None })
 }
 
 pub(crate) fn live_migrations(paths: &Paths) -> Result<Vec<String>> {
@@ -683,7 +680,7 @@ pub(crate) fn latest_migration(paths: &Paths) -> Result<Option<String>> {
 
 /// The latest migration not rolled back and the others of its run (one
 /// `migrate` that imported sub-directories too), newest first.
-fn latest_run(paths: &Paths) -> Result<Vec<String>> {
+pub(crate) fn latest_run(paths: &Paths) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     let mut run = None;
     for txid in live_migrations(paths)?.into_iter().rev() {
@@ -726,7 +723,7 @@ pub fn rollback(
         // The import of a run whose first transaction set the store's older
         // copies aside (`supersede`): that one is undone too, as one
         // rollback undoes a whole run.
-        if unfinished_run(store, &tx.paths)?.is_some_and(|r| run.as_ref() == Some(&r))
+        if unfinished_run(&tx.paths)?.is_some_and(|r| run.as_ref() == Some(&r))
             && let Some(latest) = latest_migration(&tx.paths)?
         {
             let m = protocol::read_manifest(&tx.paths, &latest)?;

@@ -431,14 +431,6 @@ impl Tx<'_> {
         Ok(self.batch.finish(path)?)
     }
 
-    /// Whether `legacy_dir` (a manifest's) is the store itself: the
-    /// transaction moves the store's own documents aside (`supersede`),
-    /// and there is no project to mark.
-    fn is_store_root(&self, legacy_dir: &Path) -> bool {
-        let root = self.store.root();
-        legacy_dir == root || std::fs::canonicalize(root).is_ok_and(|r| r == legacy_dir)
-    }
-
     /// The repository of a project import (only those split event logs).
     fn repo(&self) -> &RepoKey {
         match &self.owner {
@@ -554,7 +546,7 @@ impl Tx<'_> {
             let renames = match &self.owner {
                 // The store's own documents set aside before an import
                 // (`supersede`): within the store, as for `Owner::Store`.
-                Owner::Project(_) if self.is_store_root(&m.legacy_dir.0) => true,
+                Owner::Project(_) if m.in_store => true,
                 Owner::Project(repo) => marker::write(
                     self.store,
                     &self.paths.tx(txid),

@@ -290,8 +290,7 @@ impl Tx<'_> {
     ) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
         // A project's transaction over the store's own files: the store's
         // older copies set aside (`supersede`), not a layout-0 upgrade.
-        let in_store =
-            matches!(self.owner, Owner::Project(_)) && self.is_store_root(&m.legacy_dir.0);
+        let in_store = m.in_store;
         let backup = self.paths.backup(&m.txid);
         let legacy = &m.legacy_dir.0;
         real_dir(legacy)?;
@@ -422,7 +421,7 @@ impl Tx<'_> {
         let entries = self.paths.entries(&m.txid);
         let legacy = m.legacy_dir.0.clone();
         real_dir(&legacy)?;
-        let in_store = matches!(self.owner, Owner::Project(_)) && self.is_store_root(&legacy);
+        let in_store = m.in_store;
         let displaced_area = self
             .owner
             .area(self.layout())
