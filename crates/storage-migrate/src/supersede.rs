@@ -216,6 +216,15 @@ pub(crate) fn probe_project(
 ) -> Result<Vec<Newer>> {
     let root = layout.root();
     let mut out = Vec::new();
+    // Nothing of the repository in the store (a first import): no document
+    // to supersede, and no second walk of the legacy tree.
+    let state = fsx::parent(&layout.sessions_dir(repo)).to_owned(); // state/<repo>
+    if [state, layout.dlq_repo_dir(repo), layout.legacy_dir(repo)]
+        .iter()
+        .all(|d| std::fs::symlink_metadata(d).is_err())
+    {
+        return Ok(out);
+    }
     crate::plan::plan(
         project,
         legacy,
@@ -248,7 +257,7 @@ pub(crate) fn probe_project(
 }
 
 /// Puts back where the store reads it each document that a committed
-/// setting aside of `paths`' transactions (a manifest [`Manifest::in_store`])
+/// setting aside of the latest run of `paths` (a manifest [`Manifest::in_store`])
 /// moved away and that nothing replaced since: the import that was to
 /// publish the newer version did not (the legacy file left the project, or
 /// a crash, then nothing left to import). The set-aside copy is linked
@@ -263,7 +272,9 @@ pub(crate) fn restore_unreplaced(
 ) -> Result<Vec<String>> {
     let root = store.root();
     let mut out = Vec::new();
-    for txid in crate::live_migrations(paths)? {
+    // Only the latest run can hold such a setting aside: every run checks
+    // its own when it ends (start-up included), so older ones were checked.
+    for txid in crate::latest_run(paths)? {
         let Some(m) = crate::protocol::read_manifest_if_any(paths, &txid)? else {
             continue;
         };
