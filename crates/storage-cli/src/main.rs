@@ -425,24 +425,6 @@ fn file_repo(store: &FsStorage, repo: Option<&str>) -> Result<Option<storage_cor
     Ok(store.find_repo_key(&project).ok().flatten())
 }
 
-/// "session `s1` of repository `api`": what `show` looked for.
-fn show_label(kind: cli::ShowKind, repo: Option<&storage_core::RepoKey>, ids: &[String]) -> String {
-    let ids: Vec<String> = ids.iter().map(|i| format!("`{i}`")).collect();
-    match repo {
-        Some(r)
-            if !matches!(
-                kind,
-                cli::ShowKind::UnifiedSession
-                    | cli::ShowKind::SessionCheckpoint
-                    | cli::ShowKind::SessionWorkflowCheckpoint
-            ) =>
-        {
-            format!("{} {} of repository `{r}`", kind.name(), ids.join(" "))
-        }
-        _ => format!("{} {}", kind.name(), ids.join(" ")),
-    }
-}
-
 /// `status` of a path that is not a directory: an error, not a report that
 /// it "cannot be read" with exit status 0 (a mistyped path looked fine).
 fn check_project_dir(project: &Path) -> Result<()> {
@@ -518,42 +500,16 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let store = FsStorage::peek(&root.path)?;
             status(cli, &root, &store, &project, *json)
         }
-        Command::Show {
-            kind,
-            ids,
-            repo,
-            compact,
-        } => {
+        Command::Show { repo, .. } | Command::Events { repo, .. } => {
             let store = FsStorage::peek(&root.path)?;
             let repo = file_repo(&store, repo.as_deref())?;
-            let key = read::doc_key(*kind, repo.as_ref(), ids)?;
-            read::show(
+            read::run(
+                &cli.command,
                 &store,
-                &key,
-                &show_label(*kind, repo.as_ref(), ids),
-                *compact,
+                repo,
+                "or run it in a project registered in this store; `prodigy-storage list` shows \
+                 every repository",
             )
-        }
-        Command::Events {
-            job,
-            repo,
-            follow,
-            since,
-            after,
-            json,
-        } => {
-            let store = FsStorage::peek(&root.path)?;
-            let repo = file_repo(&store, repo.as_deref())?.context(
-                "name the repository with --repo (or run it in a project registered in this \
-                 store; `prodigy-storage list` shows every repository)",
-            )?;
-            let opts = read::EventsOptions {
-                follow: *follow,
-                since: *since,
-                after: after.clone(),
-                json: *json,
-            };
-            read::events(&store, &repo, &storage_core::JobId::new(job)?, &opts)
         }
         #[cfg(feature = "legacy-import")]
         other => import::run(cli, &root, other),
@@ -1065,46 +1021,17 @@ mod team {
                 )?;
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Show {
-                kind,
-                ids,
-                repo,
-                compact,
-            } => {
+            Command::Show { repo, .. } | Command::Events { repo, .. } => {
                 let store = super::pg_connect(cli, url)?;
                 let repo = repo
                     .as_deref()
                     .map(storage_core::RepoKey::new)
                     .transpose()?;
-                let key = super::read::doc_key(*kind, repo.as_ref(), ids)?;
-                let what = super::show_label(*kind, repo.as_ref(), ids);
-                super::read::show(&store, &key, &what, *compact)
-            }
-            Command::Events {
-                job,
-                repo,
-                follow,
-                since,
-                after,
-                json,
-            } => {
-                let store = super::pg_connect(cli, url)?;
-                let Some(repo) = repo else {
-                    anyhow::bail!(
-                        "name the repository with --repo: a team's store ({source}) knows no project"
-                    );
-                };
-                let opts = super::read::EventsOptions {
-                    follow: *follow,
-                    since: *since,
-                    after: after.clone(),
-                    json: *json,
-                };
-                super::read::events(
+                super::read::run(
+                    &cli.command,
                     &store,
-                    &storage_core::RepoKey::new(repo)?,
-                    &storage_core::JobId::new(job)?,
-                    &opts,
+                    repo,
+                    &format!("a team's store ({source}) knows no project"),
                 )
             }
             #[cfg(feature = "legacy-import")]

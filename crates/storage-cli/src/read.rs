@@ -99,6 +99,68 @@ pub fn doc_key(kind: ShowKind, repo: Option<&RepoKey>, ids: &[String]) -> Result
     })
 }
 
+/// `show` or `events` (`command`) on `store`, in `repo` (`--repo`, or the
+/// default the caller found); `no_repo` says why there is none.
+pub fn run(
+    command: &crate::cli::Command,
+    store: &dyn Storage,
+    repo: Option<RepoKey>,
+    no_repo: &str,
+) -> Result<ExitCode> {
+    use crate::cli::Command;
+    match command {
+        Command::Show {
+            kind, ids, compact, ..
+        } => {
+            let key = doc_key(*kind, repo.as_ref(), ids)?;
+            show(
+                store,
+                &key,
+                &show_label(*kind, repo.as_ref(), ids),
+                *compact,
+            )
+        }
+        Command::Events {
+            job,
+            follow,
+            since,
+            after,
+            json,
+            ..
+        } => {
+            let Some(repo) = repo else {
+                bail!("name the repository with --repo ({no_repo})");
+            };
+            let opts = EventsOptions {
+                follow: *follow,
+                since: *since,
+                after: after.clone(),
+                json: *json,
+            };
+            events(store, &repo, &JobId::new(job)?, &opts)
+        }
+        _ => unreachable!("only show and events read this way"),
+    }
+}
+
+/// "session `s1` of repository `api`": what `show` looked for.
+fn show_label(kind: ShowKind, repo: Option<&storage_core::RepoKey>, ids: &[String]) -> String {
+    let ids: Vec<String> = ids.iter().map(|i| format!("`{i}`")).collect();
+    match repo {
+        Some(r)
+            if !matches!(
+                kind,
+                ShowKind::UnifiedSession
+                    | ShowKind::SessionCheckpoint
+                    | ShowKind::SessionWorkflowCheckpoint
+            ) =>
+        {
+            format!("{} {} of repository `{r}`", kind.name(), ids.join(" "))
+        }
+        _ => format!("{} {}", kind.name(), ids.join(" ")),
+    }
+}
+
 /// `show`: the document, indented (or on one line), or exit 1 naming it
 /// (`what`: its kind and ids as given).
 pub fn show(store: &dyn Storage, key: &DocKey, what: &str, compact: bool) -> Result<ExitCode> {
